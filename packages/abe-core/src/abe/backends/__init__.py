@@ -1,0 +1,1 @@
+"""Backends abe can load, grouped by kind."""

@@ -1,0 +1,357 @@
+"""The base class of every first-party backend: the shared behaviour, written once.
+
+A provider subclasses `BaseBackend` and fills in four small hooks: `_send` (write
+encoded messages), `_open_receiver` (read for a group), `_close`, and `from_env`.
+Everything else (validation, encoding, ids, ack-on-next, batching acknowledgements,
+dead letters, error translation) lives here, so every broker behaves the same.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+from abe.backends.message_queue.base.capabilities import Capabilities
+from abe.backends.message_queue.base.codec import (
+    HEADER_ATTEMPTS,
+    HEADER_ERROR,
+    HEADER_ID,
+    HEADER_ORIGINAL_KEY,
+    HEADER_PREFIX,
+    HEADER_PUBLISHED_AT,
+    IncomingMessage,
+    OutgoingMessage,
+    encode_payload,
+    new_message_id,
+)
+from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
+from abe.backends.message_queue.base.receiver import Receiver
+from abe.backends.message_queue.base.settings import BackendSettings
+from abe.backends.message_queue.base.subscription import Subscription
+from abe.errors import (
+    AbeError,
+    BackendClosedError,
+    BackendUnavailableError,
+    ConfigurationError,
+    PayloadError,
+)
+from abe.settings import KEYS, Environment, Variable
+from abe.types import ConsumerGroup, MessageQueueKey, MessageQueueMessage, MessageQueuePayload
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["DEFAULT_GROUP", "BaseBackend"]
+
+log = logging.getLogger("abe.backend")
+T = TypeVar("T")
+
+DEFAULT_GROUP = "default"
+"""The group `consume()` and `subscribe()` join when given `group=None`."""
+
+_GROUP_RULES = KeyRules(
+    max_length=200, allowed="A-Za-z0-9_-", described="letters, digits, '_' and '-'", broker="abe"
+)
+
+
+class BaseBackend(abc.ABC):
+    """Shared behaviour of all backends; subclasses supply the broker calls.
+
+    Use it with `async with`, or call `close()` when done. `publish` and `consume` are
+    the protocol; `publish_many` and `subscribe` are the richer interface that the
+    consumer uses (deliveries with key, id, attempt, headers and ack / nack / dead-letter).
+    """
+
+    name: ClassVar[str]
+    """The entry-point name this backend is registered under, e.g. "redis"."""
+    capabilities: ClassVar[Capabilities]
+    """What the broker can and cannot do; the contract suite holds the class to it."""
+    key_rules: ClassVar[KeyRules]
+    """Which keys the broker accepts."""
+    group_rules: ClassVar[KeyRules] = _GROUP_RULES
+    """Which group names the broker accepts."""
+    variables: ClassVar[tuple[Variable, ...]] = ()
+    """Every environment variable `from_env()` reads, for `abe backends` and the docs."""
+    enforce_operation_timeout: ClassVar[bool] = False
+    """Set True when the client library can block forever: core then bounds each call."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        self._closed = False
+        self._valid_keys: set[str] = set()
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+
+    # ---- what a provider implements ---------------------------------------------------
+
+    @classmethod
+    @abc.abstractmethod
+    def from_env(cls) -> Self:
+        """Build a backend from environment variables, validating all of them, without I/O."""
+
+    @abc.abstractmethod
+    async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Write messages to `key`, in order, through the broker's batch path when there are many.
+
+        Raise `PublishError` naming the refused indexes when the broker refuses part of
+        a batch; any other exception means none can be assumed written.
+        """
+
+    @abc.abstractmethod
+    async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+        """Join `group` on `keys` (creating what the broker needs) and return the reader."""
+
+    async def _close(self) -> None:  # noqa: B027  (optional hook)
+        """Release the broker connections. Called once, after every subscription is closed."""
+
+    def _translate_error(self, error: Exception) -> Exception:
+        """Map a client-library exception to the most specific abe error (default: unchanged)."""
+        return error
+
+    def _describe(self) -> str:
+        """Where the broker is, for reprs and errors; never includes a secret."""
+        return ""
+
+    # ---- the protocol ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        key: MessageQueueKey,
+        payload: MessageQueuePayload,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish one payload to `key`. Refused input raises before any network I/O."""
+        self._ensure_open()
+        message = self._prepare(self._check_key(key), payload, headers)
+        await self._guard(self._send(key, (message,)), "publish")
+
+    async def publish_many(
+        self,
+        key: MessageQueueKey,
+        payloads: Iterable[MessageQueuePayload],
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish many payloads to `key` in order, through the broker's batch path.
+
+        Every payload is checked before anything is sent, so one bad payload publishes none.
+        """
+        self._ensure_open()
+        self._check_key(key)
+        messages = []
+        for index, payload in enumerate(payloads):
+            try:
+                messages.append(self._prepare(key, payload, headers))
+            except PayloadError as exc:
+                raise PayloadError(f"payloads[{index}]: {exc}; nothing was published") from None
+        if messages:
+            chunks = 1 + len(messages) // 1000
+            await self._guard(self._send(key, messages), "publish_many", scale=chunks)
+
+    async def consume(
+        self,
+        *,
+        group: ConsumerGroup | None = None,
+        keys: Sequence[MessageQueueKey] | MessageQueueKey | None = None,
+    ) -> AsyncIterator[MessageQueueMessage]:
+        """Yield payloads; each is acknowledged when the caller asks for the next one.
+
+        A payload whose processing does not finish (the caller raises, is cancelled or
+        closes the iterator) is delivered again. `keys=None` reads `ABE_MQ_KEYS`.
+        """
+        subscription = self.subscribe(group=group, keys=keys)
+        async with subscription:
+            async for delivery in subscription:
+                try:
+                    yield delivery.payload
+                except BaseException:
+                    await subscription._nack_unfinished(delivery)
+                    raise
+                await delivery.ack()
+
+    def subscribe(
+        self,
+        *,
+        group: ConsumerGroup | None = None,
+        keys: Sequence[MessageQueueKey] | MessageQueueKey | None = None,
+        prefetch: int | None = None,
+    ) -> Subscription:
+        """Deliveries for `group` over `keys`, holding at most `prefetch` unsettled at once."""
+        self._ensure_open()
+        resolved_keys = self._resolve_keys(keys)
+        resolved_group = DEFAULT_GROUP if group is None else group
+        self.group_rules.check(resolved_group)
+        bound = self.settings.prefetch if prefetch is None else prefetch
+        if bound < 1:
+            raise ValueError(f"prefetch must be at least 1, got {bound}")
+        subscription = Subscription(
+            self, resolved_group, resolved_keys, bound, self.settings.poll_interval
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` has been called."""
+        return self._closed
+
+    @property
+    def held_messages(self) -> int:
+        """Deliveries fetched by this backend's subscriptions and not yet settled."""
+        return sum(subscription.held for subscription in list(self._subscriptions))
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest JSON body `publish` accepts."""
+        return self.capabilities.max_payload_bytes
+
+    @property
+    def redelivery_timeout(self) -> float:
+        """Seconds after which an unsettled delivery is delivered again."""
+        return self.settings.redelivery_timeout
+
+    async def close(self) -> None:
+        """Stop every subscription, flush acknowledgements, release connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            await subscription.stop()
+        results = await asyncio.gather(
+            *(subscription.aclose() for subscription in subscriptions), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("%s: closing a subscription failed: %s", self.name, result)
+        await self._close()
+
+    async def __aenter__(self) -> Self:
+        self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        where = self._describe()
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {where + ' ' if where else ''}{state}>"
+
+    # ---- shared machinery (used by Subscription and by providers) -----------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BackendClosedError(
+                f"this {self.name} backend is closed; create a new one with load_backend()"
+            )
+
+    def _check_key(self, key: str) -> str:
+        if key not in self._valid_keys:
+            self.key_rules.check(key)
+            if len(self._valid_keys) < 10_000:
+                self._valid_keys.add(key)
+        return key
+
+    def _resolve_keys(self, keys: Sequence[str] | str | None) -> tuple[str, ...]:
+        if isinstance(keys, str):
+            keys = (keys,)
+        if keys is None:
+            keys = Environment().keys()
+            if keys is None:
+                raise ConfigurationError(
+                    self.name,
+                    {
+                        KEYS.name: "is not set and consume() was given no keys; pass "
+                        "keys=[...] or set ABE_MQ_KEYS=orders,payments"
+                    },
+                )
+        resolved = tuple(dict.fromkeys(self._check_key(key) for key in keys))
+        if not resolved:
+            raise ValueError("keys must name at least one key")
+        return resolved
+
+    def _prepare(
+        self, key: str, payload: MessageQueuePayload, headers: Mapping[str, str] | None
+    ) -> OutgoingMessage:
+        body = encode_payload(payload, self.max_payload_bytes)
+        message_id = new_message_id()
+        wire = {HEADER_ID: message_id, HEADER_PUBLISHED_AT: str(int(time.time() * 1000))}
+        if headers:
+            for name, value in headers.items():
+                if not isinstance(name, str) or not name or name.startswith(HEADER_PREFIX):
+                    raise PayloadError(
+                        f"header name {name!r} is not allowed: use a non-empty str that does "
+                        f"not start with {HEADER_PREFIX!r} (abe's own headers)"
+                    )
+                if not isinstance(value, str):
+                    raise PayloadError(
+                        f"header {name!r} must have a str value, got {type(value).__name__}"
+                    )
+                wire[name] = value
+        return OutgoingMessage(message_id, body, wire)
+
+    async def _guard(self, awaitable: Awaitable[T], action: str, *, scale: int = 1) -> T:
+        """Await a broker call, translating client errors and, if enforced, bounding its time."""
+        try:
+            if not self.enforce_operation_timeout:
+                return await awaitable
+            return await _bounded(awaitable, self.settings.operation_timeout * scale)
+        except AbeError:
+            raise
+        except asyncio.TimeoutError as exc:
+            translated = self._translate_error(exc)
+            if translated is exc:
+                translated = BackendUnavailableError(
+                    f"{self.name}: {action} did not complete within "
+                    f"{self.settings.operation_timeout * scale:g}s"
+                    f"{' (' + self._describe() + ')' if self._describe() else ''}; check that "
+                    f"the broker is up, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
+                )
+            raise translated from exc
+        except Exception as exc:
+            translated = self._translate_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def _open_receiver_for(self, subscription: Subscription) -> Receiver:
+        self._ensure_open()
+        return await self._guard(
+            self._open_receiver(subscription.group, subscription.keys), "subscribe"
+        )
+
+    async def _dead_letter(self, message: IncomingMessage, reason: str) -> None:
+        """Write `message` with its original body to `<key>-dlq`, with headers saying why."""
+        headers = dict(message.headers)
+        headers.setdefault(HEADER_ID, message.broker_id or new_message_id())
+        headers[HEADER_ERROR] = reason[:1000]
+        headers[HEADER_ATTEMPTS] = str(message.attempt)
+        headers[HEADER_ORIGINAL_KEY] = message.key
+        letter = OutgoingMessage(headers[HEADER_ID], message.body, headers)
+        await self._guard(self._send(dead_letter_key(message.key), (letter,)), "dead-letter")
+
+    def _forget(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+
+async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)

@@ -1,0 +1,103 @@
+"""One message handed to a consumer, with its metadata and the three ways to settle it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from abe.backends.message_queue.base.codec import (
+    HEADER_ID,
+    HEADER_PUBLISHED_AT,
+    IncomingMessage,
+)
+from abe.errors import DeliveryStateError
+from abe.types import MessageQueuePayload
+
+__all__ = ["Delivery"]
+
+
+class _Settler(Protocol):
+    async def _settle_ack(self, delivery: Delivery) -> None: ...
+    async def _settle_nack(self, delivery: Delivery, delay: float) -> None: ...
+    async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+
+class Delivery:
+    """A received message: payload, key, id, attempt and headers; settle it exactly once.
+
+    `ack()` marks it done; `nack(delay)` asks for it again after `delay` seconds;
+    `dead_letter(reason)` moves it to `<key>-dlq`. One that is never settled is
+    delivered again after the backend's redelivery timeout.
+    """
+
+    __slots__ = ("_settled", "_settler", "message", "payload")
+
+    def __init__(
+        self, message: IncomingMessage, payload: MessageQueuePayload, settler: _Settler
+    ) -> None:
+        self.message = message
+        self.payload = payload
+        self._settler = settler
+        self._settled = False
+
+    @property
+    def key(self) -> str:
+        """The key (stream, topic, subject, queue) the message was read from."""
+        return self.message.key
+
+    @property
+    def id(self) -> str:
+        """abe's message id, or the broker's id for a message a foreign producer wrote."""
+        return self.message.headers.get(HEADER_ID) or self.message.broker_id
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery, 2 on the first redelivery, and so on."""
+        return self.message.attempt
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Every header the message carries, abe's own (`abe-*`) included."""
+        return self.message.headers
+
+    @property
+    def published_at(self) -> float | None:
+        """When it was published, in seconds since the Unix epoch; None if unknown."""
+        text = self.message.headers.get(HEADER_PUBLISHED_AT)
+        try:
+            return int(text) / 1000 if text else None
+        except ValueError:
+            return None
+
+    @property
+    def settled(self) -> bool:
+        """Whether ack, nack or dead_letter has been called."""
+        return self._settled
+
+    def _claim(self, action: str) -> None:
+        if self._settled:
+            raise DeliveryStateError(
+                f"cannot {action} message {self.id!r} of {self.key!r}: it was already settled"
+            )
+        self._settled = True
+
+    async def ack(self) -> None:
+        """Mark the message done; it is not delivered to this group again."""
+        self._claim("ack")
+        await self._settler._settle_ack(self)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the message back to be delivered again, no sooner than `delay` seconds."""
+        if delay < 0:
+            raise ValueError(f"delay must be zero or more seconds, got {delay}")
+        self._claim("nack")
+        await self._settler._settle_nack(self, delay)
+
+    async def dead_letter(self, reason: BaseException | str) -> None:
+        """Move the message to `<key>-dlq` with headers naming `reason` and the attempts."""
+        self._claim("dead-letter")
+        text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+        await self._settler._settle_dead_letter(self, text)
+
+    def __repr__(self) -> str:
+        return f"Delivery(key={self.key!r}, id={self.id!r}, attempt={self.attempt})"

@@ -1,0 +1,42 @@
+"""The reading half of the small interface a provider implements: one group, some keys.
+
+abe-core drives it: it asks for at most as many messages as the consumer may still
+hold, batches acknowledgements, decodes bodies and dead-letters the ones it cannot.
+A provider only moves messages between the broker and these calls.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from abe.backends.message_queue.base.codec import IncomingMessage
+
+__all__ = ["Receiver"]
+
+
+class Receiver(abc.ABC):
+    """A provider's reader for one consumer group over a fixed set of keys."""
+
+    @abc.abstractmethod
+    async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
+        """Return 1 to `max_messages` messages, or none once `timeout` seconds pass.
+
+        Messages whose earlier delivery was not acknowledged within the redelivery
+        timeout, or that were nacked and whose delay has passed, come back here with
+        their attempt number raised. Cancellation must leave the receiver usable.
+        """
+
+    @abc.abstractmethod
+    async def ack(self, messages: Sequence[IncomingMessage]) -> None:
+        """Mark messages done so they are never delivered to this group again.
+
+        Called with batches; use the broker's batch path rather than one call each.
+        """
+
+    @abc.abstractmethod
+    async def nack(self, message: IncomingMessage, delay: float) -> None:
+        """Deliver `message` again, to any member of the group, no sooner than `delay` seconds."""
+
+    async def close(self) -> None:  # noqa: B027  (optional hook; most receivers have state to free)
+        """Release what the receiver holds. Unacknowledged messages are delivered again later."""

@@ -1,0 +1,290 @@
+"""A live subscription: deliveries for one group over some keys, with a bound on what it holds.
+
+It asks the provider's receiver for at most `prefetch` minus the deliveries not yet
+settled, so a slow consumer never piles messages up in memory. Bodies that are not
+JSON objects go to the dead-letter key at once and never reach the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from abe.backends.message_queue.base.acks import AckBatcher
+from abe.backends.message_queue.base.codec import IncomingMessage, decode_body
+from abe.backends.message_queue.base.delivery import Delivery
+from abe.backends.message_queue.base.receiver import Receiver
+from abe.errors import AuthenticationError, BackendUnavailableError, DeliveryStateError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from abe.backends.message_queue.base.backend import BaseBackend
+
+__all__ = ["Subscription"]
+
+log = logging.getLogger("abe.subscription")
+
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 5.0
+_RELEASE_TIMEOUT = 5.0
+
+
+class Subscription:
+    """Deliveries for `group` over `keys`: an async iterator and an async context manager.
+
+    Iterating opens it; `aclose()` (or leaving `async with`) flushes the acknowledgements
+    and gives back every delivery that was fetched but never handed out.
+    """
+
+    def __init__(
+        self,
+        backend: BaseBackend,
+        group: str,
+        keys: tuple[str, ...],
+        prefetch: int,
+        poll_interval: float,
+    ) -> None:
+        self.group = group
+        self.keys = keys
+        self.prefetch = prefetch
+        self._backend = backend
+        self._poll_interval = poll_interval
+        self._receiver: Receiver | None = None
+        self._buffer: deque[Delivery] = deque()
+        self._unsettled = 0
+        self._state = "new"
+        self._credit: asyncio.Future[None] | None = None
+        self._fetch: asyncio.Task[Sequence[IncomingMessage]] | None = None
+        self._stopped: asyncio.Event | None = None
+        self._acks: AckBatcher[IncomingMessage] = AckBatcher(self._flush_acks, max_batch=500)
+
+    @property
+    def held(self) -> int:
+        """Deliveries fetched from the broker and not yet settled (buffered ones included)."""
+        return self._unsettled
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the subscription no longer fetches (after `stop()` or `aclose()`)."""
+        return self._state in ("stopped", "closed")
+
+    async def __aenter__(self) -> Subscription:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def _open(self) -> None:
+        if self._state != "new":
+            return
+        self._state = "opening"
+        self._stopped = asyncio.Event()
+        try:
+            self._receiver = await self._backend._open_receiver_for(self)
+        except BaseException:
+            self._state = "closed"
+            raise
+        if self._state == "opening":
+            self._state = "open"
+        else:  # stopped while the receiver was being opened
+            await self._receiver.close()
+
+    async def __anext__(self) -> Delivery:
+        if self._state == "new":
+            await self._open()
+        failures = 0
+        while True:
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._state != "open":
+                raise StopAsyncIteration
+            credit = self.prefetch - self._unsettled
+            if credit <= 0:
+                await self._wait_for_credit()
+                continue
+            try:
+                await self._fill(credit)
+                failures = 0
+            except (BackendUnavailableError, OSError, asyncio.TimeoutError) as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise
+                failures += 1
+                delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 1))
+                log.warning(
+                    "%s: reading %s for group %r failed (%s); retrying in %.1fs",
+                    self._backend.name,
+                    ", ".join(self.keys),
+                    self.group,
+                    exc,
+                    delay,
+                )
+                await self._pause(delay)
+
+    async def _fill(self, credit: int) -> None:
+        assert self._receiver is not None
+        fetch = asyncio.get_running_loop().create_task(
+            self._backend._guard(self._receiver.fetch(credit, self._poll_interval), "fetch")
+        )
+        self._fetch = fetch
+        try:
+            messages = await fetch
+        except asyncio.CancelledError:
+            if self._state == "open" or _cancelled_from_outside():
+                raise
+            return  # stop() cancelled the fetch: __anext__ ends the iteration
+        finally:
+            self._fetch = None
+        poison: list[tuple[IncomingMessage, str]] = []
+        for message in messages:
+            try:
+                payload = decode_body(message.body)
+            except ValueError as exc:
+                poison.append((message, f"undecodable body: {exc}"))
+                continue
+            self._buffer.append(Delivery(message, payload, self))
+            self._unsettled += 1
+        for message, reason in poison:
+            log.warning(
+                "%s: message %s on %r is not a JSON object; moving it to the dead-letter key",
+                self._backend.name,
+                message.broker_id,
+                message.key,
+            )
+            try:
+                await self._backend._dead_letter(message, reason)
+                await self._acks.add(message)
+            except Exception as exc:
+                log.warning(
+                    "dead-lettering %s failed (%s); it will come back", message.broker_id, exc
+                )
+
+    async def _wait_for_credit(self) -> None:
+        self._credit = asyncio.get_running_loop().create_future()
+        try:
+            await self._credit
+        finally:
+            self._credit = None
+
+    async def _pause(self, seconds: float) -> None:
+        assert self._stopped is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+
+    def _release_credit(self) -> None:
+        self._unsettled -= 1
+        if self._credit is not None and not self._credit.done():
+            self._credit.set_result(None)
+
+    def _check_settleable(self, delivery: Delivery) -> Receiver:
+        if self._state == "closed" or self._receiver is None:
+            raise DeliveryStateError(
+                f"message {delivery.id!r} of {delivery.key!r} cannot be settled: its "
+                f"subscription is closed; it will be delivered again"
+            )
+        return self._receiver
+
+    async def _settle_ack(self, delivery: Delivery) -> None:
+        self._check_settleable(delivery)
+        self._release_credit()
+        await self._acks.add(delivery.message)
+
+    async def _settle_nack(self, delivery: Delivery, delay: float) -> None:
+        receiver = self._check_settleable(delivery)
+        self._release_credit()
+        await self._backend._guard(receiver.nack(delivery.message, delay), "nack")
+
+    async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._check_settleable(delivery)
+        self._release_credit()
+        await self._backend._dead_letter(delivery.message, reason)
+        await self._acks.add(delivery.message)
+
+    async def _flush_acks(self, messages: Sequence[IncomingMessage]) -> None:
+        assert self._receiver is not None
+        await self._backend._guard(self._receiver.ack(messages), "ack")
+
+    async def stop(self) -> None:
+        """Stop fetching; a pending `__anext__` ends. Settling handed-out deliveries still works.
+
+        Deliveries fetched but never handed out are given back for redelivery at once.
+        """
+        if self._state in ("stopped", "closed"):
+            return
+        opening = self._state == "opening"
+        self._state = "stopped"
+        if self._stopped is not None:
+            self._stopped.set()
+        if self._fetch is not None:
+            self._fetch.cancel()
+        if self._credit is not None and not self._credit.done():
+            self._credit.set_result(None)
+        if opening or self._receiver is None:
+            return
+        unread = list(self._buffer)
+        self._buffer.clear()
+        self._unsettled -= len(unread)
+        if unread:
+            await self._give_back(self._receiver, unread)
+
+    async def _give_back(self, receiver: Receiver, deliveries: list[Delivery]) -> None:
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(receiver.nack(delivery.message, 0.0), _RELEASE_TIMEOUT)
+                for delivery in deliveries
+            ),
+            return_exceptions=True,
+        )
+        failed = sum(isinstance(result, BaseException) for result in results)
+        if failed:
+            log.info("%d unread message(s) will come back after the redelivery timeout", failed)
+
+    async def aclose(self) -> None:
+        """Stop, flush acknowledgements, release the receiver. Safe to call more than once."""
+        if self._state == "closed":
+            return
+        await self.stop()
+        try:
+            if self._receiver is not None:
+                await self._acks.drain()
+                await self._receiver.close()
+        finally:
+            self._receiver = None
+            self._state = "closed"
+            self._backend._forget(self)
+
+    async def _nack_unfinished(self, delivery: Delivery) -> None:
+        """Give back a handed-out delivery whose processing did not finish (best effort)."""
+        if delivery.settled or self._receiver is None:
+            return
+        try:
+            await asyncio.wait_for(delivery.nack(0.0), _RELEASE_TIMEOUT)
+        except Exception as exc:
+            log.info(
+                "message %s will come back after the redelivery timeout (%s)", delivery.id, exc
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Subscription(group={self.group!r}, keys={list(self.keys)!r}, "
+            f"held={self._unsettled}, state={self._state!r})"
+        )
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the running task itself is being cancelled (Python 3.11+ can tell)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is not None and cancelling() > 0

@@ -1,0 +1,249 @@
+"""A consumer loop that runs a handler on each message, at least once, with retries.
+
+Acknowledges after the handler returns; on failure asks for the message again after
+an exponential backoff, and dead-letters it once `max_attempts` is reached. At most
+`concurrency` handlers run at once. `shutdown()` stops taking messages and lets the
+running handlers finish (for up to `shutdown_timeout`) instead of cancelling them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.delivery import Delivery
+from abe.backends.message_queue.base.subscription import Subscription
+from abe.types import ConsumerGroup, MessageQueueKey, MessageQueuePayload
+
+__all__ = ["AsyncLoopConsumer", "ConsumerStats", "Handler", "current_delivery"]
+
+log = logging.getLogger("abe.consumer")
+
+Handler = Callable[[MessageQueuePayload], Awaitable[object]]
+"""An async function called with each payload; returning means done, raising means retry."""
+
+_current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("abe_current_delivery")
+
+
+def current_delivery() -> Delivery:
+    """The delivery whose handler is running: its key, id, attempt and headers.
+
+    Only valid inside a handler run by `AsyncLoopConsumer`; raises LookupError elsewhere.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise LookupError(
+            "current_delivery() is only available inside a consumer handler"
+        ) from None
+
+
+@dataclass
+class ConsumerStats:
+    """What one `run()` did so far."""
+
+    processed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    in_flight: int = 0
+
+
+class AsyncLoopConsumer:
+    """Runs `handler(payload)` for each message of `keys` in `group`, at least once.
+
+    `run(handler)` returns after `shutdown()` (or when the backend is closed) once the
+    handlers in flight have finished. It can be called again afterwards.
+    """
+
+    def __init__(
+        self,
+        backend: BaseBackend,
+        group: ConsumerGroup | None = None,
+        *,
+        keys: Sequence[MessageQueueKey] | MessageQueueKey | None = None,
+        concurrency: int = 1,
+        max_attempts: int = 5,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 300.0,
+        prefetch: int | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if retry_delay < 0 or max_retry_delay < retry_delay:
+            raise ValueError("need 0 <= retry_delay <= max_retry_delay")
+        if shutdown_timeout < 0:
+            raise ValueError("shutdown_timeout must be zero or more seconds")
+        if not isinstance(backend, BaseBackend):
+            raise TypeError(
+                f"AsyncLoopConsumer needs a backend built on abe's BaseBackend (for deliveries, "
+                f"acks and dead letters), got {type(backend).__name__}"
+            )
+        self.backend = backend
+        self.group = group
+        self.keys = keys
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.prefetch = max(prefetch or concurrency, concurrency)
+        self.shutdown_timeout = shutdown_timeout
+        self.stats = ConsumerStats()
+        self._subscription: Subscription | None = None
+        self._stopping = False
+        self._finished: asyncio.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether `run()` is in progress."""
+        return self._finished is not None
+
+    def retry_delay_for(self, attempt: int) -> float:
+        """Seconds to wait before attempt `attempt + 1`: doubling, capped, with 10% jitter."""
+        base = min(self.max_retry_delay, self.retry_delay * 2 ** (attempt - 1))
+        return float(base * random.uniform(0.9, 1.0))
+
+    async def run(self, handler: Handler) -> None:
+        """Consume until `shutdown()`; returns once in-flight handlers are done."""
+        if self.running:
+            raise RuntimeError("this consumer is already running; call shutdown() first")
+        self._finished = asyncio.Event()
+        self._stopping = False
+        self.stats = ConsumerStats()
+        subscription = self.backend.subscribe(
+            group=self.group, keys=self.keys, prefetch=self.prefetch
+        )
+        self._subscription = subscription
+        slots = asyncio.Semaphore(self.concurrency)
+        handlers: set[asyncio.Task[None]] = set()
+        try:
+            async with subscription:
+                if self._stopping:  # shutdown() came before the subscription opened
+                    return
+                while not self._stopping:
+                    await slots.acquire()
+                    try:
+                        if self._stopping:
+                            raise StopAsyncIteration
+                        delivery = await subscription.__anext__()
+                    except StopAsyncIteration:
+                        slots.release()
+                        break
+                    except BaseException:
+                        slots.release()
+                        raise
+                    task = asyncio.get_running_loop().create_task(self._handle(delivery, handler))
+                    handlers.add(task)
+                    task.add_done_callback(handlers.discard)
+                    task.add_done_callback(lambda _: slots.release())
+                await self._drain(handlers)
+        finally:
+            if handlers:  # run() itself was cancelled: stop the handlers too
+                for task in handlers:
+                    task.cancel()
+                await asyncio.gather(*handlers, return_exceptions=True)
+            self._subscription = None
+            finished, self._finished = self._finished, None
+            finished.set()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop taking messages; wait for running handlers (up to the timeout) and for run()."""
+        if timeout is not None:
+            self.shutdown_timeout = timeout
+        self._stopping = True
+        finished = self._finished
+        if self._subscription is not None:
+            await self._subscription.stop()
+        if finished is not None:
+            await finished.wait()
+
+    async def _drain(self, handlers: set[asyncio.Task[None]]) -> None:
+        if not handlers:
+            return
+        _, pending = await asyncio.wait(set(handlers), timeout=self.shutdown_timeout)
+        if pending:
+            log.warning(
+                "%d handler(s) still running after %.1fs; cancelling them, their messages "
+                "will be delivered again",
+                len(pending),
+                self.shutdown_timeout,
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _handle(self, delivery: Delivery, handler: Handler) -> None:
+        self.stats.in_flight += 1
+        _current.set(delivery)
+        try:
+            if delivery.attempt > self.max_attempts:
+                await self._dead_letter(
+                    delivery, f"delivered {delivery.attempt} times without finishing"
+                )
+                return
+            try:
+                await handler(delivery.payload)
+            except asyncio.CancelledError:
+                await self._settle_safely(delivery.nack(0.0), delivery, "give back")
+                raise
+            except Exception as exc:
+                await self._failed(delivery, exc)
+            else:
+                await self._settle_safely(delivery.ack(), delivery, "acknowledge")
+                self.stats.processed += 1
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        if delivery.attempt >= self.max_attempts:
+            log.error(
+                "message %s of %r failed on attempt %d of %d and goes to the dead-letter key: %s",
+                delivery.id,
+                delivery.key,
+                delivery.attempt,
+                self.max_attempts,
+                exc,
+                exc_info=exc,
+            )
+            await self._dead_letter(delivery, exc)
+            return
+        delay = self.retry_delay_for(delivery.attempt)
+        log.warning(
+            "message %s of %r failed on attempt %d of %d (%s: %s); retrying in %.2fs",
+            delivery.id,
+            delivery.key,
+            delivery.attempt,
+            self.max_attempts,
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        self.stats.retried += 1
+        await self._settle_safely(delivery.nack(delay), delivery, "retry")
+
+    async def _dead_letter(self, delivery: Delivery, reason: BaseException | str) -> None:
+        if await self._settle_safely(delivery.dead_letter(reason), delivery, "dead-letter"):
+            self.stats.dead_lettered += 1
+
+    @staticmethod
+    async def _settle_safely(action: Awaitable[None], delivery: Delivery, what: str) -> bool:
+        """Settle a delivery; a broker failure is logged, and the message comes back later."""
+        try:
+            await action
+        except Exception as exc:
+            log.warning(
+                "could not %s message %s of %r (%s); it will be delivered again",
+                what,
+                delivery.id,
+                delivery.key,
+                exc,
+            )
+            return False
+        return True

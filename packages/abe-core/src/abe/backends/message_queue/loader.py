@@ -1,0 +1,157 @@
+"""Finding and building the backend the environment asks for.
+
+Providers announce themselves only through the entry-point group
+`abe.backends.message_queue`; they are listed without being imported, and imported
+only when chosen. The choice: the `name` argument, else `QUEUE_BACKEND`, else the
+only installed provider, else the in-process memory backend with a warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import cast
+
+from abe._version import __version__
+from abe.errors import BackendNotFoundError
+from abe.types import MessageQueueBackendProtocol
+
+__all__ = [
+    "BACKEND_VARIABLE",
+    "ENTRY_POINT_GROUP",
+    "BackendEntry",
+    "MemoryFallbackWarning",
+    "available_backends",
+    "load_backend",
+    "load_backend_class",
+]
+
+ENTRY_POINT_GROUP = "abe.backends.message_queue"
+BACKEND_VARIABLE = "QUEUE_BACKEND"
+MEMORY = "memory"
+
+
+class MemoryFallbackWarning(UserWarning):
+    """No provider is installed or chosen, so messages stay inside this process."""
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One registered backend, known from its distribution's metadata without importing it."""
+
+    name: str
+    target: str
+    distribution: str | None
+    version: str | None
+
+    @property
+    def origin(self) -> str:
+        """The distribution and version that registered it, for messages."""
+        if self.distribution is None:
+            return "an unknown distribution"
+        return f"{self.distribution} {self.version or ''}".strip()
+
+    def load_class(self) -> type[MessageQueueBackendProtocol]:
+        """Import the backend class; failures name the distribution and the fix."""
+        try:
+            loaded = EntryPoint(self.name, self.target, ENTRY_POINT_GROUP).load()
+        except Exception as exc:
+            raise BackendNotFoundError(
+                f"the {self.name!r} backend ({self.origin}) failed to import: "
+                f"{type(exc).__name__}: {exc}. Reinstall it with its dependencies: "
+                f"pip install --force-reinstall {self.distribution or 'abe-mq-' + self.name}"
+            ) from exc
+        missing = [
+            method
+            for method in ("publish", "consume", "from_env")
+            if not callable(getattr(loaded, method, None))
+        ]
+        if not isinstance(loaded, type) or missing:
+            what = (
+                "is not a class" if not isinstance(loaded, type) else f"lacks {', '.join(missing)}"
+            )
+            raise BackendNotFoundError(
+                f"the {self.name!r} backend ({self.origin}) points at {self.target!r}, which "
+                f"{what}, so it is not a message-queue backend. Upgrade or uninstall "
+                f"{self.distribution or 'that distribution'}"
+            )
+        return cast("type[MessageQueueBackendProtocol]", loaded)
+
+
+def available_backends() -> list[BackendEntry]:
+    """Every registered backend, sorted by name; the memory backend is always among them."""
+    found: dict[tuple[str, str | None], BackendEntry] = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        entry = _entry(point)
+        found.setdefault((entry.name, entry.distribution), entry)
+    if not any(name == MEMORY for name, _ in found):
+        found[(MEMORY, None)] = BackendEntry(
+            MEMORY, "abe.backends.message_queue.memory:MemoryBackend", "abe-core", __version__
+        )
+    return sorted(found.values(), key=lambda entry: (entry.name, entry.distribution or ""))
+
+
+def load_backend_class(name: str) -> type[MessageQueueBackendProtocol]:
+    """The backend class registered as `name`, or BackendNotFoundError saying how to get it."""
+    wanted = name.strip().lower()
+    entries = available_backends()
+    matches = [entry for entry in entries if entry.name == wanted]
+    if len(matches) > 1:
+        origins = " and ".join(entry.origin for entry in matches)
+        raise BackendNotFoundError(
+            f"the backend name {wanted!r} is registered by more than one distribution "
+            f"({origins}); uninstall all but one of them"
+        )
+    if not matches:
+        installed = ", ".join(f"{entry.name} ({entry.origin})" for entry in entries)
+        close = difflib.get_close_matches(wanted, [entry.name for entry in entries], n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise BackendNotFoundError(
+            f"no message-queue backend named {wanted!r} is installed. {hint}Installed: "
+            f"{installed}. To add it: pip install abe-mq-{wanted}"
+        )
+    return matches[0].load_class()
+
+
+def load_backend(name: str | None = None) -> MessageQueueBackendProtocol:
+    """Build the configured backend from the environment.
+
+    Order: `name`, then `QUEUE_BACKEND`, then the only installed provider. Several
+    providers and none chosen is an error listing them; none installed falls back to
+    the memory backend with a `MemoryFallbackWarning`.
+    """
+    chosen = name if name is not None else os.environ.get(BACKEND_VARIABLE)
+    if chosen is not None and chosen.strip():
+        return _build(load_backend_class(chosen))
+    providers = [entry for entry in available_backends() if entry.name != MEMORY]
+    if len(providers) > 1:
+        listed = ", ".join(f"{entry.name} ({entry.origin})" for entry in providers)
+        names = " or ".join(sorted({entry.name for entry in providers}))
+        raise BackendNotFoundError(
+            f"several message-queue backends are installed ({listed}) and none is chosen; "
+            f"set {BACKEND_VARIABLE} to {names}, or pass load_backend(name)"
+        )
+    if providers:
+        return _build(providers[0].load_class())
+    warnings.warn(
+        "no message-queue provider is installed, so abe uses the in-process memory "
+        "backend: messages stay in this process and are lost when it exits. For a real "
+        f"broker, e.g. pip install abe-mq-redis and set {BACKEND_VARIABLE}=redis",
+        MemoryFallbackWarning,
+        stacklevel=2,
+    )
+    return _build(load_backend_class(MEMORY))
+
+
+def _build(backend_class: type[MessageQueueBackendProtocol]) -> MessageQueueBackendProtocol:
+    return backend_class.from_env()
+
+
+def _entry(point: EntryPoint) -> BackendEntry:
+    dist = getattr(point, "dist", None)
+    name = None if dist is None else dist.metadata["Name"]
+    version = None if dist is None else dist.version
+    return BackendEntry(point.name.strip().lower(), point.value, name, version)
