@@ -208,10 +208,14 @@ class Environment:
             return None
         path = Path(text).expanduser()
         if not path.is_file():
-            self.problem(variable, f"must name a readable file; {text!r} does not exist")
+            self.problem(
+                variable, f"must name a readable file that exists{self._shown(variable, text)}"
+            )
             return None
         if not os.access(path, os.R_OK):
-            self.problem(variable, f"must name a readable file; {text!r} cannot be read")
+            self.problem(
+                variable, f"must name a file this process can read{self._shown(variable, text)}"
+            )
             return None
         return path
 
@@ -244,22 +248,27 @@ def _within(value: float, minimum: float | None, maximum: float | None) -> bool:
 
 def _describe_bounds(minimum: float | None, maximum: float | None) -> str:
     if minimum is not None and maximum is not None:
-        return f" from {minimum:g} to {maximum:g}"
+        return f" from {_number(minimum)} to {_number(maximum)}"
     if minimum is not None:
-        return f" of at least {minimum:g}"
+        return f" of at least {_number(minimum)}"
     if maximum is not None:
-        return f" of at most {maximum:g}"
+        return f" of at most {_number(maximum)}"
     return ""
 
 
+def _number(value: float) -> str:
+    """A bound as people write it: 1073741824, 0.1, 43200 (never 1.07374e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _redacted(variable: Variable, url: str) -> str:
-    """The URL for an error message, with any password replaced by ***."""
+    """The URL for an error message, with any user name, token or password replaced by ***."""
     if variable.secret:
         return ""
     try:
         parsed = urlsplit(url)
-        if parsed.password:
-            netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        if "@" in parsed.netloc:
+            netloc = "***@" + parsed.netloc.rsplit("@", 1)[1]
             url = parsed._replace(netloc=netloc).geturl()
     except ValueError:
         return " (the value is not shown because it may hold a password)"

@@ -99,6 +99,7 @@ class AsyncLoopConsumer:
         self._subscription: Subscription | None = None
         self._stopping = False
         self._finished: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
 
     @property
     def running(self) -> bool:
@@ -111,47 +112,82 @@ class AsyncLoopConsumer:
         return float(base * random.uniform(0.9, 1.0))
 
     async def run(self, handler: Handler) -> None:
-        """Consume until `shutdown()`; returns once in-flight handlers are done."""
+        """Consume until `shutdown()`; returns once in-flight handlers are done.
+
+        A `shutdown()` that comes before this starts (say, right after `create_task`)
+        makes it return at once.
+        """
         if self.running:
             raise RuntimeError("this consumer is already running; call shutdown() first")
-        self._finished = asyncio.Event()
-        self._stopping = False
+        finished = self._finished = asyncio.Event()
+        self._wake = asyncio.Event()
         self.stats = ConsumerStats()
-        subscription = self.backend.subscribe(
-            group=self.group, keys=self.keys, prefetch=self.prefetch
-        )
-        self._subscription = subscription
         slots = asyncio.Semaphore(self.concurrency)
-        handlers: set[asyncio.Task[None]] = set()
+        handlers: dict[asyncio.Task[None], tuple[Delivery, float]] = {}
+        loop = asyncio.get_running_loop()
         try:
+            subscription = self.backend.subscribe(
+                group=self.group, keys=self.keys, prefetch=self.prefetch
+            )
+            self._subscription = subscription
             async with subscription:
-                if self._stopping:  # shutdown() came before the subscription opened
-                    return
-                while not self._stopping:
-                    await slots.acquire()
-                    try:
-                        if self._stopping:
-                            raise StopAsyncIteration
-                        delivery = await subscription.__anext__()
-                    except StopAsyncIteration:
-                        slots.release()
-                        break
-                    except BaseException:
-                        slots.release()
-                        raise
-                    task = asyncio.get_running_loop().create_task(self._handle(delivery, handler))
-                    handlers.add(task)
-                    task.add_done_callback(handlers.discard)
-                    task.add_done_callback(lambda _: slots.release())
-                await self._drain(handlers)
+                keeper = loop.create_task(self._keep_alive(subscription, handlers))
+                try:
+                    while not self._stopping and await self._take_slot(slots):
+                        try:
+                            delivery = await subscription.__anext__()
+                        except StopAsyncIteration:
+                            slots.release()
+                            break
+                        except BaseException:
+                            slots.release()
+                            raise
+                        task = loop.create_task(self._handle(delivery, handler))
+                        handlers[task] = (delivery, loop.time())
+                        task.add_done_callback(lambda done: handlers.pop(done, None))
+                        task.add_done_callback(lambda _: slots.release())
+                    await self._drain(set(handlers))
+                finally:
+                    if handlers:  # run() itself was cancelled: give the messages back now
+                        for task in handlers:
+                            task.cancel()
+                        await asyncio.gather(*handlers, return_exceptions=True)
+                    keeper.cancel()
+                    await asyncio.gather(keeper, return_exceptions=True)
         finally:
-            if handlers:  # run() itself was cancelled: stop the handlers too
-                for task in handlers:
-                    task.cancel()
-                await asyncio.gather(*handlers, return_exceptions=True)
+            self._stopping = False
             self._subscription = None
-            finished, self._finished = self._finished, None
+            self._wake = None
+            self._finished = None
             finished.set()
+
+    async def _keep_alive(
+        self, subscription: Subscription, handlers: dict[asyncio.Task[None], tuple[Delivery, float]]
+    ) -> None:
+        """While a handler still runs, keep its message from being delivered to someone else.
+
+        Every third of the redelivery timeout, deliveries whose handlers have run that
+        long are extended on the broker (a periodic timer: there is no event to wait for).
+        """
+        interval = max(0.05, self.backend.redelivery_timeout / 3)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            running = [
+                delivery for delivery, started in handlers.values() if now - started >= interval
+            ]
+            if not running:
+                continue
+            try:
+                await subscription.extend(running)
+            except Exception as exc:
+                log.warning(
+                    "could not extend %d message(s) still being handled (%s); another member "
+                    "may receive them after the redelivery timeout",
+                    len(running),
+                    exc,
+                )
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking messages; wait for running handlers (up to the timeout) and for run()."""
@@ -159,10 +195,32 @@ class AsyncLoopConsumer:
             self.shutdown_timeout = timeout
         self._stopping = True
         finished = self._finished
+        if self._wake is not None:
+            self._wake.set()
         if self._subscription is not None:
             await self._subscription.stop()
         if finished is not None:
             await finished.wait()
+
+    async def _take_slot(self, slots: asyncio.Semaphore) -> bool:
+        """Wait for a free handler slot; False if shutdown() comes first."""
+        if not slots.locked():
+            await slots.acquire()
+            return True
+        assert self._wake is not None
+        acquire = asyncio.ensure_future(slots.acquire())
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({acquire, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            if not acquire.done():
+                acquire.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if not self._stopping:
+                return True
+            slots.release()
+        return False
 
     async def _drain(self, handlers: set[asyncio.Task[None]]) -> None:
         if not handlers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import cast
@@ -22,16 +23,18 @@ from abe.types import MessageQueueBackendProtocol
 __all__ = [
     "BACKEND_VARIABLE",
     "ENTRY_POINT_GROUP",
+    "BackendChoice",
     "BackendEntry",
     "MemoryFallbackWarning",
     "available_backends",
+    "choose_backend",
     "load_backend",
     "load_backend_class",
 ]
 
 ENTRY_POINT_GROUP = "abe.backends.message_queue"
 BACKEND_VARIABLE = "QUEUE_BACKEND"
-MEMORY = "memory"
+_MEMORY = "memory"
 
 
 class MemoryFallbackWarning(UserWarning):
@@ -87,17 +90,83 @@ def available_backends() -> list[BackendEntry]:
     for point in entry_points(group=ENTRY_POINT_GROUP):
         entry = _entry(point)
         found.setdefault((entry.name, entry.distribution), entry)
-    if not any(name == MEMORY for name, _ in found):
-        found[(MEMORY, None)] = BackendEntry(
-            MEMORY, "abe.backends.message_queue.memory:MemoryBackend", "abe-core", __version__
+    if not any(name == _MEMORY for name, _ in found):
+        found[(_MEMORY, None)] = BackendEntry(
+            _MEMORY, "abe.backends.message_queue.memory:MemoryBackend", "abe-core", __version__
         )
     return sorted(found.values(), key=lambda entry: (entry.name, entry.distribution or ""))
 
 
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend `load_backend()` builds, and why it is that one."""
+
+    entry: BackendEntry
+    reason: str
+    fallback: bool = False
+    """True when no provider is installed and the memory backend stands in."""
+
+
+def choose_backend(
+    name: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    entries: Sequence[BackendEntry] | None = None,
+) -> BackendChoice:
+    """Which backend `load_backend(name)` builds, without importing or building it.
+
+    Order: `name`, then `QUEUE_BACKEND`, then the only installed provider, then the
+    memory backend. Raises BackendNotFoundError when the choice is unknown or ambiguous.
+    """
+    entries = available_backends() if entries is None else list(entries)
+    requested = (os.environ if environ is None else environ).get(BACKEND_VARIABLE)
+    if name is not None and name.strip():
+        return BackendChoice(_entry_named(entries, name), "named by the caller")
+    if requested is not None and requested.strip():
+        entry = _entry_named(entries, requested)
+        return BackendChoice(entry, f"chosen by {BACKEND_VARIABLE}={requested.strip()}")
+    providers = [entry for entry in entries if entry.name != _MEMORY]
+    if len(providers) > 1:
+        listed = ", ".join(f"{entry.name} ({entry.origin})" for entry in providers)
+        names = " or ".join(sorted({entry.name for entry in providers}))
+        raise BackendNotFoundError(
+            f"several message-queue backends are installed ({listed}) and none is chosen; "
+            f"set {BACKEND_VARIABLE} to {names}, or pass load_backend(name)"
+        )
+    if providers:
+        return BackendChoice(providers[0], "the only provider installed")
+    memory = _entry_named(entries, _MEMORY)
+    return BackendChoice(
+        memory, "no provider installed: the embedded default, inside this process", True
+    )
+
+
 def load_backend_class(name: str) -> type[MessageQueueBackendProtocol]:
     """The backend class registered as `name`, or BackendNotFoundError saying how to get it."""
+    return _entry_named(available_backends(), name).load_class()
+
+
+def load_backend(name: str | None = None) -> MessageQueueBackendProtocol:
+    """Build the configured backend from the environment.
+
+    Order: `name`, then `QUEUE_BACKEND`, then the only installed provider. Several
+    providers and none chosen is an error listing them; none installed falls back to
+    the memory backend with a `MemoryFallbackWarning`.
+    """
+    choice = choose_backend(name)
+    if choice.fallback:
+        warnings.warn(
+            "no message-queue provider is installed, so abe uses the in-process memory "
+            "backend: messages stay in this process and are lost when it exits. For a real "
+            f"broker, e.g. pip install abe-mq-redis and set {BACKEND_VARIABLE}=redis",
+            MemoryFallbackWarning,
+            stacklevel=2,
+        )
+    return choice.entry.load_class().from_env()
+
+
+def _entry_named(entries: Sequence[BackendEntry], name: str) -> BackendEntry:
     wanted = name.strip().lower()
-    entries = available_backends()
     matches = [entry for entry in entries if entry.name == wanted]
     if len(matches) > 1:
         origins = " and ".join(entry.origin for entry in matches)
@@ -113,41 +182,7 @@ def load_backend_class(name: str) -> type[MessageQueueBackendProtocol]:
             f"no message-queue backend named {wanted!r} is installed. {hint}Installed: "
             f"{installed}. To add it: pip install abe-mq-{wanted}"
         )
-    return matches[0].load_class()
-
-
-def load_backend(name: str | None = None) -> MessageQueueBackendProtocol:
-    """Build the configured backend from the environment.
-
-    Order: `name`, then `QUEUE_BACKEND`, then the only installed provider. Several
-    providers and none chosen is an error listing them; none installed falls back to
-    the memory backend with a `MemoryFallbackWarning`.
-    """
-    chosen = name if name is not None else os.environ.get(BACKEND_VARIABLE)
-    if chosen is not None and chosen.strip():
-        return _build(load_backend_class(chosen))
-    providers = [entry for entry in available_backends() if entry.name != MEMORY]
-    if len(providers) > 1:
-        listed = ", ".join(f"{entry.name} ({entry.origin})" for entry in providers)
-        names = " or ".join(sorted({entry.name for entry in providers}))
-        raise BackendNotFoundError(
-            f"several message-queue backends are installed ({listed}) and none is chosen; "
-            f"set {BACKEND_VARIABLE} to {names}, or pass load_backend(name)"
-        )
-    if providers:
-        return _build(providers[0].load_class())
-    warnings.warn(
-        "no message-queue provider is installed, so abe uses the in-process memory "
-        "backend: messages stay in this process and are lost when it exits. For a real "
-        f"broker, e.g. pip install abe-mq-redis and set {BACKEND_VARIABLE}=redis",
-        MemoryFallbackWarning,
-        stacklevel=2,
-    )
-    return _build(load_backend_class(MEMORY))
-
-
-def _build(backend_class: type[MessageQueueBackendProtocol]) -> MessageQueueBackendProtocol:
-    return backend_class.from_env()
+    return matches[0]
 
 
 def _entry(point: EntryPoint) -> BackendEntry:

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from abe.backends.message_queue.base.capabilities import Capabilities
@@ -29,6 +29,7 @@ from abe.backends.message_queue.base.codec import (
     OutgoingMessage,
     encode_payload,
     new_message_id,
+    wrap_undecodable,
 )
 from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
 from abe.backends.message_queue.base.receiver import Receiver
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from abe.benchmarking import RawBaseline
+
 __all__ = ["DEFAULT_GROUP", "BaseBackend"]
 
 log = logging.getLogger("abe.backend")
@@ -58,7 +61,11 @@ DEFAULT_GROUP = "default"
 """The group `consume()` and `subscribe()` join when given `group=None`."""
 
 _GROUP_RULES = KeyRules(
-    max_length=200, allowed="A-Za-z0-9_-", described="letters, digits, '_' and '-'", broker="abe"
+    max_length=200,
+    allowed="A-Za-z0-9_-",
+    described="letters, digits, '_' and '-'",
+    broker="abe",
+    kind="group",
 )
 
 
@@ -119,6 +126,15 @@ class BaseBackend(abc.ABC):
         """Where the broker is, for reprs and errors; never includes a secret."""
         return ""
 
+    def raw_baseline(self) -> RawBaseline | None:
+        """The `abe bench` workloads written with the client library directly, or None.
+
+        Optional. A provider that returns an `abe.benchmarking.RawBaseline` (built from
+        `self.settings`, so it reaches the same broker) lets `abe bench` report abe's cost
+        over the raw client. None, the default, is reported as "no raw client".
+        """
+        return None
+
     # ---- the protocol ---------------------------------------------------------------------
 
     async def publish(
@@ -161,7 +177,7 @@ class BaseBackend(abc.ABC):
         *,
         group: ConsumerGroup | None = None,
         keys: Sequence[MessageQueueKey] | MessageQueueKey | None = None,
-    ) -> AsyncIterator[MessageQueueMessage]:
+    ) -> AsyncGenerator[MessageQueueMessage, None]:
         """Yield payloads; each is acknowledged when the caller asks for the next one.
 
         A payload whose processing does not finish (the caller raises, is cancelled or
@@ -336,14 +352,23 @@ class BaseBackend(abc.ABC):
             self._open_receiver(subscription.group, subscription.keys), "subscribe"
         )
 
-    async def _dead_letter(self, message: IncomingMessage, reason: str) -> None:
-        """Write `message` with its original body to `<key>-dlq`, with headers saying why."""
+    async def _dead_letter(
+        self, message: IncomingMessage, reason: str, *, wrap_body: bool = False
+    ) -> None:
+        """Write `message` to `<key>-dlq` with headers saying why.
+
+        The body is the original one, except for a body that was not a JSON object
+        (`wrap_body`): it is wrapped as `{"undecodable_body": text}` (or
+        `{"undecodable_body_base64": ...}` when not UTF-8), so that reading the
+        dead-letter key with abe shows it instead of dead-lettering it again.
+        """
         headers = dict(message.headers)
         headers.setdefault(HEADER_ID, message.broker_id or new_message_id())
         headers[HEADER_ERROR] = reason[:1000]
         headers[HEADER_ATTEMPTS] = str(message.attempt)
         headers[HEADER_ORIGINAL_KEY] = message.key
-        letter = OutgoingMessage(headers[HEADER_ID], message.body, headers)
+        body = wrap_undecodable(message.body) if wrap_body else message.body
+        letter = OutgoingMessage(headers[HEADER_ID], body, headers)
         await self._guard(self._send(dead_letter_key(message.key), (letter,)), "dead-letter")
 
     def _forget(self, subscription: Subscription) -> None:

@@ -6,6 +6,7 @@ Foreign producers that write plain JSON bodies, with no headers, are read as wel
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "decode_body",
     "encode_payload",
     "new_message_id",
+    "wrap_undecodable",
 ]
 
 HEADER_PREFIX = "abe-"
@@ -79,22 +81,40 @@ class IncomingMessage:
 
 def encode_payload(payload: object, max_bytes: int) -> bytes:
     """The payload's JSON as UTF-8, or PayloadError saying what to change."""
-    if type(payload) is not dict:
-        if not isinstance(payload, dict):
-            raise PayloadError(
-                f"payload must be a dict, got {type(payload).__name__}; "
-                f"wrap it, e.g. {{'value': ...}}"
-            )
-        _check_json(payload, "payload")
-    elif not _is_plain_json(payload):
-        _check_json(payload, "payload")
-    body = _ENCODER.encode(payload).encode()
+    try:
+        if type(payload) is not dict:
+            if not isinstance(payload, dict):
+                raise PayloadError(
+                    f"payload must be a dict, got {type(payload).__name__}; "
+                    f"wrap it, e.g. {{'value': ...}}"
+                )
+            _check_json(payload, "payload", set())
+        elif not _is_plain_json(payload):
+            _check_json(payload, "payload", set())
+        body = _ENCODER.encode(payload).encode()
+    except RecursionError:
+        raise PayloadError(
+            "payload is nested too deeply to encode; flatten it or send a reference instead"
+        ) from None
+    except ValueError as exc:
+        if isinstance(exc, PayloadError):
+            raise
+        raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
     if len(body) > max_bytes:
         raise PayloadError(
             f"payload is {len(body):,} bytes as JSON, over this backend's limit of "
             f"{max_bytes:,}; store large data elsewhere and send a reference to it"
         )
     return body
+
+
+def wrap_undecodable(body: bytes) -> bytes:
+    """A JSON object holding a body that was not one, for its dead letter."""
+    try:
+        wrapped = {"undecodable_body": body.decode()}
+    except UnicodeDecodeError:
+        wrapped = {"undecodable_body_base64": base64.b64encode(body).decode()}
+    return _ENCODER.encode(wrapped).encode()
 
 
 def decode_body(body: bytes) -> MessageQueuePayload:
@@ -111,6 +131,7 @@ _LEAVES = frozenset({str, int, bool, type(None)})
 def _is_plain_json(payload: dict[Any, Any]) -> bool:
     """Fast check: only str keys, and values of the exact JSON types, finite floats included."""
     stack: list[Any] = [payload]
+    seen = {id(payload)}
     leaves = _LEAVES
     while stack:
         container = stack.pop()
@@ -129,17 +150,21 @@ def _is_plain_json(payload: dict[Any, Any]) -> bool:
                 if value - value != 0.0:  # inf - inf and nan - nan are nan
                     return False
             elif kind is dict or kind is list:
+                if id(value) in seen:  # shared or cyclic: let the thorough check decide
+                    return False
+                seen.add(id(value))
                 stack.append(value)
             else:
                 return False
     return True
 
 
-def _check_json(value: Any, path: str) -> None:
+def _check_json(value: Any, path: str, active: set[int]) -> None:
     """Slow, thorough check: refuse what would not decode equal, naming where it is.
 
     Subclasses of the JSON types (an IntEnum, a str Enum, an OrderedDict) are accepted,
-    since they encode to, and compare equal with, what comes back.
+    since they encode to, and compare equal with, what comes back. `active` holds the
+    containers on the current path, to refuse one that contains itself.
     """
     if isinstance(value, bool) or value is None:
         return
@@ -151,24 +176,31 @@ def _check_json(value: Any, path: str) -> None:
         return
     if isinstance(value, (str, int)):
         return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise PayloadError(
-                    f"{path} has the key {key!r} ({type(key).__name__}); JSON object keys "
-                    f"are strings, so it would come back as {str(key)!r}. Use a string key"
-                )
-            _check_json(item, f"{path}[{key!r}]")
+    if isinstance(value, (dict, list)):
+        if id(value) in active:
+            raise PayloadError(f"{path} contains itself, which JSON cannot represent")
+        active.add(id(value))
+        try:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise PayloadError(
+                            f"{path} has the key {key!r} ({type(key).__name__}); JSON object "
+                            f"keys are strings, so it would come back as {str(key)!r}. "
+                            f"Use a string key"
+                        )
+                    _check_json(item, f"{path}[{key!r}]", active)
+            else:
+                for index, item in enumerate(value):
+                    _check_json(item, f"{path}[{index}]", active)
+        finally:
+            active.discard(id(value))
         return
     if isinstance(value, tuple):
         raise PayloadError(
             f"{path} is a tuple; JSON would turn it into a list, so it would not come back "
             f"equal. Use a list"
         )
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json(item, f"{path}[{index}]")
-        return
     raise PayloadError(
         f"{path} is a {type(value).__name__}, which is not JSON-serialisable; convert it to a "
         f"str, number, bool, None, list or dict first"

@@ -30,6 +30,8 @@ class KeyRules:
     allowed: str
     described: str
     broker: str
+    kind: str = "key"
+    """What is named: "key" (leaves room for the dead-letter suffix) or "group"."""
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -37,20 +39,23 @@ class KeyRules:
 
     def check(self, key: object) -> str:
         """Return `key` if the broker accepts it, else raise InvalidKeyError naming the rule."""
+        kind = self.kind
         if not isinstance(key, str):
-            raise InvalidKeyError(f"a key must be a str, got {type(key).__name__}")
+            raise InvalidKeyError(f"a {kind} must be a str, got {type(key).__name__}")
         if not key:
-            raise InvalidKeyError("a key must not be empty; name the stream, topic or queue")
-        limit = self.max_length - len(DEAD_LETTER_SUFFIX)
+            raise InvalidKeyError(f"a {kind} must not be empty; give it a name")
+        reserved = len(DEAD_LETTER_SUFFIX) if kind == "key" else 0
+        limit = self.max_length - reserved
         if len(key) > limit:
+            room = f" (leaving room for the {DEAD_LETTER_SUFFIX!r} dead-letter suffix)"
             raise InvalidKeyError(
-                f"key {key[:40]!r}... is {len(key)} characters; {self.broker} keys may have "
-                f"at most {limit} (leaving room for the {DEAD_LETTER_SUFFIX!r} dead-letter suffix)"
+                f"{kind} {key[:40]!r}... is {len(key)} characters; {self.broker} {kind}s may "
+                f"have at most {limit}{room if reserved else ''}"
             )
         if self._pattern.fullmatch(key) is None:
             bad = next(char for char in key if self._pattern.fullmatch(char) is None)
             raise InvalidKeyError(
-                f"key {key!r} contains {bad!r}; {self.broker} keys may only contain "
+                f"{kind} {key!r} contains {bad!r}; {self.broker} {kind}s may only contain "
                 f"{self.described}"
             )
         return key

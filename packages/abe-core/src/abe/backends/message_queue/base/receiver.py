@@ -38,5 +38,13 @@ class Receiver(abc.ABC):
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         """Deliver `message` again, to any member of the group, no sooner than `delay` seconds."""
 
+    async def extend(self, messages: Sequence[IncomingMessage]) -> None:  # noqa: B027
+        """Push back the redelivery of messages a handler is still working on.
+
+        Optional: the consumer calls it every third of the redelivery timeout for
+        deliveries whose handlers still run. Brokers that redeliver only when a member
+        leaves (Kafka) need nothing here.
+        """
+
     async def close(self) -> None:  # noqa: B027  (optional hook; most receivers have state to free)
         """Release what the receiver holds. Unacknowledged messages are delivered again later."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,8 +28,9 @@ class BackendSettings:
         if self.prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {self.prefetch}")
         for name in ("redelivery_timeout", "operation_timeout", "poll_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
     @staticmethod
     def read_common(env: Environment) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from abe.backends.message_queue.base.acks import AckBatcher
 from abe.backends.message_queue.base.codec import IncomingMessage, decode_body
@@ -60,7 +60,7 @@ class Subscription:
         self._state = "new"
         self._credit: asyncio.Future[None] | None = None
         self._fetch: asyncio.Task[Sequence[IncomingMessage]] | None = None
-        self._stopped: asyncio.Event | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._acks: AckBatcher[IncomingMessage] = AckBatcher(self._flush_acks, max_batch=500)
 
     @property
@@ -72,6 +72,10 @@ class Subscription:
     def stopped(self) -> bool:
         """Whether the subscription no longer fetches (after `stop()` or `aclose()`)."""
         return self._state in ("stopped", "closed")
+
+    async def open(self) -> None:
+        """Join the group on the broker now, rather than on the first iteration."""
+        await self._open()
 
     async def __aenter__(self) -> Subscription:
         await self._open()
@@ -92,7 +96,7 @@ class Subscription:
         if self._state != "new":
             return
         self._state = "opening"
-        self._stopped = asyncio.Event()
+        self._stopped = asyncio.get_running_loop().create_future()
         try:
             self._receiver = await self._backend._open_receiver_for(self)
         except BaseException:
@@ -135,10 +139,7 @@ class Subscription:
                 await self._pause(delay)
 
     async def _fill(self, credit: int) -> None:
-        assert self._receiver is not None
-        fetch = asyncio.get_running_loop().create_task(
-            self._backend._guard(self._receiver.fetch(credit, self._poll_interval), "fetch")
-        )
+        fetch = asyncio.get_running_loop().create_task(self._fetch_batch(credit))
         self._fetch = fetch
         try:
             messages = await fetch
@@ -148,6 +149,9 @@ class Subscription:
             return  # stop() cancelled the fetch: __anext__ ends the iteration
         finally:
             self._fetch = None
+        if self._state != "open":  # stopped while the fetch was returning: give them back
+            await self._give_back_messages(messages)
+            return
         poison: list[tuple[IncomingMessage, str]] = []
         for message in messages:
             try:
@@ -165,12 +169,17 @@ class Subscription:
                 message.key,
             )
             try:
-                await self._backend._dead_letter(message, reason)
+                await self._backend._dead_letter(message, reason, wrap_body=True)
                 await self._acks.add(message)
             except Exception as exc:
                 log.warning(
                     "dead-lettering %s failed (%s); it will come back", message.broker_id, exc
                 )
+
+    async def _fetch_batch(self, credit: int) -> Sequence[IncomingMessage]:
+        assert self._receiver is not None
+        batch = self._receiver.fetch(credit, self._poll_interval)
+        return await self._backend._guard(batch, "fetch")
 
     async def _wait_for_credit(self) -> None:
         self._credit = asyncio.get_running_loop().create_future()
@@ -182,7 +191,7 @@ class Subscription:
     async def _pause(self, seconds: float) -> None:
         assert self._stopped is not None
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), seconds)
+            await asyncio.wait_for(asyncio.shield(self._stopped), seconds)
 
     def _release_credit(self) -> None:
         self._unsettled -= 1
@@ -213,6 +222,12 @@ class Subscription:
         await self._backend._dead_letter(delivery.message, reason)
         await self._acks.add(delivery.message)
 
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Tell the broker these deliveries are still being worked on: do not redeliver them yet."""
+        unsettled = [delivery.message for delivery in deliveries if not delivery.settled]
+        if unsettled and self._receiver is not None and self._state != "closed":
+            await self._backend._guard(self._receiver.extend(unsettled), "extend")
+
     async def _flush_acks(self, messages: Sequence[IncomingMessage]) -> None:
         assert self._receiver is not None
         await self._backend._guard(self._receiver.ack(messages), "ack")
@@ -226,25 +241,32 @@ class Subscription:
             return
         opening = self._state == "opening"
         self._state = "stopped"
-        if self._stopped is not None:
-            self._stopped.set()
-        if self._fetch is not None:
-            self._fetch.cancel()
-        if self._credit is not None and not self._credit.done():
-            self._credit.set_result(None)
+        # A subscription left waiting in an event loop that has since closed has nothing
+        # to wake there: touching that loop's futures would raise.
+        if _alive(self._stopped):
+            self._stopped.set_result(None)  # type: ignore[union-attr]
+        if _alive(self._fetch):
+            self._fetch.cancel()  # type: ignore[union-attr]
+        if _alive(self._credit):
+            self._credit.set_result(None)  # type: ignore[union-attr]
         if opening or self._receiver is None:
             return
-        unread = list(self._buffer)
+        await self._give_back_buffer()
+
+    async def _give_back_buffer(self) -> None:
+        unread = [delivery.message for delivery in self._buffer]
         self._buffer.clear()
         self._unsettled -= len(unread)
-        if unread:
-            await self._give_back(self._receiver, unread)
+        await self._give_back_messages(unread)
 
-    async def _give_back(self, receiver: Receiver, deliveries: list[Delivery]) -> None:
+    async def _give_back_messages(self, messages: Sequence[IncomingMessage]) -> None:
+        receiver = self._receiver
+        if not messages or receiver is None:
+            return
         results = await asyncio.gather(
             *(
-                asyncio.wait_for(receiver.nack(delivery.message, 0.0), _RELEASE_TIMEOUT)
-                for delivery in deliveries
+                asyncio.wait_for(receiver.nack(message, 0.0), _RELEASE_TIMEOUT)
+                for message in messages
             ),
             return_exceptions=True,
         )
@@ -259,6 +281,7 @@ class Subscription:
         await self.stop()
         try:
             if self._receiver is not None:
+                await self._give_back_buffer()
                 await self._acks.drain()
                 await self._receiver.close()
         finally:
@@ -282,6 +305,11 @@ class Subscription:
             f"Subscription(group={self.group!r}, keys={list(self.keys)!r}, "
             f"held={self._unsettled}, state={self._state!r})"
         )
+
+
+def _alive(waiter: asyncio.Future[Any] | None) -> bool:
+    """Whether `waiter` is pending in a loop that can still run its callbacks."""
+    return waiter is not None and not waiter.done() and not waiter.get_loop().is_closed()
 
 
 def _cancelled_from_outside() -> bool:

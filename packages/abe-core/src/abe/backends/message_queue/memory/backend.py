@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.base.capabilities import Capabilities
@@ -17,7 +17,10 @@ from abe.backends.message_queue.base.settings import BackendSettings
 from abe.backends.message_queue.memory.broker import MemoryBroker
 from abe.settings import COMMON_VARIABLES, Environment, Variable
 
-__all__ = ["MemoryBackend", "MemorySettings"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["BROKER", "MAX_PAYLOAD", "MemoryBackend", "MemorySettings"]
 
 BROKER = Variable(
     "ABE_MEMORY_BROKER",
@@ -81,7 +84,7 @@ class MemoryBackend(BaseBackend):
         self.broker = broker if broker is not None else MemoryBroker()
 
     @classmethod
-    def from_env(cls) -> MemoryBackend:
+    def from_env(cls) -> Self:
         """A backend on the shared broker named by ABE_MEMORY_BROKER (default "default")."""
         settings = MemorySettings.from_env()
         return cls(settings, broker=MemoryBroker.named(settings.broker))
@@ -129,3 +132,6 @@ class _MemoryReceiver(Receiver):
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._broker.nack(self._group, message, delay)
+
+    async def extend(self, messages: Sequence[IncomingMessage]) -> None:
+        self._broker.extend(self._group, messages, self._lease)

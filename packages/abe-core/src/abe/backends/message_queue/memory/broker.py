@@ -45,7 +45,7 @@ class _Lease:
 class _Group:
     cursor: int
     leases: dict[int, _Lease] = field(default_factory=dict)
-    # (due, generation, offset): lazily deleted when the lease changed since it was pushed
+    # (due, generation, offset): skipped when the lease changed since it was pushed
     due: list[tuple[float, int, int]] = field(default_factory=list)
 
 
@@ -135,10 +135,10 @@ class MemoryBroker:
             log = self._logs[key]
             state = log.groups[group]
             while state.due and len(taken) < max_messages and state.due[0][0] <= now:
-                _, generation, offset = heapq.heappop(state.due)
+                due, generation, offset = heapq.heappop(state.due)
                 held = state.leases.get(offset)
-                if held is None or held.generation != generation:
-                    continue
+                if held is None or held.generation != generation or held.due != due:
+                    continue  # settled, handed out again, or extended since this was pushed
                 taken.append(
                     self._deliver(
                         key, log, state, offset, deliveries=held.deliveries + 1, due=now + lease
@@ -173,6 +173,20 @@ class MemoryBroker:
             state = None if log is None else log.groups.get(group)
             if state is not None:
                 state.leases.pop(message.handle[0], None)
+
+    def extend(self, group: str, messages: Sequence[IncomingMessage], lease: float) -> None:
+        """Renew the leases of messages still being worked on, if they are still held."""
+        due = time.monotonic() + lease
+        for message in messages:
+            log = self._logs.get(message.key)
+            state = None if log is None else log.groups.get(group)
+            if state is None:
+                continue
+            offset, generation = message.handle
+            held = state.leases.get(offset)
+            if held is not None and held.generation == generation:
+                held.due = due
+                heapq.heappush(state.due, (due, generation, offset))
 
     def nack(self, group: str, message: IncomingMessage, delay: float) -> None:
         log = self._logs.get(message.key)
@@ -214,5 +228,7 @@ class MemoryBroker:
 
 def _wake(waiters: set[asyncio.Future[None]]) -> None:
     for waiter in list(waiters):
-        if not waiter.done() and not waiter.get_loop().is_closed():
+        if waiter.get_loop().is_closed():
+            waiters.discard(waiter)  # its loop ended while it waited: nobody will wake
+        elif not waiter.done():
             waiter.set_result(None)

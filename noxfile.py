@@ -1,0 +1,166 @@
+"""The one matrix: every session runs over every package found in packages/, on every Python.
+
+`nox` runs everything CI runs; `nox -l` shows the matrix. A new folder in packages/
+joins every session without an edit here. `nox -s bench` is kept out of the default run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+MAIN_PYTHON = "3.12"
+PACKAGES = sorted(path.parent.name for path in ROOT.glob("packages/*/pyproject.toml"))
+PROVIDERS = [name for name in PACKAGES if name.startswith("abe-mq-")]
+CORE = "abe-core"
+TEST_TOOLS = ["pytest>=8", "pytest-asyncio>=0.24"]
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "no"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "typecheck", "tests", "integration", "build", "docs", "demo"]
+
+
+def _expose_pyenv_pythons() -> None:
+    """Let `python3.X` resolve on machines where pyenv installs several Pythons.
+
+    pyenv's shims only run the versions named by `pyenv global` or PYENV_VERSION;
+    naming every installed 3.10-3.13 here makes all of them reachable for the matrix.
+    """
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    if "PYENV_VERSION" in os.environ or not (root / "versions").is_dir():
+        return
+    wanted = re.compile(r"3\.1[0-3]\.\d+$")
+    versions = sorted(
+        (path.name for path in (root / "versions").iterdir() if wanted.match(path.name)),
+        key=lambda name: [int(part) for part in name.split(".")],
+    )
+    try:
+        current = subprocess.run(
+            ["pyenv", "version-name"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        current = ""
+    chosen = [name for name in [current, *reversed(versions)] if name]
+    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(chosen))
+    os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+
+
+_expose_pyenv_pythons()
+
+
+def _local(package: str, extras: str = "") -> str:
+    return f"{ROOT / 'packages' / package}{extras}"
+
+
+def _install_with_core(session: nox.Session, package: str, *extra: str) -> None:
+    """Install `package` from this checkout, with abe-core from this checkout too."""
+    targets = [_local(CORE, "[testing]")]
+    if package != CORE:
+        targets.append(_local(package))
+    session.install(*targets, *extra)
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize("package", PACKAGES)
+def lint(session: nox.Session, package: str) -> None:
+    """ruff: lint and formatting of one package."""
+    session.install("ruff")
+    folder = f"packages/{package}"
+    session.run("ruff", "check", folder)
+    session.run("ruff", "format", "--check", folder)
+    if package == CORE:  # the shared files live beside the packages
+        shared = ["noxfile.py", "tools", "tests-integration"]
+        session.run("ruff", "check", *shared)
+        session.run("ruff", "format", "--check", *shared)
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize("package", PACKAGES)
+def typecheck(session: nox.Session, package: str) -> None:
+    """mypy --strict on one package's src/, with its dependencies installed."""
+    _install_with_core(session, package, "mypy")
+    session.run("mypy", "--strict", f"packages/{package}/src")
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """A package's fast offline tests, on each supported Python."""
+    # pip and hatchling: the loader tests install test-only distributions with pip.
+    _install_with_core(session, package, *TEST_TOOLS, "pip", "hatchling")
+    session.run("pytest", f"packages/{package}/tests", *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize("package", PACKAGES)
+def integration(session: nox.Session, package: str) -> None:
+    """A package's tests against real brokers (tests-integration/<package>/)."""
+    folder = ROOT / "tests-integration" / package
+    if not folder.is_dir():
+        session.error(f"{package} has no integration tests: add tests-integration/{package}/")
+    _install_with_core(session, package, "-r", "tests-integration/requirements.txt")
+    session.run("pytest", str(folder), *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+@nox.parametrize("package", PACKAGES)
+def build(session: nox.Session, package: str) -> None:
+    """Wheel and sdist; twine check; the wheel installed alone in a fresh venv and resolved."""
+    session.install("build", "twine")
+    out = ROOT / "dist" / package
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(out), f"packages/{package}")
+    session.run("twine", "check", "--strict", *map(str, out.glob("*")))
+    core_out = ROOT / "dist" / CORE
+    if package != CORE and not list(core_out.glob("*.whl")):
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(core_out), _local(CORE))
+    fresh = Path(session.create_tmp()) / "fresh"
+    session.run(sys.executable, "-m", "venv", "--clear", str(fresh), external=True)
+    python = str(fresh / "bin" / "python")
+    wheels = [_newest(out, "*.whl")] + ([] if package == CORE else [_newest(core_out, "*.whl")])
+    session.run(python, "-m", "pip", "install", "--quiet", *wheels, external=True)
+    session.run(
+        python, str(ROOT / "tools" / "check_installed.py"), package, external=True, silent=False
+    )
+
+
+@nox.session(python=MAIN_PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site, built strict: any warning fails."""
+    session.install("-r", "docs/requirements.txt", _local(CORE))
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+
+
+@nox.session(python=MAIN_PYTHON)
+def demo(session: nox.Session) -> None:
+    """abe's main job on the embedded default: `abe demo` must end with its verdict OK."""
+    session.install(_local(CORE))
+    session.run("abe", "demo", env={"QUEUE_BACKEND": ""})
+
+
+@nox.session(python=MAIN_PYTHON)
+def bench(session: nox.Session) -> None:
+    """`abe bench` on memory, and on each backend named after `--`: `nox -s bench -- redis nats`."""
+    session.install(_local(CORE), *(_local(provider) for provider in PROVIDERS))
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    for backend in ["memory", *session.posargs]:
+        with (out / f"{backend}.json").open("w") as results:
+            session.run("abe", "bench", "--json", env={"QUEUE_BACKEND": backend}, stdout=results)
+        session.log(f"bench results for {backend}: {out / f'{backend}.json'}")
+
+
+def _newest(folder: Path, pattern: str) -> str:
+    found = sorted(folder.glob(pattern), key=lambda path: path.stat().st_mtime)
+    if not found:
+        raise RuntimeError(f"nothing matches {pattern} in {folder}")
+    return str(found[-1])

@@ -1,0 +1,360 @@
+"""`abe bench`: throughput and latency of the configured backend, beside its raw client if any.
+
+The workloads are those of `abe.benchmarking` (publish, publish_many, end_to_end), each
+on a fresh key and group. When the backend's `raw_baseline()` gives one, the same
+workloads also run through the broker's client library, on the same broker, and the
+report shows abe/raw. Progress goes to stderr; the result to stdout as a table or, with
+`--json`, as one JSON document whose keys are stable (docs chart them):
+
+    {
+      "schema": "abe-bench/1",
+      "backend": {"name": "memory", "distribution": "abe-core", "version": "0.1.0"},
+      "abe_version": "0.1.0",
+      "python": "3.11.7",
+      "python_implementation": "CPython",
+      "platform": "Linux-6.1.0-x86_64-with-glibc2.36",
+      "started_at": "2025-01-31T12:00:00Z",
+      "settings": {"messages": 2000, "payload_bytes": 256, "batch_size": 100, "timeout": 30.0},
+      "raw_client": {"status": "none", "name": null},
+      "workloads": {
+        "publish":      {MEASUREMENT..., "raw": MEASUREMENT | null, "abe_over_raw": RATIOS | null},
+        "publish_many": {...},
+        "end_to_end":   {...}
+      }
+    }
+
+    MEASUREMENT = "messages": int, "seconds": float, "msgs_per_s": float,
+                  "p50_ms": float, "p99_ms": float
+    RATIOS      = {"msgs_per_s": float, "p50_ms": float, "p99_ms": float}   (abe value / raw value)
+
+`raw_client.status` is "measured" (a baseline ran; `name` is the client library),
+"none" (the backend has no raw baseline: "no raw client") or "skipped"
+(`--skip-baseline`). Latency is per call for publish, per batch call for publish_many,
+and per message (publish to receive) for end_to_end. A msgs_per_s ratio below 1, or a
+latency ratio above 1, is what abe costs over the raw client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import platform
+import secrets
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from abe._version import __version__
+from abe.backends.message_queue.base.backend import BaseBackend
+from abe.benchmarking import (
+    WORKLOADS,
+    AbeWorkloads,
+    Measurement,
+    Progress,
+    RawBaseline,
+    Workload,
+)
+from abe.cli.arguments import positive_int, positive_seconds
+from abe.cli.connect import (
+    CLOSE_TIMEOUT,
+    FALLBACK_NOTE,
+    close_backend,
+    load,
+    origin_of,
+    require_base,
+)
+from abe.cli.errors import EXIT_OK, CommandError, one_line
+from abe.cli.output import format_count, format_ms, format_rate, note, table
+from abe.cli.progress import ProgressLine
+
+__all__ = ["SCHEMA", "BenchOptions", "add_parser", "render_table", "run", "run_bench"]
+
+SCHEMA = "abe-bench/1"
+
+log = logging.getLogger("abe.cli")
+
+_Side = Callable[[Workload, Progress], Coroutine[Any, Any, Measurement]]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """The settings of one `abe bench` run."""
+
+    messages: int = 10_000
+    payload_bytes: int = 256
+    batch_size: int = 100
+    timeout: float = 30.0
+    skip_baseline: bool = False
+
+    def workload(self, key: str, group: str) -> Workload:
+        """These settings for one workload run on `key` and `group`."""
+        return Workload(
+            messages=self.messages,
+            payload_bytes=self.payload_bytes,
+            batch_size=self.batch_size,
+            key=key,
+            group=group,
+        )
+
+
+async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str, Any]:
+    """Measure the configured backend (and its raw baseline); the report as a JSON-ready dict.
+
+    `progress` is the stream for the progress display (stderr), or None for none.
+    """
+    started_at = _now()
+    loaded = load()
+    if loaded.fallback:
+        note(FALLBACK_NOTE)
+    baseline: RawBaseline | None = None
+    try:
+        backend = require_base(loaded.backend, "bench")
+        distribution, version = origin_of(backend.name)
+        status = "skipped" if options.skip_baseline else "none"
+        if not options.skip_baseline:
+            baseline = backend.raw_baseline()
+            status = "measured" if baseline is not None else "none"
+        run_id = f"abe-bench-{secrets.token_hex(4)}"
+        await _warm_up(backend, f"{run_id}-warmup", options.timeout)
+        abe_side = AbeWorkloads(backend)
+        workloads: dict[str, Any] = {}
+        for name in WORKLOADS:
+            slug = name.replace("_", "-")
+            measured = await _measure(
+                getattr(abe_side, name),
+                options.workload(f"{run_id}-{slug}", run_id),
+                f"{name} (abe)",
+                options.timeout,
+                progress,
+            )
+            raw = None
+            if baseline is not None:
+                raw = await _measure_raw(baseline, name, options, run_id, progress)
+            workloads[name] = _entry(measured, raw)
+    finally:
+        if baseline is not None:
+            await _close_baseline(baseline)
+        await close_backend(loaded.backend)
+    return {
+        "schema": SCHEMA,
+        "backend": {"name": backend.name, "distribution": distribution, "version": version},
+        "abe_version": __version__,
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "started_at": started_at,
+        "settings": {
+            "messages": options.messages,
+            "payload_bytes": options.payload_bytes,
+            "batch_size": options.batch_size,
+            "timeout": options.timeout,
+        },
+        "raw_client": {"status": status, "name": baseline.name if baseline is not None else None},
+        "workloads": workloads,
+    }
+
+
+async def _warm_up(backend: BaseBackend, key: str, timeout: float) -> None:
+    """One publish before any clock starts, so that no workload pays for connecting."""
+    try:
+        await asyncio.wait_for(backend.publish(key, {"warmup": True}), timeout)
+    except asyncio.TimeoutError:
+        raise CommandError(
+            f"the first publish did not complete within {timeout:g} s; is the broker up? "
+            f"(`abe check` says more)"
+        ) from None
+
+
+async def _close_baseline(baseline: RawBaseline) -> None:
+    try:
+        await asyncio.wait_for(baseline.close(), CLOSE_TIMEOUT)
+    except Exception as exc:
+        log.warning(
+            "closing the raw baseline %s failed (%s: %s)", baseline.name, type(exc).__name__, exc
+        )
+
+
+async def _measure(
+    side: _Side, workload: Workload, label: str, timeout: float, stream: TextIO | None
+) -> Measurement:
+    """Run one workload with a progress line; cancel it once it stops making progress."""
+    line = ProgressLine(stream, label, workload.messages)
+    done = 0
+
+    def progress(count: int) -> None:
+        nonlocal done
+        done = count
+        line(count)
+
+    task = asyncio.get_running_loop().create_task(side(workload, progress))
+    seen = 0
+    try:
+        while not (await asyncio.wait({task}, timeout=timeout))[0]:
+            if done == seen:
+                raise CommandError(
+                    f"{label} made no progress for {timeout:g} s, after {done:,} of "
+                    f"{workload.messages:,} messages; is the broker up? (--timeout changes "
+                    f"how long to wait)"
+                )
+            seen = done
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    measured = task.result()
+    line.finish(f"{format_rate(measured.msgs_per_s)} msgs/s in {measured.seconds:.2f} s")
+    return measured
+
+
+async def _measure_raw(
+    baseline: RawBaseline, name: str, options: BenchOptions, run_id: str, stream: TextIO | None
+) -> Measurement:
+    slug = name.replace("_", "-")
+    try:
+        return await _measure(
+            getattr(baseline, name),
+            options.workload(f"{run_id}-raw-{slug}", f"{run_id}-raw"),
+            f"{name} ({baseline.name})",
+            options.timeout,
+            stream,
+        )
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError(
+            f"the raw baseline {baseline.name} failed in {name}: {one_line(exc)}; "
+            f"rerun with --skip-baseline to measure abe alone"
+        ) from exc
+
+
+def _entry(measured: Measurement, raw: Measurement | None) -> dict[str, Any]:
+    entry: dict[str, Any] = measured.as_dict()
+    entry["raw"] = raw.as_dict() if raw is not None else None
+    entry["abe_over_raw"] = None
+    if raw is not None:
+        entry["abe_over_raw"] = {
+            "msgs_per_s": measured.msgs_per_s / raw.msgs_per_s,
+            "p50_ms": _ratio(measured.p50_ms, raw.p50_ms),
+            "p99_ms": _ratio(measured.p99_ms, raw.p99_ms),
+        }
+    return entry
+
+
+def _ratio(abe: float, raw: float) -> float | None:
+    return abe / raw if raw > 0 else None
+
+
+def _now() -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return now.isoformat().replace("+00:00", "Z")
+
+
+def render_table(report: dict[str, Any]) -> list[str]:
+    """The report as the lines `abe bench` prints without --json."""
+    backend, settings, raw_client = report["backend"], report["settings"], report["raw_client"]
+    origin = f"{backend['distribution']} {backend['version']}" if backend["distribution"] else "?"
+    lines = [
+        f"abe bench: {backend['name']} ({origin}), Python {report['python']}; "
+        f"{format_count(settings['messages'])} messages of ~{settings['payload_bytes']} bytes, "
+        f"publish_many batches of {settings['batch_size']}",
+        "",
+    ]
+    no_raw = "no raw client" if raw_client["status"] == "none" else "skipped"
+    rows = []
+    for name, entry in report["workloads"].items():
+        ratio = entry["abe_over_raw"]
+        shown = f"{ratio['msgs_per_s']:.2f}x" if ratio is not None else no_raw
+        rows.append([name, "abe", *_cells(entry), shown])
+        if entry["raw"] is not None:
+            rows.append(["", raw_client["name"], *_cells(entry["raw"]), ""])
+    header = ["WORKLOAD", "CLIENT", "MESSAGES", "SECONDS", "MSGS/S", "P50 MS", "P99 MS", "ABE/RAW"]
+    lines += table(rows, header=header, right=(2, 3, 4, 5, 6))
+    lines.append("")
+    lines.append(
+        "latency: per call (publish), per batch (publish_many), publish to receive (end_to_end)"
+    )
+    if raw_client["status"] == "measured":
+        lines.append("abe/raw: abe's msgs/s over the raw client's; 1.00x means no overhead")
+    return lines
+
+
+def _cells(measurement: dict[str, Any]) -> list[str]:
+    return [
+        format_count(measurement["messages"]),
+        f"{measurement['seconds']:.3f}",
+        format_rate(measurement["msgs_per_s"]),
+        format_ms(measurement["p50_ms"]),
+        format_ms(measurement["p99_ms"]),
+    ]
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Register `abe bench`."""
+    defaults = BenchOptions()
+    parser = commands.add_parser(
+        "bench",
+        help="measure throughput and latency of the configured backend",
+        description=(
+            "Measure publish, publish_many and end-to-end (publish to receive and ack) on "
+            "the configured backend, each on a new key; when the backend ships a raw-client "
+            "baseline, run it too on the same broker and report abe/raw. Progress goes to "
+            "stderr, the result to stdout."
+        ),
+    )
+    parser.add_argument(
+        "--messages",
+        type=positive_int,
+        default=defaults.messages,
+        metavar="N",
+        help=f"messages per workload (default {defaults.messages:,})",
+    )
+    parser.add_argument(
+        "--payload-bytes",
+        type=positive_int,
+        default=defaults.payload_bytes,
+        metavar="B",
+        help=f"about how large each JSON body is, at least ~50 (default {defaults.payload_bytes})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        metavar="S",
+        help=f"messages per publish_many call (default {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help=f"fail when a workload makes no progress for this long (default {defaults.timeout:g})",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+    parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="do not run the raw-client baseline"
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the table or the JSON document."""
+    options = BenchOptions(
+        messages=args.messages,
+        payload_bytes=args.payload_bytes,
+        batch_size=args.batch_size,
+        timeout=args.timeout,
+        skip_baseline=args.skip_baseline,
+    )
+    progress = None if args.json or args.no_progress else sys.stderr
+    report = asyncio.run(run_bench(options, progress))
+    if args.json:
+        print(json.dumps(report, indent=2), flush=True)
+    else:
+        print("\n".join(render_table(report)), flush=True)
+    return EXIT_OK

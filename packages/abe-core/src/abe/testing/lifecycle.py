@@ -1,0 +1,117 @@
+"""Contract 20-24: closing releases everything, brokers come and go, memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from abe.backends.message_queue.base.backend import BaseBackend
+from abe.testing.fixtures import (
+    BackendFactory,
+    Backends,
+    ContractFixtures,
+)
+from abe.testing.helpers import WAIT, next_delivery, unique
+
+__all__ = ["LifecycleContract"]
+
+
+@contextmanager
+def _resource_warnings_fail() -> Iterator[list[str]]:
+    """Collect ResourceWarnings, raised or reported from `__del__`, so the test can fail on them."""
+    seen: list[str] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, ResourceWarning):
+            seen.append(str(unraisable.exc_value))
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            yield seen
+            gc.collect()
+        seen.extend(str(w.message) for w in caught if issubclass(w.category, ResourceWarning))
+    finally:
+        sys.unraisablehook = previous
+
+
+async def _settle_loop() -> None:
+    """Let callbacks scheduled by closing (transport teardown, finalizers) run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+class LifecycleContract(ContractFixtures):
+    """close(), cancellation, broker restarts, unreachable brokers, bounded prefetch."""
+
+    async def test_close_releases(self, backend_factory: BackendFactory) -> None:
+        before = asyncio.all_tasks()
+        with _resource_warnings_fail() as leaks:
+            key = unique("close")
+            got_one = asyncio.Event()
+
+            async def consume(backend: BaseBackend) -> None:
+                async for _ in backend.consume(group=unique("group"), keys=[key]):
+                    got_one.set()
+
+            async with backend_factory() as backend:
+                await backend.publish_many(key, [{"number": number} for number in range(3)])
+                task = asyncio.ensure_future(consume(backend))
+                await asyncio.wait_for(got_one.wait(), WAIT)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert backend.closed
+            del backend, task
+            await _settle_loop()
+            left = asyncio.all_tasks() - before - {asyncio.current_task()}
+            assert not left, f"tasks left running after close: {left}"
+        assert not leaks, f"resources not released: {leaks}"
+
+    async def test_close_is_idempotent(self, backend_factory: BackendFactory) -> None:
+        backend = backend_factory()
+        await backend.close()
+        await backend.close()
+
+        backend = backend_factory()
+        key = unique("idle")
+        subscription = backend.subscribe(group=unique("group"), keys=[key])
+        await subscription.open()
+        waiting = asyncio.ensure_future(subscription.__anext__())
+        stream = backend.consume(group=unique("other"), keys=[key])
+        streaming = asyncio.ensure_future(stream.__anext__())
+        await _settle_loop()
+        assert not waiting.done()
+        await asyncio.wait_for(backend.close(), WAIT)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, WAIT)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(streaming, WAIT)
+        await asyncio.wait_for(backend.close(), WAIT)
+
+    async def test_slow_consumer_is_bounded(self, backends: Backends) -> None:
+        prefetch = 5
+        backend = backends.new(prefetch=prefetch)
+        key = unique("slow")
+        await backend.publish_many(key, [{"number": number} for number in range(60)])
+        most_held = 0
+        async with backend.subscribe(group=unique("group"), keys=[key]) as subscription:
+            for _ in range(30):
+                delivery = await next_delivery(subscription)
+                most_held = max(most_held, backend.held_messages, subscription.held)
+                await asyncio.sleep(0.01)  # the slow handler's work
+                most_held = max(most_held, backend.held_messages)
+                await delivery.ack()
+        assert most_held <= prefetch, f"held {most_held} messages with prefetch {prefetch}"
+        assert most_held >= 1

@@ -1,0 +1,152 @@
+"""Contract 16, 19, 22, 23 for brokers in another process: down, restarted, refusing secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from abe.errors import AbeError, BackendUnavailableError, PayloadError
+from abe.testing.fixtures import (
+    BackendFactory,
+    Backends,
+    ContractFixtures,
+    RestartableBroker,
+    SecretCase,
+)
+from abe.testing.helpers import WAIT, unique
+from abe.testing.inputs import bad_payloads
+
+__all__ = ["RemoteBrokerContract"]
+
+
+@pytest.mark.asyncio
+class RemoteBrokerContract(ContractFixtures):
+    """What only a broker reached over a network can show: outages, restarts, credentials."""
+
+    async def test_bad_payloads_are_refused_before_io(
+        self, unreachable_backend_factory: BackendFactory
+    ) -> None:
+        backend = unreachable_backend_factory()
+        try:
+            started = time.monotonic()
+            for _, payload in bad_payloads(backend.max_payload_bytes):
+                with pytest.raises(PayloadError):
+                    await backend.publish(unique("payloads"), payload)
+            assert time.monotonic() - started < 2.0, "payload checks waited for the network"
+        finally:
+            await backend.close()
+
+    async def test_no_secret_leaks(
+        self,
+        backends: Backends,
+        secret_environment: SecretCase,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        backend_class = type(backends.new())
+        secret = secret_environment.secret
+        for variable in backend_class.variables:
+            monkeypatch.delenv(variable.name, raising=False)
+        for name, value in secret_environment.env.items():
+            monkeypatch.setenv(name, value)
+        caplog.set_level(logging.DEBUG)
+        backend = backend_class.from_env()
+        assert isinstance(backend, type(backends.new()))
+        try:
+            assert secret not in repr(backend)
+            assert secret not in repr(getattr(backend, "settings", ""))
+            with pytest.raises(AbeError) as failed:
+                await backend.publish(unique("secret"), {"x": 1})
+        finally:
+            await backend.close()
+        error: BaseException | None = failed.value
+        while error is not None:
+            assert secret not in str(error), f"{type(error).__name__} shows the secret"
+            assert secret not in repr(error), f"{type(error).__name__} shows the secret"
+            error = error.__cause__ or error.__context__
+        for record in caplog.records:
+            assert secret not in record.getMessage(), f"log record from {record.name}"
+            assert secret not in (record.exc_text or "")
+
+    async def test_broker_restart(self, restartable_broker: RestartableBroker) -> None:
+        backend = restartable_broker.backend_factory()
+        key, group = unique("restart"), unique("group")
+        published: list[int] = []
+        consumed: set[int] = set()
+        progress = asyncio.Event()
+        restarted = asyncio.Event()
+
+        async def publish() -> None:
+            after_restart = 0
+            while after_restart < 30:
+                if len(published) >= 50 and not restarted.is_set():
+                    await restarted.wait()
+                try:
+                    await backend.publish(key, {"number": len(published)})
+                except BackendUnavailableError:
+                    await asyncio.sleep(0.2)  # the broker is down: retry, as an application would
+                    continue
+                published.append(len(published))
+                after_restart += restarted.is_set()
+                progress.set()
+
+        async def consume() -> None:
+            async for payload in backend.consume(group=group, keys=[key]):
+                consumed.add(payload["number"])
+                progress.set()
+
+        async def until(condition: Any, what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + 3 * WAIT
+            while not condition():
+                for task in tasks:
+                    if task.done():
+                        task.result()  # a publisher or consumer that died says why
+                remaining = deadline - asyncio.get_running_loop().time()
+                assert remaining > 0, (
+                    f"{what}: published {len(published)}, consumed {len(consumed)}, "
+                    f"missing {sorted(set(published) - consumed)[:20]}"
+                )
+                progress.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(progress.wait(), min(remaining, 1.0))
+
+        tasks = [asyncio.ensure_future(publish()), asyncio.ensure_future(consume())]
+        try:
+            await until(lambda: len(consumed) >= 20, "no progress before the restart")
+            before = len(consumed)
+            await restartable_broker.restart()
+            restarted.set()
+            await until(lambda: len(consumed) >= before + 20, "no progress after the restart")
+            await until(tasks[0].done, "publishing did not resume after the restart")
+            if backend.capabilities.persistence:
+                await until(lambda: set(published) <= consumed, "acknowledged publishes were lost")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await backend.close()
+
+    async def test_unreachable_broker(self, unreachable_backend_factory: BackendFactory) -> None:
+        backend = unreachable_backend_factory()
+        limit = backend.settings.operation_timeout + 5.0
+        try:
+            attempts: dict[str, Callable[[], Awaitable[None]]] = {
+                "publish": lambda: backend.publish(unique("down"), {"x": 1}),
+                "publish_many": lambda: backend.publish_many(unique("down"), [{"x": 1}, {"x": 2}]),
+            }
+            for what, attempt in attempts.items():
+                started = time.monotonic()
+                with pytest.raises(BackendUnavailableError):
+                    await asyncio.wait_for(attempt(), 2 * limit)
+                elapsed = time.monotonic() - started
+                assert elapsed <= limit, (
+                    f"{what} took {elapsed:.1f}s to give up (limit {limit:.1f}s)"
+                )
+        finally:
+            await asyncio.wait_for(backend.close(), WAIT)

@@ -1,0 +1,252 @@
+"""`abe bench`: the documented JSON, the table, progress, and the raw-client baseline hook."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+
+import abe
+from abe import MemoryBackend
+from abe.benchmarking import (
+    AbeWorkloads,
+    Measurement,
+    Progress,
+    RawBaseline,
+    Workload,
+    bench_payload,
+    percentile,
+)
+from abe.cli import main
+from abe.cli.connect import LoadedBackend
+from abe.cli.progress import ProgressLine
+
+MEASUREMENT_KEYS = {"messages", "seconds", "msgs_per_s", "p50_ms", "p99_ms"}
+
+
+def test_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", "--messages", "200"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert set(report) == {
+        "schema",
+        "backend",
+        "abe_version",
+        "python",
+        "python_implementation",
+        "platform",
+        "started_at",
+        "settings",
+        "raw_client",
+        "workloads",
+    }
+    assert report["schema"] == "abe-bench/1"
+    assert report["backend"] == {
+        "name": "memory",
+        "distribution": "abe-core",
+        "version": abe.__version__,
+    }
+    assert report["settings"] == {
+        "messages": 200,
+        "payload_bytes": 256,
+        "batch_size": 100,
+        "timeout": 30.0,
+    }
+    assert report["raw_client"] == {"status": "none", "name": None}
+    assert list(report["workloads"]) == ["publish", "publish_many", "end_to_end"]
+    for entry in report["workloads"].values():
+        assert set(entry) == MEASUREMENT_KEYS | {"raw", "abe_over_raw"}
+        assert entry["messages"] == 200
+        assert entry["seconds"] > 0
+        assert entry["msgs_per_s"] == pytest.approx(200 / entry["seconds"])
+        assert 0 < entry["p50_ms"] <= entry["p99_ms"]
+        assert entry["raw"] is None
+        assert entry["abe_over_raw"] is None
+    assert captured.err == ""  # no progress with --json
+
+
+def test_table_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--messages", "50", "--batch-size", "7"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("abe bench: memory (abe-core ")
+    assert "50 messages of ~256 bytes, publish_many batches of 7" in lines[0]
+    assert lines[2].split() == [
+        "WORKLOAD", "CLIENT", "MESSAGES", "SECONDS", "MSGS/S", "P50", "MS", "P99", "MS", "ABE/RAW"
+    ]  # fmt: skip
+    for row, workload in zip(lines[3:6], ["publish", "publish_many", "end_to_end"], strict=True):
+        assert row.split()[:3] == [workload, "abe", "50"]
+        assert row.endswith("no raw client")
+    for workload in ("publish", "publish_many", "end_to_end"):
+        assert f"{workload} (abe): " in captured.err  # progress, not a tty: plain lines
+
+
+def test_skip_baseline_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", "--messages", "20", "--skip-baseline"]) == 0
+    assert json.loads(capsys.readouterr().out)["raw_client"] == {"status": "skipped", "name": None}
+
+
+class _RecordingBaseline:
+    """A stand-in raw client: abe's own workloads on another memory broker, keys recorded."""
+
+    name = "fake-client 9.9"
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.closed = False
+        self._inner = AbeWorkloads(MemoryBackend())
+
+    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
+        self.keys.append(workload.key)
+        return await self._inner.publish(workload, progress)
+
+    async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
+        self.keys.append(workload.key)
+        return await self._inner.publish_many(workload, progress)
+
+    async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
+        self.keys.append(workload.key)
+        return await self._inner.end_to_end(workload, progress)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._inner.backend.close()
+
+
+class _WithBaseline(MemoryBackend):
+    """A backend whose provider ships a raw baseline, through the documented hook."""
+
+    def __init__(self, baseline: RawBaseline) -> None:
+        super().__init__()
+        self.baseline = baseline
+
+    def raw_baseline(self) -> RawBaseline:
+        return self.baseline
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, baseline: RawBaseline) -> _WithBaseline:
+    backend = _WithBaseline(baseline)
+    monkeypatch.setattr("abe.cli.bench.load", lambda: LoadedBackend(backend, fallback=False))
+    return backend
+
+
+def test_a_raw_baseline_runs_beside_abe_and_gives_ratios(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = _RecordingBaseline()
+    backend = _use(monkeypatch, baseline)
+    assert main(["bench", "--json", "--messages", "40"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["raw_client"] == {"status": "measured", "name": "fake-client 9.9"}
+    for entry in report["workloads"].values():
+        assert set(entry["raw"]) == MEASUREMENT_KEYS
+        assert entry["raw"]["messages"] == 40
+        ratio = entry["abe_over_raw"]
+        assert set(ratio) == {"msgs_per_s", "p50_ms", "p99_ms"}
+        assert ratio["msgs_per_s"] == pytest.approx(
+            entry["msgs_per_s"] / entry["raw"]["msgs_per_s"]
+        )
+    assert len(baseline.keys) == 3
+    assert all("-raw-" in key for key in baseline.keys)  # its own keys, not abe's
+    assert not set(baseline.keys) & set(backend.broker.keys())
+    assert baseline.closed
+    assert backend.closed
+
+
+def test_the_table_shows_the_raw_client_and_the_ratio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _use(monkeypatch, _RecordingBaseline())
+    assert main(["bench", "--messages", "20", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.splitlines()[3:9]
+    assert [row.split()[:2] for row in rows[::2]] == [
+        ["publish", "abe"],
+        ["publish_many", "abe"],
+        ["end_to_end", "abe"],
+    ]
+    assert all(row.split()[-1].endswith("x") for row in rows[::2])
+    assert all(row.split()[:2] == ["fake-client", "9.9"] for row in rows[1::2])
+    assert "abe/raw: abe's msgs/s over the raw client's" in captured.out
+    assert captured.err == ""
+
+
+class _StuckBaseline(_RecordingBaseline):
+    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def test_a_stalled_workload_fails_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = _StuckBaseline()
+    _use(monkeypatch, baseline)
+    assert main(["bench", "--messages", "10", "--timeout", "0.2", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "abe bench: publish (fake-client 9.9) made no progress for 0.2 s, after 0 of 10 "
+        "messages; is the broker up? (--timeout changes how long to wait)"
+    )
+    assert baseline.closed
+
+
+def test_a_failing_baseline_says_how_to_measure_abe_alone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Failing(_RecordingBaseline):
+        async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
+            raise ConnectionRefusedError("refused")
+
+    _use(monkeypatch, Failing())
+    assert main(["bench", "--messages", "10", "--no-progress"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "abe bench: the raw baseline fake-client 9.9 failed in publish_many: "
+        "ConnectionRefusedError: refused; rerun with --skip-baseline to measure abe alone"
+    )
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(n) for n in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) == 0.0
+
+
+def test_bench_payload_has_about_the_size_asked() -> None:
+    for size in (100, 256, 4096):
+        payload = bench_payload(5, size)
+        assert abs(len(json.dumps(payload, separators=(",", ":"))) - size) <= 12
+    assert set(bench_payload(1, 10)) == {"seq", "sent", "pad"}
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_rewrites_one_line_on_a_terminal() -> None:
+    times = iter([0.0, 0.05, 0.2])
+    stream = _Terminal()
+    line = ProgressLine(stream, "publish (abe)", 100, clock=lambda: next(times))
+    line(10)  # at 0.05 s: too soon, throttled
+    line(50)  # at 0.2 s: shown
+    line.finish("done")
+    shown = "publish (abe): 50/100 (50%)"
+    done = "publish (abe): done"
+    assert stream.getvalue() == f"\r{shown}\r{done}{' ' * (len(shown) - len(done))}\n"
+
+
+def test_progress_writes_plain_lines_elsewhere_and_nothing_when_off() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(stream, "publish (abe)", 100)
+    line(1)  # within the first two seconds: nothing
+    line.finish("done")
+    assert stream.getvalue() == "publish (abe): done\n"
+    silent = ProgressLine(None, "publish (abe)", 100)
+    silent(100)
+    silent.finish("done")

@@ -1,0 +1,98 @@
+"""`abe check`: a verdict on one round trip, bounded in time, with a hint when it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from abe import BackendUnavailableError, MemoryBackend, MemoryBroker
+from abe.backends.message_queue.base import IncomingMessage, Receiver
+from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.backends.message_queue.memory import MemorySettings
+from abe.cli import main
+from abe.cli.connect import LoadedBackend
+
+
+def test_ok_on_the_memory_backend(broker: MemoryBroker, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert re.fullmatch(
+        r"OK: memory round trip in \d+\.\d ms \(<MemoryBackend broker='.+' open>\)", out
+    )
+    (key,) = broker.keys()
+    assert key.startswith("abe-check-")
+    assert broker.pending(key, key) == 0  # read back in group abe-check-<hex>, and acknowledged
+
+
+def test_a_configuration_problem_fails_with_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ABE_MQ_PREFETCH", "lots")
+    assert main(["check"]) == 1
+    first, hint = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("FAILED: loading the backend — the memory backend is not configured")
+    assert "ABE_MQ_PREFETCH: must be a whole number" in first
+    assert hint.startswith("hint: set the variables named above")
+
+
+def test_an_unknown_backend_fails_with_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("QUEUE_BACKEND", "kafka")
+    assert main(["check"]) == 1
+    first, hint = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("FAILED: loading the backend — no message-queue backend named 'kafka'")
+    assert "pip install abe-mq-kafka" in first
+    assert "abe backends" in hint
+
+
+class _Silent(MemoryBackend):
+    """A broker that never answers a publish."""
+
+    async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
+        await asyncio.Event().wait()
+
+
+def test_a_broker_that_does_not_answer_fails_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    silent = _Silent(MemorySettings())
+    monkeypatch.setattr("abe.cli.check.load", lambda: LoadedBackend(silent, fallback=False))
+    assert main(["check", "--timeout", "0.2"]) == 1
+    first, hint = capsys.readouterr().out.strip().splitlines()
+    assert first == "FAILED: publishing the probe — no answer within 0.2 s"
+    assert "raise --timeout" in hint
+    assert silent.closed
+
+
+class _AckRefused(MemoryBackend):
+    """A broker that delivers but refuses every acknowledgement."""
+
+    async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+        inner = await super()._open_receiver(group, keys)
+
+        class Refusing(Receiver):
+            async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
+                return await inner.fetch(max_messages, timeout)
+
+            async def ack(self, messages: Sequence[IncomingMessage]) -> None:
+                raise BackendUnavailableError("the broker went away")
+
+            async def nack(self, message: IncomingMessage, delay: float) -> None:
+                await inner.nack(message, delay)
+
+        return Refusing()
+
+
+def test_a_refused_acknowledgement_fails_the_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = _AckRefused(MemorySettings())
+    monkeypatch.setattr("abe.cli.check.load", lambda: LoadedBackend(backend, fallback=False))
+    assert main(["check"]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("FAILED: acknowledging the probe — acknowledging 1 message(s) failed")
+    assert "the broker went away" in first

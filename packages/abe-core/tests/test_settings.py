@@ -1,0 +1,536 @@
+"""Reading settings from the environment: every problem collected, one error, no secret shown."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from abe.backends.message_queue.base.settings import BackendSettings
+from abe.errors import ConfigurationError
+from abe.settings import (
+    COMMON_VARIABLES,
+    KEYS,
+    OPERATION_TIMEOUT,
+    PREFETCH,
+    REDELIVERY_TIMEOUT,
+    Environment,
+    Secret,
+    Variable,
+)
+
+NUMBER = Variable("EX_NUMBER", None, "a number")
+DEFAULTED = Variable("EX_DEFAULTED", "7", "a number with a default")
+SECONDS = Variable("EX_SECONDS", None, "a duration")
+FLAG = Variable("EX_FLAG", None, "a switch")
+MODE = Variable("EX_MODE", None, "a mode")
+URL = Variable("EX_URL", None, "where the broker is")
+FILE = Variable("EX_FILE", None, "a certificate file")
+NAME = Variable("EX_NAME", None, "a name")
+
+SECRET_VALUE = "hunter2-s3cr3t"
+
+
+def env(**values: str) -> Environment:
+    return Environment({f"EX_{name.upper()}": value for name, value in values.items()})
+
+
+# ---- collecting problems ---------------------------------------------------------------------
+
+
+def test_check_raises_one_error_naming_every_bad_variable_in_order() -> None:
+    reader = env(number="lots", seconds="-1", flag="maybe")
+    reader.integer(NUMBER)
+    reader.seconds(SECONDS, minimum=0)
+    reader.boolean(FLAG)
+    reader.string(NAME, required=True)
+    with pytest.raises(ConfigurationError) as refused:
+        reader.check("example")
+    error = refused.value
+    assert error.variables == ("EX_NUMBER", "EX_SECONDS", "EX_FLAG", "EX_NAME")
+    assert error.backend == "example"
+    message = str(error)
+    assert message.startswith("the example backend is not configured correctly (4 variables):")
+    for name in error.variables:
+        assert f"\n  {name}: " in message
+    assert "EX_NAME: is required but not set" in message
+
+
+def test_check_passes_when_nothing_is_wrong() -> None:
+    reader = env(number="3", flag="yes")
+    assert reader.integer(NUMBER) == 3
+    assert reader.boolean(FLAG) is True
+    reader.check("example")
+    assert reader.problems == {}
+
+
+def test_the_first_problem_recorded_for_a_variable_wins() -> None:
+    reader = env()
+    reader.problem(NUMBER, "first")
+    reader.problem("EX_NUMBER", "second")
+    assert reader.problems == {"EX_NUMBER": "first"}
+
+
+def test_raw_strips_spaces_and_falls_back_to_the_default() -> None:
+    assert env(defaulted="  12 ").raw(DEFAULTED) == "12"
+    assert env(defaulted="   ").raw(DEFAULTED) == "7"
+    assert env().raw(DEFAULTED) == "7"
+    assert env().raw(NUMBER) is None
+    assert env(number=" ").is_set(NUMBER) is False
+    assert env(number="1").is_set(NUMBER) is True
+
+
+def test_unset_values_without_a_default_are_none_and_not_problems() -> None:
+    reader = env()
+    assert reader.integer(NUMBER) is None
+    assert reader.seconds(SECONDS) is None
+    assert reader.boolean(FLAG) is None
+    assert reader.choice(MODE, ["a"]) is None
+    assert reader.url(URL, schemes=["redis"]) is None
+    assert reader.path(FILE) is None
+    assert reader.string(NAME) is None
+    assert reader.problems == {}
+
+
+def test_the_default_is_parsed_like_a_value() -> None:
+    assert env().integer(DEFAULTED) == 7
+
+
+def test_environment_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EX_NUMBER", "41")
+    assert Environment().integer(NUMBER) == 41
+
+
+# ---- integers and seconds --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "minimum", "maximum", "expected", "problem"),
+    [
+        ("5", 1, 10, 5, None),
+        ("1", 1, 10, 1, None),
+        ("10", 1, 10, 10, None),
+        ("0", 1, 10, None, "must be a whole number from 1 to 10 (got '0')"),
+        ("11", 1, 10, None, "must be a whole number from 1 to 10 (got '11')"),
+        ("0", 1, None, None, "must be a whole number of at least 1 (got '0')"),
+        ("99", None, 50, None, "must be a whole number of at most 50 (got '99')"),
+        ("lots", None, None, None, "must be a whole number (got 'lots')"),
+        ("1.5", 1, 10, None, "must be a whole number from 1 to 10 (got '1.5')"),
+    ],
+)
+def test_integer_bounds(
+    text: str, minimum: int | None, maximum: int | None, expected: int | None, problem: str | None
+) -> None:
+    reader = env(number=text)
+    assert reader.integer(NUMBER, minimum=minimum, maximum=maximum) == expected
+    assert reader.problems.get("EX_NUMBER") == problem
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "problem"),
+    [
+        ("2.5", 2.5, None),
+        ("0.1", 0.1, None),
+        ("60", 60.0, None),
+        ("0.05", None, "must be a number of seconds from 0.1 to 60 (got '0.05')"),
+        ("61", None, "must be a number of seconds from 0.1 to 60 (got '61.0')"),
+        ("soon", None, "must be a number of seconds from 0.1 to 60 (got 'soon')"),
+        ("nan", None, "must be a number of seconds from 0.1 to 60 (got 'nan')"),
+        ("inf", None, "must be a number of seconds from 0.1 to 60 (got 'inf')"),
+    ],
+)
+def test_seconds_bounds(text: str, expected: float | None, problem: str | None) -> None:
+    reader = env(seconds=text)
+    assert reader.seconds(SECONDS, minimum=0.1, maximum=60) == expected
+    assert reader.problems.get("EX_SECONDS") == problem
+
+
+def test_seconds_without_bounds_still_refuse_infinity() -> None:
+    reader = env(seconds="-inf")
+    assert reader.seconds(SECONDS) is None
+    assert "EX_SECONDS" in reader.problems
+
+
+def test_a_large_integer_bound_is_shown_exactly() -> None:
+    reader = env(number="99999999999")
+    reader.integer(NUMBER, minimum=1, maximum=1 << 30)
+    assert "1073741824" in reader.problems["EX_NUMBER"]
+
+
+# ---- booleans and choices --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        *((spelling, True) for spelling in ("1", "true", "TRUE", "True", "yes", "Yes", "on", "ON")),
+        *((spelling, False) for spelling in ("0", "false", "False", "no", "NO", "off", "Off")),
+    ],
+)
+def test_boolean_spellings(text: str, expected: bool) -> None:
+    reader = env(flag=text)
+    assert reader.boolean(FLAG) is expected
+    assert reader.problems == {}
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", "y", "enabled"])
+def test_other_boolean_spellings_are_problems(text: str) -> None:
+    reader = env(flag=text)
+    assert reader.boolean(FLAG) is None
+    assert reader.problems == {"EX_FLAG": f"must be true or false (got {text!r})"}
+
+
+def test_choice_ignores_case_and_returns_the_declared_spelling() -> None:
+    reader = env(mode="PLAIN")
+    assert reader.choice(MODE, ["SCRAM-SHA-256", "plain"]) == "plain"
+    assert reader.problems == {}
+
+
+def test_a_bad_choice_lists_the_choices() -> None:
+    reader = env(mode="gssapi")
+    assert reader.choice(MODE, ["plain", "scram"]) is None
+    assert reader.problems == {"EX_MODE": "must be one of plain, scram (got 'gssapi')"}
+
+
+# ---- URLs ------------------------------------------------------------------------------------
+
+
+def test_a_url_with_an_accepted_scheme_is_returned_as_given() -> None:
+    reader = env(url="rediss://cache:6380/0")
+    assert reader.url(URL, schemes=["redis", "rediss"]) == "rediss://cache:6380/0"
+    assert reader.problems == {}
+
+
+def test_a_url_with_another_scheme_names_the_accepted_ones() -> None:
+    reader = env(url="http://cache:6379")
+    assert reader.url(URL, schemes=["redis", "rediss"]) is None
+    assert reader.problems == {
+        "EX_URL": "must start with redis://, rediss:// (got 'http://cache:6379')"
+    }
+
+
+def test_a_url_with_a_port_that_is_not_a_number_is_a_problem() -> None:
+    reader = env(url="redis://cache:port")
+    assert reader.url(URL, schemes=["redis"]) is None
+    assert reader.problems["EX_URL"].startswith("is not a valid URL")
+
+
+def test_several_comma_separated_urls_are_each_checked() -> None:
+    good = "nats://a:4222, nats://b:4222,nats://c:4222"
+    reader = env(url=good)
+    assert reader.url(URL, schemes=["nats", "tls"]) == good
+    assert reader.problems == {}
+
+    reader = env(url="nats://a:4222,http://b:4222")
+    assert reader.url(URL, schemes=["nats"]) is None
+    assert reader.problems == {"EX_URL": "must start with nats:// (got 'http://b:4222')"}
+
+
+def test_a_required_url_that_is_missing_is_a_problem() -> None:
+    reader = env()
+    assert reader.url(URL, schemes=["redis"], required=True) is None
+    assert reader.problems == {"EX_URL": "is required but not set"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://user:{SECRET_VALUE}@cache:6379/0",
+        f"http://:{SECRET_VALUE}@cache:6379",
+        f"redis://user:{SECRET_VALUE}@cache:notaport",
+        f"redis://a:1,http://user:{SECRET_VALUE}@b:2",
+    ],
+)
+def test_a_password_in_a_url_is_shown_as_stars(url: str) -> None:
+    reader = env(url=url)
+    reader.url(URL, schemes=["redis"])
+    problem = reader.problems["EX_URL"]
+    assert SECRET_VALUE not in problem
+    assert "***@" in problem
+    assert "user" not in problem  # the user part can be a token, so it is hidden too
+
+
+def test_a_token_given_as_the_user_part_of_a_url_is_not_shown() -> None:
+    reader = env(url=f"nat://{SECRET_VALUE}@localhost:4222")
+    reader.url(URL, schemes=["nats"])
+    assert SECRET_VALUE not in reader.problems["EX_URL"]
+
+
+# ---- secrets ---------------------------------------------------------------------------------
+
+
+SECRET_NUMBER = Variable("EX_NUMBER", None, "a secret number", secret=True)
+SECRET_COUNT = Variable("EX_COUNT", None, "a secret number in range", secret=True)
+SECRET_SECONDS = Variable("EX_SECONDS", None, "a secret duration", secret=True)
+SECRET_FLAG = Variable("EX_FLAG", None, "a secret switch", secret=True)
+SECRET_MODE = Variable("EX_MODE", None, "a secret mode", secret=True)
+SECRET_URL = Variable("EX_URL", None, "a URL with credentials", secret=True)
+SECRET_FILE = Variable("EX_FILE", None, "a secret file name", secret=True)
+SECRET_NUMBER_VALUE = "12345678"
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        pytest.param(lambda reader: reader.integer(SECRET_NUMBER), id="integer"),
+        pytest.param(lambda reader: reader.integer(SECRET_COUNT, maximum=10), id="integer-bounds"),
+        pytest.param(lambda reader: reader.seconds(SECRET_SECONDS), id="seconds"),
+        pytest.param(lambda reader: reader.seconds(SECRET_COUNT, maximum=10), id="seconds-bounds"),
+        pytest.param(lambda reader: reader.boolean(SECRET_FLAG), id="boolean"),
+        pytest.param(lambda reader: reader.choice(SECRET_MODE, ["a", "b"]), id="choice"),
+        pytest.param(lambda reader: reader.url(SECRET_URL, schemes=["redis"]), id="url"),
+        pytest.param(
+            lambda reader: reader.path(SECRET_FILE),
+            id="path",
+        ),
+    ],
+)
+def test_a_secret_variables_value_never_appears_in_a_problem(
+    read: Callable[[Environment], object],
+) -> None:
+    reader = Environment(
+        {
+            "EX_NUMBER": SECRET_VALUE,
+            "EX_COUNT": SECRET_NUMBER_VALUE,
+            "EX_SECONDS": SECRET_VALUE,
+            "EX_FLAG": SECRET_VALUE,
+            "EX_MODE": SECRET_VALUE,
+            "EX_URL": f"http://{SECRET_VALUE}:{SECRET_VALUE}@x:y/{SECRET_VALUE}",
+            "EX_FILE": f"/nonexistent/{SECRET_VALUE}",
+        }
+    )
+    read(reader)
+    assert len(reader.problems) == 1, "the reader did not refuse the value"
+    with pytest.raises(ConfigurationError) as refused:
+        reader.check("example")
+    for shown in (str(refused.value), repr(refused.value), *reader.problems.values()):
+        assert SECRET_VALUE not in shown
+        assert SECRET_NUMBER_VALUE not in shown
+
+
+def test_secret_reader_returns_a_masked_secret_and_never_records_a_problem() -> None:
+    token = Variable("EX_TOKEN", None, "a token", secret=True)
+    reader = Environment({"EX_TOKEN": SECRET_VALUE})
+    secret = reader.secret(token)
+    assert secret is not None
+    assert secret.reveal() == SECRET_VALUE
+    assert Environment({}).secret(token) is None
+    assert Environment({"EX_TOKEN": ""}).secret(token) is None
+    assert reader.problems == {}
+
+
+def test_secret_is_masked_in_repr_and_str_and_revealed_on_request() -> None:
+    secret = Secret(SECRET_VALUE)
+    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", repr([secret])):
+        assert SECRET_VALUE not in shown
+        assert "***" in shown
+    assert secret.reveal() == SECRET_VALUE
+
+
+def test_secret_compares_by_value_and_is_false_when_empty() -> None:
+    assert Secret("a") == Secret("a")
+    assert Secret("a") != Secret("b")
+    assert Secret("a") != "a"
+    assert hash(Secret("a")) == hash(Secret("a"))
+    assert bool(Secret("a")) is True
+    assert bool(Secret("")) is False
+
+
+def test_secret_is_masked_inside_settings_reprs() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class WithPassword(BackendSettings):
+        password: Secret
+
+    settings = WithPassword(password=Secret(SECRET_VALUE))
+    assert SECRET_VALUE not in repr(settings)
+    assert SECRET_VALUE not in repr(settings.describe())
+    assert settings.describe()["password"] == Secret(SECRET_VALUE)
+
+
+def test_secret_has_no_instance_dict_to_leak_through() -> None:
+    secret = Secret(SECRET_VALUE)
+    assert not hasattr(secret, "__dict__")
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def test_path_of_a_readable_file(tmp_path: Path) -> None:
+    certificate = tmp_path / "ca.pem"
+    certificate.write_text("-----BEGIN CERTIFICATE-----")
+    reader = env(file=str(certificate))
+    assert reader.path(FILE) == certificate
+    assert reader.problems == {}
+
+
+def test_path_expands_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ca.pem").write_text("x")
+    assert env(file="~/ca.pem").path(FILE) == tmp_path / "ca.pem"
+
+
+@pytest.mark.parametrize("name", ["missing.pem", "."])
+def test_path_of_a_missing_file_is_a_problem(tmp_path: Path, name: str) -> None:
+    text = str(tmp_path / name)
+    reader = env(file=text)
+    assert reader.path(FILE) is None
+    assert reader.problems == {"EX_FILE": f"must name a readable file that exists (got {text!r})"}
+
+
+def test_path_of_an_unreadable_file_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = tmp_path / "key.pem"
+    locked.write_text("x")
+    real_access = os.access
+    # chmod does not stop root, so make the permission check itself say no.
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode)
+    )
+    reader = env(file=str(locked))
+    assert reader.path(FILE) is None
+    assert reader.problems == {
+        "EX_FILE": f"must name a file this process can read (got {str(locked)!r})"
+    }
+
+
+# ---- keys ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("orders", ("orders",)),
+        (" orders , payments,,", ("orders", "payments")),
+        (" , ,", None),
+        ("", None),
+    ],
+)
+def test_keys_reads_comma_separated_abe_mq_keys(
+    text: str, expected: tuple[str, ...] | None
+) -> None:
+    assert Environment({"ABE_MQ_KEYS": text}).keys() == expected
+
+
+def test_keys_is_none_when_unset() -> None:
+    assert Environment({}).keys() is None
+
+
+# ---- the settings every backend has ----------------------------------------------------------
+
+
+def test_common_variables_are_declared_once() -> None:
+    assert COMMON_VARIABLES == (KEYS, PREFETCH, REDELIVERY_TIMEOUT, OPERATION_TIMEOUT)
+    assert [variable.name for variable in COMMON_VARIABLES] == [
+        "ABE_MQ_KEYS",
+        "ABE_MQ_PREFETCH",
+        "ABE_MQ_REDELIVERY_TIMEOUT",
+        "ABE_MQ_OPERATION_TIMEOUT",
+    ]
+    assert all(variable.meaning for variable in COMMON_VARIABLES)
+    assert not any(variable.secret for variable in COMMON_VARIABLES)
+
+
+def test_read_common_gives_the_defaults_when_nothing_is_set() -> None:
+    reader = Environment({})
+    common = BackendSettings.read_common(reader)
+    assert common == {"prefetch": 100, "redelivery_timeout": 30.0, "operation_timeout": 10.0}
+    assert BackendSettings(**common) == BackendSettings()
+    assert reader.problems == {}
+
+
+def test_read_common_reads_the_environment() -> None:
+    reader = Environment(
+        {
+            "ABE_MQ_PREFETCH": "5",
+            "ABE_MQ_REDELIVERY_TIMEOUT": "2.5",
+            "ABE_MQ_OPERATION_TIMEOUT": "0.5",
+        }
+    )
+    settings = BackendSettings(**BackendSettings.read_common(reader))
+    assert (settings.prefetch, settings.redelivery_timeout, settings.operation_timeout) == (
+        5,
+        2.5,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("ABE_MQ_PREFETCH", "0"),
+        ("ABE_MQ_PREFETCH", "100001"),
+        ("ABE_MQ_PREFETCH", "many"),
+        ("ABE_MQ_REDELIVERY_TIMEOUT", "0.05"),
+        ("ABE_MQ_REDELIVERY_TIMEOUT", "43201"),
+        ("ABE_MQ_OPERATION_TIMEOUT", "0"),
+        ("ABE_MQ_OPERATION_TIMEOUT", "3601"),
+    ],
+)
+def test_read_common_refuses_out_of_range_values(name: str, text: str) -> None:
+    reader = Environment({name: text})
+    common = BackendSettings.read_common(reader)
+    assert list(reader.problems) == [name]
+    assert len(common) == 2, "a refused value must be left out, not passed on"
+
+
+def test_read_common_names_every_bad_variable_at_once() -> None:
+    reader = Environment(
+        {
+            "ABE_MQ_PREFETCH": "lots",
+            "ABE_MQ_REDELIVERY_TIMEOUT": "soon",
+            "ABE_MQ_OPERATION_TIMEOUT": "-1",
+        }
+    )
+    BackendSettings.read_common(reader)
+    with pytest.raises(ConfigurationError) as refused:
+        reader.check("example")
+    assert refused.value.variables == (
+        "ABE_MQ_PREFETCH",
+        "ABE_MQ_REDELIVERY_TIMEOUT",
+        "ABE_MQ_OPERATION_TIMEOUT",
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("prefetch", 0, "prefetch must be at least 1, got 0"),
+        ("prefetch", -5, "prefetch must be at least 1, got -5"),
+        ("redelivery_timeout", 0, "redelivery_timeout must be a positive number of seconds"),
+        ("operation_timeout", -1.0, "operation_timeout must be a positive number of seconds"),
+        ("poll_interval", 0.0, "poll_interval must be a positive number of seconds"),
+    ],
+)
+def test_backend_settings_validate_themselves(field: str, value: float, message: str) -> None:
+    arguments: dict[str, Any] = {field: value}
+    with pytest.raises(ValueError, match=message):
+        BackendSettings(**arguments)
+
+
+def test_backend_settings_are_keyword_only_and_frozen() -> None:
+    with pytest.raises(TypeError):
+        BackendSettings(5)  # type: ignore[call-arg]
+    settings = BackendSettings(prefetch=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.prefetch = 6  # type: ignore[misc]
+
+
+def test_backend_settings_describe_lists_every_field() -> None:
+    assert BackendSettings(prefetch=3).describe() == {
+        "prefetch": 3,
+        "redelivery_timeout": 30.0,
+        "operation_timeout": 10.0,
+        "poll_interval": 1.0,
+    }
+
+
+@pytest.mark.parametrize("field", ["redelivery_timeout", "operation_timeout", "poll_interval"])
+def test_backend_settings_refuse_nan(field: str) -> None:
+    arguments: dict[str, Any] = {field: float("nan")}
+    with pytest.raises(ValueError, match=field):
+        BackendSettings(**arguments)

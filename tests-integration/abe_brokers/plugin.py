@@ -1,0 +1,256 @@
+"""The pytest side: session broker fixtures, test-owned server factories, and the CI report lines.
+
+``tests-integration/conftest.py`` imports everything in ``__all__`` here. Fixtures are
+synchronous (they only hand out addresses and manage processes), so they work with
+pytest-asyncio in strict mode whatever loop scope a test uses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import pytest
+
+from .brokers import STEPS_VAR, LazyMoto, Provisioned, enabled_steps, redact, steps_for
+from .model import (
+    ENV_ADDRESS_VARS,
+    Broker,
+    KafkaBroker,
+    Kind,
+    NatsBroker,
+    RedisBroker,
+    SqsBroker,
+    broker_address,
+)
+from .selection import REQUIRE_VAR, Resolution, required_kinds, resolve, unavailable
+from .servers import (
+    KafkaServerFactory,
+    MotoServer,
+    NatsServerFactory,
+    RedisServerFactory,
+    moto_available,
+    nats_server_binary,
+    redis_server_binary,
+    tansu_binary,
+)
+from .tls import TlsFiles, make_tls_files
+
+__all__ = [
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_terminal_summary",
+    "abe_moto",
+    "redis_broker",
+    "nats_broker",
+    "kafka_broker",
+    "sqs_broker",
+    "redis_server_factory",
+    "nats_server_factory",
+    "kafka_server_factory",
+    "tls_files",
+]
+
+B = TypeVar("B", bound=Broker)
+T = TypeVar("T")
+
+
+@dataclass
+class _Line:
+    """One report line: how a kind was resolved (or why not) and how long it took."""
+
+    kind: str
+    text: str
+
+
+_LINES = pytest.StashKey[list[_Line]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Reject a misspelt ``ABE_REQUIRE_BROKERS`` or ``ABE_TEST_BROKER_STEPS`` before any test."""
+    try:
+        required_kinds(os.environ.get(REQUIRE_VAR))
+        enabled_steps(os.environ.get(STEPS_VAR))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_LINES] = []
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say up front which brokers are required and which addresses the environment gives."""
+    required = sorted(required_kinds(os.environ.get(REQUIRE_VAR)))
+    given = [
+        f"{var}={redact(os.environ[var])}"
+        for var in ENV_ADDRESS_VARS.values()
+        if os.environ.get(var)
+    ]
+    steps = " > ".join(enabled_steps(os.environ.get(STEPS_VAR)))
+    return [
+        f"abe brokers: required={','.join(required) or 'none'} (from {REQUIRE_VAR});"
+        f" order {steps}; env addresses: {', '.join(given) or 'none'}"
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List which broker each kind used (source, address, time to come up), for CI logs."""
+    lines = terminalreporter.config.stash.get(_LINES, [])
+    if not lines:
+        return
+    terminalreporter.section("abe brokers")
+    for line in lines:
+        terminalreporter.write_line(f"{line.kind}: {line.text}")
+
+
+def _required(kind: Kind) -> bool:
+    return kind in required_kinds(os.environ.get(REQUIRE_VAR))
+
+
+def _note(config: pytest.Config, kind: str, text: str) -> None:
+    lines = config.stash.setdefault(_LINES, [])
+    if _Line(kind, text) not in lines:  # a factory skipped in many tests is said once
+        lines.append(_Line(kind, text))
+
+
+def _raise_verdict(resolution: Resolution[T]) -> NoReturn:
+    if resolution.verdict == "fail":
+        pytest.fail(resolution.message, pytrace=False)
+    pytest.skip(resolution.message)
+
+
+def _unavailable(config: pytest.Config, kind: Kind, what: str, reason: str) -> NoReturn:
+    """Skip (or fail, when required) a test whose test-owned server cannot be had."""
+    resolution: Resolution[object] = unavailable(
+        kind, f"{what}: {reason}", required=_required(kind)
+    )
+    _note(config, kind, f"{what} {resolution.verdict}: {reason}")
+    _raise_verdict(resolution)
+
+
+def _provide(
+    request: pytest.FixtureRequest, kind: Kind, moto: LazyMoto, cls: type[B]
+) -> Iterator[B]:
+    resolution = resolve(kind, steps_for(kind, moto), required=_required(kind))
+    if resolution.verdict != "ok" or resolution.value is None:
+        _note(request.config, kind, f"{resolution.verdict.upper()}: {resolution.message}")
+        _raise_verdict(resolution)
+    provisioned: Provisioned[Broker] = resolution.value
+    broker = provisioned.broker
+    assert isinstance(broker, cls)
+    tried = ", ".join(f"{a.step} {a.outcome}" for a in resolution.attempts)
+    _note(
+        request.config,
+        kind,
+        f"{broker.source} {redact(broker_address(broker))} ready in {resolution.seconds:.2f}s"
+        f" ({broker.detail}; tried: {tried})",
+    )
+    try:
+        yield broker
+    finally:
+        if provisioned.close is not None:
+            provisioned.close()
+
+
+@pytest.fixture(scope="session")
+def abe_moto() -> Iterator[LazyMoto]:
+    """The session's moto server, started on first use: SQS fallback and S3 for Tansu."""
+    moto = LazyMoto()
+    try:
+        yield moto
+    finally:
+        moto.close()
+
+
+@pytest.fixture(scope="session")
+def redis_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[RedisBroker]:
+    """A Redis 5+ for the session: env, running on 6379, container, or a redis-server of ours."""
+    yield from _provide(request, "redis", abe_moto, RedisBroker)
+
+
+@pytest.fixture(scope="session")
+def nats_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[NatsBroker]:
+    """A NATS with JetStream for the session: env, running on 4222, container, or our own."""
+    yield from _provide(request, "nats", abe_moto, NatsBroker)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[KafkaBroker]:
+    """A Kafka-protocol broker for the session: env, running on 9092, container, or Tansu."""
+    yield from _provide(request, "kafka", abe_moto, KafkaBroker)
+
+
+@pytest.fixture(scope="session")
+def sqs_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[SqsBroker]:
+    """An SQS endpoint for the session: env, LocalStack/moto on 4566/5000, container, or moto."""
+    yield from _provide(request, "sqs", abe_moto, SqsBroker)
+
+
+def _tool(config: pytest.Config, kind: Kind, what: str, find: Callable[[], str]) -> str:
+    try:
+        return find()
+    except Exception as exc:
+        _unavailable(config, kind, what, str(exc))
+
+
+@pytest.fixture
+def redis_server_factory(request: pytest.FixtureRequest) -> Iterator[RedisServerFactory]:
+    """Make restartable redis-servers (AOF, fsync always) owned by this test; killed after it."""
+    binary = _tool(request.config, "redis", "redis_server_factory", redis_server_binary)
+    factory = RedisServerFactory(binary)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def nats_server_factory(request: pytest.FixtureRequest) -> Iterator[NatsServerFactory]:
+    """Make restartable nats-servers (JetStream file store) owned by this test; killed after."""
+    binary = _tool(request.config, "nats", "nats_server_factory", nats_server_binary)
+    factory = NatsServerFactory(binary)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+def _moto_installed() -> str:
+    moto_available()
+    return "moto"
+
+
+@pytest.fixture
+def kafka_server_factory(
+    request: pytest.FixtureRequest, abe_moto: LazyMoto
+) -> Iterator[KafkaServerFactory]:
+    """Make restartable Tansu brokers storing in moto S3 (data survives kill -9); killed after."""
+    config = request.config
+    binary = _tool(config, "kafka", "kafka_server_factory", tansu_binary)
+    _tool(config, "kafka", "kafka_server_factory", _moto_installed)
+
+    def s3() -> MotoServer:
+        try:
+            return abe_moto.get()
+        except Exception as exc:
+            _unavailable(config, "kafka", "kafka_server_factory (moto S3)", str(exc))
+
+    factory = KafkaServerFactory(binary, s3)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> Iterator[TlsFiles]:
+    """A throwaway CA with a loopback server certificate and a client certificate (PEM files)."""
+    pytest.importorskip("cryptography", reason="TLS tests need the cryptography package")
+    directory = Path(tempfile.mkdtemp(prefix="abe-tls-"))
+    try:
+        yield make_tls_files(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
