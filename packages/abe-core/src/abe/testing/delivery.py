@@ -149,9 +149,16 @@ class DeliveryContract(ContractFixtures):
             await delivery.ack()
         async with backend.subscribe(group=unique("dlq"), keys=[f"{key}-dlq"]) as dead:
             letters = await receive(dead, 2)
-        bodies = sorted(map(str, (letter.payload for letter in letters)))
-        assert any("undecodable_body_base64" in body for body in bodies), bodies
-        assert any("[1, 2, 3]" in body for body in bodies), bodies
+        # Brokers with binary bodies keep the bytes (base64); text-only ones (SQS) hold text.
+        wrapped = [letter.payload for letter in letters]
+        assert all(
+            set(body) in ({"undecodable_body"}, {"undecodable_body_base64"}) for body in wrapped
+        )
+        assert any(
+            "this is not json {" in str(body) or "undecodable_body_base64" in body
+            for body in wrapped
+        )
+        assert {"undecodable_body": "[1, 2, 3]"} in wrapped, wrapped
         for letter in letters:
             assert letter.headers["abe-original-key"] == key
             assert "undecodable" in letter.headers["abe-error"]
