@@ -128,7 +128,7 @@ async def test_stop_gives_back_buffered_deliveries_at_once(backend: MemoryBacken
     async with backend.subscribe(group="g", keys="k") as second:
         given_back = await receive(second, 4, WAIT)
     assert sorted(d.payload["i"] for d in given_back) == [1, 2, 3, 4]
-    assert {d.attempt for d in given_back} == {2}
+    assert {d.attempt for d in given_back} == {1}, "never handed out, so not a new attempt"
 
     await handed_out.ack()  # settling what was handed out still works after stop()
     assert first.held == 0
@@ -527,3 +527,54 @@ async def test_a_dead_letter_keeps_the_body_and_a_bounded_reason(backend: Memory
     assert letter.headers["abe-error"] == "x" * 1000
     assert letter.headers["tenant"] == "acme"
     assert backend.broker.pending("k", "g") == 0
+
+
+@pytest.mark.asyncio
+async def test_a_fetch_that_finishes_as_next_is_cancelled_gives_its_batch_back() -> None:
+    broker = MemoryBroker()
+    backend = MemoryBackend(MemorySettings(redelivery_timeout=30.0), broker=broker)
+    subscription = backend.subscribe(group="g", keys="k", prefetch=10)
+    await subscription.open()
+    waiting = asyncio.ensure_future(subscription.__anext__())
+    await spin()  # the fetch is now waiting for messages
+    fetch = subscription._fetch
+    assert fetch is not None
+    await backend.publish_many("k", [{"i": i} for i in range(3)])
+    # Step the loop one turn at a time: the fetch must finish, its waiter must not resume.
+    while not fetch.done():  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    waiting.cancel()  # cancelled after its fetch returned a batch, before it saw it
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    async with backend.subscribe(group="g", keys="k") as other:
+        again = await receive(other, 3, 5.0)  # long before the 30 s redelivery timeout
+    assert sorted(d.payload["i"] for d in again) == [0, 1, 2]
+    await subscription.aclose()
+    await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_buffered_deliveries_are_kept_from_other_members_while_they_wait() -> None:
+    broker = MemoryBroker()
+    settings = MemorySettings(redelivery_timeout=0.6)
+    slow, other = MemoryBackend(settings, broker=broker), MemoryBackend(settings, broker=broker)
+    await slow.publish_many("k", [{"i": i} for i in range(3)])
+    subscription = slow.subscribe(group="g", keys="k", prefetch=3)
+    seen: list[int] = []
+    delivery = await next_delivery(subscription, WAIT)  # buffers all three
+    async with other.subscribe(group="g", keys="k") as rival:
+        stolen = asyncio.ensure_future(rival.__anext__())  # another member, asking all along
+        for _ in range(3):
+            seen.append(delivery.payload["i"])
+            await asyncio.sleep(0.4)  # slow work: the buffered ones wait past a third of 0.6 s
+            await delivery.ack()
+            if len(seen) < 3:
+                delivery = await next_delivery(subscription, WAIT)
+        assert not stolen.done(), f"another member got a buffered message: {stolen.result()!r}"
+        stolen.cancel()
+        await asyncio.gather(stolen, return_exceptions=True)
+    assert seen == [0, 1, 2]
+    await subscription.aclose()
+    await slow.close()
+    await other.close()

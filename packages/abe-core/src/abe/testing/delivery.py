@@ -41,11 +41,13 @@ class DeliveryContract(ContractFixtures):
         first = await asyncio.wait_for(stream.__anext__(), WAIT)
         second = await asyncio.wait_for(stream.__anext__(), WAIT)  # acknowledges the first
         await stream.aclose()  # the second never finished: it must come back
-        assert [first["number"], second["number"]] == [0, 1]
+        if backend.capabilities.per_key_ordering:
+            assert [first["number"], second["number"]] == [0, 1]
+        rest = sorted({0, 1, 2} - {first["number"]})
 
         async with backends.new().subscribe(group=group, keys=[key]) as subscription:
             later = await receive(subscription, 2, WAIT + _window(backend))
-            assert sorted(delivery.payload["number"] for delivery in later) == [1, 2]
+            assert sorted(delivery.payload["number"] for delivery in later) == rest
             await nothing_arrives(subscription, _window(backend))
 
     @pytest.mark.parametrize("how", ["exception", "cancelled", "closed", "abandoned"])

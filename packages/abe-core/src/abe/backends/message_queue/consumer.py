@@ -177,6 +177,11 @@ class AsyncLoopConsumer:
             running = [
                 delivery for delivery, started in handlers.values() if now - started >= interval
             ]
+            running += [  # fetched and still waiting for a free handler slot
+                delivery
+                for delivery in subscription.buffered()
+                if now - delivery.message.received_at >= interval
+            ]
             if not running:
                 continue
             try:

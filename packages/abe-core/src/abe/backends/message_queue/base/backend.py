@@ -163,9 +163,10 @@ class BaseBackend(abc.ABC):
         self._ensure_open()
         self._check_key(key)
         messages = []
+        published_at = str(int(time.time() * 1000))
         for index, payload in enumerate(payloads):
             try:
-                messages.append(self._prepare(key, payload, headers))
+                messages.append(self._prepare(key, payload, headers, published_at))
             except PayloadError as exc:
                 raise PayloadError(f"payloads[{index}]: {exc}; nothing was published") from None
         if messages:
@@ -303,11 +304,18 @@ class BaseBackend(abc.ABC):
         return resolved
 
     def _prepare(
-        self, key: str, payload: MessageQueuePayload, headers: Mapping[str, str] | None
+        self,
+        key: str,
+        payload: MessageQueuePayload,
+        headers: Mapping[str, str] | None,
+        published_at: str | None = None,
     ) -> OutgoingMessage:
         body = encode_payload(payload, self.max_payload_bytes)
         message_id = new_message_id()
-        wire = {HEADER_ID: message_id, HEADER_PUBLISHED_AT: str(int(time.time() * 1000))}
+        wire = {
+            HEADER_ID: message_id,
+            HEADER_PUBLISHED_AT: published_at or str(int(time.time() * 1000)),
+        }
         if headers:
             for name, value in headers.items():
                 if not isinstance(name, str) or not name or name.startswith(HEADER_PREFIX):

@@ -8,6 +8,7 @@ A provider only moves messages between the broker and these calls.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 
 from abe.backends.message_queue.base.codec import IncomingMessage
@@ -45,6 +46,15 @@ class Receiver(abc.ABC):
         deliveries whose handlers still run. Brokers that redeliver only when a member
         leaves (Kafka) need nothing here.
         """
+
+    async def release(self, messages: Sequence[IncomingMessage]) -> None:
+        """Give back messages that were fetched but never handed to the application.
+
+        They should come back as if never delivered. The default nacks each with no
+        delay; override when the broker can do better (not raising the attempt count,
+        or, on Kafka, simply not committing them).
+        """
+        await asyncio.gather(*(self.nack(message, 0.0) for message in messages))
 
     async def close(self) -> None:  # noqa: B027  (optional hook; most receivers have state to free)
         """Release what the receiver holds. Unacknowledged messages are delivered again later."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ class Subscription:
         self.prefetch = prefetch
         self._backend = backend
         self._poll_interval = poll_interval
+        self._refresh_after = backend.redelivery_timeout / 3
         self._receiver: Receiver | None = None
         self._buffer: deque[Delivery] = deque()
         self._unsettled = 0
@@ -113,6 +115,8 @@ class Subscription:
         failures = 0
         while True:
             if self._buffer:
+                if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+                    await self._extend_buffered()
                 return self._buffer.popleft()
             if self._state != "open":
                 raise StopAsyncIteration
@@ -144,6 +148,9 @@ class Subscription:
         try:
             messages = await fetch
         except asyncio.CancelledError:
+            if fetch.done() and not fetch.cancelled() and fetch.exception() is None:
+                # cancelled just as the fetch returned: nobody will see these, give them back
+                await asyncio.shield(self._give_back_messages(fetch.result()))
             if self._state == "open" or _cancelled_from_outside():
                 raise
             return  # stop() cancelled the fetch: __anext__ ends the iteration
@@ -222,6 +229,20 @@ class Subscription:
         await self._backend._dead_letter(delivery.message, reason)
         await self._acks.add(delivery.message)
 
+    def buffered(self) -> list[Delivery]:
+        """Deliveries fetched and waiting to be handed out (not yet seen by the application)."""
+        return list(self._buffer)
+
+    async def _extend_buffered(self) -> None:
+        """Keep messages waiting in the buffer from being redelivered to other members."""
+        try:
+            await self.extend(self._buffer)
+        except Exception as exc:
+            log.info("could not extend %d buffered message(s): %s", len(self._buffer), exc)
+        now = time.monotonic()
+        for delivery in self._buffer:
+            delivery.message.received_at = now
+
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Tell the broker these deliveries are still being worked on: do not redeliver them yet."""
         unsettled = [delivery.message for delivery in deliveries if not delivery.settled]
@@ -263,16 +284,14 @@ class Subscription:
         receiver = self._receiver
         if not messages or receiver is None:
             return
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(receiver.nack(message, 0.0), _RELEASE_TIMEOUT)
-                for message in messages
-            ),
-            return_exceptions=True,
-        )
-        failed = sum(isinstance(result, BaseException) for result in results)
-        if failed:
-            log.info("%d unread message(s) will come back after the redelivery timeout", failed)
+        try:
+            await asyncio.wait_for(receiver.release(messages), _RELEASE_TIMEOUT)
+        except Exception as exc:
+            log.info(
+                "%d unread message(s) will come back after the redelivery timeout (%s)",
+                len(messages),
+                exc,
+            )
 
     async def aclose(self) -> None:
         """Stop, flush acknowledgements, release the receiver. Safe to call more than once."""

@@ -135,3 +135,6 @@ class _MemoryReceiver(Receiver):
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         self._broker.extend(self._group, messages, self._lease)
+
+    async def release(self, messages: Sequence[IncomingMessage]) -> None:
+        self._broker.release(self._group, messages)

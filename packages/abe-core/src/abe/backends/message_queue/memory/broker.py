@@ -188,6 +188,23 @@ class MemoryBroker:
                 held.due = due
                 heapq.heappush(state.due, (due, generation, offset))
 
+    def release(self, group: str, messages: Sequence[IncomingMessage]) -> None:
+        """Make messages that were never handed out deliverable now, as if never delivered."""
+        now = time.monotonic()
+        for message in messages:
+            log = self._logs.get(message.key)
+            state = None if log is None else log.groups.get(group)
+            if state is None:
+                continue
+            offset, generation = message.handle
+            held = state.leases.get(offset)
+            if held is None or held.generation != generation:
+                continue
+            fresh = next(_generations)
+            state.leases[offset] = _Lease(held.deliveries - 1, now, fresh)
+            heapq.heappush(state.due, (now, fresh, offset))
+            _wake(log.waiters)  # type: ignore[union-attr]
+
     def nack(self, group: str, message: IncomingMessage, delay: float) -> None:
         log = self._logs.get(message.key)
         state = None if log is None else log.groups.get(group)
