@@ -1,0 +1,149 @@
+"""The three `abe bench` workloads written with aiokafka directly, to measure what abe costs.
+
+Same broker, same producer and consumer settings as the backend (acks, idempotence,
+batch size, fetch sizes, session timeout) and topics created the same way, so the
+ratio shows abe's own work: validation, ids and headers, settlement and commits.
+
+    publish       `send_and_wait()` per message
+    publish_many  `send()` for a batch, then the batch's futures gathered; like abe, each
+                  batch goes to one partition chosen at random (sticky partitioning)
+    end_to_end    a consumer doing `getmany()` + `commit()` per batch while one
+                  publisher sends with `send_and_wait()`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import aiokafka  # type: ignore[import-untyped]
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+)
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe_mq_kafka._settings import KafkaSettings
+
+__all__ = ["RawKafkaBaseline"]
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+class RawKafkaBaseline:
+    """`RawBaseline` for Kafka: aiokafka producer and consumer, no abe in between."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+
+    @property
+    def name(self) -> str:
+        return f"aiokafka {aiokafka.__version__}"
+
+    async def _ready(self, topic: str) -> Any:
+        """The producer started and `topic` created, before any clock starts (as abe's warm-up)."""
+        admin = AIOKafkaAdminClient(**self._settings.connection_options())
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(topic, self._settings.partitions, self._settings.replication_factor)]
+            )
+        finally:
+            await admin.close()
+        if self._producer is None:
+            producer = AIOKafkaProducer(**self._settings.producer_options())
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
+        producer = await self._ready(workload.key)
+        clock = time.perf_counter
+        latencies: list[float] = []
+        started = clock()
+        for seq in range(workload.messages):
+            value = _ENCODER.encode(bench_payload(seq, workload.payload_bytes)).encode()
+            before = clock()
+            await producer.send_and_wait(workload.key, value)
+            latencies.append(clock() - before)
+            progress(seq + 1)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
+        producer = await self._ready(workload.key)
+        clock = time.perf_counter
+        latencies: list[float] = []
+        started = clock()
+        for first in range(0, workload.messages, workload.batch_size):
+            last = min(first + workload.batch_size, workload.messages)
+            values = [
+                _ENCODER.encode(bench_payload(seq, workload.payload_bytes)).encode()
+                for seq in range(first, last)
+            ]
+            before = clock()
+            partitions = await producer.partitions_for(workload.key)
+            partition = random.choice(sorted(partitions))
+            futures = [
+                await producer.send(workload.key, value, partition=partition) for value in values
+            ]
+            await asyncio.gather(*futures)
+            latencies.append(clock() - before)
+            progress(last)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
+        producer = await self._ready(workload.key)
+        consumer = AIOKafkaConsumer(
+            workload.key, group_id=workload.group, **self._settings.consumer_options()
+        )
+        await consumer.start()  # joined (partitions assigned) before the clock starts
+        clock = time.perf_counter
+        latencies: dict[int, float] = {}
+        last_received = 0.0
+
+        async def receive() -> None:
+            nonlocal last_received
+            while len(latencies) < workload.messages:
+                batches = await consumer.getmany(
+                    timeout_ms=1000, max_records=self._settings.prefetch
+                )
+                for records in batches.values():
+                    for record in records:
+                        payload = json.loads(record.value)
+                        now = clock()
+                        latencies.setdefault(payload["seq"], now - payload["sent"])
+                        last_received = now
+                if batches:
+                    await consumer.commit()
+                    progress(len(latencies))
+
+        async def send() -> None:
+            for seq in range(workload.messages):
+                value = _ENCODER.encode(bench_payload(seq, workload.payload_bytes)).encode()
+                await producer.send_and_wait(workload.key, value)
+                await asyncio.sleep(0)
+
+        try:
+            receiver = asyncio.get_running_loop().create_task(receive())
+            started = clock()
+            try:
+                await send()
+                await receiver
+            finally:
+                receiver.cancel()
+                await asyncio.gather(receiver, return_exceptions=True)
+        finally:
+            await consumer.stop()
+        return Measurement.from_latencies(
+            workload.messages, last_received - started, list(latencies.values())
+        )
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await asyncio.wait_for(producer.stop(), 10)

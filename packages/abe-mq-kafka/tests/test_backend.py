@@ -1,0 +1,96 @@
+"""The backend's own bookkeeping, offline: bounded sends, batches, topic creation once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from abe.errors import BackendUnavailableError
+from abe_mq_kafka import KafkaBackend, KafkaSettings
+
+pytestmark = pytest.mark.asyncio
+
+
+class HangingProducer:
+    """A producer whose broker never answers, as aiokafka's does with a broker that is away."""
+
+    async def send_and_wait(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        pass
+
+
+class RecordingBatch:
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.values: list[bytes] = []
+
+    def append(self, *, timestamp: Any, key: Any, value: bytes, headers: Any) -> object | None:
+        if self.values and len(self.values) >= self.room:
+            return None
+        self.values.append(value)
+        return object()
+
+
+class BatchingProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[bytes], int]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def create_batch(self) -> RecordingBatch:
+        return RecordingBatch(room=2)
+
+    async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> Any:
+        self.sent.append((batch.values, partition))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def stop(self) -> None:
+        pass
+
+
+def backend_with(producer: object, *, timeout: float = 10.0) -> KafkaBackend:
+    backend = KafkaBackend(KafkaSettings(operation_timeout=timeout))
+    backend._producer = producer
+    backend._topics.add("orders")
+    return backend
+
+
+async def test_a_send_that_never_ends_is_given_up_within_the_limit() -> None:
+    backend = backend_with(HangingProducer(), timeout=0.4)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as failed:
+        await backend.publish("orders", {"x": 1})
+    assert 0.35 < time.monotonic() - started < 0.4 + 0.3
+    assert "0.4" in str(failed.value)
+    await backend.close()
+    assert backend._deadlines._calls == {}
+
+
+async def test_outside_cancellation_stays_a_cancellation() -> None:
+    backend = backend_with(HangingProducer(), timeout=5.0)
+    publishing = asyncio.ensure_future(backend.publish("orders", {"x": 1}))
+    await asyncio.sleep(0.05)
+    publishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await publishing
+    await backend.close()
+
+
+async def test_publish_many_writes_record_batches_to_one_partition() -> None:
+    producer = BatchingProducer()
+    backend = backend_with(producer)
+    await backend.publish_many("orders", [{"n": n} for n in range(5)])
+    assert [len(values) for values, _ in producer.sent] == [2, 2, 1]
+    assert len({partition for _, partition in producer.sent}) == 1
+    assert [value for values, _ in producer.sent for value in values] == [
+        b'{"n":%d}' % n for n in range(5)
+    ]
+    await backend.close()

@@ -1,0 +1,197 @@
+"""The receiver's bookkeeping, offline: commit points, rebalances, copies and their headers.
+
+A fake consumer stands in for aiokafka's: it hands out the records a test gives it and
+records (or refuses) commits, so the rules are checked without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import CommitFailedError  # type: ignore[import-untyped]
+
+from abe.backends.message_queue.base import IncomingMessage
+from abe_mq_kafka import KafkaSettings
+from abe_mq_kafka._receiver import HEADER_ATTEMPT, HEADER_NOT_BEFORE, KafkaReceiver
+
+pytestmark = pytest.mark.asyncio
+
+TP0 = TopicPartition("orders", 0)
+TP1 = TopicPartition("orders", 1)
+
+
+@dataclass
+class Record:
+    offset: int
+    value: bytes = b'{"n": 1}'
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class FakeConsumer:
+    batches: list[dict[Any, list[Record]]] = field(default_factory=list)
+    commits: list[dict[Any, int]] = field(default_factory=list)
+    refuse_commits: bool = False
+    assigned: set[Any] = field(default_factory=lambda: {TP0, TP1})
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    async def commit(self, offsets: dict[Any, Any]) -> None:
+        if self.refuse_commits:
+            raise CommitFailedError("the group rebalanced")
+        self.commits.append({tp: value.offset for tp, value in offsets.items()})
+
+    def assignment(self) -> set[Any]:
+        return self.assigned
+
+    async def stop(self) -> None:
+        pass
+
+
+@dataclass
+class FakeBackend:
+    settings: KafkaSettings
+    copies: list[tuple[str, bytes, dict[str, str], frozenset[int]]] = field(default_factory=list)
+
+    async def send_copy(
+        self, key: str, body: bytes, headers: Mapping[str, str], *, avoid: frozenset[int]
+    ) -> None:
+        self.copies.append((key, body, dict(headers), avoid))
+
+
+def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeBackend]:
+    settings = KafkaSettings(redelivery_timeout=lease, session_timeout=1.0)
+    backend = FakeBackend(settings)
+    receiver = KafkaReceiver(backend, "group", ("orders",))  # type: ignore[arg-type]
+    consumer = FakeConsumer()
+    receiver._consumer = consumer
+    receiver._on_assigned({TP0, TP1})
+    return receiver, consumer, backend
+
+
+async def fetch(receiver: KafkaReceiver, count: int = 100) -> list[IncomingMessage]:
+    return list(await receiver.fetch(count, 0.05))
+
+
+async def test_commits_stop_at_the_first_unfinished_record() -> None:
+    receiver, consumer, _ = make()
+    consumer.batches.append({TP0: [Record(0), Record(1), Record(2)], TP1: [Record(7)]})
+    first, second, third, other = await fetch(receiver)
+    assert [m.broker_id for m in (first, second, third, other)] == ["0@0", "0@1", "0@2", "1@7"]
+    await receiver.ack([second, third, other])
+    assert consumer.commits == [{TP1: 8}]  # partition 0 waits for offset 0
+    await receiver.ack([first])
+    assert consumer.commits[-1] == {TP0: 3}
+    await receiver.ack([first])  # settling twice commits nothing more
+    assert len(consumer.commits) == 2
+
+
+async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() -> None:
+    receiver, consumer, backend = make(lease=0.2)
+    consumer.batches.append({TP0: [Record(0), Record(1), Record(2, headers=(("k", b"v"),))]})
+    first, second, third = await fetch(receiver)
+    consumer.refuse_commits = True
+    await receiver.ack([first])  # refused: a rebalance is under way; no error, nothing lost
+    assert consumer.commits == []
+    consumer.refuse_commits = False
+    await receiver.ack([third])
+    assert consumer.commits == [{TP0: 1}]  # offset 1 is unfinished: nothing past it
+    await receiver._on_revoked({TP0, TP1})  # waits out the lease of offset 1, then hands it on
+    assert [(key, headers[HEADER_ATTEMPT]) for key, _, headers, _ in backend.copies] == [
+        ("orders", "2")
+    ]
+    assert consumer.commits[-1] == {TP0: 3}
+    await receiver.ack([second])  # a late ack of a revoked partition's message commits nothing
+    assert consumer.commits[-1] == {TP0: 3}
+    assert len(consumer.commits) == 2
+
+
+async def test_revoke_waits_for_deliveries_that_finish() -> None:
+    receiver, consumer, backend = make(lease=5.0)
+    consumer.batches.append({TP0: [Record(0)]})
+    (message,) = await fetch(receiver)
+
+    async def finish_soon() -> None:
+        await asyncio.sleep(0.1)
+        await receiver.ack([message])
+
+    started = time.monotonic()
+    await asyncio.gather(receiver._on_revoked({TP0, TP1}), finish_soon())
+    assert time.monotonic() - started < 2
+    assert backend.copies == []
+    assert consumer.commits[-1] == {TP0: 1}
+
+
+async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
+    receiver, consumer, backend = make()
+    consumer.batches.append(
+        {TP0: [Record(0, headers=(("abe-id", b"m-1"), (HEADER_ATTEMPT, b"2"), ("t", b"x")))]}
+    )
+    (message,) = await fetch(receiver)
+    assert message.attempt == 2
+    assert dict(message.headers) == {"abe-id": "m-1", "t": "x"}
+    before = time.time() * 1000
+    await receiver.nack(message, 1.5)
+    ((key, body, headers, _),) = backend.copies
+    assert (key, body, headers["abe-id"], headers[HEADER_ATTEMPT]) == (
+        "orders",
+        b'{"n": 1}',
+        "m-1",
+        "3",
+    )
+    assert int(headers[HEADER_NOT_BEFORE]) >= before + 1500 - 1
+    await receiver.nack(message, 0)  # already handed on: no second copy
+    assert len(backend.copies) == 1
+
+
+async def test_a_copy_read_early_waits_without_blocking_others() -> None:
+    receiver, consumer, _ = make()
+    due = str(int(time.time() * 1000) + 300).encode()
+    consumer.batches.append(
+        {TP0: [Record(0, headers=((HEADER_NOT_BEFORE, due), (HEADER_ATTEMPT, b"2")))]}
+    )
+    consumer.batches.append({TP1: [Record(0)]})
+    (other,) = await fetch(receiver)  # the early copy waits; the other partition flows
+    assert other.broker_id == "1@0"
+    started = time.monotonic()
+    got: list[IncomingMessage] = []
+    while not got:
+        got = list(await receiver.fetch(10, 1.0))
+    assert time.monotonic() - started < 1.0
+    assert (got[0].broker_id, got[0].attempt) == ("0@0", 2)
+
+
+async def test_an_expired_lease_is_redelivered_away_from_this_member() -> None:
+    receiver, consumer, backend = make(lease=0.05)
+    consumer.assigned = {TP0}
+    consumer.batches.append({TP0: [Record(0)]})
+    (message,) = await fetch(receiver)
+    await asyncio.sleep(0.1)
+    receiver._last_active = time.monotonic()  # still reading: this is a lease, not a stall
+    await receiver._expire()
+    ((_, _, headers, avoid),) = backend.copies
+    assert (headers[HEADER_ATTEMPT], avoid) == ("2", frozenset({0}))
+    assert consumer.commits[-1] == {TP0: 1}
+    await receiver.ack([message])  # the late ack of the original changes nothing
+    assert len(backend.copies) == 1
+
+
+async def test_close_hands_on_what_is_held_and_commits() -> None:
+    receiver, consumer, backend = make()
+    consumer.batches.append({TP0: [Record(0), Record(1)]})
+    first, _second = await fetch(receiver)
+    await receiver.ack([first])
+    await receiver.close()
+    assert [headers[HEADER_ATTEMPT] for _, _, headers, _ in backend.copies] == ["2"]
+    assert consumer.commits[-1] == {TP0: 2}
+    await receiver.close()

@@ -1,0 +1,157 @@
+"""Bad input and failures: refused credentials, no broker, refused names and sizes, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import pytest
+from abe_brokers import KafkaServerFactory, free_port
+from kafka_testing import backend_factory_for, settings_for
+
+from abe.backends.message_queue.base import Capabilities
+from abe.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    InvalidKeyError,
+    PayloadError,
+)
+from abe.settings import Secret
+from abe.testing import BackendFactory, RoundTripContract, unique
+from abe.testing.helpers import next_delivery, nothing_arrives, receive
+from abe_mq_kafka import KafkaBackend, KafkaSettings
+
+pytestmark = pytest.mark.asyncio
+
+SECRET = "correct-horse-battery-staple-not-shown"
+
+
+async def test_refused_scram_credentials(kafka_server_factory: KafkaServerFactory) -> None:
+    server = kafka_server_factory(storage="memory", extra_args=["--authentication"])
+    for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+        backend = KafkaBackend(
+            settings_for(
+                server.bootstrap,
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism=mechanism,
+                sasl_username="nobody",
+                sasl_password=Secret(SECRET),
+                operation_timeout=5.0,
+            )
+        )
+        started = time.monotonic()
+        try:
+            with pytest.raises(AuthenticationError) as refused:
+                await backend.publish(unique("auth"), {"x": 1})
+            with pytest.raises(AuthenticationError):
+                await backend.subscribe(group=unique("g"), keys=[unique("auth")]).open()
+        finally:
+            await backend.close()
+        assert time.monotonic() - started < 10
+        assert "SCRAM" in str(refused.value)
+        assert SECRET not in str(refused.value)
+        assert SECRET not in repr(backend.settings)
+
+
+async def test_unreachable_bootstrap_fails_fast_everywhere() -> None:
+    backend = KafkaBackend(settings_for(f"127.0.0.1:{free_port()}", operation_timeout=3.0))
+    try:
+        for attempt in (
+            lambda: backend.publish(unique("down"), {"x": 1}),
+            lambda: backend.subscribe(group=unique("g"), keys=[unique("down")]).open(),
+        ):
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError) as failed:
+                await asyncio.wait_for(attempt(), 20)
+            assert time.monotonic() - started < 8
+            assert "127.0.0.1" in str(failed.value)
+    finally:
+        await asyncio.wait_for(backend.close(), 20)
+
+
+async def test_refused_topic_names_never_reach_the_broker() -> None:
+    backend = KafkaBackend(settings_for(f"127.0.0.1:{free_port()}"))  # nothing listens there
+    try:
+        for key in ("..", "a b", "x" * 250, "topic/1", "ünï"):
+            with pytest.raises(InvalidKeyError) as refused:
+                await backend.publish(key, {"x": 1})
+            assert "Kafka" in str(refused.value) or "Kafka topic" in str(refused.value)
+    finally:
+        await backend.close()
+
+
+async def test_record_over_the_request_size_is_a_payload_error(kafka_broker: Any) -> None:
+    """Tansu takes any size, so the client's own limit speaks: huge headers overflow it.
+
+    The producer's request limit is ABE_KAFKA_MAX_PAYLOAD_BYTES plus 64 KiB for headers.
+    """
+    factory = backend_factory_for(kafka_broker.bootstrap, max_payload_bytes=1000)
+    async with factory() as backend:
+        key = unique("big")
+        with pytest.raises(PayloadError) as refused:
+            await backend.publish(key, {"x": 1}, headers={"huge": "h" * 200_000})
+        assert "ABE_KAFKA_MAX_PAYLOAD_BYTES" in str(refused.value)
+        await backend.publish(key, {"after": "refusal"})  # the producer is still usable
+
+
+async def test_committed_offsets_survive_a_broker_crash(
+    kafka_server_factory: KafkaServerFactory,
+) -> None:
+    server = kafka_server_factory(storage="s3")
+    factory = backend_factory_for(server.bootstrap)
+    key, group = unique("crash"), unique("group")
+    async with factory() as backend:
+        await backend.publish_many(key, [{"n": n} for n in range(10)])
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            first = await receive(subscription, 6)
+    await server.akill()
+    await server.astart()
+    async with factory() as backend:
+        await backend.publish(key, {"n": 10})
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            rest = await receive(subscription, 5)
+            await nothing_arrives(subscription, 3.0)
+    numbers = sorted(d.payload["n"] for d in first + rest)
+    assert numbers == list(range(11))
+
+
+async def test_member_that_stops_reading_hands_its_partitions_on(
+    kafka_backend_factory: Callable[..., KafkaBackend],
+) -> None:
+    """A member holding a message whose task hangs leaves; the message reaches the other."""
+    stuck, other = kafka_backend_factory(), kafka_backend_factory()
+    key, group = unique("stuck"), unique("group")
+    try:
+        await stuck.publish(key, {"job": 1})
+        hung = stuck.subscribe(group=group, keys=[key])
+        held = await next_delivery(hung)  # and then nobody reads `hung` again
+        async with other.subscribe(group=group, keys=[key]) as subscription:
+            again = await next_delivery(subscription, 30)
+            await again.ack()
+        assert (again.payload, again.attempt, again.id) == ({"job": 1}, 2, held.id)
+    finally:
+        await stuck.close()
+        await other.close()
+
+
+class _SinglePartitionKafka(KafkaBackend):
+    """With one partition per topic a key is one log, so one consumer sees it in order."""
+
+    capabilities: ClassVar[Capabilities] = replace(KafkaBackend.capabilities, per_key_ordering=True)
+
+
+class TestSinglePartitionOrder(RoundTripContract):
+    """ABE_KAFKA_PARTITIONS=1 gives per-key order: the round-trip contract holds it to that."""
+
+    @pytest.fixture
+    def backend_factory(self, kafka_broker: Any) -> BackendFactory:
+        def factory(*, prefetch: int | None = None) -> KafkaBackend:
+            settings: KafkaSettings = settings_for(
+                kafka_broker.bootstrap, prefetch=prefetch, partitions=1
+            )
+            return _SinglePartitionKafka(settings)
+
+        return factory
