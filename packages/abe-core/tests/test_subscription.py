@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from abe.backends.message_queue.base import DEFAULT_GROUP
+from abe.backends.message_queue.base import DEFAULT_GROUP, Receiver
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.backends.message_queue.memory import MemoryBackend, MemoryBroker, MemorySettings
 from abe.errors import (
@@ -578,3 +578,36 @@ async def test_buffered_deliveries_are_kept_from_other_members_while_they_wait()
     await subscription.aclose()
     await slow.close()
     await other.close()
+
+
+class _SlowToJoin(MemoryBackend):
+    """Joins the group only when the test says so, then fails as a closed client would."""
+
+    gate: asyncio.Event
+
+    async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+        await self.gate.wait()
+        raise ConnectionError("the client was closed while joining")
+
+
+@pytest.mark.asyncio
+async def test_closing_while_the_subscription_opens_ends_the_iteration() -> None:
+    backend = _SlowToJoin(MemorySettings(), broker=MemoryBroker())
+    backend.gate = asyncio.Event()
+    stream = backend.consume(group="g", keys="k")
+    waiting = asyncio.ensure_future(stream.__anext__())
+    await spin()
+    await backend.close()
+    backend.gate.set()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, WAIT)
+
+
+@pytest.mark.asyncio
+async def test_a_failure_to_open_is_raised_when_nobody_closed_anything() -> None:
+    backend = _SlowToJoin(MemorySettings(), broker=MemoryBroker())
+    backend.gate = asyncio.Event()
+    backend.gate.set()
+    with pytest.raises(ConnectionError, match="closed while joining"):
+        await anext(backend.consume(group="g", keys="k"))
+    await backend.close()

@@ -25,6 +25,7 @@ __all__ = [
     "Environment",
     "Secret",
     "Variable",
+    "redact_url",
 ]
 
 T = TypeVar("T")
@@ -261,15 +262,27 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def redact_url(text: str) -> str:
+    """Comma-separated URLs with any user name, token or password in them replaced by ***."""
+    parts = []
+    for part in text.split(","):
+        shown = part
+        try:
+            parsed = urlsplit(part.strip())
+            if "@" in parsed.netloc:
+                netloc = "***@" + parsed.netloc.rsplit("@", 1)[1]
+                shown = parsed._replace(netloc=netloc).geturl()
+        except ValueError:
+            shown = "***" if "@" in part else part
+        parts.append(shown)
+    return ",".join(parts)
+
+
 def _redacted(variable: Variable, url: str) -> str:
     """The URL for an error message, with any user name, token or password replaced by ***."""
     if variable.secret:
         return ""
-    try:
-        parsed = urlsplit(url)
-        if "@" in parsed.netloc:
-            netloc = "***@" + parsed.netloc.rsplit("@", 1)[1]
-            url = parsed._replace(netloc=netloc).geturl()
-    except ValueError:
+    shown = redact_url(url)
+    if shown == "***":
         return " (the value is not shown because it may hold a password)"
-    return f" (got {url!r})"
+    return f" (got {shown!r})"

@@ -13,7 +13,6 @@ import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from abe.backends.message_queue.loader import (
     BACKEND_VARIABLE,
@@ -25,7 +24,7 @@ from abe.cli.connect import close_backend
 from abe.cli.errors import EXIT_OK
 from abe.cli.output import table
 from abe.errors import BackendNotFoundError, ConfigurationError
-from abe.settings import Variable
+from abe.settings import Variable, redact_url
 from abe.types import MessageQueueBackendProtocol
 
 __all__ = ["Choice", "add_parser", "choose", "describe_backends", "run"]
@@ -122,21 +121,9 @@ def _variable_row(variable: Variable, environ: Mapping[str, str]) -> list[str]:
     elif variable.secret:
         value = "(secret, not shown)"
     else:
-        value = _masked(text)
+        value = redact_url(text)
     default = "-" if variable.default is None else variable.default
     return [variable.name, "set" if text else "unset", value, default, variable.meaning]
-
-
-def _masked(value: str) -> str:
-    """The value with any password of a URL in it replaced by ***."""
-    parts = []
-    for part in value.split(","):
-        try:
-            password = urlsplit(part.strip()).password
-        except ValueError:
-            password = None
-        parts.append(part.replace(f":{password}@", ":***@") if password else part)
-    return ",".join(parts)
 
 
 async def _try_from_env(backend_class: type[MessageQueueBackendProtocol]) -> list[str]:

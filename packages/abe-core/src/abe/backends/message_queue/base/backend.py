@@ -372,7 +372,7 @@ class BaseBackend(abc.ABC):
         """
         headers = dict(message.headers)
         headers.setdefault(HEADER_ID, message.broker_id or new_message_id())
-        headers[HEADER_ERROR] = reason[:1000]
+        headers[HEADER_ERROR] = " ".join(reason.split())[:1000]  # one line: some brokers fold them
         headers[HEADER_ATTEMPTS] = str(message.attempt)
         headers[HEADER_ORIGINAL_KEY] = message.key
         body = wrap_undecodable(message.body) if wrap_body else message.body

@@ -101,8 +101,16 @@ class Subscription:
         self._stopped = asyncio.get_running_loop().create_future()
         try:
             self._receiver = await self._backend._open_receiver_for(self)
+        except Exception:
+            closed_meanwhile = self._state != "opening"
+            self._state = "closed"
+            self._backend._forget(self)
+            if closed_meanwhile:  # stop() or the backend's close() came first: just end
+                return
+            raise
         except BaseException:
             self._state = "closed"
+            self._backend._forget(self)
             raise
         if self._state == "opening":
             self._state = "open"
