@@ -1,0 +1,178 @@
+"""The `abe bench` workloads written directly with nats-py, as an application would without abe.
+
+Each workload sends the same JSON bodies as abe (`bench_payload`, encoded inside the
+timed region as abe's `publish` does) with a `Nats-Msg-Id` header, so the server does
+the same deduplication work for both sides:
+
+    publish       awaited `js.publish()` per message
+    publish_many  `js.publish_async()` for every message of a batch, then the acks gathered
+    end_to_end    a durable pull consumer: `fetch(batch=100)` + `msg.ack()`, while one
+                  publisher sends with awaited `js.publish()`
+
+It connects with the backend's own settings (same servers, credentials and TLS) before
+any clock starts, creates a stream for each workload key, and deletes those streams
+when closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+
+from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe_mq_nats._settings import NatsSettings
+from abe_mq_nats._subjects import stream_name
+
+__all__ = ["FETCH_BATCH", "RawNatsBaseline"]
+
+FETCH_BATCH = 100
+"""Messages one raw `fetch()` asks for (abe's default prefetch)."""
+_FETCH_TIMEOUT = 1.0
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class RawNatsBaseline:
+    """nats-py alone, on the servers of `settings`."""
+
+    def __init__(self, settings: NatsSettings) -> None:
+        self._settings = settings
+        self._client: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._streams: list[str] = []
+
+    @property
+    def name(self) -> str:
+        try:
+            return f"nats-py {version('nats-py')}"
+        except PackageNotFoundError:  # pragma: no cover - nats-py is a dependency
+            return "nats-py"
+
+    async def _prepare(self, key: str) -> JetStreamContext:
+        """Connect (once) and create the stream of `key`; all before the clock starts."""
+        if self._js is None:
+            settings = self._settings
+            options: dict[str, Any] = {
+                "servers": list(settings.servers),
+                "name": "abe-bench-raw",
+                "connect_timeout": settings.connect_timeout,
+                "allow_reconnect": False,
+                "tls": settings.tls_context(),
+            }
+            if settings.token is not None:
+                options["token"] = settings.token.reveal()
+            if settings.user is not None and settings.password is not None:
+                options["user"] = settings.user
+                options["password"] = settings.password.reveal()
+            if settings.nkey_seed is not None:
+                options["nkeys_seed_str"] = settings.nkey_seed.reveal()
+            if settings.nkey_seed_file is not None:
+                options["nkeys_seed"] = str(settings.nkey_seed_file)
+            if settings.creds_file is not None:
+                options["user_credentials"] = str(settings.creds_file)
+            client = NatsClient()
+            await client.connect(**options)
+            self._client = client
+            self._js = client.jetstream(timeout=settings.operation_timeout)
+        name = stream_name(key)
+        await self._js.add_stream(name=name, subjects=[key], storage=api.StorageType.FILE)
+        self._streams.append(name)
+        return self._js
+
+    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
+        js = await self._prepare(workload.key)
+        key, size = workload.key, workload.payload_bytes
+        latencies: list[float] = []
+        clock = time.perf_counter
+        started = clock()
+        for seq in range(workload.messages):
+            payload = bench_payload(seq, size)
+            before = clock()
+            await js.publish(key, _encode(payload), headers={"Nats-Msg-Id": f"raw-{seq}"})
+            latencies.append(clock() - before)
+            progress(seq + 1)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
+        js = await self._prepare(workload.key)
+        key, size = workload.key, workload.payload_bytes
+        latencies: list[float] = []
+        clock = time.perf_counter
+        started = clock()
+        for first in range(0, workload.messages, workload.batch_size):
+            last = min(first + workload.batch_size, workload.messages)
+            batch = [bench_payload(seq, size) for seq in range(first, last)]
+            before = clock()
+            acks = [
+                await js.publish_async(key, _encode(payload), headers={"Nats-Msg-Id": f"raw-{seq}"})
+                for seq, payload in zip(range(first, last), batch, strict=True)
+            ]
+            await asyncio.gather(*acks)
+            latencies.append(clock() - before)
+            progress(last)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
+        js = await self._prepare(workload.key)
+        key, size, total = workload.key, workload.payload_bytes, workload.messages
+        subscription = await js.pull_subscribe(key, durable=workload.group, stream=stream_name(key))
+        clock = time.perf_counter
+        latencies: dict[int, float] = {}
+        last_received = 0.0
+
+        async def receive() -> None:
+            nonlocal last_received
+            while len(latencies) < total:
+                try:
+                    messages = await subscription.fetch(FETCH_BATCH, timeout=_FETCH_TIMEOUT)
+                except nats.errors.TimeoutError:
+                    continue
+                for message in messages:
+                    payload = json.loads(message.data)
+                    now = clock()
+                    latencies.setdefault(payload["seq"], now - payload["sent"])
+                    last_received = now
+                    await message.ack()
+                progress(len(latencies))
+
+        async def send() -> None:
+            for seq in range(total):
+                body = _encode(bench_payload(seq, size))
+                await js.publish(key, body, headers={"Nats-Msg-Id": f"raw-{seq}"})
+                await asyncio.sleep(0)
+
+        receiver = asyncio.get_running_loop().create_task(receive())
+        started = clock()
+        try:
+            await send()
+            await receiver
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        return Measurement.from_latencies(total, last_received - started, list(latencies.values()))
+
+    async def close(self) -> None:
+        """Delete the streams the baseline created and close its connection."""
+        client, js = self._client, self._js
+        self._client = self._js = None
+        if client is None or js is None:
+            return
+        try:
+            for name in self._streams:
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(name)
+        finally:
+            self._streams.clear()
+            await client.close()

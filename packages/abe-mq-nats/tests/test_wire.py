@@ -1,0 +1,56 @@
+"""What goes on the wire: headers with Nats-Msg-Id, the size check against max_payload."""
+
+from __future__ import annotations
+
+import pytest
+
+from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.errors import PayloadError
+from abe_mq_nats import NatsBackend, NatsSettings
+from abe_mq_nats._backend import HEADER_ROOM, MSG_ID, _headers
+
+
+def message(body: bytes = b'{"a":1}', **headers: str) -> OutgoingMessage:
+    return OutgoingMessage(
+        "id-1", body, {"abe-id": "id-1", "abe-published-at": "1700000000000", **headers}
+    )
+
+
+def test_headers_carry_the_id_for_deduplication() -> None:
+    original = message(trace="t-1")
+    headers = _headers(original, 1_048_576, None)
+    assert headers == {
+        "abe-id": "id-1",
+        "abe-published-at": "1700000000000",
+        "trace": "t-1",
+        MSG_ID: "id-1",
+    }
+    assert MSG_ID not in original.headers, "the outgoing message itself is left alone"
+
+
+def test_size_counts_headers_against_max_payload() -> None:
+    limit = 4096
+    plain = message(b"x" * 3900)
+    _headers(plain, limit, 0)
+    with pytest.raises(PayloadError, match="max_payload of 4,096"):
+        _headers(message(b"x" * 3900, big="y" * 200), limit, 3)
+    with pytest.raises(PayloadError, match=r"payloads\[3\]"):
+        _headers(message(b"x" * 3900, big="y" * 200), limit, 3)
+    non_ascii = message(b"x" * 3900, note="é" * 60)  # 60 characters, 120 bytes
+    with pytest.raises(PayloadError):
+        _headers(non_ascii, 4090, 0)  # 4,046 bytes if counted as characters, 4,106 in fact
+
+
+@pytest.mark.parametrize("name", ["has space", "colon:name", "tab\tname", "ünïcode"])
+def test_header_names_nats_cannot_carry(name: str) -> None:
+    with pytest.raises(PayloadError, match="cannot travel in NATS"):
+        _headers(message(**{name: "v"}), 1_048_576, 0)
+
+
+def test_max_payload_follows_the_server() -> None:
+    backend = NatsBackend(NatsSettings())
+    assert backend.max_payload_bytes == 1_048_576 - HEADER_ROOM
+    backend._connection.max_payload = 8 * 1_048_576
+    assert backend.max_payload_bytes == 8 * 1_048_576 - HEADER_ROOM
+    backend._connection.max_payload = 4096
+    assert backend.max_payload_bytes == 4096 - 512
