@@ -534,3 +534,20 @@ def test_backend_settings_refuse_nan(field: str) -> None:
     arguments: dict[str, Any] = {field: float("nan")}
     with pytest.raises(ValueError, match=field):
         BackendSettings(**arguments)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:pa/ss?w#rd@cache:6379/0",  # a password with characters a URL parser splits at
+        "redis://:p@ss@cache:6379",
+        "nats://t0ken@a:4222,nats://t0ken@b:4222",
+    ],
+)
+def test_passwords_with_url_characters_are_never_shown(url: str) -> None:
+    from abe.settings import redact_url
+
+    shown = redact_url(url)
+    for secret in ("pa/ss", "w#rd", "p@ss", "t0ken", "user"):
+        assert secret not in shown
+    assert "***@" in shown

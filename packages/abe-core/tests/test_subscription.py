@@ -611,3 +611,16 @@ async def test_a_failure_to_open_is_raised_when_nobody_closed_anything() -> None
     with pytest.raises(ConnectionError, match="closed while joining"):
         await anext(backend.consume(group="g", keys="k"))
     await backend.close()
+
+
+class _WithReservedHeader(MemoryBackend):
+    reserved_headers = frozenset({"data"})
+
+
+@pytest.mark.asyncio
+async def test_headers_the_wire_format_reserves_are_refused_before_io() -> None:
+    backend = _WithReservedHeader(MemorySettings(), broker=MemoryBroker())
+    with pytest.raises(PayloadError, match="'data' is reserved by the memory wire format"):
+        await backend.publish("k", {"x": 1}, headers={"data": "oops"})
+    assert backend.broker.messages("k") == []
+    await backend.close()

@@ -266,15 +266,15 @@ def redact_url(text: str) -> str:
     """Comma-separated URLs with any user name, token or password in them replaced by ***."""
     parts = []
     for part in text.split(","):
-        shown = part
-        try:
-            parsed = urlsplit(part.strip())
-            if "@" in parsed.netloc:
-                netloc = "***@" + parsed.netloc.rsplit("@", 1)[1]
-                shown = parsed._replace(netloc=netloc).geturl()
-        except ValueError:
-            shown = "***" if "@" in part else part
-        parts.append(shown)
+        # Split at the last "@" rather than parse: a password with an unencoded "/", "?"
+        # or "#" would make a URL parser put part of it in the path.
+        scheme, separator, rest = part.partition("://")
+        if not separator:
+            scheme, rest = "", part
+        if "@" in rest:
+            parts.append(f"{scheme}{separator}***@{rest.rsplit('@', 1)[1]}")
+        else:
+            parts.append(part)
     return ",".join(parts)
 
 
@@ -282,7 +282,4 @@ def _redacted(variable: Variable, url: str) -> str:
     """The URL for an error message, with any user name, token or password replaced by ***."""
     if variable.secret:
         return ""
-    shown = redact_url(url)
-    if shown == "***":
-        return " (the value is not shown because it may hold a password)"
-    return f" (got {shown!r})"
+    return f" (got {redact_url(url)!r})"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import sys
 import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.backends.message_queue.base.settings import BackendSettings
 from abe.backends.message_queue.base.subscription import Subscription
+from abe.backends.message_queue.base.timeouts import bounded
 from abe.errors import (
     AbeError,
     BackendClosedError,
@@ -87,6 +87,8 @@ class BaseBackend(abc.ABC):
     """Which group names the broker accepts."""
     variables: ClassVar[tuple[Variable, ...]] = ()
     """Every environment variable `from_env()` reads, for `abe backends` and the docs."""
+    reserved_headers: ClassVar[frozenset[str]] = frozenset()
+    """Header names the broker's wire format uses itself (Redis: "data"), refused in publish."""
     enforce_operation_timeout: ClassVar[bool] = False
     """Set True when the client library can block forever: core then bounds each call."""
 
@@ -323,6 +325,11 @@ class BaseBackend(abc.ABC):
                         f"header name {name!r} is not allowed: use a non-empty str that does "
                         f"not start with {HEADER_PREFIX!r} (abe's own headers)"
                     )
+                if name in self.reserved_headers:
+                    raise PayloadError(
+                        f"header name {name!r} is reserved by the {self.name} wire format; "
+                        f"choose another name"
+                    )
                 if not isinstance(value, str):
                     raise PayloadError(
                         f"header {name!r} must have a str value, got {type(value).__name__}"
@@ -335,7 +342,7 @@ class BaseBackend(abc.ABC):
         try:
             if not self.enforce_operation_timeout:
                 return await awaitable
-            return await _bounded(awaitable, self.settings.operation_timeout * scale)
+            return await bounded(awaitable, self.settings.operation_timeout * scale)
         except AbeError:
             raise
         except asyncio.TimeoutError as exc:
@@ -381,10 +388,3 @@ class BaseBackend(abc.ABC):
 
     def _forget(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
-
-
-async def _bounded(awaitable: Awaitable[T], seconds: float) -> T:
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)

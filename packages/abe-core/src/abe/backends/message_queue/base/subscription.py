@@ -19,6 +19,7 @@ from abe.backends.message_queue.base.acks import AckBatcher
 from abe.backends.message_queue.base.codec import IncomingMessage, decode_body
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.receiver import Receiver
+from abe.backends.message_queue.base.timeouts import bounded
 from abe.errors import AuthenticationError, BackendUnavailableError, DeliveryStateError
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ class Subscription:
     async def _pause(self, seconds: float) -> None:
         assert self._stopped is not None
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._stopped), seconds)
+            await bounded(asyncio.shield(self._stopped), seconds)
 
     def _release_credit(self) -> None:
         self._unsettled -= 1
@@ -293,7 +294,7 @@ class Subscription:
         if not messages or receiver is None:
             return
         try:
-            await asyncio.wait_for(receiver.release(messages), _RELEASE_TIMEOUT)
+            await bounded(receiver.release(messages), _RELEASE_TIMEOUT)
         except Exception as exc:
             log.info(
                 "%d unread message(s) will come back after the redelivery timeout (%s)",
@@ -321,7 +322,7 @@ class Subscription:
         if delivery.settled or self._receiver is None:
             return
         try:
-            await asyncio.wait_for(delivery.nack(0.0), _RELEASE_TIMEOUT)
+            await bounded(delivery.nack(0.0), _RELEASE_TIMEOUT)
         except Exception as exc:
             log.info(
                 "message %s will come back after the redelivery timeout (%s)", delivery.id, exc

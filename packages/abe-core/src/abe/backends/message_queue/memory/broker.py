@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from abe.backends.message_queue.base.codec import IncomingMessage, OutgoingMessage
+from abe.backends.message_queue.base.timeouts import bounded
 
 __all__ = ["MemoryBroker"]
 
@@ -235,7 +236,7 @@ class MemoryBroker:
         for log in logs:
             log.waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter, soonest - now)
+            await bounded(waiter, soonest - now)
         except asyncio.TimeoutError:
             pass
         finally:
