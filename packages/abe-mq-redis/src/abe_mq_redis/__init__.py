@@ -1,0 +1,11 @@
+"""Redis Streams for abe: keys are streams, groups are consumer groups.
+
+Install with `pip install abe-mq-redis` and set `QUEUE_BACKEND=redis` and `REDIS_URL`;
+`abe.load_backend()` then returns a `RedisBackend`.
+"""
+
+from abe_mq_redis._backend import RedisBackend
+from abe_mq_redis._settings import RedisSettings
+from abe_mq_redis._version import __version__
+
+__all__ = ["RedisBackend", "RedisSettings", "__version__"]

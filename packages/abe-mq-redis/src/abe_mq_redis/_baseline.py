@@ -1,0 +1,148 @@
+"""The `abe bench` workloads written with redis-py alone: what abe's overhead is measured against.
+
+The same server and connection options as the backend (so the ratio is abe's own cost),
+its own connection pool, the payload bytes abe would send:
+
+    publish       one awaited XADD per message, field `data` = the JSON
+    publish_many  XADDs in a non-transactional pipeline per batch
+    end_to_end    XREADGROUP (COUNT 100, BLOCK 1 s) and one awaited XACK per message,
+                  while one publisher XADDs one message at a time
+
+It deletes the streams it wrote when closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import redis
+from redis.asyncio import ConnectionPool, Redis
+
+from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe_mq_redis._client import connection_kwargs
+from abe_mq_redis._settings import RedisSettings
+
+__all__ = ["RawRedisBaseline"]
+
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+class RawRedisBaseline:
+    """`abe.benchmarking.RawBaseline` for Redis Streams, with redis-py's own calls."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self._client: Redis | None = None
+        self._keys: list[str] = []
+
+    @property
+    def name(self) -> str:
+        """The client library and its version."""
+        return f"redis-py {redis.__version__}"
+
+    async def _connect(self, key: str) -> Redis:
+        if self._client is None:
+            timeout = self._settings.operation_timeout + 1.0  # outlasts the 1 s BLOCK below
+            pool = ConnectionPool(**connection_kwargs(self._settings, socket_timeout=timeout))
+            self._client = Redis(connection_pool=pool)
+        self._keys.append(key)
+        await self._client.ping()  # connected before any clock starts
+        return self._client
+
+    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
+        """One awaited XADD per message."""
+        client = await self._connect(workload.key)
+        key, size = workload.key, workload.payload_bytes
+        clock = time.perf_counter
+        latencies: list[float] = []
+        started = clock()
+        for seq in range(workload.messages):
+            payload = bench_payload(seq, size)
+            before = clock()
+            await client.xadd(key, {"data": _encode(payload)})
+            latencies.append(clock() - before)
+            progress(seq + 1)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
+        """XADDs in a non-transactional pipeline, one pipeline per batch."""
+        client = await self._connect(workload.key)
+        key, size = workload.key, workload.payload_bytes
+        clock = time.perf_counter
+        latencies: list[float] = []
+        started = clock()
+        for first in range(0, workload.messages, workload.batch_size):
+            last = min(first + workload.batch_size, workload.messages)
+            batch = [bench_payload(seq, size) for seq in range(first, last)]
+            before = clock()
+            pipe = client.pipeline(transaction=False)
+            for payload in batch:
+                pipe.xadd(key, {"data": _encode(payload)})
+            await pipe.execute()
+            latencies.append(clock() - before)
+            progress(last)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
+        """XREADGROUP and one XACK per message, while one publisher XADDs one at a time."""
+        client = await self._connect(workload.key)
+        key, group, size = workload.key, workload.group, workload.payload_bytes
+        await client.xgroup_create(key, group, id="0", mkstream=True)
+        clock = time.perf_counter
+        latencies: dict[int, float] = {}
+        last_received = 0.0
+
+        async def receive() -> None:
+            nonlocal last_received
+            while len(latencies) < workload.messages:
+                reply: Any = await client.xreadgroup(
+                    group, "raw", {key: ">"}, count=100, block=1000
+                )
+                for _stream, entries in _streams(reply):
+                    for entry_id, fields in entries:
+                        payload = json.loads(fields[b"data"])
+                        now = clock()
+                        latencies.setdefault(payload["seq"], now - payload["sent"])
+                        last_received = now
+                        await client.xack(key, group, entry_id)
+                        progress(len(latencies))
+
+        async def send() -> None:
+            for seq in range(workload.messages):
+                await client.xadd(key, {"data": _encode(bench_payload(seq, size))})
+                await asyncio.sleep(0)
+
+        receiver = asyncio.get_running_loop().create_task(receive())
+        started = clock()
+        try:
+            await send()
+            await receiver
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+        return Measurement.from_latencies(
+            workload.messages, last_received - started, list(latencies.values())
+        )
+
+    async def close(self) -> None:
+        """Delete the streams this baseline wrote and release its connections."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if self._keys:
+                await client.delete(*self._keys)
+        finally:
+            await client.aclose(close_connection_pool=True)
+
+
+def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
+    """XREADGROUP's reply as [(stream, entries)], whichever shape redis-py returned."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3 shape: {stream: [entries]}
+        return [(stream, entries[0] if entries else []) for stream, entries in reply.items()]
+    return [(stream, entries) for stream, entries in reply]

@@ -1,0 +1,258 @@
+"""RedisSettings and the environment variables it is read from, each declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+from redis.asyncio.connection import parse_url
+
+from abe.backends.message_queue.base.settings import BackendSettings
+from abe.settings import COMMON_VARIABLES, Environment, Secret, Variable
+
+__all__ = [
+    "BLOCK_TIME",
+    "CONSUMER_IDLE_TIMEOUT",
+    "MAXLEN",
+    "MAX_PAYLOAD",
+    "PASSWORD",
+    "POOL_SIZE",
+    "TLS_CA_FILE",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "URL",
+    "USERNAME",
+    "VARIABLES",
+    "RedisSettings",
+    "split_credentials",
+]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+SCHEMES = ("redis", "rediss", "unix")
+
+URL = Variable(
+    "REDIS_URL",
+    DEFAULT_URL,
+    "Where Redis is: redis://host:port/db, rediss:// for TLS, or unix:///path/to/socket.",
+)
+USERNAME = Variable("REDIS_USERNAME", None, "ACL user name; overrides a user name in REDIS_URL.")
+PASSWORD = Variable(
+    "REDIS_PASSWORD",
+    None,
+    "Password (of the ACL user, or of `requirepass`); overrides one in REDIS_URL. Never shown.",
+    secret=True,
+)
+TLS_CA_FILE = Variable(
+    "REDIS_TLS_CA_FILE",
+    None,
+    "PEM file of the CA that signed the server certificate (rediss:// only; default: the "
+    "system's trusted CAs).",
+)
+TLS_CERT_FILE = Variable(
+    "REDIS_TLS_CERT_FILE",
+    None,
+    "PEM client certificate, for servers that require one (rediss:// only; needs the key).",
+)
+TLS_KEY_FILE = Variable(
+    "REDIS_TLS_KEY_FILE", None, "PEM private key of the client certificate (unencrypted)."
+)
+POOL_SIZE = Variable(
+    "ABE_REDIS_POOL_SIZE",
+    "100",
+    "Most connections publishing and acknowledging use at once (more calls wait for one); "
+    "each subscription also keeps one for its blocking reads.",
+)
+BLOCK_TIME = Variable(
+    "ABE_REDIS_BLOCK_TIME",
+    "1",
+    "Longest one XREADGROUP BLOCK waits, in seconds (shorter when redelivery work is due).",
+)
+MAXLEN = Variable(
+    "ABE_REDIS_MAXLEN",
+    None,
+    "Trim each stream to about this many entries on publish (XADD MAXLEN ~). Unset: never "
+    "trim, since trimming drops entries nobody has read yet.",
+)
+MAX_PAYLOAD = Variable(
+    "ABE_REDIS_MAX_PAYLOAD_BYTES", "1048576", "Largest JSON body accepted, in bytes."
+)
+CONSUMER_IDLE_TIMEOUT = Variable(
+    "ABE_REDIS_CONSUMER_IDLE_TIMEOUT",
+    "3600",
+    "Seconds after which a group's consumer that is idle and owns no pending entry is deleted.",
+)
+
+VARIABLES: tuple[Variable, ...] = (
+    URL,
+    USERNAME,
+    PASSWORD,
+    TLS_CA_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    POOL_SIZE,
+    BLOCK_TIME,
+    MAXLEN,
+    MAX_PAYLOAD,
+    CONSUMER_IDLE_TIMEOUT,
+    *COMMON_VARIABLES,
+)
+"""Every variable `RedisBackend.from_env()` reads, in the order the README lists them."""
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """The URL without its user name and password, and the two (percent-decoded) apart."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, has_password, password = userinfo.partition(":")
+    start = url.index("//") + 2  # the user-info follows the scheme's "//"
+    clean = url[:start] + url[start + len(userinfo) + 1 :]
+    return (
+        clean,
+        unquote(user) or None,
+        unquote(password) if has_password and password else None,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings(BackendSettings):
+    """How to reach Redis and how to use its streams; `from_env()` reads them all at once.
+
+    `url` never holds credentials: a user name or password written in it is moved to
+    `username` / `password` (the password as a `Secret`, which never shows in a repr).
+    `poll_interval` is the longest a blocking read waits (`ABE_REDIS_BLOCK_TIME`).
+    """
+
+    url: str = DEFAULT_URL
+    username: str | None = None
+    password: Secret | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    pool_size: int = 100
+    maxlen: int | None = None
+    max_payload_bytes: int = 1_048_576
+    consumer_idle_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        scheme = urlsplit(self.url).scheme
+        if scheme not in SCHEMES:
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, got {scheme + '://'!r}"
+            )
+        clean, user, password = split_credentials(self.url)
+        if clean != self.url:
+            object.__setattr__(self, "url", clean)
+            if self.username is None and user is not None:
+                object.__setattr__(self, "username", user)
+            if self.password is None and password is not None:
+                object.__setattr__(self, "password", Secret(password))
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {self.pool_size}")
+        if self.maxlen is not None and self.maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1 (or None), got {self.maxlen}")
+        if self.max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be at least 1, got {self.max_payload_bytes}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+
+    @property
+    def address(self) -> str:
+        """The URL without its query options: where the server is, for reprs and errors."""
+        return urlunsplit(urlsplit(self.url)._replace(query="", fragment=""))
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections use TLS (a rediss:// URL)."""
+        return self.url.startswith("rediss://")
+
+    @classmethod
+    def from_env(cls, environ: Environment | None = None) -> RedisSettings:
+        """Read REDIS_*, ABE_REDIS_* and the common ABE_MQ_* variables; one error names all."""
+        env = environ or Environment()
+        common = cls.read_common(env)
+        _check_credentials_placement(env)
+        url = env.url(URL, schemes=SCHEMES) or DEFAULT_URL
+        clean, url_user, url_password = split_credentials(url)
+        _check_url(env, clean)
+        username = env.string(USERNAME) or url_user
+        password = env.secret(PASSWORD) or (Secret(url_password) if url_password else None)
+        ca_file = env.path(TLS_CA_FILE)
+        cert_file = env.path(TLS_CERT_FILE)
+        key_file = env.path(TLS_KEY_FILE)
+        tls_given = [v for v in (TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE) if env.is_set(v)]
+        if tls_given and not clean.startswith("rediss://"):
+            for variable in tls_given:
+                env.problem(
+                    variable,
+                    "is set, but REDIS_URL does not use TLS: write rediss:// instead of "
+                    "redis:// to connect with TLS, or unset this variable",
+                )
+        if env.is_set(TLS_CERT_FILE) and not env.is_set(TLS_KEY_FILE):
+            env.problem(TLS_KEY_FILE, "is required when REDIS_TLS_CERT_FILE is set")
+        if env.is_set(TLS_KEY_FILE) and not env.is_set(TLS_CERT_FILE):
+            env.problem(TLS_CERT_FILE, "is required when REDIS_TLS_KEY_FILE is set")
+        pool_size = env.integer(POOL_SIZE, minimum=1, maximum=10_000)
+        block_time = env.seconds(BLOCK_TIME, minimum=0.01, maximum=300)
+        maxlen = env.integer(MAXLEN, minimum=1)
+        max_payload = env.integer(MAX_PAYLOAD, minimum=1, maximum=512 * 1024 * 1024)
+        idle_timeout = env.seconds(CONSUMER_IDLE_TIMEOUT, minimum=1)
+        env.check("redis")
+        return cls(
+            **common,
+            url=clean,
+            username=username,
+            password=password,
+            tls_ca_file=ca_file,
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
+            pool_size=pool_size or 100,
+            poll_interval=block_time or 1.0,
+            maxlen=maxlen,
+            max_payload_bytes=max_payload or 1_048_576,
+            consumer_idle_timeout=idle_timeout or 3600.0,
+        )
+
+
+def _check_credentials_placement(env: Environment) -> None:
+    """Refuse, without echoing it, a URL whose credentials could leak into a message.
+
+    An '@' after the host part means a password with an unencoded '/', '?' or '#'
+    (urlsplit then puts the rest of the password in the path); a `password` query
+    option would be shown wherever the URL is. Either is a problem recorded first, so
+    no later message about REDIS_URL repeats the value.
+    """
+    text = env.raw(URL)
+    if text is None:
+        return
+    parts = urlsplit(text)
+    if "@" in parts.path + parts.query + parts.fragment:
+        env.problem(
+            URL,
+            "has an '@' after the host (the value is not shown, since it may hold a password): "
+            "percent-encode '/', '?', '#' and '@' in the user name and password (e.g. '/' as "
+            "%2F), or give them in REDIS_USERNAME and REDIS_PASSWORD",
+        )
+    elif any(name in ("password", "username") for name in parse_qs(parts.query)):
+        env.problem(
+            URL,
+            "has a password or username query option (the value is not shown): give them in "
+            "REDIS_USERNAME and REDIS_PASSWORD, or as redis://user:password@host",
+        )
+
+
+def _check_url(env: Environment, url: str) -> None:
+    """Problems redis-py itself would find in the URL (its query options, the socket path)."""
+    if URL.name in env.problems:
+        return
+    parts = urlsplit(url)
+    if parts.scheme == "unix" and not parts.path:
+        env.problem(URL, "must name the socket's path, e.g. unix:///run/redis.sock")
+        return
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        env.problem(URL, f"is not a URL redis-py accepts: {exc}")

@@ -1,0 +1,148 @@
+"""The error map: every redis-py exception becomes an abe error that says what to do."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ssl
+
+import pytest
+import redis.exceptions
+
+from abe.errors import (
+    AbeError,
+    AuthenticationError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidKeyError,
+)
+from abe_mq_redis import RedisBackend, RedisSettings
+
+WHERE = "redis://cache:6379/0"
+
+
+def _translate(error: Exception, *, tls: bool = False) -> Exception:
+    url = WHERE.replace("redis://", "rediss://") if tls else WHERE
+    backend = RedisBackend(RedisSettings(url=url, password=None, operation_timeout=2.5))
+    return backend._translate_error(error)
+
+
+def _instance(cls: type[Exception], text: str) -> Exception:
+    """An instance whatever the constructor wants (some parse their message)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, text)
+    return error
+
+
+def _redis_exception_classes() -> list[type[Exception]]:
+    return [
+        value
+        for _, value in inspect.getmembers(redis.exceptions, inspect.isclass)
+        if issubclass(value, Exception) and value.__module__.startswith("redis")
+    ]
+
+
+@pytest.mark.parametrize("cls", _redis_exception_classes(), ids=lambda cls: cls.__name__)
+def test_every_redis_exception_has_a_mapping(cls: type[Exception]) -> None:
+    translated = _translate(_instance(cls, "something went wrong"))
+    assert isinstance(translated, AbeError), f"{cls.__name__} maps to {translated!r}"
+    assert str(translated)
+
+
+def test_walk_found_the_library() -> None:
+    names = {cls.__name__ for cls in _redis_exception_classes()}
+    assert {"ConnectionError", "TimeoutError", "ResponseError", "AuthenticationError"} <= names
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "says"),
+    [
+        (
+            redis.exceptions.AuthenticationError(
+                "invalid username-password pair or user is disabled."
+            ),
+            AuthenticationError,
+            "REDIS_PASSWORD",
+        ),
+        (
+            redis.exceptions.NoPermissionError("this user has no permissions to access the key"),
+            AuthenticationError,
+            "ACL",
+        ),
+        (
+            redis.exceptions.ConnectionError("Error 111 connecting to cache:6379. Refused."),
+            BackendUnavailableError,
+            "cannot reach redis at redis://cache:6379/0",
+        ),
+        (redis.exceptions.TimeoutError("Timeout reading"), BackendUnavailableError, "2.5s"),
+        (asyncio.TimeoutError(), BackendUnavailableError, "ABE_MQ_OPERATION_TIMEOUT"),
+        (ConnectionRefusedError(111, "refused"), BackendUnavailableError, "cannot reach"),
+        (redis.exceptions.BusyLoadingError("loading"), BackendUnavailableError, "loading"),
+        (redis.exceptions.ReadOnlyError("replica"), BackendUnavailableError, "primary"),
+        (redis.exceptions.OutOfMemoryError("OOM"), BackendUnavailableError, "ABE_REDIS_MAXLEN"),
+        (
+            redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong"),
+            InvalidKeyError,
+            "not a stream",
+        ),
+        (
+            redis.exceptions.ResponseError("ERR unknown command 'XAUTOCLAIM'"),
+            BackendUnavailableError,
+            "Redis 6.2",
+        ),
+        (
+            redis.exceptions.ResponseError("MOVED 3999 127.0.0.1:6381"),
+            ConfigurationError,
+            "Redis Cluster",
+        ),
+        (
+            redis.exceptions.MaxConnectionsError("Too many connections"),
+            BackendUnavailableError,
+            "ABE_REDIS_POOL_SIZE",
+        ),
+        (
+            redis.exceptions.InvalidResponse("Protocol Error: H"),
+            BackendUnavailableError,
+            "rediss://",
+        ),
+    ],
+)
+def test_specific_mappings(error: Exception, expected: type[Exception], says: str) -> None:
+    if "MOVED" in str(error):
+        error = _instance(redis.exceptions.MovedError, str(error))
+    translated = _translate(error)
+    assert isinstance(translated, expected)
+    assert says in str(translated)
+
+
+def test_unknown_exceptions_pass_through() -> None:
+    error = KeyError("not redis")
+    assert _translate(error) is error
+
+
+def test_abe_errors_pass_through() -> None:
+    error = InvalidKeyError("already clear")
+    assert _translate(error) is error
+
+
+def test_certificate_failure_points_at_the_ca_file() -> None:
+    cause = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify")
+    error = redis.exceptions.ConnectionError("Error 1 connecting to cache:6379.")
+    error.__context__ = cause
+    translated = _translate(error, tls=True)
+    assert isinstance(translated, BackendUnavailableError)
+    assert "REDIS_TLS_CA_FILE" in str(translated)
+
+
+def test_handshake_failure_suggests_plain_or_client_certificate() -> None:
+    cause = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    error = redis.exceptions.ConnectionError("Error 1 connecting to cache:6379.")
+    error.__context__ = cause
+    translated = str(_translate(error, tls=True))
+    assert "redis://" in translated
+    assert "REDIS_TLS_CERT_FILE" in translated
+
+
+def test_closed_plain_connection_suggests_tls() -> None:
+    error = redis.exceptions.ConnectionError("Connection closed by server.")
+    assert "rediss://" in str(_translate(error, tls=False))

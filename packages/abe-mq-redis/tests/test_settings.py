@@ -1,0 +1,224 @@
+"""RedisSettings and from_env(): every variable checked at once, secrets never shown."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from abe.errors import ConfigurationError
+from abe.settings import Secret
+from abe_mq_redis import RedisBackend, RedisSettings
+
+SECRET = "p@ss:w/rd-Never-Shown"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in RedisBackend.variables:
+        monkeypatch.delenv(variable.name, raising=False)
+    monkeypatch.delenv("QUEUE_BACKEND", raising=False)
+
+    def no_network(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("reading settings opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+
+def test_defaults() -> None:
+    settings = RedisSettings.from_env()
+    assert settings.url == "redis://localhost:6379/0"
+    assert settings.username is None
+    assert settings.password is None
+    assert settings.pool_size == 100
+    assert settings.poll_interval == 1.0
+    assert settings.maxlen is None
+    assert settings.max_payload_bytes == 1_048_576
+    assert settings.redelivery_timeout == 30.0
+    assert settings.operation_timeout == 10.0
+    assert settings.consumer_idle_timeout == 3600.0
+    assert not settings.tls
+    assert RedisSettings() == settings
+
+
+def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client-key.pem"))
+    for path in (ca, cert, key):
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+    environ = {
+        "REDIS_URL": "rediss://cache.internal:6380/3",
+        "REDIS_USERNAME": "worker",
+        "REDIS_PASSWORD": SECRET,
+        "REDIS_TLS_CA_FILE": str(ca),
+        "REDIS_TLS_CERT_FILE": str(cert),
+        "REDIS_TLS_KEY_FILE": str(key),
+        "ABE_REDIS_POOL_SIZE": "7",
+        "ABE_REDIS_BLOCK_TIME": "2.5",
+        "ABE_REDIS_MAXLEN": "100000",
+        "ABE_REDIS_MAX_PAYLOAD_BYTES": "2048",
+        "ABE_REDIS_CONSUMER_IDLE_TIMEOUT": "60",
+        "ABE_MQ_PREFETCH": "12",
+        "ABE_MQ_REDELIVERY_TIMEOUT": "4.5",
+        "ABE_MQ_OPERATION_TIMEOUT": "3",
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = RedisSettings.from_env()
+    assert settings.url == "rediss://cache.internal:6380/3"
+    assert settings.tls
+    assert settings.username == "worker"
+    assert settings.password == Secret(SECRET)
+    assert (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (ca, cert, key)
+    assert settings.pool_size == 7
+    assert settings.poll_interval == 2.5
+    assert settings.maxlen == 100_000
+    assert settings.max_payload_bytes == 2048
+    assert settings.consumer_idle_timeout == 60.0
+    assert (settings.prefetch, settings.redelivery_timeout, settings.operation_timeout) == (
+        12,
+        4.5,
+        3.0,
+    )
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings.describe())
+    backend = RedisBackend.from_env()
+    assert SECRET not in repr(backend)
+    assert backend.max_payload_bytes == 2048
+    assert {variable.name for variable in RedisBackend.variables} >= set(environ)
+
+
+def test_credentials_in_the_url_leave_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://alice:p%40ss%3Aw%2Frd-Never-Shown@h:6379/1")
+    settings = RedisSettings.from_env()
+    assert settings.url == "redis://h:6379/1"
+    assert settings.username == "alice"
+    assert settings.password == Secret(SECRET)
+    assert SECRET not in repr(settings)
+    assert "p%40ss" not in repr(settings)
+
+
+def test_variables_override_url_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://alice:old-password@h:6379/1")
+    monkeypatch.setenv("REDIS_USERNAME", "bob")
+    monkeypatch.setenv("REDIS_PASSWORD", SECRET)
+    settings = RedisSettings.from_env()
+    assert (settings.url, settings.username, settings.password) == (
+        "redis://h:6379/1",
+        "bob",
+        Secret(SECRET),
+    )
+
+
+def test_password_only_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cret%40x@h")
+    settings = RedisSettings.from_env()
+    assert settings.url == "redis://h"
+    assert settings.username is None
+    assert settings.password == Secret("s3cret@x")
+
+
+def test_unix_socket_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "unix:///run/redis/redis.sock?db=2")
+    assert RedisSettings.from_env().url == "unix:///run/redis/redis.sock?db=2"
+    monkeypatch.setenv("REDIS_URL", "unix://:hunter2@/run/redis/redis.sock?db=2")
+    settings = RedisSettings.from_env()
+    assert settings.url == "unix:///run/redis/redis.sock?db=2"
+    assert settings.password == Secret("hunter2")
+
+
+def test_all_problems_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = {
+        "REDIS_URL": "http://localhost:6379",
+        "ABE_REDIS_POOL_SIZE": "0",
+        "ABE_REDIS_BLOCK_TIME": "soon",
+        "ABE_REDIS_MAXLEN": "-5",
+        "ABE_REDIS_MAX_PAYLOAD_BYTES": "1e9",
+        "ABE_REDIS_CONSUMER_IDLE_TIMEOUT": "0",
+        "REDIS_TLS_CA_FILE": "/nonexistent/ca.pem",
+        "ABE_MQ_PREFETCH": "none",
+        "ABE_MQ_REDELIVERY_TIMEOUT": "-1",
+        "ABE_MQ_OPERATION_TIMEOUT": "inf",
+    }
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as refused:
+        RedisBackend.from_env()
+    assert set(refused.value.variables) == set(bad)
+    for name in bad:
+        assert name in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://localhost:6379", "must start with"),
+        ("redis://localhost:port/0", "not a valid URL"),
+        ("redis://localhost:6379/0?socket_timeout=soon", "redis-py"),
+        ("unix://", "socket's path"),
+        ("redis://h:6379/0?password=hunter2", "query option"),
+        ("redis://user:pa/zz9secret@h:6379/0", "percent-encode"),
+    ],
+)
+def test_bad_urls(monkeypatch: pytest.MonkeyPatch, url: str, why: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(ConfigurationError) as refused:
+        RedisSettings.from_env()
+    assert refused.value.variables == ("REDIS_URL",)
+    assert why in str(refused.value)
+    for secret in ("hunter2", "zz9secret"):
+        assert secret not in str(refused.value)
+
+
+def test_bad_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", f"http://user:{SECRET.replace('@', '%40')}@h:1/0")
+    with pytest.raises(ConfigurationError) as refused:
+        RedisSettings.from_env()
+    assert "Never-Shown" not in str(refused.value)
+
+
+def test_tls_files_need_rediss(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("REDIS_TLS_CA_FILE", str(ca))
+    with pytest.raises(ConfigurationError) as refused:
+        RedisSettings.from_env()
+    assert refused.value.variables == ("REDIS_TLS_CA_FILE",)
+    assert "rediss://" in str(refused.value)
+
+
+def test_certificate_and_key_go_together(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    monkeypatch.setenv("REDIS_URL", "rediss://localhost:6379/0")
+    monkeypatch.setenv("REDIS_TLS_CERT_FILE", str(cert))
+    with pytest.raises(ConfigurationError) as refused:
+        RedisSettings.from_env()
+    assert refused.value.variables == ("REDIS_TLS_KEY_FILE",)
+
+
+def test_settings_built_in_code_keep_secrets_out_of_the_url() -> None:
+    settings = RedisSettings(url="redis://bob:hunter2@h:6379/0")
+    assert settings.url == "redis://h:6379/0"
+    assert settings.username == "bob"
+    assert settings.password == Secret("hunter2")
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(RedisBackend(settings))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"url": "http://h"},
+        {"pool_size": 0},
+        {"maxlen": 0},
+        {"max_payload_bytes": 0},
+        {"tls_cert_file": Path("x.pem")},
+        {"poll_interval": 0},
+    ],
+)
+def test_settings_built_in_code_are_checked(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011  (each names its own field)
+        RedisSettings(**kwargs)  # type: ignore[arg-type]

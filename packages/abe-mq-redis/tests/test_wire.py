@@ -1,0 +1,218 @@
+"""What goes on the wire: XADD fields, RESP packing, entries read back, connection options."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+
+from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.errors import InvalidKeyError, PayloadError
+from abe.settings import Secret
+from abe_mq_redis import RedisBackend, RedisSettings
+from abe_mq_redis._client import _CancellableSend, _TcpConnection, connection_kwargs
+from abe_mq_redis._receiver import RedisReceiver, _message, delayed_key
+from abe_mq_redis._wire import pack
+
+MESSAGE = OutgoingMessage(
+    "m-1", b'{"order":1}', {"abe-id": "m-1", "abe-published-at": "1700000000000", "trace": "t"}
+)
+
+
+def _unpack(packed: bytes) -> list[bytes]:
+    """The arguments of one RESP array of bulk strings."""
+    lines = packed.split(b"\r\n")
+    assert lines[0].startswith(b"*")
+    count = int(lines[0][1:])
+    args = lines[2 : 2 * count + 1 : 2]
+    for size, arg in zip(lines[1 : 2 * count : 2], args, strict=True):
+        assert int(size[1:]) == len(arg)
+    return args
+
+
+def test_pack_is_resp() -> None:
+    assert pack(("XACK", "k", "g", 15)) == b"*4\r\n$4\r\nXACK\r\n$1\r\nk\r\n$1\r\ng\r\n$2\r\n15\r\n"
+    assert pack(("SET", "ключ", b"\xff\x00")) == (
+        b"*3\r\n$3\r\nSET\r\n$8\r\n\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87\r\n$2\r\n\xff\x00\r\n"
+    )
+
+
+def test_xadd_puts_the_body_in_data_and_each_header_in_a_field() -> None:
+    args = _unpack(RedisBackend()._xadd("orders", MESSAGE))
+    assert args[:3] == [b"XADD", b"orders", b"*"]
+    fields = dict(zip(args[3::2], args[4::2], strict=True))
+    assert fields == {
+        b"data": b'{"order":1}',
+        b"abe-id": b"m-1",
+        b"abe-published-at": b"1700000000000",
+        b"trace": b"t",
+    }
+
+
+def test_xadd_trims_only_when_configured() -> None:
+    args = _unpack(RedisBackend(RedisSettings(maxlen=1000))._xadd("orders", MESSAGE))
+    assert args[:6] == [b"XADD", b"orders", b"MAXLEN", b"~", b"1000", b"*"]
+
+
+def test_entries_read_back() -> None:
+    fields = [b"data", b'{"a":1}', b"abe-id", b"m-1", b"trace", b"\xff\xfe"]
+    message = _message("orders", b"1700000000000-0", fields, 1)
+    assert message.body == b'{"a":1}'
+    assert message.headers == {"abe-id": "m-1", "trace": "\ufffd\ufffd"}
+    assert (message.key, message.broker_id, message.handle, message.attempt) == (
+        "orders",
+        "1700000000000-0",
+        "1700000000000-0",
+        1,
+    )
+
+
+def test_entries_without_data_have_an_empty_body() -> None:
+    message = _message("orders", b"1-0", [b"payload", b"x"], 1)
+    assert message.body == b""  # core dead-letters it as undecodable
+    assert message.headers == {"payload": "x"}
+
+
+@pytest.mark.parametrize("key", ["orders", "tenant:42:orders", "a.b_c-d", "x" * 1020])
+def test_keys_accepted(key: str) -> None:
+    assert RedisBackend.key_rules.check(key) == key
+
+
+@pytest.mark.parametrize("key", ["", "has space", "a/b", "ключ", "a*b", "{tag}", "x" * 1021])
+def test_keys_refused(key: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        RedisBackend.key_rules.check(key)
+
+
+def test_delayed_set_name() -> None:
+    assert delayed_key("orders", "billing") == "orders:abe-delayed:billing"
+
+
+def test_connection_options_tcp() -> None:
+    settings = RedisSettings(
+        url="redis://cache:6380/2?client_name=svc",
+        username="alice",
+        password=Secret("pw"),
+        operation_timeout=3.0,
+    )
+    kwargs = connection_kwargs(settings, socket_timeout=4.0)
+    assert kwargs["host"] == "cache"
+    assert kwargs["port"] == 6380
+    assert kwargs["db"] == 2
+    assert kwargs["client_name"] == "svc"
+    assert (kwargs["username"], kwargs["password"]) == ("alice", "pw")
+    assert kwargs["socket_timeout"] == 4.0
+    assert kwargs["socket_connect_timeout"] == 3.0
+    assert kwargs["protocol"] == 2
+    assert issubclass(kwargs.get("connection_class", Connection), Connection)
+    assert kwargs["socket_keepalive"] is True
+
+
+def test_connection_options_tls(tmp_path: Path) -> None:
+    base = tmp_path
+    settings = RedisSettings(
+        url="rediss://cache:6380/0",
+        tls_ca_file=base / "ca.pem",
+        tls_cert_file=base / "c.pem",
+        tls_key_file=base / "k.pem",
+    )
+    kwargs = connection_kwargs(settings, socket_timeout=1.0)
+    assert issubclass(kwargs["connection_class"], SSLConnection)
+    assert kwargs["ssl_ca_certs"] == str(base / "ca.pem")
+    assert kwargs["ssl_certfile"] == str(base / "c.pem")
+    assert kwargs["ssl_keyfile"] == str(base / "k.pem")
+
+
+def test_connection_options_unix() -> None:
+    kwargs = connection_kwargs(RedisSettings(url="unix:///run/redis.sock?db=3"), socket_timeout=1)
+    assert issubclass(kwargs["connection_class"], UnixDomainSocketConnection)
+    assert kwargs["path"] == "/run/redis.sock"
+    assert kwargs["db"] == 3
+    assert "socket_keepalive" not in kwargs
+
+
+def test_describe_never_shows_query_options() -> None:
+    backend = RedisBackend(RedisSettings(url="redis://cache:6379/0?client_name=svc"))
+    assert backend._describe() == "redis://cache:6379/0"
+
+
+def test_credit_is_shared_between_keys() -> None:
+    receiver = RedisReceiver.__new__(RedisReceiver)  # only the key-sharing arithmetic
+    receiver.keys = ("a", "b", "c")
+    receiver._turn = 0
+    assert receiver._share(100) == (("a", "b", "c"), 33)
+    assert receiver._share(3) == (("a", "b", "c"), 1)
+    assert receiver._share(2) == (("a", "b"), 1)
+    assert receiver._share(2) == (("c", "a"), 1)
+    assert receiver._share(1) == (("b",), 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("redis://h", Connection),
+        ("rediss://h", SSLConnection),
+        ("unix:///s.sock", UnixDomainSocketConnection),
+    ],
+)
+def test_writes_keep_cancellation_before_python_3_12(url: str, base: type) -> None:
+    kwargs = connection_kwargs(RedisSettings(url=url), socket_timeout=1)
+    connection_class = kwargs.get("connection_class", Connection)
+    assert issubclass(connection_class, base)
+    assert issubclass(connection_class, _CancellableSend) is (sys.version_info < (3, 12))
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_write_is_not_swallowed() -> None:
+    """The write is bounded by a timeout context, not asyncio.wait_for (CPython gh-86296)."""
+    connection = _TcpConnection(host="127.0.0.1", port=1, socket_timeout=5)
+    sent: list[bytes] = []
+
+    async def parent_send(self: object, command: object, check_health: bool = True) -> None:
+        assert connection.socket_timeout is None  # no wait_for around the write
+        sent.append(b"x")
+        await asyncio.sleep(10)
+
+    original = Connection.send_packed_command
+    Connection.send_packed_command = parent_send  # type: ignore[assignment,method-assign]
+    try:
+        task = asyncio.ensure_future(connection.send_packed_command(b"PING"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        Connection.send_packed_command = original  # type: ignore[method-assign]
+    assert sent == [b"x"]
+    assert connection.socket_timeout == 5
+
+
+@pytest.mark.asyncio
+async def test_cached_commands_are_the_plain_ones() -> None:
+    async with RedisBackend() as backend:
+        receiver = RedisReceiver(backend, "billing", ("orders", "refunds"), "host-1-1")
+        for block_ms in (0, 1, 250):
+            for _ in range(2):  # built, then from the cache
+                expected = ["XREADGROUP", "GROUP", "billing", "host-1-1", "COUNT", 50]
+                expected += ["BLOCK", block_ms] if block_ms else []
+                expected += ["STREAMS", "orders", "refunds", ">", ">"]
+                assert receiver._xreadgroup(("orders", "refunds"), 50, block_ms) == pack(expected)
+        assert receiver._xack("orders", ["1-0", "2-5"]) == pack(
+            ("XACK", "orders", "billing", "1-0", "2-5")
+        )
+        message = OutgoingMessage("m", b"{}", {"abe-id": "m", "h": "ü"})
+        for _ in range(2):
+            assert backend._xadd("orders", message) == pack(
+                ("XADD", "orders", "*", "data", b"{}", "abe-id", "m", "h", "ü")
+            )
+
+
+@pytest.mark.asyncio
+async def test_a_header_named_data_is_refused_before_any_io() -> None:
+    backend = RedisBackend(RedisSettings(url="redis://127.0.0.1:1/0"))  # nothing listens there
+    with pytest.raises(PayloadError, match="'data' is reserved by the redis wire format"):
+        await backend.publish("orders", {"x": 1}, headers={"data": "oops"})
+    await backend.close()

@@ -1,0 +1,432 @@
+"""Bad input and bad days: credentials, TLS, unreachable servers, wrong key types, restarts.
+
+Each failure must name its cause, come within the operation timeout (none hangs) and
+never show a secret. Servers with passwords, ACL users or TLS are started by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles
+
+from abe.backends.message_queue.base import BaseBackend
+from abe.errors import AuthenticationError, BackendUnavailableError, InvalidKeyError
+from abe.testing import unique
+from abe.testing.helpers import next_delivery, nothing_arrives, receive
+from abe_mq_redis import RedisBackend
+
+Make = Callable[..., BaseBackend]
+pytestmark = pytest.mark.asyncio
+
+SECRET = "N0t-This-One-Ever"
+
+
+async def _refused(
+    backend: BaseBackend, error: type[Exception], within: float
+) -> tuple[Exception, Exception]:
+    """The errors of a publish and of a subscription on `backend`, each within `within` s."""
+
+    async def subscribe() -> None:
+        subscription = backend.subscribe(group=unique("g"), keys=[unique("k")])
+        try:
+            await subscription.open()
+        finally:
+            await subscription.aclose()
+
+    found = []
+    for attempt in ("publish", "subscribe"):
+        action = backend.publish(unique("k"), {"x": 1}) if attempt == "publish" else subscribe()
+        started = time.monotonic()
+        with pytest.raises(error) as refused:
+            await asyncio.wait_for(action, 2 * within)
+        elapsed = time.monotonic() - started
+        assert elapsed < within, f"{attempt} took {elapsed:.1f}s to fail (limit {within:g}s)"
+        found.append(refused.value)
+    return found[0], found[1]
+
+
+def _no_secret(error: BaseException, secret: str) -> None:
+    current: BaseException | None = error
+    while current is not None:
+        assert secret not in str(current)
+        assert secret not in repr(current)
+        current = current.__cause__ or current.__context__
+
+
+# ---- credentials --------------------------------------------------------------------
+
+
+async def test_acl_user_right_and_wrong_password(
+    redis_server_factory: RedisServerFactory, make_backend: Make
+) -> None:
+    server = redis_server_factory(users=[RedisUser("orders-svc", "right-password")])
+    good = make_backend(server.url_for("orders-svc", "right-password"))
+    async with good:
+        key = unique("acl")
+        await good.publish(key, {"ok": True})
+        async with good.subscribe(group=unique("g"), keys=[key]) as subscription:
+            assert (await next_delivery(subscription)).payload == {"ok": True}
+
+    bad = make_backend(server.url_for("orders-svc", SECRET), operation_timeout=3.0)
+    async with bad:
+        published, subscribed = await _refused(bad, AuthenticationError, within=3.0)
+    for error in (published, subscribed):
+        assert "refused the credentials" in str(error)
+        assert "REDIS_PASSWORD" in str(error)
+        _no_secret(error, SECRET)
+
+
+async def test_requirepass_from_the_environment(
+    redis_server_factory: RedisServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = redis_server_factory(password="server-password")
+    for variable in RedisBackend.variables:
+        monkeypatch.delenv(variable.name, raising=False)
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{server.port}/0")
+    monkeypatch.setenv("REDIS_PASSWORD", "server-password")
+    async with RedisBackend.from_env() as backend:
+        await backend.publish(unique("env"), {"authenticated": True})
+
+    monkeypatch.setenv("REDIS_PASSWORD", SECRET)
+    monkeypatch.setenv("ABE_MQ_OPERATION_TIMEOUT", "3")
+    async with RedisBackend.from_env() as backend:
+        assert SECRET not in repr(backend)
+        published, _ = await _refused(backend, AuthenticationError, within=3.0)
+    _no_secret(published, SECRET)
+
+    monkeypatch.delenv("REDIS_PASSWORD")
+    async with RedisBackend.from_env() as backend:  # no password at all: NOAUTH
+        published, _ = await _refused(backend, AuthenticationError, within=3.0)
+    assert "REDIS_PASSWORD" in str(published)
+
+
+async def test_acl_permissions_are_authentication_errors(
+    redis_server_factory: RedisServerFactory, make_backend: Make
+) -> None:
+    server = redis_server_factory(
+        users=[RedisUser("narrow", "pw", ("~allowed:*", "+@all", "-xadd"))]
+    )
+    backend = make_backend(server.url_for("narrow", "pw"), operation_timeout=3.0)
+    async with backend:
+        with pytest.raises(AuthenticationError) as refused:
+            await backend.publish("allowed:orders", {"x": 1})
+    assert "may not" in str(refused.value)
+    assert "ACL" in str(refused.value)
+
+
+async def test_the_documented_acl_permissions_suffice(
+    redis_server_factory: RedisServerFactory, make_backend: Make
+) -> None:
+    rules = ("~orders*", "+@stream", "+@sortedset", "+@transaction", "+@connection", "+type")
+    server = redis_server_factory(users=[RedisUser("minimal", "pw", rules)])
+    backend = make_backend(server.url_for("minimal", "pw"), redelivery_timeout=1.0)
+    key, group = f"orders-{unique('acl')}", unique("g")
+    async with backend:
+        await backend.publish_many(key, [{"n": 1}, {"n": 2}])
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            first = await next_delivery(subscription)
+            await first.nack(0.2)  # XCLAIM IDLE, CLIENT UNBLOCK
+            second = await next_delivery(subscription)
+            await second.nack(1.5)  # longer than the redelivery timeout: the sorted set
+            got = await receive(subscription, 2)
+            assert sorted(d.payload["n"] for d in got) == [1, 2]
+            assert all(d.attempt == 2 for d in got)
+    admin = redis.asyncio.Redis.from_url(server.url)
+    try:  # the member left the group (WATCH, XINFO, MULTI, XGROUP DELCONSUMER, EXEC)
+        assert await admin.xinfo_consumers(key, group) == []
+    finally:
+        await admin.aclose()
+
+
+# ---- TLS ----------------------------------------------------------------------------
+
+
+async def test_tls_with_the_ca(
+    redis_server_factory: RedisServerFactory, tls_files: TlsFiles, make_backend: Make
+) -> None:
+    server = redis_server_factory(tls=tls_files)
+    assert server.url.startswith("rediss://")
+    backend = make_backend(server.url, tls_ca_file=tls_files.ca_cert)
+    async with backend:
+        key = unique("tls")
+        await backend.publish(key, {"secure": True})
+        async with backend.subscribe(group=unique("g"), keys=[key]) as subscription:
+            assert (await next_delivery(subscription)).payload == {"secure": True}
+
+
+async def test_tls_with_a_client_certificate(
+    redis_server_factory: RedisServerFactory, tls_files: TlsFiles, make_backend: Make
+) -> None:
+    server = redis_server_factory(tls=tls_files, tls_client_auth=True)
+    backend = make_backend(
+        server.url,
+        tls_ca_file=tls_files.ca_cert,
+        tls_cert_file=tls_files.client_cert,
+        tls_key_file=tls_files.client_key,
+    )
+    async with backend:
+        await backend.publish(unique("mtls"), {"mutual": True})
+
+    without = make_backend(server.url, tls_ca_file=tls_files.ca_cert, operation_timeout=3.0)
+    async with without:
+        published, _ = await _refused(without, BackendUnavailableError, within=3.5)
+    assert "REDIS_TLS_CERT_FILE" in str(published), published
+
+
+async def test_tls_mismatches_are_clear(
+    redis_server_factory: RedisServerFactory, tls_files: TlsFiles, make_backend: Make
+) -> None:
+    tls_server = redis_server_factory(tls=tls_files)
+    plain_server = redis_server_factory()
+
+    untrusted = make_backend(tls_server.url, operation_timeout=3.0)  # system CAs only
+    async with untrusted:
+        published, _ = await _refused(untrusted, BackendUnavailableError, within=3.5)
+    assert "REDIS_TLS_CA_FILE" in str(published), published
+
+    plain_to_tls = make_backend(
+        tls_server.url.replace("rediss://", "redis://"), operation_timeout=3.0
+    )
+    async with plain_to_tls:
+        published, _ = await _refused(plain_to_tls, BackendUnavailableError, within=3.5)
+    assert "rediss://" in str(published), published
+
+    tls_to_plain = make_backend(
+        plain_server.url.replace("redis://", "rediss://"),
+        tls_ca_file=tls_files.ca_cert,
+        operation_timeout=3.0,
+    )
+    async with tls_to_plain:
+        published, _ = await _refused(tls_to_plain, BackendUnavailableError, within=3.5)
+    assert "TLS" in str(published), published
+    assert "redis://" in str(published), published
+
+
+async def test_unix_socket(
+    redis_server_factory: RedisServerFactory, make_backend: Make, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "redis.sock"
+    redis_server_factory(extra_args=["--unixsocket", str(socket_path), "--unixsocketperm", "700"])
+    backend = make_backend(f"unix://{socket_path}?db=0")
+    async with backend:
+        key = unique("unix")
+        await backend.publish(key, {"local": True})
+        async with backend.subscribe(group=unique("g"), keys=[key]) as subscription:
+            assert (await next_delivery(subscription)).payload == {"local": True}
+
+
+# ---- unreachable ----------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never says a word (a hung server)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_that_never_answers(silent_server: int, make_backend: Make) -> None:
+    backend = make_backend(f"redis://127.0.0.1:{silent_server}/0", operation_timeout=1.0)
+    async with backend:
+        published, subscribed = await _refused(backend, BackendUnavailableError, within=3.0)
+    assert "did not answer within 1s" in str(published), published
+    assert "ABE_MQ_OPERATION_TIMEOUT" in str(subscribed), subscribed
+
+
+# ---- keys of another type -------------------------------------------------------------
+
+
+async def test_a_key_holding_another_type(
+    redis_broker: RedisBroker, make_backend: Make, remember_keys: Callable[..., None]
+) -> None:
+    key = unique("string")
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    remember_keys(redis_broker.url, key)
+    try:
+        await raw.set(key, "I am a plain string")
+    finally:
+        await raw.aclose()
+    backend = make_backend(redis_broker.url)
+    async with backend:
+        attempts: dict[str, Callable[[], Any]] = {
+            "publish": lambda: backend.publish(key, {"x": 1}),
+            "publish_many": lambda: backend.publish_many(key, [{"x": 1}, {"x": 2}]),
+            "subscribe": lambda: backend.subscribe(group=unique("g"), keys=[key]).open(),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(InvalidKeyError) as refused:
+                await asyncio.wait_for(attempt(), 10)
+            assert key in str(refused.value), what
+            assert "a Redis string, not a stream" in str(refused.value), what
+
+
+# ---- blocking reads, restarts, lost groups ----------------------------------------------
+
+
+async def test_blocking_reads_outlast_the_socket_timeout(
+    redis_broker: RedisBroker, make_backend: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the block (2.5 s) is five times the operation timeout that bounds other calls
+    backend = make_backend(redis_broker.url, poll_interval=2.5, operation_timeout=0.5)
+    key = unique("block")
+    caplog.set_level(logging.WARNING)
+    async with backend, backend.subscribe(group=unique("g"), keys=[key]) as subscription:
+        await nothing_arrives(subscription, 6.0)  # two whole blocks, nothing cut
+        await backend.publish(key, {"late": True})
+        assert (await next_delivery(subscription, 10)).payload == {"late": True}
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not problems, problems
+
+
+async def test_a_restart_without_persistence_recreates_the_group(
+    redis_server_factory: RedisServerFactory, make_backend: Make
+) -> None:
+    server = redis_server_factory(extra_args=["--appendonly", "no"])
+    backend = make_backend(server.url, operation_timeout=2.0)
+    key, group = unique("volatile"), unique("g")
+    async with backend:
+        await backend.publish(key, {"before": True})
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            assert (await next_delivery(subscription)).payload == {"before": True}
+            await server.arestart()  # the stream and its group are gone
+            published = False
+            for _ in range(100):
+                try:
+                    await backend.publish(key, {"after": True})
+                    published = True
+                    break
+                except BackendUnavailableError:
+                    await asyncio.sleep(0.1)
+            assert published
+            assert (await next_delivery(subscription, 30)).payload == {"after": True}
+
+
+async def test_a_deleted_stream_is_read_again(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    backend = make_backend(redis_broker.url)
+    key, group = unique("deleted"), unique("g")
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    try:
+        async with backend, backend.subscribe(group=group, keys=[key]) as subscription:
+            await backend.publish(key, {"n": 1})
+            assert (await next_delivery(subscription)).payload == {"n": 1}
+            await raw.delete(key)
+            await backend.publish(key, {"n": 2})
+            assert (await next_delivery(subscription, 30)).payload == {"n": 2}
+    finally:
+        await raw.aclose()
+
+
+# ---- delays and membership ------------------------------------------------------------
+
+
+async def test_a_long_delay_outlives_its_holder(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    holder, other = make_backend(redis_broker.url), make_backend(redis_broker.url)
+    key, group = unique("later"), unique("g")
+    delay = 3 * holder.redelivery_timeout  # longer than the redelivery timeout
+    await holder.publish(key, {"retry": "later"})
+    async with holder.subscribe(group=group, keys=[key]) as subscription:
+        delivery = await next_delivery(subscription)
+        nacked_at = time.monotonic()
+        await delivery.nack(delay)
+    await holder.close()  # the holder goes away: the sorted set keeps the due time
+    async with other, other.subscribe(group=group, keys=[key]) as subscription:
+        await nothing_arrives(subscription, delay - 1.0 - (time.monotonic() - nacked_at))
+        again = await next_delivery(subscription, 30)
+        waited = time.monotonic() - nacked_at
+        assert waited >= delay - 0.05, f"came back after {waited:.2f}s, before its {delay}s"
+        assert again.payload == {"retry": "later"}
+        assert again.attempt >= 2
+        await again.ack()
+        await nothing_arrives(subscription, 2 * other.redelivery_timeout + 1)
+
+
+async def test_idle_consumers_are_deleted_but_never_with_pending_entries(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    key, group = unique("members"), unique("g")
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+
+    async def consumers() -> dict[str, int]:
+        found = await raw.xinfo_consumers(key, group)
+        return {c["name"].decode(): c["pending"] for c in found}
+
+    try:
+        done = make_backend(redis_broker.url, consumer_idle_timeout=1.0)
+        holding = make_backend(redis_broker.url, redelivery_timeout=60.0)
+        await done.publish_many(key, [{"n": 1}, {"n": 2}])
+        async with holding.subscribe(group=group, keys=[key], prefetch=1) as subscription:
+            await next_delivery(subscription)  # never settled: stays pending with it
+            members = await consumers()
+            await holding.close()
+        assert list((await consumers()).values()) == [1], "a consumer with pending was deleted"
+        async with done.subscribe(group=group, keys=[key]) as subscription:
+            await receive(subscription, 1)
+            assert len(await consumers()) == 2
+        assert await consumers() == members  # it left; the holder stays, still pending
+        await raw.xgroup_createconsumer(key, group, "someone-long-gone")
+        await asyncio.sleep(1.2)
+        async with done.subscribe(group=group, keys=[key]) as subscription:
+            assert "someone-long-gone" not in await consumers()  # idle, nothing pending
+            assert list(members) == [name for name in await consumers() if name in members]
+        await done.close()
+    finally:
+        await raw.aclose()
+
+
+async def test_maxlen_trims_only_when_configured(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    untrimmed, trimmed = unique("whole"), unique("trimmed")
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    try:
+        async with make_backend(redis_broker.url) as backend:
+            await backend.publish_many(untrimmed, [{"n": n} for n in range(1000)])
+        async with make_backend(redis_broker.url, maxlen=100) as backend:
+            await backend.publish_many(trimmed, [{"n": n} for n in range(1000)])
+            for n in range(10):
+                await backend.publish(trimmed, {"single": n})
+        assert await raw.xlen(untrimmed) == 1000
+        assert 100 <= await raw.xlen(trimmed) < 400  # MAXLEN ~: whole nodes only
+    finally:
+        await raw.aclose()
+
+
+async def test_close_while_reading_leaves_nothing_behind(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    backend = make_backend(redis_broker.url)
+    key = unique("close")
+    subscription = backend.subscribe(group=unique("g"), keys=[key])
+    await subscription.open()
+    waiting = asyncio.ensure_future(subscription.__anext__())
+    await asyncio.sleep(0.2)  # blocked in XREADGROUP on the server
+    await asyncio.wait_for(backend.close(), 5)
+    with contextlib.suppress(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 5)
+    assert backend._command_client is None
+    assert backend._reader_client is None
