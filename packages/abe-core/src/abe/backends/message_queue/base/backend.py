@@ -337,20 +337,26 @@ class BaseBackend(abc.ABC):
                 wire[name] = value
         return OutgoingMessage(message_id, body, wire)
 
-    async def _guard(self, awaitable: Awaitable[T], action: str, *, scale: int = 1) -> T:
-        """Await a broker call, translating client errors and, if enforced, bounding its time."""
+    async def _guard(
+        self, awaitable: Awaitable[T], action: str, *, scale: int = 1, waits: float = 0.0
+    ) -> T:
+        """Await a broker call, translating client errors and, if enforced, bounding its time.
+
+        `waits` is how long the call may legitimately block on its own (a long poll), added
+        to the operation timeout.
+        """
+        limit = self.settings.operation_timeout * scale + waits
         try:
             if not self.enforce_operation_timeout:
                 return await awaitable
-            return await bounded(awaitable, self.settings.operation_timeout * scale)
+            return await bounded(awaitable, limit)
         except AbeError:
             raise
         except asyncio.TimeoutError as exc:
             translated = self._translate_error(exc)
             if translated is exc:
                 translated = BackendUnavailableError(
-                    f"{self.name}: {action} did not complete within "
-                    f"{self.settings.operation_timeout * scale:g}s"
+                    f"{self.name}: {action} did not complete within {limit:g}s"
                     f"{' (' + self._describe() + ')' if self._describe() else ''}; check that "
                     f"the broker is up, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
                 )

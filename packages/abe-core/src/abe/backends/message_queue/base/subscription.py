@@ -195,7 +195,7 @@ class Subscription:
     async def _fetch_batch(self, credit: int) -> Sequence[IncomingMessage]:
         assert self._receiver is not None
         batch = self._receiver.fetch(credit, self._poll_interval)
-        return await self._backend._guard(batch, "fetch")
+        return await self._backend._guard(batch, "fetch", waits=self._poll_interval)
 
     async def _wait_for_credit(self) -> None:
         self._credit = asyncio.get_running_loop().create_future()
