@@ -1,0 +1,177 @@
+"""`abe bench`'s three workloads written directly with aiobotocore: what abe costs over it.
+
+The same endpoint, credentials and client configuration as the backend, its own client,
+and the same bytes on the wire (`bench_payload()` encoded as abe encodes it). It writes
+the plain body with no attributes, as a raw producer would:
+
+    publish       SendMessage per message
+    publish_many  SendMessageBatch, 10 entries a call, up to 8 calls in flight per batch
+    end_to_end    ReceiveMessage (long poll, 10 at most) + DeleteMessageBatch of what came,
+                  while one publisher sends with SendMessage
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+import aiobotocore  # type: ignore[import-untyped]
+import botocore  # type: ignore[import-untyped]
+
+from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe_mq_sqs._client import sqs_client
+from abe_mq_sqs._settings import SqsSettings
+from abe_mq_sqs._version import __version__
+from abe_mq_sqs._wire import BATCH_ENTRIES, queue_name
+
+__all__ = ["RawSqsBaseline"]
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_CONCURRENCY = 8
+
+
+class RawSqsBaseline:
+    """The three workloads on one aiobotocore client of their own (see the module docstring)."""
+
+    def __init__(self, settings: SqsSettings) -> None:
+        self._settings = settings
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._created: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return f"aiobotocore {aiobotocore.__version__} (botocore {botocore.__version__})"
+
+    async def _sqs(self) -> Any:
+        if self._client is None:
+            context = sqs_client(self._settings, agent=f"abe-mq-sqs-baseline/{__version__}")
+            self._client = await self._stack.enter_async_context(context)
+        return self._client
+
+    async def _queue(self, key: str) -> str:
+        """Create the workload's own queue (before any clock starts) and return its URL."""
+        client = await self._sqs()
+        name = queue_name(key, self._settings.queue_prefix)
+        created = await client.create_queue(QueueName=name)
+        url = str(created["QueueUrl"])
+        self._created.append(url)
+        return url
+
+    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
+        client = await self._sqs()
+        url = await self._queue(workload.key)
+        latencies: list[float] = []
+        clock = time.perf_counter
+        started = clock()
+        for seq in range(workload.messages):
+            body = _ENCODER.encode(bench_payload(seq, workload.payload_bytes))
+            before = clock()
+            await client.send_message(QueueUrl=url, MessageBody=body)
+            latencies.append(clock() - before)
+            progress(seq + 1)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
+        client = await self._sqs()
+        url = await self._queue(workload.key)
+        gate = asyncio.Semaphore(_CONCURRENCY)
+
+        async def send(entries: list[dict[str, str]]) -> None:
+            async with gate:
+                response = await client.send_message_batch(QueueUrl=url, Entries=entries)
+            if response.get("Failed"):
+                raise RuntimeError(f"SendMessageBatch refused {response['Failed'][:1]}")
+
+        latencies: list[float] = []
+        clock = time.perf_counter
+        started = clock()
+        for first in range(0, workload.messages, workload.batch_size):
+            last = min(first + workload.batch_size, workload.messages)
+            bodies = [
+                _ENCODER.encode(bench_payload(seq, workload.payload_bytes))
+                for seq in range(first, last)
+            ]
+            before = clock()
+            await asyncio.gather(
+                *(
+                    send(
+                        [
+                            {"Id": str(index), "MessageBody": body}
+                            for index, body in enumerate(bodies[start : start + BATCH_ENTRIES])
+                        ]
+                    )
+                    for start in range(0, len(bodies), BATCH_ENTRIES)
+                )
+            )
+            latencies.append(clock() - before)
+            progress(last)
+        return Measurement.from_latencies(workload.messages, clock() - started, latencies)
+
+    async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
+        client = await self._sqs()
+        url = await self._queue(workload.key)
+        settings = self._settings
+        clock = time.perf_counter
+        latencies: dict[int, float] = {}
+        last_received = 0.0
+
+        async def receive() -> None:
+            nonlocal last_received
+            while len(latencies) < workload.messages:
+                response = await client.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=BATCH_ENTRIES,
+                    WaitTimeSeconds=settings.wait_time_seconds,
+                    VisibilityTimeout=settings.visibility_timeout,
+                )
+                messages = response.get("Messages", [])
+                if not messages:
+                    continue
+                now = clock()
+                for message in messages:
+                    payload = json.loads(message["Body"])
+                    latencies.setdefault(payload["seq"], now - payload["sent"])
+                last_received = now
+                await client.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[
+                        {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
+                        for index, message in enumerate(messages)
+                    ],
+                )
+                progress(len(latencies))
+
+        async def send() -> None:
+            for seq in range(workload.messages):
+                body = _ENCODER.encode(bench_payload(seq, workload.payload_bytes))
+                await client.send_message(QueueUrl=url, MessageBody=body)
+                await asyncio.sleep(0)
+
+        loop = asyncio.get_running_loop()
+        receiver = loop.create_task(receive())
+        started = clock()
+        try:
+            await send()
+            await receiver
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+        return Measurement.from_latencies(
+            workload.messages, last_received - started, list(latencies.values())
+        )
+
+    async def close(self) -> None:
+        """Delete the queues the baseline made, then close its client."""
+        try:
+            if self._client is not None:
+                for url in self._created:
+                    with contextlib.suppress(Exception):
+                        await self._client.delete_queue(QueueUrl=url)
+        finally:
+            self._created.clear()
+            self._client = None
+            await self._stack.aclose()

@@ -1,0 +1,194 @@
+"""The one translation point: every botocore exception class and SQS error code has a meaning."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+import aiohttp
+import botocore.exceptions as bce
+import pytest
+
+from abe.errors import (
+    AbeError,
+    AuthenticationError,
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidKeyError,
+    PayloadError,
+)
+from abe_mq_sqs._errors import CODE_MAP, EXCEPTION_MAP, redact, remember_secrets, translate
+from abe_mq_sqs._logs import protect_client_logs
+
+
+def _botocore_classes() -> list[type[BaseException]]:
+    return [
+        value
+        for value in vars(bce).values()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
+        and value.__module__ == bce.__name__
+    ]
+
+
+def test_every_botocore_exception_class_is_mapped() -> None:
+    """A botocore release that adds an exception class fails here until it is given a meaning."""
+    missing = [cls.__name__ for cls in _botocore_classes() if cls not in EXCEPTION_MAP]
+    assert not missing, f"add these to abe_mq_sqs._errors.EXCEPTION_MAP: {missing}"
+
+
+def _instance(cls: type[BaseException]) -> BaseException:
+    """An instance of a botocore exception class, whatever keyword arguments it formats."""
+    fmt = getattr(cls, "fmt", "")
+    fields = dict.fromkeys(_placeholders(fmt), "x")
+    if cls is bce.ClientError or issubclass(cls, bce.ClientError):
+        return cls({"Error": {"Code": "Weird", "Message": "m"}}, "SendMessage")
+    try:
+        return cls(**fields)
+    except TypeError:  # a class with positional arguments of its own (WaiterError...)
+        error = cls.__new__(cls)
+        BaseException.__init__(error, "x")
+        return error
+
+
+def _placeholders(fmt: str) -> list[str]:
+    import string
+
+    return [name for _, name, _, _ in string.Formatter().parse(fmt) if name]
+
+
+@pytest.mark.parametrize("cls", _botocore_classes(), ids=lambda cls: cls.__name__)
+def test_each_class_translates_to_an_abe_error(cls: type[BaseException]) -> None:
+    error = _instance(cls)
+    translated = translate(error, where="region=us-east-1")
+    assert isinstance(translated, AbeError)
+    assert str(translated)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (bce.EndpointConnectionError(endpoint_url="http://x"), BackendUnavailableError),
+        (bce.ConnectTimeoutError(endpoint_url="http://x"), BackendUnavailableError),
+        (bce.ReadTimeoutError(endpoint_url="http://x"), BackendUnavailableError),
+        (bce.NoCredentialsError(), AuthenticationError),
+        (bce.PartialCredentialsError(provider="env", cred_var="x"), AuthenticationError),
+        (bce.NoRegionError(), ConfigurationError),
+        (bce.ProfileNotFound(profile="p"), ConfigurationError),
+        (bce.ParamValidationError(report="bad"), PayloadError),
+        (aiohttp.ServerDisconnectedError(), BackendUnavailableError),
+        (ConnectionResetError(), BackendUnavailableError),
+        (asyncio.TimeoutError(), BackendUnavailableError),
+    ],
+)
+def test_library_errors(error: BaseException, expected: type[AbeError]) -> None:
+    assert type(translate(error)) is expected
+
+
+def _client_error(code: str, operation: str = "SendMessage", status: int = 400) -> Any:
+    return bce.ClientError(
+        {
+            "Error": {"Code": code, "Message": f"{code} happened"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "operation", "status", "expected"),
+    [
+        ("InvalidClientTokenId", "SendMessage", 403, AuthenticationError),
+        ("AccessDenied", "ReceiveMessage", 403, AuthenticationError),
+        ("SignatureDoesNotMatch", "SendMessage", 403, AuthenticationError),
+        ("ExpiredToken", "SendMessage", 400, AuthenticationError),
+        ("RequestThrottled", "SendMessage", 400, BackendUnavailableError),
+        ("ServiceUnavailable", "SendMessage", 503, BackendUnavailableError),
+        ("OverLimit", "ReceiveMessage", 403, BackendUnavailableError),
+        ("QueueDeletedRecently", "CreateQueue", 400, BackendUnavailableError),
+        ("AWS.SimpleQueueService.NonExistentQueue", "GetQueueUrl", 400, InvalidKeyError),
+        ("QueueDoesNotExist", "SendMessage", 400, InvalidKeyError),
+        ("QueueAlreadyExists", "CreateQueue", 400, InvalidKeyError),
+        ("InvalidParameterValue", "CreateQueue", 400, InvalidKeyError),
+        ("InvalidParameterValue", "SendMessage", 400, PayloadError),
+        ("InvalidMessageContents", "SendMessage", 400, PayloadError),
+        ("BatchRequestTooLong", "SendMessageBatch", 400, PayloadError),
+        ("InvalidParameterValue", "ReceiveMessage", 400, AbeError),
+        ("Unheard", "SendMessage", 500, BackendUnavailableError),
+        ("Unheard", "SendMessage", 429, BackendUnavailableError),
+        ("Unheard", "SendMessage", 403, AuthenticationError),
+        ("Unheard", "SendMessage", 400, AbeError),
+    ],
+)
+def test_sqs_error_codes(code: str, operation: str, status: int, expected: type[AbeError]) -> None:
+    translated = translate(_client_error(code, operation, status), where="endpoint=x")
+    assert type(translated) is expected
+    assert code in str(translated)
+    assert "endpoint=x" in str(translated)
+
+
+def test_code_map_kinds() -> None:
+    assert set(CODE_MAP.values()) <= {"unavailable", "auth", "key", "payload"}
+
+
+def test_missing_queue_says_how_to_fix_it() -> None:
+    translated = translate(_client_error("QueueDoesNotExist"))
+    assert "ABE_SQS_AUTO_CREATE" in str(translated)
+
+
+def test_other_errors_are_left_alone() -> None:
+    error = KeyError("not from the client library")
+    assert translate(error) is error
+    abe = PayloadError("already abe's")
+    assert translate(abe) is abe
+
+
+def test_redaction() -> None:
+    remember_secrets(["known-secret-value"])
+    text = (
+        "Sending http request: headers={'X-Amz-Security-Token': b'FQoGZXIvYXdz', "
+        "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7/20240101/us-east-1/sqs/"
+        "aws4_request, SignedHeaders=host, Signature=0123abcd'} known-secret-value\n"
+        "x-amz-security-token:FQoGZXIvYXdz\n"
+    )
+    cleaned = redact(text)
+    for secret in ("FQoGZXIvYXdz", "AKIAIOSFODNN7", "0123abcd", "known-secret-value"):
+        assert secret not in cleaned
+    assert "us-east-1/sqs" in cleaned  # the rest stays readable
+
+
+def test_botocore_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    remember_secrets(["another-known-secret"])
+    protect_client_logs()
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("botocore.endpoint").debug(
+        "Sending %s", {"X-Amz-Security-Token": b"tok-in-header", "x": "another-known-secret"}
+    )
+    logging.getLogger("botocore.auth").debug("CanonicalRequest:\nx-amz-security-token:tok2\n")
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    for message in messages:
+        for secret in ("tok-in-header", "another-known-secret", "tok2"):
+            assert secret not in message
+
+
+def test_xml_error_bodies_are_read() -> None:
+    """moto answers JSON-protocol requests with XML errors; the code inside decides."""
+    error = bce.ClientError(
+        {
+            "Error": {
+                "Code": "403",
+                "Message": '<?xml version="1.0"?><ErrorResponse><Errors><Error><Code>'
+                "InvalidClientTokenId</Code><Message>The security token included in the "
+                "request is invalid.</Message></Error></Errors></ErrorResponse>",
+            },
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        },
+        "GetQueueUrl",
+    )
+    translated = translate(error)
+    assert type(translated) is AuthenticationError
+    assert "<" not in str(translated)
+    assert "(InvalidClientTokenId) when calling the GetQueueUrl operation" in str(translated)
