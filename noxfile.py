@@ -11,7 +11,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nox
 
@@ -26,7 +28,16 @@ TEST_TOOLS = ["pytest>=8", "pytest-asyncio>=0.24"]
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "no"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["lint", "typecheck", "tests", "integration", "build", "docs", "demo"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests",
+    "integration",
+    "build",
+    "docs",
+    "demo",
+    "template",
+]
 
 
 def _expose_pyenv_pythons() -> None:
@@ -135,8 +146,14 @@ def build(session: nox.Session, package: str) -> None:
 
 @nox.session(python=MAIN_PYTHON)
 def docs(session: nox.Session) -> None:
-    """The documentation site, built strict: any warning fails."""
-    session.install("-r", "docs/requirements.txt", _local(CORE))
+    """The documentation site, built strict: any warning fails.
+
+    Every package is installed from this checkout: the API pages, the providers'
+    variable tables and the capability lists are generated from their code
+    (docs/hooks/abe_docs.py), and abe.testing needs abe-core's `testing` extra.
+    """
+    packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in PROVIDERS)]
+    session.install("-r", "docs/requirements.txt", *packages)
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
 
 
@@ -145,6 +162,56 @@ def demo(session: nox.Session) -> None:
     """abe's main job on the embedded default: `abe demo` must end with its verdict OK."""
     session.install(_local(CORE))
     session.run("abe", "demo", env={"QUEUE_BACKEND": ""})
+
+
+@nox.session(python=MAIN_PYTHON)
+def template(session: nox.Session) -> None:
+    """The provider template as a third party gets it, so it can never rot.
+
+    abe-core's wheel is built from its sdist (the template must ship in both); from that
+    wheel `abe new-provider acme` renders a copy, which is installed beside it, resolved
+    by `load_backend("acme")` and `abe backends`, linted, type-checked, and put through
+    its tests (the contract suite) with no test skipped. Copies named with the shortest
+    and longest names accepted are linted too, since the names change line lengths.
+    """
+    session.install("build")
+    # Outside .nox/, which ruff never looks into.
+    work = Path(tempfile.mkdtemp(prefix="abe-template-"))
+    try:
+        _check_template(session, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_template(session: nox.Session, work: Path) -> None:
+    session.run("python", "-m", "build", "--outdir", str(work / "dist"), _local(CORE))
+    wheel = _newest(work / "dist", "*.whl")
+    session.install(wheel)
+    session.run("abe", "new-provider", "acme", "--dir", str(work))
+    rendered = work / "abe-mq-acme"
+    session.install(f"{wheel}[testing]", f"{rendered}[test]", "mypy", "ruff")
+    session.run("python", str(ROOT / "tools" / "check_installed.py"), "abe-mq-acme")
+    listed = str(session.run("abe", "backends", silent=True, env={"QUEUE_BACKEND": ""}))
+    if "abe_mq_acme:AcmeBackend" not in listed or "OK, builds <AcmeBackend" not in listed:
+        session.error(f"`abe backends` does not list the rendered provider:\n{listed}")
+    for name in ("q", "abcdefghijklmnopqrst"):
+        session.run("abe", "new-provider", name, "--dir", str(work / "names"), silent=True)
+        session.run("ruff", "check", str(work / "names" / f"abe-mq-{name}"))
+        session.run("ruff", "format", "--check", str(work / "names" / f"abe-mq-{name}"))
+    report = work / "pytest.xml"
+    session.chdir(rendered)
+    try:
+        session.run("ruff", "check", ".")
+        session.run("ruff", "format", "--check", ".")
+        session.run("mypy", "--strict", "src", "tests")
+        # xunit1: the suite records properties, which the default junit family warns about
+        session.run("pytest", f"--junitxml={report}", "-o", "junit_family=xunit1", *session.posargs)
+    finally:
+        session.chdir(ROOT)
+    suites = ElementTree.parse(report).iter("testsuite")
+    skipped = sum(int(suite.get("skipped", "0")) for suite in suites)
+    if skipped:
+        session.error(f"{skipped} test(s) of the rendered provider were skipped; none may be")
 
 
 @nox.session(python=MAIN_PYTHON)

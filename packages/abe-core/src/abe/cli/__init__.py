@@ -6,6 +6,7 @@
     abe consume      print messages as JSON lines
     abe demo         a producer, three workers and a dead letter, on the configured backend
     abe bench        throughput and latency of the configured backend
+    abe new-provider a provider package for another broker, from abe's template
 
 Exit codes: 0 success, 1 broker or runtime failure, 2 bad usage or bad input. Errors
 are one line on stderr; `--debug` adds the traceback and abe's debug log.
@@ -27,12 +28,13 @@ from abe.cli import bench as bench
 from abe.cli import check as check
 from abe.cli import consume as consume
 from abe.cli import demo as demo
+from abe.cli import new_provider as new_provider
 from abe.cli import publish as publish
 from abe.cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, exit_code_for, one_line
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (backends, check, publish, consume, demo, bench)
+_COMMANDS = (backends, check, publish, consume, demo, bench, new_provider)
 _INTERRUPTED = 130
 
 

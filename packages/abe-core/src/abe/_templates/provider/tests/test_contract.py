@@ -1,0 +1,145 @@
+"""abe's contract suite (abe.testing, CONTRACT.md) against ExampleBackend.
+
+Out of the box the broker runs in this process (`capabilities.remote` is False), so
+this class subclasses `CoreContract`: every behaviour except outages, restarts and
+refused credentials, which an in-process broker cannot show. Once the backend talks
+to a real broker: set `remote=True`, subclass `BackendContract` instead, point the
+hooks below at a test broker, and fill in the three remote hooks sketched at the end
+(`test_a_remote_broker_gets_the_whole_suite` fails until you do).
+A test needing a broker is best kept apart from the fast offline ones (e.g. in a
+`tests-integration/` folder that CI runs with a broker up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from abe import MemoryBroker
+from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.testing import (
+    BackendContract,
+    BackendFactory,
+    CoreContract,
+    EnvironmentCase,
+    RawWriter,
+    unique,
+)
+
+from abe_mq_example import ExampleBackend, ExampleSettings
+
+
+class TestExampleContract(CoreContract):
+    """Every contract test that applies; the suite's tests are inherited, only hooks live here."""
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        """The broker for one test. In-process: a fresh one, named by its URL.
+
+        With a real broker: the test broker's address (from an environment variable, or
+        a container the fixture starts). Tests stay apart through unique keys and groups.
+        """
+        return f"example://{unique('broker')}"
+
+    @pytest.fixture
+    def backend_factory(self, broker_url: str) -> BackendFactory:
+        """Builds backends on the test broker, with a short redelivery timeout (1 to 3 s)."""
+
+        def make(*, prefetch: int | None = None) -> ExampleBackend:
+            settings = ExampleSettings(url=broker_url, redelivery_timeout=1.0)
+            if prefetch is not None:
+                settings = replace(settings, prefetch=prefetch)
+            return ExampleBackend(settings)
+
+        return make
+
+    @pytest.fixture
+    def write_raw(self, broker_url: str) -> RawWriter:
+        """Writes a raw body the way a producer that does not use abe would (poison bodies)."""
+
+        async def write(key: str, body: bytes) -> None:
+            # BROKER CALL: publish `body` to `key` with your client library alone: no abe,
+            # no headers.
+            MemoryBroker.named(broker_url).append(key, [OutgoingMessage("raw", body, {})])
+
+        return write
+
+    @pytest.fixture
+    def invalid_environments(self) -> list[EnvironmentCase]:
+        """Environments from_env() must refuse, and the variables it must blame for each."""
+        return [
+            EnvironmentCase(
+                {"EXAMPLE_URL": "http://localhost:7000"},
+                ("EXAMPLE_URL",),
+            ),
+            EnvironmentCase(
+                {"EXAMPLE_URL": "example://user:pa55@localhost:7000"},
+                ("EXAMPLE_URL",),
+            ),
+            EnvironmentCase(
+                {
+                    "EXAMPLE_URL": "example://localhost:port",
+                    "ABE_MQ_PREFETCH": "0",
+                    "ABE_MQ_REDELIVERY_TIMEOUT": "soon",
+                },
+                ("EXAMPLE_URL", "ABE_MQ_PREFETCH", "ABE_MQ_REDELIVERY_TIMEOUT"),
+            ),
+        ]
+
+    @pytest.fixture
+    def refused_keys(self) -> tuple[str, ...]:
+        """Keys the broker refuses beyond the ones every broker does (empty, too long, spaces)."""
+        return ("orders/created", "orders*", "ordérs")
+
+
+def test_a_remote_broker_gets_the_whole_suite() -> None:
+    """CoreContract leaves out outages, restarts and refused credentials: enough in-process only."""
+    if ExampleBackend.capabilities.remote:
+        assert issubclass(TestExampleContract, BackendContract), (
+            "capabilities.remote is True: subclass BackendContract (see the end of this file)"
+        )
+
+
+# ---- once the broker is another process (capabilities.remote = True) --------------------
+#
+# from abe.testing import RestartableBroker, SecretCase
+#
+# class TestExampleContract(BackendContract):
+#     ...the hooks above, pointed at the test broker, plus these three:
+#
+#     @pytest.fixture
+#     def restartable_broker(self) -> RestartableBroker:
+#         """A broker this test owns (a server process on a free port, or a container):
+#         backends built on it, and a coroutine function that stops and starts it again."""
+#         server = start_your_broker()                 # yours to write
+#
+#         def make(*, prefetch: int | None = None) -> ExampleBackend:
+#             settings = ExampleSettings(url=server.url, operation_timeout=3.0)
+#             return ExampleBackend(settings)
+#
+#         return RestartableBroker(make, server.restart)
+#
+#     @pytest.fixture
+#     def unreachable_backend_factory(self) -> BackendFactory:
+#         """Backends pointed at an address where nothing listens: publish must raise
+#         BackendUnavailableError within operation_timeout (+5 s), not hang."""
+#
+#         def make(*, prefetch: int | None = None) -> ExampleBackend:
+#             nowhere = "example://127.0.0.1:1"  # nothing listens on port 1
+#             settings = ExampleSettings(url=nowhere, operation_timeout=2.0)
+#             return ExampleBackend(settings)
+#
+#         return make
+#
+#     @pytest.fixture
+#     def secret_environment(self) -> SecretCase:
+#         """Environment holding a token the broker refuses: the suite checks the token
+#         never shows in a repr, an error or a log record (your client library's included)."""
+#         wrong = "wr0ng-t0ken-Zq81x"
+#         return SecretCase(
+#             env={
+#                 "EXAMPLE_URL": "example://127.0.0.1:7000",
+#                 "EXAMPLE_TOKEN": wrong,
+#             },
+#             secret=wrong,
+#         )
