@@ -31,9 +31,10 @@ async def test_raw_producer_json_is_consumed_by_abe(
         await delivery.ack()
     assert delivery.payload == {"order": 7, "items": ["a", "b"]}
     assert delivery.attempt == 1
-    assert delivery.headers == {"trace-id": "t-1"}
-    assert delivery.id == f"{metadata.partition}@{metadata.offset}"  # no abe-id: the broker's
-    assert delivery.published_at is None
+    assert delivery.headers["trace-id"] == "t-1"
+    # Any record's id and time are its position and timestamp, abe's or not.
+    assert delivery.id == f"{key}:{metadata.partition}:{metadata.offset}"
+    assert delivery.published_at == metadata.timestamp / 1000
 
 
 async def test_abe_records_are_plain_json_with_header_metadata(
@@ -64,9 +65,10 @@ async def test_abe_records_are_plain_json_with_header_metadata(
     assert first.value == '{"hello":"wörld","n":1}'.encode()
     assert first.key is None
     headers = {name: value.decode() for name, value in first.headers}
-    assert set(headers) == {"abe-id", "abe-published-at", "trace-id"}
-    assert headers["trace-id"] == "t-2"
-    assert int(headers["abe-published-at"]) > 1_600_000_000_000
+    # Only the user's headers: the id and the time are the record's position and timestamp.
+    assert headers == {"trace-id": "t-2"}
+    assert first.timestamp > 1_600_000_000_000
+    assert not by_n[2].headers
     # a publish_many batch lands on one partition, in order
     assert by_n[2].partition == by_n[3].partition
     assert by_n[2].offset < by_n[3].offset

@@ -31,6 +31,7 @@ class Record:
     offset: int
     value: bytes = b'{"n": 1}'
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = 1_764_300_000_000
 
 
 @dataclass
@@ -70,7 +71,7 @@ class FakeBackend:
 
 
 def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeBackend]:
-    settings = KafkaSettings(redelivery_timeout=lease, session_timeout=1.0)
+    settings = KafkaSettings(redelivery_timeout=lease, session_timeout=1.0, commit_interval=0)
     backend = FakeBackend(settings)
     receiver = KafkaReceiver(backend, "group", ("orders",))  # type: ignore[arg-type]
     consumer = FakeConsumer()
@@ -139,7 +140,7 @@ async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
     )
     (message,) = await fetch(receiver)
     assert message.attempt == 2
-    assert dict(message.headers) == {"abe-id": "m-1", "t": "x"}
+    assert dict(message.headers) == {"abe-id": "m-1", "abe-published-at": "1764300000000", "t": "x"}
     before = time.time() * 1000
     await receiver.nack(message, 1.5)
     ((key, body, headers, _),) = backend.copies
@@ -195,3 +196,38 @@ async def test_close_hands_on_what_is_held_and_commits() -> None:
     assert [headers[HEADER_ATTEMPT] for _, _, headers, _ in backend.copies] == ["2"]
     assert consumer.commits[-1] == {TP0: 2}
     await receiver.close()
+
+
+async def test_a_new_record_gets_its_id_and_time_from_its_position_and_timestamp() -> None:
+    receiver, consumer, _ = make()
+    consumer.batches.append({TP0: [Record(7, timestamp=1_764_300_000_123)]})
+    [message] = await fetch(receiver)
+    assert message.headers["abe-id"] == "orders:0:7"
+    assert message.headers["abe-published-at"] == "1764300000123"
+
+
+async def test_acks_are_committed_together_after_the_commit_interval() -> None:
+    receiver, consumer, _ = make()
+    receiver._commit_interval = 0.05
+    consumer.batches.append({TP0: [Record(0), Record(1), Record(2)]})
+    first, second, third = await fetch(receiver)
+    await receiver.ack([first])
+    await receiver.ack([second])
+    assert consumer.commits == [], "nothing is committed before the interval"
+    timer = receiver._commit_timer
+    assert timer is not None
+    await receiver.ack([third])  # acknowledged while the timer runs: same commit
+    await timer
+    assert consumer.commits == [{TP0: 3}]
+    assert receiver._commit_timer is None
+
+
+async def test_close_commits_acknowledged_offsets_at_once() -> None:
+    receiver, consumer, _ = make()
+    receiver._commit_interval = 30.0
+    consumer.batches.append({TP0: [Record(0), Record(1)]})
+    first, second = await fetch(receiver)
+    await receiver.ack([first, second])
+    assert consumer.commits == []
+    await receiver.close()
+    assert consumer.commits[-1] == {TP0: 2}

@@ -42,6 +42,7 @@ from aiokafka import (  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, IllegalStateError  # type: ignore[import-untyped]
 
 from abe.backends.message_queue.base import IncomingMessage, Receiver
+from abe.backends.message_queue.base.codec import HEADER_ID, HEADER_PUBLISHED_AT
 from abe.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -115,6 +116,9 @@ class KafkaReceiver(Receiver):
         self._group = group
         self._keys = keys
         self._lease = settings.redelivery_timeout
+        self._commit_interval = settings.commit_interval
+        self._to_commit: set[_Partition] = set()
+        self._commit_timer: asyncio.Task[None] | None = None
         self._operation_timeout = settings.operation_timeout
         self._revoke_wait = max(0.0, settings.rebalance_timeout - settings.session_timeout)
         self._consumer: Any = None
@@ -171,6 +175,10 @@ class KafkaReceiver(Receiver):
         if watchdog is not None:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
+        timer = self._commit_timer
+        if timer is not None:  # leaving commits every partition anyway
+            timer.cancel()
+            await asyncio.gather(timer, return_exceptions=True)
         async with self._membership:
             await self._leave("closing")
 
@@ -249,6 +257,11 @@ class KafkaReceiver(Receiver):
                         not_before = _number(text, 0)
                     else:
                         headers[name] = text
+                # A new message travels without these: its id and time are the record's.
+                if HEADER_ID not in headers:
+                    headers[HEADER_ID] = f"{tp.topic}:{tp.partition}:{offset}"
+                if HEADER_PUBLISHED_AT not in headers and record.timestamp is not None:
+                    headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
                 entry = _Entry(partition, offset)
                 entry.message = IncomingMessage(
                     key=tp.topic,
@@ -287,8 +300,35 @@ class KafkaReceiver(Receiver):
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = time.monotonic()
         touched = self._settle(message.handle for message in messages)
-        if touched:
+        if not touched:
+            return
+        if self._commit_interval <= 0:
             await self._commit(touched)
+            return
+        # Kafka redelivers uncommitted records only to the next owner of a partition, and a
+        # rebalance or close commits first; so finished offsets can wait a moment and go in
+        # one commit, instead of one commit round trip per acknowledgement.
+        self._to_commit |= touched
+        if self._commit_timer is None:
+            self._commit_timer = asyncio.get_running_loop().create_task(self._commit_soon())
+
+    async def _commit_soon(self) -> None:
+        """Commit what was acknowledged, at most once per commit interval, until nothing is left."""
+        try:
+            while self._to_commit:
+                await asyncio.sleep(self._commit_interval)  # a timer: acks gather meanwhile
+                partitions, self._to_commit = self._to_commit, set()
+                try:
+                    await self._commit(partitions)
+                except Exception as exc:
+                    log.warning(
+                        "kafka: committing offsets of group %r failed (%s); finished messages "
+                        "may be read again by the next owner of their partitions",
+                        self._group,
+                        exc,
+                    )
+        finally:
+            self._commit_timer = None
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._last_active = time.monotonic()

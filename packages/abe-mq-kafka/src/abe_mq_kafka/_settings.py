@@ -73,6 +73,12 @@ SESSION_TIMEOUT = Variable(
 REQUEST_TIMEOUT = Variable(
     "ABE_KAFKA_REQUEST_TIMEOUT", "30", "Seconds the client waits for any one broker response."
 )
+COMMIT_INTERVAL = Variable(
+    "ABE_KAFKA_COMMIT_INTERVAL",
+    "0.1",
+    "Seconds between offset commits of finished messages (0: commit every acknowledgement); "
+    "closing and rebalances always commit first.",
+)
 MAX_PAYLOAD_BYTES = Variable(
     "ABE_KAFKA_MAX_PAYLOAD_BYTES",
     "1000000",
@@ -96,6 +102,7 @@ VARIABLES: tuple[Variable, ...] = (
     IDEMPOTENT,
     SESSION_TIMEOUT,
     REQUEST_TIMEOUT,
+    COMMIT_INTERVAL,
     MAX_PAYLOAD_BYTES,
     *COMMON_VARIABLES,
 )
@@ -142,6 +149,7 @@ class KafkaSettings(BackendSettings):
     idempotent: bool = True
     session_timeout: float = 10.0
     request_timeout: float = 30.0
+    commit_interval: float = 0.1
     max_payload_bytes: int = 1_000_000
 
     def __post_init__(self) -> None:
@@ -157,6 +165,8 @@ class KafkaSettings(BackendSettings):
             raise ValueError("partitions and replication_factor must be at least 1")
         if self.session_timeout <= 0 or self.request_timeout <= 0:
             raise ValueError("session_timeout and request_timeout must be positive")
+        if not 0 <= self.commit_interval <= 60:
+            raise ValueError("commit_interval must be from 0 to 60 seconds")
 
     @classmethod
     def from_env(cls) -> KafkaSettings:
@@ -209,6 +219,7 @@ class KafkaSettings(BackendSettings):
         idempotent = env.boolean(IDEMPOTENT)
         session = env.seconds(SESSION_TIMEOUT, minimum=0.3, maximum=3_600)
         request = env.seconds(REQUEST_TIMEOUT, minimum=0.5, maximum=3_600)
+        commit_interval = env.seconds(COMMIT_INTERVAL, minimum=0, maximum=60)
         max_payload = env.integer(MAX_PAYLOAD_BYTES, minimum=1, maximum=1 << 30)
         env.check("kafka")
         return cls(
@@ -229,6 +240,7 @@ class KafkaSettings(BackendSettings):
             idempotent=True if idempotent is None else idempotent,
             session_timeout=session or 10.0,
             request_timeout=request or 30.0,
+            commit_interval=0.1 if commit_interval is None else commit_interval,
             max_payload_bytes=max_payload or 1_000_000,
         )
 
