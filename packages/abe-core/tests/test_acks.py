@@ -174,3 +174,32 @@ async def test_each_item_is_flushed_exactly_once_under_a_steady_stream() -> None
     assert flushed == list(range(200))
     assert all(1 <= len(batch) <= 7 for batch in flush.batches)
     assert len(flush.batches) < 200, "nothing was batched"
+
+
+@pytest.mark.asyncio
+async def test_a_linger_gathers_acks_that_arrive_together_into_one_flush() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(batch: Sequence[int]) -> None:
+        flushed.append(list(batch))
+
+    batcher: AckBatcher[int] = AckBatcher(flush, max_batch=10, linger=0.02)
+    for item in range(4):  # e.g. the acks of one received batch, a moment apart
+        await batcher.add(item)
+        await asyncio.sleep(0)
+    await batcher.drain()
+    assert flushed == [[0, 1, 2, 3]]
+
+
+@pytest.mark.asyncio
+async def test_a_full_batch_does_not_wait_for_the_linger() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(batch: Sequence[int]) -> None:
+        flushed.append(list(batch))
+
+    batcher: AckBatcher[int] = AckBatcher(flush, max_batch=3, linger=60.0)
+    for item in range(3):
+        await batcher.add(item)
+    await asyncio.wait_for(batcher.drain(), 1.0)
+    assert flushed == [[0, 1, 2]]

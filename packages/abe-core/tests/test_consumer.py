@@ -552,3 +552,38 @@ async def test_stats_count_processed_retried_dead_lettered_and_in_flight(
     await stop(consumer, running)
     assert set(in_flight_seen) == {1}
     assert consumer.stats == ConsumerStats(processed=2, retried=2, dead_lettered=1, in_flight=0)
+
+
+class PermanentError(Exception):
+    """An error retrying cannot fix."""
+
+
+@pytest.mark.asyncio
+async def test_a_handler_may_dead_letter_a_permanent_error_at_once(
+    backend: MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    await backend.publish_many(KEY, [{"n": 1}, {"n": 2, "bad": True}, {"n": 3}])
+    handled: list[int] = []
+    done = asyncio.Event()
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=KEY, max_attempts=5)
+
+    async def handler(payload: dict[str, Any]) -> None:
+        handled.append(payload["n"])
+        if len(handled) == 3:
+            done.set()
+        if payload.get("bad"):
+            error = PermanentError(f"order {payload['n']} can never ship")
+            await current_delivery().dead_letter(error)
+            raise error  # raising after settling is fine: the handler's decision stands
+
+    running = start(consumer, handler)
+    await asyncio.wait_for(done.wait(), WAIT)
+    letter = await dead_letter_of(backend)
+    await stop(consumer, running)
+    assert sorted(handled) == [1, 2, 3], "the permanent error was not retried"
+    assert letter.payload == {"n": 2, "bad": True}
+    assert letter.headers["abe-attempts"] == "1"
+    assert "PermanentError: order 2 can never ship" in letter.headers["abe-error"]
+    assert consumer.stats == ConsumerStats(processed=2, retried=0, dead_lettered=1, in_flight=0)
+    assert not [r for r in caplog.records if "could not" in r.getMessage()]
+    assert backend.broker.pending(KEY, GROUP) == 0

@@ -71,19 +71,23 @@ class Secret:
 KEYS = Variable(
     "ABE_MQ_KEYS", None, "Comma-separated keys that `consume()` reads when it is given none."
 )
+"""ABE_MQ_KEYS: read by `consume()` and `subscribe()` when they are given no keys."""
 PREFETCH = Variable(
     "ABE_MQ_PREFETCH", "100", "Most messages a consumer holds unacknowledged at once."
 )
+"""ABE_MQ_PREFETCH: `BackendSettings.prefetch`."""
 REDELIVERY_TIMEOUT = Variable(
     "ABE_MQ_REDELIVERY_TIMEOUT",
     "30",
     "Seconds after which a delivered but unacknowledged message is delivered again.",
 )
+"""ABE_MQ_REDELIVERY_TIMEOUT: `BackendSettings.redelivery_timeout`."""
 OPERATION_TIMEOUT = Variable(
     "ABE_MQ_OPERATION_TIMEOUT",
     "10",
     "Seconds a publish or acknowledgement may take before BackendUnavailableError.",
 )
+"""ABE_MQ_OPERATION_TIMEOUT: `BackendSettings.operation_timeout`."""
 COMMON_VARIABLES: tuple[Variable, ...] = (KEYS, PREFETCH, REDELIVERY_TIMEOUT, OPERATION_TIMEOUT)
 """Variables every first-party backend reads, whatever its broker."""
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from abe.backends.message_queue.base.codec import IncomingMessage
 from abe.backends.message_queue.base.receiver import Receiver
-from abe_mq_sqs._wire import is_fifo
+from abe_mq_sqs._wire import BATCH_ENTRIES, is_fifo
 
 if TYPE_CHECKING:
     from abe_mq_sqs._backend import SqsBackend
@@ -36,8 +37,15 @@ _RELEASE_TIMEOUT = 5.0
 _STARVED_RETURN = 1.0
 
 
+_SHORT_RECEIVE_PAUSE = 0.01
+"""Seconds between a receive that returned less than a full batch and the next one."""
+
+
 class SqsReceiver(Receiver):
     """The reader of one subscription over a fixed set of keys (queues)."""
+
+    ack_batch_size: ClassVar[int] = BATCH_ENTRIES  # DeleteMessageBatch takes 10 handles
+    ack_linger: ClassVar[float] = 0.005  # SQS charges per request: one delete per batch read
 
     def __init__(self, backend: SqsBackend, keys: tuple[str, ...]) -> None:
         self._backend = backend
@@ -48,9 +56,16 @@ class SqsReceiver(Receiver):
         self._held: dict[str, int] = dict.fromkeys(filter(is_fifo, keys), 0)
         """Messages of each FIFO key fetched by this reader and not yet settled."""
         self._settled = {key: asyncio.Event() for key in self._held}
+        self._next_receive = 0.0
+        """After a receive that came back short, the earliest time for the next one."""
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         wait = min(self._backend.settings.wait_time_seconds, max(0, int(timeout)))
+        pause = self._next_receive - time.monotonic()
+        if pause > 0:
+            # The last receive did not fill a batch, so the queue was all but drained: a
+            # moment's pause lets the next receive take a fuller batch (SQS bills requests).
+            await asyncio.sleep(pause)
         if len(self._keys) == 1:
             key = self._keys[0]
             if self._held.get(key):
@@ -61,6 +76,8 @@ class SqsReceiver(Receiver):
             messages = await self._fetch_many(max_messages, timeout)
         if self._held:
             self._count(messages, 1)
+        if 0 < len(messages) < min(max_messages, BATCH_ENTRIES):
+            self._next_receive = time.monotonic() + _SHORT_RECEIVE_PAUSE
         if not messages and wait == 0 and timeout > 0:
             await asyncio.sleep(timeout)  # short polling: once per poll interval, not a spin
         return messages

@@ -73,11 +73,13 @@ class Backends:
     created: list[BaseBackend] = field(default_factory=list)
 
     def new(self, *, prefetch: int | None = None) -> BaseBackend:
+        """A new backend from the factory, closed when the test ends."""
         backend = self.factory(prefetch=prefetch)
         self.created.append(backend)
         return backend
 
     async def close_all(self) -> None:
+        """Close every backend made for this test."""
         for backend in self.created:
             await backend.close()
 

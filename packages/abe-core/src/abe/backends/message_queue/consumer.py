@@ -58,6 +58,22 @@ class AsyncLoopConsumer:
 
     `run(handler)` returns after `shutdown()` (or when the backend is closed) once the
     handlers in flight have finished. It can be called again afterwards.
+
+    Args:
+        backend: the backend to read from (any `BaseBackend`).
+        group: the consumer group; None is the group "default".
+        keys: the keys to read; None reads `ABE_MQ_KEYS`.
+        concurrency: most handlers running at once.
+        max_attempts: attempts before a failing message goes to `<key>-dlq`.
+        retry_delay: seconds before the second attempt; doubles per attempt.
+        max_retry_delay: the longest wait between attempts.
+        prefetch: most messages held at once (at least `concurrency`).
+        shutdown_timeout: how long `shutdown()` lets running handlers finish before it
+            cancels them (their messages are then delivered again).
+
+    A handler that returns has its message acknowledged; one that raises has it retried
+    after a backoff. A handler may settle its own delivery instead, through
+    `current_delivery()`: `dead_letter(error)` for an error no retry can fix.
     """
 
     def __init__(
@@ -254,15 +270,29 @@ class AsyncLoopConsumer:
             try:
                 await handler(delivery.payload)
             except asyncio.CancelledError:
-                await self._settle_safely(delivery.nack(0.0), delivery, "give back")
+                if not delivery.settled:
+                    await self._settle_safely(delivery.nack(0.0), delivery, "give back")
                 raise
             except Exception as exc:
-                await self._failed(delivery, exc)
+                if delivery.settled:  # the handler decided itself, e.g. dead_letter(exc)
+                    self._count(delivery)
+                else:
+                    await self._failed(delivery, exc)
             else:
-                await self._settle_safely(delivery.ack(), delivery, "acknowledge")
-                self.stats.processed += 1
+                if not delivery.settled:
+                    await self._settle_safely(delivery.ack(), delivery, "acknowledge")
+                self._count(delivery)
         finally:
             self.stats.in_flight -= 1
+
+    def _count(self, delivery: Delivery) -> None:
+        """Count a delivery the handler returned from (or settled itself) by its outcome."""
+        if delivery.outcome == "ack":
+            self.stats.processed += 1
+        elif delivery.outcome == "nack":
+            self.stats.retried += 1
+        elif delivery.outcome == "dead-letter":
+            self.stats.dead_lettered += 1
 
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
         if delivery.attempt >= self.max_attempts:

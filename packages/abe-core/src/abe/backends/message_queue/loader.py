@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "abe.backends.message_queue"
+"""The entry-point group providers register their backend class in."""
 BACKEND_VARIABLE = "QUEUE_BACKEND"
+"""The environment variable that names the backend to load."""
 _MEMORY = "memory"
 
 

@@ -2,7 +2,9 @@
 
 The first ack starts a flush at once; acks that arrive while a flush is on the wire
 wait for the next one. Idle consumers ack immediately, busy ones one round trip per
-batch. A failed flush is logged: those messages are delivered again, never lost.
+batch. A receiver whose broker charges per request (SQS) may ask for a short linger,
+so that the acks of one received batch leave together. A failed flush is logged:
+those messages are delivered again, never lost.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ T = TypeVar("T")
 class AckBatcher(Generic[T]):
     """Collects items and hands them to `flush` in batches of at most `max_batch`."""
 
-    def __init__(self, flush: Callable[[Sequence[T]], Awaitable[None]], max_batch: int) -> None:
+    def __init__(
+        self,
+        flush: Callable[[Sequence[T]], Awaitable[None]],
+        max_batch: int,
+        linger: float = 0.0,
+    ) -> None:
         self._flush = flush
         self._max_batch = max_batch
+        self._linger = linger
         self._pending: list[T] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -43,6 +51,8 @@ class AckBatcher(Generic[T]):
     async def _run(self) -> None:
         try:
             while self._pending:
+                if self._linger and len(self._pending) < self._max_batch:
+                    await asyncio.sleep(self._linger)  # a short timer: let the batch fill up
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:

@@ -30,7 +30,7 @@ class Delivery:
     delivered again after the backend's redelivery timeout.
     """
 
-    __slots__ = ("_settled", "_settler", "message", "payload")
+    __slots__ = ("_outcome", "_settler", "message", "payload")
 
     def __init__(
         self, message: IncomingMessage, payload: MessageQueuePayload, settler: _Settler
@@ -38,7 +38,7 @@ class Delivery:
         self.message = message
         self.payload = payload
         self._settler = settler
-        self._settled = False
+        self._outcome: str | None = None
 
     @property
     def key(self) -> str:
@@ -72,14 +72,20 @@ class Delivery:
     @property
     def settled(self) -> bool:
         """Whether ack, nack or dead_letter has been called."""
-        return self._settled
+        return self._outcome is not None
+
+    @property
+    def outcome(self) -> str | None:
+        """How it was settled: "ack", "nack" or "dead-letter"; None while unsettled."""
+        return self._outcome
 
     def _claim(self, action: str) -> None:
-        if self._settled:
+        if self._outcome is not None:
             raise DeliveryStateError(
-                f"cannot {action} message {self.id!r} of {self.key!r}: it was already settled"
+                f"cannot {action} message {self.id!r} of {self.key!r}: it was already settled "
+                f"({self._outcome})"
             )
-        self._settled = True
+        self._outcome = action
 
     async def ack(self) -> None:
         """Mark the message done; it is not delivered to this group again."""

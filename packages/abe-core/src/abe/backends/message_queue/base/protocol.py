@@ -3,5 +3,6 @@
 from abe.types import MessageQueueBackendProtocol
 
 MessageQueueBackend = MessageQueueBackendProtocol
+"""The protocol every backend satisfies, under the name the protocol page gives it."""
 
 __all__ = ["MessageQueueBackend", "MessageQueueBackendProtocol"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
+from typing import ClassVar
 
 from abe.backends.message_queue.base.codec import IncomingMessage
 
@@ -18,6 +19,16 @@ __all__ = ["Receiver"]
 
 class Receiver(abc.ABC):
     """A provider's reader for one consumer group over a fixed set of keys."""
+
+    ack_batch_size: ClassVar[int] = 500
+    """Most messages core hands to one `ack()` call (the broker's batch limit, if it has one)."""
+    ack_linger: ClassVar[float] = 0.0
+    """Seconds core waits for more acks before calling `ack()` with fewer than a full batch.
+
+    0 acknowledges as soon as nothing else is on the wire (lowest latency); a few
+    milliseconds suit brokers that charge per request, so one received batch is
+    acknowledged in one call.
+    """
 
     @abc.abstractmethod
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:

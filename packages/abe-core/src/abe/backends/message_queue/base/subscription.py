@@ -101,7 +101,10 @@ class Subscription:
         self._state = "opening"
         self._stopped = asyncio.get_running_loop().create_future()
         try:
-            self._receiver = await self._backend._open_receiver_for(self)
+            self._receiver = receiver = await self._backend._open_receiver_for(self)
+            self._acks = AckBatcher(
+                self._flush_acks, max_batch=receiver.ack_batch_size, linger=receiver.ack_linger
+            )
         except Exception:
             closed_meanwhile = self._state != "opening"
             self._state = "closed"

@@ -70,7 +70,7 @@ class MemoryBackend(BaseBackend):
     key_rules: ClassVar[KeyRules] = KeyRules(
         max_length=249,
         allowed="A-Za-z0-9._-",
-        described="letters, digits, '.', '_' and '-' (the characters every broker accepts)",
+        described="letters, digits, '.', '_' and '-'",
         broker="memory",
     )
     variables: ClassVar[tuple[Variable, ...]] = (BROKER, MAX_PAYLOAD, *COMMON_VARIABLES)

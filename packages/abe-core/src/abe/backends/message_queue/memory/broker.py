@@ -109,6 +109,7 @@ class MemoryBroker:
         return log
 
     def append(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
+        """Add messages to the end of `key`'s log and wake the members waiting on it."""
         log = self._log(key)
         base = len(log.entries)
         log.entries.extend(
@@ -118,6 +119,7 @@ class MemoryBroker:
         _wake(log.waiters)
 
     def join(self, key: str, group: str) -> None:
+        """Create `group` on `key` if new, starting at the oldest message kept."""
         log = self._log(key)
         if group not in log.groups:
             log.groups[group] = _Group(cursor=0)
@@ -169,6 +171,7 @@ class MemoryBroker:
         )
 
     def ack(self, group: str, messages: Sequence[IncomingMessage]) -> None:
+        """Settle messages for `group`: they are never delivered to it again."""
         for message in messages:
             log = self._logs.get(message.key)
             state = None if log is None else log.groups.get(group)
@@ -207,6 +210,7 @@ class MemoryBroker:
             _wake(log.waiters)  # type: ignore[union-attr]
 
     def nack(self, group: str, message: IncomingMessage, delay: float) -> None:
+        """Make a held message deliverable again after `delay` seconds (if still held)."""
         log = self._logs.get(message.key)
         state = None if log is None else log.groups.get(group)
         if state is None:
