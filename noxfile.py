@@ -34,6 +34,7 @@ nox.options.sessions = [
     "tests",
     "integration",
     "build",
+    "packaging",
     "docs",
     "demo",
     "template",
@@ -126,22 +127,49 @@ def integration(session: nox.Session, package: str) -> None:
 @nox.parametrize("package", PACKAGES)
 def build(session: nox.Session, package: str) -> None:
     """Wheel and sdist; twine check; the wheel installed alone in a fresh venv and resolved."""
-    session.install("build", "twine")
+    session.install("build[uv]", "twine", "uv")
     out = ROOT / "dist" / package
     shutil.rmtree(out, ignore_errors=True)
-    session.run("python", "-m", "build", "--outdir", str(out), f"packages/{package}")
+    _build(session, f"packages/{package}", out)
     session.run("twine", "check", "--strict", *map(str, out.glob("*")))
-    core_out = ROOT / "dist" / CORE
-    if package != CORE and not list(core_out.glob("*.whl")):
-        session.run("python", "-m", "build", "--wheel", "--outdir", str(core_out), _local(CORE))
-    fresh = Path(session.create_tmp()) / "fresh"
-    session.run(sys.executable, "-m", "venv", "--clear", str(fresh), external=True)
-    python = str(fresh / "bin" / "python")
-    wheels = [_newest(out, "*.whl")] + ([] if package == CORE else [_newest(core_out, "*.whl")])
-    session.run(python, "-m", "pip", "install", "--quiet", *wheels, external=True)
+    wheels = [_newest(out, "*.whl")]
+    if package != CORE:
+        core_out = Path(session.create_tmp()) / "core"
+        _build(session, _local(CORE), core_out, "--wheel")
+        wheels.append(_newest(core_out, "*.whl"))
+    python = _fresh_venv(session, "fresh")
+    session.run("uv", "pip", "install", "--quiet", "--python", python, *wheels)
+    session.run(python, str(ROOT / "tools" / "check_installed.py"), package, external=True)
+
+
+@nox.session(python=MAIN_PYTHON)
+def packaging(session: nox.Session) -> None:
+    """Every wheel in one fresh venv: release metadata, no file shared between distributions,
+    and uninstalling any one provider leaves abe-core and the others working."""
+    session.install("build[uv]", "uv")
+    out = Path(session.create_tmp()) / "wheels"
+    shutil.rmtree(out, ignore_errors=True)
+    for package in PACKAGES:
+        _build(session, f"packages/{package}", out, "--wheel")
+    python = _fresh_venv(session, "together")
+    session.run("uv", "pip", "install", "--quiet", "--python", python, *map(str, out.glob("*.whl")))
+    uv = shutil.which("uv", path=session.bin) or "uv"
     session.run(
-        python, str(ROOT / "tools" / "check_installed.py"), package, external=True, silent=False
+        python, str(ROOT / "tools" / "check_packaging.py"), uv, str(out), *PACKAGES, external=True
     )
+
+
+def _build(session: nox.Session, source: str, out: Path, *options: str) -> None:
+    session.run(
+        "python", "-m", "build", "--installer", "uv", "--outdir", str(out), *options, source
+    )
+
+
+def _fresh_venv(session: nox.Session, name: str) -> str:
+    """A new, empty virtualenv on the session's Python; returns its interpreter."""
+    folder = Path(session.create_tmp()) / name
+    session.run("uv", "venv", "--quiet", "--clear", "--python", sys.executable, str(folder))
+    return str(folder / "bin" / "python")
 
 
 @nox.session(python=MAIN_PYTHON)
