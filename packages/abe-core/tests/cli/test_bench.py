@@ -137,6 +137,14 @@ def test_a_raw_baseline_runs_beside_abe_and_gives_ratios(
 ) -> None:
     baseline = _RecordingBaseline()
     backend = _use(monkeypatch, baseline)
+    deleted: dict[str, int] = {}  # key -> messages it held on abe's broker
+    delete = backend.broker.delete
+
+    def record(key: str) -> None:
+        deleted[key] = len(backend.broker.messages(key))
+        delete(key)
+
+    monkeypatch.setattr(backend.broker, "delete", record)
     assert main(["bench", "--json", "--messages", "40"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["raw_client"] == {"status": "measured", "name": "fake-client 9.9"}
@@ -150,7 +158,11 @@ def test_a_raw_baseline_runs_beside_abe_and_gives_ratios(
         )
     assert len(baseline.keys) == 3
     assert all("-raw-" in key for key in baseline.keys)  # its own keys, not abe's
-    assert not set(baseline.keys) & set(backend.broker.keys())
+    used_by_abe = {key for key, held in deleted.items() if held}
+    assert len(used_by_abe) == 4  # the warm-up and the three workloads
+    assert not set(baseline.keys) & used_by_abe
+    assert set(baseline.keys) < set(deleted)  # the raw client's keys are deleted too
+    assert backend.broker.keys() == []
     assert baseline.closed
     assert backend.closed
 
@@ -219,8 +231,10 @@ def test_percentile_is_nearest_rank() -> None:
 
 def test_bench_payload_has_about_the_size_asked() -> None:
     for size in (100, 256, 4096):
-        payload = bench_payload(5, size)
-        assert abs(len(json.dumps(payload, separators=(",", ":"))) - size) <= 12
+        for seq in (5, 12_345_678):
+            payload = bench_payload(seq, size)
+            # the number and the clock reading vary in length: 1 to 10 and 3 to 18 characters
+            assert abs(len(json.dumps(payload, separators=(",", ":"))) - size) <= 24
     assert set(bench_payload(1, 10)) == {"seq", "sent", "pad"}
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
-from abe import BackendUnavailableError, MemoryBackend, MemoryBroker
+from abe import BackendUnavailableError, BaseBackend, MemoryBackend, MemoryBroker
 from abe.backends.message_queue.base import IncomingMessage, Receiver
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.backends.message_queue.memory import MemorySettings
@@ -22,9 +23,17 @@ def test_ok_on_the_memory_backend(broker: MemoryBroker, capsys: pytest.CaptureFi
     assert re.fullmatch(
         r"OK: memory round trip in \d+\.\d ms \(<MemoryBackend broker='.+' open>\)", out
     )
-    (key,) = broker.keys()
+    assert broker.keys() == []  # the probe's key was deleted
+
+
+def test_the_probe_is_acknowledged_before_its_key_is_deleted(
+    deleted: dict[str, Any],
+) -> None:
+    assert main(["check"]) == 0
+    key, letters = deleted
     assert key.startswith("abe-check-")
-    assert broker.pending(key, key) == 0  # read back in group abe-check-<hex>, and acknowledged
+    assert letters == f"{key}-dlq"
+    assert deleted[key].pending == {key: 0}  # read back in group abe-check-<hex>, acknowledged
 
 
 def test_a_configuration_problem_fails_with_a_hint(
@@ -96,3 +105,42 @@ def test_a_refused_acknowledgement_fails_the_check(
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("FAILED: acknowledging the probe — acknowledging 1 message(s) failed")
     assert "the broker went away" in first
+
+
+class _CannotDelete(MemoryBackend):
+    """A provider that did not write the optional `_delete_keys` hook."""
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        await BaseBackend._delete_keys(self, keys)
+
+
+def test_a_backend_that_cannot_delete_keys_passes_and_says_what_it_left(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = _CannotDelete(MemorySettings())
+    monkeypatch.setattr("abe.cli.check.load", lambda: LoadedBackend(backend, fallback=False))
+    assert main(["check"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK: memory round trip")
+    (key,) = backend.broker.keys()
+    assert captured.err == (f"left on the broker (the memory backend cannot delete keys): {key}\n")
+
+
+class _DeleteFails(MemoryBackend):
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        raise BackendUnavailableError("the broker went away")
+
+
+def test_a_failed_clean_up_is_a_warning_not_a_failed_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = _DeleteFails(MemorySettings())
+    monkeypatch.setattr("abe.cli.check.load", lambda: LoadedBackend(backend, fallback=False))
+    assert main(["check"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK: memory round trip")
+    assert re.fullmatch(
+        r"abe: warning: deleting this run's keys \(abe-check-[0-9a-f]{12}\) failed "
+        r"\(BackendUnavailableError: the broker went away\)\n",
+        captured.err,
+    )

@@ -27,7 +27,7 @@ def _summary(out: str) -> dict[str, str]:
 
 
 def test_demo_processes_every_good_order_and_dead_letters_the_poisoned_one(
-    broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+    broker: MemoryBroker, deleted: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
@@ -56,11 +56,14 @@ def test_demo_processes_every_good_order_and_dead_letters_the_poisoned_one(
     assert "abe-attempts='3'" in letter
     assert re.search(r"abe-original-key='abe-demo-orders-[0-9a-f]{8}'", letter)
     assert len(re.findall(r"worker-\d\s+packed order \d+", out)) == 39
-    # on the broker: the per-run key and its dead letter
-    keys = broker.keys()
-    (key,) = [name for name in keys if name.startswith("abe-demo-orders-") and "dlq" not in name]
-    assert [letter["order_id"] for letter in broker.messages(f"{key}-dlq")] == [1014]
-    assert broker.pending(key, "fulfilment") == 0
+    # on the broker, until the end: the per-run key and its dead letter; then nothing
+    key, letters = deleted
+    assert re.fullmatch(r"abe-demo-orders-[0-9a-f]{8}", key)
+    assert letters == f"{key}-dlq"
+    assert deleted[key].pending == {"fulfilment": 0}
+    assert [letter["order_id"] for letter in deleted[letters].messages] == [1014]
+    assert deleted[letters].pending == {"abe-demo-dlq": 0}
+    assert broker.keys() == []
 
 
 def test_quiet_demo_prints_only_the_summary(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,9 @@
 The workloads are those of `abe.benchmarking` (publish, publish_many, end_to_end), each
 on a fresh key and group. When the backend's `raw_baseline()` gives one, the same
 workloads also run through the broker's client library, on the same broker, and the
-report shows abe/raw. Progress goes to stderr; the result to stdout as a table or, with
-`--json`, as one JSON document whose keys are stable (docs chart them):
+report shows abe/raw. Every key the run made is deleted at the end. Progress goes to
+stderr; the result to stdout as a table or, with `--json`, as one JSON document whose
+keys are stable (docs chart them):
 
     {
       "schema": "abe-bench/1",
@@ -63,6 +64,7 @@ from abe.cli.connect import (
     CLOSE_TIMEOUT,
     FALLBACK_NOTE,
     close_backend,
+    delete_own_keys,
     load,
     origin_of,
     require_base,
@@ -111,6 +113,7 @@ async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str,
     if loaded.fallback:
         note(FALLBACK_NOTE)
     baseline: RawBaseline | None = None
+    run_keys: list[str] = []  # every key this run makes, deleted at the end
     try:
         backend = require_base(loaded.backend, "bench")
         distribution, version = origin_of(backend.name)
@@ -119,11 +122,13 @@ async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str,
             baseline = backend.raw_baseline()
             status = "measured" if baseline is not None else "none"
         run_id = f"abe-bench-{secrets.token_hex(4)}"
-        await _warm_up(backend, f"{run_id}-warmup", options.timeout)
+        run_keys.append(f"{run_id}-warmup")
+        await _warm_up(backend, run_keys[0], options.timeout)
         abe_side = AbeWorkloads(backend)
         workloads: dict[str, Any] = {}
         for name in WORKLOADS:
             slug = name.replace("_", "-")
+            run_keys += [f"{run_id}-{slug}", f"{run_id}-raw-{slug}"]
             measured = await _measure(
                 getattr(abe_side, name),
                 options.workload(f"{run_id}-{slug}", run_id),
@@ -138,6 +143,8 @@ async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str,
     finally:
         if baseline is not None:
             await _close_baseline(baseline)
+        if isinstance(loaded.backend, BaseBackend) and run_keys:
+            await delete_own_keys(loaded.backend, run_keys)
         await close_backend(loaded.backend)
     return {
         "schema": SCHEMA,

@@ -1,8 +1,9 @@
 """`abe check`: one publish, read back and ack through the configured backend, with a verdict.
 
 The probe goes to a key and group of its own (`abe-check-<hex>`), so it never touches
-an application's messages. The verdict says which step failed and what to do; it
-prints the backend's repr, which never holds a secret, and no settings values.
+an application's messages, and the key is deleted afterwards. The verdict says which
+step failed and what to do; it prints the backend's repr, which never holds a secret,
+and no settings values.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.cli.arguments import positive_seconds
-from abe.cli.connect import FALLBACK_NOTE, close_backend, load, require_base
+from abe.cli.connect import FALLBACK_NOTE, close_backend, delete_own_keys, load, require_base
 from abe.cli.errors import EXIT_FAILURE, EXIT_OK, one_line
 from abe.cli.output import note
 from abe.errors import (
@@ -52,6 +53,7 @@ class _Trace(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.step = "loading the backend"
+        self.published = False
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -67,6 +69,8 @@ async def check(timeout: float) -> Verdict:
     logger = logging.getLogger("abe")
     logger.addHandler(trace)
     backend: MessageQueueBackendProtocol | None = None
+    base: BaseBackend | None = None
+    key = f"abe-check-{secrets.token_hex(6)}"
     try:
         loaded = load()
         backend = loaded.backend
@@ -74,7 +78,7 @@ async def check(timeout: float) -> Verdict:
             note(FALLBACK_NOTE)
         base = require_base(backend, "check")
         described = repr(base)
-        seconds = await asyncio.wait_for(_round_trip(base, trace), timeout)
+        seconds = await asyncio.wait_for(_round_trip(base, key, trace), timeout)
         passed = f"OK: {base.name} round trip in {seconds * 1000:.1f} ms ({described})"
     except asyncio.TimeoutError:
         last = trace.last_warning()
@@ -84,17 +88,19 @@ async def check(timeout: float) -> Verdict:
         return _failed(trace.step, one_line(exc), _hint(exc))
     finally:
         logger.removeHandler(trace)
+        if base is not None and trace.published:
+            await delete_own_keys(base, [key], timeout)
         if backend is not None:
             await close_backend(backend)
     return Verdict(True, [passed])
 
 
-async def _round_trip(backend: BaseBackend, trace: _Trace) -> float:
-    token = secrets.token_hex(6)
-    key = group = f"abe-check-{token}"
-    probe = {"abe_check": token, "sent_at": time.time()}
+async def _round_trip(backend: BaseBackend, key: str, trace: _Trace) -> float:
+    group = key
+    probe = {"abe_check": key, "sent_at": time.time()}
     trace.step = "publishing the probe"
     started = time.perf_counter()
+    trace.published = True  # from here on, the key may exist on the broker
     await backend.publish(key, probe)
     trace.step = "reading the probe back"
     async with backend.subscribe(group=group, keys=[key], prefetch=1) as subscription:
@@ -149,8 +155,8 @@ def add_parser(
         help="round-trip a probe message through the configured backend",
         description=(
             "Build the backend load_backend() gives, publish a probe to a new key "
-            "abe-check-<hex>, read it back in a new group, acknowledge it, and say whether "
-            "that worked. Exit 0 when it did, 1 when it did not."
+            "abe-check-<hex>, read it back in a new group, acknowledge it, delete the key, "
+            "and say whether that worked. Exit 0 when it did, 1 when it did not."
         ),
     )
     parser.add_argument(

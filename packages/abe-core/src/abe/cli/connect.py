@@ -19,6 +19,7 @@ from abe.backends.message_queue.loader import (
     load_backend,
 )
 from abe.cli.errors import CommandError
+from abe.cli.output import note
 from abe.types import MessageQueueBackendProtocol
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "FALLBACK_NOTE",
     "LoadedBackend",
     "close_backend",
+    "delete_own_keys",
     "load",
     "origin_of",
     "require_base",
@@ -87,6 +89,27 @@ async def close_backend(backend: MessageQueueBackendProtocol) -> None:
         await asyncio.wait_for(close(), CLOSE_TIMEOUT)
     except Exception as exc:
         log.warning("closing the backend failed (%s: %s)", type(exc).__name__, exc)
+
+
+async def delete_own_keys(
+    backend: BaseBackend, keys: list[str], timeout: float = CLOSE_TIMEOUT
+) -> None:
+    """Delete the keys a command made for itself, within `timeout`; a failure is only reported.
+
+    A backend that cannot delete keys gets a note naming what was left on the broker.
+    """
+    try:
+        await asyncio.wait_for(backend.delete_keys(keys), timeout)
+    except NotImplementedError:
+        left = ", ".join(keys)
+        note(f"left on the broker (the {backend.name} backend cannot delete keys): {left}")
+    except Exception as exc:
+        log.warning(
+            "deleting this run's keys (%s) failed (%s: %s)",
+            ", ".join(keys),
+            type(exc).__name__,
+            exc,
+        )
 
 
 def origin_of(name: str) -> tuple[str | None, str | None]:

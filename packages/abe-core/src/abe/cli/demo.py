@@ -4,7 +4,8 @@ A producer publishes a stream of orders to a key of this run's own; three worker
 (`AsyncLoopConsumer`s, each on its own backend, sharing the group "fulfilment") pack
 them; one poisoned order fails, is retried with backoff and lands on the dead-letter
 key, where a reader shows it with abe's headers. Every event is printed as it happens,
-then a summary and a verdict. Nothing here is specific to a broker.
+then a summary and a verdict; the run's keys are deleted at the end. Nothing here is
+specific to a broker.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from abe.cli.connect import (
     FALLBACK_NOTE,
     LoadedBackend,
     close_backend,
+    delete_own_keys,
     load,
     origin_of,
     require_base,
@@ -218,8 +220,13 @@ async def run_demo(order_count: int, *, quiet: bool, timeout: float) -> bool:
             producer_backend, workers=workers, key=key, orders=orders, story=story, timeout=timeout
         )
     finally:
-        for each in loaded:
+        for each in loaded[1:]:
             await close_backend(each.backend)
+        if loaded:  # the producer's backend deletes the run's keys once the workers are gone
+            producer = loaded[0].backend
+            if isinstance(producer, BaseBackend):
+                await delete_own_keys(producer, [key])
+            await close_backend(producer)
     return _summarise(
         story, workers=workers, orders=orders, poisoned=poisoned, settled=settled, timeout=timeout
     )

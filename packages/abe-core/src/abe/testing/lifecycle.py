@@ -1,4 +1,5 @@
-"""Contract 20-24: closing releases everything, brokers come and go, memory stays bounded."""
+"""Contract 20-24: closing releases everything, brokers come and go, memory stays bounded;
+and keys can be deleted again."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any
 import pytest
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.keys import dead_letter_key
 from abe.testing.fixtures import (
     BackendFactory,
     Backends,
     ContractFixtures,
 )
-from abe.testing.helpers import WAIT, next_delivery, unique
+from abe.testing.helpers import WAIT, next_delivery, receive_payloads, unique
 
 __all__ = ["LifecycleContract"]
 
@@ -115,3 +117,25 @@ class LifecycleContract(ContractFixtures):
                 await delivery.ack()
         assert most_held <= prefetch, f"held {most_held} messages with prefetch {prefetch}"
         assert most_held >= 1
+
+    async def test_delete_keys_starts_them_afresh(self, backends: Backends) -> None:
+        backend = backends.new()
+        try:
+            await backend.delete_keys([unique("never-used")])
+        except NotImplementedError:
+            pytest.skip(f"the {backend.name} backend does not delete keys")
+        key, group = unique("deleted"), unique("group")
+        await backend.publish_many(key, [{"old": number} for number in range(3)])
+        await backend.publish(dead_letter_key(key), {"old": "letter"})
+        assert await receive_payloads(backend, [key], group, 1) == [{"old": 0}]
+
+        await backend.delete_keys(key)
+        await backend.delete_keys([key])  # deleting what is gone already is fine
+
+        await backend.publish(key, {"new": 1})
+        await backend.publish(dead_letter_key(key), {"new": "letter"})
+        assert await receive_payloads(backend, [key], group, 1) == [{"new": 1}]
+        assert await receive_payloads(backend, [key], unique("fresh"), 1) == [{"new": 1}]
+        letters = await receive_payloads(backend, [dead_letter_key(key)], group, 1)
+        assert letters == [{"new": "letter"}]
+        await backend.delete_keys(key)

@@ -1,7 +1,8 @@
 """The base class of every first-party backend: the shared behaviour, written once.
 
 A provider subclasses `BaseBackend` and fills in four small hooks: `_send` (write
-encoded messages), `_open_receiver` (read for a group), `_close`, and `from_env`.
+encoded messages), `_open_receiver` (read for a group), `_close`, and `from_env`;
+`_delete_keys` is optional.
 Everything else (validation, encoding, ids, ack-on-next, batching acknowledgements,
 dead letters, error translation) lives here, so every broker behaves the same.
 """
@@ -120,6 +121,14 @@ class BaseBackend(abc.ABC):
     async def _close(self) -> None:  # noqa: B027  (optional hook)
         """Release the broker connections. Called once, after every subscription is closed."""
 
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """Remove `keys` from the broker with their messages and every group's state on them.
+
+        Optional: the default says this backend cannot. A key that does not exist is not an
+        error. Raise `NotImplementedError` when the broker cannot delete what abe made.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot delete keys")
+
     def _translate_error(self, error: Exception) -> Exception:
         """Map a client-library exception to the most specific abe error (default: unchanged)."""
         return error
@@ -216,6 +225,22 @@ class BaseBackend(abc.ABC):
         )
         self._subscriptions.add(subscription)
         return subscription
+
+    async def delete_keys(self, keys: Sequence[MessageQueueKey] | MessageQueueKey) -> None:
+        """Delete `keys` and their dead-letter keys from the broker: messages and groups alike.
+
+        For keys a tool or a test made for itself (`abe check`, `abe demo` and `abe bench`
+        clean up with it); close the subscriptions reading them first. Keys that do not
+        exist are skipped. Raises `NotImplementedError` when the backend cannot delete keys.
+        """
+        self._ensure_open()
+        if isinstance(keys, str):
+            keys = (keys,)
+        targets = dict.fromkeys(
+            name for key in keys for name in (self._check_key(key), dead_letter_key(key))
+        )
+        if targets:
+            await self._guard(self._delete_keys(tuple(targets)), "delete_keys", scale=len(targets))
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -101,6 +101,10 @@ class MemoryBackend(BaseBackend):
             self.broker.join(key, group)
         return _MemoryReceiver(self.broker, group, tuple(keys), self.settings.redelivery_timeout)
 
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.broker.delete(key)
+
     def _describe(self) -> str:
         return f"broker={self.settings.broker!r}"
 

@@ -90,6 +90,11 @@ class MemoryBroker:
         log = self._logs.get(key)
         return [] if log is None else [json.loads(entry.body) for entry in log.entries]
 
+    def groups(self, key: str) -> list[str]:
+        """The groups that have joined `key`."""
+        log = self._logs.get(key)
+        return [] if log is None else sorted(log.groups)
+
     def pending(self, key: str, group: str) -> int:
         """Messages of `key` that `group` has not acknowledged yet (delivered or not)."""
         log = self._logs.get(key)
@@ -118,11 +123,19 @@ class MemoryBroker:
         )
         _wake(log.waiters)
 
-    def join(self, key: str, group: str) -> None:
-        """Create `group` on `key` if new, starting at the oldest message kept."""
+    def join(self, key: str, group: str) -> _Group:
+        """`group`'s state on `key`, created at the oldest message kept if new."""
         log = self._log(key)
-        if group not in log.groups:
-            log.groups[group] = _Group(cursor=0)
+        state = log.groups.get(group)
+        if state is None:
+            state = log.groups[group] = _Group(cursor=0)
+        return state
+
+    def delete(self, key: str) -> None:
+        """Forget `key`: its messages and every group's position; members waiting wake up."""
+        log = self._logs.pop(key, None)
+        if log is not None:
+            _wake(log.waiters)
 
     def take(
         self, group: str, keys: Sequence[str], max_messages: int, lease: float, start: int
@@ -135,8 +148,8 @@ class MemoryBroker:
             if len(taken) >= max_messages:
                 break
             key = keys[(start + step) % count]
-            log = self._logs[key]
-            state = log.groups[group]
+            log = self._log(key)
+            state = self.join(key, group)  # joined already, unless the key was deleted since
             while state.due and len(taken) < max_messages and state.due[0][0] <= now:
                 due, generation, offset = heapq.heappop(state.due)
                 held = state.leases.get(offset)
@@ -229,9 +242,9 @@ class MemoryBroker:
         """Return when a key gets a message, a lease or delay on them runs out, or `timeout`."""
         now = time.monotonic()
         soonest = now + timeout
-        logs = [self._logs[key] for key in keys]
-        for log in logs:
-            due = log.groups[group].due
+        logs = [self._log(key) for key in keys]
+        for key in keys:
+            due = self.join(key, group).due
             if due:
                 soonest = min(soonest, due[0][0])
         if soonest <= now:

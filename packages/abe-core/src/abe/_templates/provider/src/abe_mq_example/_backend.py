@@ -120,6 +120,16 @@ class ExampleBackend(BaseBackend):
         lease = self.settings.redelivery_timeout
         return ExampleReceiver(broker, group, tuple(keys), lease)
 
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete `keys` with their messages and every group's state (`abe check` cleans up)."""
+        broker = await self._client()
+        for key in keys:
+            # BROKER CALL: delete what the broker keeps for `key` (topic, stream, queue, and
+            # the groups on it), so that a later publish to `key` starts afresh. A key that
+            # does not exist is not an error. Optional: a broker that cannot delete raises
+            # NotImplementedError, and abe's commands then say what they left behind.
+            broker.delete(key)
+
     async def _close(self) -> None:
         """Release the connections; called once, after every subscription has closed."""
         # BROKER CALL: close the client and wait until its connections and tasks are gone
