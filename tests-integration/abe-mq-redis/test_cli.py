@@ -1,6 +1,7 @@
-"""The `abe` command on Redis: `abe demo` and `abe check` succeed.
+"""The `abe` command on Redis: `abe demo`, `abe check` and `abe bench` succeed.
 
-They run against a redis-server of the test's own: both leave their keys behind.
+They run against a redis-server of the test's own, which holds no key afterwards: each
+command deletes the keys it made.
 """
 
 from __future__ import annotations
@@ -9,16 +10,17 @@ import os
 import subprocess
 import sys
 
+import redis
 from abe_brokers import RedisServerFactory
 
 
-def _abe(command: str, url: str) -> str:
+def _abe(url: str, command: str, *options: str) -> str:
     env = {
         name: value for name, value in os.environ.items() if not name.startswith(("REDIS_", "ABE_"))
     }
     env.update(QUEUE_BACKEND="redis", REDIS_URL=url, NO_COLOR="1")
     done = subprocess.run(
-        [sys.executable, "-m", "abe", command],
+        [sys.executable, "-m", "abe", command, *options],
         env=env,
         capture_output=True,
         text=True,
@@ -27,15 +29,25 @@ def _abe(command: str, url: str) -> str:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.keys() == [], f"abe {command} left keys behind"
+    finally:
+        client.close()
     return output
 
 
 def test_abe_demo(redis_server_factory: RedisServerFactory) -> None:
-    output = _abe("demo", redis_server_factory().url)
+    output = _abe(redis_server_factory().url, "demo")
     assert "backend: redis (abe-mq-redis" in output
     assert "OK: all 39 good orders were packed" in output
 
 
 def test_abe_check(redis_server_factory: RedisServerFactory) -> None:
-    output = _abe("check", redis_server_factory().url)
+    output = _abe(redis_server_factory().url, "check")
     assert "OK: redis round trip" in output
+
+
+def test_abe_bench(redis_server_factory: RedisServerFactory) -> None:
+    output = _abe(redis_server_factory().url, "bench", "--messages", "200")
+    assert "redis-py" in output  # the raw client measured beside abe

@@ -128,6 +128,7 @@ async def test_the_documented_acl_permissions_suffice(
     redis_server_factory: RedisServerFactory, make_backend: Make
 ) -> None:
     rules = ("~orders*", "+@stream", "+@sortedset", "+@transaction", "+@connection", "+type")
+    rules += ("+del",)  # for delete_keys (abe check, demo and bench) only
     server = redis_server_factory(users=[RedisUser("minimal", "pw", rules)])
     backend = make_backend(server.url_for("minimal", "pw"), redelivery_timeout=1.0)
     key, group = f"orders-{unique('acl')}", unique("g")
@@ -141,11 +142,13 @@ async def test_the_documented_acl_permissions_suffice(
             got = await receive(subscription, 2)
             assert sorted(d.payload["n"] for d in got) == [1, 2]
             assert all(d.attempt == 2 for d in got)
-    admin = redis.asyncio.Redis.from_url(server.url)
-    try:  # the member left the group (WATCH, XINFO, MULTI, XGROUP DELCONSUMER, EXEC)
-        assert await admin.xinfo_consumers(key, group) == []
-    finally:
-        await admin.aclose()
+        admin = redis.asyncio.Redis.from_url(server.url)
+        try:  # the member left the group (WATCH, XINFO, MULTI, XGROUP DELCONSUMER, EXEC)
+            assert await admin.xinfo_consumers(key, group) == []
+            await backend.delete_keys(key)  # TYPE, XINFO GROUPS, DEL
+            assert await admin.exists(key) == 0
+        finally:
+            await admin.aclose()
 
 
 # ---- TLS ----------------------------------------------------------------------------
@@ -273,12 +276,18 @@ async def test_a_key_holding_another_type(
             "publish": lambda: backend.publish(key, {"x": 1}),
             "publish_many": lambda: backend.publish_many(key, [{"x": 1}, {"x": 2}]),
             "subscribe": lambda: backend.subscribe(group=unique("g"), keys=[key]).open(),
+            "delete_keys": lambda: backend.delete_keys(key),
         }
         for what, attempt in attempts.items():
             with pytest.raises(InvalidKeyError) as refused:
                 await asyncio.wait_for(attempt(), 10)
             assert key in str(refused.value), what
             assert "a Redis string, not a stream" in str(refused.value), what
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    try:
+        assert await raw.get(key) == b"I am a plain string"  # untouched
+    finally:
+        await raw.aclose()
 
 
 # ---- blocking reads, restarts, lost groups ----------------------------------------------
@@ -363,6 +372,26 @@ async def test_a_long_delay_outlives_its_holder(
         assert again.attempt >= 2
         await again.ack()
         await nothing_arrives(subscription, 2 * other.redelivery_timeout + 1)
+
+
+async def test_delete_keys_takes_the_delayed_sets_along(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    backend = make_backend(redis_broker.url)
+    key, group = unique("deleted"), unique("g")
+    delayed = f"{key}:abe-delayed:{group}"
+    async with backend:
+        await backend.publish(key, {"retry": "much later"})
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            delivery = await next_delivery(subscription)
+            await delivery.nack(60)  # longer than the redelivery timeout: the sorted set
+        admin = redis.asyncio.Redis.from_url(redis_broker.url)
+        try:
+            assert await admin.exists(key, delayed) == 2
+            await backend.delete_keys(key)
+            assert await admin.exists(key, delayed) == 0
+        finally:
+            await admin.aclose()
 
 
 async def test_idle_consumers_are_deleted_but_never_with_pending_entries(

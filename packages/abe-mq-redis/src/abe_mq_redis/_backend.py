@@ -22,11 +22,11 @@ from abe.backends.message_queue.base.capabilities import Capabilities
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.backends.message_queue.base.keys import KeyRules
 from abe.backends.message_queue.base.receiver import Receiver
-from abe.errors import PublishError
+from abe.errors import InvalidKeyError, PublishError
 from abe.settings import Variable
 from abe_mq_redis._client import make_client
 from abe_mq_redis._errors import translate_error, wrong_type_error
-from abe_mq_redis._receiver import RedisReceiver
+from abe_mq_redis._receiver import RedisReceiver, delayed_key
 from abe_mq_redis._settings import VARIABLES, RedisSettings
 from abe_mq_redis._wire import Lane, bulk, pack
 
@@ -186,6 +186,24 @@ class RedisBackend(BaseBackend):
                 return wrong_type_error(key, text)
         return self._translate_error(error)
 
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
+        client = self._commands()
+        doomed: list[str] = []
+        for key in keys:
+            kind = _text(await client.type(key))
+            if kind == "none":
+                continue
+            if kind != "stream":
+                raise InvalidKeyError(
+                    f"key {key!r} holds a Redis {kind}, not a stream, so abe did not make it "
+                    f"and will not delete it; remove it yourself if nothing needs it"
+                )
+            groups = await client.xinfo_groups(key)
+            doomed += [key, *(delayed_key(key, _text(group["name"])) for group in groups)]
+        if doomed:
+            await client.delete(*doomed)
+
     async def _close(self) -> None:
         clients = [self._command_client, self._reader_client]
         lane = self._command_lane
@@ -213,3 +231,7 @@ class RedisBackend(BaseBackend):
         from abe_mq_redis._baseline import RawRedisBaseline  # noqa: PLC0415  (only for bench)
 
         return RawRedisBaseline(self.settings)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
