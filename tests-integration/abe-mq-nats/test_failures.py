@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import nkeys
 import pytest
 from abe_brokers import NatsServerFactory, TlsFiles
@@ -268,7 +269,15 @@ async def test_a_configured_stream(
     )
     async with raw_client(nats_broker.url) as (_, js):
         consumers = await js.consumers_info(stream)
+        assert consumers
         assert all(info.config.filter_subject == inside for info in consumers)
+        await js.publish(f"{prefix}.other", b"{}")  # not abe's key: delete_keys keeps it
+        await backend.delete_keys([inside, outside])
+        assert await js.consumers_info(stream) == []
+        info = await js.stream_info(stream)  # an operator's stream is purged, never deleted
+        assert info.state.messages == 1
+        with pytest.raises(nats.js.errors.NotFoundError):  # the stream abe made is gone
+            await js.find_stream_name_by_subject(outside)
     missing = make_backend(stream=unique("MISSING"))
     with pytest.raises(ConfigurationError, match="ABE_NATS_STREAM"):
         await missing.publish(inside, {"x": 1})

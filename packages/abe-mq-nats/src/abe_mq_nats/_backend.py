@@ -62,6 +62,8 @@ MSG_ID = "Nats-Msg-Id"
 HEADER_ROOM = 8192
 """Bytes of max_payload kept for headers (at most an eighth of it on servers with a small one)."""
 
+_STREAM_DESCRIPTION = "abe key {key}"
+"""The description of a stream abe created for a key: such streams are abe's to delete."""
 _NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
 _NO_CLUSTER = 10074
@@ -256,7 +258,7 @@ class NatsBackend(BaseBackend):
         settings = self.settings
         config = api.StreamConfig(
             name=stream_name(key),
-            description=f"abe key {key}",
+            description=_STREAM_DESCRIPTION.format(key=key),
             subjects=[key],
             retention=api.RetentionPolicy(settings.retention),
             storage=api.StorageType(settings.storage),
@@ -327,6 +329,35 @@ class NatsBackend(BaseBackend):
             log.info("nats: using the existing consumer %r on %r as it is", durable, stream.name)
         return durable
 
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete the streams abe made for `keys`; in any other stream, purge just those keys.
+
+        A stream abe created holds one key and says so in its description; a stream an
+        operator made (or ABE_NATS_STREAM names) is kept, losing only the key's messages
+        and the consumers that read it.
+        """
+        loop = asyncio.get_running_loop()
+        await self._connection.ready(loop.time() + self.settings.operation_timeout)
+        js = self._connection.js
+        assert js is not None
+        for key in keys:
+            self._streams.pop(key, None)
+            try:
+                name = await js.find_stream_name_by_subject(key)
+            except nats.js.errors.NotFoundError:
+                continue
+            info = await js.stream_info(name)
+            if info.config.description == _STREAM_DESCRIPTION.format(key=key):
+                await js.delete_stream(name)
+                log.info("nats: deleted stream %r of key %r", name, key)
+                continue
+            for consumer in await _consumers(js, name):
+                config = consumer.config
+                filters = config.filter_subjects or [config.filter_subject or ">"]
+                if filters == [key]:
+                    await js.delete_consumer(name, consumer.name)
+            await js.purge_stream(name, subject=key)
+
     # ---- consuming ---------------------------------------------------------------------------
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
@@ -351,6 +382,16 @@ class NatsBackend(BaseBackend):
 
     async def _close(self) -> None:
         await self._connection.close()
+
+
+async def _consumers(js: JetStreamContext, stream: str) -> list[api.ConsumerInfo]:
+    """Every consumer of `stream` (the server lists them a page at a time)."""
+    found: list[api.ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(stream, offset=len(found) or None)
+        found += page
+        if not page:
+            return found
 
 
 def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[str, str]:
