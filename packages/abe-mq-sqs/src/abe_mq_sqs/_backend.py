@@ -262,6 +262,26 @@ class SqsBackend(BaseBackend):
         log.info("sqs: created queue %s", name)
         return str(created["QueueUrl"])
 
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """DeleteQueue for each key's queue that exists (AWS keeps the name for 60 s after)."""
+        client = await self._sqs()
+        timeout = self.settings.operation_timeout
+        for key in keys:
+            self._queues.pop(key, None)
+            name = queue_name(key, self.settings.queue_prefix)
+            try:
+                found = await self._bounded(
+                    client.get_queue_url(QueueName=name), timeout, "resolve"
+                )
+                await self._bounded(
+                    client.delete_queue(QueueUrl=found["QueueUrl"]), timeout, "delete"
+                )
+            except ClientError as exc:
+                if error_code(exc) not in NONEXISTENT_QUEUE:
+                    raise
+                continue
+            log.info("sqs: deleted queue %s", name)
+
     async def _on_queue(self, key: str, call: Callable[[Queue], Awaitable[T]]) -> T:
         """Run `call` on the key's queue; if the queue vanished (deleted, emulator restarted),
         resolve it again (re-creating it when allowed) and run it once more."""

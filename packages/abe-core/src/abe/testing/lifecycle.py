@@ -135,7 +135,8 @@ class LifecycleContract(ContractFixtures):
         await backend.publish(key, {"new": 1})
         await backend.publish(dead_letter_key(key), {"new": "letter"})
         assert await receive_payloads(backend, [key], group, 1) == [{"new": 1}]
-        assert await receive_payloads(backend, [key], unique("fresh"), 1) == [{"new": 1}]
+        if backend.capabilities.fan_out:  # else groups compete, and `group` took it
+            assert await receive_payloads(backend, [key], unique("fresh"), 1) == [{"new": 1}]
         letters = await receive_payloads(backend, [dead_letter_key(key)], group, 1)
         assert letters == [{"new": "letter"}]
         await backend.delete_keys(key)
