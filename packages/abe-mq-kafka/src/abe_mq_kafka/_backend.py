@@ -38,6 +38,7 @@ __all__ = ["KafkaBackend"]
 log = logging.getLogger("abe.kafka")
 
 _TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = 3
 _CLOSE_TIMEOUT = 5.0
 
 
@@ -255,6 +256,17 @@ class KafkaBackend(BaseBackend):
             error = for_code(code)(detail) if detail else for_code(code)()
             log.debug("creating topic %r failed: %r", name, error)
             raise error
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """DeleteTopics for the keys' topics; a topic that does not exist is skipped."""
+        admin = self._admin or await self._start_admin()
+        self._topics.difference_update(keys)
+        response = await admin.delete_topics(list(keys))
+        for name, code in response.topic_error_codes:
+            if code in (0, _UNKNOWN_TOPIC):
+                continue
+            log.debug("deleting topic %r failed with error code %d", name, code)
+            raise for_code(code)(f"deleting topic {name!r}")
 
     async def _start_admin(self) -> Any:
         if self._admin_lock is None:
