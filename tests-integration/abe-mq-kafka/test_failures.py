@@ -96,6 +96,17 @@ async def test_record_over_the_request_size_is_a_payload_error(kafka_broker: Any
         await backend.publish(key, {"after": "refusal"})  # the producer is still usable
 
 
+async def test_a_broker_without_idempotent_producers_names_the_setting(
+    kafka_server_factory: KafkaServerFactory,
+) -> None:
+    server = kafka_server_factory()  # Tansu, which answers InitProducerId with an error
+    settings = settings_for(server.bootstrap, idempotent=True, operation_timeout=5.0)
+    async with KafkaBackend(settings) as backend:
+        with pytest.raises(BackendUnavailableError) as refused:
+            await backend.publish(unique("idempotent"), {"x": 1})
+    assert "set ABE_KAFKA_IDEMPOTENT=false" in str(refused.value)
+
+
 async def test_committed_offsets_survive_a_broker_crash(
     kafka_server_factory: KafkaServerFactory,
 ) -> None:

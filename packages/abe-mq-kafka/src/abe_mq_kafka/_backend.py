@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import for_code  # type: ignore[import-untyped]
+from aiokafka.errors import UnknownError, for_code  # type: ignore[import-untyped]
 
 from abe.backends.message_queue.base import (
     BaseBackend,
@@ -23,7 +23,7 @@ from abe.backends.message_queue.base import (
     Receiver,
 )
 from abe.backends.message_queue.base.codec import HEADER_ERROR, HEADER_ID, HEADER_PUBLISHED_AT
-from abe.errors import InvalidKeyError, PublishError
+from abe.errors import BackendUnavailableError, InvalidKeyError, PublishError
 from abe.settings import Variable
 from abe_mq_kafka._baseline import RawKafkaBaseline
 from abe_mq_kafka._errors import translate
@@ -130,7 +130,15 @@ class KafkaBackend(BaseBackend):
         return f"bootstrap={','.join(self.settings.bootstrap_servers)}"
 
     def _translate_error(self, error: Exception) -> Exception:
-        return translate(error, ",".join(self.settings.bootstrap_servers))
+        translated = translate(error, ",".join(self.settings.bootstrap_servers))
+        unavailable = isinstance(translated, BackendUnavailableError)
+        if unavailable and isinstance(error, UnknownError) and self.settings.idempotent:
+            # What Tansu and other brokers without InitProducerId answer an idempotent producer.
+            return BackendUnavailableError(
+                f"{translated}; if the broker does not support idempotent producers "
+                f"(InitProducerId), set ABE_KAFKA_IDEMPOTENT=false"
+            )
+        return translated
 
     def raw_baseline(self) -> RawKafkaBaseline:
         return RawKafkaBaseline(self.settings)
