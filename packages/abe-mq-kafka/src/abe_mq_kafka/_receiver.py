@@ -91,7 +91,8 @@ class _Entry:
         self.partition = partition
         self.offset = offset
         self.settled = False
-        self.moving = False
+        self.moving: asyncio.Task[None] | None = None
+        """The copy of this record being written (by a nack, a lease check or a release)."""
         self.deadline = 0.0
         self.message: IncomingMessage | None = None
 
@@ -131,6 +132,7 @@ class KafkaReceiver(Receiver):
         self._closed = False
         self._joined: asyncio.Event | None = None
         self._settled: asyncio.Event | None = None
+        self._revoking: asyncio.Event | None = None  # set once a running revoke has committed
         self._commit_lock = asyncio.Lock()
         self._membership = asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
@@ -184,6 +186,12 @@ class KafkaReceiver(Receiver):
 
     async def _leave(self, why: str) -> None:
         """Hand on what is held, commit, and stop the consumer (leaving the group)."""
+        revoking = self._revoking
+        if revoking is not None:  # a rebalance is handing on and committing: let it finish
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    revoking.wait(), self._revoke_wait + 2 * self._operation_timeout
+                )
         consumer, self._consumer = self._consumer, None
         if consumer is None:
             return
@@ -333,14 +341,9 @@ class KafkaReceiver(Receiver):
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._last_active = time.monotonic()
         entry: _Entry = message.handle
-        if entry.settled or entry.moving:
+        if entry.settled or entry.moving is not None:
             return  # already handed on (its lease ran out) or its partition went elsewhere
-        entry.moving = True
-        try:
-            await self._copy(entry, delay=delay)
-        finally:
-            entry.moving = False
-        self._settle((entry,))
+        await asyncio.shield(self._hand_on(entry, delay=delay))
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         now = time.monotonic()
@@ -362,6 +365,31 @@ class KafkaReceiver(Receiver):
         if self._settled is not None:
             self._settled.set()
         return touched
+
+    def _hand_on(
+        self, entry: _Entry, *, delay: float = 0.0, away: bool = False
+    ) -> asyncio.Task[None]:
+        """The one copy of `entry` in flight, started if there is none: written, then settled.
+
+        Whoever else wants the record handed on (a release before a rebalance or a close,
+        the lease check) awaits the same task, so a release never commits and lets go of
+        a partition while a copy of one of its records is still being written.
+        """
+        task = entry.moving
+        if task is None:
+            task = entry.moving = asyncio.get_running_loop().create_task(
+                self._copy_then_settle(entry, delay, away)
+            )
+        return task
+
+    async def _copy_then_settle(self, entry: _Entry, delay: float, away: bool) -> None:
+        try:
+            await asyncio.wait_for(
+                self._copy(entry, delay=delay, away=away), self._operation_timeout
+            )
+        finally:
+            entry.moving = None
+        self._settle((entry,))
 
     async def _copy(self, entry: _Entry, *, delay: float = 0.0, away: bool = False) -> None:
         """Write `entry` again, as its next attempt: the redelivery."""
@@ -415,9 +443,11 @@ class KafkaReceiver(Receiver):
         partitions = [self._partitions[tp] for tp in revoked if tp in self._partitions]
         if not partitions:
             return
+        consumer = self._consumer
+        done = self._revoking = asyncio.Event()
         try:
             await self._wait_for_settlement(partitions)
-            await self._release(partitions, "rebalance", self._consumer)
+            await self._release(partitions, "rebalance", consumer)
         except Exception as exc:
             log.warning(
                 "kafka: settling partitions of group %r before a rebalance failed (%s); their "
@@ -427,6 +457,9 @@ class KafkaReceiver(Receiver):
             )
         finally:
             self._drop(partitions)
+            done.set()
+            if self._revoking is done:
+                self._revoking = None
 
     async def _wait_for_settlement(self, partitions: list[_Partition]) -> None:
         """Give deliveries in progress on revoked partitions time to finish (or their lease end)."""
@@ -450,25 +483,17 @@ class KafkaReceiver(Receiver):
     async def _release(self, partitions: list[_Partition], why: str, consumer: Any) -> None:
         """Hand on the deliveries still held on `partitions` as copies, then commit them."""
         chosen = set(partitions)
-        held = [e for e in self._held if e.partition in chosen and not e.moving]
+        held = [e for e in self._held if e.partition in chosen]  # copies in flight included
         if held:
-            for entry in held:
-                entry.moving = True
-            try:
-                results = await asyncio.gather(
-                    *(asyncio.wait_for(self._copy(e), self._operation_timeout) for e in held),
-                    return_exceptions=True,
-                )
-            finally:
-                for entry in held:
-                    entry.moving = False
-            copied = [entry for entry, result in zip(held, results, strict=True) if result is None]
-            self._settle(copied)
-            if len(copied) < len(held):
+            results = await asyncio.gather(
+                *(asyncio.shield(self._hand_on(entry)) for entry in held), return_exceptions=True
+            )
+            failed = sum(isinstance(result, BaseException) for result in results)
+            if failed:
                 log.info(
                     "kafka: %d unfinished message(s) of group %r could not be handed on (%s); "
                     "the next owner of their partitions reads them again",
-                    len(held) - len(copied),
+                    failed,
                     self._group,
                     why,
                 )
@@ -513,21 +538,17 @@ class KafkaReceiver(Receiver):
 
     async def _expire(self) -> None:
         now = time.monotonic()
-        expired = [e for e in self._held if e.deadline <= now and not e.moving]
+        expired = [e for e in self._held if e.deadline <= now and e.moving is None]
         if not expired:
             return
-        copied = []
-        for entry in expired:
-            entry.moving = True
-            try:
-                await asyncio.wait_for(self._copy(entry, away=True), self._operation_timeout)
-            except Exception as exc:
-                log.info("kafka: redelivering %s failed (%s); retrying", entry.message, exc)
-                continue
-            finally:
-                entry.moving = False
-            copied.append(entry)
-        touched = self._settle(copied)
+        results = await asyncio.gather(
+            *(self._hand_on(entry, away=True) for entry in expired), return_exceptions=True
+        )
+        for entry, result in zip(expired, results, strict=True):
+            if isinstance(result, Exception):
+                log.info("kafka: redelivering %s failed (%s); retrying", entry.message, result)
+        touched = {entry.partition for entry in expired if entry.settled}
+        touched = {partition for partition in touched if partition.current}
         if touched:
             await self._commit(touched)
 

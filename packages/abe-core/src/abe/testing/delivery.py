@@ -85,7 +85,7 @@ class DeliveryContract(ContractFixtures):
         async with other_member.subscribe(group=group, keys=[key]) as subscription:
             delivery = await next_delivery(subscription, WAIT + _window(first_member))
             assert delivery.payload == {"job": how}
-            assert delivery.attempt == 2
+            assert delivery.attempt == 2, f"redelivered as attempt {delivery.attempt}"
             await delivery.ack()
         assert time.monotonic() - started <= first_member.redelivery_timeout + WAIT
 
