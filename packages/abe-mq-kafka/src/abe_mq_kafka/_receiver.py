@@ -542,13 +542,15 @@ class KafkaReceiver(Receiver):
         if not expired:
             return
         results = await asyncio.gather(
-            *(self._hand_on(entry, away=True) for entry in expired), return_exceptions=True
+            *(asyncio.shield(self._hand_on(entry, away=True)) for entry in expired),
+            return_exceptions=True,
         )
         for entry, result in zip(expired, results, strict=True):
             if isinstance(result, Exception):
                 log.info("kafka: redelivering %s failed (%s); retrying", entry.message, result)
-        touched = {entry.partition for entry in expired if entry.settled}
-        touched = {partition for partition in touched if partition.current}
+        touched = {
+            entry.partition for entry in expired if entry.settled and entry.partition.current
+        }
         if touched:
             await self._commit(touched)
 
