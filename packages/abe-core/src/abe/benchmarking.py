@@ -21,7 +21,8 @@ workload taking a `Workload` and a progress callback and returning a `Measuremen
 connects before it starts the clock, builds payloads with `bench_payload()` so both
 sides send the same bytes, calls `progress(done)` as messages complete (`abe bench`
 cancels a workload whose progress stalls), and builds its result with
-`Measurement.from_latencies()`. `AbeWorkloads` below is abe's side and the reference.
+`Measurement.from_latencies()`; for end_to_end, `Arrivals` does the timing and the
+counting. `AbeWorkloads` below is abe's side and the reference.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "WORKLOADS",
     "AbeWorkloads",
+    "Arrivals",
     "Measurement",
     "Progress",
     "RawBaseline",
@@ -132,6 +134,50 @@ def bench_payload(seq: int, payload_bytes: int) -> dict[str, Any]:
     return {"seq": seq, "sent": time.perf_counter(), "pad": _padding(payload_bytes)}
 
 
+class Arrivals:
+    """The end_to_end workload's clock: each message's latency (counted once) and progress.
+
+    The receiving side calls `record(payload)` for each `bench_payload` it gets, until
+    `complete`; `measure(send, receive)` runs both and returns the `Measurement`.
+    """
+
+    def __init__(self, workload: Workload, progress: Progress) -> None:
+        self.expected = workload.messages
+        self.latencies: dict[int, float] = {}
+        self.last = 0.0
+        self._progress = progress
+
+    @property
+    def complete(self) -> bool:
+        """Whether every message of the workload has arrived."""
+        return len(self.latencies) >= self.expected
+
+    def record(self, payload: Mapping[str, Any]) -> None:
+        """`payload` arrived now; a redelivered one keeps its first latency."""
+        now = time.perf_counter()
+        self.latencies.setdefault(payload["seq"], now - payload["sent"])
+        self.last = now
+        self._progress(len(self.latencies))
+
+    async def measure(
+        self,
+        send: Callable[[], Awaitable[None]],
+        receive: Callable[[], Coroutine[Any, Any, None]],
+    ) -> Measurement:
+        """Start `receive()`, then the clock and `send()`; the result once both are done."""
+        receiver = asyncio.get_running_loop().create_task(receive())
+        started = time.perf_counter()
+        try:
+            await send()
+            await receiver
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+        return Measurement.from_latencies(
+            self.expected, self.last - started, list(self.latencies.values())
+        )
+
+
 class RawBaseline(Protocol):
     """The three workloads written directly with a broker's client library.
 
@@ -198,22 +244,16 @@ class AbeWorkloads:
 
     async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
         """A subscription that acks each message while one publisher sends them one at a time."""
-        clock = time.perf_counter
-        latencies: dict[int, float] = {}
-        last_received = 0.0
+        arrivals = Arrivals(workload, progress)
 
         async def receive() -> None:
-            nonlocal last_received
             async for delivery in subscription:
-                now = clock()
-                latencies.setdefault(delivery.payload["seq"], now - delivery.payload["sent"])
-                last_received = now
+                arrivals.record(delivery.payload)
                 await delivery.ack()
-                progress(len(latencies))
-                if len(latencies) >= workload.messages:
+                if arrivals.complete:
                     return
             raise RuntimeError(
-                f"end_to_end: the subscription ended after {len(latencies)} of "
+                f"end_to_end: the subscription ended after {len(arrivals.latencies)} of "
                 f"{workload.messages} messages"
             )
 
@@ -224,18 +264,7 @@ class AbeWorkloads:
 
         subscription = self.backend.subscribe(group=workload.group, keys=[workload.key])
         async with subscription:  # joined before the first publish
-            loop = asyncio.get_running_loop()
-            receiver = loop.create_task(receive())
-            started = clock()
-            try:
-                await send()
-                await receiver
-            finally:
-                receiver.cancel()
-                await asyncio.gather(receiver, return_exceptions=True)
-        return Measurement.from_latencies(
-            workload.messages, last_received - started, list(latencies.values())
-        )
+            return await arrivals.measure(send, receive)
 
     async def close(self) -> None:
         """Nothing to release: the backend belongs to the caller."""

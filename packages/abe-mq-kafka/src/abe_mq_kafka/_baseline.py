@@ -26,7 +26,7 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
-from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
 from abe_mq_kafka._settings import KafkaSettings
 
 __all__ = ["RawKafkaBaseline"]
@@ -102,25 +102,18 @@ class RawKafkaBaseline:
             workload.key, group_id=workload.group, **self._settings.consumer_options()
         )
         await consumer.start()  # joined (partitions assigned) before the clock starts
-        clock = time.perf_counter
-        latencies: dict[int, float] = {}
-        last_received = 0.0
+        arrivals = Arrivals(workload, progress)
 
         async def receive() -> None:
-            nonlocal last_received
-            while len(latencies) < workload.messages:
+            while not arrivals.complete:
                 batches = await consumer.getmany(
                     timeout_ms=1000, max_records=self._settings.prefetch
                 )
                 for records in batches.values():
                     for record in records:
-                        payload = json.loads(record.value)
-                        now = clock()
-                        latencies.setdefault(payload["seq"], now - payload["sent"])
-                        last_received = now
+                        arrivals.record(json.loads(record.value))
                 if batches:
                     await consumer.commit()
-                    progress(len(latencies))
 
         async def send() -> None:
             for seq in range(workload.messages):
@@ -129,19 +122,9 @@ class RawKafkaBaseline:
                 await asyncio.sleep(0)
 
         try:
-            receiver = asyncio.get_running_loop().create_task(receive())
-            started = clock()
-            try:
-                await send()
-                await receiver
-            finally:
-                receiver.cancel()
-                await asyncio.gather(receiver, return_exceptions=True)
+            return await arrivals.measure(send, receive)
         finally:
             await consumer.stop()
-        return Measurement.from_latencies(
-            workload.messages, last_received - started, list(latencies.values())
-        )
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None

@@ -27,7 +27,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 
-from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
 from abe_mq_nats._settings import NatsSettings
 from abe_mq_nats._subjects import stream_name
 
@@ -69,17 +69,7 @@ class RawNatsBaseline:
                 "allow_reconnect": False,
                 "tls": settings.tls_context(),
             }
-            if settings.token is not None:
-                options["token"] = settings.token.reveal()
-            if settings.user is not None and settings.password is not None:
-                options["user"] = settings.user
-                options["password"] = settings.password.reveal()
-            if settings.nkey_seed is not None:
-                options["nkeys_seed_str"] = settings.nkey_seed.reveal()
-            if settings.nkey_seed_file is not None:
-                options["nkeys_seed"] = str(settings.nkey_seed_file)
-            if settings.creds_file is not None:
-                options["user_credentials"] = str(settings.creds_file)
+            options.update(settings.credentials())
             client = NatsClient()
             await client.connect(**options)
             self._client = client
@@ -126,24 +116,17 @@ class RawNatsBaseline:
         js = await self._prepare(workload.key)
         key, size, total = workload.key, workload.payload_bytes, workload.messages
         subscription = await js.pull_subscribe(key, durable=workload.group, stream=stream_name(key))
-        clock = time.perf_counter
-        latencies: dict[int, float] = {}
-        last_received = 0.0
+        arrivals = Arrivals(workload, progress)
 
         async def receive() -> None:
-            nonlocal last_received
-            while len(latencies) < total:
+            while not arrivals.complete:
                 try:
                     messages = await subscription.fetch(FETCH_BATCH, timeout=_FETCH_TIMEOUT)
                 except nats.errors.TimeoutError:
                     continue
                 for message in messages:
-                    payload = json.loads(message.data)
-                    now = clock()
-                    latencies.setdefault(payload["seq"], now - payload["sent"])
-                    last_received = now
+                    arrivals.record(json.loads(message.data))
                     await message.ack()
-                progress(len(latencies))
 
         async def send() -> None:
             for seq in range(total):
@@ -151,17 +134,11 @@ class RawNatsBaseline:
                 await js.publish(key, body, headers={"Nats-Msg-Id": f"raw-{seq}"})
                 await asyncio.sleep(0)
 
-        receiver = asyncio.get_running_loop().create_task(receive())
-        started = clock()
         try:
-            await send()
-            await receiver
+            return await arrivals.measure(send, receive)
         finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-        return Measurement.from_latencies(total, last_received - started, list(latencies.values()))
 
     async def close(self) -> None:
         """Delete the streams the baseline created and close its connection."""

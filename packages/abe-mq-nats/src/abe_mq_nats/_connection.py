@@ -165,17 +165,7 @@ class Connection:
             "connect_timeout": max(0.1, min(settings.connect_timeout, remaining)),
             "tls": settings.tls_context(),
         }
-        if settings.token is not None:
-            options["token"] = settings.token.reveal()
-        if settings.user is not None and settings.password is not None:
-            options["user"] = settings.user
-            options["password"] = settings.password.reveal()
-        if settings.nkey_seed is not None:
-            options["nkeys_seed_str"] = settings.nkey_seed.reveal()
-        if settings.nkey_seed_file is not None:
-            options["nkeys_seed"] = str(settings.nkey_seed_file)
-        if settings.creds_file is not None:
-            options["user_credentials"] = str(settings.creds_file)
+        options.update(settings.credentials())
         connecting = loop.create_task(client.connect(**options))
         self._connecting = connecting
         try:

@@ -176,6 +176,23 @@ class NatsSettings(BackendSettings):
             path is not None for path in (self.tls_ca, self.tls_cert, self.tls_key)
         )
 
+    def credentials(self) -> dict[str, str]:
+        """The nats-py `connect()` arguments that authenticate, secrets revealed: pass them on
+        to the client and nowhere else."""
+        options: dict[str, str] = {}
+        if self.token is not None:
+            options["token"] = self.token.reveal()
+        if self.user is not None and self.password is not None:
+            options["user"] = self.user
+            options["password"] = self.password.reveal()
+        if self.nkey_seed is not None:
+            options["nkeys_seed_str"] = self.nkey_seed.reveal()
+        if self.nkey_seed_file is not None:
+            options["nkeys_seed"] = str(self.nkey_seed_file)
+        if self.creds_file is not None:
+            options["user_credentials"] = str(self.creds_file)
+        return options
+
     def tls_context(self) -> ssl.SSLContext | None:
         """The client TLS context these settings describe, or None without TLS."""
         if not self.tls:

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from redis.asyncio import ConnectionPool, Redis
 
-from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
 from abe_mq_redis._client import connection_kwargs
 from abe_mq_redis._settings import RedisSettings
 
@@ -91,41 +91,24 @@ class RawRedisBaseline:
         client = await self._connect(workload.key)
         key, group, size = workload.key, workload.group, workload.payload_bytes
         await client.xgroup_create(key, group, id="0", mkstream=True)
-        clock = time.perf_counter
-        latencies: dict[int, float] = {}
-        last_received = 0.0
+        arrivals = Arrivals(workload, progress)
 
         async def receive() -> None:
-            nonlocal last_received
-            while len(latencies) < workload.messages:
+            while not arrivals.complete:
                 reply: Any = await client.xreadgroup(
                     group, "raw", {key: ">"}, count=100, block=1000
                 )
                 for _stream, entries in _streams(reply):
                     for entry_id, fields in entries:
-                        payload = json.loads(fields[b"data"])
-                        now = clock()
-                        latencies.setdefault(payload["seq"], now - payload["sent"])
-                        last_received = now
+                        arrivals.record(json.loads(fields[b"data"]))
                         await client.xack(key, group, entry_id)
-                        progress(len(latencies))
 
         async def send() -> None:
             for seq in range(workload.messages):
                 await client.xadd(key, {"data": _encode(bench_payload(seq, size))})
                 await asyncio.sleep(0)
 
-        receiver = asyncio.get_running_loop().create_task(receive())
-        started = clock()
-        try:
-            await send()
-            await receiver
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
-        return Measurement.from_latencies(
-            workload.messages, last_received - started, list(latencies.values())
-        )
+        return await arrivals.measure(send, receive)
 
     async def close(self) -> None:
         """Delete the streams this baseline wrote and release its connections."""

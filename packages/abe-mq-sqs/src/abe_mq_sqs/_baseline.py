@@ -21,7 +21,7 @@ from typing import Any
 import aiobotocore  # type: ignore[import-untyped]
 import botocore  # type: ignore[import-untyped]
 
-from abe.benchmarking import Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
 from abe_mq_sqs._client import sqs_client
 from abe_mq_sqs._settings import SqsSettings
 from abe_mq_sqs._version import __version__
@@ -115,13 +115,10 @@ class RawSqsBaseline:
         client = await self._sqs()
         url = await self._queue(workload.key)
         settings = self._settings
-        clock = time.perf_counter
-        latencies: dict[int, float] = {}
-        last_received = 0.0
+        arrivals = Arrivals(workload, progress)
 
         async def receive() -> None:
-            nonlocal last_received
-            while len(latencies) < workload.messages:
+            while not arrivals.complete:
                 response = await client.receive_message(
                     QueueUrl=url,
                     MaxNumberOfMessages=BATCH_ENTRIES,
@@ -129,13 +126,10 @@ class RawSqsBaseline:
                     VisibilityTimeout=settings.visibility_timeout,
                 )
                 messages = response.get("Messages", [])
+                for message in messages:
+                    arrivals.record(json.loads(message["Body"]))
                 if not messages:
                     continue
-                now = clock()
-                for message in messages:
-                    payload = json.loads(message["Body"])
-                    latencies.setdefault(payload["seq"], now - payload["sent"])
-                last_received = now
                 await client.delete_message_batch(
                     QueueUrl=url,
                     Entries=[
@@ -143,7 +137,6 @@ class RawSqsBaseline:
                         for index, message in enumerate(messages)
                     ],
                 )
-                progress(len(latencies))
 
         async def send() -> None:
             for seq in range(workload.messages):
@@ -151,18 +144,7 @@ class RawSqsBaseline:
                 await client.send_message(QueueUrl=url, MessageBody=body)
                 await asyncio.sleep(0)
 
-        loop = asyncio.get_running_loop()
-        receiver = loop.create_task(receive())
-        started = clock()
-        try:
-            await send()
-            await receiver
-        finally:
-            receiver.cancel()
-            await asyncio.gather(receiver, return_exceptions=True)
-        return Measurement.from_latencies(
-            workload.messages, last_received - started, list(latencies.values())
-        )
+        return await arrivals.measure(send, receive)
 
     async def close(self) -> None:
         """Delete the queues the baseline made, then close its client."""
