@@ -6,32 +6,15 @@ command deletes the keys it made.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import redis
-from abe_brokers import RedisServerFactory
+from abe_brokers import RedisServerFactory, run_abe
 
 
-def _abe(url: str, command: str, *options: str) -> str:
-    env = {
-        name: value for name, value in os.environ.items() if not name.startswith(("REDIS_", "ABE_"))
-    }
-    env.update(QUEUE_BACKEND="redis", REDIS_URL=url, NO_COLOR="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "abe", command, *options],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
+def _abe(url: str, *arguments: str) -> str:
+    output = run_abe("redis", {"REDIS_URL": url}, *arguments)
     client = redis.Redis.from_url(url)
     try:
-        assert client.keys() == [], f"abe {command} left keys behind"
+        assert client.keys() == [], f"abe {arguments[0]} left keys behind"
     finally:
         client.close()
     return output

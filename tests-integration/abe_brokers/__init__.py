@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 
+from .cli import OWN_KEY_PREFIXES, run_abe
 from .model import KINDS, KafkaBroker, Kind, NatsBroker, RedisBroker, Source, SqsBroker
 from .probes import ProbeError
 from .procs import ServerStartError, ToolMissing, free_port
@@ -37,6 +38,7 @@ from .tls import TlsFiles, make_tls_files
 
 __all__ = [
     "KINDS",
+    "OWN_KEY_PREFIXES",
     "Kind",
     "Source",
     "RedisBroker",
@@ -61,6 +63,7 @@ __all__ = [
     "Resolution",
     "required_kinds",
     "resolve",
+    "run_abe",
     "free_port",
     "unique_name",
 ]
