@@ -37,16 +37,11 @@ async def test_raw_producer_json_is_consumed_by_abe(
     assert delivery.published_at == metadata.timestamp / 1000
 
 
-async def test_abe_records_are_plain_json_with_header_metadata(
-    kafka_broker: Any, kafka_backend_factory: Callable[..., KafkaBackend]
-) -> None:
-    key = unique("raw-out")
-    async with kafka_backend_factory() as backend:
-        await backend.publish(key, {"hello": "wörld", "n": 1}, headers={"trace-id": "t-2"})
-        await backend.publish_many(key, [{"n": 2}, {"n": 3}])
+async def _read_raw(bootstrap: str, key: str, count: int) -> list[Any]:
+    """At least `count` records of topic `key`, read from the start by a plain aiokafka consumer."""
     consumer = AIOKafkaConsumer(
         key,
-        bootstrap_servers=kafka_broker.bootstrap,
+        bootstrap_servers=bootstrap,
         group_id=unique("raw"),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -54,12 +49,23 @@ async def test_abe_records_are_plain_json_with_header_metadata(
     await consumer.start()
     records: list[Any] = []
     try:
-        while len(records) < 3:
+        while len(records) < count:
             batches = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
             for batch in batches.values():
                 records.extend(batch)
     finally:
         await consumer.stop()
+    return records
+
+
+async def test_abe_records_are_plain_json_with_header_metadata(
+    kafka_broker: Any, kafka_backend_factory: Callable[..., KafkaBackend]
+) -> None:
+    key = unique("raw-out")
+    async with kafka_backend_factory() as backend:
+        await backend.publish(key, {"hello": "wörld", "n": 1}, headers={"trace-id": "t-2"})
+        await backend.publish_many(key, [{"n": 2}, {"n": 3}])
+    records = await _read_raw(kafka_broker.bootstrap, key, 3)
     by_n = {json.loads(record.value)["n"]: record for record in records}
     first = by_n[1]
     assert first.value == '{"hello":"wörld","n":1}'.encode()
@@ -87,22 +93,7 @@ async def test_redelivery_copy_carries_attempt_header(
             await again.ack()
     assert (again.attempt, again.id, again.headers) == (2, delivery.id, delivery.headers)
     assert "abe-attempt" not in again.headers  # abe's redelivery bookkeeping stays inside
-    consumer = AIOKafkaConsumer(
-        key,
-        bootstrap_servers=kafka_broker.bootstrap,
-        group_id=unique("raw"),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        while len(records) < 2:
-            batches = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
-            for batch in batches.values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
+    records = await _read_raw(kafka_broker.bootstrap, key, 2)
     copy = next(record for record in records if ("abe-attempt", b"2") in record.headers)
     headers = dict(copy.headers)
     assert headers["abe-id"].decode() == delivery.id
