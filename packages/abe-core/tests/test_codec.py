@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from abe.backends.message_queue.base.codec import (
+    UndecodableBody,
     decode_body,
     encode_payload,
     new_message_id,
@@ -171,10 +172,10 @@ def test_size_limit_counts_utf8_bytes_not_characters() -> None:
 
 @pytest.mark.parametrize(
     ("body", "kind"),
-    [(b"[1, 2]", "list"), (b'"text"', "str"), (b"3", "int"), (b"null", "NoneType")],
+    [(b"[1, 2]", "a list"), (b'"text"', "a string"), (b"3", "a number"), (b"null", "null")],
 )
 def test_decode_body_refuses_json_that_is_not_an_object(body: bytes, kind: str) -> None:
-    with pytest.raises(ValueError, match=f"the body is JSON but a {kind}, not an object"):
+    with pytest.raises(ValueError, match=f"the body is JSON but {kind}, not an object"):
         decode_body(body)
 
 
@@ -182,6 +183,45 @@ def test_decode_body_refuses_json_that_is_not_an_object(body: bytes, kind: str) 
 def test_decode_body_refuses_what_is_not_json(body: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011  (json's own messages vary)
         decode_body(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"[" * 1000 + b"]" * 1000, "JSON but a list", id="nested-1000"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "nested too deeply", id="nested-100000"),
+        pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply", id="objects"),
+        pytest.param(b"\xff\xfe not json", "not UTF-8 text (byte 0xff at position 0)", id="utf16"),
+        pytest.param(b'{"s": "\xed\xa0\x80"}', "not UTF-8 text", id="encoded-surrogate"),
+        pytest.param(b"", "the body is empty", id="empty"),
+        pytest.param(b"   ", "not JSON", id="blank"),
+        pytest.param(b'{"x": NaN}', "contains NaN", id="nan"),
+        pytest.param(b'{"x": -Infinity}', "contains -Infinity", id="infinity"),
+        pytest.param(b'{"n": ' + b"1" * 5000 + b"}", "5,000 digits", id="long-int"),
+        pytest.param(b'{"a": 1} {"b": 2}', "not JSON: Extra data", id="two-objects"),
+    ],
+)
+def test_a_hostile_body_is_refused_with_a_reason_and_nothing_else(body: bytes, reason: str) -> None:
+    with pytest.raises(UndecodableBody) as refused:
+        decode_body(body)
+    if reason == "5,000 digits" and sys.version_info >= (3, 11):
+        reason = "5000 digits"  # Python's own limit speaks first
+    assert reason in str(refused.value)
+    assert "utf-16" not in str(refused.value).lower()
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(UndecodableBody, match="the body is 12 bytes, over this backend's limit"):
+        decode_body(b'{"a": "xyz"}', max_bytes=11)
+    assert decode_body(b'{"a": "xyz"}', max_bytes=12) == {"a": "xyz"}
+
+
+def test_wrap_undecodable_summarises_a_body_too_large_to_carry() -> None:
+    body = b"\xff" * 1000
+    wrapped = decode_body(wrap_undecodable(body, max_bytes=500))
+    omitted = wrapped["undecodable_body_omitted"]
+    assert omitted["bytes"] == 1000
+    assert len(omitted["sha256"]) == 64
 
 
 def test_decode_body_reads_a_foreign_producers_json() -> None:

@@ -23,7 +23,6 @@ from abe.backends.message_queue.base.codec import (
     HEADER_ERROR,
     HEADER_ID,
     HEADER_ORIGINAL_KEY,
-    HEADER_PREFIX,
     HEADER_PUBLISHED_AT,
     IncomingMessage,
     OutgoingMessage,
@@ -31,6 +30,7 @@ from abe.backends.message_queue.base.codec import (
     new_message_id,
     wrap_undecodable,
 )
+from abe.backends.message_queue.base.headers import check_user_headers, header_text
 from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.backends.message_queue.base.settings import BackendSettings
@@ -90,6 +90,8 @@ class BaseBackend(abc.ABC):
     """Every environment variable `from_env()` reads, for `abe backends` and the docs."""
     reserved_headers: ClassVar[frozenset[str]] = frozenset()
     """Header names the broker's wire format uses itself (Redis: "data"), refused in publish."""
+    reserved_header_prefixes: ClassVar[tuple[str, ...]] = ()
+    """Lower-case header prefixes the broker acts on, beyond those every backend refuses."""
     enforce_operation_timeout: ClassVar[bool] = False
     """Set True when the client library can block forever: core then bounds each call."""
 
@@ -157,7 +159,8 @@ class BaseBackend(abc.ABC):
     ) -> None:
         """Publish one payload to `key`. Refused input raises before any network I/O."""
         self._ensure_open()
-        message = self._prepare(self._check_key(key), payload, headers)
+        self._check_key(key)
+        message = self._prepare(payload, self._check_headers(headers))
         await self._guard(self._send(key, (message,)), "publish")
 
     async def publish_many(
@@ -173,11 +176,12 @@ class BaseBackend(abc.ABC):
         """
         self._ensure_open()
         self._check_key(key)
+        checked = self._check_headers(headers)
         messages = []
         published_at = str(int(time.time() * 1000))
         for index, payload in enumerate(payloads):
             try:
-                messages.append(self._prepare(key, payload, headers, published_at))
+                messages.append(self._prepare(payload, checked, published_at))
             except PayloadError as exc:
                 raise PayloadError(f"payloads[{index}]: {exc}; nothing was published") from None
         if messages:
@@ -330,13 +334,21 @@ class BaseBackend(abc.ABC):
             raise ValueError("keys must name at least one key")
         return resolved
 
+    def _check_headers(self, headers: Mapping[str, str] | None) -> dict[str, str] | None:
+        """The user's headers if every one may travel (abe.headers' rules), else PayloadError."""
+        if not headers:
+            return None
+        return check_user_headers(
+            headers, reserved=self.reserved_headers, prefixes=self.reserved_header_prefixes
+        )
+
     def _prepare(
         self,
-        key: str,
         payload: MessageQueuePayload,
-        headers: Mapping[str, str] | None,
+        headers: dict[str, str] | None,
         published_at: str | None = None,
     ) -> OutgoingMessage:
+        """The encoded message for `payload`; `headers` were checked by `_check_headers`."""
         body = encode_payload(payload, self.max_payload_bytes)
         message_id = new_message_id()
         wire = {
@@ -344,22 +356,7 @@ class BaseBackend(abc.ABC):
             HEADER_PUBLISHED_AT: published_at or str(int(time.time() * 1000)),
         }
         if headers:
-            for name, value in headers.items():
-                if not isinstance(name, str) or not name or name.startswith(HEADER_PREFIX):
-                    raise PayloadError(
-                        f"header name {name!r} is not allowed: use a non-empty str that does "
-                        f"not start with {HEADER_PREFIX!r} (abe's own headers)"
-                    )
-                if name in self.reserved_headers:
-                    raise PayloadError(
-                        f"header name {name!r} is reserved by the {self.name} wire format; "
-                        f"choose another name"
-                    )
-                if not isinstance(value, str):
-                    raise PayloadError(
-                        f"header {name!r} must have a str value, got {type(value).__name__}"
-                    )
-                wire[name] = value
+            wire.update(headers)
         return OutgoingMessage(message_id, body, wire)
 
     async def _guard(
@@ -410,10 +407,10 @@ class BaseBackend(abc.ABC):
         """
         headers = dict(message.headers)
         headers.setdefault(HEADER_ID, message.broker_id or new_message_id())
-        headers[HEADER_ERROR] = " ".join(reason.split())[:1000]  # one line: some brokers fold them
+        headers[HEADER_ERROR] = header_text(reason)  # one line: some brokers fold them
         headers[HEADER_ATTEMPTS] = str(message.attempt)
         headers[HEADER_ORIGINAL_KEY] = message.key
-        body = wrap_undecodable(message.body) if wrap_body else message.body
+        body = wrap_undecodable(message.body, self.max_payload_bytes) if wrap_body else message.body
         letter = OutgoingMessage(headers[HEADER_ID], body, headers)
         await self._guard(self._send(dead_letter_key(message.key), (letter,)), "dead-letter")
 

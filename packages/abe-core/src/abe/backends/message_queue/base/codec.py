@@ -7,15 +7,25 @@ Foreign producers that write plain JSON bodies, with no headers, are read as wel
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+from abe.backends.message_queue.base.headers import (
+    HEADER_ATTEMPTS,
+    HEADER_ERROR,
+    HEADER_ID,
+    HEADER_ORIGINAL_KEY,
+    HEADER_PREFIX,
+    HEADER_PUBLISHED_AT,
+)
 from abe.errors import PayloadError
 from abe.types import MessageQueuePayload
 
@@ -28,20 +38,12 @@ __all__ = [
     "HEADER_PUBLISHED_AT",
     "IncomingMessage",
     "OutgoingMessage",
+    "UndecodableBody",
     "decode_body",
     "encode_payload",
     "new_message_id",
     "wrap_undecodable",
 ]
-
-HEADER_PREFIX = "abe-"
-"""Headers whose names start with this are abe's own; user headers may not use it."""
-HEADER_ID = "abe-id"
-HEADER_PUBLISHED_AT = "abe-published-at"
-"""Milliseconds since the Unix epoch, as decimal text."""
-HEADER_ERROR = "abe-error"
-HEADER_ATTEMPTS = "abe-attempts"
-HEADER_ORIGINAL_KEY = "abe-original-key"
 
 _PROCESS_PREFIX = os.urandom(8).hex()
 _SEQUENCE = count(1)
@@ -108,21 +110,88 @@ def encode_payload(payload: object, max_bytes: int) -> bytes:
     return body
 
 
-def wrap_undecodable(body: bytes) -> bytes:
-    """A JSON object holding a body that was not one, for its dead letter."""
+def wrap_undecodable(body: bytes, max_bytes: int | None = None) -> bytes:
+    """A JSON object holding a body that was not one, for its dead letter.
+
+    UTF-8 text is kept as `undecodable_body`, other bytes as `undecodable_body_base64`.
+    When that would be over `max_bytes`, only a summary travels
+    (`undecodable_body_omitted`: its size and SHA-256), since the dead-letter key could
+    not take it; the original stays where it was read from until the broker drops it.
+    """
     try:
-        wrapped = {"undecodable_body": body.decode()}
+        wrapped: dict[str, Any] = {"undecodable_body": body.decode()}
     except UnicodeDecodeError:
         wrapped = {"undecodable_body_base64": base64.b64encode(body).decode()}
-    return _ENCODER.encode(wrapped).encode()
+    encoded = _ENCODER.encode(wrapped).encode()
+    if max_bytes is not None and len(encoded) > max_bytes:
+        summary = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        encoded = _ENCODER.encode({"undecodable_body_omitted": summary}).encode()
+    return encoded
 
 
-def decode_body(body: bytes) -> MessageQueuePayload:
-    """The payload in a body, or ValueError when the body is not a JSON object."""
-    value = json.loads(body)
+class UndecodableBody(ValueError):
+    """A body that cannot become a payload; the message says what is wrong with it."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise UndecodableBody(f"the body is not strict JSON: it contains {name}, which JSON has not")
+
+
+if sys.version_info >= (3, 11):
+    _parse_int = None
+else:  # 3.10 has no limit on the digits of an int: a long one costs quadratic time to read
+
+    def _parse_int(text: str) -> int:
+        if len(text) > 4300:
+            raise UndecodableBody(f"the body holds an integer of {len(text):,} digits")
+        return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int)
+
+
+def decode_body(body: bytes, max_bytes: int | None = None) -> MessageQueuePayload:
+    """The payload in a body, or `UndecodableBody` (a ValueError) saying what is wrong.
+
+    Strict where a foreign producer could surprise a consumer: the body must be UTF-8
+    (never guessed as another encoding), strict JSON (no NaN or Infinity), an object,
+    at most `max_bytes` long, and not nested beyond what Python can read. Whatever the
+    body, nothing but `UndecodableBody` comes out of here.
+    """
+    if max_bytes is not None and len(body) > max_bytes:
+        raise UndecodableBody(
+            f"the body is {len(body):,} bytes, over this backend's limit of {max_bytes:,}"
+        )
+    if not body:
+        raise UndecodableBody("the body is empty")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UndecodableBody(
+            f"the body is not UTF-8 text (byte {body[exc.start]:#04x} at position {exc.start})"
+        ) from None
+    try:
+        value = _DECODER.decode(text)
+    except UndecodableBody:
+        raise
+    except RecursionError:
+        raise UndecodableBody("the body is JSON nested too deeply to read") from None
+    except ValueError as exc:  # json.JSONDecodeError, or an int over Python's digit limit
+        bom = " (it starts with a byte-order mark)" if text.startswith("\ufeff") else ""
+        raise UndecodableBody(f"the body is not JSON{bom}: {_first_line(exc)}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"the body is JSON but a {type(value).__name__}, not an object")
+        raise UndecodableBody(f"the body is JSON but {_json_kind(value)}, not an object")
     return value
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 _LEAVES = frozenset({str, int, bool, type(None)})

@@ -32,6 +32,8 @@ class KeyRules:
     broker: str
     kind: str = "key"
     """What is named: "key" (leaves room for the dead-letter suffix) or "group"."""
+    dotted: bool = False
+    """Dots separate tokens that must not be empty (NATS subjects): no `a..b`, `.a` or `a.`."""
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -57,5 +59,11 @@ class KeyRules:
             raise InvalidKeyError(
                 f"{kind} {key!r} contains {bad!r}; {self.broker} {kind}s may only contain "
                 f"{self.described}"
+            )
+        if self.dotted and "" in key.split("."):
+            raise InvalidKeyError(
+                f"{kind} {key!r} has an empty token; {self.broker} {kind}s are tokens separated "
+                f"by single dots, e.g. 'orders.created' (not 'orders..created', '.orders' or "
+                f"'orders.')"
             )
         return key

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from abe.backends.message_queue.base.acks import AckBatcher
-from abe.backends.message_queue.base.codec import IncomingMessage, decode_body
+from abe.backends.message_queue.base.codec import IncomingMessage, UndecodableBody, decode_body
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.backends.message_queue.base.timeouts import bounded
@@ -172,28 +172,35 @@ class Subscription:
             await self._give_back_messages(messages)
             return
         poison: list[tuple[IncomingMessage, str]] = []
+        limit = self._backend.max_payload_bytes
         for message in messages:
             try:
-                payload = decode_body(message.body)
-            except ValueError as exc:
+                payload = decode_body(message.body, limit)
+            except UndecodableBody as exc:
                 poison.append((message, f"undecodable body: {exc}"))
+                continue
+            except Exception as exc:  # never expected; a body must not stop the consumer
+                poison.append((message, f"undecodable body: {type(exc).__name__}: {exc}"))
                 continue
             self._buffer.append(Delivery(message, payload, self))
             self._unsettled += 1
         for message, reason in poison:
-            log.warning(
-                "%s: message %s on %r is not a JSON object; moving it to the dead-letter key",
-                self._backend.name,
-                message.broker_id,
-                message.key,
-            )
-            try:
-                await self._backend._dead_letter(message, reason, wrap_body=True)
-                await self._acks.add(message)
-            except Exception as exc:
-                log.warning(
-                    "dead-lettering %s failed (%s); it will come back", message.broker_id, exc
-                )
+            await self._dead_letter_undecodable(message, reason)
+
+    async def _dead_letter_undecodable(self, message: IncomingMessage, reason: str) -> None:
+        """Move a body that cannot become a payload to the dead-letter key and acknowledge it."""
+        log.warning(
+            "%s: message %s on %r cannot be delivered (%s); moving it to the dead-letter key",
+            self._backend.name,
+            message.broker_id,
+            message.key,
+            reason,
+        )
+        try:
+            await self._backend._dead_letter(message, reason, wrap_body=True)
+            await self._acks.add(message)
+        except Exception as exc:
+            log.warning("dead-lettering %s failed (%s); it will come back", message.broker_id, exc)
 
     async def _fetch_batch(self, credit: int) -> Sequence[IncomingMessage]:
         assert self._receiver is not None

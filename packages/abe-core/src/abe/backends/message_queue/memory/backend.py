@@ -68,10 +68,12 @@ class MemoryBackend(BaseBackend):
         remote=False,
     )
     key_rules: ClassVar[KeyRules] = KeyRules(
-        max_length=249,
+        max_length=200,
         allowed="A-Za-z0-9._-",
-        described="letters, digits, '.', '_' and '-'",
+        described="letters, digits, '_', '-' and '.' between tokens (the rules every broker "
+        "with fan-out shares)",
         broker="memory",
+        dotted=True,
     )
     variables: ClassVar[tuple[Variable, ...]] = (BROKER, MAX_PAYLOAD, *COMMON_VARIABLES)
 
