@@ -551,3 +551,68 @@ def test_passwords_with_url_characters_are_never_shown(url: str) -> None:
     for secret in ("pa/ss", "w#rd", "p@ss", "t0ken", "user"):
         assert secret not in shown
     assert "***@" in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "rediss://cache:6380/0?ssl_password=S3cret&db=2",
+            "rediss://cache:6380/0?ssl_password=***&db=2",
+        ),
+        ("redis://cache?password=S3cret", "redis://cache?password=***"),
+        ("nats://a:4222?auth_token=S3cret;x=1", "nats://a:4222?auth_token=***;x=1"),
+        ("https://sqs.local?X-Amz-Signature=S3cret", "https://sqs.local?X-Amz-Signature=***"),
+        (
+            "amqp://u:S3cret@rabbit:5672/vhost?heartbeat=5",
+            "amqp://***@rabbit:5672/vhost?heartbeat=5",
+        ),
+        ("redis://cache:6379/0?ssl_keyfile=/k.pem", "redis://cache:6379/0?ssl_keyfile=/k.pem"),
+        ("nats://a:4222,nats://b:4222", "nats://a:4222,nats://b:4222"),
+    ],
+)
+def test_redact_url_hides_secret_query_options_and_keeps_the_rest(url: str, shown: str) -> None:
+    from abe.redaction import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_the_secret_filter_hides_every_form_of_a_secret_in_messages_and_tracebacks() -> None:
+    import logging
+
+    from abe.redaction import SecretFilter
+
+    secret = "pa ss/wörd'\\"
+    secret_filter = SecretFilter([secret, "", "ab"])
+    logger = logging.getLogger("abe-test-client.conn")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    parent = logging.getLogger("abe-test-client")
+    parent.addHandler(handler)
+    parent.setLevel(logging.DEBUG)
+    secret_filter.install("abe-test-client")
+    try:
+        logger.debug(
+            "SaslAuthenticateRequest(sasl_auth_bytes=%r)", b"user\x00user\x00" + secret.encode()
+        )
+        logger.debug("plain %s, quoted %s, repr %r", secret, "pa%20ss%2Fw%C3%B6rd%27%5C", secret)
+        try:
+            raise ConnectionError(f"refused {secret}")
+        except ConnectionError:
+            logger.exception("failed")
+        logger.debug("ab is too short to hide")
+    finally:
+        secret_filter.uninstall()
+        parent.removeHandler(handler)
+    formatter = logging.Formatter()
+    text = "\n".join(formatter.format(record) for record in records)
+    for form in ("ss/w", "w\\xc3\\xb6rd", "pa%20ss"):
+        assert form not in text
+    assert text.count("***") >= 5
+    assert "ab is too short to hide" in text
+    assert secret_filter not in logger.filters

@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from abe.errors import ConfigurationError
+from abe.redaction import redact_url
 
 __all__ = [
     "COMMON_VARIABLES",
@@ -264,22 +265,6 @@ def _describe_bounds(minimum: float | None, maximum: float | None) -> str:
 def _number(value: float) -> str:
     """A bound as people write it: 1073741824, 0.1, 43200 (never 1.07374e+09)."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def redact_url(text: str) -> str:
-    """Comma-separated URLs with any user name, token or password in them replaced by ***."""
-    parts = []
-    for part in text.split(","):
-        # Split at the last "@" rather than parse: a password with an unencoded "/", "?"
-        # or "#" would make a URL parser put part of it in the path.
-        scheme, separator, rest = part.partition("://")
-        if not separator:
-            scheme, rest = "", part
-        if "@" in rest:
-            parts.append(f"{scheme}{separator}***@{rest.rsplit('@', 1)[1]}")
-        else:
-            parts.append(part)
-    return ",".join(parts)
 
 
 def _redacted(variable: Variable, url: str) -> str:
