@@ -32,6 +32,7 @@ MODULES = [
     "abe.types",
     "abe.errors",
     "abe.settings",
+    "abe.redaction",
     "abe.backends.message_queue",
     "abe.backends.message_queue.base",
     "abe.backends.message_queue.base.protocol",

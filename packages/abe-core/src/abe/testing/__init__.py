@@ -19,14 +19,19 @@ from abe.testing.fixtures import (
     Backends,
     ContractFixtures,
     EnvironmentCase,
+    MalformedWrite,
     RawWriter,
     RestartableBroker,
     SecretCase,
+    TlsMismatch,
 )
+from abe.testing.generated import GeneratedInputContract
 from abe.testing.groups import GroupContract
 from abe.testing.helpers import unique
+from abe.testing.hostile import HostileInputContract
 from abe.testing.inputs import InputContract
 from abe.testing.lifecycle import LifecycleContract
+from abe.testing.proxy import RecordingProxy
 from abe.testing.remote import RemoteBrokerContract
 from abe.testing.roundtrip import RoundTripContract
 
@@ -38,13 +43,18 @@ __all__ = [
     "CoreContract",
     "DeliveryContract",
     "EnvironmentCase",
+    "GeneratedInputContract",
     "GroupContract",
+    "HostileInputContract",
     "InputContract",
     "LifecycleContract",
+    "MalformedWrite",
     "RawWriter",
+    "RecordingProxy",
     "RemoteBrokerContract",
     "RestartableBroker",
     "RoundTripContract",
     "SecretCase",
+    "TlsMismatch",
     "unique",
 ]

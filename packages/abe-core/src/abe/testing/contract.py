@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abe.testing.delivery import DeliveryContract
+from abe.testing.generated import GeneratedInputContract
 from abe.testing.groups import GroupContract
+from abe.testing.hostile import HostileInputContract
 from abe.testing.inputs import InputContract
 from abe.testing.lifecycle import LifecycleContract
 from abe.testing.remote import RemoteBrokerContract
@@ -13,7 +15,13 @@ __all__ = ["BackendContract", "CoreContract"]
 
 
 class CoreContract(
-    RoundTripContract, GroupContract, DeliveryContract, InputContract, LifecycleContract
+    RoundTripContract,
+    GroupContract,
+    DeliveryContract,
+    InputContract,
+    HostileInputContract,
+    GeneratedInputContract,
+    LifecycleContract,
 ):
     """Every behaviour a backend shows whether its broker is remote or in this process."""
 

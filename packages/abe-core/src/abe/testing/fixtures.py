@@ -21,9 +21,11 @@ __all__ = [
     "Backends",
     "ContractFixtures",
     "EnvironmentCase",
+    "MalformedWrite",
     "RawWriter",
     "RestartableBroker",
     "SecretCase",
+    "TlsMismatch",
 ]
 
 
@@ -39,6 +41,34 @@ class BackendFactory(Protocol):
 
 RawWriter = Callable[[str, bytes], Awaitable[None]]
 """Writes `body` to `key` with the broker's own client, as a foreign producer would."""
+
+
+@dataclass(frozen=True)
+class MalformedWrite:
+    """A message the broker's own client can write that abe's wire format cannot read.
+
+    For brokers whose messages have parts beyond the body (a Redis stream entry without
+    its `data` field, say). `write(key)` writes one; its dead letter's reason must
+    contain `reason`.
+    """
+
+    what: str
+    write: Callable[[str], Awaitable[None]]
+    reason: str
+
+
+@dataclass(frozen=True)
+class TlsMismatch:
+    """A backend that asks for TLS and holds `secret`, and a plaintext broker to aim it at.
+
+    `backend_at(host, port)` builds the backend for that address (configured with TLS and
+    with `secret` as its credential); `broker` is the (host, port) of a real broker that
+    does not offer TLS. The suite puts a recording proxy between the two.
+    """
+
+    backend_at: Callable[[str, int], BaseBackend]
+    broker: tuple[str, int]
+    secret: str
 
 
 @dataclass(frozen=True)
@@ -118,6 +148,11 @@ class ContractFixtures:
         _missing("invalid_environments", "a list of EnvironmentCase")
 
     @pytest.fixture
+    def malformed_writes(self) -> list[MalformedWrite]:
+        """Override where the broker's messages have parts beyond the body (see MalformedWrite)."""
+        return []
+
+    @pytest.fixture
     def refused_keys(self) -> tuple[str, ...]:
         """Override to add keys this broker refuses beyond empty, too long and whitespace."""
         return ()
@@ -144,6 +179,12 @@ class ContractFixtures:
         """Override (remote brokers): an environment holding a secret the broker will refuse."""
         _skip_unless_remote(backend_class)
         _missing("secret_environment", "a SecretCase")
+
+    @pytest.fixture
+    def tls_mismatch(self, backend_class: type[BaseBackend]) -> TlsMismatch:
+        """Override (remote brokers): a TLS-configured backend and a plaintext broker."""
+        _skip_unless_remote(backend_class)
+        _missing("tls_mismatch", "a TlsMismatch: a TLS backend factory and a plaintext broker")
 
     @pytest_asyncio.fixture
     async def backends(self, backend_factory: BackendFactory) -> AsyncIterator[Backends]:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,11 +19,47 @@ from abe.testing.fixtures import (
     ContractFixtures,
     RestartableBroker,
     SecretCase,
+    TlsMismatch,
 )
 from abe.testing.helpers import WAIT, unique
 from abe.testing.inputs import bad_payloads
+from abe.testing.proxy import RecordingProxy
 
 __all__ = ["RemoteBrokerContract"]
+
+
+@contextlib.contextmanager
+def _every_log_record() -> Iterator[list[logging.LogRecord]]:
+    """Every record any logger makes meanwhile, with every logger (client libraries too) at DEBUG.
+
+    Records are kept formatted, tracebacks included, as a handler would print them.
+    """
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            self.format(record)  # fills exc_text, as a real handler would
+            records.append(record)
+
+    handler = Keep(logging.DEBUG)
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    saved = [(logger, logger.level, logger.disabled) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.disabled = False
+        if logger is loggers[0] or not logger.propagate:
+            logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger, level, disabled in saved:
+            logger.setLevel(level)
+            logger.disabled = disabled
+            logger.removeHandler(handler)
 
 
 @pytest.mark.asyncio
@@ -73,6 +110,54 @@ class RemoteBrokerContract(ContractFixtures):
         for record in caplog.records:
             assert secret not in record.getMessage(), f"log record from {record.name}"
             assert secret not in (record.exc_text or "")
+
+    async def test_no_secret_in_any_log(
+        self, backends: Backends, secret_environment: SecretCase, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        backend_class = type(backends.new())
+        secret = secret_environment.secret
+        for variable in backend_class.variables:
+            monkeypatch.delenv(variable.name, raising=False)
+        for name, value in secret_environment.env.items():
+            monkeypatch.setenv(name, value)
+        with _every_log_record() as records:
+            backend = backend_class.from_env()
+            texts = [repr(backend), repr(backend.settings), str(backend.settings.describe())]
+            try:
+                with pytest.raises(AbeError) as failed:
+                    await backend.publish(unique("secret"), {"x": 1})
+                subscription = backend.subscribe(group=unique("group"), keys=[unique("secret")])
+                with contextlib.suppress(AbeError, asyncio.TimeoutError):
+                    await asyncio.wait_for(subscription.__anext__(), 3.0)
+                await subscription.aclose()
+            finally:
+                await backend.close()
+        error: BaseException | None = failed.value
+        while error is not None:
+            texts += [str(error), repr(error), *traceback.format_exception_only(type(error), error)]
+            error = error.__cause__ or error.__context__
+        formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+        texts += [formatter.format(record) for record in records]
+        assert records, "no log record was made at DEBUG: is logging of the client reached?"
+        for text in texts:
+            assert secret not in text, f"the secret appears in: {text[:300]}"
+
+    async def test_tls_before_credentials(self, tls_mismatch: TlsMismatch) -> None:
+        host, port = tls_mismatch.broker
+        async with RecordingProxy(host, port) as proxy:
+            backend = tls_mismatch.backend_at("127.0.0.1", proxy.port)
+            try:
+                assert tls_mismatch.secret not in repr(backend)
+                with pytest.raises(BackendUnavailableError) as refused:
+                    await asyncio.wait_for(backend.publish(unique("tls"), {"x": 1}), WAIT)
+            finally:
+                await backend.close()
+        assert proxy.connections > 0, "the backend never reached the broker: nothing was tested"
+        assert tls_mismatch.secret.encode() not in proxy.sent_bytes, (
+            "a credential was sent before TLS was in place"
+        )
+        assert "TLS" in str(refused.value) or "SSL" in str(refused.value), str(refused.value)
+        assert tls_mismatch.secret not in str(refused.value)
 
     async def test_broker_restart(self, restartable_broker: RestartableBroker) -> None:
         backend = restartable_broker.backend_factory()
