@@ -57,10 +57,8 @@ class TestSqsContract(BackendContract):
                     url = (await sqs.get_queue_url(QueueName=key))["QueueUrl"]
                 except sqs.exceptions.QueueDoesNotExist:
                     url = (await sqs.create_queue(QueueName=key))["QueueUrl"]
-                # SQS carries text only: a producer holding bytes that are not UTF-8 must
-                # turn them into text first; decoding with replacement is the plain way.
-                text = body.decode("utf-8", "replace")
-                await sqs.send_message(QueueUrl=url, MessageBody=text)
+                # SQS carries text only: bytes that are not UTF-8 cannot be sent as they are.
+                await sqs.send_message(QueueUrl=url, MessageBody=body.decode("utf-8"))
 
         return write
 

@@ -571,6 +571,8 @@ async def test_user_headers_round_trip(backend: MemoryBackend) -> None:
         ({"x": "line\r\nInjected: yes"}, "control character in its value"),
         ({"x": "nul\x00"}, "control character in its value"),
         ({"x": "lone \ud800"}, "not valid Unicode text"),
+        ({"x": " padded"}, "starts or ends with whitespace"),
+        ({"x": "padded\u3000"}, "starts or ends with whitespace"),
         ({"n" * 257: "x"}, "is over 256 characters"),
         ({f"h{i}": "v" * 100 for i in range(1000)}, "over the limit of 4,096"),
     ],
@@ -589,7 +591,7 @@ async def test_bad_headers_are_refused_and_nothing_is_published(
 
 @pytest.mark.asyncio
 async def test_headers_every_broker_carries_are_accepted(backend: MemoryBackend) -> None:
-    headers = {"x-request-id": "r-1", "traceparent": "00-ab-cd-01", "Tab": "a\tb", "ü": "ü"}
+    headers = {"x-request-id": "r-1", "traceparent": "00-ab-cd-01", "Tab": "a\tb c", "ü": "ü"}
     with pytest.raises(PayloadError):  # a name must be ASCII (an HTTP token)
         await backend.publish("k", {"i": 1}, headers=headers)
     del headers["ü"]

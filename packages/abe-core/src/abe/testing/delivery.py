@@ -142,7 +142,10 @@ class DeliveryContract(ContractFixtures):
     async def test_poison_body(self, backends: Backends, write_raw: RawWriter) -> None:
         backend = backends.new()
         key = unique("poison")
-        await write_raw(key, b"\xff this is not json {")
+        try:
+            await write_raw(key, b"\xff this is not json {")
+        except Exception:  # a text-only broker (SQS): its producers would send this instead
+            await write_raw(key, "\ufffd this is not json {".encode())
         await write_raw(key, b"[1, 2, 3]")
         await backend.publish(key, {"after": "poison"})
         async with backend.subscribe(group=unique("group"), keys=[key]) as subscription:

@@ -40,7 +40,11 @@ class BackendFactory(Protocol):
 
 
 RawWriter = Callable[[str, bytes], Awaitable[None]]
-"""Writes `body` to `key` with the broker's own client, as a foreign producer would."""
+"""Writes `body` to `key` with the broker's own client, as a foreign producer would.
+
+It raises when the broker cannot carry these bytes as they are (SQS: bytes that are not
+UTF-8 text), rather than writing something else.
+"""
 
 
 @dataclass(frozen=True)

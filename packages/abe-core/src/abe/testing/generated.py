@@ -226,8 +226,13 @@ async def _round_trip(
     )
     assert got == expected, "a published payload or header did not come back exactly as sent"
     for group in groups:  # a group with a generated name receives like any other
-        async with backend.subscribe(group=group, keys=[key]) as subscription:
-            await receive(subscription, len(sent), WAIT * 2)
+        group_key = unique("group-key")
+        await backend.publish(group_key, {"group": group})
+        async with backend.subscribe(group=group, keys=[group_key]) as subscription:
+            (delivery,) = await receive(subscription, 1, WAIT * 2)
+        assert delivery.payload == {"group": group}
+        with contextlib.suppress(NotImplementedError):
+            await backend.delete_keys([group_key])
     if keys:
         async with backend.subscribe(group=unique("keys"), keys=keys) as subscription:
             deliveries = await receive(subscription, len(keys), WAIT * 2)

@@ -82,14 +82,13 @@ class HostileInputContract(ContractFixtures):
         consumer = AsyncLoopConsumer(backend, group, keys=[key], concurrency=4)
         running = asyncio.ensure_future(consumer.run(handler))
         try:
+            async with backends.new().subscribe(group=unique("dlq"), keys=[f"{key}-dlq"]) as dead:
+                letters = await receive(dead, len(written))
             await asyncio.wait_for(both.wait(), WAIT)
         finally:
             await consumer.shutdown()
             await running
         assert sorted(handled) == [0, 1], "a good message was lost or handled twice"
-
-        async with backends.new().subscribe(group=unique("dlq"), keys=[f"{key}-dlq"]) as dead:
-            letters = await receive(dead, len(written))
         reasons = sorted(letter.headers["abe-error"] for letter in letters)
         for letter in letters:
             assert letter.headers["abe-original-key"] == key

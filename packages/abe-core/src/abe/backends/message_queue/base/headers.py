@@ -8,7 +8,8 @@ I/O, so code that publishes on one broker publishes unchanged on another:
 - a name is an HTTP token (letters, digits and ``!#$%&'*+-.^_`|~``), at most 256
   characters, not starting with `abe-` nor with a prefix the broker keeps for itself
   (`Nats-`, `AWS.`, `Amazon.`, `x-death`...);
-- a value is text without control characters (tab excepted) that encodes as UTF-8;
+- a value is text without control characters (tab excepted) that encodes as UTF-8 and
+  neither starts nor ends with whitespace (NATS trims it);
 - all user headers of one message take at most 4 KiB as UTF-8.
 """
 
@@ -160,6 +161,11 @@ def check_user_headers(
             raise PayloadError(
                 f"header {name!r} has a control character in its value (line breaks included); "
                 f"headers carry one line of text"
+            )
+        if value != value.strip():
+            raise PayloadError(
+                f"header {name!r} has a value that starts or ends with whitespace, which some "
+                f"brokers trim (NATS); trim it, or carry such text in the payload"
             )
         try:
             size += len(name) + len(value.encode())
