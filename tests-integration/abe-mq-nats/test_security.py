@@ -3,7 +3,8 @@
 Credentials never cross the network in clear text when TLS was asked for; JetStream
 control headers (`Nats-*`) never reach the server from user headers nor from a dead
 letter's copy of a foreign message; bad header values and oversized messages are
-PayloadErrors before anything is sent. A recording proxy sees every byte the client sends.
+PayloadErrors before anything is sent; a refused credential shows in no log record (DEBUG
+on every logger), repr or error. A recording proxy sees every byte the client sends.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 import logging
 import os
 import time
+import traceback
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +27,7 @@ from abe_brokers.proxy import RecordingProxy
 from abe_mq_nats_testing import Janitor, environment, raw_client, settings_for
 from nats.aio.msg import Msg
 
-from abe.errors import BackendUnavailableError, PayloadError
+from abe.errors import AuthenticationError, BackendUnavailableError, PayloadError
 from abe.testing import unique
 from abe.testing.helpers import eventually, next_delivery, receive_payloads
 from abe_mq_nats import NatsBackend
@@ -312,3 +315,104 @@ async def test_a_dead_letter_over_jetstreams_header_limit_is_a_payload_error(
     assert marker.encode() in proxy.received, "the foreign message came through the proxy"
     assert marker.encode() not in proxy.sent, "the letter was not sent"
     assert f"{key}-dlq" not in backend._streams, "not even its stream was created"
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def every_record() -> Iterator[list[str]]:
+    """Every log record of every logger at DEBUG, formatted with its traceback."""
+    formatted: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            formatted.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    names = {"nats", "nats.aio", "nats.aio.client", "nats.js", "asyncio", "abe", "abe.nats"}
+    names.update(logging.Logger.manager.loggerDict)
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in sorted(names))]
+    saved = [(logger, logger.level, logger.disabled) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.disabled = False
+    logging.getLogger().addHandler(handler)
+    try:
+        yield formatted
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for logger, level, disabled in saved:
+            logger.setLevel(level)
+            logger.disabled = disabled
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "token in the URL",
+        "NATS_TOKEN",
+        "password in the URL",
+        "NATS_PASSWORD",
+        "NKey seed",
+        "NKey seed file",
+    ],
+)
+async def test_a_refused_secret_shows_nowhere(
+    case: str,
+    nats_server_factory: NatsServerFactory,
+    tmp_path: Path,
+    every_record: list[str],
+) -> None:
+    """Wrong credentials on an auth-enabled server: the error, reprs and logs keep them."""
+    wrong = "wr0ng/s3cret:tok@n%"  # characters that get percent-encoded or escaped
+    seed = nkey_pair()[0]
+    if case in ("token in the URL", "NATS_TOKEN"):
+        server = nats_server_factory(token="the-right-token-3a")
+    elif case in ("password in the URL", "NATS_PASSWORD"):
+        server = nats_server_factory(user="abe", password="the-right-password-3a")
+    else:
+        config = tmp_path / "nkey.conf"
+        config.write_text(f"authorization {{ users = [ {{ nkey: {nkey_pair()[1]} }} ] }}\n")
+        server = nats_server_factory(extra_args=["-c", str(config)])
+    address = f"{server.host}:{server.port}"
+    secrets = [wrong, quote(wrong, safe=""), quote(wrong)]
+    env = {
+        "token in the URL": {"NATS_URL": f"nats://{quote(wrong, safe='')}@{address}"},
+        "NATS_TOKEN": {"NATS_URL": f"nats://{address}", "NATS_TOKEN": wrong},
+        "password in the URL": {"NATS_URL": f"nats://abe:{quote(wrong, safe='')}@{address}"},
+        "NATS_PASSWORD": {
+            "NATS_URL": f"nats://{address}",
+            "NATS_USER": "abe",
+            "NATS_PASSWORD": wrong,
+        },
+        "NKey seed": {"NATS_URL": f"nats://{address}", "NATS_NKEY_SEED": seed},
+        "NKey seed file": {"NATS_URL": f"nats://{address}", "NATS_NKEY_SEED": str(tmp_path)},
+    }[case]
+    if case.startswith("NKey"):
+        secrets = [seed]
+    if case == "NKey seed file":
+        (tmp_path / "user.nk").write_text(seed)
+        env["NATS_NKEY_SEED"] = str(tmp_path / "user.nk")
+    backend = from_env(**env)
+    started = time.monotonic()
+    try:
+        with pytest.raises(AuthenticationError) as failed:
+            await backend.publish(unique("auth"), {"x": 1})
+    finally:
+        await backend.close()
+    assert time.monotonic() - started < TIMEOUT, "refused at once"
+    assert any("abe.nats" in record for record in every_record), "DEBUG records were captured"
+    shown = {
+        "the error": str(failed.value),
+        "the error's repr": repr(failed.value),
+        "the traceback": "".join(traceback.format_exception(failed.value)),
+        "repr(backend)": repr(backend),
+        "repr(settings)": repr(backend.settings),
+        **{f"log record {n}": record for n, record in enumerate(every_record)},
+    }
+    for where, text in shown.items():
+        for secret in secrets:
+            assert secret not in text, f"{where} shows the secret: {text[:500]}"
+    assert address in str(failed.value), "the error still says which server"

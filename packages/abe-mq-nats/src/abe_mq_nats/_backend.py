@@ -31,6 +31,7 @@ from abe.errors import (
     PayloadError,
     PublishError,
 )
+from abe.redaction import redact_url
 from abe.settings import Variable
 from abe_mq_nats._baseline import RawNatsBaseline
 from abe_mq_nats._connection import DEFAULT_MAX_PAYLOAD, Connection, ConnectionClosing
@@ -121,7 +122,7 @@ class NatsBackend(BaseBackend):
         return limit - min(HEADER_ROOM, limit // 8)
 
     def _describe(self) -> str:
-        return ",".join(self.settings.servers)
+        return redact_url(",".join(self.settings.servers))
 
     def _translate_error(self, error: Exception) -> Exception:
         return translate(error, self._describe())
