@@ -76,6 +76,12 @@ def test_every_mapped_class_translates() -> None:
             nats.js.errors.BadRequestError(code=400, err_code=10054, description="too big"),
             PayloadError,
         ),
+        (
+            nats.js.errors.BadRequestError(
+                code=400, err_code=10097, description="header size exceeds maximum allowed of 64k"
+            ),
+            PayloadError,
+        ),
         (nats.js.errors.BadRequestError(code=400, err_code=1, description="no"), AbeError),
         (ConnectionRefusedError(111, "Connect call failed"), BackendUnavailableError),
         (ssl.SSLCertVerificationError("certificate verify failed"), BackendUnavailableError),

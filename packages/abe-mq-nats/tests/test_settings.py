@@ -186,9 +186,35 @@ def test_stream_name_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert NatsSettings.from_env().stream == "ORDERS"
 
 
-def test_settings_refuse_credentials_in_servers() -> None:
-    with pytest.raises(ValueError, match="credentials"):
-        NatsSettings(servers=("nats://user:pw@host:4222",))
+def test_a_token_and_an_option_in_the_url_show_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "NATS_URL", "tls://t0ken-s3cret@h1:4222,tls://t0ken-s3cret@h2?auth_token=qu3ry-s3cret"
+    )
+    settings = NatsSettings.from_env()
+    assert settings.servers == ("tls://h1:4222", "tls://h2:4222"), "NATS reads no URL options"
+    for shown in (repr(settings), str(settings), repr(NatsBackend(settings))):
+        assert "tls://h1:4222" in shown
+        assert "tls://h2:4222" in shown
+        assert "s3cret" not in shown
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "nats://user:s3cret@host:4222",
+        "nats://s3cret@host:4222",
+        "nats://host:4222?auth_token=s3cret",
+        "nats://host:4222/?token=s3cret",
+        "nats://host:4222#s3cret",
+    ],
+)
+def test_settings_refuse_credentials_and_options_in_servers(server: str) -> None:
+    with pytest.raises(ValueError, match=r"credentials or \?options") as refused:
+        NatsSettings(servers=(server,))
+    assert "s3cret" not in str(refused.value)
+
+
+def test_settings_refuse_a_certificate_without_its_key() -> None:
     with pytest.raises(ValueError, match="together"):
         NatsSettings(tls_cert=Path("c.pem"))
     settings = NatsSettings(servers=("nats://h:1",), operation_timeout=2.0)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 
 from abe.backends.message_queue.base.backend import BaseBackend
@@ -33,6 +31,7 @@ from abe.errors import (
     PayloadError,
     PublishError,
 )
+from abe.redaction import redact_url
 from abe.settings import Variable
 from abe_mq_nats._baseline import RawNatsBaseline
 from abe_mq_nats._connection import DEFAULT_MAX_PAYLOAD, Connection, ConnectionClosing
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
 
     from abe.benchmarking import RawBaseline
 
-__all__ = ["HEADER_ROOM", "MSG_ID", "NatsBackend", "StreamRef"]
+__all__ = ["HEADER_ROOM", "MAX_HEADERS", "MSG_ID", "NatsBackend", "StreamRef"]
 
 log = logging.getLogger("abe.nats")
 
@@ -61,6 +60,8 @@ MSG_ID = "Nats-Msg-Id"
 """The NATS header JetStream deduplicates on; abe sends its message id in it."""
 HEADER_ROOM = 8192
 """Bytes of max_payload kept for headers (at most an eighth of it on servers with a small one)."""
+MAX_HEADERS = 65535
+"""The largest header block JetStream stores (it refuses more with err_code 10097)."""
 
 _STREAM_DESCRIPTION = "abe key {key}"
 """The description of a stream abe created for a key: such streams are abe's to delete."""
@@ -121,7 +122,7 @@ class NatsBackend(BaseBackend):
         return limit - min(HEADER_ROOM, limit // 8)
 
     def _describe(self) -> str:
-        return ",".join(self.settings.servers)
+        return redact_url(",".join(self.settings.servers))
 
     def _translate_error(self, error: Exception) -> Exception:
         return translate(error, self._describe())
@@ -161,16 +162,21 @@ class NatsBackend(BaseBackend):
         await self._send_slow(key, messages)
 
     async def _send_slow(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Connect and find the stream first if need be; batches go without waiting for acks."""
+        """Connect and find the stream first if need be; batches go without waiting for acks.
+
+        Sizes are checked as soon as the server's max_payload is known, before the stream
+        is looked up or created.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.operation_timeout * (1 + len(messages) // 1000)
         connection = self._connection
         client = await connection.ready(deadline)
-        if key not in self._streams:
-            await self._stream_for(key, deadline)
+        limit = connection.max_payload
         if len(messages) == 1:
             message = messages[0]
-            headers = _headers(message, connection.max_payload, None)
+            headers = _headers(message, limit, None)
+            if key not in self._streams:
+                await self._stream_for(key, deadline)
             publish = self._publisher.publish_one
             try:
                 await publish(
@@ -182,7 +188,13 @@ class NatsBackend(BaseBackend):
                     client, key, message.body, headers, max(deadline - loop.time(), 0.001)
                 )
             return
-        failed = await self._publish_batch(client, key, messages, deadline)
+        batch = [
+            (message.body, _headers(message, limit, index))
+            for index, message in enumerate(messages)
+        ]
+        if key not in self._streams:
+            await self._stream_for(key, deadline)
+        failed = await self._publisher.publish(client, key, batch, deadline)
         if (
             failed
             and all(
@@ -191,7 +203,7 @@ class NatsBackend(BaseBackend):
             and len(failed) == len(messages)
         ):
             await self._stream_for(key, deadline, refresh=True)
-            failed = await self._publish_batch(client, key, messages, deadline)
+            failed = await self._publisher.publish(client, key, batch, deadline)
         if not failed:
             return
         if len(failed) == len(messages):
@@ -201,17 +213,6 @@ class NatsBackend(BaseBackend):
             index: safe_text(self._translate_error(error)) for index, error in failed.items()
         }
         raise PublishError(key, reasons, len(messages))
-
-    async def _publish_batch(
-        self, client: NatsClient, key: str, messages: Sequence[OutgoingMessage], deadline: float
-    ) -> dict[int, Exception]:
-        """Send every message without waiting, then collect the acknowledgements."""
-        limit = self._connection.max_payload
-        batch = [
-            (message.body, _headers(message, limit, index))
-            for index, message in enumerate(messages)
-        ]
-        return await self._publisher.publish(client, key, batch, deadline)
 
     # ---- streams and consumers -----------------------------------------------------------------
 
@@ -395,40 +396,38 @@ async def _consumers(js: JetStreamContext, stream: str) -> list[api.ConsumerInfo
 
 
 def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[str, str]:
-    """The NATS headers of `message`, or PayloadError if it would exceed max_payload."""
+    """The NATS headers of `message`, or PayloadError if the server would refuse its size.
+
+    abe adds `Nats-Msg-Id`, and drops any other `Nats-*` header: core refuses them from
+    users, so they come from a foreign message being dead-lettered, where JetStream would
+    act on them (`Nats-Rollup` would purge the dead-letter key).
+    """
     headers = message.headers.copy()
+    for name in [name for name in headers if name[:5].lower() == "nats-"]:
+        del headers[name]
     headers[MSG_ID] = message.id
     characters = 0
     for name, value in headers.items():
-        if name not in _GOOD_NAMES:
-            _check_header_name(name)
         characters += len(name) + len(value)
     # "NATS/1.0\r\n", ": " and "\r\n" per header, the closing "\r\n"; UTF-8 takes at
-    # most 4 bytes a character, so only a message near the limit needs an exact count.
-    size = len(message.body) + 12 + 4 * len(headers) + characters
-    if size + 3 * characters > limit:
-        size = len(message.body) + 12
+    # most 4 bytes a character, so only a message near a limit needs an exact count.
+    block = 12 + 4 * len(headers) + characters
+    if len(message.body) + block + 3 * characters > limit or block + 3 * characters > MAX_HEADERS:
+        block = 12
         for name, value in headers.items():
-            size += len(name) + 4 + len(value.encode())
+            block += len(name) + 4 + len(value.encode())
+        where = "the message" if index is None else f"payloads[{index}]"
+        if block > MAX_HEADERS:
+            raise PayloadError(
+                f"{where} has {block:,} bytes of NATS headers, over the {MAX_HEADERS:,} "
+                f"JetStream stores (a dead letter keeps the headers of the message it copies); "
+                f"send fewer or smaller headers"
+            )
+        size = len(message.body) + block
         if size > limit:
-            where = "the message" if index is None else f"payloads[{index}]"
             raise PayloadError(
                 f"{where} is {size:,} bytes with its headers, over the NATS server's "
                 f"max_payload of {limit:,}; send less (or fewer headers), or raise max_payload "
                 f"on the server"
             )
     return headers
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_GOOD_NAMES: set[str] = {MSG_ID}
-
-
-def _check_header_name(name: str) -> None:
-    if _HEADER_NAME.fullmatch(name) is None:
-        raise PayloadError(
-            f"header name {name!r} cannot travel in NATS: use letters, digits and "
-            f"!#$%&'*+-.^_`|~ only (no spaces or ':')"
-        )
-    if len(_GOOD_NAMES) < 1000:
-        _GOOD_NAMES.add(name)

@@ -7,6 +7,11 @@ AuthenticationError at once, keeps reconnecting in the background after a server
 restart, and builds a new client if the old one was closed for good (a server closes
 the connection on some protocol errors). Receivers watch `epoch` to learn that their
 pull requests were lost with the old connection.
+
+When TLS was asked for, nothing is sent to a server that did not switch the connection
+to TLS: nats-py upgrades only when the server's INFO requires it, and would otherwise
+send CONNECT, credentials included, in clear text. `_TlsOnlyClient` refuses to build
+that CONNECT, on the first connection and on every reconnection.
 """
 
 from __future__ import annotations
@@ -40,6 +45,24 @@ class ConnectionClosing(Exception):
     """The backend was closed while an operation waited."""
 
 
+class _TlsOnlyClient(NatsClient):
+    """nats-py's client that never builds CONNECT (which carries every credential: token,
+    user/password, NKey signature, JWT) on a connection that is not encrypted."""
+
+    def _connect_command(self) -> bytes:
+        if not _encrypted(self):
+            # A nats.errors.Error: nats-py reports it to error_cb and tries the next server.
+            raise nats.errors.SecureConnWantedError
+        return super()._connect_command()
+
+
+def _encrypted(client: NatsClient) -> bool:
+    """Whether what `client` writes now goes through TLS (False when that cannot be told)."""
+    writer = getattr(getattr(client, "_transport", None), "_io_writer", None)
+    get_extra_info = getattr(writer, "get_extra_info", None)
+    return get_extra_info is not None and get_extra_info("ssl_object") is not None
+
+
 class Connection:
     """The backend's NATS client, created on first use and shared by publishers and readers."""
 
@@ -58,6 +81,7 @@ class Connection:
         self._closing: asyncio.Future[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._warned_plain = False
 
     def watch(self, listener: Any) -> None:
         """Call `listener.connection_changed()` when the connection drops or comes back."""
@@ -114,6 +138,13 @@ class Connection:
             f"nats: the connection to {where} {what}{cause}. Check that the server is up "
             f"and reachable, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
         )
+        if isinstance(error, nats.errors.SecureConnWantedError):
+            return BackendUnavailableError(
+                f"nats: TLS was asked for (a tls:// URL in NATS_URL, or NATS_TLS_CA / "
+                f"NATS_TLS_CERT / NATS_TLS_KEY), but {where} did not offer it, so nothing was "
+                f"sent to it (no credentials either); enable TLS on the server, or, on a "
+                f"trusted network only, use a nats:// URL and unset NATS_TLS_*"
+            )
         if error is not None and is_auth_error(error):
             return AuthenticationError(
                 f"nats: {where} refused the credentials ({safe_text(error)}); check "
@@ -128,13 +159,21 @@ class Connection:
             raise self._unavailable("could not be opened in time")
         settings = self._settings
         refused: asyncio.Future[BaseException] = loop.create_future()
-        client = NatsClient()
+        client = _TlsOnlyClient() if settings.tls else NatsClient()
 
         async def on_error(error: Exception) -> None:
             self._last_error = error
             log.debug("nats: %s: %s", type(error).__name__, safe_text(error))
-            if is_auth_error(error) and not refused.done():
+            plain = isinstance(error, nats.errors.SecureConnWantedError)
+            if (plain or is_auth_error(error)) and not refused.done():
                 refused.set_result(error)
+            elif plain and client is self.client and not self._warned_plain:
+                self._warned_plain = True
+                log.warning(
+                    "nats: a server of %s did not offer TLS on reconnection; nothing was sent "
+                    "to it, trying again",
+                    self._describe(),
+                )
 
         async def on_disconnected() -> None:
             if client is self.client and not client.is_closed:
@@ -144,6 +183,7 @@ class Connection:
 
         async def on_reconnected() -> None:
             log.warning("nats: reconnected to %s", self._describe())
+            self._warned_plain = False
             self.epoch += 1
             self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
             self._notify()
@@ -183,16 +223,6 @@ class Connection:
             refused.cancel()
             await _abandon(connecting, client)
             raise BackendUnavailableError("nats: the connection was closed")
-        if succeeded and settings.tls and not _server_requires_tls(client):
-            # nats-py upgrades to TLS only when the server demands it; it would otherwise
-            # carry on in plain text although TLS was asked for.
-            refused.cancel()
-            await _abandon(connecting, client)
-            raise BackendUnavailableError(
-                f"nats: TLS was asked for (a tls:// URL or NATS_TLS_*), but {self._describe()} "
-                f"does not require it, so the connection would not be encrypted; enable TLS "
-                f"on the server or drop the TLS settings"
-            )
         if succeeded:
             if not refused.done():
                 refused.cancel()
@@ -247,12 +277,6 @@ class Connection:
                 await asyncio.wait_for(client.close(), self._settings.operation_timeout)
             except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
                 log.debug("nats: closing the connection: %s", safe_text(exc))
-
-
-def _server_requires_tls(client: NatsClient) -> bool:
-    """Whether the server's INFO demanded TLS, i.e. whether this connection is encrypted."""
-    info = getattr(client, "_server_info", None) or {}
-    return bool(info.get("tls_required"))
 
 
 async def _abandon(connecting: asyncio.Task[None], client: NatsClient) -> None:

@@ -134,7 +134,7 @@ _AUTH_TEXT = (
     "invalid user credentials",
 )
 _CREDENTIALS_IN_URL = re.compile(r"(//)[^/@\s]*@")
-_PAYLOAD_ERR_CODES = {10054}  # "message size exceeds maximum allowed"
+_PAYLOAD_ERR_CODES = {10054, 10097}  # message size, and header size, over what is allowed
 _NOT_STORED_ERR_CODES = {10077}  # "maximum messages exceeded" and other refusals to store
 
 

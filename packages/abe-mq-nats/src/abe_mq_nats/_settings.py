@@ -162,9 +162,12 @@ class NatsSettings(BackendSettings):
         if not self.servers:
             raise ValueError("servers must name at least one NATS server")
         for server in self.servers:
-            if "@" in urlsplit(server).netloc:
+            parts = urlsplit(server)
+            if "@" in parts.netloc or parts.query or parts.fragment:
+                # A query would be shown wherever servers are, and NATS reads no URL options.
                 raise ValueError(
-                    "servers must not carry credentials; pass token= or user= and password="
+                    "servers must not carry credentials or ?options (scheme://host:port); "
+                    "pass token= or user= and password="
                 )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
