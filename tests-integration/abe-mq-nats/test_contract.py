@@ -20,6 +20,7 @@ from abe.testing import (
     RawWriter,
     RestartableBroker,
     SecretCase,
+    TlsMismatch,
 )
 from abe_mq_nats import NatsBackend, NatsSettings
 from abe_mq_nats._subjects import stream_name
@@ -134,6 +135,14 @@ class TestNatsContract(BackendContract):
             )
 
         return make
+
+    @pytest.fixture
+    def tls_mismatch(self, nats_broker: Any, nats_janitor: Janitor) -> TlsMismatch:
+        def backend_at(host: str, port: int) -> NatsBackend:
+            url = f"tls://{WRONG_TOKEN}@{host}:{port}"
+            return nats_janitor.track(NatsBackend(settings_for(url, operation_timeout=3.0)))
+
+        return TlsMismatch(backend_at, (nats_broker.host, nats_broker.port), WRONG_TOKEN)
 
     @pytest.fixture
     def secret_environment(self, nats_server_factory: NatsServerFactory) -> SecretCase:

@@ -23,12 +23,11 @@ from urllib.parse import quote
 import nkeys
 import pytest
 from abe_brokers import NatsServerFactory, TlsFiles
-from abe_brokers.proxy import RecordingProxy
 from abe_mq_nats_testing import Janitor, environment, raw_client, settings_for
 from nats.aio.msg import Msg
 
 from abe.errors import AuthenticationError, BackendUnavailableError, PayloadError
-from abe.testing import unique
+from abe.testing import RecordingProxy, unique
 from abe.testing.helpers import eventually, next_delivery, receive_payloads
 from abe_mq_nats import NatsBackend
 

@@ -153,7 +153,7 @@ class RemoteBrokerContract(ContractFixtures):
             finally:
                 await backend.close()
         assert proxy.connections > 0, "the backend never reached the broker: nothing was tested"
-        assert tls_mismatch.secret.encode() not in proxy.sent_bytes, (
+        assert tls_mismatch.secret.encode() not in proxy.sent, (
             "a credential was sent before TLS was in place"
         )
         assert "TLS" in str(refused.value) or "SSL" in str(refused.value), str(refused.value)
