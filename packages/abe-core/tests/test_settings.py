@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from abe.backends.message_queue.base.settings import BackendSettings
+from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, setting
 from abe.errors import ConfigurationError
 from abe.settings import (
     COMMON_VARIABLES,
@@ -435,23 +435,24 @@ def test_common_variables_are_declared_once() -> None:
     assert not any(variable.secret for variable in COMMON_VARIABLES)
 
 
-def test_read_common_gives_the_defaults_when_nothing_is_set() -> None:
-    reader = Environment({})
-    common = BackendSettings.read_common(reader)
-    assert common == {"prefetch": 100, "redelivery_timeout": 30.0, "operation_timeout": 10.0}
-    assert BackendSettings(**common) == BackendSettings()
-    assert reader.problems == {}
+def test_the_common_settings_are_declared_once_and_listed_as_variables() -> None:
+    declared = BackendSettings.variables()
+    assert declared == (PREFETCH, REDELIVERY_TIMEOUT, OPERATION_TIMEOUT)
+    assert [variable.default for variable in declared] == ["100", "30", "10"]
 
 
-def test_read_common_reads_the_environment() -> None:
-    reader = Environment(
+def test_from_env_gives_the_defaults_when_nothing_is_set() -> None:
+    assert BackendSettings.from_env({}) == BackendSettings()
+
+
+def test_from_env_reads_the_environment() -> None:
+    settings = BackendSettings.from_env(
         {
             "ABE_MQ_PREFETCH": "5",
             "ABE_MQ_REDELIVERY_TIMEOUT": "2.5",
-            "ABE_MQ_OPERATION_TIMEOUT": "0.5",
+            "ABE_MQ_OPERATION_TIMEOUT": " 0.5 ",
         }
     )
-    settings = BackendSettings(**BackendSettings.read_common(reader))
     assert (settings.prefetch, settings.redelivery_timeout, settings.operation_timeout) == (
         5,
         2.5,
@@ -465,30 +466,28 @@ def test_read_common_reads_the_environment() -> None:
         ("ABE_MQ_PREFETCH", "0"),
         ("ABE_MQ_PREFETCH", "100001"),
         ("ABE_MQ_PREFETCH", "many"),
-        ("ABE_MQ_REDELIVERY_TIMEOUT", "0.05"),
+        ("ABE_MQ_REDELIVERY_TIMEOUT", "0.005"),
         ("ABE_MQ_REDELIVERY_TIMEOUT", "43201"),
         ("ABE_MQ_OPERATION_TIMEOUT", "0"),
         ("ABE_MQ_OPERATION_TIMEOUT", "3601"),
+        ("ABE_MQ_OPERATION_TIMEOUT", "nan"),
     ],
 )
-def test_read_common_refuses_out_of_range_values(name: str, text: str) -> None:
-    reader = Environment({name: text})
-    common = BackendSettings.read_common(reader)
-    assert list(reader.problems) == [name]
-    assert len(common) == 2, "a refused value must be left out, not passed on"
-
-
-def test_read_common_names_every_bad_variable_at_once() -> None:
-    reader = Environment(
-        {
-            "ABE_MQ_PREFETCH": "lots",
-            "ABE_MQ_REDELIVERY_TIMEOUT": "soon",
-            "ABE_MQ_OPERATION_TIMEOUT": "-1",
-        }
-    )
-    BackendSettings.read_common(reader)
+def test_from_env_refuses_out_of_range_values(name: str, text: str) -> None:
     with pytest.raises(ConfigurationError) as refused:
-        reader.check("example")
+        BackendSettings.from_env({name: text})
+    assert refused.value.variables == (name,)
+
+
+def test_from_env_names_every_bad_variable_at_once() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        BackendSettings.from_env(
+            {
+                "ABE_MQ_PREFETCH": "lots",
+                "ABE_MQ_REDELIVERY_TIMEOUT": "soon",
+                "ABE_MQ_OPERATION_TIMEOUT": "-1",
+            }
+        )
     assert refused.value.variables == (
         "ABE_MQ_PREFETCH",
         "ABE_MQ_REDELIVERY_TIMEOUT",
@@ -499,17 +498,18 @@ def test_read_common_names_every_bad_variable_at_once() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("prefetch", 0, "prefetch must be at least 1, got 0"),
-        ("prefetch", -5, "prefetch must be at least 1, got -5"),
-        ("redelivery_timeout", 0, "redelivery_timeout must be a positive number of seconds"),
-        ("operation_timeout", -1.0, "operation_timeout must be a positive number of seconds"),
-        ("poll_interval", 0.0, "poll_interval must be a positive number of seconds"),
+        ("prefetch", 0, "prefetch must be a number from 1 to 100000, got 0"),
+        ("prefetch", -5, "prefetch must be a number from 1 to 100000, got -5"),
+        ("redelivery_timeout", 0, "redelivery_timeout must be a number from 0.01 to 43200"),
+        ("operation_timeout", -1.0, "operation_timeout must be a number from 0.1 to 3600"),
+        ("poll_interval", 0.0, "poll_interval must be a number from 0.001 to 3600"),
     ],
 )
 def test_backend_settings_validate_themselves(field: str, value: float, message: str) -> None:
     arguments: dict[str, Any] = {field: value}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SettingsError, match=message) as refused:
         BackendSettings(**arguments)
+    assert list(refused.value.problems) == [field]
 
 
 def test_backend_settings_are_keyword_only_and_frozen() -> None:
@@ -534,6 +534,130 @@ def test_backend_settings_refuse_nan(field: str) -> None:
     arguments: dict[str, Any] = {field: float("nan")}
     with pytest.raises(ValueError, match=field):
         BackendSettings(**arguments)
+
+
+# ---- a provider's declared settings ---------------------------------------------------------
+
+
+def _port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("must be host:port, e.g. broker:9092")
+    return host, int(port)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Declared(BackendSettings):
+    address: tuple[str, int] = setting("EX_ADDRESS", ("localhost", 1), "host:port.", parse=_port)
+    servers: tuple[str, ...] = setting("EX_SERVERS", ("a", "b"), "Servers.")
+    mode: str = setting("EX_MODE", "fast", "Mode.", choices=("fast", "safe"))
+    password: Secret | None = setting("EX_PASSWORD", None, "Password.", secret=True)
+    ca_file: Path | None = setting("EX_CA_FILE", None, "CA file.")
+    cert_file: Path | None = setting("EX_CERT_FILE", None, "Certificate.")
+    retries: int = setting("EX_RETRIES", 3, "Retries.", minimum=0, maximum=10)
+    wait: float = setting("EX_WAIT", 0.5, "Seconds.", minimum=0.0)
+    verbose: bool = setting("EX_VERBOSE", False, "Verbose.")
+    poll_interval: float = setting("EX_BLOCK", 2.0, "Block.", minimum=0.01, maximum=60)
+
+    backend_name: ClassVar[str] = "example"
+
+    def check(self) -> Iterator[tuple[str, str]]:
+        if self.cert_file is not None and self.ca_file is None:
+            yield "ca_file", "is required when EX_CERT_FILE is set"
+
+
+def test_declared_settings_list_their_variables_own_first_with_defaults_as_text() -> None:
+    variables = _Declared.variables()
+    assert [variable.name for variable in variables] == [
+        "EX_ADDRESS",
+        "EX_SERVERS",
+        "EX_MODE",
+        "EX_PASSWORD",
+        "EX_CA_FILE",
+        "EX_CERT_FILE",
+        "EX_RETRIES",
+        "EX_WAIT",
+        "EX_VERBOSE",
+        "EX_BLOCK",
+        "ABE_MQ_PREFETCH",
+        "ABE_MQ_REDELIVERY_TIMEOUT",
+        "ABE_MQ_OPERATION_TIMEOUT",
+    ]
+    defaults = {variable.name: variable.default for variable in variables}
+    assert defaults["EX_SERVERS"] == "a,b"
+    assert defaults["EX_PASSWORD"] is None
+    assert defaults["EX_VERBOSE"] == "false"
+    assert defaults["EX_BLOCK"] == "2"
+    assert [variable.name for variable in variables if variable.secret] == ["EX_PASSWORD"]
+
+
+def test_declared_settings_read_each_type(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    settings = _Declared.from_env(
+        {
+            "EX_ADDRESS": "broker:9092",
+            "EX_SERVERS": " x , y ,",
+            "EX_MODE": "SAFE",
+            "EX_PASSWORD": "hunter22",
+            "EX_CA_FILE": str(ca),
+            "EX_RETRIES": "7",
+            "EX_WAIT": "0",
+            "EX_VERBOSE": "yes",
+            "EX_BLOCK": "0.25",
+        }
+    )
+    assert settings.address == ("broker", 9092)
+    assert settings.servers == ("x", "y")
+    assert settings.mode == "safe"
+    assert settings.password == Secret("hunter22")
+    assert settings.secrets() == ("hunter22",)
+    assert settings.ca_file == ca
+    assert (settings.retries, settings.wait, settings.verbose, settings.poll_interval) == (
+        7,
+        0.0,
+        True,
+        0.25,
+    )
+
+
+def test_declared_settings_gather_every_problem_rules_included_and_never_echo_a_secret(
+    tmp_path: Path,
+) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigurationError) as refused:
+        _Declared.from_env(
+            {
+                "EX_ADDRESS": "no-port",
+                "EX_MODE": "turbo",
+                "EX_RETRIES": "11",
+                "EX_VERBOSE": "perhaps",
+                "EX_CERT_FILE": str(cert),
+                "EX_PASSWORD": "hunter22",
+                "EX_BLOCK": "0",
+            }
+        )
+    problems = refused.value.problems
+    assert list(problems) == [
+        "EX_ADDRESS",
+        "EX_MODE",
+        "EX_RETRIES",
+        "EX_VERBOSE",
+        "EX_BLOCK",
+        "EX_CA_FILE",
+    ]
+    assert problems["EX_ADDRESS"] == "must be host:port, e.g. broker:9092 (got 'no-port')"
+    assert "fast, safe" in problems["EX_MODE"]
+    assert problems["EX_CA_FILE"] == "is required when EX_CERT_FILE is set"
+    assert refused.value.backend == "example"
+    assert "hunter22" not in str(refused.value)
+
+
+def test_hand_built_settings_meet_the_same_limits_and_rules(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        _Declared(retries=11, mode="turbo", cert_file=tmp_path)
+    assert list(refused.value.problems) == ["mode", "retries", "ca_file"]
 
 
 @pytest.mark.parametrize(

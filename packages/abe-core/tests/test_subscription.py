@@ -722,7 +722,7 @@ class _WithReservedHeader(MemoryBackend):
 @pytest.mark.asyncio
 async def test_headers_the_wire_format_reserves_are_refused_before_io() -> None:
     backend = _WithReservedHeader(MemorySettings(), broker=MemoryBroker())
-    with pytest.raises(PayloadError, match="'data' is used by this backend's wire format"):
+    with pytest.raises(PayloadError, match="'data' is reserved by the memory wire format"):
         await backend.publish("k", {"x": 1}, headers={"data": "oops"})
     assert backend.broker.messages("k") == []
     await backend.close()

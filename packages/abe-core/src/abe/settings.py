@@ -26,6 +26,7 @@ __all__ = [
     "Environment",
     "Secret",
     "Variable",
+    "number_text",
     "redact_url",
 ]
 
@@ -132,6 +133,23 @@ class Environment:
             return parse(text)
         except ValueError:
             self.problem(variable, f"must be {expected}{self._shown(variable, text)}")
+            return None
+
+    def parsed(self, variable: Variable, parse: Callable[[str], T]) -> T | None:
+        """The value `parse` makes of the text; its ValueError says what the value must be.
+
+        The error's text should read as the end of "VARIABLE ..." ("must be host:port ...")
+        and never contain a secret; the value itself is added unless the variable is secret.
+        """
+        text = self.raw(variable)
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            reason = str(exc) or "is not a valid value"
+            shown = "" if variable.secret or "(got" in reason else f" (got {redact_url(text)!r})"
+            self.problem(variable, f"{reason}{shown}")
             return None
 
     def string(self, variable: Variable, *, required: bool = False) -> str | None:
@@ -254,15 +272,15 @@ def _within(value: float, minimum: float | None, maximum: float | None) -> bool:
 
 def _describe_bounds(minimum: float | None, maximum: float | None) -> str:
     if minimum is not None and maximum is not None:
-        return f" from {_number(minimum)} to {_number(maximum)}"
+        return f" from {number_text(minimum)} to {number_text(maximum)}"
     if minimum is not None:
-        return f" of at least {_number(minimum)}"
+        return f" of at least {number_text(minimum)}"
     if maximum is not None:
-        return f" of at most {_number(maximum)}"
+        return f" of at most {number_text(maximum)}"
     return ""
 
 
-def _number(value: float) -> str:
+def number_text(value: float) -> str:
     """A bound as people write it: 1073741824, 0.1, 43200 (never 1.07374e+09)."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 

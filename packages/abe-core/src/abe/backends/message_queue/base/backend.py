@@ -30,12 +30,13 @@ from abe.backends.message_queue.base.codec import (
     new_message_id,
     wrap_undecodable,
 )
+from abe.backends.message_queue.base.deadlines import bounded
+from abe.backends.message_queue.base.error_map import ErrorMap
 from abe.backends.message_queue.base.headers import check_user_headers, header_text
 from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.backends.message_queue.base.settings import BackendSettings
 from abe.backends.message_queue.base.subscription import Subscription
-from abe.backends.message_queue.base.timeouts import bounded
 from abe.errors import (
     AbeError,
     BackendClosedError,
@@ -43,6 +44,7 @@ from abe.errors import (
     ConfigurationError,
     PayloadError,
 )
+from abe.redaction import SecretFilter
 from abe.settings import KEYS, Environment, Variable
 from abe.types import ConsumerGroup, MessageQueueKey, MessageQueueMessage, MessageQueuePayload
 
@@ -86,8 +88,17 @@ class BaseBackend(abc.ABC):
     """Which keys the broker accepts."""
     group_rules: ClassVar[KeyRules] = _GROUP_RULES
     """Which group names the broker accepts."""
+    settings_class: ClassVar[type[BackendSettings]] = BackendSettings
+    """The settings dataclass `from_env()` reads (fields declared with `setting()`)."""
     variables: ClassVar[tuple[Variable, ...]] = ()
-    """Every environment variable `from_env()` reads, for `abe backends` and the docs."""
+    """Every environment variable the backend reads, for `abe backends` and the docs.
+
+    Derived from `settings_class` (plus ABE_MQ_KEYS, which `consume()` reads).
+    """
+    errors: ClassVar[ErrorMap | None] = None
+    """The client library's exceptions and the abe errors they become."""
+    client_loggers: ClassVar[tuple[str, ...]] = ()
+    """Logger names of the client library (with their children), kept free of secrets."""
     reserved_headers: ClassVar[frozenset[str]] = frozenset()
     """Header names the broker's wire format uses itself (Redis: "data"), refused in publish."""
     reserved_header_prefixes: ClassVar[tuple[str, ...]] = ()
@@ -95,18 +106,28 @@ class BaseBackend(abc.ABC):
     enforce_operation_timeout: ClassVar[bool] = False
     """Set True when the client library can block forever: core then bounds each call."""
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "variables" not in cls.__dict__ and cls.settings_class is not BackendSettings:
+            cls.variables = (*cls.settings_class.variables(), KEYS)
+
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
         self._closed = False
         self._valid_keys: set[str] = set()
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self.secret_filter = SecretFilter(settings.secrets())
+        """Keeps this backend's secrets out of logs and error text; on `client_loggers`."""
+        if self.secret_filter.active and self.client_loggers:
+            self.secret_filter.install(*self.client_loggers)
+            weakref.finalize(self, self.secret_filter.uninstall)
 
     # ---- what a provider implements ---------------------------------------------------
 
     @classmethod
-    @abc.abstractmethod
     def from_env(cls) -> Self:
         """Build a backend from environment variables, validating all of them, without I/O."""
+        return cls(cls.settings_class.from_env())
 
     @abc.abstractmethod
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
@@ -131,9 +152,11 @@ class BaseBackend(abc.ABC):
         """
         raise NotImplementedError(f"the {self.name} backend cannot delete keys")
 
-    def _translate_error(self, error: Exception) -> Exception:
-        """Map a client-library exception to the most specific abe error (default: unchanged)."""
-        return error
+    def _translate_error(self, error: Exception) -> BaseException:
+        """The most specific abe error for a client-library exception, through `errors`."""
+        if self.errors is None:
+            return error
+        return self.errors.translate(error, self._describe(), scrub=self.secret_filter.scrub)
 
     def _describe(self) -> str:
         """Where the broker is, for reprs and errors; never includes a secret."""
@@ -282,7 +305,10 @@ class BaseBackend(abc.ABC):
         for result in results:
             if isinstance(result, Exception):
                 log.warning("%s: closing a subscription failed: %s", self.name, result)
-        await self._close()
+        try:
+            await self._close()
+        finally:
+            self.secret_filter.uninstall()
 
     async def __aenter__(self) -> Self:
         self._ensure_open()
@@ -339,7 +365,10 @@ class BaseBackend(abc.ABC):
         if not headers:
             return None
         return check_user_headers(
-            headers, reserved=self.reserved_headers, prefixes=self.reserved_header_prefixes
+            headers,
+            reserved=self.reserved_headers,
+            prefixes=self.reserved_header_prefixes,
+            backend=self.name,
         )
 
     def _prepare(

@@ -136,6 +136,7 @@ def check_user_headers(
     *,
     reserved: frozenset[str] = frozenset(),
     prefixes: tuple[str, ...] = (),
+    backend: str = "this backend's",
 ) -> dict[str, str]:
     """A copy of `headers` if every name and value may travel, else PayloadError naming why.
 
@@ -152,7 +153,9 @@ def check_user_headers(
         if problem is None and prefixes:
             problem = _control_problem(name, name.lower(), prefixes)
         if problem is None and name in reserved:
-            problem = f"header name {name!r} is used by this backend's wire format; choose another"
+            problem = (
+                f"header name {name!r} is reserved by the {backend} wire format; choose another"
+            )
         if problem is not None:
             raise PayloadError(problem)
         if not isinstance(value, str):

@@ -1,47 +1,288 @@
-"""The settings every backend has, whatever its broker; providers extend this dataclass."""
+"""Backend settings declared once per field: variable, type, default, limits, secret, meaning.
+
+A provider's settings class is a frozen dataclass whose fields are made with `setting()`.
+From those declarations alone, `from_env()` reads every variable (parsed by the field's
+type), checks every limit and every cross-field rule, and raises one ConfigurationError
+naming each bad variable; a hand-built instance is held to the same limits and rules;
+`variables()` lists the variables for `abe backends` and the docs.
+
+    @dataclass(frozen=True, kw_only=True)
+    class RedisSettings(BackendSettings):
+        url: str = setting("REDIS_URL", "redis://localhost:6379/0", "Where Redis is.",
+                           parse=parse_url)
+        password: Secret | None = setting("REDIS_PASSWORD", None, "Password.", secret=True)
+        pool_size: int = setting("ABE_REDIS_POOL_SIZE", 100, "Connections.", minimum=1)
+
+        def check(self) -> Iterator[tuple[str, str]]:   # cross-field rules, optional
+            if self.tls_cert_file and not self.tls_key_file:
+                yield "tls_key_file", "is required when REDIS_TLS_CERT_FILE is set"
+
+Types read from the environment: str, int, float (seconds), bool, Path (a readable file),
+Secret (never echoed), tuple[str, ...] (comma-separated), each optionally `| None`;
+anything else through `parse=`. Why not pydantic-settings: abe-core has no runtime
+dependency, and this is the small part of it abe needs.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
 
-from abe.settings import OPERATION_TIMEOUT, PREFETCH, REDELIVERY_TIMEOUT, Environment
+from abe.settings import Environment, Secret, Variable, number_text
 
-__all__ = ["BackendSettings"]
+if typing.TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["BackendSettings", "Setting", "SettingsError", "setting"]
+
+_SETTING = "abe.setting"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one settings field is read and checked; made by `setting()`."""
+
+    variable: str | None
+    meaning: str
+    secret: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    parse: Callable[[str], Any] | None = None
+    """Text to value for types the reader does not know; ValueError("must be ...") refuses."""
+
+
+def setting(
+    variable: str | None,
+    default: Any,
+    meaning: str,
+    *,
+    secret: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
+    """A settings field read from `variable` (None: not read from the environment).
+
+    `minimum`/`maximum` bound numbers, `choices` lists the accepted words (matched without
+    regard to case), `secret` keeps the value out of every message and display.
+    """
+    spec = Setting(variable, meaning, secret, minimum, maximum, choices, parse)
+    return field(default=default, metadata={_SETTING: spec})
+
+
+class SettingsError(ValueError):
+    """Settings that break a limit or a rule; `problems` maps each field to why."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(f"{name} {reason}" for name, reason in self.problems.items()))
 
 
 @dataclass(frozen=True, kw_only=True)
 class BackendSettings:
     """How much a consumer may hold, when unfinished work comes back, how long calls may take."""
 
-    prefetch: int = 100
-    """Most deliveries one subscription holds unsettled at once."""
-    redelivery_timeout: float = 30.0
-    """Seconds after which a delivered, unsettled message is delivered again."""
-    operation_timeout: float = 10.0
-    """Seconds a publish or acknowledgement may take before BackendUnavailableError."""
-    poll_interval: float = 1.0
-    """Longest a single fetch blocks before it returns empty (close interrupts it anyway)."""
+    prefetch: int = setting(
+        "ABE_MQ_PREFETCH",
+        100,
+        "Most messages a consumer holds unacknowledged at once.",
+        minimum=1,
+        maximum=100_000,
+    )
+    redelivery_timeout: float = setting(
+        "ABE_MQ_REDELIVERY_TIMEOUT",
+        30.0,
+        "Seconds after which a delivered but unacknowledged message is delivered again.",
+        minimum=0.01,
+        maximum=43_200,
+    )
+    operation_timeout: float = setting(
+        "ABE_MQ_OPERATION_TIMEOUT",
+        10.0,
+        "Seconds a publish or acknowledgement may take before BackendUnavailableError.",
+        minimum=0.1,
+        maximum=3_600,
+    )
+    poll_interval: float = setting(
+        None,
+        1.0,
+        "Longest a single fetch blocks before it returns empty (close interrupts it anyway).",
+        minimum=0.001,
+        maximum=3_600,
+    )
+
+    backend_name: ClassVar[str] = "abe"
+    """The backend these settings are for, as ConfigurationError names it."""
 
     def __post_init__(self) -> None:
-        if self.prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {self.prefetch}")
-        for name in ("redelivery_timeout", "operation_timeout", "poll_interval"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        problems = dict(_limit_problems(self))
+        for name, reason in self.check():
+            problems.setdefault(name, reason)
+        if problems:
+            raise SettingsError(problems)
 
-    @staticmethod
-    def read_common(env: Environment) -> dict[str, Any]:
-        """The common settings the environment sets, as keyword arguments for the dataclass."""
-        values: dict[str, Any] = {
-            "prefetch": env.integer(PREFETCH, minimum=1, maximum=100_000),
-            "redelivery_timeout": env.seconds(REDELIVERY_TIMEOUT, minimum=0.1, maximum=43_200),
-            "operation_timeout": env.seconds(OPERATION_TIMEOUT, minimum=0.1, maximum=3_600),
-        }
-        return {name: value for name, value in values.items() if value is not None}
+    def check(self) -> Iterator[tuple[str, str]]:
+        """Cross-field rules: yield (field name, what is wrong) for each one broken."""
+        return iter(())
+
+    @classmethod
+    def declared(cls) -> Iterator[tuple[Field[Any], Setting]]:
+        """Every field made with `setting()`, the provider's own first, then the common ones."""
+        common = {item.name: item.metadata[_SETTING] for item in fields(BackendSettings)}
+        items = [
+            (item, item.metadata[_SETTING]) for item in fields(cls) if _SETTING in item.metadata
+        ]
+        yield from (pair for pair in items if pair[0].name not in common)
+        yield from (pair for pair in items if common.get(pair[0].name, pair[1]) != pair[1])
+        yield from (pair for pair in items if common.get(pair[0].name) == pair[1])
+
+    @classmethod
+    def variables(cls) -> tuple[Variable, ...]:
+        """The environment variables `from_env()` reads, for `abe backends` and the docs."""
+        return tuple(
+            Variable(spec.variable, _default_text(item), spec.meaning, spec.secret)
+            for item, spec in cls.declared()
+            if spec.variable is not None
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read every declared variable; one ConfigurationError names each one that is wrong."""
+        env = Environment(environ)
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        variable_of: dict[str, str] = {}
+        for item, spec in cls.declared():
+            if spec.variable is None:
+                continue
+            variable_of[item.name] = spec.variable
+            value = _read(env, spec, hints[item.name])
+            if value is not _UNSET:
+                values[item.name] = value
+        try:
+            settings = cls(**values)
+        except SettingsError as exc:
+            for name, reason in exc.problems.items():
+                env.problem(variable_of.get(name, name), reason)
+            settings = None
+        env.check(cls.backend_name)
+        assert settings is not None
+        return settings
 
     def describe(self) -> dict[str, object]:
         """Field names and values for display; secrets show as '***' through their repr."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    def secrets(self) -> tuple[str, ...]:
+        """The revealed value of every secret this configuration holds, for log scrubbing."""
+        found = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Secret) and value:
+                found.append(value.reveal())
+        return tuple(found)
+
+    @staticmethod
+    def read_common(env: Environment) -> dict[str, Any]:
+        """The common settings the environment sets (for settings classes not yet declarative)."""
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(BackendSettings)
+        for item, spec in BackendSettings.declared():
+            if spec.variable is not None:
+                value = _read(env, spec, hints[item.name])
+                if value is not _UNSET:
+                    values[item.name] = value
+        return values
+
+
+_UNSET: Any = object()
+
+
+def _read(env: Environment, spec: Setting, hint: Any) -> Any:
+    """The variable's value parsed by the field's type; _UNSET when unset (or refused)."""
+    assert spec.variable is not None
+    variable = Variable(spec.variable, None, spec.meaning, spec.secret)
+    kind = _base_type(hint)
+    if not env.is_set(variable):
+        return _UNSET
+    if spec.parse is not None:
+        value = env.parsed(variable, spec.parse)
+    elif spec.choices:
+        value = env.choice(variable, spec.choices)
+    elif kind is bool:
+        value = env.boolean(variable)
+    elif kind is int:
+        value = env.integer(variable, minimum=_int(spec.minimum), maximum=_int(spec.maximum))
+    elif kind is float:
+        value = env.seconds(variable, minimum=spec.minimum, maximum=spec.maximum)
+    elif kind is Path:
+        value = env.path(variable)
+    elif kind is Secret:
+        value = env.secret(variable)
+    elif kind is tuple:
+        text = env.string(variable) or ""
+        value = tuple(part.strip() for part in text.split(",") if part.strip())
+    else:
+        value = env.string(variable)
+    return _UNSET if value is None else value
+
+
+def _limit_problems(settings: BackendSettings) -> Iterator[tuple[str, str]]:
+    """Each declared limit the instance breaks, worded as the environment reader words it."""
+    for item, spec in type(settings).declared():
+        value = getattr(settings, item.name)
+        if spec.choices and value is not None and value not in spec.choices:
+            yield item.name, f"must be one of {', '.join(spec.choices)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        low, high = spec.minimum, spec.maximum
+        if (
+            not math.isfinite(value)
+            or (low is not None and value < low)
+            or (high is not None and value > high)
+        ):
+            yield item.name, f"must be a number{_bounds(low, high)}, got {value!r}"
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" from {number_text(low)} to {number_text(high)}"
+    if low is not None:
+        return f" of at least {number_text(low)}"
+    if high is not None:
+        return f" of at most {number_text(high)}"
+    return ""
+
+
+def _base_type(hint: Any) -> Any:
+    """`int` for `int | None`, `tuple` for `tuple[str, ...]`, the type itself otherwise."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else hint
+    return origin or hint
+
+
+def _int(bound: float | None) -> int | None:
+    return None if bound is None else int(bound)
+
+
+def _default_text(item: Field[Any]) -> str | None:
+    """The default as a person would write it in the environment; None when there is none."""
+    value = item.default
+    if value is MISSING or value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(part) for part in value)
+    if isinstance(value, float):
+        return number_text(value)
+    return str(value)

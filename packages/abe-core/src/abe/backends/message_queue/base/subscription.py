@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from abe.backends.message_queue.base.acks import AckBatcher
 from abe.backends.message_queue.base.codec import IncomingMessage, UndecodableBody, decode_body
+from abe.backends.message_queue.base.deadlines import bounded
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.receiver import Receiver
-from abe.backends.message_queue.base.timeouts import bounded
 from abe.errors import AuthenticationError, BackendUnavailableError, DeliveryStateError
 
 if TYPE_CHECKING:

@@ -13,41 +13,33 @@ from abe.backends.message_queue.base.capabilities import Capabilities
 from abe.backends.message_queue.base.codec import IncomingMessage, OutgoingMessage
 from abe.backends.message_queue.base.keys import KeyRules
 from abe.backends.message_queue.base.receiver import Receiver
-from abe.backends.message_queue.base.settings import BackendSettings
+from abe.backends.message_queue.base.settings import BackendSettings, setting
 from abe.backends.message_queue.memory.broker import MemoryBroker
-from abe.settings import COMMON_VARIABLES, Environment, Variable
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BROKER", "MAX_PAYLOAD", "MemoryBackend", "MemorySettings"]
-
-BROKER = Variable(
-    "ABE_MEMORY_BROKER",
-    "default",
-    "Name of the in-process broker; backends built with the same name share messages.",
-)
-MAX_PAYLOAD = Variable(
-    "ABE_MEMORY_MAX_PAYLOAD_BYTES", "1048576", "Largest JSON body accepted, in bytes."
-)
+__all__ = ["MemoryBackend", "MemorySettings"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class MemorySettings(BackendSettings):
     """Settings of the memory backend: which in-process broker, and the payload limit."""
 
-    broker: str = "default"
-    max_payload_bytes: int = 1_048_576
+    broker: str = setting(
+        "ABE_MEMORY_BROKER",
+        "default",
+        "Name of the in-process broker; backends built with the same name share messages.",
+    )
+    max_payload_bytes: int = setting(
+        "ABE_MEMORY_MAX_PAYLOAD_BYTES",
+        1_048_576,
+        "Largest JSON body accepted, in bytes.",
+        minimum=1,
+        maximum=1 << 30,
+    )
 
-    @classmethod
-    def from_env(cls) -> MemorySettings:
-        """Read ABE_MEMORY_* and the common ABE_MQ_* variables; one error names every problem."""
-        env = Environment()
-        common = cls.read_common(env)
-        broker = env.string(BROKER) or "default"
-        max_payload = env.integer(MAX_PAYLOAD, minimum=1, maximum=1 << 30)
-        env.check(MemoryBackend.name)
-        return cls(**common, broker=broker, max_payload_bytes=max_payload or 1_048_576)
+    backend_name: ClassVar[str] = "memory"
 
 
 class MemoryBackend(BaseBackend):
@@ -75,7 +67,7 @@ class MemoryBackend(BaseBackend):
         broker="memory",
         dotted=True,
     )
-    variables: ClassVar[tuple[Variable, ...]] = (BROKER, MAX_PAYLOAD, *COMMON_VARIABLES)
+    settings_class: ClassVar[type[MemorySettings]] = MemorySettings
 
     def __init__(
         self, settings: MemorySettings | None = None, *, broker: MemoryBroker | None = None

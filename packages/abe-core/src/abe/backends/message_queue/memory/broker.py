@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from abe.backends.message_queue.base.codec import IncomingMessage, OutgoingMessage
-from abe.backends.message_queue.base.timeouts import bounded
+from abe.backends.message_queue.base.deadlines import bounded
 
 __all__ = ["MemoryBroker"]
 

@@ -1,0 +1,113 @@
+"""Deadlines and cancellation, owned by abe-core so that no provider calls `asyncio.wait_for`.
+
+`asyncio.wait_for` on Python 3.10 and 3.11 can swallow a cancellation that arrives as the
+awaited thing finishes (CPython gh-86296), leaving a loop that was told to stop running
+for ever. Everything here waits with `asyncio.timeout` where it is sound (3.11+) and with
+`asyncio.wait` on 3.10, which never swallows one:
+
+- `bounded(awaitable, seconds)`: the result, or asyncio.TimeoutError;
+- `Deadline(seconds)`: one limit for several steps (`remaining`, `await deadline.run(step)`);
+- `wait_event(event, seconds)`: whether an event was set in time (no exception);
+- `until_stopped(awaitable, stop)`: the result, or `Stopped` as soon as `stop` is set;
+- `close_quietly(closers, seconds, log)`: close several things, each bounded, errors logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
+
+__all__ = ["Deadline", "Stopped", "bounded", "close_quietly", "until_stopped", "wait_event"]
+
+T = TypeVar("T")
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float) -> T:
+    """`await awaitable`, or raise asyncio.TimeoutError after `seconds`."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+class Deadline:
+    """A point in time several steps share: each step gets what is left of it."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, seconds: float) -> None:
+        self.at = asyncio.get_running_loop().time() + seconds
+
+    @property
+    def remaining(self) -> float:
+        """Seconds left (0 once it has passed)."""
+        return max(0.0, self.at - asyncio.get_running_loop().time())
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.remaining <= 0
+
+    async def run(self, awaitable: Awaitable[T]) -> T:
+        """`await awaitable` within what is left, or asyncio.TimeoutError."""
+        return await bounded(awaitable, max(self.remaining, 0.001))
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds` (it is waited for, never raised about)."""
+    if event.is_set():
+        return True
+    try:
+        await bounded(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+class Stopped(Exception):
+    """`until_stopped` gave up because its stop signal was set."""
+
+
+async def until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
+    """`await awaitable`, or cancel it and raise Stopped as soon as `stop` is set."""
+    if stop.is_set():
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        raise Stopped
+    task = asyncio.ensure_future(awaitable)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+    if task.cancelled():
+        raise Stopped
+    return task.result()
+
+
+async def close_quietly(
+    closers: Iterable[Awaitable[object]], seconds: float, log: logging.Logger, what: str
+) -> None:
+    """Await each closer within `seconds`; a failure or a timeout is logged, never raised."""
+    for closer in closers:
+        try:
+            await bounded(closer, seconds)
+        except Exception as exc:  # closing is best effort: the process may be going away
+            log.debug("%s: closing did not finish cleanly: %s: %s", what, type(exc).__name__, exc)
