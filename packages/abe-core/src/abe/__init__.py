@@ -8,13 +8,12 @@ async for payload in backend.consume(group="billing", keys=["orders"]):
 
 from abe._version import __version__
 from abe.backends.message_queue.base import (
-    BackendSettings,
-    BaseBackend,
     Capabilities,
     Delivery,
     MessageQueueBackend,
     Subscription,
 )
+from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.consumer import AsyncLoopConsumer, ConsumerStats, current_delivery
 from abe.backends.message_queue.loader import (
     MemoryFallbackWarning,
@@ -46,11 +45,10 @@ __all__ = [
     "AbeError",
     "AsyncLoopConsumer",
     "AuthenticationError",
+    "Backend",
     "BackendClosedError",
     "BackendNotFoundError",
-    "BackendSettings",
     "BackendUnavailableError",
-    "BaseBackend",
     "Capabilities",
     "ConfigurationError",
     "ConsumerGroup",

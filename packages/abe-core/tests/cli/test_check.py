@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from abe import BackendUnavailableError, BaseBackend, MemoryBackend, MemoryBroker
+from abe import BackendUnavailableError, MemoryBackend, MemoryBroker
 from abe.backends.message_queue.base import IncomingMessage, Receiver
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.backends.message_queue.memory import MemorySettings
 from abe.cli import main
 from abe.cli.connect import LoadedBackend
+from abe.provider import BaseBackend
 
 
 def test_ok_on_the_memory_backend(broker: MemoryBroker, capsys: pytest.CaptureFixture[str]) -> None:

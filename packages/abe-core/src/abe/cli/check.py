@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.interface import Backend
 from abe.cli.arguments import positive_seconds
 from abe.cli.connect import FALLBACK_NOTE, close_backend, delete_own_keys, load, require_base
 from abe.cli.errors import EXIT_FAILURE, EXIT_OK, one_line
@@ -68,7 +69,7 @@ async def check(timeout: float) -> Verdict:
     trace = _Trace()
     logger = logging.getLogger("abe")
     logger.addHandler(trace)
-    backend: MessageQueueBackendProtocol | None = None
+    backend: Backend | MessageQueueBackendProtocol | None = None
     base: BaseBackend | None = None
     key = f"abe-check-{secrets.token_hex(6)}"
     try:

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.loader import (
     BACKEND_VARIABLE,
     MemoryFallbackWarning,
@@ -46,7 +47,7 @@ CLOSE_TIMEOUT = 10.0
 class LoadedBackend:
     """A backend built by `load_backend()`, and whether it is the memory fallback."""
 
-    backend: MessageQueueBackendProtocol
+    backend: Backend | MessageQueueBackendProtocol
     fallback: bool
 
 
@@ -69,7 +70,7 @@ def load() -> LoadedBackend:
     return LoadedBackend(backend, fallback)
 
 
-def require_base(backend: MessageQueueBackendProtocol, command: str) -> BaseBackend:
+def require_base(backend: Backend | MessageQueueBackendProtocol, command: str) -> BaseBackend:
     """The backend, if it builds on BaseBackend (deliveries, acks, batches); else a clear error."""
     if isinstance(backend, BaseBackend):
         return backend
@@ -80,7 +81,7 @@ def require_base(backend: MessageQueueBackendProtocol, command: str) -> BaseBack
     )
 
 
-async def close_backend(backend: MessageQueueBackendProtocol) -> None:
+async def close_backend(backend: Backend | MessageQueueBackendProtocol) -> None:
     """Close the backend if it can be closed, within a bound; a failure is only a warning."""
     close = getattr(backend, "close", None)
     if not callable(close):

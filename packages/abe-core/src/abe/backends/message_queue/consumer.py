@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.base.delivery import Delivery
+from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.base.subscription import Subscription
 from abe.types import ConsumerGroup, MessageQueueKey, MessageQueuePayload
 
@@ -78,7 +79,7 @@ class AsyncLoopConsumer:
 
     def __init__(
         self,
-        backend: BaseBackend,
+        backend: Backend,
         group: ConsumerGroup | None = None,
         *,
         keys: Sequence[MessageQueueKey] | MessageQueueKey | None = None,

@@ -17,6 +17,8 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import cast
 
 from abe._version import __version__
+from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.interface import Backend
 from abe.errors import BackendNotFoundError
 from abe.types import MessageQueueBackendProtocol
 
@@ -148,7 +150,7 @@ def load_backend_class(name: str) -> type[MessageQueueBackendProtocol]:
     return _entry_named(available_backends(), name).load_class()
 
 
-def load_backend(name: str | None = None) -> MessageQueueBackendProtocol:
+def load_backend(name: str | None = None) -> Backend:
     """Build the configured backend from the environment.
 
     Order: `name`, then `QUEUE_BACKEND`, then the only installed provider. Several
@@ -164,7 +166,10 @@ def load_backend(name: str | None = None) -> MessageQueueBackendProtocol:
             MemoryFallbackWarning,
             stacklevel=2,
         )
-    return choice.entry.load_class().from_env()
+    backend = choice.entry.load_class().from_env()
+    if isinstance(backend, BaseBackend):
+        return backend
+    return cast("Backend", backend)
 
 
 def _entry_named(entries: Sequence[BackendEntry], name: str) -> BackendEntry:
