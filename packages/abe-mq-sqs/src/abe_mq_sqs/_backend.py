@@ -16,7 +16,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
@@ -30,6 +29,7 @@ from abe.backends.message_queue.base.codec import (
 from abe.backends.message_queue.base.keys import DEAD_LETTER_SUFFIX
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import BackendUnavailableError, InvalidKeyError, PayloadError, PublishError
+from abe.redaction import redact_url
 from abe.settings import Variable
 from abe_mq_sqs._baseline import RawSqsBaseline
 from abe_mq_sqs._client import sqs_client
@@ -137,11 +137,8 @@ class SqsBackend(BaseBackend):
 
     def _describe(self) -> str:
         settings = self.settings
-        endpoint = settings.endpoint_url
-        if endpoint is not None and "@" in endpoint:  # never show credentials in a URL
-            parts = urlsplit(endpoint)
-            endpoint = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
-        where = f"region={settings.region or '?'} endpoint={endpoint or 'aws'}"
+        endpoint = redact_url(settings.endpoint_url) if settings.endpoint_url else "aws"
+        where = f"region={settings.region or '?'} endpoint={endpoint}"
         if settings.queue_prefix:
             where += f" prefix={settings.queue_prefix!r}"
         return where
