@@ -202,6 +202,40 @@ def _hostport(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
+async def test_https_to_a_plaintext_endpoint_sends_no_credential(sqs_broker: SqsBroker) -> None:
+    """https:// at moto's plain-HTTP port: the handshake fails before any request is sent,
+    and the error says TLS failed and which variable to fix."""
+    host, port = _hostport(sqs_broker.endpoint_url)
+    async with RecordingProxy(host, port) as proxy:  # the control: plain http, same keys
+        plain = SqsSettings(**credentials(endpoint_url=f"http://127.0.0.1:{proxy.port}"))
+        async with SqsBackend(plain) as backend:
+            await backend.publish(unique("tls-control"), {"n": 1})
+        assert KEY_ID.encode() in proxy.sent_bytes, "the proxy would not see a credential"
+        assert TOKEN.encode() in proxy.sent_bytes
+
+    async with RecordingProxy(host, port) as proxy:
+        settings = SqsSettings(
+            **credentials(
+                endpoint_url=f"https://127.0.0.1:{proxy.port}",
+                operation_timeout=5.0,
+                connect_timeout=2.0,
+            )
+        )
+        async with SqsBackend(settings) as backend:
+            with pytest.raises(BackendUnavailableError) as failed:
+                await backend.publish(unique("tls"), {"n": 1})
+        sent = proxy.sent_bytes
+    assert sent.startswith(b"\x16\x03"), "the client did not start a TLS handshake"
+    for secret in SECRETS:
+        assert secret.encode() not in sent
+    text = str(failed.value)
+    assert "SSL" in text  # the library's own words for what failed...
+    assert "TLS handshake with the endpoint failed" in text  # ...and what to do about it
+    assert "AWS_ENDPOINT_URL_SQS" in text
+    for secret in SECRETS:
+        assert all(secret not in shown for shown in error_texts(failed.value))
+
+
 async def test_a_lone_surrogate_header_is_refused_before_io(
     sqs_broker: SqsBroker, raw_sqs: Any
 ) -> None:

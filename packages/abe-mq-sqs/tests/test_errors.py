@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -197,3 +198,26 @@ def test_xml_error_bodies_are_read() -> None:
     assert type(translated) is AuthenticationError
     assert "<" not in str(translated)
     assert "(InvalidClientTokenId) when calling the GetQueueUrl operation" in str(translated)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        bce.SSLError(
+            endpoint_url="https://127.0.0.1:4566/",
+            error=ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+        ),
+        ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"),
+    ],
+    ids=["botocore", "ssl"],
+)
+def test_a_failed_tls_handshake_names_tls_and_the_variable(error: BaseException) -> None:
+    """https:// to an endpoint that speaks plain HTTP (or an untrusted certificate) is not
+    'check that the endpoint is up': the error says TLS failed and which variable to fix."""
+    translated = translate(error, where="region=us-east-1 endpoint=https://127.0.0.1:4566")
+    assert type(translated) is BackendUnavailableError
+    text = str(translated)
+    assert "TLS handshake with the endpoint failed" in text
+    assert "AWS_ENDPOINT_URL_SQS" in text
+    assert "AWS_CA_BUNDLE" in text
+    assert "up and reachable" not in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -252,6 +253,12 @@ _HINTS = {
     "payload": "the message was not sent",
     "other": "see the cause below",
 }
+_TLS_HINT = (
+    "the TLS handshake with the endpoint failed: if the endpoint does not speak TLS, write it "
+    "with http:// in AWS_ENDPOINT_URL_SQS (or AWS_ENDPOINT_URL); if its certificate is not "
+    "trusted, set AWS_CA_BUNDLE to the file of its certificate authority"
+)
+_TLS_ERRORS = (bce.SSLError, aiohttp.ClientSSLError, ssl.SSLError)
 _PATTERNS = (
     (re.compile(r"(?i)(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+"), r"\1***"),
     (re.compile(r"(Credential=)[^/\s'\",]+"), r"\1***"),
@@ -377,4 +384,17 @@ def translate(
         code = error_code(error)
         if code in NONEXISTENT_QUEUE:
             detail = f"{detail}; create the queue, or set ABE_SQS_AUTO_CREATE=true"
-    return _CLASSES[kind](f"sqs: {detail}{at}; {_HINTS[kind]}")
+    hint = _TLS_HINT if _is_tls_failure(error) else _HINTS[kind]
+    return _CLASSES[kind](f"sqs: {detail}{at}; {hint}")
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    """Whether the TLS handshake failed (the error, or one it was raised from)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _TLS_ERRORS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
