@@ -336,3 +336,36 @@ async def test_the_prefix_takes_room_from_keys(fake: FakeSqs) -> None:
     assert fake.calls == []
     await backend.publish("k" * 69, {"x": 1})
     assert fake.calls[-1][1]["QueueUrl"] == "fake://team-a-" + "k" * 69
+
+
+async def test_a_failed_tls_handshake_is_not_retried() -> None:
+    """https:// to a plain-HTTP server fails the same way every time: one attempt, not
+    `max_attempts` with back-off in between, and the error says why."""
+    connections = 0
+
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read(1)  # the TLS ClientHello's first byte
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = SqsSettings(
+        region="us-east-1",
+        endpoint_url=f"https://127.0.0.1:{port}",
+        access_key_id=Secret("AKIAFAKE"),
+        secret_access_key=Secret("fake"),
+        max_attempts=3,
+    )
+    try:
+        async with SqsBackend(settings) as backend:
+            with pytest.raises(BackendUnavailableError) as failed:
+                await backend.publish("k", {"n": 1})
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == 1
+    assert "TLS handshake with the endpoint failed" in str(failed.value)

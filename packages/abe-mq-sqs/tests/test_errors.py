@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,8 @@ from abe.errors import (
     InvalidKeyError,
     PayloadError,
 )
-from abe_mq_sqs._errors import CODE_MAP, EXCEPTION_MAP, redact, remember_secrets, translate
+from abe.redaction import SecretFilter
+from abe_mq_sqs._errors import CODE_MAP, EXCEPTION_MAP, redact, translate
 from abe_mq_sqs._logs import protect_client_logs
 
 
@@ -146,27 +148,31 @@ def test_other_errors_are_left_alone() -> None:
 
 
 def test_redaction() -> None:
-    remember_secrets(["known-secret-value"])
+    """A backend's own secrets go through its SecretFilter; tokens from elsewhere by pattern."""
+    known = SecretFilter(["known-secret-value"])
     text = (
         "Sending http request: headers={'X-Amz-Security-Token': b'FQoGZXIvYXdz', "
         "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7/20240101/us-east-1/sqs/"
         "aws4_request, SignedHeaders=host, Signature=0123abcd'} known-secret-value\n"
         "x-amz-security-token:FQoGZXIvYXdz\n"
     )
-    cleaned = redact(text)
+    cleaned = redact(known.scrub(text))
     for secret in ("FQoGZXIvYXdz", "AKIAIOSFODNN7", "0123abcd", "known-secret-value"):
         assert secret not in cleaned
     assert "us-east-1/sqs" in cleaned  # the rest stays readable
 
 
 def test_botocore_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
-    remember_secrets(["another-known-secret"])
-    protect_client_logs()
+    secrets = SecretFilter(["another-known-secret"])
+    protect_client_logs(secrets)
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("botocore.endpoint").debug(
-        "Sending %s", {"X-Amz-Security-Token": b"tok-in-header", "x": "another-known-secret"}
-    )
-    logging.getLogger("botocore.auth").debug("CanonicalRequest:\nx-amz-security-token:tok2\n")
+    try:
+        logging.getLogger("botocore.endpoint").debug(
+            "Sending %s", {"X-Amz-Security-Token": b"tok-in-header", "x": "another-known-secret"}
+        )
+        logging.getLogger("botocore.auth").debug("CanonicalRequest:\nx-amz-security-token:tok2\n")
+    finally:
+        secrets.uninstall()
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
     for message in messages:
@@ -192,3 +198,26 @@ def test_xml_error_bodies_are_read() -> None:
     assert type(translated) is AuthenticationError
     assert "<" not in str(translated)
     assert "(InvalidClientTokenId) when calling the GetQueueUrl operation" in str(translated)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        bce.SSLError(
+            endpoint_url="https://127.0.0.1:4566/",
+            error=ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+        ),
+        ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"),
+    ],
+    ids=["botocore", "ssl"],
+)
+def test_a_failed_tls_handshake_names_tls_and_the_variable(error: BaseException) -> None:
+    """https:// to an endpoint that speaks plain HTTP (or an untrusted certificate) is not
+    'check that the endpoint is up': the error says TLS failed and which variable to fix."""
+    translated = translate(error, where="region=us-east-1 endpoint=https://127.0.0.1:4566")
+    assert type(translated) is BackendUnavailableError
+    text = str(translated)
+    assert "TLS handshake with the endpoint failed" in text
+    assert "AWS_ENDPOINT_URL_SQS" in text
+    assert "AWS_CA_BUNDLE" in text
+    assert "up and reachable" not in text

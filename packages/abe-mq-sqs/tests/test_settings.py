@@ -242,6 +242,112 @@ def test_endpoint_with_credentials_is_redacted_in_errors(files: dict[str, str]) 
     assert "pw" not in str(error)
 
 
+ENDPOINT_SECRETS = ("sig-0123456789abcdef", "endpoint-pass-value", "endpoint-user")
+SECRET_ENDPOINT = (
+    "https://sqs.example.test:4566/?X-Amz-Signature=sig-0123456789abcdef"
+    "&password=endpoint-pass-value&mode=fast"
+)
+"""An endpoint with secret query options, which botocore sends as the request's query."""
+EVERY_SECRET = ("AKIAUNITTESTKEY", "unit-test-secret", "tok-123", *ENDPOINT_SECRETS)
+
+
+def assert_shows_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in EVERY_SECRET:
+            assert secret not in text, f"{secret!r} shown in {text!r}"
+
+
+def test_endpoint_secrets_are_never_shown(files: dict[str, str]) -> None:
+    """repr(settings), describe() and repr(backend) all show the endpoint through redact_url."""
+    got = settings(
+        {
+            **files,
+            **KEYS,
+            "AWS_SESSION_TOKEN": "tok-123",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_SQS": SECRET_ENDPOINT,
+        }
+    )
+    assert got.endpoint_url == SECRET_ENDPOINT  # botocore still gets it whole
+    backend = SqsBackend(got)
+    assert_shows_no_secret(repr(got), str(got), repr(backend), str(got.describe()))
+    for text in (repr(got), repr(backend), str(got.describe()["endpoint_url"])):
+        assert "https://sqs.example.test:4566/?X-Amz-Signature=***" in text
+        assert "mode=fast" in text  # the rest stays readable
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"])
+def test_endpoint_with_user_info_is_refused(files: dict[str, str], variable: str) -> None:
+    """aiohttp cannot send user info beside SigV4's Authorization header: say so at once."""
+    error = refused(
+        {
+            **files,
+            **KEYS,
+            "AWS_REGION": "us-east-1",
+            variable: "http://endpoint-user:endpoint-pass-value@localhost:4566",
+        }
+    )
+    assert error.variables == (variable,)
+    assert "must not carry a user name or password" in str(error)
+    assert "'http://***@localhost:4566'" in str(error)
+    assert_shows_no_secret(str(error), repr(error), repr(error.problems))
+
+
+def test_constructor_refuses_user_info_without_echoing_it() -> None:
+    with pytest.raises(ValueError, match="endpoint_url must not carry") as refused_here:
+        SqsSettings(endpoint_url="https://endpoint-user:endpoint-pass-value@sqs.example.test")
+    assert_shows_no_secret(str(refused_here.value))
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, "AWS_SESSION_TOKEN"),
+        ({"AWS_SECRET_ACCESS_KEY": None}, "AWS_SECRET_ACCESS_KEY"),
+        ({"AWS_ACCESS_KEY_ID": None}, "AWS_ACCESS_KEY_ID"),
+        ({"AWS_ENDPOINT_URL_SQS": "ftp://endpoint-user:endpoint-pass-value@h:1"}, None),
+        ({"AWS_ENDPOINT_URL_SQS": "http://endpoint-user:endpoint-pass-value@h:port"}, None),
+        ({"AWS_ENDPOINT_URL_SQS": "ftp://h:1/?X-Amz-Signature=sig-0123456789abcdef"}, None),
+        ({"AWS_ENDPOINT_URL_SQS": "http://u:endpoint-pass-value@h:1,http://h:2"}, None),
+        ({"AWS_ENDPOINT_URL_SQS": "http://bad_host!:1/?password=endpoint-pass-value"}, None),
+        (
+            {"AWS_ENDPOINT_URL_SQS": None, "AWS_ENDPOINT_URL": SECRET_ENDPOINT.replace(".", "\t.")},
+            None,
+        ),
+        ({"AWS_REGION": "not a region"}, "AWS_REGION"),
+        ({"AWS_PROFILE": "nobody"}, "AWS_PROFILE"),
+        ({"ABE_SQS_QUEUE_PREFIX": "bad prefix"}, "ABE_SQS_QUEUE_PREFIX"),
+        ({"ABE_MQ_REDELIVERY_TIMEOUT": "50000"}, "ABE_MQ_REDELIVERY_TIMEOUT"),
+    ],
+)
+def test_no_configuration_error_echoes_a_secret(
+    files: dict[str, str], changes: dict[str, str | None], variable: str | None
+) -> None:
+    """Each refusal names its variable; none shows a key, token or secret part of a URL.
+
+    `changes` set (or, with None, unset) variables of an otherwise good environment that
+    holds every kind of secret; `variable` is the one refused (None: the endpoint's)."""
+    env = {
+        **files,
+        **KEYS,
+        "AWS_SESSION_TOKEN": "tok-123",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_SQS": SECRET_ENDPOINT,
+    }
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name)
+        else:
+            env[name] = value
+    error = refused(env)
+    if variable is None:
+        endpoint = next(name for name, value in changes.items() if value and "ENDPOINT" in name)
+        assert error.variables == (endpoint,)
+    else:
+        assert variable in error.variables
+    assert_shows_no_secret(str(error), repr(error), repr(error.problems))
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
@@ -30,6 +29,7 @@ from abe.backends.message_queue.base.codec import (
 from abe.backends.message_queue.base.keys import DEAD_LETTER_SUFFIX
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import BackendUnavailableError, InvalidKeyError, PayloadError, PublishError
+from abe.redaction import redact_url
 from abe.settings import Variable
 from abe_mq_sqs._baseline import RawSqsBaseline
 from abe_mq_sqs._client import sqs_client
@@ -38,10 +38,10 @@ from abe_mq_sqs._errors import (
     QUEUE_EXISTS,
     STALE_HANDLE,
     error_code,
-    remember_secrets,
+    scrub_chain,
     translate,
 )
-from abe_mq_sqs._logs import protect_client_logs
+from abe_mq_sqs._logs import protect_client_logs, secret_filter
 from abe_mq_sqs._receiver import SqsReceiver
 from abe_mq_sqs._settings import DEFAULT_MAX_PAYLOAD, MAX_VISIBILITY, VARIABLES, SqsSettings
 from abe_mq_sqs._version import __version__
@@ -120,8 +120,7 @@ class SqsBackend(BaseBackend):
         self._queues: dict[str, Queue] = {}
         self._resolving: dict[str, asyncio.Lock] = {}
         self._where = self._describe()
-        credentials = (settings.access_key_id, settings.secret_access_key, settings.session_token)
-        remember_secrets(secret.reveal() for secret in credentials if secret)
+        self._secrets = secret_filter(settings)
 
     @classmethod
     def from_env(cls) -> Self:
@@ -137,11 +136,8 @@ class SqsBackend(BaseBackend):
 
     def _describe(self) -> str:
         settings = self.settings
-        endpoint = settings.endpoint_url
-        if endpoint is not None and "@" in endpoint:  # never show credentials in a URL
-            parts = urlsplit(endpoint)
-            endpoint = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
-        where = f"region={settings.region or '?'} endpoint={endpoint or 'aws'}"
+        endpoint = redact_url(settings.endpoint_url) if settings.endpoint_url else "aws"
+        where = f"region={settings.region or '?'} endpoint={endpoint}"
         if settings.queue_prefix:
             where += f" prefix={settings.queue_prefix!r}"
         return where
@@ -160,7 +156,9 @@ class SqsBackend(BaseBackend):
         return key
 
     def _translate_error(self, error: Exception) -> Exception:
-        translated = translate(error, where=self._where)
+        if self._secrets.active:
+            scrub_chain(error, self._secrets.scrub)  # core chains it as the cause
+        translated = translate(error, where=self._where, scrub=self._secrets.scrub)
         return translated if isinstance(translated, Exception) else error
 
     # ---- the client ---------------------------------------------------------------------
@@ -177,17 +175,20 @@ class SqsBackend(BaseBackend):
         return client
 
     async def _create_client(self) -> Any:
-        protect_client_logs()
+        protect_client_logs(self._secrets)
         context = sqs_client(self.settings, agent=f"abe-mq-sqs/{__version__}")
         client = await self._stack.enter_async_context(context)
-        protect_client_logs()  # loggers of modules botocore imported while creating it
+        protect_client_logs(self._secrets)  # loggers of modules botocore imported meanwhile
         return client
 
     async def _close(self) -> None:
         async with self._client_lock:
             self._client = None
             self._queues.clear()
-            await self._stack.aclose()
+            try:
+                await self._stack.aclose()
+            finally:
+                self._secrets.uninstall()
 
     async def _bounded(self, call: Awaitable[T], seconds: float, action: str) -> T:
         """Await a client call for at most `seconds`: a silent endpoint cannot hold us."""

@@ -23,6 +23,7 @@ import botocore  # type: ignore[import-untyped]
 
 from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
 from abe_mq_sqs._client import sqs_client
+from abe_mq_sqs._logs import protect_client_logs, secret_filter
 from abe_mq_sqs._settings import SqsSettings
 from abe_mq_sqs._version import __version__
 from abe_mq_sqs._wire import BATCH_ENTRIES, queue_name
@@ -41,6 +42,7 @@ class RawSqsBaseline:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._created: list[str] = []
+        self._secrets = secret_filter(settings)  # its client logs the same credentials
 
     @property
     def name(self) -> str:
@@ -48,8 +50,10 @@ class RawSqsBaseline:
 
     async def _sqs(self) -> Any:
         if self._client is None:
+            protect_client_logs(self._secrets)
             context = sqs_client(self._settings, agent=f"abe-mq-sqs-baseline/{__version__}")
             self._client = await self._stack.enter_async_context(context)
+            protect_client_logs(self._secrets)
         return self._client
 
     async def _queue(self, key: str) -> str:
@@ -156,4 +160,7 @@ class RawSqsBaseline:
         finally:
             self._created.clear()
             self._client = None
-            await self._stack.aclose()
+            try:
+                await self._stack.aclose()
+            finally:
+                self._secrets.uninstall()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
+from botocore.exceptions import SSLError  # type: ignore[import-untyped]
 
 from abe_mq_sqs._settings import SqsSettings
 
@@ -15,14 +18,17 @@ MAX_CONNECTIONS = 64
 """aiohttp connections per client: long polls hold one each, sends must still find one."""
 
 
-def sqs_client(settings: SqsSettings, *, agent: str) -> Any:
-    """`session.create_client("sqs", ...)` for these settings: an async context manager.
+@contextlib.asynccontextmanager
+async def sqs_client(settings: SqsSettings, *, agent: str) -> AsyncIterator[Any]:
+    """`session.create_client("sqs", ...)` for these settings, as an async context manager.
 
     Explicit keys win over the profile; without either, botocore's credential chain
     (web identity, containers, instance metadata...) resolves them on the first call.
     Timeouts: `connect_timeout` per connection; the read timeout leaves room for a long
     poll (the backend bounds every other call by its operation timeout itself); the
-    standard retry mode makes `max_attempts` attempts of a throttled or failed call.
+    standard retry mode makes `max_attempts` attempts of a throttled or failed call, but
+    not of a failed TLS handshake, which fails the same way every time (backing off and
+    trying again would only let the operation timeout hide why).
     """
     access_key, secret_key = settings.access_key_id, settings.secret_access_key
     keys = access_key is not None and secret_key is not None and bool(access_key and secret_key)
@@ -44,4 +50,12 @@ def sqs_client(settings: SqsSettings, *, agent: str) -> Any:
         arguments["aws_secret_access_key"] = secret_key.reveal()
         if settings.session_token:
             arguments["aws_session_token"] = settings.session_token.reveal()
-    return session.create_client("sqs", **arguments)
+    async with session.create_client("sqs", **arguments) as client:
+        client.meta.events.register_first("needs-retry.sqs", _tls_failure_is_final)
+        yield client
+
+
+def _tls_failure_is_final(caught_exception: BaseException | None = None, **_: Any) -> None:
+    """A needs-retry handler that raises a failed TLS handshake at once instead of retrying."""
+    if isinstance(caught_exception, SSLError):
+        raise caught_exception

@@ -5,14 +5,17 @@ exception, or the exception itself when it is not one (core then re-raises it). 
 chains the original as `__cause__`. Every class in `botocore.exceptions` is named in
 `EXCEPTION_MAP` (a unit test walks them), and SQS's error codes in `CODE_MAP`; a class
 botocore adds later is still mapped through its base classes. No message says a secret:
-botocore's messages carry none, and `redact()` removes any known one anyway.
+the backend passes its `SecretFilter.scrub` (its credentials, and the endpoint's secret
+query options, which botocore's connection errors quote), and `redact()` removes session
+tokens and access key ids that came from elsewhere by their header patterns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+import ssl
+from collections.abc import Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -37,7 +40,7 @@ __all__ = [
     "error_code",
     "kind_of",
     "redact",
-    "remember_secrets",
+    "scrub_chain",
     "translate",
 ]
 
@@ -250,27 +253,47 @@ _HINTS = {
     "payload": "the message was not sent",
     "other": "see the cause below",
 }
-_SECRETS: set[str] = set()
+_TLS_HINT = (
+    "the TLS handshake with the endpoint failed: if the endpoint does not speak TLS, write it "
+    "with http:// in AWS_ENDPOINT_URL_SQS (or AWS_ENDPOINT_URL); if its certificate is not "
+    "trusted, set AWS_CA_BUNDLE to the file of its certificate authority"
+)
+_TLS_ERRORS = (bce.SSLError, aiohttp.ClientSSLError, ssl.SSLError)
 _PATTERNS = (
     (re.compile(r"(?i)(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+"), r"\1***"),
     (re.compile(r"(Credential=)[^/\s'\",]+"), r"\1***"),
-    (re.compile(r"(Signature=)[0-9a-fA-F]+"), r"\1***"),
+    (re.compile(r"(Signature=)[0-9a-fA-F]+(?![\w-])"), r"\1***"),
 )
 
 
-def remember_secrets(secrets: Iterable[str]) -> None:
-    """Values `redact()` removes from every message and log record from now on."""
-    _SECRETS.update(secret for secret in secrets if secret)
-
-
 def redact(text: str) -> str:
-    """`text` with known secrets, session tokens and access key ids replaced by '***'."""
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "***")
+    """`text` with session tokens, access key ids and signatures (by their header patterns)
+    replaced by '***': the credentials botocore's chain found, which no settings name."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def scrub_chain(error: BaseException, scrub: Callable[[str], str]) -> None:
+    """Take secrets out of the text of `error` and of every exception it was raised from.
+
+    Core chains the client library's exception as the abe error's `__cause__`, so a
+    traceback prints it; botocore's connection errors quote the endpoint URL. Done in
+    place (`args`, and botocore's `kwargs`), so the chain keeps its shape.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in current.args)
+        if args != current.args:
+            current.args = args
+        kwargs = getattr(current, "kwargs", None)
+        if isinstance(kwargs, dict):
+            for name, value in kwargs.items():
+                if isinstance(value, str):
+                    kwargs[name] = scrub(value)
+        current = current.__cause__ or current.__context__
 
 
 _XML_ERROR = re.compile(r"<Code>([^<]*)</Code>(?:.*?<Message>([^<]*)</Message>)?", re.DOTALL)
@@ -337,14 +360,21 @@ def _client_error_kind(error: Any) -> Kind:
     return "other"
 
 
-def translate(error: BaseException, *, where: str = "") -> BaseException:
-    """The abe error for a client-library exception (`where` names the endpoint), else `error`."""
+def translate(
+    error: BaseException, *, where: str = "", scrub: Callable[[str], str] | None = None
+) -> BaseException:
+    """The abe error for a client-library exception, else `error`.
+
+    `where` names the endpoint (already fit for display); `scrub` removes the backend's
+    own secrets from the library's message.
+    """
     if isinstance(error, AbeError):
         return error
     kind = kind_of(error)
     if kind is None:
         return error
-    detail = redact(_message(error))
+    detail = _message(error)
+    detail = redact(scrub(detail) if scrub is not None else detail)
     at = f" ({where})" if where else ""
     if kind == "config":
         return ConfigurationError(
@@ -354,4 +384,17 @@ def translate(error: BaseException, *, where: str = "") -> BaseException:
         code = error_code(error)
         if code in NONEXISTENT_QUEUE:
             detail = f"{detail}; create the queue, or set ABE_SQS_AUTO_CREATE=true"
-    return _CLASSES[kind](f"sqs: {detail}{at}; {_HINTS[kind]}")
+    hint = _TLS_HINT if _is_tls_failure(error) else _HINTS[kind]
+    return _CLASSES[kind](f"sqs: {detail}{at}; {hint}")
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    """Whether the TLS handshake failed (the error, or one it was raised from)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _TLS_ERRORS):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -19,8 +19,13 @@ from typing import Any
 
 from botocore.configloader import load_config, raw_config_parse  # type: ignore[import-untyped]
 from botocore.exceptions import ConfigParseError  # type: ignore[import-untyped]
+from botocore.utils import (  # type: ignore[import-untyped]
+    is_valid_endpoint_url,
+    is_valid_ipv6_endpoint_url,
+)
 
 from abe.backends.message_queue.base.settings import BackendSettings
+from abe.redaction import redact_url
 from abe.settings import COMMON_VARIABLES, Environment, Secret, Variable
 from abe_mq_sqs._wire import ATTRIBUTE_RESERVE, SQS_MESSAGE_LIMIT
 
@@ -48,6 +53,7 @@ __all__ = [
     "WAIT_TIME",
     "WEB_IDENTITY_TOKEN_FILE",
     "SqsSettings",
+    "endpoint_problem",
 ]
 
 BACKEND_NAME = "sqs"
@@ -221,6 +227,20 @@ class SqsSettings(BackendSettings):
                 f"redelivery_timeout is SQS's visibility timeout: at most {MAX_VISIBILITY} s, "
                 f"got {self.redelivery_timeout:g}"
             )
+        problem = endpoint_problem(self.endpoint_url) if self.endpoint_url else None
+        if problem is not None:
+            raise ValueError(f"endpoint_url {problem}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.describe().items())
+        return f"{type(self).__name__}({shown})"
+
+    def describe(self) -> dict[str, object]:
+        """Field names and values for display: secrets as '***', the endpoint without them."""
+        described = super().describe()
+        if self.endpoint_url is not None:
+            described["endpoint_url"] = redact_url(self.endpoint_url)
+        return described
 
     @property
     def max_message_bytes(self) -> int:
@@ -299,11 +319,11 @@ class SqsSettings(BackendSettings):
         endpoint = env.url(ENDPOINT_URL_SQS, schemes=("http", "https"))
         if endpoint is None and not env.is_set(ENDPOINT_URL_SQS):
             endpoint = env.url(ENDPOINT_URL, schemes=("http", "https"))
+        named = ENDPOINT_URL_SQS if env.is_set(ENDPOINT_URL_SQS) else ENDPOINT_URL
         if endpoint is not None and "," in endpoint:
-            env.problem(
-                ENDPOINT_URL_SQS if env.is_set(ENDPOINT_URL_SQS) else ENDPOINT_URL,
-                "must be one URL",
-            )
+            env.problem(named, "must be one URL")
+        elif endpoint is not None and (problem := endpoint_problem(endpoint)) is not None:
+            env.problem(named, problem)
 
         prefix = env.string(QUEUE_PREFIX) or ""
         if len(prefix) > PREFIX_LIMIT or not _PREFIX.fullmatch(prefix):
@@ -340,6 +360,21 @@ class SqsSettings(BackendSettings):
             profile=profile,
             queue_prefix=prefix,
         )
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What is wrong with an endpoint URL botocore would refuse or aiohttp could not send
+    (never echoing a secret of it), or None when it is usable."""
+    shown = redact_url(url)
+    if "@" in url:  # user info; a password with a "/" or "?" in it would end the host early
+        return (
+            f"must not carry a user name or password (got {shown!r}): SQS requests are "
+            f"signed with the AWS credentials, so give them as AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and write the endpoint without them"
+        )
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        return f"is not a valid endpoint URL (got {shown!r}); e.g. http://localhost:4566"
+    return None
 
 
 def _read_profiles(env: Environment) -> dict[str, dict[str, str]] | None:
