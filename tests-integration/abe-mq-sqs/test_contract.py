@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from abe_brokers import SqsBroker
 
+from abe.settings import Secret
 from abe.testing import (
     BackendContract,
     BackendFactory,
@@ -29,6 +31,7 @@ from abe.testing import (
     RawWriter,
     RestartableBroker,
     SecretCase,
+    TlsMismatch,
 )
 from abe.testing.helpers import unique
 from abe_mq_sqs import SqsBackend
@@ -146,6 +149,21 @@ class TestSqsContract(BackendContract):
             return SqsBackend(sqs_settings(endpoint_url=closed_endpoint, operation_timeout=5.0))
 
         return build
+
+    @pytest.fixture
+    def tls_mismatch(self, sqs_settings: Any, sqs_broker: SqsBroker) -> TlsMismatch:
+        token = f"session-token-{unique('tls')}"
+
+        def backend_at(host: str, port: int) -> SqsBackend:
+            endpoint = f"https://{host}:{port}"
+            return SqsBackend(
+                sqs_settings(
+                    endpoint_url=endpoint, session_token=Secret(token), operation_timeout=5.0
+                )
+            )
+
+        where = urlsplit(sqs_broker.endpoint_url)
+        return TlsMismatch(backend_at, (where.hostname or "127.0.0.1", where.port or 80), token)
 
     @pytest.fixture
     def secret_environment(self, auth_moto_url: str) -> SecretCase:

@@ -6,12 +6,10 @@ test can tell what crossed the wire (a TLS handshake, credentials, a message).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import traceback
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -20,6 +18,7 @@ from abe_brokers import SqsBroker
 
 from abe.errors import BackendUnavailableError, PayloadError
 from abe.settings import Secret
+from abe.testing import RecordingProxy
 from abe.testing.helpers import next_delivery, unique
 from abe_mq_sqs import SqsBackend, SqsSettings
 
@@ -32,76 +31,6 @@ ENDPOINT_SECRET = "abe-endpoint-signature-0123456789"
 SECRETS = (KEY_ID, SECRET_KEY, TOKEN, ENDPOINT_SECRET)
 LOGGERS = ("", "botocore", "aiobotocore", "urllib3", "aiohttp", "abe")
 """Every logger the test turns to DEBUG ("" is the root logger)."""
-
-
-class RecordingProxy:
-    """A loopback TCP forwarder to `host:port` that keeps every byte its clients send.
-
-    `async with RecordingProxy(host, port) as proxy:` listens on `proxy.port`;
-    `proxy.sent_bytes` is all that clients sent through it so far, in order of arrival.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._sent = bytearray()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._connections: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    @property
-    def sent_bytes(self) -> bytes:
-        return bytes(self._sent)
-
-    async def __aenter__(self) -> RecordingProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
-        self._writers.add(writer)
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.add(upstream_writer)
-        await asyncio.gather(
-            self._pump(reader, upstream_writer, record=True),
-            self._pump(upstream_reader, writer, record=False),
-        )
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, record: bool
-    ) -> None:
-        try:
-            while data := await reader.read(65_536):
-                if record:
-                    self._sent += data
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()  # one side gone: end the other
-            self._writers.discard(writer)
 
 
 class Lines(logging.Handler):
@@ -210,8 +139,8 @@ async def test_https_to_a_plaintext_endpoint_sends_no_credential(sqs_broker: Sqs
         plain = SqsSettings(**credentials(endpoint_url=f"http://127.0.0.1:{proxy.port}"))
         async with SqsBackend(plain) as backend:
             await backend.publish(unique("tls-control"), {"n": 1})
-        assert KEY_ID.encode() in proxy.sent_bytes, "the proxy would not see a credential"
-        assert TOKEN.encode() in proxy.sent_bytes
+        assert KEY_ID.encode() in proxy.sent, "the proxy would not see a credential"
+        assert TOKEN.encode() in proxy.sent
 
     async with RecordingProxy(host, port) as proxy:
         settings = SqsSettings(
@@ -224,7 +153,7 @@ async def test_https_to_a_plaintext_endpoint_sends_no_credential(sqs_broker: Sqs
         async with SqsBackend(settings) as backend:
             with pytest.raises(BackendUnavailableError) as failed:
                 await backend.publish(unique("tls"), {"n": 1})
-        sent = proxy.sent_bytes
+        sent = proxy.sent
     assert sent.startswith(b"\x16\x03"), "the client did not start a TLS handshake"
     for secret in SECRETS:
         assert secret.encode() not in sent
@@ -246,12 +175,12 @@ async def test_a_lone_surrogate_header_is_refused_before_io(
         settings = SqsSettings(**credentials(endpoint_url=f"http://127.0.0.1:{proxy.port}"))
         async with SqsBackend(settings) as backend:
             await backend.publish(key, {"n": 1})  # the queue resolved, a connection open
-            before = len(proxy.sent_bytes)
+            before = len(proxy.sent)
             with pytest.raises(PayloadError) as refused:
                 await backend.publish(key, {"n": 2}, headers={"note": "half \ud800 a pair"})
             with pytest.raises(PayloadError):
                 await backend.publish_many(key, [{"n": 3}], headers={"note": "\udfff"})
-            assert len(proxy.sent_bytes) == before
+            assert len(proxy.sent) == before
     assert "note" in str(refused.value)
     assert "surrogate" in str(refused.value)
     url = (await raw_sqs.get_queue_url(QueueName=key))["QueueUrl"]
