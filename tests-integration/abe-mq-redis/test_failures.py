@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio
-from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles
+from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles, make_tls_files
 
 from abe.backends.message_queue.base import BaseBackend
 from abe.errors import AuthenticationError, BackendUnavailableError, InvalidKeyError
@@ -213,6 +213,42 @@ async def test_tls_mismatches_are_clear(
         published, _ = await _refused(tls_to_plain, BackendUnavailableError, within=3.5)
     assert "TLS" in str(published), published
     assert "redis://" in str(published), published
+
+
+async def test_tls_checks_the_host_name(
+    redis_server_factory: RedisServerFactory, make_backend: Make, tmp_path: Path
+) -> None:
+    # a certificate for 127.0.0.1 only: "localhost" reaches the same server but is not its name
+    files = make_tls_files(tmp_path / "pki", server_names=("127.0.0.1",))
+    server = redis_server_factory(tls=files)
+    unchecked = redis.asyncio.Redis(
+        host="localhost",
+        port=server.port,
+        ssl=True,
+        ssl_ca_certs=str(files.ca_cert),
+        ssl_check_hostname=False,
+    )
+    try:
+        assert await unchecked.ping()  # reachable, and the chain is trusted: only the name is off
+    finally:
+        await unchecked.aclose()
+
+    wrong = make_backend(
+        f"rediss://localhost:{server.port}/0", tls_ca_file=files.ca_cert, operation_timeout=3.0
+    )
+    async with wrong:
+        published, subscribed = await _refused(wrong, BackendUnavailableError, within=3.5)
+    for error in (published, subscribed):
+        assert "not for the host name" in str(error), error
+        assert "REDIS_URL" in str(error), error
+        assert "REDIS_TLS_CA_FILE" in str(error), error
+
+    right = make_backend(f"rediss://127.0.0.1:{server.port}/0", tls_ca_file=files.ca_cert)
+    async with right:
+        key = unique("tls-name")
+        await right.publish(key, {"named": True})
+        async with right.subscribe(group=unique("g"), keys=[key]) as subscription:
+            assert (await next_delivery(subscription)).payload == {"named": True}
 
 
 async def test_unix_socket(

@@ -134,6 +134,22 @@ def test_certificate_failure_points_at_the_ca_file() -> None:
     assert "REDIS_TLS_CA_FILE" in str(translated)
 
 
+def test_a_certificate_for_another_host_name_is_named_as_such() -> None:
+    cause = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+        "certificate is not valid for 'cache'.",
+    )
+    cause.verify_code = 62
+    error = redis.exceptions.ConnectionError("Error 1 connecting to cache:6379.")
+    error.__cause__ = cause
+    translated = _translate(error, tls=True)
+    assert isinstance(translated, BackendUnavailableError)
+    assert "not for the host name" in str(translated)
+    assert "REDIS_URL" in str(translated)
+    assert "REDIS_TLS_CA_FILE" in str(translated)
+
+
 def test_handshake_failure_suggests_plain_or_client_certificate() -> None:
     cause = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
     error = redis.exceptions.ConnectionError("Error 1 connecting to cache:6379.")

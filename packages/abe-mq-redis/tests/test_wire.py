@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from pathlib import Path
 
 import pytest
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.errors import InvalidKeyError, PayloadError
 from abe.settings import Secret
 from abe_mq_redis import RedisBackend, RedisSettings
+from abe_mq_redis._baseline import RawRedisBaseline
 from abe_mq_redis._client import _CancellableSend, _TcpConnection, connection_kwargs
 from abe_mq_redis._receiver import RedisReceiver, _message, delayed_key
 from abe_mq_redis._wire import pack
@@ -126,6 +129,47 @@ def test_connection_options_tls(tmp_path: Path) -> None:
     assert kwargs["ssl_keyfile"] == str(base / "k.pem")
 
 
+@pytest.mark.parametrize("url", ["rediss://cache:6380/0", "rediss://cache:6380/0?client_name=s"])
+def test_tls_checks_the_certificate_and_the_host_name(url: str) -> None:
+    """Set explicitly: redis-py 5.x does not check the host name unless told, 8.x does."""
+    kwargs = connection_kwargs(RedisSettings(url=url), socket_timeout=1.0)
+    assert kwargs["ssl_cert_reqs"] == "required"
+    assert kwargs["ssl_check_hostname"] is True
+    connection = ConnectionPool(**kwargs).make_connection()
+    assert connection.ssl_context.cert_reqs == ssl.CERT_REQUIRED
+    assert connection.ssl_context.check_hostname is True
+
+
+@pytest.mark.parametrize(
+    ("query", "cert_reqs", "check_hostname"),
+    [
+        ("ssl_cert_reqs=none", "none", False),  # no chain checked: no name to check either
+        ("ssl_check_hostname=false", "required", False),
+        ("ssl_cert_reqs=optional", "optional", True),
+    ],
+)
+def test_tls_checks_can_be_turned_off_only_in_the_url(
+    query: str, cert_reqs: str, check_hostname: bool
+) -> None:
+    kwargs = connection_kwargs(RedisSettings(url=f"rediss://h/0?{query}"), socket_timeout=1)
+    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == (cert_reqs, check_hostname)
+    ConnectionPool(**kwargs).make_connection().ssl_context.get()  # a context redis-py can build
+
+
+@pytest.mark.asyncio
+async def test_the_raw_baseline_checks_the_host_name_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def pong(self: Redis) -> bool:
+        return True
+
+    monkeypatch.setattr(Redis, "ping", pong)
+    baseline = RawRedisBaseline(RedisSettings(url="rediss://cache:6380/0"))
+    client = await baseline._connect("k")
+    options = client.connection_pool.connection_kwargs
+    assert (options["ssl_cert_reqs"], options["ssl_check_hostname"]) == ("required", True)
+    baseline._keys.clear()  # nothing to delete on a server that does not exist
+    await baseline.close()
+
+
 def test_connection_options_unix() -> None:
     kwargs = connection_kwargs(RedisSettings(url="unix:///run/redis.sock?db=3"), socket_timeout=1)
     assert issubclass(kwargs["connection_class"], UnixDomainSocketConnection)
@@ -213,6 +257,6 @@ async def test_cached_commands_are_the_plain_ones() -> None:
 @pytest.mark.asyncio
 async def test_a_header_named_data_is_refused_before_any_io() -> None:
     backend = RedisBackend(RedisSettings(url="redis://127.0.0.1:1/0"))  # nothing listens there
-    with pytest.raises(PayloadError, match="header name 'data' is used by this backend's wire format"):
+    with pytest.raises(PayloadError, match="'data' is used by this backend's wire format"):
         await backend.publish("orders", {"x": 1}, headers={"data": "oops"})
     await backend.close()
