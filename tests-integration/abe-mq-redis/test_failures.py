@@ -20,10 +20,12 @@ import redis.asyncio
 from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles, make_tls_files
 
 from abe.backends.message_queue.base import BaseBackend
+from abe.backends.message_queue.base.keys import dead_letter_key
 from abe.errors import AuthenticationError, BackendUnavailableError, InvalidKeyError
 from abe.testing import unique
 from abe.testing.helpers import next_delivery, nothing_arrives, receive
 from abe_mq_redis import RedisBackend
+from abe_mq_redis._receiver import delayed_key
 
 Make = Callable[..., BaseBackend]
 pytestmark = pytest.mark.asyncio
@@ -127,7 +129,15 @@ async def test_acl_permissions_are_authentication_errors(
 async def test_the_documented_acl_permissions_suffice(
     redis_server_factory: RedisServerFactory, make_backend: Make
 ) -> None:
-    rules = ("~orders*", "+@stream", "+@sortedset", "+@transaction", "+@connection", "+type")
+    rules = (
+        "~orders*",
+        "~abe:{orders*",
+        "+@stream",
+        "+@sortedset",
+        "+@transaction",
+        "+@connection",
+        "+type",
+    )
     rules += ("+del",)  # for delete_keys (abe check, demo and bench) only
     server = redis_server_factory(users=[RedisUser("minimal", "pw", rules)])
     backend = make_backend(server.url_for("minimal", "pw"), redelivery_timeout=1.0)
@@ -326,6 +336,55 @@ async def test_a_key_holding_another_type(
         await raw.aclose()
 
 
+async def test_no_key_can_take_a_name_abe_uses_itself(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    key, group = unique("owned"), unique("g")
+    backend = make_backend(redis_broker.url)
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    try:
+        async with backend:
+            with pytest.raises(InvalidKeyError):  # '{' and '}' are not allowed in keys
+                await backend.publish(delayed_key(key, group), {"squatter": True})
+            # a dead-letter stream, and the delayed set's old name: streams like any other
+            for name in (dead_letter_key(key), f"{key}:abe-delayed:{group}"):
+                await backend.publish(name, {"squatter": name})
+            await backend.publish(key, {"n": 1})
+            async with backend.subscribe(group=group, keys=[key]) as subscription:
+                first = await next_delivery(subscription)
+                assert first.payload == {"n": 1}
+                await first.nack(backend.redelivery_timeout + 0.5)  # through the delayed set
+                assert await raw.type(delayed_key(key, group)) == b"zset"
+                again = await next_delivery(subscription, 30)
+                assert (again.payload, again.attempt) == ({"n": 1}, 2)
+                await again.dead_letter("checked")
+            dead = await raw.xrange(dead_letter_key(key))
+            assert [fields[b"abe-original-key"] for _, fields in dead[1:]] == [key.encode()]
+    finally:
+        await raw.aclose()
+
+
+async def test_a_foreign_value_under_a_name_abe_uses_is_named(
+    redis_broker: RedisBroker, make_backend: Make, remember_keys: Callable[..., None]
+) -> None:
+    key, group = unique("foreign"), unique("g")
+    taken = delayed_key(key, group)
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    remember_keys(redis_broker.url, taken)
+    try:
+        await raw.set(taken, "written by something else")
+    finally:
+        await raw.aclose()
+    backend = make_backend(redis_broker.url)
+    async with backend:
+        await backend.publish(key, {"n": 1})
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            with pytest.raises(InvalidKeyError) as refused:
+                await next_delivery(subscription)
+    assert repr(taken) in str(refused.value), refused.value
+    assert "a Redis string" in str(refused.value), refused.value
+
+
 # ---- blocking reads, restarts, lost groups ----------------------------------------------
 
 
@@ -415,7 +474,7 @@ async def test_delete_keys_takes_the_delayed_sets_along(
 ) -> None:
     backend = make_backend(redis_broker.url)
     key, group = unique("deleted"), unique("g")
-    delayed = f"{key}:abe-delayed:{group}"
+    delayed = delayed_key(key, group)
     async with backend:
         await backend.publish(key, {"retry": "much later"})
         async with backend.subscribe(group=group, keys=[key]) as subscription:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import ssl
+import string
 import sys
 from pathlib import Path
 
 import pytest
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.crc import key_slot
 
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.errors import InvalidKeyError, PayloadError
@@ -91,7 +95,66 @@ def test_keys_refused(key: str) -> None:
 
 
 def test_delayed_set_name() -> None:
-    assert delayed_key("orders", "billing") == "orders:abe-delayed:billing"
+    assert delayed_key("orders", "billing") == "abe:{orders}:delayed:billing"
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum of Redis Cluster's key slots, bit by bit."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def _slot(key: str) -> int:
+    """CLUSTER KEYSLOT: crc16 of the hash tag (first {...} with something inside), mod 16384."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return _crc16(data) % 16384
+
+
+def test_slot_arithmetic_matches_redis() -> None:
+    assert _crc16(b"123456789") == 0x31C3  # the reference value of the Redis Cluster spec
+    for key in ("orders", "a:b-c.d_e", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap"):
+        assert _slot(key) == key_slot(key.encode()), key
+
+
+_KEY_CHARS = string.ascii_letters + string.digits + "._:-"
+_GROUP_CHARS = string.ascii_letters + string.digits + "_-"
+
+
+def _names(chars: str, longest: int, count: int) -> list[str]:
+    """Every single character, the longest name, and `count` random ones (fixed seed)."""
+    rng = random.Random(18)
+    names = [*chars, chars[0] * longest, ":" * 3, "-dlq"]
+    names += ["".join(rng.choices(chars, k=rng.randint(1, 60))) for _ in range(count)]
+    return [name[:longest] for name in names]
+
+
+_KEYS = _names(_KEY_CHARS, RedisBackend.key_rules.max_length - 4, 400)
+_GROUPS = _names(_GROUP_CHARS, RedisBackend.group_rules.max_length, 100)
+
+
+def test_the_delayed_set_is_in_the_streams_slot_and_no_key_can_take_its_name() -> None:
+    for key, group in itertools.product(_KEYS, _GROUPS[:20]):
+        RedisBackend.key_rules.check(key)
+        RedisBackend.group_rules.check(group)
+        name = delayed_key(key, group)
+        assert _slot(name) == _slot(key), (key, group)
+        with pytest.raises(InvalidKeyError):  # '{' (or, for the longest keys, the length)
+            RedisBackend.key_rules.check(name)
+
+
+def test_each_key_and_group_has_a_delayed_set_of_its_own() -> None:
+    pairs = list(itertools.product(_KEYS[:200], _GROUPS[:50]))
+    pairs += [("a:b", "c"), ("a", "b:c"), ("a}:delayed:b", "c")]  # the last is no key at all
+    assert len({delayed_key(key, group) for key, group in pairs}) == len(set(pairs))
 
 
 def test_connection_options_tcp() -> None:

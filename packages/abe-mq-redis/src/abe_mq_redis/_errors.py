@@ -23,7 +23,7 @@ from abe.errors import (
     PayloadError,
 )
 
-__all__ = ["translate_error", "wrong_type_error"]
+__all__ = ["reserved_name_error", "translate_error", "wrong_type_error"]
 
 
 def _classes(*names: str) -> tuple[type[Exception], ...]:
@@ -58,6 +58,14 @@ def wrong_type_error(key: str, found: str) -> InvalidKeyError:
     )
 
 
+def reserved_name_error(name: str, found: str, holds: str) -> InvalidKeyError:
+    """The error for a name abe keeps `holds` in, taken by a value of type `found`."""
+    return InvalidKeyError(
+        f"key {name!r} holds a Redis {found}, but abe keeps {holds} under that name; "
+        f"something other than abe wrote it there: remove it (DEL {name}) if nothing needs it"
+    )
+
+
 def translate_error(error: Exception, where: str, *, tls: bool, timeout: float) -> Exception:
     """The abe error for `error`, raised while talking to the Redis at `where` (no secret).
 
@@ -75,8 +83,8 @@ def translate_error(error: Exception, where: str, *, tls: bool, timeout: float) 
     if isinstance(error, redis_errors.NoPermissionError):
         return AuthenticationError(
             f"redis at {where}: the user may not do this ({message}); grant it what abe "
-            f"needs on these keys: ACL SETUSER <user> +@stream +@sortedset +@transaction "
-            f"+@connection +type ~<key pattern>"
+            f"needs on these keys and its delayed-nack sets: ACL SETUSER <user> +@stream "
+            f"+@sortedset +@transaction +@connection +type ~<key pattern> ~abe:{{<key pattern>"
         )
     if isinstance(error, _CLUSTER_ERRORS):
         return ConfigurationError(
