@@ -8,6 +8,7 @@ import ssl
 
 import pytest
 import redis.exceptions
+from redis.asyncio.connection import RedisSSLContext
 
 from abe.errors import (
     AbeError,
@@ -162,3 +163,29 @@ def test_handshake_failure_suggests_plain_or_client_certificate() -> None:
 def test_closed_plain_connection_suggests_tls() -> None:
     error = redis.exceptions.ConnectionError("Connection closed by server.")
     assert "rediss://" in str(_translate(error, tls=False))
+
+
+@pytest.mark.skipif(
+    "password" not in inspect.signature(RedisSSLContext).parameters,
+    reason="this redis-py has no ssl_password (added in 6.x)",
+)
+@pytest.mark.asyncio
+async def test_errors_never_show_a_secret_query_option() -> None:
+    url = "rediss://127.0.0.1:1/0?ssl_password=Opt1on%3BS3cret"  # nothing listens on port 1
+    backend = RedisBackend(RedisSettings(url=url, operation_timeout=2.0))
+    try:
+        with pytest.raises(BackendUnavailableError) as refused:
+            await backend.publish("k", {"x": 1})
+    finally:
+        await backend.close()
+    errors = [refused.value]
+    errors += [
+        backend._translate_error(_instance(cls, "it failed")) for cls in _redis_exception_classes()
+    ]
+    for error in errors:
+        current: BaseException | None = error
+        while current is not None:
+            for text in (str(current), repr(current)):
+                assert "Opt1on" not in text, text
+                assert "S3cret" not in text, text
+            current = current.__cause__ or current.__context__

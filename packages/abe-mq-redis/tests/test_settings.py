@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from redis.asyncio.connection import RedisSSLContext
 
 from abe.errors import ConfigurationError
 from abe.settings import Secret
@@ -222,3 +224,32 @@ def test_settings_built_in_code_keep_secrets_out_of_the_url() -> None:
 def test_settings_built_in_code_are_checked(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011  (each names its own field)
         RedisSettings(**kwargs)  # type: ignore[arg-type]
+
+
+OPTION_SECRET = "Opt1on;S3cret%"
+"""A secret query option's value: a ';' and a '%' in it, percent-encoded in the URL."""
+_ENCODED = "Opt1on%3BS3cret%25"
+_HAS_SSL_PASSWORD = "password" in inspect.signature(RedisSSLContext).parameters
+needs_ssl_password = pytest.mark.skipif(
+    not _HAS_SSL_PASSWORD, reason="this redis-py has no ssl_password (added in 6.x)"
+)
+
+
+def _no_option_secret(text: str) -> None:
+    for part in ("Opt1on", "S3cret", _ENCODED):
+        assert part not in text, text
+
+
+@needs_ssl_password
+@pytest.mark.parametrize("option", ["ssl_password", "ssl%5Fpassword"])
+def test_secret_query_options_are_never_shown(monkeypatch: pytest.MonkeyPatch, option: str) -> None:
+    url = f"rediss://cache:6380/0?client_name=svc&{option}={_ENCODED}"
+    monkeypatch.setenv("REDIS_URL", url)
+    for settings in (RedisSettings.from_env(), RedisSettings(url=url)):
+        assert settings.url == url  # redis-py still gets it
+        backend = RedisBackend(settings)
+        shown = (repr(settings), str(settings.describe()), settings.address, repr(backend))
+        for text in shown:
+            _no_option_secret(text)
+        assert "ssl_password=***" in repr(settings)
+        assert "client_name=svc" in repr(settings)

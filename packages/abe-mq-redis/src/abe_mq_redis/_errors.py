@@ -2,7 +2,7 @@
 
 Every class in `redis.exceptions` maps to the most specific `abe.errors` class; the
 unit tests walk them all. Messages name the cause and the variable to change, and
-never hold a secret: they show the server as `RedisSettings.url`, which has none.
+never hold a secret: they show the server as `RedisSettings.address`, which has none.
 """
 
 from __future__ import annotations

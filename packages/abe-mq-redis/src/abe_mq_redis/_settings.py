@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 from redis.asyncio.connection import parse_url
 
 from abe.backends.message_queue.base.settings import BackendSettings
+from abe.redaction import redact_url
 from abe.settings import COMMON_VARIABLES, Environment, Secret, Variable
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "USERNAME",
     "VARIABLES",
     "RedisSettings",
+    "shown_url",
     "split_credentials",
 ]
 
@@ -116,6 +118,18 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     )
 
 
+def shown_url(url: str) -> str:
+    """`url` for display: user info and secret query options (`ssl_password`...) as ***.
+
+    The query is decoded and encoded again first, so that a percent-encoded option name
+    (`ssl%5Fpassword`) or a `;` inside a value cannot slip past `redact_url`.
+    """
+    base, mark, query = url.partition("#")[0].partition("?")
+    if query:
+        query = urlencode(parse_qsl(query, keep_blank_values=True), safe="/:,")
+    return redact_url(base + mark + query)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings(BackendSettings):
     """How to reach Redis and how to use its streams; `from_env()` reads them all at once.
@@ -159,10 +173,20 @@ class RedisSettings(BackendSettings):
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.describe().items())
+        return f"{type(self).__name__}({shown})"
+
+    def describe(self) -> dict[str, object]:
+        """Field names and values for display: the URL without secret query options."""
+        described = super().describe()
+        described["url"] = shown_url(self.url)
+        return described
+
     @property
     def address(self) -> str:
         """The URL without its query options: where the server is, for reprs and errors."""
-        return urlunsplit(urlsplit(self.url)._replace(query="", fragment=""))
+        return redact_url(self.url.partition("#")[0].partition("?")[0])
 
     @property
     def tls(self) -> bool:
