@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
@@ -22,6 +24,7 @@ from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles, ma
 from abe.backends.message_queue.base import BaseBackend
 from abe.backends.message_queue.base.keys import dead_letter_key
 from abe.errors import AuthenticationError, BackendUnavailableError, InvalidKeyError
+from abe.settings import Secret
 from abe.testing import unique
 from abe.testing.helpers import next_delivery, nothing_arrives, receive
 from abe_mq_redis import RedisBackend
@@ -110,6 +113,64 @@ async def test_requirepass_from_the_environment(
     async with RedisBackend.from_env() as backend:  # no password at all: NOAUTH
         published, _ = await _refused(backend, AuthenticationError, within=3.0)
     assert "REDIS_PASSWORD" in str(published)
+
+
+@pytest.fixture
+def every_record() -> Iterator[list[logging.LogRecord]]:
+    """Every log record of the test, with DEBUG on the root logger, `redis` and `redis.*`."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    names = ["", "redis", *(n for n in logging.Logger.manager.loggerDict if n.startswith("redis."))]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    handler = Keep(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+async def test_a_refused_password_is_in_no_log_record_error_or_traceback(
+    redis_server_factory: RedisServerFactory,
+    make_backend: Make,
+    every_record: list[logging.LogRecord],
+) -> None:
+    secret = "Wr0ng;pass%w0rd-" + SECRET  # ';' and '%': percent-encoded in the URL
+    server = redis_server_factory(
+        password="the-right-one", users=[RedisUser("svc", "the-right-one-too")]
+    )
+    backends = [
+        make_backend(server.url_for(None, secret), operation_timeout=3.0),
+        make_backend(server.url_for("svc", secret), operation_timeout=3.0),
+        make_backend(server.url_for(), password=Secret(secret), operation_timeout=3.0),
+    ]
+    errors: list[BaseException] = []
+    for backend in backends:
+        async with backend:
+            errors += await _refused(backend, AuthenticationError, within=3.0)
+            assert SECRET not in repr(backend)
+    assert any(record.levelno == logging.DEBUG for record in every_record)
+    forms = {secret, quote(secret, safe=""), repr(secret)[1:-1], SECRET}
+    texts = [str(vars(record)) for record in every_record]
+    texts += [logging.Formatter("%(message)s").format(record) for record in every_record]
+    for error in errors:
+        texts.append("".join(traceback.format_exception(error)))
+        current: BaseException | None = error
+        while current is not None:
+            texts += [str(current), repr(current)]
+            current = current.__cause__ or current.__context__
+    for text in texts:
+        for form in forms:
+            assert form not in text, text
 
 
 async def test_acl_permissions_are_authentication_errors(
