@@ -341,7 +341,9 @@ def _options_problem(url: str, scheme: str, options: dict[str, list[str]]) -> st
             return f"has the TLS option {name!r}: use rediss:// for TLS, or remove the option"
         if len(values) > 1:
             return f"gives the query option {name!r} {len(values)} times; give it once"
-    scrub = SecretFilter([v for values in options.values() for v in values]).scrub
+    password = split_credentials(url)[2]
+    secrets = [value for values in options.values() for value in values]
+    scrub = SecretFilter([*secrets, password] if password else secrets).scrub
     try:
         kwargs: dict[str, object] = dict(parse_url(url))
     except ValueError as exc:
