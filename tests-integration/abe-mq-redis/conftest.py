@@ -15,6 +15,7 @@ import redis
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.backends.message_queue.base.receiver import Receiver
 from abe_mq_redis import RedisBackend, RedisSettings
+from abe_mq_redis._receiver import delayed_key
 
 TOUCHED: set[tuple[str, str]] = set()
 """(url, key) of everything the tests' backends wrote or read, deleted after each test."""
@@ -30,7 +31,7 @@ class RecordingRedisBackend(RedisBackend):
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         for key in keys:
             TOUCHED.add((self.settings.url, key))
-            TOUCHED.add((self.settings.url, f"{key}:abe-delayed:{group}"))
+            TOUCHED.add((self.settings.url, delayed_key(key, group)))
         return await super()._open_receiver(group, keys)
 
 

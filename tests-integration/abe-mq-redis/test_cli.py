@@ -6,8 +6,12 @@ command deletes the keys it made.
 
 from __future__ import annotations
 
+import inspect
+
+import pytest
 import redis
-from abe_brokers import RedisServerFactory, run_abe
+from abe_brokers import RedisServerFactory, TlsFiles, run_abe
+from redis.asyncio.connection import RedisSSLContext
 
 
 def _abe(url: str, *arguments: str) -> str:
@@ -34,3 +38,24 @@ def test_abe_check(redis_server_factory: RedisServerFactory) -> None:
 def test_abe_bench(redis_server_factory: RedisServerFactory) -> None:
     output = _abe(redis_server_factory().url, "bench", "--messages", "200")
     assert "redis-py" in output  # the raw client measured beside abe
+
+
+@pytest.mark.skipif(
+    "password" not in inspect.signature(RedisSSLContext).parameters,
+    reason="this redis-py has no ssl_password (added in 6.x)",
+)
+def test_no_command_shows_a_secret_query_option(
+    redis_server_factory: RedisServerFactory, tls_files: TlsFiles
+) -> None:
+    server = redis_server_factory(tls=tls_files)
+    environ = {
+        "REDIS_URL": f"{server.url}?ssl_password=Opt1on%3BS3cret",  # for an encrypted key
+        "REDIS_TLS_CA_FILE": str(tls_files.ca_cert),
+    }
+    listed = run_abe("redis", environ, "backends")
+    assert "ssl_password=***" in listed, listed
+    checked = run_abe("redis", environ, "check")
+    assert "OK: redis round trip" in checked, checked
+    for output in (listed, checked):
+        assert "Opt1on" not in output, output
+        assert "S3cret" not in output, output

@@ -10,20 +10,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
 import redis.asyncio
-from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles
+from abe_brokers import RedisBroker, RedisServerFactory, RedisUser, TlsFiles, make_tls_files
 
 from abe.backends.message_queue.base import BaseBackend
+from abe.backends.message_queue.base.keys import dead_letter_key
 from abe.errors import AuthenticationError, BackendUnavailableError, InvalidKeyError
+from abe.settings import Secret
 from abe.testing import unique
 from abe.testing.helpers import next_delivery, nothing_arrives, receive
 from abe_mq_redis import RedisBackend
+from abe_mq_redis._receiver import delayed_key
 
 Make = Callable[..., BaseBackend]
 pytestmark = pytest.mark.asyncio
@@ -110,6 +115,64 @@ async def test_requirepass_from_the_environment(
     assert "REDIS_PASSWORD" in str(published)
 
 
+@pytest.fixture
+def every_record() -> Iterator[list[logging.LogRecord]]:
+    """Every log record of the test, with DEBUG on the root logger, `redis` and `redis.*`."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    names = ["", "redis", *(n for n in logging.Logger.manager.loggerDict if n.startswith("redis."))]
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+    handler = Keep(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+async def test_a_refused_password_is_in_no_log_record_error_or_traceback(
+    redis_server_factory: RedisServerFactory,
+    make_backend: Make,
+    every_record: list[logging.LogRecord],
+) -> None:
+    secret = "Wr0ng;pass%w0rd-" + SECRET  # ';' and '%': percent-encoded in the URL
+    server = redis_server_factory(
+        password="the-right-one", users=[RedisUser("svc", "the-right-one-too")]
+    )
+    backends = [
+        make_backend(server.url_for(None, secret), operation_timeout=3.0),
+        make_backend(server.url_for("svc", secret), operation_timeout=3.0),
+        make_backend(server.url_for(), password=Secret(secret), operation_timeout=3.0),
+    ]
+    errors: list[BaseException] = []
+    for backend in backends:
+        async with backend:
+            errors += await _refused(backend, AuthenticationError, within=3.0)
+            assert SECRET not in repr(backend)
+    assert any(record.levelno == logging.DEBUG for record in every_record)
+    forms = {secret, quote(secret, safe=""), repr(secret)[1:-1], SECRET}
+    texts = [str(vars(record)) for record in every_record]
+    texts += [logging.Formatter("%(message)s").format(record) for record in every_record]
+    for error in errors:
+        texts.append("".join(traceback.format_exception(error)))
+        current: BaseException | None = error
+        while current is not None:
+            texts += [str(current), repr(current)]
+            current = current.__cause__ or current.__context__
+    for text in texts:
+        for form in forms:
+            assert form not in text, text
+
+
 async def test_acl_permissions_are_authentication_errors(
     redis_server_factory: RedisServerFactory, make_backend: Make
 ) -> None:
@@ -127,7 +190,15 @@ async def test_acl_permissions_are_authentication_errors(
 async def test_the_documented_acl_permissions_suffice(
     redis_server_factory: RedisServerFactory, make_backend: Make
 ) -> None:
-    rules = ("~orders*", "+@stream", "+@sortedset", "+@transaction", "+@connection", "+type")
+    rules = (
+        "~orders*",
+        "~abe:{orders*",
+        "+@stream",
+        "+@sortedset",
+        "+@transaction",
+        "+@connection",
+        "+type",
+    )
     rules += ("+del",)  # for delete_keys (abe check, demo and bench) only
     server = redis_server_factory(users=[RedisUser("minimal", "pw", rules)])
     backend = make_backend(server.url_for("minimal", "pw"), redelivery_timeout=1.0)
@@ -215,6 +286,42 @@ async def test_tls_mismatches_are_clear(
     assert "redis://" in str(published), published
 
 
+async def test_tls_checks_the_host_name(
+    redis_server_factory: RedisServerFactory, make_backend: Make, tmp_path: Path
+) -> None:
+    # a certificate for 127.0.0.1 only: "localhost" reaches the same server but is not its name
+    files = make_tls_files(tmp_path / "pki", server_names=("127.0.0.1",))
+    server = redis_server_factory(tls=files)
+    unchecked = redis.asyncio.Redis(
+        host="localhost",
+        port=server.port,
+        ssl=True,
+        ssl_ca_certs=str(files.ca_cert),
+        ssl_check_hostname=False,
+    )
+    try:
+        assert await unchecked.ping()  # reachable, and the chain is trusted: only the name is off
+    finally:
+        await unchecked.aclose()
+
+    wrong = make_backend(
+        f"rediss://localhost:{server.port}/0", tls_ca_file=files.ca_cert, operation_timeout=3.0
+    )
+    async with wrong:
+        published, subscribed = await _refused(wrong, BackendUnavailableError, within=3.5)
+    for error in (published, subscribed):
+        assert "not for the host name" in str(error), error
+        assert "REDIS_URL" in str(error), error
+        assert "REDIS_TLS_CA_FILE" in str(error), error
+
+    right = make_backend(f"rediss://127.0.0.1:{server.port}/0", tls_ca_file=files.ca_cert)
+    async with right:
+        key = unique("tls-name")
+        await right.publish(key, {"named": True})
+        async with right.subscribe(group=unique("g"), keys=[key]) as subscription:
+            assert (await next_delivery(subscription)).payload == {"named": True}
+
+
 async def test_unix_socket(
     redis_server_factory: RedisServerFactory, make_backend: Make, tmp_path: Path
 ) -> None:
@@ -288,6 +395,55 @@ async def test_a_key_holding_another_type(
         assert await raw.get(key) == b"I am a plain string"  # untouched
     finally:
         await raw.aclose()
+
+
+async def test_no_key_can_take_a_name_abe_uses_itself(
+    redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    key, group = unique("owned"), unique("g")
+    backend = make_backend(redis_broker.url)
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    try:
+        async with backend:
+            with pytest.raises(InvalidKeyError):  # '{' and '}' are not allowed in keys
+                await backend.publish(delayed_key(key, group), {"squatter": True})
+            # a dead-letter stream, and the delayed set's old name: streams like any other
+            for name in (dead_letter_key(key), f"{key}:abe-delayed:{group}"):
+                await backend.publish(name, {"squatter": name})
+            await backend.publish(key, {"n": 1})
+            async with backend.subscribe(group=group, keys=[key]) as subscription:
+                first = await next_delivery(subscription)
+                assert first.payload == {"n": 1}
+                await first.nack(backend.redelivery_timeout + 0.5)  # through the delayed set
+                assert await raw.type(delayed_key(key, group)) == b"zset"
+                again = await next_delivery(subscription, 30)
+                assert (again.payload, again.attempt) == ({"n": 1}, 2)
+                await again.dead_letter("checked")
+            dead = await raw.xrange(dead_letter_key(key))
+            assert [fields[b"abe-original-key"] for _, fields in dead[1:]] == [key.encode()]
+    finally:
+        await raw.aclose()
+
+
+async def test_a_foreign_value_under_a_name_abe_uses_is_named(
+    redis_broker: RedisBroker, make_backend: Make, remember_keys: Callable[..., None]
+) -> None:
+    key, group = unique("foreign"), unique("g")
+    taken = delayed_key(key, group)
+    raw = redis.asyncio.Redis.from_url(redis_broker.url)
+    remember_keys(redis_broker.url, taken)
+    try:
+        await raw.set(taken, "written by something else")
+    finally:
+        await raw.aclose()
+    backend = make_backend(redis_broker.url)
+    async with backend:
+        await backend.publish(key, {"n": 1})
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            with pytest.raises(InvalidKeyError) as refused:
+                await next_delivery(subscription)
+    assert repr(taken) in str(refused.value), refused.value
+    assert "a Redis string" in str(refused.value), refused.value
 
 
 # ---- blocking reads, restarts, lost groups ----------------------------------------------
@@ -379,7 +535,7 @@ async def test_delete_keys_takes_the_delayed_sets_along(
 ) -> None:
     backend = make_backend(redis_broker.url)
     key, group = unique("deleted"), unique("g")
-    delayed = f"{key}:abe-delayed:{group}"
+    delayed = delayed_key(key, group)
     async with backend:
         await backend.publish(key, {"retry": "much later"})
         async with backend.subscribe(group=group, keys=[key]) as subscription:

@@ -16,6 +16,7 @@ import redis.asyncio
 from abe_brokers import RedisBroker
 
 from abe.backends.message_queue.base import BaseBackend
+from abe.errors import PayloadError
 from abe.testing import unique
 from abe.testing.helpers import next_delivery, receive
 
@@ -117,3 +118,20 @@ async def test_foreign_entries_without_data_are_dead_lettered_with_their_fields(
     assert letter[b"kind"] == b"legacy"
     assert letter[b"abe-original-key"] == key.encode()
     assert b"undecodable" in letter[b"abe-error"]
+
+
+async def test_a_lone_surrogate_in_a_header_is_refused_and_nothing_is_written(
+    raw: redis.asyncio.Redis, redis_broker: RedisBroker, make_backend: Make
+) -> None:
+    key = unique("surrogate")
+    backend = make_backend(redis_broker.url)
+    async with backend:
+        with pytest.raises(PayloadError, match="trace-id"):
+            await backend.publish(key, {"n": 1}, headers={"trace-id": "t-\ud800"})
+        with pytest.raises(PayloadError, match="trace-id"):
+            await backend.publish_many(
+                key, [{"n": 2}, {"n": 3}], headers={"trace-id": "\udfff-half"}
+            )
+        await backend.publish(key, {"n": 4}, headers={"trace-id": "t-4"})  # still usable
+    entries = await raw.xrange(key)
+    assert [json.loads(fields[b"data"]) for _, fields in entries] == [{"n": 4}]

@@ -1,7 +1,8 @@
 """A throwaway CA, server certificate and client certificate for TLS tests (``cryptography``).
 
 The server certificate is valid for ``localhost``, ``127.0.0.1`` and ``::1``, so a test
-server on loopback verifies with ordinary hostname checking. Keys are EC P-256: quick to
+server on loopback verifies with ordinary hostname checking (``server_names`` makes one
+valid for other names only, to test hostname checking). Keys are EC P-256: quick to
 make, and accepted by redis-server (OpenSSL), nats-server (Go) and Python's ssl module.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +41,18 @@ class TlsFiles:
         return context
 
 
-def make_tls_files(directory: Path, *, days: int = 2) -> TlsFiles:
-    """Write a new CA, a loopback server certificate and a client certificate into ``directory``."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+"""What the server certificate is valid for unless told otherwise."""
+
+
+def make_tls_files(
+    directory: Path, *, days: int = 2, server_names: Sequence[str] = LOOPBACK_NAMES
+) -> TlsFiles:
+    """Write a new CA, a server certificate and a client certificate into ``directory``.
+
+    The server certificate is valid for ``server_names`` only (IP addresses or DNS names);
+    its common name is the first of them, so no other name matches through it either.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -116,14 +128,14 @@ def make_tls_files(directory: Path, *, days: int = 2) -> TlsFiles:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         return key, builder.sign(ca_key, hashes.SHA256())
 
+    def san(server_name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(server_name))
+        except ValueError:
+            return x509.DNSName(server_name)
+
     server_key, server_cert = leaf(
-        "localhost",
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [
-            x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ],
+        server_names[0], ExtendedKeyUsageOID.SERVER_AUTH, [san(n) for n in server_names]
     )
     client_key, client_cert = leaf("abe-test-client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
 

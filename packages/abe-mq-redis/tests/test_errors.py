@@ -8,6 +8,7 @@ import ssl
 
 import pytest
 import redis.exceptions
+from redis.asyncio.connection import RedisSSLContext
 
 from abe.errors import (
     AbeError,
@@ -134,6 +135,22 @@ def test_certificate_failure_points_at_the_ca_file() -> None:
     assert "REDIS_TLS_CA_FILE" in str(translated)
 
 
+def test_a_certificate_for_another_host_name_is_named_as_such() -> None:
+    cause = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+        "certificate is not valid for 'cache'.",
+    )
+    cause.verify_code = 62
+    error = redis.exceptions.ConnectionError("Error 1 connecting to cache:6379.")
+    error.__cause__ = cause
+    translated = _translate(error, tls=True)
+    assert isinstance(translated, BackendUnavailableError)
+    assert "not for the host name" in str(translated)
+    assert "REDIS_URL" in str(translated)
+    assert "REDIS_TLS_CA_FILE" in str(translated)
+
+
 def test_handshake_failure_suggests_plain_or_client_certificate() -> None:
     cause = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
     error = redis.exceptions.ConnectionError("Error 1 connecting to cache:6379.")
@@ -146,3 +163,29 @@ def test_handshake_failure_suggests_plain_or_client_certificate() -> None:
 def test_closed_plain_connection_suggests_tls() -> None:
     error = redis.exceptions.ConnectionError("Connection closed by server.")
     assert "rediss://" in str(_translate(error, tls=False))
+
+
+@pytest.mark.skipif(
+    "password" not in inspect.signature(RedisSSLContext).parameters,
+    reason="this redis-py has no ssl_password (added in 6.x)",
+)
+@pytest.mark.asyncio
+async def test_errors_never_show_a_secret_query_option() -> None:
+    url = "rediss://127.0.0.1:1/0?ssl_password=Opt1on%3BS3cret"  # nothing listens on port 1
+    backend = RedisBackend(RedisSettings(url=url, operation_timeout=2.0))
+    try:
+        with pytest.raises(BackendUnavailableError) as refused:
+            await backend.publish("k", {"x": 1})
+    finally:
+        await backend.close()
+    errors = [refused.value]
+    errors += [
+        backend._translate_error(_instance(cls, "it failed")) for cls in _redis_exception_classes()
+    ]
+    for error in errors:
+        current: BaseException | None = error
+        while current is not None:
+            for text in (str(current), repr(current)):
+                assert "Opt1on" not in text, text
+                assert "S3cret" not in text, text
+            current = current.__cause__ or current.__context__

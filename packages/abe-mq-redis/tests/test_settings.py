@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import RedisSSLContext, SSLConnection
 
 from abe.errors import ConfigurationError
 from abe.settings import Secret
 from abe_mq_redis import RedisBackend, RedisSettings
+from abe_mq_redis._client import connection_kwargs
+from abe_mq_redis._settings import url_problem
 
 SECRET = "p@ss:w/rd-Never-Shown"
 
@@ -159,6 +164,25 @@ def test_all_problems_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
         ("unix://", "socket's path"),
         ("redis://h:6379/0?password=hunter2", "query option"),
         ("redis://user:pa/zz9secret@h:6379/0", "percent-encode"),
+        ("redis://:hunter2@[::1/0", "'[' without its ']'"),
+        ("redis://:hunter2@[::1]:99999/0", "port must be a number from 1 to 65535"),
+        ("redis://:hunter2@h:0/0", "port must be a number"),
+        ("REDISS://:hunter2@h:6379/0", "in lower case"),
+        ("redis://:hunter2@h :6379/0", "space"),
+        ("redis://:hunter2@h:6379/zero", "not a database number"),
+        ("redis://:hunter2@h:6379/-1", "not a database number"),
+        ("redis://:hunter2@h:6379/0/1", "not a database number"),
+        ("redis://:hunter2@h:6379?db=-1", "db=-1; it must be at least 0"),
+        ("redis://:hunter2@h:6379/0?db=1&db=2", "give it once"),
+        ("redis://:hunter2@h:6379/0?foo=bar", "'foo', which abe does not pass on"),
+        ("redis://:hunter2@h:6379/0?decode_responses=1", "'decode_responses'"),
+        ("redis://:hunter2@h:6379/0?connection_class=x", "'connection_class'"),
+        ("redis://:hunter2@h:6379/0?socket_timeout=-1", "positive number of seconds"),
+        ("redis://:hunter2@h:6379/0?socket_connect_timeout=inf", "positive number"),
+        ("redis://:hunter2@h:6379/0?max_connections=0", "at least 1"),
+        ("redis://:hunter2@h:6379/0?ssl_cert_reqs=none", "use rediss:// for TLS"),
+        ("rediss://:hunter2@h:6379/0?ssl_cert_reqs=bogus", "none, optional, required"),
+        ("unix://:hunter2@/run/redis.sock?db=x", "redis-py"),
     ],
 )
 def test_bad_urls(monkeypatch: pytest.MonkeyPatch, url: str, why: str) -> None:
@@ -169,6 +193,86 @@ def test_bad_urls(monkeypatch: pytest.MonkeyPatch, url: str, why: str) -> None:
     assert why in str(refused.value)
     for secret in ("hunter2", "zz9secret"):
         assert secret not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h/0?ssl_password=Opt1on;S3cret%",
+        "rediss://h:port/0?ssl_password=Opt1on;S3cret%",
+        "rediss://[::1/0?ssl_password=Opt1on;S3cret%",
+        "rediss://h:6379/0?socket_timeout=soon&ssl_password=Opt1on;S3cret%",
+        "rediss://h:6379/0?ssl_cert_reqs=Opt1on;S3cret%&ssl_password=Opt1on;S3cret%",
+        "redis://h:6379/0?ssl_password=Opt1on;S3cret%",
+        "rediss://h:6379/zero?ssl_password=Opt1on;S3cret%",
+    ],
+)
+def test_a_bad_url_never_shows_a_secret_query_option(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("REDIS_URL", url)  # ';' and '%' written as they are
+    with pytest.raises(ConfigurationError) as refused:
+        RedisSettings.from_env()
+    assert refused.value.variables == ("REDIS_URL",)
+    _no_option_secret(str(refused.value))
+    with pytest.raises(ValueError, match=r"^url ") as built:
+        RedisSettings(url=url)
+    _no_option_secret(str(built.value))
+
+
+_HOSTILE = [
+    "redis://h:6379/0?socket_keepalive=maybe",
+    "redis://h:6379/0?retry_on_timeout=",
+    "redis://h:6379/0?lib_name=x&lib_version=1",
+    "redis://h:6379/0?protocol=3",
+    "redis://h:6379/0?socket_read_size=1",
+    "redis://h:6379/0?timeout=1",
+    "redis://h:6379/0?ssl=true",
+    "redis://h:6379/0?path=/tmp/x",
+    "redis://h:6379/0?host=other&port=1",
+    "redis://h:6379/0?retry=1",
+    "redis://h:6379/0?credential_provider=x",
+    "redis://h:6379/0?encoder_class=x",
+    "redis://h:6379/0?parser_class=x",
+    "redis://h:6379/0?event_dispatcher=x",
+    "redis://h:6379/0?encoding=rot13",
+    "redis://h:6379/0?ssl_password=x",
+    "rediss://h:6379/0?ssl_password=x",
+    "rediss://h:6379/0?ssl_min_version=771",
+    "rediss://h:6379/0?ssl_min_version=TLSv1_3",
+    "rediss://h:6379/0?ssl_ca_path=/etc/ssl/certs",
+    "rediss://h:6379/0?ssl_include_verify_flags=VERIFY_X509_STRICT",
+    "rediss://h:6379/0?ssl_cert_reqs=optional&ssl_check_hostname=false",
+    "rediss://h:6379/0?ssl_cert_reqs=none&ssl_check_hostname=true",
+    "unix:///run/redis.sock?db=1&client_name=x",
+    "unix:///run/redis.sock?socket_keepalive=true",
+    "redis://[fe80::1%25eth0]:6379/0",
+    "redis:///0",
+    "redis://h",
+    "redis://h:6379/",
+    "redis://h:6379/0#fragment",
+]
+
+
+@pytest.mark.parametrize("url", _HOSTILE)
+def test_a_url_is_refused_up_front_or_makes_a_connection(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Nothing a URL says escapes later, when the first connection is made, as a raw error."""
+    monkeypatch.setenv("REDIS_URL", url)
+    if url_problem(url) is not None:
+        with pytest.raises(ConfigurationError) as refused:
+            RedisSettings.from_env()
+        assert refused.value.variables == ("REDIS_URL",)
+        with pytest.raises(ValueError, match=r"^url "):  # the same, from code
+            RedisSettings(url=url)
+        return
+    settings = RedisSettings.from_env()
+    assert RedisSettings(url=url) == settings
+    kwargs = connection_kwargs(settings, socket_timeout=1.0)
+    connection = ConnectionPool(**kwargs).make_connection()
+    if isinstance(connection, SSLConnection):
+        connection.ssl_context.get()  # the TLS context too (no CA file: system CAs)
 
 
 def test_bad_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,3 +326,32 @@ def test_settings_built_in_code_keep_secrets_out_of_the_url() -> None:
 def test_settings_built_in_code_are_checked(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011  (each names its own field)
         RedisSettings(**kwargs)  # type: ignore[arg-type]
+
+
+OPTION_SECRET = "Opt1on;S3cret%"
+"""A secret query option's value: a ';' and a '%' in it, percent-encoded in the URL."""
+_ENCODED = "Opt1on%3BS3cret%25"
+_HAS_SSL_PASSWORD = "password" in inspect.signature(RedisSSLContext).parameters
+needs_ssl_password = pytest.mark.skipif(
+    not _HAS_SSL_PASSWORD, reason="this redis-py has no ssl_password (added in 6.x)"
+)
+
+
+def _no_option_secret(text: str) -> None:
+    for part in ("Opt1on", "S3cret", _ENCODED):
+        assert part not in text, text
+
+
+@needs_ssl_password
+@pytest.mark.parametrize("option", ["ssl_password", "ssl%5Fpassword"])
+def test_secret_query_options_are_never_shown(monkeypatch: pytest.MonkeyPatch, option: str) -> None:
+    url = f"rediss://cache:6380/0?client_name=svc&{option}={_ENCODED}"
+    monkeypatch.setenv("REDIS_URL", url)
+    for settings in (RedisSettings.from_env(), RedisSettings(url=url)):
+        assert settings.url == url  # redis-py still gets it
+        backend = RedisBackend(settings)
+        shown = (repr(settings), str(settings.describe()), settings.address, repr(backend))
+        for text in shown:
+            _no_option_secret(text)
+        assert "ssl_password=***" in repr(settings)
+        assert "client_name=svc" in repr(settings)

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import ssl
+import string
 import sys
 from pathlib import Path
 
 import pytest
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.crc import key_slot
 
 from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.errors import InvalidKeyError, PayloadError
 from abe.settings import Secret
 from abe_mq_redis import RedisBackend, RedisSettings
+from abe_mq_redis._baseline import RawRedisBaseline
 from abe_mq_redis._client import _CancellableSend, _TcpConnection, connection_kwargs
 from abe_mq_redis._receiver import RedisReceiver, _message, delayed_key
 from abe_mq_redis._wire import pack
@@ -88,7 +95,66 @@ def test_keys_refused(key: str) -> None:
 
 
 def test_delayed_set_name() -> None:
-    assert delayed_key("orders", "billing") == "orders:abe-delayed:billing"
+    assert delayed_key("orders", "billing") == "abe:{orders}:delayed:billing"
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum of Redis Cluster's key slots, bit by bit."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def _slot(key: str) -> int:
+    """CLUSTER KEYSLOT: crc16 of the hash tag (first {...} with something inside), mod 16384."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return _crc16(data) % 16384
+
+
+def test_slot_arithmetic_matches_redis() -> None:
+    assert _crc16(b"123456789") == 0x31C3  # the reference value of the Redis Cluster spec
+    for key in ("orders", "a:b-c.d_e", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap"):
+        assert _slot(key) == key_slot(key.encode()), key
+
+
+_KEY_CHARS = string.ascii_letters + string.digits + "._:-"
+_GROUP_CHARS = string.ascii_letters + string.digits + "_-"
+
+
+def _names(chars: str, longest: int, count: int) -> list[str]:
+    """Every single character, the longest name, and `count` random ones (fixed seed)."""
+    rng = random.Random(18)
+    names = [*chars, chars[0] * longest, ":" * 3, "-dlq"]
+    names += ["".join(rng.choices(chars, k=rng.randint(1, 60))) for _ in range(count)]
+    return [name[:longest] for name in names]
+
+
+_KEYS = _names(_KEY_CHARS, RedisBackend.key_rules.max_length - 4, 400)
+_GROUPS = _names(_GROUP_CHARS, RedisBackend.group_rules.max_length, 100)
+
+
+def test_the_delayed_set_is_in_the_streams_slot_and_no_key_can_take_its_name() -> None:
+    for key, group in itertools.product(_KEYS, _GROUPS[:20]):
+        RedisBackend.key_rules.check(key)
+        RedisBackend.group_rules.check(group)
+        name = delayed_key(key, group)
+        assert _slot(name) == _slot(key), (key, group)
+        with pytest.raises(InvalidKeyError):  # '{' (or, for the longest keys, the length)
+            RedisBackend.key_rules.check(name)
+
+
+def test_each_key_and_group_has_a_delayed_set_of_its_own() -> None:
+    pairs = list(itertools.product(_KEYS[:200], _GROUPS[:50]))
+    pairs += [("a:b", "c"), ("a", "b:c"), ("a}:delayed:b", "c")]  # the last is no key at all
+    assert len({delayed_key(key, group) for key, group in pairs}) == len(set(pairs))
 
 
 def test_connection_options_tcp() -> None:
@@ -124,6 +190,47 @@ def test_connection_options_tls(tmp_path: Path) -> None:
     assert kwargs["ssl_ca_certs"] == str(base / "ca.pem")
     assert kwargs["ssl_certfile"] == str(base / "c.pem")
     assert kwargs["ssl_keyfile"] == str(base / "k.pem")
+
+
+@pytest.mark.parametrize("url", ["rediss://cache:6380/0", "rediss://cache:6380/0?client_name=s"])
+def test_tls_checks_the_certificate_and_the_host_name(url: str) -> None:
+    """Set explicitly: redis-py 5.x does not check the host name unless told, 8.x does."""
+    kwargs = connection_kwargs(RedisSettings(url=url), socket_timeout=1.0)
+    assert kwargs["ssl_cert_reqs"] == "required"
+    assert kwargs["ssl_check_hostname"] is True
+    connection = ConnectionPool(**kwargs).make_connection()
+    assert connection.ssl_context.cert_reqs == ssl.CERT_REQUIRED
+    assert connection.ssl_context.check_hostname is True
+
+
+@pytest.mark.parametrize(
+    ("query", "cert_reqs", "check_hostname"),
+    [
+        ("ssl_cert_reqs=none", "none", False),  # no chain checked: no name to check either
+        ("ssl_check_hostname=false", "required", False),
+        ("ssl_cert_reqs=optional", "optional", True),
+    ],
+)
+def test_tls_checks_can_be_turned_off_only_in_the_url(
+    query: str, cert_reqs: str, check_hostname: bool
+) -> None:
+    kwargs = connection_kwargs(RedisSettings(url=f"rediss://h/0?{query}"), socket_timeout=1)
+    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == (cert_reqs, check_hostname)
+    ConnectionPool(**kwargs).make_connection().ssl_context.get()  # a context redis-py can build
+
+
+@pytest.mark.asyncio
+async def test_the_raw_baseline_checks_the_host_name_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def pong(self: Redis) -> bool:
+        return True
+
+    monkeypatch.setattr(Redis, "ping", pong)
+    baseline = RawRedisBaseline(RedisSettings(url="rediss://cache:6380/0"))
+    client = await baseline._connect("k")
+    options = client.connection_pool.connection_kwargs
+    assert (options["ssl_cert_reqs"], options["ssl_check_hostname"]) == ("required", True)
+    baseline._keys.clear()  # nothing to delete on a server that does not exist
+    await baseline.close()
 
 
 def test_connection_options_unix() -> None:
@@ -213,6 +320,6 @@ async def test_cached_commands_are_the_plain_ones() -> None:
 @pytest.mark.asyncio
 async def test_a_header_named_data_is_refused_before_any_io() -> None:
     backend = RedisBackend(RedisSettings(url="redis://127.0.0.1:1/0"))  # nothing listens there
-    with pytest.raises(PayloadError, match="'data' is reserved by the redis wire format"):
+    with pytest.raises(PayloadError, match="'data' is used by this backend's wire format"):
         await backend.publish("orders", {"x": 1}, headers={"data": "oops"})
     await backend.close()

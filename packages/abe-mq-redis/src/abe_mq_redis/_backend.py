@@ -25,7 +25,7 @@ from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import InvalidKeyError, PublishError
 from abe.settings import Variable
 from abe_mq_redis._client import make_client
-from abe_mq_redis._errors import translate_error, wrong_type_error
+from abe_mq_redis._errors import reserved_name_error, translate_error, wrong_type_error
 from abe_mq_redis._receiver import RedisReceiver, delayed_key
 from abe_mq_redis._settings import VARIABLES, RedisSettings
 from abe_mq_redis._wire import Lane, bulk, pack
@@ -172,18 +172,32 @@ class RedisBackend(BaseBackend):
             if isinstance(result, Exception):
                 raise result
 
-    async def _refine(self, error: ResponseError, keys: Sequence[str]) -> Exception:
-        """For WRONGTYPE, the InvalidKeyError naming the key and the type Redis holds there."""
+    async def _refine(
+        self, error: ResponseError, keys: Sequence[str], *, group: str | None = None
+    ) -> Exception:
+        """For WRONGTYPE, the InvalidKeyError naming the key and the type Redis holds there.
+
+        With `group`, the group's delayed-nack sets of `keys` are suspects too.
+        """
         if "WRONGTYPE" not in str(error):
             return error
+        suspects = [(key, key, "stream") for key in keys]
+        if group is not None:
+            suspects += [(delayed_key(key, group), key, "zset") for key in keys]
+        packed = b"".join(pack(("TYPE", name)) for name, _, _ in suspects)
         try:
-            found = await self._lane.call(b"".join(pack(("TYPE", key)) for key in keys), len(keys))
+            found = await self._lane.call(packed, len(suspects))
         except Exception:
             return self._translate_error(error)
-        for key, kind in zip(keys, found, strict=False):
+        for (name, key, expected), kind in zip(suspects, found, strict=False):
             text = kind.decode() if isinstance(kind, bytes) else str(kind)
-            if not isinstance(kind, Exception) and text not in ("stream", "none"):
+            if isinstance(kind, Exception) or text in (expected, "none"):
+                continue
+            if expected == "stream":
                 return wrong_type_error(key, text)
+            return reserved_name_error(
+                name, text, f"group {group!r}'s long-delayed nacks of {key!r}"
+            )
         return self._translate_error(error)
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:

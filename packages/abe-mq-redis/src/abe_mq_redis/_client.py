@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ssl
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -92,6 +93,8 @@ def connection_kwargs(settings: RedisSettings, *, socket_timeout: float) -> dict
 
     Options in the URL's query string (redis-py's own, e.g. `?ssl_cert_reqs=none`) are
     honoured; credentials and TLS files come from the settings; RESP2 is always used.
+    TLS verifies the certificate and the host name unless the URL turns that off: redis-py
+    5.x does not check the host name by default, 8.x does, and abe must not depend on which.
     A connection error is retried 3 times on a fresh connection (a server restart leaves
     stale pooled sockets); a timeout is not, so no call outlives its timeout by much.
     """
@@ -113,6 +116,9 @@ def connection_kwargs(settings: RedisSettings, *, socket_timeout: float) -> dict
     if connection_class is not UnixDomainSocketConnection:
         kwargs.setdefault("socket_keepalive", True)
     if connection_class is SSLConnection:
+        cert_reqs = kwargs.setdefault("ssl_cert_reqs", "required")
+        verifies = cert_reqs not in ("none", ssl.CERT_NONE)  # no name check without a chain
+        kwargs.setdefault("ssl_check_hostname", verifies)
         if settings.tls_ca_file is not None:
             kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:

@@ -2,12 +2,13 @@
 
 Every class in `redis.exceptions` maps to the most specific `abe.errors` class; the
 unit tests walk them all. Messages name the cause and the variable to change, and
-never hold a secret: they show the server as `RedisSettings.url`, which has none.
+never hold a secret: they show the server as `RedisSettings.address`, which has none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 
@@ -22,7 +23,7 @@ from abe.errors import (
     PayloadError,
 )
 
-__all__ = ["translate_error", "wrong_type_error"]
+__all__ = ["reserved_name_error", "translate_error", "wrong_type_error"]
 
 
 def _classes(*names: str) -> tuple[type[Exception], ...]:
@@ -57,6 +58,14 @@ def wrong_type_error(key: str, found: str) -> InvalidKeyError:
     )
 
 
+def reserved_name_error(name: str, found: str, holds: str) -> InvalidKeyError:
+    """The error for a name abe keeps `holds` in, taken by a value of type `found`."""
+    return InvalidKeyError(
+        f"key {name!r} holds a Redis {found}, but abe keeps {holds} under that name; "
+        f"something other than abe wrote it there: remove it (DEL {name}) if nothing needs it"
+    )
+
+
 def translate_error(error: Exception, where: str, *, tls: bool, timeout: float) -> Exception:
     """The abe error for `error`, raised while talking to the Redis at `where` (no secret).
 
@@ -74,8 +83,8 @@ def translate_error(error: Exception, where: str, *, tls: bool, timeout: float) 
     if isinstance(error, redis_errors.NoPermissionError):
         return AuthenticationError(
             f"redis at {where}: the user may not do this ({message}); grant it what abe "
-            f"needs on these keys: ACL SETUSER <user> +@stream +@sortedset +@transaction "
-            f"+@connection +type ~<key pattern>"
+            f"needs on these keys and its delayed-nack sets: ACL SETUSER <user> +@stream "
+            f"+@sortedset +@transaction +@connection +type ~<key pattern> ~abe:{{<key pattern>"
         )
     if isinstance(error, _CLUSTER_ERRORS):
         return ConfigurationError(
@@ -145,6 +154,11 @@ def translate_error(error: Exception, where: str, *, tls: bool, timeout: float) 
     return error
 
 
+_HOST_MISMATCH = re.compile(r"(?i)hostname mismatch|ip address mismatch")
+"""How OpenSSL says that the certificate is for another name."""
+_HOST_MISMATCH_CODES = (62, 64)
+"""X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
+
 _DROPPED = ("closed by server", "reset by peer", "connection lost", "broken pipe")
 """Words of errors where the server hung up: a hint of a TLS mismatch on a new connection."""
 
@@ -162,12 +176,21 @@ def _hint(error: BaseException, tls: bool) -> str:
         chain.append(current)
         current = current.__cause__ or current.__context__
     texts = " ".join(_text(item) for item in chain)
+    if any(_HOST_MISMATCH.search(_text(item)) for item in chain) or any(
+        getattr(item, "verify_code", None) in _HOST_MISMATCH_CODES for item in chain
+    ):
+        return (
+            "; the TLS handshake failed: the server's certificate is valid, but not for the "
+            "host name (or address) in REDIS_URL, so it may not be this server. Write in "
+            "REDIS_URL a name the certificate lists, or have the certificate issued for this "
+            "name; REDIS_TLS_CA_FILE only chooses which CA is trusted and cannot fix this"
+        )
     if any(isinstance(item, ssl.SSLCertVerificationError) for item in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in texts
     ):
         return (
             "; the TLS handshake failed: the server's certificate is not signed by a trusted "
-            "CA or does not match the host. Set REDIS_TLS_CA_FILE to the CA that signed it"
+            "CA (or is not valid now). Set REDIS_TLS_CA_FILE to the CA that signed it"
         )
     lowered = texts.lower()
     dropped = any(word in lowered for word in _DROPPED)

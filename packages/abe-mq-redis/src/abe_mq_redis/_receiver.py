@@ -15,7 +15,7 @@ that acks and asks for more costs one round trip, not two.
 Delays. nack(delay) leaves the entry in the group's pending list (so nothing is lost if
 this process dies) and sets its idle time so that XAUTOCLAIM takes it exactly when the
 delay has passed: `XCLAIM ... IDLE <redelivery timeout - delay> JUSTID`. A delay longer
-than the redelivery timeout is also written to the sorted set `<key>:abe-delayed:<group>`
+than the redelivery timeout is also written to the sorted set `abe:{<key>}:delayed:<group>`
 (score = due time, ms since the epoch): until it is due, the member holding the entry
 keeps resetting its idle time, and a member that reclaims it early (its holder died)
 sees the score and holds it in turn; once it is due within one redelivery timeout, any
@@ -57,8 +57,12 @@ _CLIENT_ID = pack(("CLIENT", "ID"))
 
 
 def delayed_key(key: str, group: str) -> str:
-    """The sorted set holding `group`'s entries of `key` nacked for longer than the timeout."""
-    return f"{key}:abe-delayed:{group}"
+    """The sorted set holding `group`'s entries of `key` nacked for longer than the timeout.
+
+    Keys may not contain `{` or `}`, so no key a user publishes to can ever take this
+    name; `{<key>}` is a Redis Cluster hash tag, keeping the set in the stream's slot.
+    """
+    return f"abe:{{{key}}}:delayed:{group}"
 
 
 def _text(value: Any) -> str:
@@ -84,12 +88,6 @@ def _by_key(messages: Iterable[IncomingMessage]) -> dict[str, list[str]]:
     for message in messages:
         grouped.setdefault(message.key, []).append(message.broker_id)
     return grouped
-
-
-def _raise_first(replies: Iterable[Any]) -> None:
-    for item in replies:
-        if isinstance(item, Exception):
-            raise item
 
 
 _Carried = tuple[str, list[str], "_PendingAck"]
@@ -272,6 +270,14 @@ class RedisReceiver(Receiver):
         await self._backend._create_groups(self.group, self.keys)
         self._cursors = dict.fromkeys(self.keys, "0-0")
 
+    async def _raise_first(self, replies: Iterable[Any], keys: Iterable[str]) -> None:
+        """Raise the first error of `replies`; a WRONGTYPE as the error naming the key at fault."""
+        for item in replies:
+            if isinstance(item, ResponseError) and "WRONGTYPE" in str(item):
+                raise await self._backend._refine(item, tuple(keys), group=self.group) from item
+            if isinstance(item, Exception):
+                raise item
+
     # ---- redelivery -------------------------------------------------------------------
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
@@ -306,7 +312,7 @@ class RedisReceiver(Receiver):
             if isinstance(item, ResponseError) and str(item).startswith("NOGROUP"):
                 await self._recreate(item)
                 return []
-        _raise_first(replies)
+        await self._raise_first(replies, keys)
         due: dict[str, list[tuple[str, int]]] = {}
         gone: dict[str, list[str]] = {}
         claimed: list[IncomingMessage] = []
@@ -400,7 +406,7 @@ class RedisReceiver(Receiver):
         ready: list[IncomingMessage] = []
         to_arm: dict[str, list[tuple[str, int]]] = {}
         past: dict[str, list[str]] = {}
-        _raise_first(replies[: len(claimed)])
+        await self._raise_first(replies[: len(claimed)], by_key)
         for message, pending in zip(claimed, replies, strict=False):
             if not pending:  # acknowledged meanwhile by its earlier holder: done
                 continue
@@ -439,7 +445,7 @@ class RedisReceiver(Receiver):
             pack(("XCLAIM", key, self.group, self.consumer, 0, *entry_ids, *options, "JUSTID"))
             for key, entry_ids in by_key.items()
         ]
-        _raise_first(await self._lane.call(b"".join(commands), len(commands)))
+        await self._raise_first(await self._lane.call(b"".join(commands), len(commands)), by_key)
 
     # ---- settling ---------------------------------------------------------------------
 
@@ -452,7 +458,8 @@ class RedisReceiver(Receiver):
         elif await pending.done:
             return
         commands = [self._xack(key, entry_ids) for key, entry_ids in pending.by_key.items()]
-        _raise_first(await self._lane.call(b"".join(commands), len(commands)))
+        replies = await self._lane.call(b"".join(commands), len(commands))
+        await self._raise_first(replies, pending.by_key)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         key, entry_id = message.key, message.broker_id
@@ -468,7 +475,7 @@ class RedisReceiver(Receiver):
             pack(("ZADD", delayed_key(key, self.group), due_ms, entry_id)),
             pack(("XCLAIM", key, self.group, self.consumer, 0, entry_id, "JUSTID")),
         ]
-        _raise_first(await self._lane.call(b"".join(commands), len(commands)))
+        await self._raise_first(await self._lane.call(b"".join(commands), len(commands)), [key])
         self._held[key, entry_id] = due_ms
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
