@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio
@@ -18,6 +19,7 @@ from abe.testing import (
     RawWriter,
     RestartableBroker,
     SecretCase,
+    TlsMismatch,
 )
 
 Make = Callable[..., BaseBackend]
@@ -102,6 +104,16 @@ class TestRedisContract(BackendContract):
             return make_backend(url, operation_timeout=2.0, **_prefetch(prefetch))
 
         return factory
+
+    @pytest.fixture
+    def tls_mismatch(self, redis_broker: RedisBroker, make_backend: Make) -> TlsMismatch:
+        secret = "Tls-0nly-Pa55word"
+
+        def backend_at(host: str, port: int) -> BaseBackend:
+            return make_backend(f"rediss://:{secret}@{host}:{port}/0", operation_timeout=3.0)
+
+        where = urlsplit(redis_broker.url)
+        return TlsMismatch(backend_at, (where.hostname or "127.0.0.1", where.port or 6379), secret)
 
     @pytest.fixture
     def secret_environment(self, redis_server_factory: RedisServerFactory) -> SecretCase:

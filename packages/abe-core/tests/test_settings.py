@@ -685,7 +685,8 @@ def test_passwords_with_url_characters_are_never_shown(url: str) -> None:
             "rediss://cache:6380/0?ssl_password=***&db=2",
         ),
         ("redis://cache?password=S3cret", "redis://cache?password=***"),
-        ("nats://a:4222?auth_token=S3cret;x=1", "nats://a:4222?auth_token=***;x=1"),
+        ("nats://a:4222?auth_token=S3;cret&x=1", "nats://a:4222?auth_token=***&x=1"),
+        ("rediss://h/0?ssl%5Fpassword=S3cret", "rediss://h/0?ssl%5Fpassword=***"),
         ("https://sqs.local?X-Amz-Signature=S3cret", "https://sqs.local?X-Amz-Signature=***"),
         (
             "amqp://u:S3cret@rabbit:5672/vhost?heartbeat=5",

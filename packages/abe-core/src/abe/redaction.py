@@ -21,8 +21,8 @@ __all__ = ["MASK", "SecretFilter", "redact_url"]
 MASK = "***"
 
 _SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:[a-z0-9_.-]*(?:pass(?:word|wd|phrase)?|pwd|token|secret|credentials?|"
-    r"signature|sig|api[_-]?key|access[_-]?key|private[_-]?key|auth))=)([^&;#]*)"
+    r"(?i)([?&](?:[a-z0-9_.%-]*(?:pass(?:word|wd|phrase)?|pwd|token|secret|credentials?|"
+    r"signature|sig|api[_-]?key|access[_-]?key|private[_-]?key|auth))=)([^&#]*)"
 )
 """Query options whose value is a secret: password, ssl_password, auth_token, access_key..."""
 _MIN_SECRET = 3
