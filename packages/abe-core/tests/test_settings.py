@@ -741,3 +741,25 @@ def test_the_secret_filter_hides_every_form_of_a_secret_in_messages_and_tracebac
     assert text.count("***") >= 5
     assert "ab is too short to hide" in text
     assert secret_filter not in logger.filters
+
+
+def test_url_secrets_are_what_redact_url_hides() -> None:
+    from abe.redaction import url_secrets
+
+    assert url_secrets("redis://u:pw@h:1/0?ssl_password=sp&db=1,nats://tok@n:4222") == (
+        "u",
+        "pw",
+        "sp",
+        "tok",
+    )
+    assert url_secrets("https://sqs.local:443") == ()
+
+
+def test_the_secret_filter_hides_what_its_patterns_find() -> None:
+    import re
+
+    from abe.redaction import SecretFilter
+
+    found = SecretFilter([], [re.compile(r"Credential=(AKIA[A-Z0-9]+)"), re.compile(r"tok-\d+")])
+    assert found.active
+    assert found.scrub("Credential=AKIA123/x tok-42 ok") == "Credential=***/x *** ok"

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MASK", "SecretFilter", "redact_url"]
+__all__ = ["MASK", "SecretFilter", "redact_url", "url_secrets"]
 
 MASK = "***"
 
@@ -47,6 +47,21 @@ def redact_url(text: str) -> str:
     return ",".join(parts)
 
 
+def url_secrets(text: str) -> tuple[str, ...]:
+    """The secret parts of comma-separated URLs: user info and secret query option values.
+
+    For feeding a SecretFilter with what `redact_url` hides.
+    """
+    found: list[str] = []
+    for part in text.split(","):
+        rest = part.partition("://")[2] or part
+        if "@" in rest:
+            userinfo = rest.rsplit("@", 1)[0]
+            found += [piece for piece in userinfo.split(":", 1) if piece]
+        found += [match.group(2) for match in _SECRET_QUERY.finditer(part) if match.group(2)]
+    return tuple(found)
+
+
 def _forms(secret: str) -> set[str]:
     """The ways a library may print `secret`: as is, URL-encoded, escaped in a repr or JSON."""
     forms = {
@@ -67,26 +82,33 @@ class SecretFilter(logging.Filter):
     library's loggers when the backend connects and `uninstall()` it when it closes.
     """
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str], patterns: Iterable[re.Pattern[str]] = ()) -> None:
         super().__init__()
         forms = {form for secret in secrets if secret for form in _forms(secret)}
         self._forms = sorted(forms, key=len, reverse=True)
+        self._patterns = tuple(patterns)
         self._loggers: list[logging.Logger] = []
 
     @property
     def active(self) -> bool:
         """Whether there is anything to hide."""
-        return bool(self._forms)
+        return bool(self._forms or self._patterns)
 
     def scrub(self, text: str) -> str:
-        """`text` with every form of the secrets replaced by ***."""
+        """`text` with every form of the secrets, and each pattern's last group, as ***.
+
+        A pattern hides its last group (`Credential=(AKIA[A-Z0-9]+)`), or its whole match
+        when it has none, for secrets a library finds by itself rather than from settings.
+        """
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)
+        for pattern in self._patterns:
+            text = pattern.sub(_masker, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._forms:
+        if not self.active:
             return True
         try:
             message = record.getMessage()
@@ -108,7 +130,7 @@ class SecretFilter(logging.Filter):
 
         Idempotent; call it again after the library imported more modules (a connect).
         """
-        if not self._forms:
+        if not self.active:
             return
         names = set(prefixes)
         names.update(
@@ -127,3 +149,15 @@ class SecretFilter(logging.Filter):
         for logger in self._loggers:
             logger.removeFilter(self)
         self._loggers.clear()
+
+
+def _masker(match: re.Match[str]) -> str:
+    if not match.re.groups:
+        return MASK
+    group = match.re.groups
+    start, end = match.span(group)
+    if start < 0:
+        return match.group(0)
+    whole_start = match.start()
+    text = match.group(0)
+    return text[: start - whole_start] + MASK + text[end - whole_start :]

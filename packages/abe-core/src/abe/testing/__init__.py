@@ -14,6 +14,7 @@ if find_spec("pytest") is None or find_spec("pytest_asyncio") is None:  # pragma
 
 from abe.testing.contract import BackendContract, CoreContract
 from abe.testing.delivery import DeliveryContract
+from abe.testing.error_maps import assert_error_map_covers
 from abe.testing.fixtures import (
     BackendFactory,
     Backends,
@@ -56,5 +57,6 @@ __all__ = [
     "RoundTripContract",
     "SecretCase",
     "TlsMismatch",
+    "assert_error_map_covers",
     "unique",
 ]

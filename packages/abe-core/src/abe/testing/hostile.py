@@ -27,7 +27,8 @@ def hostile_bodies(backend: BaseBackend) -> list[tuple[str, bytes, str]]:
     """(what, body, words the dead-letter reason must contain) for every bad shape of body."""
     oversized = json.dumps({"blob": "x" * backend.max_payload_bytes}).encode()
     return [
-        ("nested 1,000 deep", b"[" * 1000 + b"]" * 1000, "not an object"),
+        # Python 3.12+ reads this (a list, not an object); 3.10 and 3.11 find it too deep
+        ("nested 1,000 deep", b"[" * 1000 + b"]" * 1000, "undecodable body: the body is "),
         ("nested 100,000 deep", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         ("objects nested deep", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
         ("not UTF-8", b"\xff\xfe not json", "not UTF-8"),

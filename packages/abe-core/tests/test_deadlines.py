@@ -1,0 +1,123 @@
+"""Deadlines and cancellation: the helpers providers use instead of asyncio.wait_for.
+
+The lost-cancellation cases (CPython gh-86296): a task cancelled at the very moment what
+it awaits finishes must still end cancelled, on every supported Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from abe.provider import Deadline, Stopped, bounded, close_quietly, until_stopped, wait_event
+
+
+async def _cancel_as_it_finishes(make: object) -> asyncio.Task[object]:
+    """Run `make(done)` in a task, then finish `done` and cancel the task in the same turn."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(make(done))  # type: ignore[operator]
+    await asyncio.sleep(0)  # the task is now waiting on `done`
+    done.set_result(None)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return task
+
+
+@pytest.mark.asyncio
+async def test_bounded_keeps_a_cancellation_that_arrives_as_the_work_finishes() -> None:
+    task = await _cancel_as_it_finishes(lambda done: bounded(asyncio.shield(done), 10.0))
+    assert task.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_a_deadline_step_keeps_a_cancellation_that_arrives_as_the_step_finishes() -> None:
+    async def step(done: asyncio.Future[None]) -> None:
+        await Deadline(10.0).run(asyncio.shield(done))
+
+    task = await _cancel_as_it_finishes(step)
+    assert task.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_until_stopped_keeps_a_cancellation_that_arrives_as_the_work_finishes() -> None:
+    stop = asyncio.Event()
+    task = await _cancel_as_it_finishes(lambda done: until_stopped(asyncio.shield(done), stop))
+    assert task.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_wait_event_keeps_a_cancellation() -> None:
+    event = asyncio.Event()
+    task = asyncio.ensure_future(wait_event(event, 10.0))
+    await asyncio.sleep(0)
+    event.set()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_a_deadline_shares_one_limit_between_steps() -> None:
+    deadline = Deadline(0.2)
+    assert 0 < deadline.remaining <= 0.2
+    await deadline.run(asyncio.sleep(0.05))
+    assert deadline.remaining < 0.16
+    with pytest.raises(asyncio.TimeoutError):
+        await deadline.run(asyncio.Event().wait())
+    assert deadline.expired
+    with pytest.raises(asyncio.TimeoutError):  # nothing left: the next step fails at once
+        await deadline.run(asyncio.Event().wait())
+
+
+@pytest.mark.asyncio
+async def test_wait_event_says_whether_the_event_came_in_time() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    asyncio.get_running_loop().call_soon(event.set)
+    assert await wait_event(event, 5.0) is True
+
+
+@pytest.mark.asyncio
+async def test_until_stopped_returns_the_result_or_stops_and_cancels_the_work() -> None:
+    stop = asyncio.Event()
+
+    async def answer() -> int:
+        return 42
+
+    assert await until_stopped(answer(), stop) == 42
+    cancelled = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    asyncio.get_running_loop().call_soon(stop.set)
+    with pytest.raises(Stopped):
+        await until_stopped(forever(), stop)
+    assert cancelled.is_set()
+    with pytest.raises(Stopped):  # already stopped: the work never starts
+        await until_stopped(forever(), stop)
+
+
+@pytest.mark.asyncio
+async def test_close_quietly_bounds_and_logs_each_closer(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    closed: list[str] = []
+
+    async def fine() -> None:
+        closed.append("fine")
+
+    async def broken() -> None:
+        raise OSError("socket gone")
+
+    caplog.set_level(logging.DEBUG)
+    await close_quietly(
+        [broken(), asyncio.Event().wait(), fine()], 0.05, logging.getLogger("abe.test"), "test"
+    )
+    assert closed == ["fine"]
+    assert "socket gone" in caplog.text
+    assert "TimeoutError" in caplog.text
