@@ -69,14 +69,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="abe-examples-") as work:
         cache = Path(work) / ".mypy_cache"
         for page in pages():
-            folder = Path(work) / page.relative_to(ROOT).with_suffix("").as_posix().replace("/", "__")
+            folder = Path(work) / page.relative_to(ROOT).with_suffix("").as_posix().replace(
+                "/", "__"
+            )
             folder.mkdir()
             if not write_examples(page, folder):
                 continue
             run = subprocess.run(
                 [
-                    sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache),
-                    "--no-error-summary", "--explicit-package-bases", ".",
+                    sys.executable,
+                    "-m",
+                    "mypy",
+                    "--strict",
+                    "--cache-dir",
+                    str(cache),
+                    "--no-error-summary",
+                    "--explicit-package-bases",
+                    ".",
                 ],
                 cwd=folder,
                 capture_output=True,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from abe.backends.message_queue.base.backend import BaseBackend
+    from abe.backends.message_queue.base.interface import Backend
 
 __all__ = [
     "WORKLOADS",
@@ -212,7 +212,7 @@ class AbeWorkloads:
 
     name = "abe"
 
-    def __init__(self, backend: BaseBackend) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
     async def publish(self, workload: Workload, progress: Progress) -> Measurement:

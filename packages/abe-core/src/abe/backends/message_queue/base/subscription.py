@@ -12,8 +12,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from abe.backends.message_queue.base.acks import AckBatcher
 from abe.backends.message_queue.base.codec import IncomingMessage, UndecodableBody, decode_body
@@ -25,15 +25,40 @@ from abe.errors import AuthenticationError, BackendUnavailableError, DeliverySta
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from abe.backends.message_queue.base.backend import BaseBackend
+__all__ = ["Subscription", "SubscriptionHost"]
 
-__all__ = ["Subscription"]
+T = TypeVar("T")
 
 log = logging.getLogger("abe.subscription")
 
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 5.0
 _RELEASE_TIMEOUT = 5.0
+
+
+class SubscriptionHost(Protocol):
+    """What a subscription needs from the backend that made it (BaseBackend provides it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_payload_bytes(self) -> int: ...
+
+    @property
+    def redelivery_timeout(self) -> float: ...
+
+    async def _open_receiver_for(self, subscription: Subscription) -> Receiver: ...
+
+    async def _guard(
+        self, awaitable: Awaitable[T], action: str, *, scale: int = 1, waits: float = 0.0
+    ) -> T: ...
+
+    async def _dead_letter(
+        self, message: IncomingMessage, reason: str, *, wrap_body: bool = False
+    ) -> None: ...
+
+    def _forget(self, subscription: Subscription) -> None: ...
 
 
 class Subscription:
@@ -45,7 +70,7 @@ class Subscription:
 
     def __init__(
         self,
-        backend: BaseBackend,
+        backend: SubscriptionHost,
         group: str,
         keys: tuple[str, ...],
         prefetch: int,
