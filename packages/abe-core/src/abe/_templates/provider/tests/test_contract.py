@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pytest
 from abe import MemoryBroker
-from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.provider import OutgoingMessage
 from abe.testing import (
     BackendContract,
     BackendFactory,
@@ -102,7 +102,7 @@ def test_a_remote_broker_gets_the_whole_suite() -> None:
 
 # ---- once the broker is another process (capabilities.remote = True) --------------------
 #
-# from abe.testing import RestartableBroker, SecretCase
+# from abe.testing import RestartableBroker, SecretCase, TlsMismatch
 #
 # class TestExampleContract(BackendContract):
 #     ...the hooks above, pointed at the test broker, plus these three:
@@ -143,3 +143,14 @@ def test_a_remote_broker_gets_the_whole_suite() -> None:
 #             },
 #             secret=wrong,
 #         )
+#
+#     @pytest.fixture
+#     def tls_mismatch(self) -> TlsMismatch:
+#         """A backend asking for TLS, holding a token, and a plaintext test broker: the
+#         suite puts a recording proxy between them and fails if the token crosses it."""
+#         def at(host: str, port: int) -> ExampleBackend:
+#             url = f"examples://{host}:{port}"       # your TLS scheme or setting
+#             settings = ExampleSettings(url=url, token=Secret("t0ken-Zq81x"))
+#             return ExampleBackend(settings)
+#
+#         return TlsMismatch(at, ("127.0.0.1", 7000), "t0ken-Zq81x")

@@ -1,18 +1,29 @@
 """The error map: each client-library exception becomes the most specific abe error.
 
-When the backend has a client library, add a test that walks its exception classes
-(e.g. every class in `yourclient.errors`) and fails on any that `translate_error`
-leaves unmapped, so a new client release cannot slip one past.
+`assert_error_map_covers(ExampleBackend.errors, yourclient.errors)` walks your client
+library's exception classes and fails on any the map leaves out, so a new client release
+cannot slip one past.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 
 import pytest
 from abe.errors import BackendUnavailableError, InvalidKeyError
 
 from abe_mq_example import ExampleBackend, ExampleSettings
+
+
+def test_the_map_covers_the_clients_exceptions() -> None:
+    # With a client library: assert_error_map_covers(Backend.errors, yourclient.errors)
+    connection_errors = [
+        klass
+        for klass in vars(builtins).values()
+        if isinstance(klass, type) and issubclass(klass, OSError)
+    ]
+    assert ExampleBackend.errors.missing(connection_errors) == []
 
 
 @pytest.mark.parametrize(
@@ -30,6 +41,7 @@ def test_client_errors_become_abe_errors(error: Exception, expected: type[Except
     translated = backend._translate_error(error)
     assert type(translated) is expected
     assert "example://broker.internal:7001" in str(translated)
+    assert translated.__cause__ is error
 
 
 def test_abe_errors_and_unknown_errors_pass_through() -> None:

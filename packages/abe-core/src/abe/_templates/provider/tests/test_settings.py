@@ -67,9 +67,9 @@ def test_one_error_names_every_bad_variable(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigurationError) as refused:
         ExampleBackend.from_env()
     assert refused.value.variables == (
+        "EXAMPLE_URL",
         "ABE_MQ_PREFETCH",
         "ABE_MQ_OPERATION_TIMEOUT",
-        "EXAMPLE_URL",
     )
     assert "must start with example://" in str(refused.value)
 

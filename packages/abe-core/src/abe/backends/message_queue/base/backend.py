@@ -109,7 +109,10 @@ class BaseBackend(abc.ABC):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "variables" not in cls.__dict__ and cls.settings_class is not BackendSettings:
-            cls.variables = (*cls.settings_class.variables(), KEYS)
+            declared = cls.settings_class.variables()
+            common = {variable.name for variable in BackendSettings.variables()}
+            own = tuple(variable for variable in declared if variable.name not in common)
+            cls.variables = (*own, KEYS, *declared[len(own) :])
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
