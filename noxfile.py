@@ -93,6 +93,8 @@ def lint(session: nox.Session, package: str) -> None:
         shared = ["noxfile.py", "tools", "tests-integration"]
         session.run("ruff", "check", *shared)
         session.run("ruff", "format", "--check", *shared)
+        # import cycles, provider size and imports, no asyncio.wait_for in providers
+        session.run("python", "tools/check_structure.py")
 
 
 @nox.session(python=MAIN_PYTHON)
@@ -181,8 +183,9 @@ def docs(session: nox.Session) -> None:
     (docs/hooks/abe_docs.py), and abe.testing needs abe-core's `testing` extra.
     """
     packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in PROVIDERS)]
-    session.install("-r", "docs/requirements.txt", *packages)
+    session.install("-r", "docs/requirements.txt", "mypy", *packages)
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+    session.run("python", "tools/check_examples.py")  # every example passes mypy --strict
 
 
 @nox.session(python=MAIN_PYTHON)
