@@ -109,8 +109,9 @@ def typecheck(session: nox.Session, package: str) -> None:
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """A package's fast offline tests, on each supported Python."""
-    # pip and hatchling: the loader tests install test-only distributions with pip.
-    _install_with_core(session, package, *TEST_TOOLS, "pip", "hatchling")
+    # pip and hatchling: the loader tests install test-only distributions with pip;
+    # mypy: abe-core's tests type-check the protocol page's skeleton against it.
+    _install_with_core(session, package, *TEST_TOOLS, "pip", "hatchling", "mypy")
     session.run("pytest", f"packages/{package}/tests", *session.posargs)
 
 

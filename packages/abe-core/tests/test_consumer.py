@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -503,21 +502,6 @@ def test_constructor_arguments_are_checked(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         AsyncLoopConsumer(backend, keys=KEY, **arguments)
-
-
-def test_a_backend_not_built_on_base_backend_is_a_type_error() -> None:
-    class Foreign:
-        async def publish(self, key: str, payload: dict[str, Any]) -> None: ...
-
-        async def consume(self, *, group: str | None = None) -> AsyncIterator[dict[str, Any]]:
-            yield {}
-
-        @classmethod
-        def from_env(cls) -> Foreign:
-            return cls()
-
-    with pytest.raises(TypeError, match=r"built on abe's BaseBackend.*got Foreign"):
-        AsyncLoopConsumer(Foreign(), keys=KEY)  # type: ignore[arg-type]
 
 
 def test_a_new_consumer_is_idle_with_zero_stats(backend: MemoryBackend) -> None:

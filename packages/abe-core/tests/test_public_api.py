@@ -209,7 +209,7 @@ def test_protocol_page_names_import_from_their_documented_paths() -> None:
     assert MessageQueueBackend is MessageQueueBackendProtocol
     assert callable(load_backend)
     assert MessageQueueKey is str
-    assert ConsumerGroup is str
+    assert ConsumerGroup == str | None  # the page writes `group: ConsumerGroup = None`
     assert MessageQueuePayload == dict[str, Any]
     assert MessageQueueMessage == dict[str, Any]
 

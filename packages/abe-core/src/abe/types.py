@@ -26,8 +26,11 @@ MessageQueuePayload: TypeAlias = dict[str, Any]
 MessageQueueMessage: TypeAlias = dict[str, Any]
 """What `consume()` yields: the payload as it was published."""
 
-ConsumerGroup: TypeAlias = str
-"""A group name. Consumers sharing one compete for messages; different groups each get all."""
+ConsumerGroup: TypeAlias = str | None
+"""A group name; None is the group named `default`.
+
+Consumers sharing a group compete for its messages; different groups each get them all.
+"""
 
 
 @runtime_checkable

@@ -14,19 +14,39 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.base.subscription import Subscription
-from abe.types import ConsumerGroup, MessageQueueKey, MessageQueuePayload
+from abe.backends.message_queue.protocol_backend import ProtocolBackend
+from abe.types import (
+    ConsumerGroup,
+    MessageQueueBackendProtocol,
+    MessageQueueKey,
+    MessageQueuePayload,
+)
 
-__all__ = ["AsyncLoopConsumer", "ConsumerStats", "Handler", "current_delivery"]
+__all__ = ["AsyncLoopConsumer", "ConsumerProtocol", "ConsumerStats", "Handler", "current_delivery"]
 
 log = logging.getLogger("abe.consumer")
 
 Handler = Callable[[MessageQueuePayload], Awaitable[object]]
 """An async function called with each payload; returning means done, raising means retry."""
+
+
+class ConsumerProtocol(Protocol):
+    """A consumer loop: `run(handler)` until `shutdown()`. AsyncLoopConsumer is one."""
+
+    async def run(self, handler: Handler) -> None:
+        """Call `handler` with each message until shut down."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop taking messages and let the running handlers finish."""
+        ...
+
 
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("abe_current_delivery")
 
@@ -61,7 +81,8 @@ class AsyncLoopConsumer:
     handlers in flight have finished. It can be called again afterwards.
 
     Args:
-        backend: the backend to read from (any `BaseBackend`).
+        backend: the backend to read from. One with only the protocol's three methods
+            runs at most once (see `ProtocolBackend`), with a `ProtocolOnlyWarning`.
         group: the consumer group; None is the group "default".
         keys: the keys to read; None reads `ABE_MQ_KEYS`.
         concurrency: most handlers running at once.
@@ -79,7 +100,7 @@ class AsyncLoopConsumer:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | MessageQueueBackendProtocol,
         group: ConsumerGroup | None = None,
         *,
         keys: Sequence[MessageQueueKey] | MessageQueueKey | None = None,
@@ -98,12 +119,14 @@ class AsyncLoopConsumer:
             raise ValueError("need 0 <= retry_delay <= max_retry_delay")
         if shutdown_timeout < 0:
             raise ValueError("shutdown_timeout must be zero or more seconds")
-        if not isinstance(backend, BaseBackend):
+        if not isinstance(backend, (BaseBackend, MessageQueueBackendProtocol)):
             raise TypeError(
-                f"AsyncLoopConsumer needs a backend built on abe's BaseBackend (for deliveries, "
-                f"acks and dead letters), got {type(backend).__name__}"
+                f"AsyncLoopConsumer needs a message-queue backend (publish, consume and "
+                f"from_env), got {type(backend).__name__}"
             )
-        self.backend = backend
+        if not isinstance(backend, BaseBackend):  # only the protocol: at most once, said once
+            backend = ProtocolBackend(backend)
+        self.backend: Backend = backend
         self.group = group
         self.keys = keys
         self.concurrency = concurrency

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import cast
 
+from abe._deprecation import moved
 from abe._version import __version__
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.base.interface import Backend
+from abe.backends.message_queue.protocol_backend import ProtocolBackend
 from abe.errors import BackendNotFoundError
 from abe.types import MessageQueueBackendProtocol
 
@@ -169,7 +171,7 @@ def load_backend(name: str | None = None) -> Backend:
     backend = choice.entry.load_class().from_env()
     if isinstance(backend, BaseBackend):
         return backend
-    return cast("Backend", backend)
+    return ProtocolBackend(backend)  # only the protocol's methods: at most once, said once
 
 
 def _entry_named(entries: Sequence[BackendEntry], name: str) -> BackendEntry:
@@ -197,3 +199,10 @@ def _entry(point: EntryPoint) -> BackendEntry:
     name = None if dist is None else dist.metadata["Name"]
     version = None if dist is None else dist.version
     return BackendEntry(point.name.strip().lower(), point.value, name, version)
+
+
+def __getattr__(name: str) -> object:
+    """`BACKEND_ENTRY_POINT_GROUP`, the old name of ENTRY_POINT_GROUP, with a warning."""
+    if name == "BACKEND_ENTRY_POINT_GROUP":
+        return moved(__name__, name, __name__, "ENTRY_POINT_GROUP")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
