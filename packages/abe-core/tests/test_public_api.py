@@ -33,6 +33,8 @@ MODULES = [
     "abe.errors",
     "abe.settings",
     "abe.redaction",
+    "abe.middleware",
+    "abe.provider",
     "abe.backends.message_queue",
     "abe.backends.message_queue.base",
     "abe.backends.message_queue.base.protocol",

@@ -33,6 +33,7 @@ from abe.errors import (
     PayloadError,
     PublishError,
 )
+from abe.middleware import Middleware, Publication
 from abe.types import (
     ConsumerGroup,
     MessageQueueBackendProtocol,
@@ -64,7 +65,9 @@ __all__ = [
     "MessageQueueKey",
     "MessageQueueMessage",
     "MessageQueuePayload",
+    "Middleware",
     "PayloadError",
+    "Publication",
     "PublishError",
     "Subscription",
     "__version__",

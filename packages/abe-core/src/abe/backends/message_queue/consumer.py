@@ -21,6 +21,7 @@ from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.base.subscription import Subscription
 from abe.backends.message_queue.protocol_backend import ProtocolBackend
+from abe.middleware import HandleNext, Middleware, chain_handle, installed
 from abe.types import (
     ConsumerGroup,
     MessageQueueBackendProtocol,
@@ -92,6 +93,8 @@ class AsyncLoopConsumer:
         prefetch: most messages held at once (at least `concurrency`).
         shutdown_timeout: how long `shutdown()` lets running handlers finish before it
             cancels them (their messages are then delivered again).
+        middleware: run around each handler call, inside the process's and the
+            backend's (see `abe.middleware`).
 
     A handler that returns has its message acknowledged; one that raises has it retried
     after a backoff. A handler may settle its own delivery instead, through
@@ -110,6 +113,7 @@ class AsyncLoopConsumer:
         max_retry_delay: float = 300.0,
         prefetch: int | None = None,
         shutdown_timeout: float = 30.0,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -135,6 +139,7 @@ class AsyncLoopConsumer:
         self.max_retry_delay = max_retry_delay
         self.prefetch = max(prefetch or concurrency, concurrency)
         self.shutdown_timeout = shutdown_timeout
+        self.middleware = list(middleware)
         self.stats = ConsumerStats()
         self._subscription: Subscription | None = None
         self._stopping = False
@@ -163,6 +168,7 @@ class AsyncLoopConsumer:
         self._wake = asyncio.Event()
         self.stats = ConsumerStats()
         slots = asyncio.Semaphore(self.concurrency)
+        call = self._call(handler)
         handlers: dict[asyncio.Task[None], tuple[Delivery, float]] = {}
         loop = asyncio.get_running_loop()
         try:
@@ -182,7 +188,7 @@ class AsyncLoopConsumer:
                         except BaseException:
                             slots.release()
                             raise
-                        task = loop.create_task(self._handle(delivery, handler))
+                        task = loop.create_task(self._handle(delivery, call))
                         handlers[task] = (delivery, loop.time())
                         task.add_done_callback(lambda done: handlers.pop(done, None))
                         task.add_done_callback(lambda _: slots.release())
@@ -282,7 +288,16 @@ class AsyncLoopConsumer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _handle(self, delivery: Delivery, handler: Handler) -> None:
+    def _call(self, handler: Handler) -> HandleNext:
+        """The handler behind every middleware: the process's, the backend's, the consumer's."""
+
+        async def call(delivery: Delivery) -> None:
+            await handler(delivery.payload)
+
+        middlewares = [*installed(), *self.backend.middleware, *self.middleware]
+        return chain_handle(middlewares, call) if middlewares else call
+
+    async def _handle(self, delivery: Delivery, call: HandleNext) -> None:
         self.stats.in_flight += 1
         _current.set(delivery)
         try:
@@ -292,7 +307,7 @@ class AsyncLoopConsumer:
                 )
                 return
             try:
-                await handler(delivery.payload)
+                await call(delivery)
             except asyncio.CancelledError:
                 if not delivery.settled:
                     await self._settle_safely(delivery.nack(0.0), delivery, "give back")

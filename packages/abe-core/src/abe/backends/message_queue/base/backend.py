@@ -26,6 +26,7 @@ from abe.backends.message_queue.base.codec import (
     HEADER_PUBLISHED_AT,
     IncomingMessage,
     OutgoingMessage,
+    check_message_id,
     encode_payload,
     new_message_id,
     wrap_undecodable,
@@ -44,6 +45,7 @@ from abe.errors import (
     ConfigurationError,
     PayloadError,
 )
+from abe.middleware import Middleware, Publication, chain_publish, installed
 from abe.redaction import SecretFilter
 from abe.settings import KEYS, Environment, Variable
 from abe.types import ConsumerGroup, MessageQueueKey, MessageQueueMessage, MessageQueuePayload
@@ -119,6 +121,8 @@ class BaseBackend(abc.ABC):
         self._closed = False
         self._valid_keys: set[str] = set()
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self.middleware: list[Middleware] = []
+        """Middleware around this backend's publishes and its consumers' handlers."""
         self.secret_filter = SecretFilter(settings.secrets())
         """Keeps this backend's secrets out of logs and error text; on `client_loggers`."""
         if self.secret_filter.active and self.client_loggers:
@@ -182,11 +186,23 @@ class BaseBackend(abc.ABC):
         payload: MessageQueuePayload,
         *,
         headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
     ) -> None:
-        """Publish one payload to `key`. Refused input raises before any network I/O."""
+        """Publish one payload to `key`. Refused input raises before any network I/O.
+
+        `message_id` names the message for good: give the same id when retrying a publish
+        that raised, and brokers that de-duplicate (NATS, SQS FIFO) store it once; every
+        delivery carries it as `Delivery.id`. Without one, abe makes a new id.
+        """
         self._ensure_open()
         self._check_key(key)
-        message = self._prepare(payload, self._check_headers(headers))
+        ids = [new_message_id() if message_id is None else check_message_id(message_id)]
+        middlewares = self._middlewares()
+        if middlewares:
+            publication = Publication(self.name, key, [payload], dict(headers or {}), ids, False)
+            await chain_publish(middlewares, self._publish_now)(publication)
+            return
+        message = self._prepare(payload, self._check_headers(headers), ids[0])
         await self._guard(self._send(key, (message,)), "publish")
 
     async def publish_many(
@@ -195,24 +211,58 @@ class BaseBackend(abc.ABC):
         payloads: Iterable[MessageQueuePayload],
         *,
         headers: Mapping[str, str] | None = None,
+        message_ids: Sequence[str] | None = None,
     ) -> None:
         """Publish many payloads to `key` in order, through the broker's batch path.
 
         Every payload is checked before anything is sent, so one bad payload publishes none.
+        `message_ids`, one per payload, work as `publish`'s `message_id` does.
         """
         self._ensure_open()
         self._check_key(key)
-        checked = self._check_headers(headers)
+        batch = list(payloads)
+        if message_ids is None:
+            ids = [new_message_id() for _ in batch]
+        else:
+            ids = [check_message_id(message_id) for message_id in message_ids]
+            if len(ids) != len(batch):
+                raise ValueError(
+                    f"message_ids has {len(ids)} ids for {len(batch)} payloads; give one each"
+                )
+        publication = Publication(self.name, key, batch, dict(headers or {}), ids, True)
+        middlewares = self._middlewares()
+        if middlewares:
+            await chain_publish(middlewares, self._publish_now)(publication)
+        else:
+            await self._publish_now(publication)
+
+    async def _publish_now(self, publication: Publication) -> None:
+        """Check, encode and send a publication (the innermost step of the middleware chain)."""
+        self._ensure_open()
+        key = self._check_key(publication.key)
+        checked = self._check_headers(publication.headers)
+        if not publication.many:
+            (payload,), (message_id,) = publication.payloads, publication.message_ids
+            message = self._prepare(payload, checked, message_id)
+            await self._guard(self._send(key, (message,)), "publish")
+            return
         messages = []
         published_at = str(int(time.time() * 1000))
-        for index, payload in enumerate(payloads):
+        for index, (payload, message_id) in enumerate(
+            zip(publication.payloads, publication.message_ids, strict=True)
+        ):
             try:
-                messages.append(self._prepare(payload, checked, published_at))
+                messages.append(self._prepare(payload, checked, message_id, published_at))
             except PayloadError as exc:
                 raise PayloadError(f"payloads[{index}]: {exc}; nothing was published") from None
         if messages:
             chunks = 1 + len(messages) // 1000
             await self._guard(self._send(key, messages), "publish_many", scale=chunks)
+
+    def _middlewares(self) -> list[Middleware]:
+        """The middleware around this backend's calls: the process's, then its own."""
+        process = installed()
+        return [*process, *self.middleware] if process or self.middleware else []
 
     async def consume(
         self,
@@ -378,11 +428,11 @@ class BaseBackend(abc.ABC):
         self,
         payload: MessageQueuePayload,
         headers: dict[str, str] | None,
+        message_id: str,
         published_at: str | None = None,
     ) -> OutgoingMessage:
         """The encoded message for `payload`; `headers` were checked by `_check_headers`."""
         body = encode_payload(payload, self.max_payload_bytes)
-        message_id = new_message_id()
         wire = {
             HEADER_ID: message_id,
             HEADER_PUBLISHED_AT: published_at or str(int(time.time() * 1000)),

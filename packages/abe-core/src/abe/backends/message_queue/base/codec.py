@@ -39,6 +39,7 @@ __all__ = [
     "IncomingMessage",
     "OutgoingMessage",
     "UndecodableBody",
+    "check_message_id",
     "decode_body",
     "encode_payload",
     "new_message_id",
@@ -48,6 +49,25 @@ __all__ = [
 _PROCESS_PREFIX = os.urandom(8).hex()
 _SEQUENCE = count(1)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+_ID_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
+
+
+def check_message_id(message_id: object) -> str:
+    """`message_id` if every broker can carry it as a message id, else PayloadError.
+
+    1 to 128 printable ASCII characters without spaces (what SQS takes as a
+    deduplication id; NATS, Kafka and Redis carry it in a header).
+    """
+    if not isinstance(message_id, str):
+        raise PayloadError(f"a message id must be a str, got {type(message_id).__name__}")
+    if not 0 < len(message_id) <= 128 or not _ID_CHARACTERS.issuperset(message_id):
+        raise PayloadError(
+            f"message id {message_id[:40]!r} must be 1 to 128 printable ASCII characters "
+            f"without spaces (letters, digits, punctuation), so that every broker can carry it"
+        )
+    return message_id
 
 
 def new_message_id() -> str:

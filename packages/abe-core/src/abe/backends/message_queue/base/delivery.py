@@ -17,6 +17,8 @@ __all__ = ["Delivery"]
 
 
 class _Settler(Protocol):
+    group: str
+
     async def _settle_ack(self, delivery: Delivery) -> None: ...
     async def _settle_nack(self, delivery: Delivery, delay: float) -> None: ...
     async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None: ...
@@ -49,6 +51,11 @@ class Delivery:
     def id(self) -> str:
         """abe's message id, or the broker's id for a message a foreign producer wrote."""
         return self.message.headers.get(HEADER_ID) or self.message.broker_id
+
+    @property
+    def group(self) -> str:
+        """The consumer group it was delivered to."""
+        return self._settler.group
 
     @property
     def attempt(self) -> int:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from abe.backends.message_queue.base.capabilities import Capabilities
     from abe.backends.message_queue.base.subscription import Subscription
+    from abe.middleware import Middleware
 
 __all__ = ["Backend"]
 
@@ -47,6 +48,11 @@ class Backend(Protocol):
         ...
 
     @property
+    def middleware(self) -> list[Middleware]:
+        """Middleware around this backend's publishes and its consumers' handlers."""
+        ...
+
+    @property
     def redelivery_timeout(self) -> float:
         """Seconds after which an unsettled delivery is delivered again."""
         ...
@@ -57,8 +63,9 @@ class Backend(Protocol):
         payload: MessageQueuePayload,
         *,
         headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
     ) -> None:
-        """Publish one payload to `key`."""
+        """Publish one payload to `key` (with the caller's id, for retries without duplicates)."""
         ...
 
     async def publish_many(
@@ -67,6 +74,7 @@ class Backend(Protocol):
         payloads: Iterable[MessageQueuePayload],
         *,
         headers: Mapping[str, str] | None = None,
+        message_ids: Sequence[str] | None = None,
     ) -> None:
         """Publish many payloads to `key`, in order, through the broker's batch path."""
         ...
