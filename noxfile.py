@@ -226,6 +226,7 @@ def _check_template(session: nox.Session, work: Path) -> None:
     listed = str(session.run("abe", "backends", silent=True, env={"QUEUE_BACKEND": ""}))
     if "abe_mq_acme:AcmeBackend" not in listed or "OK, builds <AcmeBackend" not in listed:
         session.error(f"`abe backends` does not list the rendered provider:\n{listed}")
+    (work / "names").mkdir()
     for name in ("q", "abcdefghijklmnopqrst"):
         session.run("abe", "new-provider", name, "--dir", str(work / "names"), silent=True)
         session.run("ruff", "check", str(work / "names" / f"abe-mq-{name}"))
