@@ -186,6 +186,15 @@ def docs(session: nox.Session) -> None:
     packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in PROVIDERS)]
     session.install("-r", "docs/requirements.txt", "mypy", *packages)
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+    session.run(
+        "python", "tools/check_site.py", str(ROOT / "site"), "https://abe-mq.github.io/abe/"
+    )
+    elsewhere = Path(session.create_tmp()) / "site-elsewhere"  # served from another place
+    local = "http://127.0.0.1:8000/"
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(elsewhere), env={"SITE_URL": local}
+    )
+    session.run("python", "tools/check_site.py", str(elsewhere), local)
     session.run("python", "tools/check_examples.py")  # every example passes mypy --strict
 
 
