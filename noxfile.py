@@ -129,13 +129,22 @@ def integration(session: nox.Session, package: str) -> None:
 @nox.session(python=MAIN_PYTHON)
 @nox.parametrize("package", PACKAGES)
 def build(session: nox.Session, package: str) -> None:
-    """Wheel and sdist; twine check; the wheel installed alone in a fresh venv and resolved."""
+    """Wheel and sdist into dist/; twine check; the wheel installed alone and resolved.
+
+    `nox -s build` builds them all: then `pip install --find-links dist abe-core
+    abe-mq-redis` installs from this checkout exactly as from an index.
+    """
     session.install("build[uv]", "twine", "uv")
-    out = ROOT / "dist" / package
-    shutil.rmtree(out, ignore_errors=True)
+    # dist/ holds every package's wheel and sdist side by side, so that from a clone
+    # `pip install --find-links dist abe-core abe-mq-kafka` works as it will from PyPI.
+    out = ROOT / "dist"
+    stem = package.replace("-", "_")
+    for old in out.glob(f"{stem}-*"):
+        old.unlink()
     _build(session, f"packages/{package}", out)
-    session.run("twine", "check", "--strict", *map(str, out.glob("*")))
-    wheels = [_newest(out, "*.whl")]
+    built = [str(path) for path in out.glob(f"{stem}-*")]
+    session.run("twine", "check", "--strict", *built)
+    wheels = [_newest(out, f"{stem}-*.whl")]
     if package != CORE:
         core_out = Path(session.create_tmp()) / "core"
         _build(session, _local(CORE), core_out, "--wheel")
