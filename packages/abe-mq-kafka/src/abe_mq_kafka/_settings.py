@@ -111,12 +111,29 @@ VARIABLES: tuple[Variable, ...] = (
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+_OPTION_MARKS = ("?", "=", "&", ";", "#")
+"""Characters of URL options (`?password=...`): a value with them is not echoed."""
 _RECORD_OVERHEAD = 64 * 1024
 """Room above the largest body for headers and batch framing in one produce request."""
 
 
 def parse_bootstrap(text: str) -> tuple[str, ...]:
-    """`host:port,host:port` as a tuple, or ValueError saying which part is wrong."""
+    """`host:port,host:port` as a tuple, or ValueError saying which part is wrong.
+
+    A value with user info or options may hold a password (in any of its comma-separated
+    parts), so no part of it is echoed; the error says where credentials go instead.
+    """
+    if "@" in text:
+        raise ValueError(
+            "holds credentials (user:password@), which do not belong in it: list only "
+            "host:port (e.g. kafka-1:9092) and set KAFKA_SASL_USERNAME and "
+            "KAFKA_SASL_PASSWORD with KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+        )
+    if any(mark in text for mark in _OPTION_MARKS):
+        raise ValueError(
+            "must list host:port only, without a scheme, path or options (e.g. kafka-1:9092); "
+            "its value is not shown as it may hold a secret"
+        )
     servers = tuple(part.strip() for part in text.split(",") if part.strip())
     if not servers:
         raise ValueError("names no host:port")
@@ -155,8 +172,13 @@ class KafkaSettings(BackendSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         servers: object = self.bootstrap_servers
-        if isinstance(servers, str):  # a convenience for hand-built settings
-            object.__setattr__(self, "bootstrap_servers", parse_bootstrap(servers))
+        if not isinstance(servers, str):  # hand-built settings may give a string for short
+            servers = ",".join(servers)  # type: ignore[arg-type]
+        try:
+            parsed = parse_bootstrap(servers)
+        except ValueError as exc:
+            raise ValueError(f"bootstrap_servers {exc}") from None
+        object.__setattr__(self, "bootstrap_servers", parsed)
         if self.security_protocol not in PROTOCOLS:
             raise ValueError(f"security_protocol must be one of {', '.join(PROTOCOLS)}")
         if self.sasl_mechanism not in MECHANISMS:
@@ -178,8 +200,8 @@ class KafkaSettings(BackendSettings):
         if text is not None:
             try:
                 values["bootstrap_servers"] = parse_bootstrap(text)
-            except ValueError as exc:
-                env.problem(BOOTSTRAP_SERVERS, f"{exc} (got {text!r})")
+            except ValueError as exc:  # names the wrong part; the value may hold a password
+                env.problem(BOOTSTRAP_SERVERS, str(exc))
         protocol = env.choice(SECURITY_PROTOCOL, PROTOCOLS) or "PLAINTEXT"
         mechanism = env.choice(SASL_MECHANISM, MECHANISMS) or "PLAIN"
         username = env.string(SASL_USERNAME)
