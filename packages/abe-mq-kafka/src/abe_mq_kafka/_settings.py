@@ -268,6 +268,14 @@ class KafkaSettings(BackendSettings):
 
     # ---- what the client library is given ---------------------------------------------------
 
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values the client library is given, to keep out of its logs."""
+        return tuple(
+            secret.reveal()
+            for secret in (self.sasl_password, self.ssl_key_password)
+            if secret is not None and secret.reveal()
+        )
+
     def connection_options(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client takes: brokers, identity, security, timeouts."""
         options: dict[str, Any] = {
