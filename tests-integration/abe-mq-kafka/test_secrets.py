@@ -30,7 +30,7 @@ import pytest
 from abe_brokers import KafkaServerFactory, TlsFiles
 from kafka_testing import TEST_ENV, settings_for
 
-from abe.errors import AbeError, AuthenticationError, BackendUnavailableError
+from abe.errors import AbeError, AuthenticationError, BackendUnavailableError, ConfigurationError
 from abe.redaction import SecretFilter
 from abe.settings import Secret
 from abe.testing import unique
@@ -342,3 +342,27 @@ async def test_tls_asked_for_and_not_offered_sends_no_credential(
         assert "KAFKA_SECURITY_PROTOCOL=SASL_SSL" in message
         assert "SASL_PLAINTEXT" in message  # what to use for a plaintext listener
         assert not leaks(error_text(failure))
+
+
+@pytest.mark.parametrize("given", ["wrong", None], ids=["wrong-password", "no-password"])
+async def test_a_key_that_does_not_load_is_a_configuration_error_without_the_password(
+    kafka_broker: Any, tls_files: TlsFiles, encrypted_key: Path, given: str | None
+) -> None:
+    """An encrypted client key with the wrong (or no) KAFKA_SSL_KEY_PASSWORD: no raw SSLError."""
+    wrong = f"{given}-{KEY_PASSWORD}" if given else None
+    settings = settings_for(
+        kafka_broker.bootstrap,
+        security_protocol="SSL",
+        ssl_cafile=tls_files.ca_cert,
+        ssl_certfile=tls_files.client_cert,
+        ssl_keyfile=encrypted_key,
+        ssl_key_password=Secret(wrong) if wrong else None,
+    )
+    async with KafkaBackend(settings) as backend:
+        with pytest.raises(ConfigurationError) as refused:
+            await backend.publish(unique("tls"), {"x": 1})
+    assert refused.value.variables == ("KAFKA_SSL_KEYFILE",)
+    assert "KAFKA_SSL_KEY_PASSWORD" in str(refused.value)
+    text = error_text(refused.value)
+    assert KEY_PASSWORD not in text
+    assert wrong is None or wrong not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
 from abe.backends.message_queue.base.settings import BackendSettings
+from abe.errors import ConfigurationError
 from abe.settings import COMMON_VARIABLES, Environment, Secret, Variable
 
 __all__ = ["KafkaSettings"]
@@ -144,6 +146,11 @@ def parse_bootstrap(text: str) -> tuple[str, ...]:
         if not 0 < int(match.group(2)) < 65536:
             raise ValueError(f"{server!r} has a port outside 1-65535")
     return servers
+
+
+def _no_password() -> str:
+    """The password of a key given none: empty, so an encrypted key fails instead of prompting."""
+    return ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,13 +303,31 @@ class KafkaSettings(BackendSettings):
         return options
 
     def ssl_context(self) -> Any:
-        """The TLS context for SSL and SASL_SSL: the CA file (or system CAs), the client pair."""
-        context = create_ssl_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-            password=self.ssl_key_password.reveal() if self.ssl_key_password else None,
-        )
+        """The TLS context for SSL and SASL_SSL: the CA file (or system CAs), the client pair.
+
+        Files that do not load (a wrong key password, a key that does not match its
+        certificate) raise ConfigurationError naming the variables, never the password.
+        """
+        try:
+            context = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                # Never None: OpenSSL would prompt on the terminal for an encrypted key.
+                password=self.ssl_key_password.reveal() if self.ssl_key_password else _no_password,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            if self.ssl_certfile is None:
+                problems = {"KAFKA_SSL_CAFILE": f"does not load as PEM certificates ({exc})"}
+            else:
+                problems = {
+                    "KAFKA_SSL_KEYFILE": (
+                        f"does not load with KAFKA_SSL_CERTFILE ({exc}): check that the key "
+                        f"matches the certificate and that KAFKA_SSL_KEY_PASSWORD is its "
+                        f"password (set it only for an encrypted key)"
+                    )
+                }
+            raise ConfigurationError("kafka", problems) from None
         context.check_hostname = self.ssl_check_hostname
         return context
 
