@@ -51,9 +51,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 _SYSTEMS = {"sqs": MessagingSystemValues.AWS_SQS.value, "kafka": MessagingSystemValues.KAFKA.value}
 """abe backend names whose `messaging.system` the conventions spell otherwise."""
 
-_HEADERLESS = frozenset({"protocol"})
-"""Backends that refuse any header (ProtocolBackend): trace context is not injected there."""
-
 _TRACE_ONLY = ("traceparent", "tracestate")
 """What is kept of the injected context when everything would not fit in the headers."""
 
@@ -71,17 +68,6 @@ def error_type(exc: BaseException) -> str:
     if kind.__module__ == "builtins":
         return kind.__qualname__
     return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _backend_of(delivery: Delivery) -> str:
-    """The name of the backend that delivered `delivery` ("abe" if it cannot be told).
-
-    Delivery does not name its backend; its subscription knows it. Reading it here is a
-    stopgap until abe-core gives `Delivery` a public `backend` name.
-    """
-    settler = getattr(delivery, "_settler", None)
-    name = getattr(getattr(settler, "_backend", None), "name", None)
-    return name if isinstance(name, str) and name else "abe"
 
 
 def _fail(span: Span, attributes: Attributes, exc: BaseException) -> None:
@@ -145,7 +131,7 @@ class TelemetryMiddleware(Middleware):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            if publication.backend not in _HEADERLESS:
+            if publication.carries_headers:  # a protocol-only backend refuses any header
                 _inject(publication.headers)
             try:
                 await call_next(publication)
@@ -164,7 +150,7 @@ class TelemetryMiddleware(Middleware):
         parent = propagate.extract(delivery.headers)
         sender = trace.get_current_span(parent).get_span_context()
         attributes: Attributes = {
-            MESSAGING_SYSTEM: messaging_system(_backend_of(delivery)),
+            MESSAGING_SYSTEM: messaging_system(delivery.backend),
             MESSAGING_DESTINATION_NAME: delivery.key,
             MESSAGING_CONSUMER_GROUP_NAME: delivery.group,
             MESSAGING_OPERATION_NAME: PROCESS,
