@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from abe.benchmarking import RawBaseline
+    from abe.backends.message_queue.base.bench_protocol import RawBaseline
 
 __all__ = ["DEFAULT_GROUP", "BaseBackend"]
 
