@@ -23,16 +23,13 @@ from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.backends.message_queue.base.keys import KeyRules
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import InvalidKeyError, PublishError
-from abe.settings import Variable
 from abe_mq_redis._client import make_client
 from abe_mq_redis._errors import reserved_name_error, translate_error, wrong_type_error
 from abe_mq_redis._receiver import RedisReceiver, delayed_key
-from abe_mq_redis._settings import VARIABLES, RedisSettings
+from abe_mq_redis._settings import RedisSettings
 from abe_mq_redis._wire import Lane, bulk, pack
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
-
     from abe.benchmarking import RawBaseline
 
 __all__ = ["DATA_FIELD", "RedisBackend"]
@@ -66,7 +63,7 @@ class RedisBackend(BaseBackend):
         described="letters, digits, '.', '_', ':' and '-'",
         broker="redis",
     )
-    variables: ClassVar[tuple[Variable, ...]] = VARIABLES
+    settings_class: ClassVar[type[RedisSettings]] = RedisSettings
     reserved_headers: ClassVar[frozenset[str]] = frozenset({DATA_FIELD})
 
     def __init__(self, settings: RedisSettings | None = None) -> None:
@@ -80,11 +77,6 @@ class RedisBackend(BaseBackend):
         self._trim: tuple[str, ...] = ("MAXLEN", "~", str(maxlen)) if maxlen else ()
         self._xadd_size = 5 + len(self._trim)  # arguments before the headers
         self._xadd_heads: dict[str, bytes] = {}  # packed "XADD <key> ... data" per key
-
-    @classmethod
-    def from_env(cls) -> Self:
-        """A backend configured by REDIS_*, ABE_REDIS_* and ABE_MQ_* (see the README table)."""
-        return cls(RedisSettings.from_env())
 
     @property
     def max_payload_bytes(self) -> int:
