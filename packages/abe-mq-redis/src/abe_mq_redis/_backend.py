@@ -20,11 +20,12 @@ from redis.exceptions import ResponseError
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.base.capabilities import Capabilities
 from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.backends.message_queue.base.error_map import ErrorMap
 from abe.backends.message_queue.base.keys import KeyRules
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import InvalidKeyError, PublishError
 from abe_mq_redis._client import make_client
-from abe_mq_redis._errors import reserved_name_error, translate_error, wrong_type_error
+from abe_mq_redis._errors import ERRORS, error_map, reserved_name_error, wrong_type_error
 from abe_mq_redis._receiver import RedisReceiver, delayed_key
 from abe_mq_redis._settings import RedisSettings
 from abe_mq_redis._wire import Lane, bulk, pack
@@ -65,11 +66,14 @@ class RedisBackend(BaseBackend):
     )
     settings_class: ClassVar[type[RedisSettings]] = RedisSettings
     reserved_headers: ClassVar[frozenset[str]] = frozenset({DATA_FIELD})
+    errors: ClassVar[ErrorMap] = ERRORS
+    client_loggers: ClassVar[tuple[str, ...]] = ("redis",)
 
     def __init__(self, settings: RedisSettings | None = None) -> None:
         settings = settings or RedisSettings()
         super().__init__(settings)
         self.settings: RedisSettings = settings
+        self._errors = error_map(tls=settings.tls, timeout=settings.operation_timeout)
         self._command_client: Redis | None = None
         self._reader_client: Redis | None = None
         self._command_lane: Lane | None = None
@@ -139,7 +143,7 @@ class RedisBackend(BaseBackend):
         }
         if not failed:
             return
-        first: Exception = next(result for result in results if isinstance(result, Exception))
+        first: BaseException = next(result for result in results if isinstance(result, Exception))
         if isinstance(first, ResponseError) and "WRONGTYPE" in str(first):
             raise await self._refine(first, (key,)) from first
         if len(failed) == len(messages):
@@ -166,7 +170,7 @@ class RedisBackend(BaseBackend):
 
     async def _refine(
         self, error: ResponseError, keys: Sequence[str], *, group: str | None = None
-    ) -> Exception:
+    ) -> BaseException:
         """For WRONGTYPE, the InvalidKeyError naming the key and the type Redis holds there.
 
         With `group`, the group's delayed-nack sets of `keys` are suspects too.
@@ -221,13 +225,9 @@ class RedisBackend(BaseBackend):
             if client is not None:
                 await client.aclose(close_connection_pool=True)
 
-    def _translate_error(self, error: Exception) -> Exception:
-        return translate_error(
-            error,
-            self._describe(),
-            tls=self.settings.tls,
-            timeout=self.settings.operation_timeout,
-        )
+    def _translate_error(self, error: Exception) -> BaseException:
+        """Through this backend's own table: its hints name its timeout and its scheme."""
+        return self._errors.translate(error, self._describe(), scrub=self.secret_filter.scrub)
 
     def _describe(self) -> str:
         return self.settings.address
