@@ -15,14 +15,19 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.crc import key_slot
 
-from abe.backends.message_queue.base.codec import OutgoingMessage
 from abe.errors import InvalidKeyError, PayloadError
+from abe.provider import OutgoingMessage
 from abe.settings import Secret
 from abe_mq_redis import RedisBackend, RedisSettings
 from abe_mq_redis._baseline import RawRedisBaseline
-from abe_mq_redis._client import _CancellableSend, _TcpConnection, connection_kwargs
-from abe_mq_redis._receiver import RedisReceiver, _message, delayed_key
-from abe_mq_redis._wire import pack
+from abe_mq_redis._client import (
+    _CancellableSend,
+    _TcpConnection,
+    connection_kwargs,
+    delayed_key,
+    pack,
+)
+from abe_mq_redis._receiver import RedisReceiver, _message
 
 MESSAGE = OutgoingMessage(
     "m-1", b'{"order":1}', {"abe-id": "m-1", "abe-published-at": "1700000000000", "trace": "t"}
@@ -300,7 +305,7 @@ async def test_a_cancelled_write_is_not_swallowed() -> None:
 @pytest.mark.asyncio
 async def test_cached_commands_are_the_plain_ones() -> None:
     async with RedisBackend() as backend:
-        receiver = RedisReceiver(backend, "billing", ("orders", "refunds"), "host-1-1")
+        receiver = RedisReceiver(backend.client, "billing", ("orders", "refunds"), "host-1-1")
         for block_ms in (0, 1, 250):
             for _ in range(2):  # built, then from the cache
                 expected = ["XREADGROUP", "GROUP", "billing", "host-1-1", "COUNT", 50]

@@ -29,20 +29,16 @@ import heapq
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 
-from abe.backends.message_queue.base.codec import IncomingMessage
-from abe.backends.message_queue.base.receiver import Receiver
-from abe_mq_redis._wire import bulk, pack, reply
+from abe.provider import IncomingMessage, Receiver, bounded
+from abe_mq_redis._client import RedisClient, as_text, bulk, delayed_key, pack, reply
 
-if TYPE_CHECKING:
-    from abe_mq_redis._backend import RedisBackend
-
-__all__ = ["RedisReceiver", "delayed_key"]
+__all__ = ["RedisReceiver"]
 
 log = logging.getLogger("abe.redis")
 
@@ -54,19 +50,6 @@ _ARM_BATCH = 100
 _SLACK = 0.005
 """Seconds past an entry's due time to look for it, so the server sees it idle enough."""
 _CLIENT_ID = pack(("CLIENT", "ID"))
-
-
-def delayed_key(key: str, group: str) -> str:
-    """The sorted set holding `group`'s entries of `key` nacked for longer than the timeout.
-
-    Keys may not contain `{` or `}`, so no key a user publishes to can ever take this
-    name; `{<key>}` is a Redis Cluster hash tag, keeping the set in the stream's slot.
-    """
-    return f"abe:{{{key}}}:delayed:{group}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _message(key: str, entry_id: bytes, fields: Sequence[bytes], attempt: int) -> IncomingMessage:
@@ -111,12 +94,11 @@ class RedisReceiver(Receiver):
     """One member (Redis consumer) of a group, reading `keys`."""
 
     def __init__(
-        self, backend: RedisBackend, group: str, keys: tuple[str, ...], consumer: str
+        self, client: RedisClient, group: str, keys: tuple[str, ...], consumer: str
     ) -> None:
-        settings = backend.settings
-        self._backend = backend
-        self._lane = backend._lane
-        self._read_pool = backend._reader().connection_pool
+        settings = client.settings
+        self._client = client
+        self._read_pool = client.read_pool
         self._connection: AbstractConnection | None = None
         self.group = group
         self.keys = keys
@@ -182,7 +164,7 @@ class RedisReceiver(Receiver):
             if str(result).startswith("NOGROUP"):
                 await self._recreate(result)
                 return []
-            raise await self._backend._refine(result, keys) from result
+            await self._client.raise_first((result,), keys)
         if not result:
             return []
         messages: list[IncomingMessage] = []
@@ -255,7 +237,7 @@ class RedisReceiver(Receiver):
         if until is None or not client_id or at >= until - _SLACK:
             return
         try:
-            await self._lane.call(pack(("CLIENT", "UNBLOCK", client_id)))
+            await self._client.call(pack(("CLIENT", "UNBLOCK", client_id)))
         except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
             log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
 
@@ -267,16 +249,12 @@ class RedisReceiver(Receiver):
             ", ".join(self.keys),
             error,
         )
-        await self._backend._create_groups(self.group, self.keys)
+        await self._client.create_groups(self.group, self.keys)
         self._cursors = dict.fromkeys(self.keys, "0-0")
 
     async def _raise_first(self, replies: Iterable[Any], keys: Iterable[str]) -> None:
         """Raise the first error of `replies`; a WRONGTYPE as the error naming the key at fault."""
-        for item in replies:
-            if isinstance(item, ResponseError) and "WRONGTYPE" in str(item):
-                raise await self._backend._refine(item, tuple(keys), group=self.group) from item
-            if isinstance(item, Exception):
-                raise item
+        await self._client.raise_first(replies, keys, self.group)
 
     # ---- redelivery -------------------------------------------------------------------
 
@@ -307,7 +285,7 @@ class RedisReceiver(Receiver):
                     )
                 )
             )
-        replies = await self._lane.call(b"".join(commands), len(commands))
+        replies = await self._client.call(b"".join(commands), len(commands))
         for item in replies:
             if isinstance(item, ResponseError) and str(item).startswith("NOGROUP"):
                 await self._recreate(item)
@@ -320,10 +298,10 @@ class RedisReceiver(Receiver):
             delayed_reply, auto = replies[2 * index], replies[2 * index + 1]
             pairs = iter(delayed_reply)
             due[key] = [
-                (_text(member), int(float(score)))
+                (as_text(member), int(float(score)))
                 for member, score in zip(pairs, pairs, strict=False)
             ]
-            cursor = _text(auto[0])
+            cursor = as_text(auto[0])
             self._cursors[key] = cursor
             if cursor != "0-0":  # more of the pending list to scan: go on at the next fetch
                 self._next_tick = now
@@ -331,7 +309,7 @@ class RedisReceiver(Receiver):
                 if entry is not None and entry[1] is not None:  # Redis 6.2: nil if deleted
                     claimed.append(_message(key, entry[0], entry[1], 0))
             if len(auto) > 2 and auto[2]:  # entries deleted from the stream (Redis 7)
-                gone[key] = [_text(entry_id) for entry_id in auto[2]]
+                gone[key] = [as_text(entry_id) for entry_id in auto[2]]
         armed = await self._arm(due, gone, now, now_ms) if any(due.values()) or gone else set()
         claimed = [message for message in claimed if (message.key, message.broker_id) not in armed]
         if not claimed:
@@ -374,7 +352,7 @@ class RedisReceiver(Receiver):
             for entry_id in entry_ids:
                 self._held.pop((key, entry_id), None)
         if commands:
-            await self._lane.call(b"".join(commands), len(commands))
+            await self._client.call(b"".join(commands), len(commands))
         return armed
 
     async def _settle_claimed(
@@ -394,7 +372,7 @@ class RedisReceiver(Receiver):
             pack(("ZMSCORE", delayed_key(key, self.group), *entry_ids))
             for key, entry_ids in by_key.items()
         ]
-        replies = await self._lane.call(b"".join(commands), len(commands))
+        replies = await self._client.call(b"".join(commands), len(commands))
         scores: dict[tuple[str, str], int] = {}
         for offset, (key, entry_ids) in enumerate(by_key.items(), start=len(claimed)):
             found = replies[offset]
@@ -445,7 +423,7 @@ class RedisReceiver(Receiver):
             pack(("XCLAIM", key, self.group, self.consumer, 0, *entry_ids, *options, "JUSTID"))
             for key, entry_ids in by_key.items()
         ]
-        await self._raise_first(await self._lane.call(b"".join(commands), len(commands)), by_key)
+        await self._raise_first(await self._client.call(b"".join(commands), len(commands)), by_key)
 
     # ---- settling ---------------------------------------------------------------------
 
@@ -458,7 +436,7 @@ class RedisReceiver(Receiver):
         elif await pending.done:
             return
         commands = [self._xack(key, entry_ids) for key, entry_ids in pending.by_key.items()]
-        replies = await self._lane.call(b"".join(commands), len(commands))
+        replies = await self._client.call(b"".join(commands), len(commands))
         await self._raise_first(replies, pending.by_key)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
@@ -475,7 +453,7 @@ class RedisReceiver(Receiver):
             pack(("ZADD", delayed_key(key, self.group), due_ms, entry_id)),
             pack(("XCLAIM", key, self.group, self.consumer, 0, entry_id, "JUSTID")),
         ]
-        await self._raise_first(await self._lane.call(b"".join(commands), len(commands)), [key])
+        await self._raise_first(await self._client.call(b"".join(commands), len(commands)), [key])
         self._held[key, entry_id] = due_ms
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
@@ -491,9 +469,9 @@ class RedisReceiver(Receiver):
             await self._read_pool.release(connection)
         for ack in self._acks:
             ack.settle(False)
-        timeout = self._backend.settings.operation_timeout
+        timeout = self._client.settings.operation_timeout
         try:
-            await asyncio.wait_for(self.tidy(include_self=True), timeout)
+            await bounded(self.tidy(include_self=True), timeout)
         except Exception as exc:
             log.debug("redis: could not tidy the consumers of group %r: %s", self.group, exc)
 
@@ -507,7 +485,7 @@ class RedisReceiver(Receiver):
         """
         commands = [pack(("XINFO", "CONSUMERS", key, self.group)) for key in self.keys]
         try:
-            replies = await self._lane.call(b"".join(commands), len(commands))
+            replies = await self._client.call(b"".join(commands), len(commands))
         except Exception as exc:
             log.debug("redis: XINFO CONSUMERS failed: %s", exc)
             return
@@ -519,8 +497,8 @@ class RedisReceiver(Receiver):
         names = []
         for consumer in consumers:
             pairs = iter(consumer)
-            info = {_text(name): value for name, value in zip(pairs, pairs, strict=False)}
-            name = _text(info.get("name", b""))
+            info = {as_text(name): value for name, value in zip(pairs, pairs, strict=False)}
+            name = as_text(info.get("name", b""))
             if int(info.get("pending", 1)) != 0:
                 continue
             if name == self.consumer:
@@ -531,7 +509,7 @@ class RedisReceiver(Receiver):
         return names
 
     async def _delete_consumers(self, key: str, include_self: bool) -> None:
-        client = self._backend._commands()
+        client = self._client.commands
         doomed: list[str] = []
         async with client.pipeline(transaction=True) as pipe:
             try:
