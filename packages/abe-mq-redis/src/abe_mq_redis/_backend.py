@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from abe.errors import PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
-from abe_mq_redis._client import RedisClient, bulk, pack
+from abe_mq_redis._client import RedisClient, pack
 from abe_mq_redis._errors import ERRORS, error_map
 from abe_mq_redis._receiver import RedisReceiver
 from abe_mq_redis._settings import RedisSettings
@@ -67,10 +67,7 @@ class RedisBackend(BaseBackend):
         self.client = RedisClient(settings)
         """The connections, shared with every receiver this backend opens."""
         self._errors = error_map(tls=settings.tls, timeout=settings.operation_timeout)
-        trim = ("MAXLEN", "~", str(settings.maxlen)) if settings.maxlen else ()
-        self._xadd_size = 5 + len(trim)  # arguments before the headers
-        self._xadd_trim = trim
-        self._xadd_heads: dict[str, bytes] = {}  # packed "XADD <key> ... data" per key
+        self._trim = ("MAXLEN", "~", settings.maxlen) if settings.maxlen else ()
 
     @property
     def max_payload_bytes(self) -> int:
@@ -78,16 +75,8 @@ class RedisBackend(BaseBackend):
 
     def _xadd(self, key: str, message: OutgoingMessage) -> bytes:
         """XADD <key> [MAXLEN ~ n] * data <body> <header> <value> ..., packed as RESP."""
-        head = self._xadd_heads.get(key)
-        if head is None:
-            head = pack(("XADD", key, *self._xadd_trim, "*", DATA_FIELD)).partition(b"\r\n")[2]
-            if len(self._xadd_heads) < 1024:
-                self._xadd_heads[key] = head
-        headers = message.headers
-        parts = [b"*%d\r\n" % (self._xadd_size + 2 * len(headers)), head, bulk(message.body)]
-        for name, value in headers.items():
-            parts += (bulk(name.encode()), bulk(value.encode()))
-        return b"".join(parts)
+        headers = (text for header in message.headers.items() for text in header)
+        return pack(("XADD", key, *self._trim, "*", DATA_FIELD, message.body, *headers))
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         packed = b"".join([self._xadd(key, message) for message in messages])

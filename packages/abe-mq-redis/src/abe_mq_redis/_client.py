@@ -1,11 +1,10 @@
 """The connections to one Redis, shared by a backend and its receivers, and the calls on them.
 
-Two pools: one for commands (publish, ack, claim), whose socket timeout is the operation
-timeout, and one for blocking XREADGROUP calls, whose socket timeout is the block time
-plus the operation timeout, so that redis-py never cuts a read that is still legitimately
-blocked on the server. The hot path packs its known commands into RESP once and sends
-them on pooled connections (`send_packed_command` / `read_response`): the same sockets,
-timeouts and TLS as redis-py's own calls, less work per message.
+Two pools: commands (publish, ack, claim) time out after the operation timeout, blocking
+XREADGROUP calls after the block time plus that, so that redis-py never cuts a read that
+is still legitimately blocked on the server. The known commands are packed into RESP here
+and sent on pooled connections (`send_packed_command` / `read_response`): the same
+sockets, timeouts and TLS as redis-py's own calls, less work per message.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import importlib
 import ssl
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import (
@@ -35,9 +34,10 @@ from abe.errors import InvalidKeyError
 from abe_mq_redis._errors import reserved_name_error, wrong_type_error
 from abe_mq_redis._settings import RedisSettings
 
-__all__ = ["RedisClient", "bulk", "connection_kwargs", "delayed_key", "pack", "reply", "as_text"]
+__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "pack", "reply"]
 
-Arg = str | bytes | int
+Command = tuple[str | bytes | int, ...]
+"""A Redis command and its arguments (str as UTF-8, int as decimal)."""
 
 if sys.version_info >= (3, 12):
     from asyncio import timeout as _timeout
@@ -56,20 +56,13 @@ def delayed_key(key: str, group: str) -> str:
     return f"abe:{{{key}}}:delayed:{group}"
 
 
-def pack(args: Sequence[Arg]) -> bytes:
-    """One command as RESP: an array of bulk strings (str as UTF-8, int as decimal)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = (
-            arg.encode() if isinstance(arg, str) else arg if isinstance(arg, bytes) else b"%d" % arg
-        )
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def bulk(data: bytes) -> bytes:
-    """One RESP bulk string; `pack` for commands assembled from cached parts."""
-    return b"$%d\r\n%b\r\n" % (len(data), data)
+def pack(command: Command) -> bytes:
+    """One command as RESP: an array of bulk strings."""
+    args = [
+        a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else b"%d" % a
+        for a in command
+    ]
+    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args]))
 
 
 def as_text(value: Any) -> str:
@@ -86,12 +79,7 @@ async def reply(connection: AbstractConnection) -> Any:
 
 
 class RedisClient:
-    """The command and reading pools of one backend, made on first use; the calls on them.
-
-    `call()` sends packed commands on connections of the command pool, at most
-    ABE_REDIS_POOL_SIZE at once: connections stay with the client between calls (no pool
-    round trip per command), and callers beyond the limit wait for one instead of failing.
-    """
+    """The command and reading pools of one backend, made on first use, and the calls on them."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
@@ -104,12 +92,10 @@ class RedisClient:
     def commands(self) -> Redis:
         """The redis-py client for commands that do not block (timeout: the operation's)."""
         if self._commands is None:
-            timeout = self.settings.operation_timeout
-            self._commands = Redis(
-                connection_pool=ConnectionPool(
-                    **connection_kwargs(self.settings, socket_timeout=timeout)
-                )
+            options = connection_kwargs(
+                self.settings, socket_timeout=self.settings.operation_timeout
             )
+            self._commands = Redis(connection_pool=ConnectionPool(**options))
         return self._commands
 
     @property
@@ -120,12 +106,12 @@ class RedisClient:
             self._reads = ConnectionPool(**connection_kwargs(self.settings, socket_timeout=timeout))
         return self._reads
 
-    async def call(self, packed: bytes, replies: int = 1) -> list[Any]:
+    async def call(self, packed: bytes, replies: int) -> list[Any]:
         """Send `packed` (holding `replies` commands) and return every reply, in order.
 
-        A connection that turns out to be broken (the server restarted since its last
-        use) is replaced and the commands sent once more, as redis-py itself does; a call
-        cut short (cancelled, timed out) drops its connection, since a reply may be coming.
+        At most ABE_REDIS_POOL_SIZE calls at once (more wait), each on a connection kept
+        between calls. A broken one (the server restarted since) is replaced and the
+        commands sent once more, as redis-py does; a call cut short drops its connection.
         """
         pool = self.commands.connection_pool
         async with self._slots:
@@ -148,71 +134,65 @@ class RedisClient:
                         await pool.release(connection)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def create_groups(self, group: str, keys: Sequence[str]) -> None:
-        """XGROUP CREATE <key> <group> 0 MKSTREAM for each key: a new group reads from the start."""
-        packed = b"".join(pack(("XGROUP", "CREATE", key, group, "0", "MKSTREAM")) for key in keys)
-        replies = await self.call(packed, len(keys))
-        await self.raise_first(
-            [item for item in replies if not str(item).startswith("BUSYGROUP")], keys
-        )
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """`commands` in one write; their replies, an error reply as its exception."""
+        return await self.call(b"".join([pack(command) for command in commands]), len(commands))
+
+    async def send_checked(
+        self, commands: Sequence[Command], keys: Iterable[str], group: str | None = None
+    ) -> None:
+        """`send()`, then `raise_first()` on the replies."""
+        await self.raise_first(await self.send(commands), keys, group)
 
     async def raise_first(
         self, replies: Iterable[Any], keys: Iterable[str], group: str | None = None
     ) -> None:
-        """Raise the first error of `replies`; a WRONGTYPE as the error naming the key at fault."""
-        for item in replies:
-            if isinstance(item, Exception):
-                refined = await self.refine(item, tuple(keys), group)
-                if refined is item:
-                    raise item
-                raise refined from item
+        """Raise the first error reply; a WRONGTYPE as the InvalidKeyError naming the culprit."""
+        error = next((item for item in replies if isinstance(item, Exception)), None)
+        if error is None:
+            return
+        if "WRONGTYPE" in str(error):
+            culprit = await self._culprit(tuple(keys), group)
+            if culprit is not None:
+                raise culprit from error
+        raise error
 
-    async def refine(
-        self, error: Exception, keys: Sequence[str], group: str | None = None
-    ) -> Exception:
-        """For WRONGTYPE, the InvalidKeyError naming the key and the type Redis holds there.
-
-        With `group`, the group's delayed-nack sets of `keys` are suspects too. Any other
-        error is returned as it is (the backend translates it).
-        """
-        if "WRONGTYPE" not in str(error):
-            return error
+    async def _culprit(self, keys: tuple[str, ...], group: str | None) -> InvalidKeyError | None:
+        """Which of `keys` (or, with `group`, of their delayed-nack sets) has another type."""
         suspects = [(key, key, "stream") for key in keys]
         if group is not None:
             suspects += [(delayed_key(key, group), key, "zset") for key in keys]
         try:
-            found = await self.call(
-                b"".join(pack(("TYPE", name)) for name, _, _ in suspects), len(suspects)
-            )
-        except Exception:
-            return error
-        for (name, key, expected), kind in zip(suspects, found, strict=False):
+            found = await self.send([("TYPE", name) for name, _, _ in suspects])
+        except Exception:  # the WRONGTYPE error, translated, says enough
+            return None
+        for (name, key, expected), kind in zip(suspects, found, strict=True):
             if isinstance(kind, Exception) or as_text(kind) in (expected, "none"):
                 continue
             if expected == "stream":
                 return wrong_type_error(key, as_text(kind))
-            return reserved_name_error(
-                name, as_text(kind), f"group {group!r}'s long-delayed nacks of {key!r}"
-            )
-        return error
+            holds = f"group {group!r}'s long-delayed nacks of {key!r}"
+            return reserved_name_error(name, as_text(kind), holds)
+        return None
+
+    async def create_groups(self, group: str, keys: Sequence[str]) -> None:
+        """XGROUP CREATE <key> <group> 0 MKSTREAM for each key: a new group reads from the start."""
+        found = await self.send([("XGROUP", "CREATE", key, group, "0", "MKSTREAM") for key in keys])
+        await self.raise_first([item for item in found if "BUSYGROUP" not in str(item)], keys)
 
     async def delete_keys(self, keys: Sequence[str]) -> None:
         """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
-        client = self.commands
         doomed: list[str] = []
         for key in keys:
-            kind = as_text(await client.type(key))
-            if kind == "none":
-                continue
-            if kind != "stream":
+            kind = as_text(await self.commands.type(key))
+            if kind not in ("stream", "none"):
                 raise InvalidKeyError(
                     f"key {key!r} holds a Redis {kind}, not a stream, so abe did not make it "
                     f"and will not delete it; remove it yourself if nothing needs it"
                 )
-            groups = await client.xinfo_groups(key)
+            groups = await self.commands.xinfo_groups(key) if kind == "stream" else []
             doomed += [key, *(delayed_key(key, as_text(group["name"])) for group in groups)]
-        if doomed:
-            await client.delete(*doomed)
+        await self.commands.delete(*doomed)
 
     async def close(self) -> None:
         """Give the connections back and close both pools."""
@@ -227,18 +207,13 @@ class RedisClient:
             await reads.disconnect()
 
 
-_WAIT_FOR_KEEPS_CANCELLATION = sys.version_info >= (3, 12)
-"""Before 3.12, asyncio.wait_for loses a cancellation that arrives as its awaitable ends.
-
-redis-py bounds every socket write with `asyncio.wait_for` when a socket timeout is set,
-so a task cancelled just as its command was written would carry on as if nothing had
-happened (a consume loop that never stops: CPython gh-86296). On those versions abe's
-connections bound the write with a timeout context instead.
-"""
-
-
 class _CancellableSend(AbstractConnection):
-    """A connection whose writes never swallow a cancellation (see above)."""
+    """A connection whose writes never swallow a cancellation.
+
+    redis-py bounds each socket write with `asyncio.wait_for`, which before Python 3.12
+    can lose a cancellation that arrives as the write ends (CPython gh-86296): a consume
+    loop would never stop. There, abe's connections bound writes with a timeout context.
+    """
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
@@ -257,50 +232,38 @@ class _CancellableSend(AbstractConnection):
             self.socket_timeout = limit
 
 
-class _TcpConnection(_CancellableSend, Connection):
-    """redis-py's TCP connection, with cancellable writes."""
-
-
-class _TlsConnection(_CancellableSend, SSLConnection):
-    """redis-py's TLS connection, with cancellable writes."""
-
-
-class _UnixConnection(_CancellableSend, UnixDomainSocketConnection):
-    """redis-py's Unix-socket connection, with cancellable writes."""
-
-
-_SAFE_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
-    Connection: _TcpConnection,
-    SSLConnection: _TlsConnection,
-    UnixDomainSocketConnection: _UnixConnection,
+SAFE_CONNECTIONS = {
+    base: cast("type[AbstractConnection]", type(base.__name__, (_CancellableSend, base), {}))
+    for base in (Connection, SSLConnection, UnixDomainSocketConnection)
 }
+"""redis-py's connection classes with cancellable writes, used before Python 3.12."""
 
 
 def connection_kwargs(settings: RedisSettings, *, socket_timeout: float) -> dict[str, Any]:
     """Keyword arguments for a redis.asyncio ConnectionPool reaching `settings.url`.
 
-    Options in the URL's query string (redis-py's own, e.g. `?ssl_cert_reqs=none`) are
-    honoured; credentials and TLS files come from the settings; RESP2 is always used.
-    TLS verifies the certificate and the host name unless the URL turns that off: redis-py
-    5.x does not check the host name by default, 8.x does, and abe must not depend on which.
-    A connection error is retried 3 times on a fresh connection (a server restart leaves
-    stale pooled sockets); a timeout is not, so no call outlives its timeout by much.
+    The URL's query options (redis-py's own, e.g. `?ssl_cert_reqs=none`) are honoured;
+    credentials and TLS files come from the settings; RESP2 is always used. TLS checks
+    the certificate and the host name unless the URL turns that off (redis-py 5.x does
+    not check the name by default, 8.x does). A connection error is retried 3 times on a
+    fresh connection (a restart leaves stale pooled sockets); a timeout is not.
     """
+    retry = Retry(
+        ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
+    )
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": settings.operation_timeout,
-        "retry": Retry(
-            ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
-        ),
+        "retry": retry,
         "health_check_interval": 0,
+        **parse_url(settings.url),
+        "protocol": 2,
+        "username": settings.username,
+        "password": settings.password.reveal() if settings.password else None,
     }
-    kwargs.update(parse_url(settings.url))
-    kwargs["protocol"] = 2
-    kwargs["username"] = settings.username
-    kwargs["password"] = settings.password.reveal() if settings.password else None
     connection_class = kwargs.get("connection_class", Connection)
-    if not _WAIT_FOR_KEEPS_CANCELLATION:
-        kwargs["connection_class"] = _SAFE_CLASSES.get(connection_class, connection_class)
+    if sys.version_info < (3, 12):
+        kwargs["connection_class"] = SAFE_CONNECTIONS.get(connection_class, connection_class)
     if connection_class is not UnixDomainSocketConnection:
         kwargs.setdefault("socket_keepalive", True)
     if connection_class is SSLConnection:

@@ -1,8 +1,7 @@
-"""redis-py's exceptions and the abe errors they become, with what to do about each.
+"""redis-py's exceptions and the abe errors they become, each with what to do about it.
 
-Two hints depend on the settings (the operation timeout, and whether the URL asks for
-TLS), so each backend builds its table with `error_map()`; `ERRORS` is the table of the
-default settings. Messages show the server as `RedisSettings.address`, never a secret.
+Some hints depend on the settings (the operation timeout; whether the URL asks for TLS),
+so each backend builds its table with `error_map()`; `ERRORS` is the default settings'.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Callable
 
 from redis import exceptions as redis_errors
 
@@ -19,121 +17,106 @@ from abe.provider import ErrorMap, ErrorRule, auth, config, invalid_key, payload
 
 __all__ = ["ERRORS", "error_map", "reserved_name_error", "wrong_type_error"]
 
+_TLS_FAILED = "the TLS handshake failed: "
+_CLIENT_CERTIFICATE = "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """The error and up to four of its causes (TLS failures arrive wrapped)."""
+
+def _texts(error: BaseException) -> list[tuple[BaseException, str]]:
+    """The error and up to four of its causes (TLS failures arrive wrapped), with their text."""
     chain = [error]
     while len(chain) < 5 and (cause := chain[-1].__cause__ or chain[-1].__context__):
         chain.append(cause)
-    return chain
-
-
-def _says(pattern: str) -> Callable[[BaseException], bool]:
-    """Whether the error or one of its causes says `pattern` (a case-blind regex)."""
-    compiled = re.compile(pattern, re.IGNORECASE)
-    return lambda error: any(compiled.search(str(item)) for item in _chain(error))
+    return [(item, str(item)) for item in chain]
 
 
 def _host_mismatch(error: BaseException) -> bool:
     codes = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-    chain = _chain(error)
-    return _says("hostname mismatch|ip address mismatch")(error) or any(
-        getattr(item, "verify_code", None) in codes for item in chain
+    return any(
+        getattr(item, "verify_code", None) in codes
+        or re.search("(?i)(hostname|ip address) mismatch", text)
+        for item, text in _texts(error)
     )
 
 
 def _untrusted(error: BaseException) -> bool:
-    chain = _chain(error)
-    verify = any(isinstance(item, ssl.SSLCertVerificationError) for item in chain)
-    return verify or _says("CERTIFICATE_VERIFY_FAILED")(error)
+    return any(
+        isinstance(item, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text
+        for item, text in _texts(error)
+    )
 
 
-def _tls_failed(error: BaseException) -> bool:
-    return any(isinstance(item, ssl.SSLError) or "SSL" in str(item) for item in _chain(error))
+def _handshake(error: BaseException) -> bool:
+    return any(isinstance(item, ssl.SSLError) or "SSL" in text for item, text in _texts(error))
 
 
-_dropped = _says("closed by server|reset by peer|connection lost|broken pipe")
-"""The server hung up: on every new connection, a hint of a TLS mismatch."""
+def _dropped(error: BaseException) -> bool:
+    """The server hung up: on every new connection, a sign of a TLS mismatch."""
+    words = re.compile("(?i)closed by server|reset by peer|connection lost|broken pipe")
+    return any(words.search(text) for _, text in _texts(error))
 
 
-def _unreachable(tls: bool) -> list[ErrorRule]:
-    """Why a connection failed, most specific first; the TLS mismatches each say so."""
-    handshake = "the TLS handshake failed: "
-    rules = [
+def error_map(*, tls: bool, timeout: float) -> ErrorMap:
+    """The table for a backend whose URL does (or not) use TLS, with this operation timeout."""
+    dropped = (
+        f"if this happens on every connection, the server may refuse this client's TLS "
+        f"certificate, or want one: set {_CLIENT_CERTIFICATE}"
+        if tls
+        else "if this happens on every connection, the server may expect TLS: use rediss://"
+    )
+    unreachable = [
         unavailable(
-            f"{handshake}the server's certificate is valid, but not for the host name (or "
+            f"{_TLS_FAILED}the server's certificate is valid, but not for the host name (or "
             "address) in REDIS_URL, so it may not be this server. Write in REDIS_URL a name the "
             "certificate lists, or have the certificate issued for this name; REDIS_TLS_CA_FILE "
             "only chooses which CA is trusted and cannot fix this",
             when=_host_mismatch,
         ),
         unavailable(
-            f"{handshake}the server's certificate is not signed by a trusted CA (or is not "
+            f"{_TLS_FAILED}the server's certificate is not signed by a trusted CA (or is not "
             "valid now). Set REDIS_TLS_CA_FILE to the CA that signed it",
             when=_untrusted,
         ),
+        unavailable(
+            f"{_TLS_FAILED}does this server speak TLS on this port (else use redis://), and does "
+            f"it require a client certificate ({_CLIENT_CERTIFICATE})?",
+            when=lambda error: tls and _handshake(error),
+        ),
+        unavailable(dropped, when=_dropped),
+        unavailable("cannot reach the server; check REDIS_URL and that the server is up"),
     ]
-    if tls:
-        rules += [
-            unavailable(
-                f"{handshake}does this server speak TLS on this port (else use redis://), and "
-                "does it require a client certificate (REDIS_TLS_CERT_FILE and "
-                "REDIS_TLS_KEY_FILE)?",
-                when=_tls_failed,
-            ),
-            unavailable(
-                "if this happens on every connection, the server may refuse this client's TLS "
-                "certificate, or want one: set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE",
-                when=_dropped,
-            ),
-        ]
-    else:
-        rules.append(
-            unavailable(
-                "if this happens on every connection, the server may expect TLS: use rediss://",
-                when=_dropped,
-            )
-        )
-    return [*rules, unavailable("cannot reach the server; check REDIS_URL and that it is up")]
-
-
-def _optional(*names: str) -> list[type[BaseException]]:
-    """The named redis-py exception classes this version has (5.3 lacks some of 8.x's)."""
-    found = (getattr(redis_errors, name, None) for name in names)
-    return [klass for klass in found if isinstance(klass, type)]
-
-
-def error_map(*, tls: bool, timeout: float) -> ErrorMap:
-    """The table for a backend whose URL does (or not) use TLS, with this operation timeout."""
     slow = (
-        f"the server did not answer within {timeout:g}s; check that it is up and reachable"
-        "{}, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
+        f"the server did not answer within {timeout:g}s; check that it is up and reachable%s, "
+        "or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
     )
-    timed_out = [unavailable(slow.format(""))]
-    if tls:
-        handshake = (
-            " (with rediss://, a server that does not speak TLS on this port never answers the "
-            "handshake: use redis:// for a plain port)"
-        )
-        timed_out.insert(0, unavailable(slow.format(handshake), when=_says("connecting")))
+    silent_tls = (  # a rediss:// client waits for a handshake that a plain port never answers
+        " (with rediss://, a server that does not speak TLS on this port never answers the "
+        "handshake: use redis:// for a plain port)"
+    )
+    timed_out = [
+        unavailable(
+            slow % silent_tls, when=lambda error: tls and "connecting" in str(error).lower()
+        ),
+        unavailable(slow % ""),
+    ]
     credentials = auth(
         "the server refused the credentials; check REDIS_USERNAME and REDIS_PASSWORD, or the "
         "user name and password in REDIS_URL"
     )
     cluster = config(
         "REDIS_URL",
-        "it points at a Redis Cluster node; abe-mq-redis needs a standalone Redis server or a "
-        "primary",
+        "it points at a Redis Cluster node; abe-mq-redis needs a standalone server or a primary",
     )
-    pool = (
+    exhausted = (
         "every pooled connection is in use; raise ABE_REDIS_POOL_SIZE or publish from fewer "
         "tasks at once"
     )
-    exhausted = unavailable(pool, when=lambda error: str(error) == "Too many connections")
-    unknown = unavailable("")
-    rules: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
-        **dict.fromkeys(_optional("AuthorizationError", "ExternalAuthProviderError"), credentials),
-        **dict.fromkeys(_optional("IncorrectPolicyType"), unknown),
+    anything = unavailable("")
+    newer = ("AuthorizationError", "ExternalAuthProviderError", "IncorrectPolicyType")
+    newer_classes = {name: getattr(redis_errors, name, None) for name in newer}
+    rules: dict[type[BaseException] | None, ErrorRule | list[ErrorRule]] = {
+        newer_classes["AuthorizationError"]: credentials,  # these three are redis-py 6+'s
+        newer_classes["ExternalAuthProviderError"]: credentials,
+        newer_classes["IncorrectPolicyType"]: anything,
         redis_errors.AuthenticationError: credentials,
         redis_errors.AuthenticationWrongNumberOfArgsError: credentials,
         redis_errors.NoPermissionError: auth(
@@ -141,20 +124,23 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
             "delayed-nack sets: ACL SETUSER <user> +@stream +@sortedset +@transaction "
             "+@connection +type ~<key pattern> ~abe:{<key pattern>"
         ),
-        redis_errors.RedisClusterException: cluster,  # SlotNotCovered, CrossSlotTransaction...
+        redis_errors.RedisClusterException: cluster,
         redis_errors.ClusterError: cluster,
         redis_errors.AskError: cluster,  # MovedError too
         redis_errors.ClusterCrossSlotError: cluster,
         redis_errors.TryAgainError: cluster,
-        redis_errors.MaxConnectionsError: unavailable(pool),
+        redis_errors.MaxConnectionsError: unavailable(exhausted),
         redis_errors.BusyLoadingError: unavailable(
             "the server is loading its data set after a restart; it answers again once loaded"
         ),
         redis_errors.TimeoutError: timed_out,
-        TimeoutError: timed_out,  # socket.timeout, and asyncio.TimeoutError from 3.11 on
-        asyncio.TimeoutError: timed_out,
-        redis_errors.ConnectionError: [exhausted, *_unreachable(tls)],  # 5.x: "Too many..."
-        OSError: _unreachable(tls),
+        asyncio.TimeoutError: timed_out,  # the builtin TimeoutError from Python 3.11 on
+        TimeoutError: timed_out,  # socket.timeout too
+        redis_errors.ConnectionError: [  # redis-py 5.x's pool says "Too many connections"
+            unavailable(exhausted, when=lambda error: str(error) == "Too many connections"),
+            *unreachable,
+        ],
+        OSError: unreachable,
         redis_errors.InvalidResponse: unavailable(
             "the reply is not the Redis protocol; is REDIS_URL the address of a Redis server"
             f"{'' if tls else ' (for a TLS port, use rediss://)'}?"
@@ -173,16 +159,16 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
                 when=lambda error: str(error).startswith("WRONGTYPE"),
             ),
             unavailable(
-                "the server does not know a command abe needs; abe-mq-redis needs Redis 6.2 "
-                "or later",
-                when=_says("unknown command"),
+                "the server does not know a command abe needs; abe-mq-redis needs Redis 6.2 or "
+                "later",
+                when=lambda error: "unknown command" in str(error).lower(),
             ),
             unavailable("the server refused a command"),
         ],
-        redis_errors.RedisError: unknown,
-        redis_errors.ChildDeadlockedError: unknown,
+        redis_errors.RedisError: anything,
+        redis_errors.ChildDeadlockedError: anything,
     }
-    return ErrorMap("redis", rules)
+    return ErrorMap("redis", {klass: rule for klass, rule in rules.items() if klass is not None})
 
 
 ERRORS = error_map(tls=False, timeout=10.0)
