@@ -24,9 +24,7 @@ __all__ = ["RedisSettings", "url_problem"]
 class RedisSettings(BackendSettings):
     """How to reach Redis and how to use its streams; `from_env()` reads them all at once.
 
-    `url` never holds credentials: a user name or password written in it is moved to
-    `username` / `password` (the password as a `Secret`, which never shows in a repr).
-    `poll_interval` is the longest a blocking read waits (`ABE_REDIS_BLOCK_TIME`).
+    A user name or password written in `url` moves to `username` / `password` (a `Secret`).
     """
 
     url: str = setting(
@@ -128,11 +126,8 @@ class RedisSettings(BackendSettings):
         return f"{type(self).__name__}({shown})"
 
     def describe(self) -> dict[str, object]:
-        """Field names and values for display: the URL's secret query options as ***.
-
-        The query is decoded and encoded again first, so that a percent-encoded option
-        name (`ssl%5Fpassword`) or a `;` inside a value cannot slip past `redact_url`.
-        """
+        """Fields for display; the URL's query decoded and encoded again, then redacted, so
+        that a percent-encoded option name (`ssl%5Fpassword`) cannot slip past redact_url."""
         base, mark, query = self.url.partition("#")[0].partition("?")
         if query:
             query = urlencode(parse_qsl(query, keep_blank_values=True), safe="/:,")
@@ -161,21 +156,15 @@ def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
     return clean, unquote(user) or None, unquote(password) if has_password and password else None
 
 
-_TEXT_OPTIONS = frozenset(
-    {"client_name", "lib_name", "lib_version", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path"}
-    | {"ssl_cert_reqs", "ssl_certfile", "ssl_ciphers", "ssl_keyfile", "ssl_password"}
-)
-"""Query options whose value redis-py uses as text; the others it converts itself."""
-_URL_OPTIONS = (frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | _TEXT_OPTIONS
-"""Every query option abe passes on to this redis-py (anything else, even a valid keyword
-argument such as `decode_responses=1`, would reach it as text it does not expect; the
-legacy `timeout` is no connection option at all)."""
+_URL_OPTIONS = (frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
+    *("client_name", "lib_name", "lib_version", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path"),
+    *("ssl_cert_reqs", "ssl_certfile", "ssl_ciphers", "ssl_keyfile", "ssl_password"),
+}
+"""The query options abe passes on to redis-py: those it converts itself and those it uses
+as text (any other, even a keyword such as `decode_responses=1`, would reach it as text it
+does not expect; the legacy `timeout` is no connection option at all)."""
 _AT_LEAST = {"db": 0, "health_check_interval": 0, "max_connections": 1, "socket_read_size": 1}
-"""Smallest value of the integer options; numbers of seconds must be positive and finite."""
 _CERT_REQS = ("none", "optional", "required")
-_DB_PATH = re.compile(r"/?[0-9]*")
-_OPTION_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
-_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 _NOT_TLS = (
     "is set, but REDIS_URL does not use TLS: write rediss:// instead of redis:// to connect "
     "with TLS, or unset this variable"
@@ -188,8 +177,7 @@ _VERSION = f"redis-py {redis.__version__}"
 def url_problem(url: str) -> str | None:
     """What is wrong with a Redis URL, in words that never repeat a secret; None if nothing.
 
-    Everything redis-py would refuse (or misread) later is found here, without any I/O:
-    the scheme, brackets, the port, the database, each query option and its value.
+    Everything redis-py would refuse or misread later is found here, without any I/O.
     """
     scheme, separator, _ = url.partition("://")
     if not separator or scheme not in ("redis", "rediss", "unix"):
@@ -198,44 +186,38 @@ def url_problem(url: str) -> str | None:
     if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
         return (
             f"contains a space or a control character ({_HIDDEN}): percent-encode it, e.g. a "
-            f"space as %20"
+            "space as %20"
         )
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        if "IPv6" in str(exc):
-            return (
-                f"is not a valid URL: a '[' without its ']' ({_HIDDEN}); write an IPv6 address "
-                f"in brackets, e.g. redis://[::1]:6379/0"
-            )
-        return f"is not a valid URL ({_HIDDEN})"
+        if "IPv6" not in str(exc):
+            return f"is not a valid URL ({_HIDDEN})"
+        return (
+            f"is not a valid URL: a '[' without its ']' ({_HIDDEN}); write an IPv6 address in "
+            "brackets, e.g. redis://[::1]:6379/0"
+        )
     options = parse_qs(parts.query)
     return (
-        _place_problem(parts.path + parts.query + parts.fragment, options)
-        or _path_problem(parts, scheme)
+        _place_problem(parts, scheme, options)
         or _names_problem(scheme, options)
         or _values_problem(url, options)
     )
 
 
-def _place_problem(after_host: str, options: dict[str, list[str]]) -> str | None:
-    """Credentials anywhere but in the user-info part, where they would be misread or shown."""
-    if "@" in after_host:
+def _place_problem(parts: SplitResult, scheme: str, options: dict[str, list[str]]) -> str | None:
+    """Credentials outside the user-info part, the port, the socket path or the database."""
+    if "@" in parts.path + parts.query + parts.fragment:
         return (
-            f"has an '@' after the host ({_HIDDEN}): percent-encode '/', '?', '#' and '@' in "
-            f"the user name and password (e.g. '/' as %2F), or give them in REDIS_USERNAME "
-            f"and REDIS_PASSWORD"
+            f"has an '@' after the host ({_HIDDEN}): percent-encode '/', '?', '#' and '@' in the "
+            "user name and password (e.g. '/' as %2F), or give them in REDIS_USERNAME and "
+            "REDIS_PASSWORD"
         )
     if "password" in options or "username" in options:
         return (
             "has a password or username query option (the value is not shown): give them in "
             "REDIS_USERNAME and REDIS_PASSWORD, or as redis://user:password@host"
         )
-    return None
-
-
-def _path_problem(parts: SplitResult, scheme: str) -> str | None:
-    """The port, then the socket's path or the database number."""
     try:
         port = parts.port
     except ValueError:
@@ -244,10 +226,10 @@ def _path_problem(parts: SplitResult, scheme: str) -> str | None:
         return "is not a valid URL: its port must be a number from 1 to 65535"
     if scheme == "unix" and not parts.path:
         return "must name the socket's path, e.g. unix:///run/redis.sock"
-    if scheme != "unix" and not _DB_PATH.fullmatch(unquote(parts.path)):
+    if scheme != "unix" and not re.fullmatch("/?[0-9]*", unquote(parts.path)):
         return (
-            "has a path that is not a database number: write the database as a number "
-            "after the port, e.g. redis://cache:6379/2 (or leave it out for database 0)"
+            "has a path that is not a database number: write the database as a number after "
+            "the port, e.g. redis://cache:6379/2 (or leave it out for database 0)"
         )
     return None
 
@@ -255,12 +237,12 @@ def _path_problem(parts: SplitResult, scheme: str) -> str | None:
 def _names_problem(scheme: str, options: dict[str, list[str]]) -> str | None:
     """An option redis-py does not take from a URL, a TLS option without TLS, a repeat."""
     for name, values in options.items():
-        if not _OPTION_NAME.fullmatch(name):
+        if not re.fullmatch("[a-z][a-z0-9_]{0,39}", name):
             return "has a query option whose name is not one redis-py takes from a URL"
         if name not in _URL_OPTIONS:
-            return (
-                f"has the query option {name!r}, which abe does not pass on to {_VERSION}; it "
-                f"takes: {', '.join(sorted(_URL_OPTIONS - {'username', 'password'}))}"
+            takes = ", ".join(sorted(_URL_OPTIONS - {"username", "password"}))
+            return f"has the query option {name!r}, which abe does not pass on to {_VERSION}; " + (
+                f"it takes: {takes}"
             )
         if name.startswith("ssl_") and scheme != "rediss":
             return f"has the TLS option {name!r}: use rediss:// for TLS, or remove the option"
@@ -305,11 +287,9 @@ def _connection_problem(kwargs: dict[str, object], scrub: Callable[[str], str]) 
         with warnings.catch_warnings():  # redis-py 8 deprecates lib_name: it says so later
             warnings.simplefilter("ignore", DeprecationWarning)
             connection_class(**kwargs)
-    except TypeError as exc:
-        unknown = _UNEXPECTED.search(str(exc))
-        if unknown:
-            return f"has the query option {unknown.group(1)!r}, which {_VERSION} does not know"
-        return f"has query options {_VERSION} cannot use: {scrub(str(exc))}"
     except Exception as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if isinstance(exc, TypeError) and unknown:
+            return f"has the query option {unknown.group(1)!r}, which {_VERSION} does not know"
         return f"has query options {_VERSION} cannot use: {scrub(str(exc))}"
     return None
