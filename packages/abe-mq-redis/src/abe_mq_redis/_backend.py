@@ -1,9 +1,7 @@
 """RedisBackend: abe on Redis Streams. Keys are streams, groups are consumer groups.
 
-Wire format (README "Wire format"): one stream entry per message, with the field
-`data` holding the payload's JSON and one more field per header (`abe-id`,
-`abe-published-at`, the user's own). Everything else (validation, ids, ack-on-next,
-dead letters, retries) is abe-core's; this module only moves entries.
+One stream entry per message (README "Wire format"): the field `data` holds the payload's
+JSON, one more field each header (`abe-id`, `abe-published-at`, the user's own).
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from abe.errors import PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
-from abe_mq_redis._client import RedisClient, pack
+from abe_mq_redis._client import Command, RedisClient
 from abe_mq_redis._errors import ERRORS, error_map
 from abe_mq_redis._receiver import RedisReceiver
 from abe_mq_redis._settings import RedisSettings
@@ -35,20 +33,12 @@ _CONSUMERS = itertools.count(1)
 class RedisBackend(BaseBackend):
     """abe on Redis Streams (Redis 6.2 or later), through redis.asyncio.
 
-    `RedisBackend()` reaches redis://localhost:6379/0; `RedisBackend(RedisSettings(...))`
-    anywhere else; `from_env()` (what `load_backend()` calls) reads REDIS_URL and the
-    rest. Nothing connects until the first publish or subscription.
+    `RedisBackend()` reaches redis://localhost:6379/0, `RedisBackend(RedisSettings(...))`
+    anywhere else; nothing connects until the first publish or subscription.
     """
 
     name: ClassVar[str] = "redis"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        fan_out=True,
-        per_key_ordering=True,
-        persistence=True,
-        native_delay=False,
-        max_payload_bytes=1_048_576,
-        remote=True,
-    )
+    capabilities: ClassVar[Capabilities] = Capabilities(native_delay=False, persistence=True)
     key_rules: ClassVar[KeyRules] = KeyRules(
         max_length=1024,
         allowed="A-Za-z0-9._:-",
@@ -73,14 +63,13 @@ class RedisBackend(BaseBackend):
     def max_payload_bytes(self) -> int:
         return self.settings.max_payload_bytes
 
-    def _xadd(self, key: str, message: OutgoingMessage) -> bytes:
-        """XADD <key> [MAXLEN ~ n] * data <body> <header> <value> ..., packed as RESP."""
+    def _xadd(self, key: str, message: OutgoingMessage) -> Command:
+        """XADD <key> [MAXLEN ~ n] * data <body> <header> <value> ..."""
         headers = (text for header in message.headers.items() for text in header)
-        return pack(("XADD", key, *self._trim, "*", DATA_FIELD, message.body, *headers))
+        return ("XADD", key, *self._trim, "*", DATA_FIELD, message.body, *headers)
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        packed = b"".join([self._xadd(key, message) for message in messages])
-        results = await self.client.call(packed, len(messages))
+        results = await self.client.send([self._xadd(key, message) for message in messages])
         failed = {
             i: str(result) for i, result in enumerate(results) if isinstance(result, Exception)
         }

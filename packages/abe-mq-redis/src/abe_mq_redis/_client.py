@@ -1,10 +1,8 @@
 """The connections to one Redis, shared by a backend and its receivers, and the calls on them.
 
-Two pools: commands (publish, ack, claim) time out after the operation timeout, blocking
-XREADGROUP calls after the block time plus that, so that redis-py never cuts a read that
-is still legitimately blocked on the server. The known commands are packed into RESP here
-and sent on pooled connections (`send_packed_command` / `read_response`): the same
-sockets, timeouts and TLS as redis-py's own calls, less work per message.
+Commands (publish, ack, claim) time out after the operation timeout; blocking XREADGROUPs,
+on a pool of their own, after the block time plus that. Commands are packed into RESP here
+and sent on redis-py's connections: the same sockets, timeouts and TLS, less work each.
 """
 
 from __future__ import annotations
@@ -17,13 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
+from redis.asyncio import connection as connections
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,7 +23,6 @@ from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from abe.errors import InvalidKeyError
-from abe_mq_redis._errors import reserved_name_error, wrong_type_error
 from abe_mq_redis._settings import RedisSettings
 
 __all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "pack", "reply"]
@@ -48,10 +39,10 @@ else:  # what redis-py itself uses there (asyncio.timeout is sound from 3.11.3)
 
 
 def delayed_key(key: str, group: str) -> str:
-    """The sorted set holding `group`'s entries of `key` nacked for longer than the timeout.
+    """The sorted set of `group`'s entries of `key` nacked for longer than the timeout.
 
-    Keys may not contain `{` or `}`, so no key a user publishes to can ever take this
-    name; `{<key>}` is a Redis Cluster hash tag, keeping the set in the stream's slot.
+    No key may contain `{` or `}`, so none can take this name; `{<key>}` is a Redis Cluster
+    hash tag, keeping the set in the stream's slot.
     """
     return f"abe:{{{key}}}:delayed:{group}"
 
@@ -66,11 +57,10 @@ def pack(command: Command) -> bytes:
 
 
 def as_text(value: Any) -> str:
-    """A reply (bytes under RESP2) as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def reply(connection: AbstractConnection) -> Any:
+async def reply(connection: connections.AbstractConnection) -> Any:
     """The next reply on `connection`; an error reply is returned as its exception, not raised."""
     try:
         return await connection.read_response()
@@ -86,15 +76,13 @@ class RedisClient:
         self._commands: Redis | None = None
         self._reads: ConnectionPool | None = None
         self._slots = asyncio.Semaphore(settings.pool_size)
-        self._idle: list[AbstractConnection] = []
+        self._idle: list[connections.AbstractConnection] = []
 
     @property
     def commands(self) -> Redis:
         """The redis-py client for commands that do not block (timeout: the operation's)."""
         if self._commands is None:
-            options = connection_kwargs(
-                self.settings, socket_timeout=self.settings.operation_timeout
-            )
+            options = connection_kwargs(self.settings, self.settings.operation_timeout)
             self._commands = Redis(connection_pool=ConnectionPool(**options))
         return self._commands
 
@@ -103,45 +91,41 @@ class RedisClient:
         """Connections for XREADGROUP BLOCK: their socket timeout outlasts the longest block."""
         if self._reads is None:
             timeout = self.settings.poll_interval + self.settings.operation_timeout
-            self._reads = ConnectionPool(**connection_kwargs(self.settings, socket_timeout=timeout))
+            self._reads = ConnectionPool(**connection_kwargs(self.settings, timeout))
         return self._reads
 
-    async def call(self, packed: bytes, replies: int) -> list[Any]:
-        """Send `packed` (holding `replies` commands) and return every reply, in order.
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """Send `commands` in one write; their replies, an error reply as its exception.
 
         At most ABE_REDIS_POOL_SIZE calls at once (more wait), each on a connection kept
         between calls. A broken one (the server restarted since) is replaced and the
         commands sent once more, as redis-py does; a call cut short drops its connection.
         """
-        pool = self.commands.connection_pool
+        packed, pool = (
+            b"".join([pack(command) for command in commands]),
+            self.commands.connection_pool,
+        )
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
-                done = False
                 try:
                     await connection.send_packed_command(packed, check_health=False)
-                    answers = [await reply(connection) for _ in range(replies)]
-                    done = True
-                    return answers
-                except RedisConnectionError as exc:
-                    if attempt == 2 or isinstance(exc, MaxConnectionsError):
+                    replies = [await reply(connection) for _ in commands]
+                except BaseException as exc:
+                    await connection.disconnect(nowait=True)
+                    await pool.release(connection)
+                    retry = isinstance(exc, RedisConnectionError) and attempt == 1
+                    if not retry or isinstance(exc, MaxConnectionsError):
                         raise
-                finally:
-                    if done:
-                        self._idle.append(connection)
-                    else:
-                        await connection.disconnect(nowait=True)
-                        await pool.release(connection)
+                else:
+                    self._idle.append(connection)
+                    return replies
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def send(self, commands: Sequence[Command]) -> list[Any]:
-        """`commands` in one write; their replies, an error reply as its exception."""
-        return await self.call(b"".join([pack(command) for command in commands]), len(commands))
 
     async def send_checked(
         self, commands: Sequence[Command], keys: Iterable[str], group: str | None = None
     ) -> None:
-        """`send()`, then `raise_first()` on the replies."""
+        """`send()`, raising the first error reply (see `raise_first`)."""
         await self.raise_first(await self.send(commands), keys, group)
 
     async def raise_first(
@@ -151,28 +135,33 @@ class RedisClient:
         error = next((item for item in replies if isinstance(item, Exception)), None)
         if error is None:
             return
-        if "WRONGTYPE" in str(error):
-            culprit = await self._culprit(tuple(keys), group)
-            if culprit is not None:
-                raise culprit from error
+        culprit = await self._culprit(tuple(keys), group) if "WRONGTYPE" in str(error) else None
+        if culprit is not None:
+            raise culprit from error
         raise error
 
     async def _culprit(self, keys: tuple[str, ...], group: str | None) -> InvalidKeyError | None:
         """Which of `keys` (or, with `group`, of their delayed-nack sets) has another type."""
         suspects = [(key, key, "stream") for key in keys]
-        if group is not None:
-            suspects += [(delayed_key(key, group), key, "zset") for key in keys]
+        suspects += [(delayed_key(key, group), key, "zset") for key in keys if group is not None]
         try:
-            found = await self.send([("TYPE", name) for name, _, _ in suspects])
+            types = await self.send([("TYPE", name) for name, _, _ in suspects])
         except Exception:  # the WRONGTYPE error, translated, says enough
             return None
-        for (name, key, expected), kind in zip(suspects, found, strict=True):
-            if isinstance(kind, Exception) or as_text(kind) in (expected, "none"):
+        for (name, key, expected), found in zip(suspects, types, strict=True):
+            if isinstance(found, Exception) or as_text(found) in (expected, "none"):
                 continue
             if expected == "stream":
-                return wrong_type_error(key, as_text(kind))
-            holds = f"group {group!r}'s long-delayed nacks of {key!r}"
-            return reserved_name_error(name, as_text(kind), holds)
+                return InvalidKeyError(
+                    f"key {key!r} holds a Redis {as_text(found)}, not a stream, so abe cannot "
+                    f"publish to it or read it; use another key, or remove that "
+                    f"{as_text(found)} if nothing needs it"
+                )
+            return InvalidKeyError(
+                f"key {name!r} holds a Redis {as_text(found)}, but abe keeps group {group!r}'s "
+                f"long-delayed nacks of {key!r} under that name; something other than abe "
+                f"wrote it there: remove it (DEL {name}) if nothing needs it"
+            )
         return None
 
     async def create_groups(self, group: str, keys: Sequence[str]) -> None:
@@ -197,8 +186,7 @@ class RedisClient:
     async def close(self) -> None:
         """Give the connections back and close both pools."""
         idle, self._idle = self._idle, []
-        commands, reads = self._commands, self._reads
-        self._commands = self._reads = None
+        commands, reads, self._commands, self._reads = self._commands, self._reads, None, None
         if commands is not None:
             for connection in idle:
                 await commands.connection_pool.release(connection)
@@ -207,12 +195,12 @@ class RedisClient:
             await reads.disconnect()
 
 
-class _CancellableSend(AbstractConnection):
+class _CancellableSend(connections.AbstractConnection):
     """A connection whose writes never swallow a cancellation.
 
-    redis-py bounds each socket write with `asyncio.wait_for`, which before Python 3.12
-    can lose a cancellation that arrives as the write ends (CPython gh-86296): a consume
-    loop would never stop. There, abe's connections bound writes with a timeout context.
+    redis-py bounds each write with `asyncio.wait_for`, which before Python 3.12 can lose a
+    cancellation that arrives as the write ends (CPython gh-86296): a consume loop would
+    never stop. There abe's connections bound their writes with a timeout context instead.
     """
 
     async def send_packed_command(
@@ -233,46 +221,46 @@ class _CancellableSend(AbstractConnection):
 
 
 SAFE_CONNECTIONS = {
-    base: cast("type[AbstractConnection]", type(base.__name__, (_CancellableSend, base), {}))
-    for base in (Connection, SSLConnection, UnixDomainSocketConnection)
+    base: cast(
+        "type[connections.AbstractConnection]", type(base.__name__, (_CancellableSend, base), {})
+    )
+    for base in (
+        connections.Connection,
+        connections.SSLConnection,
+        connections.UnixDomainSocketConnection,
+    )
 }
 """redis-py's connection classes with cancellable writes, used before Python 3.12."""
 
 
-def connection_kwargs(settings: RedisSettings, *, socket_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for a redis.asyncio ConnectionPool reaching `settings.url`.
+def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[str, Any]:
+    """Keyword arguments for a ConnectionPool reaching `settings.url` (RESP2 always).
 
-    The URL's query options (redis-py's own, e.g. `?ssl_cert_reqs=none`) are honoured;
-    credentials and TLS files come from the settings; RESP2 is always used. TLS checks
-    the certificate and the host name unless the URL turns that off (redis-py 5.x does
-    not check the name by default, 8.x does). A connection error is retried 3 times on a
-    fresh connection (a restart leaves stale pooled sockets); a timeout is not.
+    The URL's query options are redis-py's own; credentials and TLS files come from the
+    settings. TLS checks the certificate and the host name unless the URL turns that off
+    (redis-py 5.x does not check the name by default). A connection error is retried 3
+    times on a fresh connection (a restart leaves stale pooled sockets); a timeout is not.
     """
     retry = Retry(
         ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
     )
-    kwargs: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": settings.operation_timeout,
-        "retry": retry,
-        "health_check_interval": 0,
-        **parse_url(settings.url),
-        "protocol": 2,
-        "username": settings.username,
-        "password": settings.password.reveal() if settings.password else None,
-    }
-    connection_class = kwargs.get("connection_class", Connection)
+    password = settings.password.reveal() if settings.password else None
+    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "retry": retry}
+    kwargs.update(socket_connect_timeout=settings.operation_timeout, health_check_interval=0)
+    kwargs.update(connections.parse_url(settings.url))
+    kwargs.update(protocol=2, username=settings.username, password=password)
+    kind = kwargs.get("connection_class", connections.Connection)
     if sys.version_info < (3, 12):
-        kwargs["connection_class"] = SAFE_CONNECTIONS.get(connection_class, connection_class)
-    if connection_class is not UnixDomainSocketConnection:
+        kwargs["connection_class"] = SAFE_CONNECTIONS.get(kind, kind)
+    if kind is not connections.UnixDomainSocketConnection:
         kwargs.setdefault("socket_keepalive", True)
-    if connection_class is SSLConnection:
+    if kind is connections.SSLConnection:
         cert_reqs = kwargs.setdefault("ssl_cert_reqs", "required")
-        verifies = cert_reqs not in ("none", ssl.CERT_NONE)  # no name check without a chain
-        kwargs.setdefault("ssl_check_hostname", verifies)
+        kwargs.setdefault("ssl_check_hostname", cert_reqs not in ("none", ssl.CERT_NONE))
         if settings.tls_ca_file is not None:
             kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-            kwargs["ssl_certfile"] = str(settings.tls_cert_file)
-            kwargs["ssl_keyfile"] = str(settings.tls_key_file)
+            kwargs.update(
+                ssl_certfile=str(settings.tls_cert_file), ssl_keyfile=str(settings.tls_key_file)
+            )
     return kwargs

@@ -1,7 +1,7 @@
 """redis-py's exceptions and the abe errors they become, each with what to do about it.
 
-Some hints depend on the settings (the operation timeout; whether the URL asks for TLS),
-so each backend builds its table with `error_map()`; `ERRORS` is the default settings'.
+Some hints depend on the settings (the operation timeout, whether the URL asks for TLS), so
+each backend builds its table with `error_map()`; `ERRORS` is the default settings' table.
 """
 
 from __future__ import annotations
@@ -9,50 +9,43 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 
 from redis import exceptions as redis_errors
 
-from abe.errors import InvalidKeyError
 from abe.provider import ErrorMap, ErrorRule, auth, config, invalid_key, payload, unavailable
 
-__all__ = ["ERRORS", "error_map", "reserved_name_error", "wrong_type_error"]
+__all__ = ["ERRORS", "error_map"]
 
 _TLS_FAILED = "the TLS handshake failed: "
 _CLIENT_CERTIFICATE = "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
 
 
-def _texts(error: BaseException) -> list[tuple[BaseException, str]]:
-    """The error and up to four of its causes (TLS failures arrive wrapped), with their text."""
-    chain = [error]
-    while len(chain) < 5 and (cause := chain[-1].__cause__ or chain[-1].__context__):
-        chain.append(cause)
-    return [(item, str(item)) for item in chain]
+def _cause(
+    pattern: str, *kinds: type[BaseException], codes: tuple[int, ...] = ()
+) -> Callable[[BaseException], bool]:
+    """A test: is the error, or one of 4 causes (TLS failures arrive wrapped), one of `kinds`,
+    with an OpenSSL verify code in `codes`, or saying `pattern` (a regular expression)?"""
+    said = re.compile(pattern)
+
+    def test(error: BaseException) -> bool:
+        chain = [error]
+        while len(chain) < 5 and (cause := chain[-1].__cause__ or chain[-1].__context__):
+            chain.append(cause)
+        return any(
+            isinstance(item, kinds)
+            or getattr(item, "verify_code", 0) in codes
+            or said.search(str(item))
+            for item in chain
+        )
+
+    return test
 
 
-def _host_mismatch(error: BaseException) -> bool:
-    codes = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-    return any(
-        getattr(item, "verify_code", None) in codes
-        or re.search("(?i)(hostname|ip address) mismatch", text)
-        for item, text in _texts(error)
-    )
-
-
-def _untrusted(error: BaseException) -> bool:
-    return any(
-        isinstance(item, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text
-        for item, text in _texts(error)
-    )
-
-
-def _handshake(error: BaseException) -> bool:
-    return any(isinstance(item, ssl.SSLError) or "SSL" in text for item, text in _texts(error))
-
-
-def _dropped(error: BaseException) -> bool:
-    """The server hung up: on every new connection, a sign of a TLS mismatch."""
-    words = re.compile("(?i)closed by server|reset by peer|connection lost|broken pipe")
-    return any(words.search(text) for _, text in _texts(error))
+_host_mismatch = _cause("(?i)(hostname|ip address) mismatch", codes=(62, 64))  # X509_V_ERR_...
+_untrusted = _cause("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError)
+_handshake = _cause("SSL", ssl.SSLError)
+_dropped = _cause("(?i)closed by server|reset by peer|connection lost|broken pipe")
 
 
 def error_map(*, tls: bool, timeout: float) -> ErrorMap:
@@ -173,21 +166,3 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
 
 ERRORS = error_map(tls=False, timeout=10.0)
 """The table of a backend with the default settings (a plain URL, a 10 s timeout)."""
-
-
-def wrong_type_error(key: str, found: str) -> InvalidKeyError:
-    """The error for a key that exists in Redis with a type other than stream."""
-    what = f"a Redis {found}" if found and found != "none" else "a value of another type"
-    return InvalidKeyError(
-        f"key {key!r} holds {what}, not a stream, so abe cannot publish to it or read it; "
-        f"use another key, or remove that {found if found != 'none' else 'value'} "
-        f"if nothing needs it"
-    )
-
-
-def reserved_name_error(name: str, found: str, holds: str) -> InvalidKeyError:
-    """The error for a name abe keeps `holds` in, taken by a value of type `found`."""
-    return InvalidKeyError(
-        f"key {name!r} holds a Redis {found}, but abe keeps {holds} under that name; "
-        f"something other than abe wrote it there: remove it (DEL {name}) if nothing needs it"
-    )

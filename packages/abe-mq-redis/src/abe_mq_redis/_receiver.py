@@ -1,15 +1,14 @@
-"""The reader of one consumer group over some streams: XREADGROUP, XAUTOCLAIM, XACK, XCLAIM.
+"""The reader of one consumer group over some streams (the README's operating notes say why).
 
 Each fetch first does the work that is due (every quarter of the redelivery timeout, at
-most a second apart, and at once when a nacked entry comes due): XAUTOCLAIM takes back
-entries not acknowledged within the redelivery timeout (their delivery count, read with
-XPENDING, is the attempt). Then one XREADGROUP over every key blocks at most the block
-time, on a connection this member keeps, and carries in the same write the XACKs that
-`ack()` queued meanwhile. nack(delay) keeps the entry pending and sets its idle time
-(`XCLAIM ... IDLE`) so that XAUTOCLAIM takes it exactly when due; a delay longer than the
-redelivery timeout also goes to the sorted set `delayed_key(key, group)` (score: the due
-time in ms): the holder keeps the entry's idle time low, a member that reclaims it early
-(its holder died) holds it in turn, and once it is due within one timeout any member arms it.
+most a second apart, at once when a nacked entry comes due): XAUTOCLAIM takes back entries
+left unacknowledged for the redelivery timeout (the attempt is their delivery count, from
+XPENDING). Then one XREADGROUP blocks at most the block time on this member's connection,
+after the XACKs `ack()` queued meanwhile, in the same write. nack(delay) keeps the entry
+pending and sets its idle time (`XCLAIM ... IDLE`) so that XAUTOCLAIM takes it exactly when
+due; longer delays than the redelivery timeout also go to the sorted set `delayed_key()`
+(score: due time in ms): the holder keeps the entry's idle time low, a member reclaiming it
+early (the holder died) holds it in turn, and once it is due within one timeout it is armed.
 """
 
 from __future__ import annotations
@@ -31,26 +30,22 @@ from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, pac
 __all__ = ["RedisReceiver"]
 
 log = logging.getLogger("abe.redis")
-
-_MAX_TICK = 1.0
-"""Longest time between two reclaim rounds, whatever the redelivery timeout."""
-_ARM_BATCH = 100
-"""Most delayed entries one reclaim round arms per key."""
-_SLACK = 0.005
-"""Seconds past an entry's due time to look for it, so the server sees it idle enough."""
+_MAX_TICK = 1.0  # the longest time between two reclaim rounds, whatever the timeout
+_ARM_BATCH = 100  # the most delayed entries one reclaim round arms per key
+_SLACK = 0.005  # seconds past an entry's due time to look for it: the server sees it idle enough
 
 
 def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     """A stream entry, [id, fields], as a message: `data` is the body, other fields headers."""
-    entry_id, fields = entry
+    entry_id, fields = entry[0].decode(), entry[1]
     pairs = dict(zip(fields[::2], fields[1::2], strict=False))
     body = pairs.pop(b"data", b"")
     headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs.items()}
-    return IncomingMessage(key, body, headers, attempt, entry_id.decode(), entry_id.decode())
+    return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
 def _grouped(entries: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """Entry ids by key, from (key, entry id) pairs or messages' (key, broker_id)."""
+    """Entry ids by key, from (key, entry id) pairs."""
     grouped: dict[str, list[str]] = {}
     for key, entry_id in entries:
         grouped.setdefault(key, []).append(entry_id)
@@ -77,21 +72,18 @@ class RedisReceiver(Receiver):
         self.group, self.keys, self.consumer = group, keys, consumer
         self._lease = settings.redelivery_timeout
         self._lease_ms = max(1, round(self._lease * 1000))
-        self._max_block = settings.poll_interval
         self._idle_limit_ms = round(settings.consumer_idle_timeout * 1000)
         self._tick = min(_MAX_TICK, max(0.05, self._lease / 4))
         self._next_tick = 0.0  # the first fetch reclaims what earlier members left
         self._wakeups: list[float] = []  # a heap: when entries nacked with a delay come due
         self._cursors = dict.fromkeys(keys, "0-0")
-        self._held: dict[tuple[str, str], int] = {}  # (key, id) -> due, in ms since the epoch
+        self._held: dict[tuple[str, str], int] = {}  # (key, id): due, in ms since the epoch
         self._held_refreshed = 0.0
         self._turn = 0
-        self._acks: dict[asyncio.Future[bool], dict[str, list[str]]] = {}  # for a fetch to carry
+        self._acks: dict[asyncio.Future[bool], dict[str, list[str]]] = {}  # for a read to carry
         self._connection: AbstractConnection | None = None  # this member's, for blocking reads
-        self._client_id: int | None = None  # of that connection, for CLIENT UNBLOCK
+        self._client_id: int | None = None  # that connection's, for CLIENT UNBLOCK
         self._blocked_until: float | None = None  # while a blocking read is on the wire
-
-    # ---- reading ----------------------------------------------------------------------
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         now = time.monotonic()
@@ -100,7 +92,8 @@ class RedisReceiver(Receiver):
             if reclaimed:
                 return reclaimed
         due = min([self._next_tick, *self._wakeups[:1]]) - time.monotonic()
-        return await self._read(max_messages, min(timeout, self._max_block, due))
+        block = min(timeout, self._client.settings.poll_interval, due)
+        return await self._read(max_messages, int(block * 1000))
 
     def _share(self, credit: int) -> tuple[tuple[str, ...], int]:
         """Which keys to read and how many from each, so that the total stays within credit."""
@@ -112,14 +105,12 @@ class RedisReceiver(Receiver):
         return (keys[start:] + keys[:start])[:credit], 1
 
     def _xreadgroup(self, keys: tuple[str, ...], count: int, block_ms: int) -> Command:
-        """XREADGROUP GROUP <group> <me> COUNT n [BLOCK ms] STREAMS <keys> > ..."""
         block = ("BLOCK", block_ms) if block_ms > 0 else ()  # BLOCK 0 would wait forever
         streams = ("STREAMS", *keys, *(">" for _ in keys))
         return ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, *block, *streams)
 
-    async def _read(self, credit: int, block: float) -> list[IncomingMessage]:
+    async def _read(self, credit: int, block_ms: int) -> list[IncomingMessage]:
         keys, count = self._share(credit)
-        block_ms = int(block * 1000)
         carried, self._acks = self._acks, {}
         acks = [(done, key, ids) for done, by_key in carried.items() for key, ids in by_key.items()]
         commands: list[Command] = [("XACK", key, self.group, *ids) for _, key, ids in acks]
@@ -131,7 +122,7 @@ class RedisReceiver(Receiver):
             self._blocked_until = None
             for done in carried:  # not carried through: ack() sends them itself
                 _settle(done, False)
-        if isinstance(result, ResponseError) and str(result).startswith("NOGROUP"):
+        if str(result).startswith("NOGROUP"):
             await self._recreate(result)
             return []
         await self._client.raise_first([result], keys)
@@ -172,23 +163,21 @@ class RedisReceiver(Receiver):
     async def _wake(self, at: float) -> None:
         """Cut a blocking read short if it would outlast `at` (CLIENT UNBLOCK; best effort)."""
         until, client_id = self._blocked_until, self._client_id
-        if until is None or not client_id or at >= until - _SLACK:
-            return
-        try:
-            await self._client.send([("CLIENT", "UNBLOCK", client_id)])
-        except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
-            log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
+        if until is not None and client_id and at < until - _SLACK:
+            try:
+                await self._client.send([("CLIENT", "UNBLOCK", client_id)])
+            except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
+                log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
 
-    async def _recreate(self, error: ResponseError) -> None:
+    async def _recreate(self, error: object) -> None:
+        keys = ", ".join(self.keys)
         log.warning(
             "redis: group %r is missing on %s (%s); creating it again from the start of the "
             "stream (did the server restart without persistence, or was the key deleted?)",
-            *(self.group, ", ".join(self.keys), error),
+            *(self.group, keys, error),
         )
         await self._client.create_groups(self.group, self.keys)
         self._cursors = dict.fromkeys(self.keys, "0-0")
-
-    # ---- redelivery -------------------------------------------------------------------
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
         """The periodic work: keep held entries, arm delayed ones, reclaim the unfinished."""
@@ -208,52 +197,47 @@ class RedisReceiver(Receiver):
                 ("XAUTOCLAIM", key, group, me, self._lease_ms, self._cursors[key], "COUNT", count),
             ]
         replies = await self._client.send(commands)
-        for item in replies:
-            if isinstance(item, ResponseError) and str(item).startswith("NOGROUP"):
-                await self._recreate(item)
-                return []
+        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
+        if missing is not None:
+            await self._recreate(missing)
+            return []
         await self._client.raise_first(replies, keys, group)
-        due: dict[str, list[tuple[str, int]]] = {}
+        due: list[tuple[str, str, int]] = []
         gone: list[tuple[str, str]] = []
         claimed: list[IncomingMessage] = []
-        for key, delayed, auto in zip(keys, replies[::2], replies[1::2], strict=True):
-            scores = dict(zip(delayed[::2], delayed[1::2], strict=True))
-            due[key] = [
-                (as_text(entry_id), int(float(score))) for entry_id, score in scores.items()
-            ]
-            self._cursors[key] = as_text(auto[0])
+        for key, found, (cursor, entries, *deleted) in zip(
+            keys, replies[::2], replies[1::2], strict=True
+        ):
+            scores = zip(found[::2], found[1::2], strict=True)
+            due += [(key, as_text(entry_id), int(float(score))) for entry_id, score in scores]
+            self._cursors[key] = as_text(cursor)
             if self._cursors[key] != "0-0":  # more of the pending list to scan: next fetch
                 self._next_tick = now
             # an entry deleted from the stream: nil on Redis 6.2, listed apart on Redis 7
-            claimed += [_message(key, e, 0) for e in auto[1] if e is not None and e[1] is not None]
-            gone += [(key, as_text(entry_id)) for entry_id in (auto[2] if len(auto) > 2 else ())]
-        armed = await self._arm(due, gone, now, now_ms) if any(due.values()) or gone else set()
+            claimed += [_message(key, e, 0) for e in entries if e is not None and e[1] is not None]
+            gone += [(key, as_text(entry_id)) for entry_id in (deleted[0] if deleted else ())]
+        armed = await self._arm(due, gone, now, now_ms) if due or gone else set()
         claimed = [message for message in claimed if (message.key, message.broker_id) not in armed]
         return await self._settle_claimed(claimed, now, now_ms) if claimed else []
 
     async def _arm(
-        self,
-        due: dict[str, list[tuple[str, int]]],
-        gone: list[tuple[str, str]],
-        now: float,
-        now_ms: int,
+        self, due: list[tuple[str, str, int]], gone: list[tuple[str, str]], now: float, now_ms: int
     ) -> set[tuple[str, str]]:
-        """Make delayed entries claimable exactly when due; forget those that are gone.
+        """Make delayed entries claimable exactly when due, out of the set; forget the gone.
 
         Returns the entries armed, which a reclaim of the same round must not deliver.
         """
         commands: list[Command] = []
-        for key, entries in due.items():
-            for entry_id, due_ms in entries:
-                idle = max(0, self._lease_ms - (due_ms - now_ms))
-                claim = ("XCLAIM", key, self.group, self.consumer, 0, entry_id, "IDLE", idle)
-                commands.append((*claim, "JUSTID"))
-                heapq.heappush(self._wakeups, now + max(0, due_ms - now_ms) / 1000 + _SLACK)
-        armed = {(key, entry_id) for key, entries in due.items() for entry_id, _ in entries}
+        group, me = self.group, self.consumer
+        for key, entry_id, due_ms in due:
+            idle = max(0, self._lease_ms - (due_ms - now_ms))
+            commands.append(("XCLAIM", key, group, me, 0, entry_id, "IDLE", idle, "JUSTID"))
+            heapq.heappush(self._wakeups, now + max(0, due_ms - now_ms) / 1000 + _SLACK)
+        armed = {(key, entry_id) for key, entry_id, _ in due}
         for entry in (*armed, *gone):
             self._held.pop(entry, None)
         for key, ids in _grouped(sorted({*armed, *gone})).items():
-            commands.append(("ZREM", delayed_key(key, self.group), *ids))
+            commands.append(("ZREM", delayed_key(key, group), *ids))
         await self._client.send(commands)
         return armed
 
@@ -275,13 +259,10 @@ class RedisReceiver(Receiver):
         await self._client.raise_first(replies[: len(claimed)], by_key, self.group)
         scores: dict[tuple[str, str], int] = {}
         for (key, ids), found in zip(by_key.items(), replies[len(claimed) :], strict=True):
-            for entry_id, score in zip(
-                ids, [] if isinstance(found, Exception) else found, strict=False
-            ):
-                if score is not None:
-                    scores[key, entry_id] = int(float(score))
+            pairs = zip(ids, [] if isinstance(found, Exception) else found, strict=False)
+            scores.update({(key, i): int(float(score)) for i, score in pairs if score is not None})
         ready: list[IncomingMessage] = []
-        to_arm: dict[str, list[tuple[str, int]]] = {}
+        to_arm: list[tuple[str, str, int]] = []
         past: list[tuple[str, str]] = []
         for message, pending in zip(claimed, replies, strict=False):
             entry = (message.key, message.broker_id)
@@ -291,9 +272,9 @@ class RedisReceiver(Receiver):
             if due is not None and due - now_ms > self._lease_ms:
                 self._held[entry] = due
             elif due is not None and due > now_ms:
-                to_arm.setdefault(message.key, []).append((message.broker_id, due))
+                to_arm.append((*entry, due))
             else:
-                past += [entry] if due is not None else []  # due by now: delivered, unlisted
+                past += [entry] if due is not None else []  # due by now: out of the set
                 message.attempt = int(pending[0][3])
                 ready.append(message)
         if to_arm or past:
@@ -317,8 +298,6 @@ class RedisReceiver(Receiver):
             ("XCLAIM", key, group, me, 0, *ids, *options, "JUSTID") for key, ids in by_key.items()
         ]
         await self._client.send_checked(claims, by_key, group)
-
-    # ---- settling ---------------------------------------------------------------------
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -349,8 +328,6 @@ class RedisReceiver(Receiver):
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         await self._claim(_ids(messages))
 
-    # ---- membership -------------------------------------------------------------------
-
     async def close(self) -> None:
         """Give back the reading connection; delete this consumer if it owns no pending entry."""
         connection, self._connection = self._connection, None
@@ -368,20 +345,22 @@ class RedisReceiver(Receiver):
         """Delete consumers of the group that own no pending entry and are idle (best effort).
 
         Other members go once idle for ABE_REDIS_CONSUMER_IDLE_TIMEOUT; this one, when
-        `include_self`, at once. A consumer that owns pending entries is never deleted
-        (that would drop them); each deletion runs in WATCH/MULTI, so an XADD that could
-        hand a blocked read new entries in between cancels it.
+        `include_self`, at once. One that owns pending entries never goes (that would drop
+        them), and each deletion runs under WATCH, so that it never races a read.
         """
-        try:
-            found = await self._client.send(
-                [("XINFO", "CONSUMERS", key, self.group) for key in self.keys]
-            )
-        except Exception as exc:
-            log.debug("redis: XINFO CONSUMERS failed: %s", exc)
-            return
-        for key, consumers in zip(self.keys, found, strict=True):
-            if not isinstance(consumers, Exception) and self._doomed(consumers, include_self):
-                await self._delete_consumers(key, include_self)
+        for key in self.keys:
+            async with self._client.commands.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    found: Any = await pipe.execute_command("XINFO", "CONSUMERS", key, self.group)
+                    doomed = self._doomed(found, include_self)
+                    if doomed:
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for name in doomed:
+                            pipe.execute_command("XGROUP", "DELCONSUMER", key, self.group, name)
+                        await pipe.execute()
+                except (WatchError, ResponseError) as exc:  # changed meanwhile: left for later
+                    log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
 
     def _doomed(self, consumers: Sequence[Sequence[Any]], include_self: bool) -> list[str]:
         """The consumers to delete: none with pending entries; this one only when leaving."""
@@ -395,20 +374,3 @@ class RedisReceiver(Receiver):
             ) == 0:
                 names.append(name)
         return names
-
-    async def _delete_consumers(self, key: str, include_self: bool) -> None:
-        async with self._client.commands.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                consumers: Any = await pipe.execute_command("XINFO", "CONSUMERS", key, self.group)
-                doomed = self._doomed(consumers, include_self)
-                if not doomed:
-                    return
-                pipe.multi()  # type: ignore[no-untyped-call]
-                for name in doomed:
-                    pipe.execute_command("XGROUP", "DELCONSUMER", key, self.group, name)
-                await pipe.execute()
-            except (WatchError, ResponseError) as exc:  # changed meanwhile: left for later
-                log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
-                return
-        log.debug("redis: deleted idle consumers %s of group %r on %r", doomed, self.group, key)
