@@ -48,6 +48,11 @@ _handshake = _cause("SSL", ssl.SSLError)
 _dropped = _cause("(?i)closed by server|reset by peer|connection lost|broken pipe")
 
 
+def _classes(*names: str) -> list[type[BaseException]]:
+    """The named classes of redis.exceptions that this redis-py has (5.3 lacks some of 6.x's)."""
+    return [klass for name in names if isinstance(klass := getattr(redis_errors, name, None), type)]
+
+
 def error_map(*, tls: bool, timeout: float) -> ErrorMap:
     """The table for a backend whose URL does (or not) use TLS, with this operation timeout."""
     dropped = (
@@ -104,14 +109,10 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
         "tasks at once"
     )
     anything = unavailable("")
-    newer = ("AuthorizationError", "ExternalAuthProviderError", "IncorrectPolicyType")
-    newer_classes = {name: getattr(redis_errors, name, None) for name in newer}
-    rules: dict[type[BaseException] | None, ErrorRule | list[ErrorRule]] = {
-        newer_classes["AuthorizationError"]: credentials,  # these three are redis-py 6+'s
-        newer_classes["ExternalAuthProviderError"]: credentials,
-        newer_classes["IncorrectPolicyType"]: anything,
+    rules: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
         redis_errors.AuthenticationError: credentials,
         redis_errors.AuthenticationWrongNumberOfArgsError: credentials,
+        **dict.fromkeys(_classes("AuthorizationError", "ExternalAuthProviderError"), credentials),
         redis_errors.NoPermissionError: auth(
             "the user may not do this; grant it what abe needs on these keys and their "
             "delayed-nack sets: ACL SETUSER <user> +@stream +@sortedset +@transaction "
@@ -126,9 +127,8 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
         redis_errors.BusyLoadingError: unavailable(
             "the server is loading its data set after a restart; it answers again once loaded"
         ),
-        redis_errors.TimeoutError: timed_out,
-        asyncio.TimeoutError: timed_out,  # the builtin TimeoutError from Python 3.11 on
-        TimeoutError: timed_out,  # socket.timeout too
+        # asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on, socket.timeout too
+        **dict.fromkeys((redis_errors.TimeoutError, asyncio.TimeoutError, TimeoutError), timed_out),
         redis_errors.ConnectionError: [  # redis-py 5.x's pool says "Too many connections"
             unavailable(exhausted, when=lambda error: str(error) == "Too many connections"),
             *unreachable,
@@ -160,8 +160,9 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
         ],
         redis_errors.RedisError: anything,
         redis_errors.ChildDeadlockedError: anything,
+        **dict.fromkeys(_classes("IncorrectPolicyType"), anything),
     }
-    return ErrorMap("redis", {klass: rule for klass, rule in rules.items() if klass is not None})
+    return ErrorMap("redis", rules)
 
 
 ERRORS = error_map(tls=False, timeout=10.0)
