@@ -1,8 +1,5 @@
-"""RedisBackend: abe on Redis Streams. Keys are streams, groups are consumer groups.
-
-One stream entry per message (README "Wire format"): the field `data` holds the payload's
-JSON, one more field each header (`abe-id`, `abe-published-at`, the user's own).
-"""
+"""RedisBackend: keys are streams, groups are consumer groups, a message is one stream entry:
+its JSON in the field `data`, each header in a field of its own (README "Wire format")."""
 
 from __future__ import annotations
 
@@ -31,11 +28,9 @@ _CONSUMERS = itertools.count(1)
 
 
 class RedisBackend(BaseBackend):
-    """abe on Redis Streams (Redis 6.2 or later), through redis.asyncio.
-
-    `RedisBackend()` reaches redis://localhost:6379/0, `RedisBackend(RedisSettings(...))`
-    anywhere else; nothing connects until the first publish or subscription.
-    """
+    """abe on Redis Streams (6.2 or later) through redis.asyncio, connecting on first use:
+    `RedisBackend()` reaches redis://localhost:6379/0, `RedisBackend(RedisSettings(...))` any
+    other server."""
 
     name: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(native_delay=False, persistence=True)

@@ -1,9 +1,6 @@
 """The connections to one Redis, shared by a backend and its receivers, and the calls on them.
 
-Commands (publish, ack, claim) time out after the operation timeout; blocking XREADGROUPs,
-on a pool of their own, after the block time plus that. Commands are packed into RESP here
-and sent on redis-py's connections: the same sockets, timeouts and TLS, less work each.
-"""
+Commands are packed into RESP here and sent on redis-py's connections: same sockets, less work."""
 
 from __future__ import annotations
 
@@ -39,11 +36,8 @@ else:  # what redis-py itself uses there (asyncio.timeout is sound from 3.11.3)
 
 
 def delayed_key(key: str, group: str) -> str:
-    """The sorted set of `group`'s entries of `key` nacked for longer than the timeout.
-
-    No key may contain `{` or `}`, so none can take this name; `{<key>}` is a Redis Cluster
-    hash tag, keeping the set in the stream's slot.
-    """
+    """The sorted set of `group`'s entries of `key` nacked for longer than the timeout: no key
+    can take its name (keys have no `{`), and the hash tag keeps it in the stream's slot."""
     return f"abe:{{{key}}}:delayed:{group}"
 
 
@@ -95,12 +89,8 @@ class RedisClient:
         return self._reads
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
-        """Send `commands` in one write; their replies, an error reply as its exception.
-
-        At most ABE_REDIS_POOL_SIZE calls at once (more wait), each on a connection kept
-        between calls. A broken one (the server restarted since) is replaced and the
-        commands sent once more, as redis-py does; a call cut short drops its connection.
-        """
+        """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
+        replies; a broken connection is replaced once, as redis-py does, a cut call drops it."""
         packed, pool = (
             b"".join([pack(command) for command in commands]),
             self.commands.connection_pool,
@@ -196,12 +186,8 @@ class RedisClient:
 
 
 class _CancellableSend(connections.AbstractConnection):
-    """A connection whose writes never swallow a cancellation.
-
-    redis-py bounds each write with `asyncio.wait_for`, which before Python 3.12 can lose a
-    cancellation that arrives as the write ends (CPython gh-86296): a consume loop would
-    never stop. There abe's connections bound their writes with a timeout context instead.
-    """
+    """redis-py bounds writes with asyncio.wait_for, which before 3.12 can lose a cancellation
+    (CPython gh-86296: a consume loop that never stops); these bound them with a timeout."""
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
@@ -234,13 +220,8 @@ SAFE_CONNECTIONS = {
 
 
 def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for a ConnectionPool reaching `settings.url` (RESP2 always).
-
-    The URL's query options are redis-py's own; credentials and TLS files come from the
-    settings. TLS checks the certificate and the host name unless the URL turns that off
-    (redis-py 5.x does not check the name by default). A connection error is retried 3
-    times on a fresh connection (a restart leaves stale pooled sockets); a timeout is not.
-    """
+    """ConnectionPool options for `settings`: RESP2, TLS checking the host name too (5.x does not
+    by default), connection errors retried 3 times on a fresh connection, timeouts never."""
     retry = Retry(
         ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
     )

@@ -1,8 +1,5 @@
-"""redis-py's exceptions and the abe errors they become, each with what to do about it.
-
-Some hints depend on the settings (the operation timeout, whether the URL asks for TLS), so
-each backend builds its table with `error_map()`; `ERRORS` is the default settings' table.
-"""
+"""redis-py's exceptions and the abe errors they become, each with what to do about it; some
+hints depend on the timeout and the scheme, so each backend builds its own `error_map()`."""
 
 from __future__ import annotations
 

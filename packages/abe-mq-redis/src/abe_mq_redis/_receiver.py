@@ -1,15 +1,5 @@
-"""The reader of one consumer group over some streams (the README's operating notes say why).
-
-Each fetch first does the work that is due (every quarter of the redelivery timeout, at
-most a second apart, at once when a nacked entry comes due): XAUTOCLAIM takes back entries
-left unacknowledged for the redelivery timeout (the attempt is their delivery count, from
-XPENDING). Then one XREADGROUP blocks at most the block time on this member's connection,
-after the XACKs `ack()` queued meanwhile, in the same write. nack(delay) keeps the entry
-pending and sets its idle time (`XCLAIM ... IDLE`) so that XAUTOCLAIM takes it exactly when
-due; longer delays than the redelivery timeout also go to the sorted set `delayed_key()`
-(score: due time in ms): the holder keeps the entry's idle time low, a member reclaiming it
-early (the holder died) holds it in turn, and once it is due within one timeout it is armed.
-"""
+"""The reader of one consumer group over some streams; README "Operating notes" says how it
+reclaims (XAUTOCLAIM), acknowledges (XACKs ride with the next XREADGROUP) and delays nacks."""
 
 from __future__ import annotations
 
@@ -52,6 +42,7 @@ def _grouped(entries: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _ids(messages: Iterable[IncomingMessage]) -> dict[str, list[str]]:
+    """Entry ids by key, of messages."""
     return _grouped((message.key, message.broker_id) for message in messages)
 
 
@@ -130,11 +121,8 @@ class RedisReceiver(Receiver):
         ]
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
-        """Send the XACKs and the XREADGROUP on this member's connection; the read's reply.
-
-        Each XACK's future is settled as its reply comes, before the read's, which blocks.
-        On a new connection CLIENT ID goes first: `_wake()` needs it to cut a block short.
-        """
+        """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
+        connection, after CLIENT ID on a new one (`_wake()` needs it); the read's reply."""
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = await self._read_pool.get_connection()  # type: ignore[no-untyped-call]
@@ -222,10 +210,8 @@ class RedisReceiver(Receiver):
     async def _arm(
         self, due: list[tuple[str, str, int]], gone: list[tuple[str, str]], now: float, now_ms: int
     ) -> set[tuple[str, str]]:
-        """Make delayed entries claimable exactly when due, out of the set; forget the gone.
-
-        Returns the entries armed, which a reclaim of the same round must not deliver.
-        """
+        """Make delayed entries claimable exactly when due and forget the gone; the entries armed,
+        which a reclaim of the same round must not deliver."""
         commands: list[Command] = []
         group, me = self.group, self.consumer
         for key, entry_id, due_ms in due:
@@ -243,11 +229,8 @@ class RedisReceiver(Receiver):
     async def _settle_claimed(
         self, claimed: list[IncomingMessage], now: float, now_ms: int
     ) -> list[IncomingMessage]:
-        """Attempt numbers for reclaimed entries; hold back those nacked until later.
-
-        An entry is in the delayed set only if its holder died before it came due (its
-        holder keeps resetting its idle time): this member then holds it, or arms it.
-        """
+        """Attempt numbers for reclaimed entries; an entry still in the delayed set (its holder
+        died before it came due) is held, or armed, instead."""
         by_key = _ids(claimed)
         commands: list[Command] = [
             ("XPENDING", message.key, self.group, message.broker_id, message.broker_id, 1)
@@ -341,12 +324,8 @@ class RedisReceiver(Receiver):
             log.debug("redis: could not tidy the consumers of group %r: %s", self.group, exc)
 
     async def tidy(self, *, include_self: bool) -> None:
-        """Delete consumers of the group that own no pending entry and are idle (best effort).
-
-        Other members go once idle for ABE_REDIS_CONSUMER_IDLE_TIMEOUT; this one, when
-        `include_self`, at once. One that owns pending entries never goes (that would drop
-        them), and each deletion runs under WATCH, so that it never races a read.
-        """
+        """Delete, under WATCH, consumers that own no pending entry and are idle (this one, when
+        `include_self`, at once), so that none races a read; best effort."""
         for key in self.keys:
             async with self._client.commands.pipeline(transaction=True) as pipe:
                 try:
