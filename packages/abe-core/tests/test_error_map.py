@@ -119,3 +119,37 @@ def test_the_coverage_check_names_what_is_missing() -> None:
         )
     finally:
         del sys.modules["fake_client"]
+
+
+def test_hints_and_tests_may_depend_on_the_settings() -> None:
+    class Settings:
+        tls = True
+        operation_timeout = 2.5
+
+    errors = ErrorMap(
+        "example",
+        {
+            Busy: [
+                unavailable(
+                    lambda settings: f"no answer in {settings.operation_timeout:g}s (TLS port?)",
+                    when=lambda error, settings: settings.tls,
+                ),
+                unavailable("no answer"),
+            ]
+        },
+    )
+    assert "no answer in 2.5s (TLS port?)" in str(errors.translate(Busy(), settings=Settings()))
+    Settings.tls = False
+    assert str(errors.translate(Busy(), settings=Settings())).endswith("; no answer")
+
+
+def test_caused_by_looks_through_the_chain() -> None:
+    import ssl
+
+    from abe.provider import TLS_UNTRUSTED, caused_by
+
+    outer = ConnectionError("could not connect")
+    outer.__cause__ = ssl.SSLCertVerificationError("certificate verify failed")
+    assert TLS_UNTRUSTED(outer)
+    assert caused_by("verify failed")(outer)
+    assert not caused_by("nothing like this")(outer)

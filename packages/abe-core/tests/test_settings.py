@@ -763,3 +763,20 @@ def test_the_secret_filter_hides_what_its_patterns_find() -> None:
     found = SecretFilter([], [re.compile(r"Credential=(AKIA[A-Z0-9]+)"), re.compile(r"tok-\d+")])
     assert found.active
     assert found.scrub("Credential=AKIA123/x tok-42 ok") == "Credential=***/x *** ok"
+
+
+def test_a_url_setting_shows_without_its_credentials_and_counts_them_as_secrets() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class WithUrl(BackendSettings):
+        url: str = setting("EX_URL", "ex://localhost", "Where.", url=True)
+
+    settings = WithUrl.from_env({"EX_URL": "ex://user:pa55w0rd@host:1/x?auth_token=t0k3n&db=1"})
+    assert (
+        settings.url == "ex://user:pa55w0rd@host:1/x?auth_token=t0k3n&db=1"
+    )  # whole, for the client
+    for shown in (repr(settings), str(settings.describe())):
+        assert "pa55w0rd" not in shown
+        assert "t0k3n" not in shown
+        assert "host:1" in shown
+    assert set(settings.secrets()) == {"user", "pa55w0rd", "t0k3n"}
+    assert "pa55w0rd" not in repr(WithUrl(url="ex://:pa55w0rd@h"))  # built in code too

@@ -21,9 +21,14 @@ from abe.backends.message_queue.base.deadlines import (
     wait_event,
 )
 from abe.backends.message_queue.base.error_map import (
+    CONNECTION_DROPPED,
+    TLS_HANDSHAKE,
+    TLS_HOST_MISMATCH,
+    TLS_UNTRUSTED,
     ErrorMap,
     ErrorRule,
     auth,
+    caused_by,
     config,
     invalid_key,
     passthrough,
@@ -45,11 +50,18 @@ from abe.backends.message_queue.base.headers import (
 from abe.backends.message_queue.base.keys import DEAD_LETTER_SUFFIX, KeyRules, dead_letter_key
 from abe.backends.message_queue.base.lazy_client import LazyClient
 from abe.backends.message_queue.base.receiver import Receiver
-from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, setting
-from abe.redaction import SecretFilter, redact_url
+from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, Url, setting
+from abe.redaction import SecretFilter, redact_url, url_secrets
 from abe.settings import Secret
 
 __all__ = [
+    "CONNECTION_DROPPED",
+    "TLS_HANDSHAKE",
+    "TLS_HOST_MISMATCH",
+    "TLS_UNTRUSTED",
+    "Url",
+    "caused_by",
+    "url_secrets",
     "DEAD_LETTER_SUFFIX",
     "DEFAULT_GROUP",
     "HEADER_ATTEMPT",

@@ -14,7 +14,7 @@ if find_spec("pytest") is None or find_spec("pytest_asyncio") is None:  # pragma
 
 from abe.testing.contract import BackendContract, CoreContract
 from abe.testing.delivery import DeliveryContract
-from abe.testing.error_maps import assert_error_map_covers
+from abe.testing.error_maps import assert_error_map_covers, exception_classes
 from abe.testing.fixtures import (
     BackendFactory,
     Backends,
@@ -58,5 +58,6 @@ __all__ = [
     "SecretCase",
     "TlsMismatch",
     "assert_error_map_covers",
+    "exception_classes",
     "unique",
 ]

@@ -115,7 +115,8 @@ class BaseBackend(abc.ABC):
             declared = cls.settings_class.variables()
             common = {variable.name for variable in BackendSettings.variables()}
             own = tuple(variable for variable in declared if variable.name not in common)
-            cls.variables = (*own, KEYS, *declared[len(own) :])
+            rest = tuple(variable for variable in declared if variable.name in common)
+            cls.variables = (*own, KEYS, *rest)
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
@@ -169,7 +170,9 @@ class BaseBackend(abc.ABC):
         """The most specific abe error for a client-library exception, through `errors`."""
         if self.errors is None:
             return error
-        return self.errors.translate(error, self._describe(), scrub=self.secret_filter.scrub)
+        return self.errors.translate(
+            error, self._describe(), scrub=self.secret_filter.scrub, settings=self.settings
+        )
 
     def _describe(self) -> str:
         """Where the broker is, for reprs and errors; never includes a secret."""

@@ -33,12 +33,13 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from abe.redaction import redact_url, url_secrets
 from abe.settings import Environment, Secret, Variable, number_text
 
 if typing.TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BackendSettings", "Setting", "SettingsError", "setting"]
+__all__ = ["BackendSettings", "Setting", "SettingsError", "Url", "setting"]
 
 _SETTING = "abe.setting"
 
@@ -55,6 +56,21 @@ class Setting:
     choices: tuple[str, ...] = ()
     parse: Callable[[str], Any] | None = None
     """Text to value for types the reader does not know; ValueError("must be ...") refuses."""
+    url: bool = False
+    """The value is URLs: shown with `redact_url`, its credentials counted as secrets."""
+
+
+class Url(str):
+    """Comma-separated URLs that show with their credentials and secret options as ***.
+
+    A settings field declared `url=True` holds one, so `repr(settings)` never shows a
+    password written in a URL, while the client library gets the whole text.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(redact_url(str(self)))
 
 
 def setting(
@@ -67,13 +83,15 @@ def setting(
     maximum: float | None = None,
     choices: tuple[str, ...] = (),
     parse: Callable[[str], Any] | None = None,
+    url: bool = False,
 ) -> Any:
     """A settings field read from `variable` (None: not read from the environment).
 
     `minimum`/`maximum` bound numbers, `choices` lists the accepted words (matched without
-    regard to case), `secret` keeps the value out of every message and display.
+    regard to case), `secret` keeps the value out of every message and display, `url`
+    shows the value through `redact_url` and counts the secrets in it.
     """
-    spec = Setting(variable, meaning, secret, minimum, maximum, choices, parse)
+    spec = Setting(variable, meaning, secret, minimum, maximum, choices, parse, url)
     return field(default=default, metadata={_SETTING: spec})
 
 
@@ -122,6 +140,10 @@ class BackendSettings:
     """The backend these settings are for, as ConfigurationError names it."""
 
     def __post_init__(self) -> None:
+        for item, spec in self.declared():
+            value = getattr(self, item.name)
+            if spec.url and isinstance(value, str) and not isinstance(value, Url):
+                object.__setattr__(self, item.name, Url(value))
         problems = dict(_limit_problems(self))
         for name, reason in self.check():
             problems.setdefault(name, reason)
@@ -177,16 +199,22 @@ class BackendSettings:
         return settings
 
     def describe(self) -> dict[str, object]:
-        """Field names and values for display; secrets show as '***' through their repr."""
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        """Field names and values for display: secrets as '***', URLs without credentials."""
+        shown: dict[str, object] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            shown[item.name] = redact_url(value) if isinstance(value, Url) else value
+        return shown
 
     def secrets(self) -> tuple[str, ...]:
-        """The revealed value of every secret this configuration holds, for log scrubbing."""
-        found = []
+        """Every secret this configuration holds, revealed, for scrubbing logs and errors."""
+        found: list[str] = []
         for item in fields(self):
             value = getattr(self, item.name)
             if isinstance(value, Secret) and value:
                 found.append(value.reveal())
+            elif isinstance(value, Url):
+                found += url_secrets(value)
         return tuple(found)
 
     @staticmethod
