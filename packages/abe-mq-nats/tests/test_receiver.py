@@ -34,7 +34,7 @@ class FakeClient:
         return INBOX
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
-        assert subject == f"{INBOX}.*"
+        assert subject == f"{INBOX}.*.*"
         self.callback = cb
         return self
 
@@ -55,10 +55,11 @@ class FakeClient:
     async def deliver(
         self, stream: str, consumer: str, *, delivered: int = 1, seq: int = 1, pending: int = 0
     ) -> None:
+        """A message of `consumer`: on its own subject (as JetStream delivers it), not the inbox."""
         assert self.callback is not None
         reply = f"$JS.ACK.{stream}.{consumer}.{delivered}.{seq}.{seq}.1700000000000000000.{pending}"
         await self.callback(
-            Msg(None, subject=stream, reply=reply, data=b'{"n":%d}' % seq, headers={"h": "v"})  # type: ignore[arg-type]
+            Msg(None, subject="orders", reply=reply, data=b'{"n":%d}' % seq, headers={"h": "v"})  # type: ignore[arg-type]
         )
 
     async def status(self, reply: str, code: str, description: str = "") -> None:

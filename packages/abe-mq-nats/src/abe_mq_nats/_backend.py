@@ -1,10 +1,8 @@
 """NatsBackend: abe on NATS JetStream through nats-py.
 
-Keys are subjects, each stored in a stream: the one ABE_NATS_STREAM names when it covers the
-key, else whichever stream already covers it, else one abe creates (named after the key).
-Groups are durable pull consumers with explicit acknowledgement from the first message,
-whose ack wait is the redelivery timeout. The abe message id travels as `Nats-Msg-Id`, so
-JetStream stores a retried publish once.
+Keys are subjects, each stored in the stream that covers it or one abe creates; groups are
+durable pull consumers. The abe message id travels as `Nats-Msg-Id`, so JetStream stores a
+retried publish once.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import ClassVar
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
 from abe.errors import BackendUnavailableError, PayloadError, PublishError
 from abe.provider import (
@@ -56,9 +54,8 @@ WINDOW = 1000
 class NatsBackend(BaseBackend):
     """NATS JetStream: durable, fan-out across groups, competing members within a group.
 
-    Build it with `NatsBackend.from_env()` (what `load_backend("nats")` does) or with
-    `NatsBackend(NatsSettings(servers=("nats://host:4222",), ...))`. It connects on first
-    use and reconnects by itself after a server restart.
+    `NatsBackend(NatsSettings(servers=("nats://host:4222",), ...))`, or `from_env()`; it
+    connects on first use and reconnects by itself after a server restart.
     """
 
     name: ClassVar[str] = "nats"
@@ -134,9 +131,8 @@ class NatsBackend(BaseBackend):
     async def _delete_keys(self, keys: Sequence[str]) -> None:
         """Delete the streams abe made for `keys`; in any other stream, purge just those keys.
 
-        A stream abe created holds one key and says so in its description; a stream an
-        operator made (or ABE_NATS_STREAM names) is kept, losing only the key's messages
-        and the consumers that read it.
+        A stream an operator made (or ABE_NATS_STREAM names) is kept, losing only the key's
+        messages and the consumers that read it.
         """
         await self._jetstream.ready(Deadline(self.settings.operation_timeout))
         js = self._jetstream.js
@@ -147,12 +143,16 @@ class NatsBackend(BaseBackend):
                 name = await js.find_stream_name_by_subject(key)
             except nats.js.errors.NotFoundError:
                 continue
-            info = await js.stream_info(name)
-            if info.config.description == STREAM_DESCRIPTION.format(key=key):
+            if (await js.stream_info(name)).config.description == STREAM_DESCRIPTION.format(
+                key=key
+            ):
                 await js.delete_stream(name)
                 log.info("nats: deleted stream %r of key %r", name, key)
                 continue
-            for consumer in await _consumers(js, name):
+            consumers: list[api.ConsumerInfo] = []  # the server lists them a page at a time
+            while page := await js.consumers_info(name, offset=len(consumers) or None):
+                consumers += page
+            for consumer in consumers:
                 config = consumer.config
                 if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
                     await js.delete_consumer(name, consumer.name)
@@ -160,14 +160,6 @@ class NatsBackend(BaseBackend):
 
     async def _close(self) -> None:
         await self._jetstream.close()
-
-
-async def _consumers(js: JetStreamContext, stream: str) -> list[api.ConsumerInfo]:
-    """Every consumer of `stream` (the server lists them a page at a time)."""
-    found: list[api.ConsumerInfo] = []
-    while page := await js.consumers_info(stream, offset=len(found) or None):
-        found += page
-    return found
 
 
 def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[str, str]:

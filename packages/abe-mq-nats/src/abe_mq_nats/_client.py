@@ -114,8 +114,8 @@ class JetStream:
                 raise self._unavailable("is reconnecting and did not come back in time")
 
     def _unavailable(self, what: str) -> BaseException:
-        """Why the connection is not there: a refusal as nats-py said it (the error map
-        names what to change), or BackendUnavailableError with the last error seen."""
+        """A refusal as nats-py raised it (the error map says what to change), or else
+        BackendUnavailableError naming the last error seen."""
         error = self._last_error
         if isinstance(error, nats.errors.SecureConnWantedError) or (
             error is not None and refused_credentials(error)
@@ -151,10 +151,8 @@ class JetStream:
         refused.cancel()  # no effect once it holds the refusal
         if connecting.done() and not connecting.cancelled():
             if connecting.exception() is None and not self.stopped.is_set():
-                self.client, self.js = (
-                    client,
-                    client.jetstream(timeout=self.settings.operation_timeout),
-                )
+                self.client = client
+                self.js = client.jetstream(timeout=self.settings.operation_timeout)
                 self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
                 self._last_error = None
                 self._bump()
@@ -186,7 +184,7 @@ class JetStream:
                     self.where,
                 )
 
-        async def on_disconnected() -> None:
+        async def on_disconnected() -> None:  # and on closed
             if client is self.client and not client.is_closed:
                 log.warning("nats: disconnected from %s; reconnecting", self.where)
             self._bump()
@@ -197,16 +195,13 @@ class JetStream:
             self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
             self._bump()
 
-        async def on_closed() -> None:
-            self._bump()
-
         return {
             "servers": list(self.settings.servers),
             "name": "abe",
             "error_cb": on_error,
             "disconnected_cb": on_disconnected,
             "reconnected_cb": on_reconnected,
-            "closed_cb": on_closed,
+            "closed_cb": on_disconnected,
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": self.settings.reconnect_wait,
@@ -297,7 +292,7 @@ class JetStream:
     async def consumer_for(self, stream: StreamRef, key: str, group: str) -> str:
         """Create (or update, or adopt) the durable pull consumer of `group` on `key`."""
         js = self.js
-        if js is None:
+        if js is None:  # closed meanwhile
             raise BackendUnavailableError("nats: not connected")
         durable = consumer_name(group, key, dedicated=stream.dedicated)
         config = api.ConsumerConfig(

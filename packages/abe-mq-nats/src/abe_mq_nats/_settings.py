@@ -132,9 +132,7 @@ class NatsSettings(BackendSettings):
     )
     nkey_seed_file: Path | None = setting(None, None, "The seed file NATS_NKEY_SEED names.")
     creds_file: Path | None = setting(
-        "NATS_CREDS",
-        None,
-        "Path of a credentials file (user JWT and seed) for decentralised auth.",
+        "NATS_CREDS", None, "Path of a credentials file (user JWT and seed) for decentralised auth."
     )
     tls_ca: Path | None = setting(
         "NATS_TLS_CA",
