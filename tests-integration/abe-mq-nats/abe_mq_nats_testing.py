@@ -68,17 +68,24 @@ class Janitor:
         self.backends.append(backend)
         return backend
 
-    def created_streams(self) -> set[str]:
-        names = set(self.streams)
-        for backend in self.backends:
-            names.update(ref.name for ref in backend._streams.values() if ref.created)
-        return names
-
     async def clean(self) -> None:
-        names = self.created_streams()
-        if not names:
+        """Delete the raw streams, and those the backends used that abe created for a key."""
+        used = {
+            ref.name for backend in self.backends for ref in backend._jetstream.streams.values()
+        }
+        if not used and not self.streams:
             return
         async with raw_client(self.url) as (_, js):
-            for name in sorted(names):
+            for name in sorted(used - self.streams):
+                with suppress(nats.js.errors.NotFoundError):
+                    if await created_by_abe(js, name):
+                        await js.delete_stream(name)
+            for name in sorted(self.streams):
                 with suppress(nats.js.errors.NotFoundError):
                     await js.delete_stream(name)
+
+
+async def created_by_abe(js: JetStreamContext, stream: str) -> bool:
+    """Whether abe created `stream` for a key (it says so in the description)."""
+    description = (await js.stream_info(stream)).config.description or ""
+    return description.startswith("abe key ")

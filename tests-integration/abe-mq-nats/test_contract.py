@@ -23,7 +23,7 @@ from abe.testing import (
     TlsMismatch,
 )
 from abe_mq_nats import NatsBackend, NatsSettings
-from abe_mq_nats._subjects import stream_name
+from abe_mq_nats._client import stream_name
 
 WRONG_TOKEN = "wr0ng-t0ken-Zq81x"
 

@@ -18,7 +18,7 @@ import nats.js.errors
 import nkeys
 import pytest
 from abe_brokers import NatsServerFactory, TlsFiles
-from abe_mq_nats_testing import Janitor, environment, raw_client, settings_for
+from abe_mq_nats_testing import Janitor, created_by_abe, environment, raw_client, settings_for
 from nats.js import api
 
 from abe.errors import (
@@ -260,9 +260,12 @@ async def test_a_configured_stream(
     inside, outside = f"{prefix}.orders", unique("outside")
     await backend.publish(inside, {"where": "configured"})
     await backend.publish(outside, {"where": "own"})
-    assert backend._streams[inside].name == stream
-    assert not backend._streams[inside].dedicated
-    assert backend._streams[outside].created
+    streams = backend._jetstream.streams
+    assert streams[inside].name == stream
+    assert not streams[inside].dedicated
+    async with raw_client(nats_broker.url) as (_, js):
+        assert await created_by_abe(js, streams[outside].name)
+        assert not await created_by_abe(js, stream)
     assert await receive_payloads(backend, [inside, outside], unique("group"), 2) in (
         [{"where": "configured"}, {"where": "own"}],
         [{"where": "own"}, {"where": "configured"}],

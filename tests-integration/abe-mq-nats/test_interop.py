@@ -37,8 +37,7 @@ async def test_a_raw_producer_is_consumed_by_abe(
     assert first.published_at is None
     assert second.payload == {"order": 2}
     assert second.headers["trace-id"] == "t-2"
-    assert backend._streams[key].name == stream, "abe used the stream that covers the subject"
-    assert not backend._streams[key].created
+    assert backend._jetstream.streams[key].name == stream, "abe used the stream covering the key"
 
 
 async def test_abe_messages_read_by_a_raw_consumer(nats_broker: Any, make_backend: Any) -> None:
@@ -47,7 +46,7 @@ async def test_abe_messages_read_by_a_raw_consumer(nats_broker: Any, make_backen
     payload = {"order": 7, "items": ["a", "b"], "text": "héllo"}
     before = int(time.time() * 1000)
     await backend.publish(key, payload, headers={"trace-id": "t-7"})
-    stream = backend._streams[key].name
+    stream = backend._jetstream.streams[key].name
     async with raw_client(nats_broker.url) as (_, js):
         subscription = await js.pull_subscribe(key, durable=unique("raw"), stream=stream)
         [message] = await subscription.fetch(1, timeout=10)
@@ -70,7 +69,7 @@ async def test_a_retried_publish_is_stored_once(nats_broker: Any, make_backend: 
     await backend._send(key, [message])  # the same message again, as a retry would send it
     await backend._send(key, [message, OutgoingMessage("fixed-id-2", b'{"n":2}', {})])
     async with raw_client(nats_broker.url) as (_, js):
-        info = await js.stream_info(backend._streams[key].name)
+        info = await js.stream_info(backend._jetstream.streams[key].name)
     assert info.state.messages == 2
 
 
@@ -93,7 +92,7 @@ async def test_dead_letters_read_by_a_raw_consumer(nats_broker: Any, make_backen
     dead = f"{key}-dlq"
     async with raw_client(nats_broker.url) as (_, js):
         subscription = await js.pull_subscribe(
-            dead, durable=unique("raw"), stream=backend._streams[dead].name
+            dead, durable=unique("raw"), stream=backend._jetstream.streams[dead].name
         )
         [letter] = await subscription.fetch(1, timeout=10)
         await letter.ack()
@@ -114,7 +113,9 @@ async def test_a_raw_worker_can_share_an_abe_group(nats_broker: Any, make_backen
         pass  # joins the group: creates the consumer
     await backend.publish_many(key, [{"n": n} for n in range(3)])
     async with raw_client(nats_broker.url) as (_, js):
-        subscription = await js.pull_subscribe_bind(group, stream=backend._streams[key].name)
+        subscription = await js.pull_subscribe_bind(
+            group, stream=backend._jetstream.streams[key].name
+        )
         messages = await subscription.fetch(3, timeout=10)
         for message in messages:
             await message.ack()

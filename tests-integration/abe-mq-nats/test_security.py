@@ -232,8 +232,10 @@ async def test_a_lone_surrogate_in_a_header_value_is_a_payload_error(
         await backend.publish(key, {"n": 2}, headers={"note": "half \ud800 a pair"})
     with pytest.raises(PayloadError, match="'note' has a value that is not valid Unicode"):
         await backend.publish_many(key, [{"n": 3}], headers={"note": "\udfff"})
-    assert await stored(nats_broker.url, backend._streams[key].name) == 1
-    assert backend._connection.connected, "the connection is unharmed"
+    assert await stored(nats_broker.url, backend._jetstream.streams[key].name) == 1
+    client = backend._jetstream.client
+    assert client is not None
+    assert client.is_connected, "the connection is unharmed"
 
 
 async def test_a_dead_letter_reason_with_a_lone_surrogate_arrives_as_valid_text(
@@ -246,7 +248,7 @@ async def test_a_dead_letter_reason_with_a_lone_surrogate_arrives_as_valid_text(
         delivery = await next_delivery(subscription)
         await delivery.dead_letter("broken \ud800 reason\nsecond line")
     dead = f"{key}-dlq"
-    [letter] = await read_raw(nats_broker.url, backend._streams[dead].name, dead, 1)
+    [letter] = await read_raw(nats_broker.url, backend._jetstream.streams[dead].name, dead, 1)
     reason = (letter.headers or {})["abe-error"]
     reason.encode("utf-8")  # valid text: no lone surrogate left
     assert "\ufffd" not in reason, "not garbled in transit"
@@ -313,7 +315,7 @@ async def test_a_dead_letter_over_jetstreams_header_limit_is_a_payload_error(
             await backend.close()
     assert marker.encode() in proxy.received, "the foreign message came through the proxy"
     assert marker.encode() not in proxy.sent, "the letter was not sent"
-    assert f"{key}-dlq" not in backend._streams, "not even its stream was created"
+    assert f"{key}-dlq" not in backend._jetstream.streams, "not even its stream was created"
 
 
 # --- secrets ---------------------------------------------------------------------------------

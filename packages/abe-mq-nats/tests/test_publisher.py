@@ -1,4 +1,4 @@
-"""publish_many's publisher: every acknowledgement collected, refusals and silence reported."""
+"""The publisher: every acknowledgement collected, refusals and silence reported."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from abe.errors import BackendUnavailableError
-from abe_mq_nats._publisher import WINDOW, BatchPublisher
+from abe.provider import Deadline
+from abe_mq_nats._backend import WINDOW, _Publisher
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,11 +62,12 @@ def ack(index: int) -> dict[str, Any]:
     return {"stream": "S", "seq": index + 1}
 
 
-async def run(client: FakeClient, count: int, timeout: float = 1.0) -> dict[int, Exception]:
-    publisher = BatchPublisher()
-    deadline = asyncio.get_running_loop().time() + timeout
+async def run(
+    client: FakeClient, count: int, timeout: float = 1.0, publisher: _Publisher | None = None
+) -> dict[int, Exception]:
+    publisher = publisher or _Publisher()
     messages = [(b'{"n":%d}' % n, {"Nats-Msg-Id": str(n)}) for n in range(count)]
-    return await publisher.publish(client, "orders", messages, deadline)  # type: ignore[arg-type]
+    return await publisher.publish(client, "orders", messages, Deadline(timeout))  # type: ignore[arg-type]
 
 
 async def test_all_acknowledged() -> None:
@@ -106,8 +108,8 @@ async def test_later_windows_are_not_sent_after_a_failure() -> None:
     assert sorted(failed) == [0, *range(WINDOW, WINDOW + 10)]
 
 
-async def test_one_message() -> None:
-    publisher = BatchPublisher()
+async def test_one_message_at_a_time() -> None:
+    publisher = _Publisher()
     answers: dict[int, Any] = {
         0: ack(0),
         1: {"error": {"code": 400, "err_code": 10054, "description": "message too big"}},
@@ -115,14 +117,15 @@ async def test_one_message() -> None:
         3: None,
     }
     client = FakeClient(answers.__getitem__)
-    headers = {"Nats-Msg-Id": "x"}
-    await publisher.publish_one(client, "orders", b"{}", headers, 1.0)  # type: ignore[arg-type]
-    with pytest.raises(nats.js.errors.BadRequestError, match="message too big"):
-        await publisher.publish_one(client, "orders", b"{}", headers, 1.0)  # type: ignore[arg-type]
-    with pytest.raises(nats.js.errors.NoStreamResponseError):
-        await publisher.publish_one(client, "orders", b"{}", headers, 1.0)  # type: ignore[arg-type]
+    assert await run(client, 1, publisher=publisher) == {}
+    [refused] = (await run(client, 1, publisher=publisher)).values()
+    assert isinstance(refused, nats.js.errors.BadRequestError)
+    assert "message too big" in str(refused)
+    [gone] = (await run(client, 1, publisher=publisher)).values()
+    assert isinstance(gone, nats.js.errors.NoStreamResponseError)
     started = asyncio.get_running_loop().time()
-    with pytest.raises(nats.errors.TimeoutError):
-        await publisher.publish_one(client, "orders", b"{}", headers, 0.2)  # type: ignore[arg-type]
+    [silent] = (await run(client, 1, timeout=0.2, publisher=publisher)).values()
+    assert isinstance(silent, BackendUnavailableError)
     assert asyncio.get_running_loop().time() - started < 1.0
     assert not publisher._pending, "nothing is left waiting"
+    assert len(client.sent) == 4

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
+from abe.provider import Deadline
 from abe_mq_nats import NatsBackend, NatsSettings
-from abe_mq_nats._backend import StreamRef
-from abe_mq_nats._receiver import Binding, NatsReceiver
+from abe_mq_nats._client import JetStream, StreamRef
+from abe_mq_nats._receiver import NatsReceiver
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,7 +34,7 @@ class FakeClient:
         return INBOX
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
-        assert subject == f"{INBOX}.*"
+        assert subject == f"{INBOX}.*.*"
         self.callback = cb
         return self
 
@@ -54,10 +55,11 @@ class FakeClient:
     async def deliver(
         self, stream: str, consumer: str, *, delivered: int = 1, seq: int = 1, pending: int = 0
     ) -> None:
+        """A message of `consumer`: on its own subject (as JetStream delivers it), not the inbox."""
         assert self.callback is not None
         reply = f"$JS.ACK.{stream}.{consumer}.{delivered}.{seq}.{seq}.1700000000000000000.{pending}"
         await self.callback(
-            Msg(None, subject=stream, reply=reply, data=b'{"n":%d}' % seq, headers={"h": "v"})  # type: ignore[arg-type]
+            Msg(None, subject="orders", reply=reply, data=b'{"n":%d}' % seq, headers={"h": "v"})  # type: ignore[arg-type]
         )
 
     async def status(self, reply: str, code: str, description: str = "") -> None:
@@ -66,13 +68,24 @@ class FakeClient:
         await self.callback(Msg(None, subject=reply, reply="", data=b"", headers=headers))  # type: ignore[arg-type]
 
 
-def make(*keys: str, redelivery: float = 2.0) -> tuple[NatsReceiver, FakeClient, NatsBackend]:
-    backend = NatsBackend(NatsSettings(redelivery_timeout=redelivery))
+async def make(*keys: str, redelivery: float = 2.0) -> tuple[NatsReceiver, FakeClient, JetStream]:
+    """A receiver on `keys`, each served by stream `S-<key>` and consumer `g`, set up."""
+    jetstream = NatsBackend(NatsSettings(redelivery_timeout=redelivery))._jetstream
     client = FakeClient()
-    backend._connection.client = client  # type: ignore[assignment]
-    backend._connection.epoch = 1
-    bindings = [Binding(key, f"S-{key}", "g") for key in keys]
-    return NatsReceiver(backend, "g", bindings), client, backend
+    jetstream.client = client  # type: ignore[assignment]
+    jetstream.epoch = 1
+
+    async def stream_for(key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
+        return StreamRef(f"S-{key}", dedicated=True)
+
+    async def consumer_for(stream: StreamRef, key: str, group: str) -> str:
+        return "g"
+
+    jetstream.stream_for = stream_for  # type: ignore[method-assign]
+    jetstream.consumer_for = consumer_for  # type: ignore[method-assign]
+    receiver = NatsReceiver(jetstream, "g", keys)
+    await receiver.setup(Deadline(1.0))
+    return receiver, client, jetstream
 
 
 async def next_request(client: FakeClient, count: int) -> list[tuple[str, dict[str, Any], str]]:
@@ -83,7 +96,7 @@ async def next_request(client: FakeClient, count: int) -> list[tuple[str, dict[s
 
 
 async def test_a_batch_comes_from_one_no_wait_request() -> None:
-    receiver, client, _ = make("orders")
+    receiver, client, _ = await make("orders")
     fetching = asyncio.ensure_future(receiver.fetch(10, 5.0))
     [(subject, request, reply)] = await next_request(client, 1)
     assert subject == "$JS.API.CONSUMER.MSG.NEXT.S-orders.g"
@@ -103,7 +116,7 @@ async def test_a_batch_comes_from_one_no_wait_request() -> None:
 
 
 async def test_when_drained_one_message_is_awaited_at_a_time() -> None:
-    receiver, client, _ = make("orders", redelivery=4.0)
+    receiver, client, _ = await make("orders", redelivery=4.0)
     fetching = asyncio.ensure_future(receiver.fetch(10, 5.0))
     [(_, _, reply)] = await next_request(client, 1)
     await client.status(reply, "404", "No Messages")
@@ -122,7 +135,7 @@ async def test_when_drained_one_message_is_awaited_at_a_time() -> None:
 
 
 async def test_credit_is_split_and_never_exceeded() -> None:
-    receiver, client, _ = make("a", "b", "c")
+    receiver, client, _ = await make("a", "b", "c")
     fetching = asyncio.ensure_future(receiver.fetch(5, 5.0))
     requests = await next_request(client, 3)
     assert sorted(request["batch"] for _, request, _ in requests) == [1, 2, 2]
@@ -132,7 +145,7 @@ async def test_credit_is_split_and_never_exceeded() -> None:
     await client.status(requests[2][2], "408")
     assert len(await asyncio.wait_for(fetching, 1)) == 1
 
-    receiver, client, _ = make("a", "b", "c")
+    receiver, client, _ = await make("a", "b", "c")
     fetching = asyncio.ensure_future(receiver.fetch(1, 5.0))
     await next_request(client, 1)
     await asyncio.sleep(0.05)
@@ -142,7 +155,7 @@ async def test_credit_is_split_and_never_exceeded() -> None:
 
 
 async def test_an_open_request_is_not_asked_twice() -> None:
-    receiver, client, _ = make("orders")
+    receiver, client, _ = await make("orders")
     fetching = asyncio.ensure_future(receiver.fetch(10, 0.2))
     [(_, _, reply)] = await next_request(client, 1)
     assert await fetching == []
@@ -155,20 +168,20 @@ async def test_an_open_request_is_not_asked_twice() -> None:
 
 
 async def test_unanswered_requests_lead_to_setup() -> None:
-    receiver, client, backend = make("orders")
+    receiver, client, jetstream = await make("orders")
     receiver._answer_grace = 0.05
     calls: list[str] = []
 
-    async def stream_for(key: str, deadline: float, *, refresh: bool = False) -> StreamRef:
+    async def stream_for(key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
         calls.append(f"stream {key} {refresh}")
-        return StreamRef("S2-orders", dedicated=True, created=False)
+        return StreamRef("S2-orders", dedicated=True)
 
     async def consumer_for(stream: StreamRef, key: str, group: str) -> str:
         calls.append(f"consumer {stream.name} {group}")
         return "g2"
 
-    backend._stream_for = stream_for  # type: ignore[method-assign]
-    backend._consumer_for = consumer_for  # type: ignore[method-assign]
+    jetstream.stream_for = stream_for  # type: ignore[method-assign]
+    jetstream.consumer_for = consumer_for  # type: ignore[method-assign]
     fetching = asyncio.ensure_future(receiver.fetch(10, 5.0))
     await next_request(client, 2)
     assert calls == ["stream orders True", "consumer S2-orders g"]
@@ -180,30 +193,30 @@ async def test_unanswered_requests_lead_to_setup() -> None:
 
 
 async def test_a_new_connection_epoch_forgets_open_requests() -> None:
-    receiver, client, backend = make("orders")
+    receiver, client, jetstream = await make("orders")
     calls: list[str] = []
 
-    async def stream_for(key: str, deadline: float, *, refresh: bool = False) -> StreamRef:
-        calls.append(key)
-        return StreamRef("S-orders", dedicated=True, created=False)
+    async def stream_for(key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
+        calls.append(f"{key} {refresh}")
+        return StreamRef("S-orders", dedicated=True)
 
     async def consumer_for(stream: StreamRef, key: str, group: str) -> str:
         return "g"
 
-    backend._stream_for = stream_for  # type: ignore[method-assign]
-    backend._consumer_for = consumer_for  # type: ignore[method-assign]
+    jetstream.stream_for = stream_for  # type: ignore[method-assign]
+    jetstream.consumer_for = consumer_for  # type: ignore[method-assign]
     fetching = asyncio.ensure_future(receiver.fetch(10, 5.0))
     await next_request(client, 1)
-    backend._connection.epoch += 2  # disconnected, reconnected
-    receiver.connection_changed()
+    jetstream._bump()  # disconnected
+    jetstream._bump()  # reconnected
     await next_request(client, 2)
-    assert calls == ["orders"], "stream and consumer are checked after a reconnection"
+    assert calls == ["orders True"], "stream and consumer are checked after a reconnection"
     fetching.cancel()
     await asyncio.gather(fetching, return_exceptions=True)
 
 
 async def test_settling_publishes_the_jetstream_acks() -> None:
-    receiver, client, _ = make("orders")
+    receiver, client, _ = await make("orders")
     fetching = asyncio.ensure_future(receiver.fetch(10, 5.0))
     [(_, _, reply)] = await next_request(client, 1)
     for seq in (1, 2, 3):
@@ -224,7 +237,7 @@ async def test_settling_publishes_the_jetstream_acks() -> None:
 
 
 async def test_close_gives_back_what_was_never_returned() -> None:
-    receiver, client, _ = make("orders")
+    receiver, client, _ = await make("orders")
     fetching = asyncio.ensure_future(receiver.fetch(1, 5.0))
     [(_, _, reply)] = await next_request(client, 1)
     await client.deliver("S-orders", "g", seq=1)
@@ -242,11 +255,21 @@ async def test_close_gives_back_what_was_never_returned() -> None:
 
 
 async def test_status_409_for_a_deleted_consumer_leads_to_setup() -> None:
-    receiver, client, _ = make("orders")
-    fetching = asyncio.ensure_future(receiver.fetch(10, 0.3))
+    receiver, client, jetstream = await make("orders")
+    calls: list[str] = []
+
+    async def stream_for(key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
+        calls.append(f"{key} {refresh}")
+        return StreamRef("S-orders", dedicated=True)
+
+    jetstream.stream_for = stream_for  # type: ignore[method-assign]
+    fetching = asyncio.ensure_future(receiver.fetch(10, 5.0))
     [(_, _, reply)] = await next_request(client, 1)
-    await client.status(reply, "409", "Consumer Deleted")
-    await asyncio.sleep(0)
-    assert receiver._bindings[0].needs_setup
+    await client.status(reply, "408", "Request Timeout")
+    await next_request(client, 2)
+    assert calls == [], "an expired request needs no setup"
+    await client.status(client.requests()[1][2], "409", "Consumer Deleted")
+    await next_request(client, 3)
+    assert calls == ["orders True"], "the stream and consumer were looked up again"
     fetching.cancel()
     await asyncio.gather(fetching, return_exceptions=True)

@@ -49,7 +49,7 @@ async def test_header_names_nats_cannot_carry_are_refused_before_any_io(name: st
     backend = NatsBackend(NatsSettings(servers=("nats://127.0.0.1:1",), operation_timeout=0.5))
     with pytest.raises(PayloadError, match="header name"):  # core's rules, no connection tried
         await backend.publish("orders", {"a": 1}, headers={name: "v"})
-    assert backend._connection.client is None
+    assert backend._jetstream.client is None
     await backend.close()
 
 
@@ -69,7 +69,7 @@ def test_headers_over_what_jetstream_stores() -> None:
 def test_max_payload_follows_the_server() -> None:
     backend = NatsBackend(NatsSettings())
     assert backend.max_payload_bytes == 1_048_576 - HEADER_ROOM
-    backend._connection.max_payload = 8 * 1_048_576
+    backend._jetstream.max_payload = 8 * 1_048_576
     assert backend.max_payload_bytes == 8 * 1_048_576 - HEADER_ROOM
-    backend._connection.max_payload = 4096
+    backend._jetstream.max_payload = 4096
     assert backend.max_payload_bytes == 4096 - 512

@@ -28,8 +28,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 
 from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
+from abe_mq_nats._client import stream_name
 from abe_mq_nats._settings import NatsSettings
-from abe_mq_nats._subjects import stream_name
 
 __all__ = ["FETCH_BATCH", "RawNatsBaseline"]
 

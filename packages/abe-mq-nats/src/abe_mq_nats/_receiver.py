@@ -1,64 +1,38 @@
-"""Pull consumption: batched pull requests, none of which holds messages back from others.
+"""Pull consumption: each key a durable pull consumer, read without holding messages back.
 
-One receiver serves one group over some keys; each key is a durable pull consumer. The
-receiver subscribes one inbox and sends pull requests to each consumer, with a reply
-subject per request so the server's status answers (404 no messages, 408 expired,
-409 ...) say which request ended. Deliveries are matched to their consumer through
-the `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...` reply subject, which also
-gives the attempt (`delivered`) and how many messages the consumer still holds.
-
-A request for many messages that waited on the server would keep taking messages after
-`fetch()` returned, while the caller is busy, and hold them back from the other
-members. So requests come in two shapes:
-
-* when the consumer may hold messages: a `no_wait` request for the whole share of the
-  credit; the server sends what it has, then ends the request at once (one batch);
-* otherwise: a request for one message that waits on the server (a few seconds at
-  most, less than half the redelivery timeout). It ends with the first message, which
-  says whether more are waiting; the next fetch takes those in one batch. It may
-  outlive a fetch that timed out, and is simply waited for by the next one.
-
-Several keys each get their own request at the same time (the credit split between
-them), so an idle key never delays a busy one. The sum of what is buffered and what the
-open requests may still bring never exceeds the credit `fetch()` was given.
-
-A server restart loses the requests it held. The receiver learns it from the
-connection (`epoch` changes on disconnect and reconnect) or from a request that gets
-no answer in time; it then forgets its requests, re-creates its stream and consumer
-if they are gone, and asks again. nats-py resubscribes the inbox by itself.
+A pull request that waited on the server would keep taking messages after `fetch()`
+returned, holding them back from other members. So a consumer that may hold messages gets
+a `no_wait` request for its share of the credit (answered at once), and an idle one a
+request for one message that waits a few seconds at most; its delivery says whether more
+wait. Each key has its own request, so an idle key never delays a busy one. A lost
+connection or an unanswered request makes the receiver set its consumers up and ask again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from abe.backends.message_queue.base.codec import IncomingMessage
-from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import BackendUnavailableError
-from abe_mq_nats._errors import safe_text
+from abe.provider import Deadline, IncomingMessage, Receiver, wait_event
+from abe_mq_nats._client import JetStream
 
-if TYPE_CHECKING:
-    from abe_mq_nats._backend import NatsBackend
-
-__all__ = ["Binding", "NatsReceiver"]
+__all__ = ["NatsReceiver"]
 
 log = logging.getLogger("abe.nats")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-_ACK = b"+ACK"
 _NAK = b"-NAK"
-_PROGRESS = b"+WPI"
 _LONGEST_WAIT = 5.0
 """Longest a single-message request waits on the server (then a new one is sent)."""
 _LATE_STATUS = 1.0
@@ -66,246 +40,146 @@ _LATE_STATUS = 1.0
 
 
 @dataclass(eq=False)
-class Binding:
-    """One key of the receiver: the stream and durable consumer that serve it."""
+class _Binding:
+    """One key: its stream and durable consumer, and the pull request open on it, if any."""
 
     key: str
-    stream: str
-    consumer: str
-    pull: _Pull | None = None
-    maybe_pending: bool = True
-    """Whether the consumer may hold messages right now (then: one batched no_wait request)."""
-    needs_setup: bool = False
-
-    @property
-    def next_subject(self) -> str:
-        return f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
-
-
-@dataclass(eq=False)
-class _Pull:
-    """A pull request the server has not finished answering."""
-
-    token: str
-    binding: Binding
-    remaining: int
-    no_wait: bool
-    lost_at: float
-    """Loop time after which a request still unanswered is taken as lost."""
+    stream: str = ""
+    consumer: str = ""
+    needs_setup: bool = True
+    maybe_pending: bool = True  # then: a batched no_wait request
+    token: str | None = None  # of the open request
+    remaining: int = 0  # messages the open request may still bring
+    no_wait: bool = False
+    lost_at: float = 0.0  # loop time after which the open request, unanswered, is lost
 
 
 class NatsReceiver(Receiver):
-    """Reads `group` on the keys of `bindings` through durable pull consumers."""
+    """Reads `group` on `keys`; `setup()` finds or makes each key's stream and consumer."""
 
-    def __init__(self, backend: NatsBackend, group: str, bindings: Sequence[Binding]) -> None:
-        self._backend = backend
-        self._connection = backend._connection
-        self._group = group
-        self._bindings = list(bindings)
-        self._by_consumer = {(b.stream, b.consumer): b for b in self._bindings}
-        self._pulls: dict[str, _Pull] = {}
+    def __init__(self, jetstream: JetStream, group: str, keys: Sequence[str]) -> None:
+        self._jetstream, self._group = jetstream, group
+        self._bindings = [_Binding(key) for key in keys]
+        self._by_consumer: dict[tuple[str, str], _Binding] = {}
         self._buffer: deque[IncomingMessage] = deque()
         self._client: NatsClient | None = None
         self._subscription: NatsSubscription | None = None
         self._inbox = ""
-        self._epoch = -1
-        self._counter = 0
-        self._turn = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._woken = False
+        self._epoch = self._counter = self._turn = 0
         self._closed = False
-        settings = backend.settings
+        self._wakeup = asyncio.Event()
+        jetstream.wakers.add(self._wakeup)
+        settings = jetstream.settings
         self._longest_wait = max(0.05, min(settings.redelivery_timeout / 2, _LONGEST_WAIT))
         self._answer_grace = max(1.0, min(settings.operation_timeout, 5.0))
         self._random = random.Random()
-        self._connection.watch(self)
 
-    # ---- the Receiver interface -----------------------------------------------------------
+    async def setup(self, deadline: Deadline) -> None:
+        """Find (or re-create) the stream and consumer of each key that may lack them."""
+        for binding in [binding for binding in self._bindings if binding.needs_setup]:
+            refresh = bool(binding.stream)  # set up before: look again, it may have gone
+            stream = await self._jetstream.stream_for(binding.key, deadline, refresh=refresh)
+            consumer = await self._jetstream.consumer_for(stream, binding.key, self._group)
+            self._by_consumer.pop((binding.stream, binding.consumer), None)
+            self._by_consumer[stream.name, consumer] = binding
+            binding.stream, binding.consumer = stream.name, consumer
+            binding.needs_setup, binding.maybe_pending = False, True
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        buffer = self._buffer
+        deadline = Deadline(timeout)
         while not self._closed:
-            self._woken = False
+            self._wakeup.clear()
             client = self._client
-            if client is None or self._epoch != self._connection.epoch or not client.is_connected:
+            if client is None or self._epoch != self._jetstream.epoch or not client.is_connected:
                 await self._attach(deadline)
-            now = loop.time()
-            if self._pulls:
-                self._expire(now)
-            if buffer and (len(buffer) >= max_messages or not self._draining()):
-                return self._take(max_messages)
+            open_ = [binding for binding in self._bindings if binding.token is not None]
+            for binding in [binding for binding in open_ if binding.lost_at <= loop.time()]:
+                log.debug("nats: no answer to a pull request on %r; checking it", binding.key)
+                binding.token, binding.needs_setup = None, True
+            draining = any(binding.no_wait and binding.token for binding in open_)
+            if self._buffer and (len(self._buffer) >= max_messages or not draining):
+                return [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
             if any(binding.needs_setup for binding in self._bindings):
-                await self._setup(deadline)
-            await self._request(max_messages, now)
-            now = loop.time()
-            if now >= deadline:
-                return self._take(max_messages)
-            wake_at = deadline
-            for pull in self._pulls.values():
-                wake_at = min(wake_at, pull.lost_at)
-            await self._sleep(wake_at)
+                await self.setup(deadline)
+            await self._request(max_messages, loop.time())
+            if deadline.expired:
+                return [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
+            lost_at = [binding.lost_at for binding in self._bindings if binding.token is not None]
+            # Until a delivery, a status, a connection change, the deadline or a request's loss.
+            await wait_event(self._wakeup, min([deadline.at, *lost_at]) - loop.time())
         return []
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
-        publish = self._live_client().publish
-        for message in messages:
-            await publish(message.handle, _ACK)
+        await self._settle(messages, b"+ACK")
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
-        payload = _NAK if delay <= 0 else b'-NAK {"delay":%d}' % int(delay * 1e9)
-        await self._live_client().publish(message.handle, payload)
+        await self._settle(
+            [message], b'-NAK {"delay":%d}' % int(delay * 1e9) if delay > 0 else _NAK
+        )
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
-        publish = self._live_client().publish
+        await self._settle(messages, b"+WPI")
+
+    async def _settle(self, messages: Sequence[IncomingMessage], payload: bytes) -> None:
+        client = self._jetstream.client
+        if client is None:
+            raise BackendUnavailableError("nats: not connected; the message will come back later")
         for message in messages:
-            await publish(message.handle, _PROGRESS)
+            await client.publish(message.handle, payload)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._wake()
+        self._wakeup.set()
         subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            try:
-                await subscription.unsubscribe()
-            except Exception as exc:  # the connection may be gone already
-                log.debug("nats: unsubscribing %s: %s", self._inbox, safe_text(exc))
-        self._pulls.clear()
         unread = list(self._buffer)
         self._buffer.clear()
-        client = self._connection.client
-        if unread and client is not None and not client.is_closed:
-            try:
-                for message in unread:
-                    await client.publish(message.handle, _NAK)
-            except Exception as exc:
-                log.info(
-                    "nats: %d fetched message(s) will come back after the redelivery timeout (%s)",
-                    len(unread),
-                    safe_text(exc),
-                )
-
-    # ---- what the connection tells us ---------------------------------------------------
-
-    def connection_changed(self) -> None:
-        """The connection dropped, came back or was replaced: wake a waiting fetch."""
-        self._wake()
-
-    # ---- internals --------------------------------------------------------------------------
-
-    def _live_client(self) -> NatsClient:
-        client = self._connection.client
-        if client is None:
-            raise BackendUnavailableError("nats: not connected; the message will come back later")
-        return client
-
-    def _wake(self) -> None:
-        self._woken = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _sleep(self, until: float) -> None:
-        """Wait for a delivery, a status, a connection change, or `until` (loop time)."""
-        if self._woken:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        self._waiter = waiter
-        timer = loop.call_at(until, self._wake)
+        if subscription is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await subscription.unsubscribe()
         try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+            if unread and self._jetstream.client and not self._jetstream.client.is_closed:
+                await self._settle(unread, _NAK)
+        except Exception as exc:
+            log.info(
+                "nats: %d fetched message(s) will come back after the redelivery timeout (%s)",
+                len(unread),
+                exc,
+            )
 
-    async def _attach(self, deadline: float) -> None:
+    async def _attach(self, deadline: Deadline) -> None:
         """Subscribe the inbox on the live client; forget requests a lost connection held."""
-        client = await self._connection.ready(deadline)
+        client = await self._jetstream.ready(deadline)
         first = self._client is None
         if client is not self._client:
             self._subscription = None
             self._inbox = client.new_inbox()
-            self._subscription = await client.subscribe(f"{self._inbox}.*", cb=self._on_message)
+            self._subscription = await client.subscribe(f"{self._inbox}.*.*", cb=self._on_message)
             self._client = client
-        epoch = self._connection.epoch
-        if epoch != self._epoch:
-            self._epoch = epoch
-            if not first:
-                self._forget_requests(setup=True)
-
-    def _forget_requests(self, *, setup: bool) -> None:
-        for pull in list(self._pulls.values()):
-            self._finish(pull)
-        if setup:
-            for binding in self._bindings:
-                binding.needs_setup = True
-
-    async def _setup(self, deadline: float) -> None:
-        """Find or re-create the stream and consumer of each key that may have lost them."""
-        backend = self._backend
-        for binding in self._bindings:
-            if not binding.needs_setup:
-                continue
-            stream = await backend._stream_for(binding.key, deadline, refresh=True)
-            consumer = await backend._consumer_for(stream, binding.key, self._group)
-            self._by_consumer.pop((binding.stream, binding.consumer), None)
-            binding.stream, binding.consumer = stream.name, consumer
-            self._by_consumer[(binding.stream, binding.consumer)] = binding
-            binding.needs_setup = False
-            binding.maybe_pending = True
-
-    def _draining(self) -> bool:
-        """Whether a no_wait request is still sending its batch (worth waiting a moment for)."""
-        return any(pull.no_wait for pull in self._pulls.values())
-
-    def _take(self, count: int) -> list[IncomingMessage]:
-        buffer = self._buffer
-        if len(buffer) <= count:
-            taken = list(buffer)
-            buffer.clear()
-            return taken
-        return [buffer.popleft() for _ in range(count)]
-
-    def _expire(self, now: float) -> None:
-        for pull in list(self._pulls.values()):
-            if pull.lost_at <= now:
-                log.debug(
-                    "nats: no answer to a pull request on %r; checking its consumer",
-                    pull.binding.key,
-                )
-                self._finish(pull)
-                pull.binding.needs_setup = True
-
-    def _finish(self, pull: _Pull) -> None:
-        self._pulls.pop(pull.token, None)
-        if pull.binding.pull is pull:
-            pull.binding.pull = None
+        if self._epoch != self._jetstream.epoch:
+            self._epoch = self._jetstream.epoch
+            for binding in [] if first else self._bindings:  # the server lost the requests
+                binding.token, binding.needs_setup = None, True
 
     async def _request(self, max_messages: int, now: float) -> None:
         """Send pull requests for the credit left, split between the keys without one."""
-        budget = max_messages - len(self._buffer)
-        for pull in self._pulls.values():
-            budget -= pull.remaining
-        if budget <= 0:
-            return
-        idle = [b for b in self._bindings if b.pull is None and not b.needs_setup]
-        if not idle:
+        open_ = [binding for binding in self._bindings if binding.token is not None]
+        budget = max_messages - len(self._buffer) - sum(binding.remaining for binding in open_)
+        idle = [b for b in self._bindings if b.token is None and not b.needs_setup]
+        if budget <= 0 or not idle:
             return
         if len(idle) > 1:
             shift = self._turn % len(idle)
-            idle = idle[shift:] + idle[:shift]
             self._turn += 1
-            idle = idle[:budget]
+            idle = (idle[shift:] + idle[:shift])[:budget]
         share, extra = divmod(budget, len(idle))
         client = self._client
         assert client is not None
-        for index, binding in enumerate(idle):
+        for position, binding in enumerate(idle):
             if binding.maybe_pending:
-                batch = share + (1 if index < extra else 0)
+                batch = share + (1 if position < extra else 0)
                 request = b'{"batch":%d,"no_wait":true}' % batch
                 lost_at = now + self._answer_grace
             else:
@@ -313,95 +187,65 @@ class NatsReceiver(Receiver):
                 # very instant a waiting request expires, so expiries must not fall into
                 # step with the redelivery timeout.
                 wait = self._longest_wait * self._random.uniform(0.5, 1.0)
-                batch = 1
-                request = b'{"batch":1,"expires":%d}' % int(wait * 1e9)
+                batch, request = 1, b'{"batch":1,"expires":%d}' % int(wait * 1e9)
                 lost_at = now + wait + _LATE_STATUS
             self._counter += 1
-            token = str(self._counter)
-            pull = _Pull(token, binding, batch, binding.maybe_pending, lost_at)
-            self._pulls[token] = pull
-            binding.pull = pull
-            await client.publish(binding.next_subject, request, reply=f"{self._inbox}.{token}")
+            binding.token, binding.remaining = str(self._counter), batch
+            binding.no_wait, binding.lost_at = binding.maybe_pending, lost_at
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{binding.stream}.{binding.consumer}"
+            index = self._bindings.index(binding)
+            await client.publish(subject, request, reply=f"{self._inbox}.{index}.{binding.token}")
 
     async def _on_message(self, msg: Msg) -> None:
-        reply = msg.reply
-        if reply:
-            self._on_delivery(msg, reply)
+        """A delivery (on its own subject), or a status on `<inbox>.<binding>.<request>`."""
+        if msg.reply:
+            self._on_delivery(msg, msg.reply)
+            return
+        head, token = msg.subject.rsplit(".", 1)
+        binding = self._bindings[int(head.rsplit(".", 1)[1])]
+        headers = msg.headers or _EMPTY
+        status = headers.get("Status")
+        if token != binding.token or status == "100":  # an old request, or an idle heartbeat
+            return
+        binding.token = None
+        if status in ("404", "408"):
+            binding.maybe_pending = False
         else:
-            self._on_status(msg)
+            description = str(headers.get("Description", "")).lower()
+            deleted = status == "409" and ("deleted" in description or "push" in description)
+            binding.needs_setup = status != "409" or deleted
+            log.debug("nats: pull on %r ended: %s %s", binding.key, status, description)
+        self._wakeup.set()
 
     def _on_delivery(self, msg: Msg, reply: str) -> None:
+        # $JS.ACK.[<domain>.<hash>.]<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
         tokens = reply.split(".")
-        if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-            stream, consumer, delivered, sequence, pending = (
-                tokens[2],
-                tokens[3],
-                tokens[4],
-                tokens[5],
-                tokens[8],
-            )
-        elif len(tokens) >= 11:  # with <domain>.<account hash> after $JS.ACK
-            stream, consumer, delivered, sequence, pending = (
-                tokens[4],
-                tokens[5],
-                tokens[6],
-                tokens[7],
-                tokens[10],
-            )
-        else:
+        if len(tokens) < 9 or len(tokens) == 10:
             log.debug("nats: ignoring a message with reply %r (not a JetStream delivery)", reply)
             return
+        at = 2 if len(tokens) == 9 else 4
+        stream, consumer, delivered, sequence = tokens[at : at + 4]
         binding = self._by_consumer.get((stream, consumer))
         if binding is None or self._closed:
-            # Arrived after close (or for a consumer we no longer read): give it back now.
-            client = self._connection.client
+            # Arrived after close (or for a consumer no longer read): give it back now.
+            client = self._jetstream.client
             if client is not None and client.is_connected:
                 asyncio.get_running_loop().create_task(_give_back(client, reply))
             return
-        pull = binding.pull
-        if pull is not None:
-            pull.remaining -= 1
-            if pull.remaining <= 0:
-                self._finish(pull)
-        binding.maybe_pending = pending != "0"
-        self._buffer.append(
-            IncomingMessage(
-                binding.key,
-                msg.data,
-                msg.headers or _EMPTY,
-                int(delivered),
-                f"{stream}:{sequence}",
-                reply,
-            )
-        )
-        self._wake()
-
-    def _on_status(self, msg: Msg) -> None:
-        token = msg.subject.rpartition(".")[2]
-        pull = self._pulls.get(token)
-        if pull is None:
-            return
+        if binding.token is not None:
+            binding.remaining -= 1
+            binding.token = binding.token if binding.remaining > 0 else None
+        binding.maybe_pending = tokens[at + 6] != "0"
         headers = msg.headers or _EMPTY
-        status = headers.get("Status")
-        if status == "100":  # idle heartbeat
-            return
-        self._finish(pull)
-        binding = pull.binding
-        if status in ("404", "408"):
-            binding.maybe_pending = False
-        elif status == "409":
-            description = str(headers.get("Description", "")).lower()
-            if "deleted" in description or "push" in description:
-                binding.needs_setup = True
-            log.debug("nats: pull on %r ended: 409 %s", binding.key, description)
-        else:
-            binding.needs_setup = True
-            log.debug("nats: pull on %r ended with status %s", binding.key, status)
-        self._wake()
+        message = IncomingMessage(
+            binding.key, msg.data, headers, int(delivered), f"{stream}:{sequence}", reply
+        )
+        self._buffer.append(message)
+        self._wakeup.set()
 
 
 async def _give_back(client: NatsClient, reply: str) -> None:
     try:
         await client.publish(reply, _NAK)
     except Exception as exc:
-        log.debug("nats: giving back a late message: %s", safe_text(exc))
+        log.debug("nats: giving back a late message: %s", exc)

@@ -1,0 +1,332 @@
+"""The backend's NATS connection, shared with its receivers, and the JetStream calls both make.
+
+nats-py retries a first connect for ever once reconnection is allowed, and reports refused
+credentials only to its error callback: `ready()` bounds the connect by the caller's
+deadline and fails at once on a refusal. When TLS was asked for, CONNECT (which carries
+every credential) is never built on a connection that is not encrypted. `epoch` is bumped
+whenever the connection was lost, so that receivers learn their pull requests were too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+
+from abe.errors import AbeError, BackendUnavailableError, ConfigurationError
+from abe.provider import Deadline, close_quietly, wait_event
+from abe_mq_nats._errors import refused_credentials
+from abe_mq_nats._settings import NatsSettings
+
+__all__ = ["DEFAULT_MAX_PAYLOAD", "STREAM_DESCRIPTION", "JetStream", "StreamRef", "stream_name"]
+
+log = logging.getLogger("abe.nats")
+
+DEFAULT_MAX_PAYLOAD = 1_048_576
+"""nats-server's default max_payload, assumed until a server says otherwise."""
+STREAM_DESCRIPTION = "abe key {key}"
+"""The description of a stream abe created for a key: such streams are abe's to delete."""
+_NAME_IN_USE, _SUBJECTS_OVERLAP, _NO_CLUSTER = 10058, 10065, 10074
+
+
+class _TlsOnlyClient(NatsClient):
+    """nats-py's client that never builds CONNECT on a connection that is not encrypted."""
+
+    def _connect_command(self) -> bytes:
+        writer = getattr(getattr(self, "_transport", None), "_io_writer", None)
+        if getattr(writer, "get_extra_info", lambda _: None)("ssl_object") is None:
+            # A nats.errors.Error: nats-py reports it to error_cb and tries the next server.
+            raise nats.errors.SecureConnWantedError
+        return super()._connect_command()
+
+
+@dataclass(frozen=True)
+class StreamRef:
+    """The stream that stores a key; `dedicated` when it holds that key alone."""
+
+    name: str
+    dedicated: bool
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def stream_name(key: str, *, hashed: bool = False) -> str:
+    """The stream abe creates for `key` ('.' written '_'; `hashed` when that name is taken)."""
+    return key.replace(".", "_") + (f"-{_digest(key)}" if hashed else "")
+
+
+def consumer_name(group: str, key: str, *, dedicated: bool) -> str:
+    """The group's durable consumer: the group's name, plus a digest of `key` in shared streams."""
+    return group if dedicated else f"{group}-{_digest(key)}"
+
+
+class JetStream:
+    """One NATS client per backend, made on first use, and the stream and consumer calls."""
+
+    def __init__(self, settings: NatsSettings, where: str, scrub: Callable[[str], str]) -> None:
+        self.settings, self.where, self._scrub = settings, where, scrub
+        self.client: NatsClient | None = None
+        self.js: JetStreamContext | None = None
+        self.epoch = 0
+        self.max_payload = DEFAULT_MAX_PAYLOAD
+        self.streams: dict[str, StreamRef] = {}
+        self.stopped = asyncio.Event()
+        """Set by `close()`; waits bounded by it with `until_stopped` end."""
+        self.wakers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
+        """Events set whenever the connection drops, comes back or is replaced."""
+        self._changed, self._lock = asyncio.Event(), asyncio.Lock()
+        self._connecting: asyncio.Future[None] | None = None
+        self._last_error: BaseException | None = None
+        self._warned_plain = False
+
+    def _bump(self) -> None:
+        self.epoch += 1
+        for event in (self._changed, *self.wakers):
+            event.set()
+
+    async def ready(self, deadline: Deadline) -> NatsClient:
+        """The connected client: connects, or awaits a reconnection, until `deadline`."""
+        while True:
+            client = self.client
+            if client is not None and client.is_connected:
+                return client
+            if self.stopped.is_set():
+                raise BackendUnavailableError("nats: the connection was closed")
+            if client is None or client.is_closed:
+                async with self._lock:
+                    if self.client is None or self.client.is_closed:
+                        await self._connect(deadline)
+                continue
+            self._changed.clear()  # reconnecting in the background: wait for it
+            if not await wait_event(self._changed, deadline.remaining):
+                raise self._unavailable("is reconnecting and did not come back in time")
+
+    def _unavailable(self, what: str) -> BaseException:
+        """A refusal as nats-py raised it (the error map says what to change), or else
+        BackendUnavailableError naming the last error seen."""
+        error = self._last_error
+        if isinstance(error, nats.errors.SecureConnWantedError) or (
+            error is not None and refused_credentials(error)
+        ):
+            return error
+        cause = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
+        unavailable = BackendUnavailableError(
+            self._scrub(
+                f"nats: the connection to {self.where} {what}{cause}. Check that the server is "
+                f"up and reachable, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
+            )
+        )
+        unavailable.__cause__ = error
+        return unavailable
+
+    async def _connect(self, deadline: Deadline) -> None:
+        remaining = deadline.remaining
+        if remaining <= 0:
+            raise self._unavailable("could not be opened in time")
+        refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        client = _TlsOnlyClient() if self.settings.tls else NatsClient()
+        timeout = max(0.1, min(self.settings.connect_timeout, remaining))
+        self._connecting = connecting = asyncio.ensure_future(
+            client.connect(**self._options(client, refused), connect_timeout=timeout)  # type: ignore[arg-type]
+        )
+        try:
+            await asyncio.wait(
+                (connecting, refused), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            await _abandon(connecting, client)
+            raise
+        refused.cancel()  # no effect once it holds the refusal
+        if connecting.done() and not connecting.cancelled():
+            if connecting.exception() is None and not self.stopped.is_set():
+                self.client = client
+                self.js = client.jetstream(timeout=self.settings.operation_timeout)
+                self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
+                self._last_error = None
+                self._bump()
+                return
+            self._last_error = connecting.exception() or self._last_error
+        if not refused.cancelled():
+            self._last_error = refused.result()
+        await _abandon(connecting, client)
+        if self.stopped.is_set():
+            raise BackendUnavailableError("nats: the connection was closed")
+        raise self._unavailable(f"could not be opened within {remaining:.1f}s")
+
+    def _options(
+        self, client: NatsClient, refused: asyncio.Future[BaseException]
+    ) -> dict[str, Any]:
+        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current."""
+
+        async def on_error(error: Exception) -> None:
+            self._last_error = error
+            log.debug("nats: %s: %s", type(error).__name__, error)
+            plain = isinstance(error, nats.errors.SecureConnWantedError)
+            if (plain or refused_credentials(error)) and not refused.done():
+                refused.set_result(error)
+            elif plain and client is self.client and not self._warned_plain:
+                self._warned_plain = True
+                log.warning(
+                    "nats: a server of %s did not offer TLS on reconnection; nothing was sent "
+                    "to it, trying again",
+                    self.where,
+                )
+
+        async def on_disconnected() -> None:  # and on closed
+            if client is self.client and not client.is_closed:
+                log.warning("nats: disconnected from %s; reconnecting", self.where)
+            self._bump()
+
+        async def on_reconnected() -> None:
+            log.warning("nats: reconnected to %s", self.where)
+            self._warned_plain = False
+            self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
+            self._bump()
+
+        return {
+            "servers": list(self.settings.servers),
+            "name": "abe",
+            "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
+            "closed_cb": on_disconnected,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": self.settings.reconnect_wait,
+            "tls": self.settings.tls_context(),
+            **self.settings.credentials(),
+        }
+
+    async def close(self) -> None:
+        """Close the client (sending what is buffered first). Idempotent."""
+        self.stopped.set()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        client, self.client, self.js = self.client, None, None
+        if client is not None and not client.is_closed:
+            await close_quietly([client.close()], self.settings.operation_timeout, log, "nats")
+
+    async def stream_for(self, key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
+        """The stream storing `key`: the one covering it (ABE_NATS_STREAM's or another), or new.
+
+        Streams never share a subject, so the stream covering a key is the configured one
+        whenever that covers the key.
+        """
+        known = self.streams.get(key)
+        if known is not None and not refresh:
+            return known
+        await self.ready(deadline)
+        js = self.js
+        assert js is not None
+        configured = self.settings.stream
+        if configured is not None:
+            try:
+                await js.stream_info(configured)
+            except nats.js.errors.NotFoundError:
+                problem = f"names {configured!r}, a stream that does not exist"
+                raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
+        ref = self.streams[key] = await self._existing_stream(js, key) or await self._create(
+            js, key
+        )
+        return ref
+
+    async def _existing_stream(self, js: JetStreamContext, key: str) -> StreamRef | None:
+        try:
+            name = await js.find_stream_name_by_subject(key)
+        except nats.js.errors.NotFoundError:
+            return None
+        info = await js.stream_info(name)
+        return StreamRef(name, dedicated=list(info.config.subjects or []) == [key])
+
+    async def _create(self, js: JetStreamContext, key: str) -> StreamRef:
+        settings = self.settings
+        config = api.StreamConfig(
+            description=STREAM_DESCRIPTION.format(key=key),
+            subjects=[key],
+            retention=api.RetentionPolicy(settings.retention),
+            storage=api.StorageType(settings.storage),
+            num_replicas=settings.replicas,
+            max_age=settings.max_age,
+            max_bytes=settings.max_bytes,
+            duplicate_window=settings.duplicate_window,
+            discard=api.DiscardPolicy.OLD,
+        )
+        names = (stream_name(key), stream_name(key, hashed=True))
+        for name in names:
+            try:
+                await js.add_stream(config.evolve(name=name))
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code == _NO_CLUSTER:
+                    problem = f"is {settings.replicas}, but {exc.description}"
+                    raise ConfigurationError("nats", {"ABE_NATS_REPLICAS": problem}) from None
+                if exc.err_code not in (_NAME_IN_USE, _SUBJECTS_OVERLAP):
+                    raise AbeError(
+                        f"nats: JetStream refused to create the stream {name!r} for key {key!r}: "
+                        f"{exc.description} (err_code {exc.err_code}); check the ABE_NATS_* "
+                        f"stream settings"
+                    ) from exc
+                # Someone created a stream for this key meanwhile, or the name is taken.
+                existing = await self._existing_stream(js, key)
+                if existing is not None:
+                    return existing
+                continue
+            log.info("nats: created stream %r for key %r", name, key)
+            return StreamRef(name, dedicated=True)
+        raise AbeError(
+            f"nats: cannot create a stream for key {key!r}: the names {names[0]!r} and "
+            f"{names[1]!r} are taken by streams for other subjects"
+        )
+
+    async def consumer_for(self, stream: StreamRef, key: str, group: str) -> str:
+        """Create (or update, or adopt) the durable pull consumer of `group` on `key`."""
+        js = self.js
+        if js is None:  # closed meanwhile
+            raise BackendUnavailableError("nats: not connected")
+        durable = consumer_name(group, key, dedicated=stream.dedicated)
+        config = api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            description=f"abe group {group} on {key}",
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.settings.redelivery_timeout,
+            max_deliver=-1,
+            filter_subject=key,
+            max_ack_pending=-1,
+            replay_policy=api.ReplayPolicy.INSTANT,
+        )
+        try:
+            await js.add_consumer(stream.name, config)
+        except nats.js.errors.BadRequestError as exc:
+            # It exists with settings that cannot be changed in place: use it as it is.
+            try:
+                info = await js.consumer_info(stream.name, durable)
+            except nats.js.errors.NotFoundError:
+                raise exc from None
+            if info.config.deliver_subject:
+                raise AbeError(
+                    f"nats: consumer {durable!r} on stream {stream.name!r} is a push consumer; "
+                    f"abe groups are pull consumers. Delete it or use another group name"
+                ) from exc
+            log.info("nats: using the existing consumer %r on %r as it is", durable, stream.name)
+        return durable
+
+
+async def _abandon(connecting: asyncio.Future[None], client: NatsClient) -> None:
+    """Stop a connect that did not finish and release whatever it opened."""
+    connecting.cancel()
+    await asyncio.gather(connecting, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await client.close()
