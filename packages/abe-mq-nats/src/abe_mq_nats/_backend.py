@@ -60,7 +60,7 @@ class NatsBackend(BaseBackend):
 
     name: ClassVar[str] = "nats"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        native_delay=True, max_payload_bytes=DEFAULT_MAX_PAYLOAD - HEADER_ROOM
+        native_delay=True, deduplication=True, max_payload_bytes=DEFAULT_MAX_PAYLOAD - HEADER_ROOM
     )
     key_rules: ClassVar[KeyRules] = KeyRules(
         max_length=200,
