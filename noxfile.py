@@ -75,7 +75,7 @@ def _local(package: str, extras: str = "") -> str:
 
 def _install_with_core(session: nox.Session, package: str, *extra: str) -> None:
     """Install `package` from this checkout, with abe-core from this checkout too."""
-    targets = [_local(CORE, "[testing]")]
+    targets = [_local(CORE, "[testing,metrics]")]
     if package != CORE:
         targets.append(_local(package))
     session.install(*targets, *extra)
@@ -122,7 +122,9 @@ def integration(session: nox.Session, package: str) -> None:
     folder = ROOT / "tests-integration" / package
     if not folder.is_dir():
         session.error(f"{package} has no integration tests: add tests-integration/{package}/")
-    _install_with_core(session, package, "-r", "tests-integration/requirements.txt")
+    # abe-core's own (`abe run` on every broker) need every provider
+    providers = [_local(provider) for provider in PROVIDERS] if package == CORE else []
+    _install_with_core(session, package, *providers, "-r", "tests-integration/requirements.txt")
     session.run("pytest", str(folder), *session.posargs)
 
 
