@@ -131,13 +131,22 @@ def integration(session: nox.Session, package: str) -> None:
 @nox.session(python=MAIN_PYTHON)
 @nox.parametrize("package", PACKAGES)
 def build(session: nox.Session, package: str) -> None:
-    """Wheel and sdist; twine check; the wheel installed alone in a fresh venv and resolved."""
+    """Wheel and sdist into dist/; twine check; the wheel installed alone and resolved.
+
+    `nox -s build` builds them all: then `pip install --find-links dist abe-core
+    abe-mq-redis` installs from this checkout exactly as from an index.
+    """
     session.install("build[uv]", "twine", "uv")
-    out = ROOT / "dist" / package
-    shutil.rmtree(out, ignore_errors=True)
+    # dist/ holds every package's wheel and sdist side by side, so that from a clone
+    # `pip install --find-links dist abe-core abe-mq-kafka` works as it will from PyPI.
+    out = ROOT / "dist"
+    stem = package.replace("-", "_")
+    for old in out.glob(f"{stem}-*"):
+        old.unlink()
     _build(session, f"packages/{package}", out)
-    session.run("twine", "check", "--strict", *map(str, out.glob("*")))
-    wheels = [_newest(out, "*.whl")]
+    built = [str(path) for path in out.glob(f"{stem}-*")]
+    session.run("twine", "check", "--strict", *built)
+    wheels = [_newest(out, f"{stem}-*.whl")]
     if package != CORE:
         core_out = Path(session.create_tmp()) / "core"
         _build(session, _local(CORE), core_out, "--wheel")
@@ -188,6 +197,15 @@ def docs(session: nox.Session) -> None:
     packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in PROVIDERS)]
     session.install("-r", "docs/requirements.txt", "mypy", *packages)
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+    session.run(
+        "python", "tools/check_site.py", str(ROOT / "site"), "https://abe-mq.github.io/abe/"
+    )
+    elsewhere = Path(session.create_tmp()) / "site-elsewhere"  # served from another place
+    local = "http://127.0.0.1:8000/"
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(elsewhere), env={"SITE_URL": local}
+    )
+    session.run("python", "tools/check_site.py", str(elsewhere), local)
     session.run("python", "tools/check_examples.py")  # every example passes mypy --strict
 
 
@@ -228,6 +246,7 @@ def _check_template(session: nox.Session, work: Path) -> None:
     listed = str(session.run("abe", "backends", silent=True, env={"QUEUE_BACKEND": ""}))
     if "abe_mq_acme:AcmeBackend" not in listed or "OK, builds <AcmeBackend" not in listed:
         session.error(f"`abe backends` does not list the rendered provider:\n{listed}")
+    (work / "names").mkdir()
     for name in ("q", "abcdefghijklmnopqrst"):
         session.run("abe", "new-provider", name, "--dir", str(work / "names"), silent=True)
         session.run("ruff", "check", str(work / "names" / f"abe-mq-{name}"))

@@ -82,18 +82,45 @@ async def test_refused_topic_names_never_reach_the_broker() -> None:
         await backend.close()
 
 
-async def test_record_over_the_request_size_is_a_payload_error(kafka_broker: Any) -> None:
-    """Tansu takes any size, so the client's own limit speaks: huge headers overflow it.
+async def _only_record_is(backend: KafkaBackend, key: str, marker: dict[str, Any]) -> None:
+    """Publish `marker` and read `key` from its start: it must be the first and only record."""
+    await backend.publish(key, marker)
+    subscription = backend.subscribe(group=unique("g"), keys=[key])
+    async with subscription:
+        deliveries = await receive(subscription, 1)
+        assert [delivery.payload for delivery in deliveries] == [marker]
 
-    The producer's request limit is ABE_KAFKA_MAX_PAYLOAD_BYTES plus 64 KiB for headers.
+
+async def test_oversized_headers_are_refused_before_anything_is_written(kafka_broker: Any) -> None:
+    """Core's 4 KiB limit on user headers speaks before the producer's request limit could.
+
+    One partition, so the marker published after the refusal is the topic's first record
+    only if the refused message never reached the broker.
     """
-    factory = backend_factory_for(kafka_broker.bootstrap, max_payload_bytes=1000)
+    factory = backend_factory_for(kafka_broker.bootstrap, max_payload_bytes=1000, partitions=1)
     async with factory() as backend:
         key = unique("big")
         with pytest.raises(PayloadError) as refused:
             await backend.publish(key, {"x": 1}, headers={"huge": "h" * 200_000})
-        assert "ABE_KAFKA_MAX_PAYLOAD_BYTES" in str(refused.value)
-        await backend.publish(key, {"after": "refusal"})  # the producer is still usable
+        assert "4,096" in str(refused.value)
+        with pytest.raises(PayloadError) as too_big:
+            await backend.publish(key, {"x": "y" * 2000})
+        assert "1,000" in str(too_big.value)
+        await _only_record_is(backend, key, {"after": "refusal"})  # the producer still works
+
+
+async def test_a_lone_surrogate_in_a_header_is_refused_before_anything_is_written(
+    kafka_broker: Any,
+) -> None:
+    """Kafka header values are UTF-8: a lone surrogate would fail in aiokafka mid-send."""
+    async with backend_factory_for(kafka_broker.bootstrap, partitions=1)() as backend:
+        key = unique("surrogate")
+        with pytest.raises(PayloadError) as refused:
+            await backend.publish(key, {"x": 1}, headers={"trace": "bad \ud800 value"})
+        assert "trace" in str(refused.value)
+        with pytest.raises(PayloadError):
+            await backend.publish_many(key, [{"x": 1}, {"x": 2}], headers={"t": "\udfff"})
+        await _only_record_is(backend, key, {"after": "refusal"})
 
 
 async def test_a_broker_without_idempotent_producers_names_the_setting(

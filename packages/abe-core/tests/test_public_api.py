@@ -34,6 +34,7 @@ MODULES = [
     "abe.settings",
     "abe.redaction",
     "abe.middleware",
+    "abe.dedupe",
     "abe.provider",
     "abe.backends.message_queue",
     "abe.backends.message_queue.base",

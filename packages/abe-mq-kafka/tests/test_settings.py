@@ -175,3 +175,56 @@ def test_hand_built_settings_accept_a_string_of_servers() -> None:
     assert KafkaSettings(bootstrap_servers="a:1,b:2").bootstrap_servers == ("a:1", "b:2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="security_protocol"):
         KafkaSettings(security_protocol="TLS")
+
+
+LEAKED = "pa55-in-the-address"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"svc:{LEAKED}@broker:9092",
+        f"kafka://svc:{LEAKED}@broker:9092",
+        f"good:9092,svc:{LEAKED}@broker:9092",
+        f"svc:pa,{LEAKED}@broker:9092",  # a comma in the password splits it across "parts"
+        f"svc@broker:9092?password={LEAKED}",
+    ],
+)
+def test_credentials_in_bootstrap_servers_are_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", text)
+    with pytest.raises(ConfigurationError) as refused:
+        KafkaSettings.from_env()
+    message = str(refused.value)
+    assert refused.value.variables == ("KAFKA_BOOTSTRAP_SERVERS",)
+    assert LEAKED not in message
+    assert "svc" not in message  # no part of the value, not even the user name
+    assert "KAFKA_SASL_USERNAME" in message
+    assert "KAFKA_SASL_PASSWORD" in message
+
+
+def test_options_in_bootstrap_servers_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"broker:9092?sasl_password={LEAKED}")
+    with pytest.raises(ConfigurationError) as refused:
+        KafkaSettings.from_env()
+    assert LEAKED not in str(refused.value)
+    assert "host:port" in str(refused.value)
+
+
+def test_a_plain_typo_in_bootstrap_servers_is_shown_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2")
+    with pytest.raises(ConfigurationError) as refused:
+        KafkaSettings.from_env()
+    assert str(refused.value).count("kafka-2") == 1  # the wrong part, not the whole value again
+
+
+@pytest.mark.parametrize(
+    "servers", [f"svc:{LEAKED}@broker:9092", (f"svc:{LEAKED}@broker:9092",), ("b:1", "b:0")]
+)
+def test_hand_built_settings_check_their_servers_without_echoing_credentials(
+    servers: object,
+) -> None:
+    with pytest.raises(ValueError, match="bootstrap_servers") as refused:
+        KafkaSettings(bootstrap_servers=servers)  # type: ignore[arg-type]
+    assert LEAKED not in str(refused.value)

@@ -320,6 +320,6 @@ async def test_cached_commands_are_the_plain_ones() -> None:
 @pytest.mark.asyncio
 async def test_a_header_named_data_is_refused_before_any_io() -> None:
     backend = RedisBackend(RedisSettings(url="redis://127.0.0.1:1/0"))  # nothing listens there
-    with pytest.raises(PayloadError, match="'data' is used by this backend's wire format"):
+    with pytest.raises(PayloadError, match="'data' is reserved by the redis wire format"):
         await backend.publish("orders", {"x": 1}, headers={"data": "oops"})
     await backend.close()

@@ -21,6 +21,7 @@ from abe.backends.message_queue.loader import (
     load_backend,
 )
 from abe.backends.message_queue.memory import MemoryBackend, MemoryBroker
+from abe.dedupe import Deduplicate
 from abe.errors import (
     AbeError,
     AuthenticationError,
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigurationError",
     "ConsumerGroup",
     "ConsumerStats",
+    "Deduplicate",
     "Delivery",
     "DeliveryStateError",
     "InvalidKeyError",

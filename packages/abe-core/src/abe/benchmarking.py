@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from abe.backends.message_queue.base.interface import Backend
 
 __all__ = [
+    "MIN_PAYLOAD_BYTES",
     "WORKLOADS",
     "AbeWorkloads",
     "Arrivals",
@@ -121,6 +122,10 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 _FIELDS_TEMPLATE = {"seq": 10**9, "sent": 123456.123456789, "pad": ""}
+
+
+MIN_PAYLOAD_BYTES = len(json.dumps(_FIELDS_TEMPLATE, separators=(",", ":")))
+"""The smallest benchmark body: its number, its send time and an empty padding."""
 
 
 @functools.lru_cache(maxsize=16)

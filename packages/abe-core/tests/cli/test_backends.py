@@ -84,6 +84,33 @@ async def test_a_secret_value_is_never_shown(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.asyncio
+async def test_a_secret_url_shows_where_it_points_and_hides_only_its_credentials() -> None:
+    servers = Variable("FAKE_SERVERS", None, "Servers, which may carry a token.", secret=True)
+
+    class WithServers(FakeBackend):
+        variables: ClassVar[tuple[Variable, ...]] = (servers,)
+
+        @classmethod
+        def from_env(cls) -> WithServers:
+            return cls(MemorySettings())
+
+    def load(entry: BackendEntry) -> type[MessageQueueBackendProtocol]:
+        return WithServers
+
+    for value, shown in [
+        ("nats://a:4222,nats://b:4222", "nats://a:4222,nats://b:4222"),
+        ("tls://t0ken-s3cret@a:4222?auth_token=x1y2z3", "tls://***@a:4222?auth_token=***"),
+    ]:
+        text = "\n".join(
+            await describe_backends([ENTRY], environ={"FAKE_SERVERS": value}, load=load)
+        )
+        row = next(line for line in text.splitlines() if "FAKE_SERVERS" in line)
+        assert shown in row
+        assert "t0ken-s3cret" not in text
+        assert "x1y2z3" not in text
+
+
+@pytest.mark.asyncio
 async def test_from_env_problems_are_listed_without_secret_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

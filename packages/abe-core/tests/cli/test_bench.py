@@ -264,3 +264,14 @@ def test_progress_writes_plain_lines_elsewhere_and_nothing_when_off() -> None:
     silent = ProgressLine(None, "publish (abe)", 100)
     silent(100)
     silent.finish("done")
+
+
+def test_a_payload_smaller_than_a_benchmark_body_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from abe.benchmarking import MIN_PAYLOAD_BYTES, bench_payload
+
+    assert main(["bench", "--payload-bytes", "10"]) == 2
+    assert f"must be at least {MIN_PAYLOAD_BYTES}" in capsys.readouterr().err
+    smallest = json.dumps(bench_payload(10**9, MIN_PAYLOAD_BYTES), separators=(",", ":"))
+    assert len(smallest) <= MIN_PAYLOAD_BYTES + 8  # the float's digits vary a little

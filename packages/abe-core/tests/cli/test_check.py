@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,26 +38,27 @@ def test_the_probe_is_acknowledged_before_its_key_is_deleted(
     assert deleted[key].pending == {key: 0}  # read back in group abe-check-<hex>, acknowledged
 
 
-def test_a_configuration_problem_fails_with_a_hint(
+def test_a_configuration_problem_is_bad_input_one_line_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("ABE_MQ_PREFETCH", "lots")
-    assert main(["check"]) == 1
-    first, hint = capsys.readouterr().out.strip().splitlines()
-    assert first.startswith("FAILED: loading the backend — the memory backend is not configured")
-    assert "ABE_MQ_PREFETCH: must be a whole number" in first
-    assert hint.startswith("hint: set the variables named above")
+    assert main(["check"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("abe check: the memory backend is not configured correctly")
+    assert "ABE_MQ_PREFETCH: must be a whole number" in line
 
 
-def test_an_unknown_backend_fails_with_what_to_install(
+def test_an_unknown_backend_is_bad_input_with_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("QUEUE_BACKEND", "kafka")
-    assert main(["check"]) == 1
-    first, hint = capsys.readouterr().out.strip().splitlines()
-    assert first.startswith("FAILED: loading the backend — no message-queue backend named 'kafka'")
-    assert "pip install abe-mq-kafka" in first
-    assert "abe backends" in hint
+    assert main(["check"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("abe check: no message-queue backend named 'kafka'")
+    assert "pip install abe-mq-kafka" in line
 
 
 class _Silent(MemoryBackend):
@@ -76,6 +78,47 @@ def test_a_broker_that_does_not_answer_fails_within_the_timeout(
     assert first == "FAILED: publishing the probe — no answer within 0.2 s"
     assert "raise --timeout" in hint
     assert silent.closed
+
+
+class _SilentEverywhere(_Silent):
+    """A broker that never answers anything: publish, delete or close."""
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        await asyncio.Event().wait()
+
+    async def _close(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_the_whole_check_clean_up_included_keeps_its_bound(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    silent = _SilentEverywhere(MemorySettings())
+    monkeypatch.setattr("abe.cli.check.load", lambda: LoadedBackend(silent, fallback=False))
+    started = time.monotonic()
+    assert main(["check", "--timeout", "1"]) == 1
+    assert time.monotonic() - started < 1.5, "the check outlived its --timeout"
+    err = capsys.readouterr().err
+    assert "did not finish within" in err  # said in words, not "(TimeoutError: )"
+    assert "TimeoutError: )" not in err
+
+
+class _Refusing(MemoryBackend):
+    """A broker that refuses the connection at once."""
+
+    async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
+        raise BackendUnavailableError("connection refused")
+
+
+def test_nothing_is_cleaned_up_when_nothing_was_published(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = _Refusing(MemorySettings())
+    monkeypatch.setattr("abe.cli.check.load", lambda: LoadedBackend(backend, fallback=False))
+    assert main(["check"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("FAILED: publishing the probe — connection refused")
+    assert "deleting" not in captured.err
 
 
 class _AckRefused(MemoryBackend):

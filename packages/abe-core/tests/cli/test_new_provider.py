@@ -6,7 +6,10 @@ is `nox -s template`'s job; these tests check the rendering itself.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -101,6 +104,31 @@ def test_the_current_folder_is_the_default(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "abe-mq-s3q" / "src" / "abe_mq_s3q" / "_backend.py").is_file()
 
 
+def test_a_missing_folder_is_refused_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    assert main(["new-provider", "acme", "--dir", str(missing)]) == 2
+    assert "is not an existing folder" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_new_folder_has_the_usual_mode_and_an_absolute_path_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        assert main(["new-provider", "acme", "--dir", "."]) == 0
+    finally:
+        os.umask(previous)
+    created = tmp_path / "abe-mq-acme"
+    assert stat.S_IMODE(created.stat().st_mode) == 0o755
+    out = capsys.readouterr().out
+    assert out.startswith(f"Created {created.resolve()}\n")
+    assert f"{sys.executable} -m pip install -e '.[test,lint]'" in out
+
+
 @pytest.mark.parametrize(
     ("name", "says"),
     [
@@ -163,6 +191,7 @@ def test_caches_and_builds_are_not_copied(tmp_path: Path) -> None:
     (template / "pyproject.toml").write_text('name = "abe-mq-example"\n')
     (template / "src" / "abe_mq_example").mkdir(parents=True)
     (template / "src" / "abe_mq_example" / "logo.bin").write_bytes(b"\xff\x00example")
+    (tmp_path / "out").mkdir()
     target = render(ProviderNames.of("acme"), tmp_path / "out", template)
     assert sorted(path.relative_to(target).as_posix() for path in target.rglob("*")) == [
         "pyproject.toml",
@@ -180,6 +209,7 @@ def test_a_spelling_rendering_would_miss_fails_and_leaves_nothing(tmp_path: Path
     (template / "pyproject.toml").write_text('name = "abe-mq-example"\n')
     (template / "src" / "notes.txt").write_text("fine: ExampleBackend\nnot fine: eXample\n")
     out = tmp_path / "out"
+    out.mkdir()
     with pytest.raises(CommandError) as failed:
         render(ProviderNames.of("acme"), out, template)
     assert "'eXample' at src/notes.txt:2" in str(failed.value)

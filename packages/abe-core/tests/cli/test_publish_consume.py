@@ -193,3 +193,10 @@ def test_sigterm_stops_python_dash_m_abe_consume_without_traceback(memory_env: s
     assert out == ""
     assert "abe consume: 0 messages; stopped: terminated" in err
     assert "Traceback" not in "".join(seen) + err
+
+
+def test_consume_speaks_of_one_message_in_the_singular(
+    broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["consume", "nothing-here", "--count", "1", "--timeout", "0.1"]) == 1
+    assert "expected 1 message, got 0" in capsys.readouterr().err

@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import UnknownError, for_code  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    KafkaConnectionError,
+    UnknownError,
+    for_code,
+)
 
 from abe.backends.message_queue.base import (
     BaseBackend,
@@ -23,9 +27,12 @@ from abe.backends.message_queue.base import (
     Receiver,
 )
 from abe.backends.message_queue.base.codec import HEADER_ERROR, HEADER_ID, HEADER_PUBLISHED_AT
+from abe.backends.message_queue.base.timeouts import bounded
 from abe.errors import BackendUnavailableError, InvalidKeyError, PublishError
+from abe.redaction import SecretFilter
 from abe.settings import Variable
 from abe_mq_kafka._baseline import RawKafkaBaseline
+from abe_mq_kafka._connect import diagnose, tls_hint
 from abe_mq_kafka._errors import translate
 from abe_mq_kafka._receiver import KafkaReceiver
 from abe_mq_kafka._settings import VARIABLES, KafkaSettings
@@ -40,6 +47,8 @@ log = logging.getLogger("abe.kafka")
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 _CLOSE_TIMEOUT = 5.0
+_CLIENT_LOGGERS = ("aiokafka", "kafka")
+"""Loggers of the client library (and of kafka-python, whose names older aiokafka used)."""
 
 
 class _TopicRules(KeyRules):
@@ -116,6 +125,8 @@ class KafkaBackend(BaseBackend):
         self._topics: set[str] = set()
         self._creating: dict[str, asyncio.Future[None]] = {}
         self._deadlines = _Deadlines()
+        self._secret_filter = SecretFilter(settings.secrets())
+        self._connected = False  # whether any client ever started (for the TLS hint)
 
     @classmethod
     def from_env(cls) -> Self:
@@ -130,6 +141,16 @@ class KafkaBackend(BaseBackend):
         return f"bootstrap={','.join(self.settings.bootstrap_servers)}"
 
     def _translate_error(self, error: Exception) -> Exception:
+        if (
+            isinstance(error, asyncio.TimeoutError)
+            and not self._connected
+            and self.settings.security_protocol.endswith("SSL")
+        ):
+            return BackendUnavailableError(
+                f"kafka: no connection to {','.join(self.settings.bootstrap_servers)} within "
+                f"the time allowed (ABE_MQ_OPERATION_TIMEOUT={self.settings.operation_timeout:g}"
+                f"s); {tls_hint(self.settings)}"
+            )
         translated = translate(error, ",".join(self.settings.bootstrap_servers))
         unavailable = isinstance(translated, BackendUnavailableError)
         if unavailable and isinstance(error, UnknownError) and self.settings.idempotent:
@@ -142,6 +163,25 @@ class KafkaBackend(BaseBackend):
 
     def raw_baseline(self) -> RawKafkaBaseline:
         return RawKafkaBaseline(self.settings)
+
+    async def start_client(self, client: Any) -> None:
+        """Start an aiokafka client with the secrets kept out of its logs; say why it failed.
+
+        The SecretFilter goes on the library's loggers before the first connection (and
+        again after, for loggers its modules made meanwhile). When aiokafka only says
+        "Unable to bootstrap", `diagnose` finds the refused login or TLS mismatch it logged.
+        """
+        self._secret_filter.install(*_CLIENT_LOGGERS)
+        try:
+            await client.start()
+        except KafkaConnectionError:
+            reason = await diagnose(self.settings)
+            if reason is None:
+                raise
+            raise reason from reason.__cause__
+        finally:
+            self._secret_filter.install(*_CLIENT_LOGGERS)
+        self._connected = True
 
     # ---- publishing ---------------------------------------------------------------------------
 
@@ -221,7 +261,7 @@ class KafkaBackend(BaseBackend):
             self._ensure_open()
             producer = AIOKafkaProducer(**self.settings.producer_options())
             try:
-                await producer.start()
+                await self.start_client(producer)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(producer.stop(), _CLOSE_TIMEOUT)
@@ -285,7 +325,7 @@ class KafkaBackend(BaseBackend):
             self._ensure_open()
             admin = AIOKafkaAdminClient(**self.settings.connection_options())
             try:
-                await admin.start()
+                await self.start_client(admin)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(admin.close(), _CLOSE_TIMEOUT)
@@ -297,8 +337,8 @@ class KafkaBackend(BaseBackend):
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         for key in keys:
-            if key not in self._topics:
-                await self.ensure_topic(key)
+            if key not in self._topics:  # bounded: a TLS handshake to a plaintext port hangs
+                await bounded(self.ensure_topic(key), self.settings.operation_timeout)
         receiver = KafkaReceiver(self, group, tuple(keys))
         await asyncio.wait_for(receiver.start(), self.settings.operation_timeout)
         return receiver
@@ -311,6 +351,7 @@ class KafkaBackend(BaseBackend):
             await _stop_quietly(producer.stop(), "producer")
         if admin is not None:
             await _stop_quietly(admin.close(), "admin client")
+        self._secret_filter.uninstall()
 
 
 async def _stop_quietly(closing: Any, what: str) -> None:

@@ -23,7 +23,7 @@ from abe.errors import (
     PayloadError,
 )
 
-__all__ = ["CATEGORIES", "category_of", "translate"]
+__all__ = ["CATEGORIES", "category_of", "describe", "is_scram_rejection", "translate"]
 
 _E = kafka_errors
 
@@ -191,7 +191,7 @@ def translate(error: Exception, where: str) -> Exception:
     """
     if isinstance(error, AbeError):
         return error
-    if _is_scram_rejection(error):
+    if is_scram_rejection(error):
         return AuthenticationError(
             f"kafka: the broker at {where} refused the SCRAM credentials; "
             f"{_HINTS[AUTH].split('; ', 1)[1]}"
@@ -201,7 +201,7 @@ def translate(error: Exception, where: str) -> Exception:
     category = category_of(error)
     if category is None or category == USAGE:
         return error
-    text = f"{type(error).__name__}: {_describe(error)}"
+    text = f"{type(error).__name__}: {describe(error)}"
     if category == CONFIG:
         variable = next(
             (name for klass, name in _CONFIG_VARIABLE.items() if isinstance(error, klass)),
@@ -219,7 +219,8 @@ def translate(error: Exception, where: str) -> Exception:
     return BackendUnavailableError(message)
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """The error's own words without the class name and code aiokafka puts in front."""
     text = str(error).strip()
     name = type(error).__name__
     if text.startswith(f"{name}: "):  # aiokafka's str() often repeats the class name
@@ -231,7 +232,7 @@ def _describe(error: BaseException) -> str:
     return text or getattr(error, "description", "") or "no detail given"
 
 
-def _is_scram_rejection(error: BaseException) -> bool:
+def is_scram_rejection(error: BaseException) -> bool:
     """Whether aiokafka failed inside its SCRAM exchange: how it reports refused credentials.
 
     aiokafka (0.11-0.14) does not read the SCRAM `e=` error a broker sends for a wrong

@@ -155,7 +155,7 @@ class KafkaReceiver(Receiver):
         options = self._backend.settings.consumer_options()
         consumer = AIOKafkaConsumer(group_id=self._group, **options)
         try:
-            await consumer.start()
+            await self._backend.start_client(consumer)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), _STOP_TIMEOUT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
 from abe.backends.message_queue.base.settings import BackendSettings
+from abe.errors import ConfigurationError
 from abe.settings import COMMON_VARIABLES, Environment, Secret, Variable
 
 __all__ = ["KafkaSettings"]
@@ -111,12 +113,29 @@ VARIABLES: tuple[Variable, ...] = (
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+_OPTION_MARKS = ("?", "=", "&", ";", "#")
+"""Characters of URL options (`?password=...`): a value with them is not echoed."""
 _RECORD_OVERHEAD = 64 * 1024
 """Room above the largest body for headers and batch framing in one produce request."""
 
 
 def parse_bootstrap(text: str) -> tuple[str, ...]:
-    """`host:port,host:port` as a tuple, or ValueError saying which part is wrong."""
+    """`host:port,host:port` as a tuple, or ValueError saying which part is wrong.
+
+    A value with user info or options may hold a password (in any of its comma-separated
+    parts), so no part of it is echoed; the error says where credentials go instead.
+    """
+    if "@" in text:
+        raise ValueError(
+            "holds credentials (user:password@), which do not belong in it: list only "
+            "host:port (e.g. kafka-1:9092) and set KAFKA_SASL_USERNAME and "
+            "KAFKA_SASL_PASSWORD with KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+        )
+    if any(mark in text for mark in _OPTION_MARKS):
+        raise ValueError(
+            "must list host:port only, without a scheme, path or options (e.g. kafka-1:9092); "
+            "its value is not shown as it may hold a secret"
+        )
     servers = tuple(part.strip() for part in text.split(",") if part.strip())
     if not servers:
         raise ValueError("names no host:port")
@@ -127,6 +146,11 @@ def parse_bootstrap(text: str) -> tuple[str, ...]:
         if not 0 < int(match.group(2)) < 65536:
             raise ValueError(f"{server!r} has a port outside 1-65535")
     return servers
+
+
+def _no_password() -> str:
+    """The password of a key given none: empty, so an encrypted key fails instead of prompting."""
+    return ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,8 +179,13 @@ class KafkaSettings(BackendSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         servers: object = self.bootstrap_servers
-        if isinstance(servers, str):  # a convenience for hand-built settings
-            object.__setattr__(self, "bootstrap_servers", parse_bootstrap(servers))
+        if not isinstance(servers, str):  # hand-built settings may give a string for short
+            servers = ",".join(servers)  # type: ignore[arg-type]
+        try:
+            parsed = parse_bootstrap(servers)
+        except ValueError as exc:
+            raise ValueError(f"bootstrap_servers {exc}") from None
+        object.__setattr__(self, "bootstrap_servers", parsed)
         if self.security_protocol not in PROTOCOLS:
             raise ValueError(f"security_protocol must be one of {', '.join(PROTOCOLS)}")
         if self.sasl_mechanism not in MECHANISMS:
@@ -178,8 +207,8 @@ class KafkaSettings(BackendSettings):
         if text is not None:
             try:
                 values["bootstrap_servers"] = parse_bootstrap(text)
-            except ValueError as exc:
-                env.problem(BOOTSTRAP_SERVERS, f"{exc} (got {text!r})")
+            except ValueError as exc:  # names the wrong part; the value may hold a password
+                env.problem(BOOTSTRAP_SERVERS, str(exc))
         protocol = env.choice(SECURITY_PROTOCOL, PROTOCOLS) or "PLAINTEXT"
         mechanism = env.choice(SASL_MECHANISM, MECHANISMS) or "PLAIN"
         username = env.string(SASL_USERNAME)
@@ -246,6 +275,14 @@ class KafkaSettings(BackendSettings):
 
     # ---- what the client library is given ---------------------------------------------------
 
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values the client library is given, to keep out of its logs."""
+        return tuple(
+            secret.reveal()
+            for secret in (self.sasl_password, self.ssl_key_password)
+            if secret is not None and secret.reveal()
+        )
+
     def connection_options(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client takes: brokers, identity, security, timeouts."""
         options: dict[str, Any] = {
@@ -266,13 +303,31 @@ class KafkaSettings(BackendSettings):
         return options
 
     def ssl_context(self) -> Any:
-        """The TLS context for SSL and SASL_SSL: the CA file (or system CAs), the client pair."""
-        context = create_ssl_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-            password=self.ssl_key_password.reveal() if self.ssl_key_password else None,
-        )
+        """The TLS context for SSL and SASL_SSL: the CA file (or system CAs), the client pair.
+
+        Files that do not load (a wrong key password, a key that does not match its
+        certificate) raise ConfigurationError naming the variables, never the password.
+        """
+        try:
+            context = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                # Never None: OpenSSL would prompt on the terminal for an encrypted key.
+                password=self.ssl_key_password.reveal() if self.ssl_key_password else _no_password,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            if self.ssl_certfile is None:
+                problems = {"KAFKA_SSL_CAFILE": f"does not load as PEM certificates ({exc})"}
+            else:
+                problems = {
+                    "KAFKA_SSL_KEYFILE": (
+                        f"does not load with KAFKA_SSL_CERTFILE ({exc}): check that the key "
+                        f"matches the certificate and that KAFKA_SSL_KEY_PASSWORD is its "
+                        f"password (set it only for an encrypted key)"
+                    )
+                }
+            raise ConfigurationError("kafka", problems) from None
         context.check_hostname = self.ssl_check_hostname
         return context
 

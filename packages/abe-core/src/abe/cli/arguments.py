@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
-__all__ = ["positive_int", "positive_seconds"]
+__all__ = ["at_least", "positive_int", "positive_seconds"]
 
 
 def positive_seconds(text: str) -> float:
@@ -28,3 +29,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
     return value
+
+
+def at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """A whole number of at least `minimum`; the error says why (`what`)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} ({what}), got {text!r}")
+        return value
+
+    return parse

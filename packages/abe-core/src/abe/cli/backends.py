@@ -118,9 +118,9 @@ def _variable_row(variable: Variable, environ: Mapping[str, str]) -> list[str]:
     text = environ.get(variable.name, "").strip()
     if not text:
         value = "-"
-    elif variable.secret:
+    elif variable.secret and "://" not in text:
         value = "(secret, not shown)"
-    else:
+    else:  # a URL shows where it points; its credentials and secret options show as ***
         value = redact_url(text)
     default = "-" if variable.default is None else variable.default
     return [variable.name, "set" if text else "unset", value, default, variable.meaning]

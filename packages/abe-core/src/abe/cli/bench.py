@@ -52,6 +52,7 @@ from typing import Any, TextIO
 from abe._version import __version__
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.benchmarking import (
+    MIN_PAYLOAD_BYTES,
     WORKLOADS,
     AbeWorkloads,
     Measurement,
@@ -59,7 +60,7 @@ from abe.benchmarking import (
     RawBaseline,
     Workload,
 )
-from abe.cli.arguments import positive_int, positive_seconds
+from abe.cli.arguments import at_least, positive_int, positive_seconds
 from abe.cli.connect import (
     CLOSE_TIMEOUT,
     FALLBACK_NOTE,
@@ -322,10 +323,11 @@ def add_parser(
     )
     parser.add_argument(
         "--payload-bytes",
-        type=positive_int,
+        type=at_least(MIN_PAYLOAD_BYTES, "a benchmark body holds its number and send time"),
         default=defaults.payload_bytes,
         metavar="B",
-        help=f"about how large each JSON body is, at least ~50 (default {defaults.payload_bytes})",
+        help=f"about how large each JSON body is, at least {MIN_PAYLOAD_BYTES} (default "
+        f"{defaults.payload_bytes})",
     )
     parser.add_argument(
         "--batch-size",

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
-from abe.backends.message_queue.base.interface import Backend
+from abe.backends.message_queue.base.deadlines import bounded
 from abe.cli.arguments import positive_seconds
 from abe.cli.connect import FALLBACK_NOTE, close_backend, delete_own_keys, load, require_base
 from abe.cli.errors import EXIT_FAILURE, EXIT_OK, one_line
@@ -29,11 +29,12 @@ from abe.errors import (
     InvalidKeyError,
     PayloadError,
 )
-from abe.types import MessageQueueBackendProtocol
 
 __all__ = ["Verdict", "add_parser", "check", "run"]
 
 DEFAULT_TIMEOUT = 15.0
+_CLEAN_UP = 3.0
+"""Most of the bound kept for deleting the probe's key and closing the backend."""
 
 
 @dataclass
@@ -65,21 +66,26 @@ class _Trace(logging.Handler):
 
 
 async def check(timeout: float) -> Verdict:
-    """Load the backend, round-trip a probe within `timeout` seconds, close, and judge."""
+    """Load the backend, round-trip a probe, clean up and close, all within `timeout` seconds.
+
+    A backend that cannot be built (unknown name, bad settings) raises: that is bad input,
+    reported like every other command's (one line, exit 2), not a verdict on the broker.
+    """
     trace = _Trace()
     logger = logging.getLogger("abe")
-    logger.addHandler(trace)
-    backend: Backend | MessageQueueBackendProtocol | None = None
-    base: BaseBackend | None = None
+    loaded = load()
+    backend = loaded.backend
+    if loaded.fallback:
+        note(FALLBACK_NOTE)
+    base = require_base(backend, "check")
+    described = repr(base)
     key = f"abe-check-{secrets.token_hex(6)}"
+    deadline = time.monotonic() + timeout
+    # the round trip leaves a little of the bound for deleting the probe's key and closing
+    reserve = min(_CLEAN_UP, timeout / 4)
+    logger.addHandler(trace)
     try:
-        loaded = load()
-        backend = loaded.backend
-        if loaded.fallback:
-            note(FALLBACK_NOTE)
-        base = require_base(backend, "check")
-        described = repr(base)
-        seconds = await asyncio.wait_for(_round_trip(base, key, trace), timeout)
+        seconds = await bounded(_round_trip(base, key, trace), timeout - reserve)
         passed = f"OK: {base.name} round trip in {seconds * 1000:.1f} ms ({described})"
     except asyncio.TimeoutError:
         last = trace.last_warning()
@@ -89,10 +95,9 @@ async def check(timeout: float) -> Verdict:
         return _failed(trace.step, one_line(exc), _hint(exc))
     finally:
         logger.removeHandler(trace)
-        if base is not None and trace.published:
-            await delete_own_keys(base, [key], timeout)
-        if backend is not None:
-            await close_backend(backend)
+        if trace.published:
+            await delete_own_keys(base, [key], max(0.1, deadline - time.monotonic()))
+        await close_backend(backend, max(0.1, deadline - time.monotonic()))
     return Verdict(True, [passed])
 
 
@@ -101,8 +106,12 @@ async def _round_trip(backend: BaseBackend, key: str, trace: _Trace) -> float:
     probe = {"abe_check": key, "sent_at": time.time()}
     trace.step = "publishing the probe"
     started = time.perf_counter()
-    trace.published = True  # from here on, the key may exist on the broker
-    await backend.publish(key, probe)
+    try:
+        await backend.publish(key, probe)
+    except asyncio.CancelledError:
+        trace.published = True  # cut short by the deadline: the key may exist on the broker
+        raise
+    trace.published = True
     trace.step = "reading the probe back"
     async with backend.subscribe(group=group, keys=[key], prefetch=1) as subscription:
         delivery = await anext(subscription)
@@ -157,7 +166,9 @@ def add_parser(
         description=(
             "Build the backend load_backend() gives, publish a probe to a new key "
             "abe-check-<hex>, read it back in a new group, acknowledge it, delete the key, "
-            "and say whether that worked. Exit 0 when it did, 1 when it did not."
+            "and say whether that worked, all within --timeout. Exit 0 when it did, 1 when "
+            "the broker failed (a verdict on stdout), 2 when the backend cannot be built "
+            "(one line on stderr)."
         ),
     )
     parser.add_argument(
@@ -165,7 +176,8 @@ def add_parser(
         type=positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up after this long (default {DEFAULT_TIMEOUT:g})",
+        help=f"the whole check, clean-up included, takes at most this long (default "
+        f"{DEFAULT_TIMEOUT:g})",
     )
     return parser
 

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.deadlines import bounded
 from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.loader import (
     BACKEND_VARIABLE,
@@ -81,13 +82,17 @@ def require_base(backend: Backend | MessageQueueBackendProtocol, command: str) -
     )
 
 
-async def close_backend(backend: Backend | MessageQueueBackendProtocol) -> None:
-    """Close the backend if it can be closed, within a bound; a failure is only a warning."""
+async def close_backend(
+    backend: Backend | MessageQueueBackendProtocol, timeout: float = CLOSE_TIMEOUT
+) -> None:
+    """Close the backend if it can be closed, within `timeout`; a failure is only a warning."""
     close = getattr(backend, "close", None)
     if not callable(close):
         return
     try:
-        await asyncio.wait_for(close(), CLOSE_TIMEOUT)
+        await bounded(close(), timeout)
+    except asyncio.TimeoutError:
+        log.warning("closing the backend did not finish within %.1f s; moving on", timeout)
     except Exception as exc:
         log.warning("closing the backend failed (%s: %s)", type(exc).__name__, exc)
 
@@ -100,7 +105,14 @@ async def delete_own_keys(
     A backend that cannot delete keys gets a note naming what was left on the broker.
     """
     try:
-        await asyncio.wait_for(backend.delete_keys(keys), timeout)
+        await bounded(backend.delete_keys(keys), timeout)
+    except asyncio.TimeoutError:
+        log.warning(
+            "deleting this run's keys (%s) did not finish within %.1f s; they may be left on "
+            "the broker",
+            ", ".join(keys),
+            timeout,
+        )
     except NotImplementedError:
         left = ", ".join(keys)
         note(f"left on the broker (the {backend.name} backend cannot delete keys): {left}")

@@ -151,7 +151,8 @@ def _report(received: int, count: int | None, timeout: float | None, reason: str
     noun = "message" if received == 1 else "messages"
     note(f"abe consume: {received} {noun}; stopped: {why}")
     if count is not None and received < count and reason == "idle":
-        note(f"abe consume: expected {count} messages, got {received}")
+        wanted = "message" if count == 1 else "messages"
+        note(f"abe consume: expected {count} {wanted}, got {received}")
         return EXIT_FAILURE
     return EXIT_OK
 

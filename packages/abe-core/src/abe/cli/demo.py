@@ -318,7 +318,6 @@ def _summarise(
     dead = set(story.dead_letters)
     processed = sum(worker.stats.processed for worker in workers)
     retries = sum(worker.stats.retried for worker in workers)
-    settled_count = processed + len(dead)
     ended = story.finished_at or time.perf_counter()
     duration = ended - story.started
     per_worker = ", ".join(f"{worker.label}: {worker.stats.processed}" for worker in workers)
@@ -332,7 +331,10 @@ def _summarise(
     print(f"  retries         {retries}")
     dead_list = _orders(sorted(dead))
     print(f"  dead-lettered   {len(dead)} ({dead_list})")
-    print(f"  duration        {duration:.2f} s ({settled_count / duration:,.0f} messages/s)")
+    print(
+        f"  duration        {duration:.2f} s, from the first publish to the last order settled "
+        f"(mostly the poisoned order's retry delays; not a throughput: see abe bench)"
+    )
     missing = sorted(good - packed)
     if not missing and dead == {poisoned}:
         print(

@@ -16,6 +16,7 @@ template's name replaced by the new name's, in file contents and in paths:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import shutil
@@ -169,8 +170,13 @@ def render(names: ProviderNames, directory: Path, template: Traversable | None =
     found = list(template_files(source))
     if not any(parts == ("pyproject.toml",) for parts, _ in found):
         raise CommandError(f"the provider template is missing from this abe-core ({source})")
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        raise CommandError(
+            f"--dir {directory} is not an existing folder; create it first (mkdir -p)",
+            EXIT_USAGE,
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".{names.distribution}-", dir=directory))
+    staging.chmod(0o777 & ~_umask())  # as `mkdir` would make it, not mkdtemp's 0700
     try:
         for parts, file in found:
             _check_spellings("/".join(parts), "the template's file names")
@@ -189,6 +195,13 @@ def render(names: ProviderNames, directory: Path, template: Traversable | None =
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _umask() -> int:
+    """The process's file-mode creation mask (reading it means setting it, then back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _check_spellings(text: str, where: str) -> None:
@@ -237,8 +250,9 @@ def run(args: argparse.Namespace) -> int:
     """Render the template and say what to do next."""
     installed = {entry.name for entry in available_backends()}
     names = check_name(args.name, installed)
-    target = render(names, args.dir)
+    target = render(names, args.dir).resolve()
     shown = shlex.quote(str(target))
+    python = shlex.quote(sys.executable)
     print(
         f"Created {target}\n"
         f"  distribution {names.distribution}, import package {names.package}, classes "
@@ -246,10 +260,11 @@ def run(args: argparse.Namespace) -> int:
         f"  entry point {names.name!r} (QUEUE_BACKEND={names.name}), variables "
         f"{names.upper}_* and ABE_{names.upper}_*.\n"
         f"\n"
-        f"It runs on an in-process broker and passes abe's contract suite as it is:\n"
+        f"It runs on an in-process broker and passes abe's contract suite as it is (these\n"
+        f"use the Python abe runs on, where abe-core is installed already):\n"
         f"  cd {shown}\n"
-        f"  python -m pip install -e '.[test,lint]'   # in a virtualenv\n"
-        f"  pytest\n"
+        f"  {python} -m pip install -e '.[test,lint]'\n"
+        f"  {python} -m pytest\n"
         f"\n"
         f"Then replace each '# BROKER CALL' in src/{names.package}/ with your client "
         f"library's call;\n"

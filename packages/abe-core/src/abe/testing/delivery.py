@@ -11,9 +11,11 @@ import pytest
 
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.consumer import AsyncLoopConsumer, current_delivery
+from abe.dedupe import Deduplicate
 from abe.testing.fixtures import Backends, ContractFixtures, RawWriter
 from abe.testing.helpers import (
     WAIT,
+    eventually,
     gather_all,
     next_delivery,
     nothing_arrives,
@@ -167,6 +169,42 @@ class DeliveryContract(ContractFixtures):
         for letter in letters:
             assert letter.headers["abe-original-key"] == key
             assert "undecodable" in letter.headers["abe-error"]
+
+    async def test_idempotent_publish(self, backends: Backends) -> None:
+        backend = backends.new()
+        key, group = unique("retried"), unique("group")
+        message_id = f"order-{unique('id')}"
+        for _ in range(2):  # the caller retries a publish whose outcome it did not learn
+            await backend.publish(key, {"order": 1001}, message_id=message_id)
+        await backend.publish_many(key, [{"order": 1002}], message_ids=[f"{message_id}-b"])
+        copies = 1 if backend.capabilities.deduplication else 2
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            got = await receive(subscription, copies + 1)
+            await nothing_arrives(subscription, 1.0)
+        ids = sorted(delivery.id for delivery in got)
+        assert ids == sorted([message_id] * copies + [f"{message_id}-b"]), (
+            f"deduplication={backend.capabilities.deduplication}: got ids {ids}"
+        )
+        for delivery in got:
+            assert delivery.headers.get("abe-id", delivery.id) == delivery.id
+        # where the broker stored both, Deduplicate in the consumer handles the order once
+        await backend.publish(key, {"order": 1003}, message_id=f"{message_id}-c")
+        await backend.publish(key, {"order": 1003}, message_id=f"{message_id}-c")
+        handled: list[int] = []
+        dedupe = Deduplicate()
+
+        async def handler(payload: dict[str, Any]) -> None:
+            handled.append(payload["order"])
+
+        consumer = AsyncLoopConsumer(backend, group, keys=[key], middleware=[dedupe])
+        running = asyncio.ensure_future(consumer.run(handler))
+        try:
+            await eventually(lambda: consumer.stats.processed >= copies, what="every copy")
+        finally:
+            await consumer.shutdown()
+            await running
+        assert handled == [1003]
+        assert dedupe.skipped == copies - 1
 
     async def test_handler_errors_do_not_stall(self, backends: Backends) -> None:
         backend = backends.new()

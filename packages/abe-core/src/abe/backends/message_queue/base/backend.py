@@ -35,6 +35,7 @@ from abe.backends.message_queue.base.deadlines import bounded
 from abe.backends.message_queue.base.error_map import ErrorMap
 from abe.backends.message_queue.base.headers import check_user_headers, header_text
 from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
+from abe.backends.message_queue.base.outage import OutageLog
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.backends.message_queue.base.settings import BackendSettings
 from abe.backends.message_queue.base.subscription import Subscription
@@ -125,6 +126,11 @@ class BaseBackend(abc.ABC):
         """Middleware around this backend's publishes and its consumers' handlers."""
         self.secret_filter = SecretFilter(settings.secrets())
         """Keeps this backend's secrets out of logs and error text; on `client_loggers`."""
+        self.outage = OutageLog(self.name, self._describe, self.secret_filter.scrub)
+        """Says once when the broker goes away and once when it is back (see OutageLog)."""
+        if self.client_loggers:
+            self.outage.install(*self.client_loggers)
+            weakref.finalize(self, self.outage.uninstall)
         if self.secret_filter.active and self.client_loggers:
             self.secret_filter.install(*self.client_loggers)
             weakref.finalize(self, self.secret_filter.uninstall)
@@ -362,6 +368,7 @@ class BaseBackend(abc.ABC):
             await self._close()
         finally:
             self.secret_filter.uninstall()
+            self.outage.uninstall()
 
     async def __aenter__(self) -> Self:
         self._ensure_open()
@@ -451,9 +458,13 @@ class BaseBackend(abc.ABC):
         """
         limit = self.settings.operation_timeout * scale + waits
         try:
-            if not self.enforce_operation_timeout:
-                return await awaitable
-            return await bounded(awaitable, limit)
+            if self.enforce_operation_timeout:
+                result = await bounded(awaitable, limit)
+            else:
+                result = await awaitable
+        except BackendUnavailableError as exc:
+            self.outage.failed(str(exc))
+            raise
         except AbeError:
             raise
         except asyncio.TimeoutError as exc:
@@ -464,12 +475,22 @@ class BaseBackend(abc.ABC):
                     f"{' (' + self._describe() + ')' if self._describe() else ''}; check that "
                     f"the broker is up, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
                 )
+            self._note_failure(translated)
             raise translated from exc
         except Exception as exc:
             translated = self._translate_error(exc)
+            self._note_failure(translated)
             if translated is exc:
                 raise
             raise translated from exc
+        if self.outage.down:
+            self.outage.recovered()
+        return result
+
+    def _note_failure(self, error: BaseException) -> None:
+        """An outage starts (once) when a call fails because the broker is away."""
+        if isinstance(error, BackendUnavailableError):
+            self.outage.failed(str(error))
 
     async def _open_receiver_for(self, subscription: Subscription) -> Receiver:
         self._ensure_open()

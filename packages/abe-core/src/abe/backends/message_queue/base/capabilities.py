@@ -23,6 +23,12 @@ class Capabilities:
     """Acknowledged messages survive a broker restart."""
     native_delay: bool = False
     """The broker itself holds a nacked message back (otherwise the backend emulates it)."""
+    deduplication: bool = False
+    """A publish retried with the same message id is stored once (within the broker's window).
+
+    Without it, both copies are delivered, with the same id; `abe.Deduplicate` handles
+    them once in a consumer.
+    """
     max_payload_bytes: int = 1_048_576
     """The largest JSON body the backend accepts by default."""
     remote: bool = True

@@ -282,6 +282,18 @@ class Subscription:
         await self._backend._dead_letter(delivery.message, reason)
         await self._acks.add(delivery.message)
 
+    def take_buffered(self) -> Delivery | None:
+        """The next delivery already fetched, without waiting; None when there is none.
+
+        For several readers of one subscription: they take what is buffered without a
+        round trip and leave fetching to `__anext__` (one caller at a time).
+        """
+        if not self._buffer or self._state not in ("open", "stopped"):
+            return None
+        if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+            return None  # old enough to extend first: __anext__ does that
+        return self._buffer.popleft()
+
     def buffered(self) -> list[Delivery]:
         """Deliveries fetched and waiting to be handed out (not yet seen by the application)."""
         return list(self._buffer)
