@@ -436,10 +436,11 @@ def test_log_lines_say_what_runs_where_without_secrets(
     publish(KEY, range(1))
     monkeypatch.setenv("STOP_AFTER", "1")
     assert main(["run", f"{app}:handle", "--keys", KEY, "--group", "g", "--concurrency", "4"]) == 0
-    started = next(r.getMessage() for r in caplog.records if " started: " in r.getMessage())
-    assert f"{app}:handle reads orders as group g on <MemoryBackend" in started
+    said = [record.getMessage() for record in caplog.records if record.name == "abe.run"]
+    started = next(line for line in said if line.startswith("started "))
+    assert f"started {app}:handle: reading orders as group g on <MemoryBackend" in started
     assert "(concurrency 4, shutdown timeout 30s)" in started
-    assert any("joined its group and takes messages" in r.getMessage() for r in caplog.records)
+    assert "joined group g: taking messages" in said
 
 
 def test_payloads_reach_the_handler_as_published(

@@ -154,9 +154,7 @@ class Worker:
                 return early
             self._task = loop.create_task(consumer.run(self.target.handler))
             log.info(
-                "worker %d started: %s reads %s as group %s on %r (concurrency %d, "
-                "shutdown timeout %gs)",
-                os.getpid(),
+                "started %s: reading %s as group %s on %r (concurrency %d, shutdown timeout %gs)",
                 self.target.spec,
                 ", ".join(self.target.keys) if self.target.keys else "ABE_MQ_KEYS",
                 self.group or DEFAULT_GROUP,
@@ -184,8 +182,7 @@ class Worker:
                 await self.endpoint.close()
         stats = consumer.stats
         log.info(
-            "worker %d stopped (%s): %d acknowledged, %d retried, %d dead-lettered",
-            os.getpid(),
+            "stopped (%s): %d acknowledged, %d retried, %d dead-lettered",
             self.stop_reason or "unasked",
             stats.processed,
             stats.retried,
@@ -207,7 +204,7 @@ class Worker:
                 return
             await asyncio.sleep(_JOIN_POLL)
         self.joined.set()
-        log.info("worker %d joined its group and takes messages", os.getpid())
+        log.info("joined group %s: taking messages", self.group or DEFAULT_GROUP)
         if self._link is not None:
             self._link.started()
 
