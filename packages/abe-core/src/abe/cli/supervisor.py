@@ -118,6 +118,7 @@ class Supervisor:
         self._http = http
         self.policy = policy or RestartPolicy()
         self.restarts = 0
+        """Workers started again after one ended unasked."""
         self.endpoint: Endpoint | None = None
         self._events: asyncio.Queue[tuple[str, _Slot | None, int]] = asyncio.Queue()
         self._stopping = False
@@ -165,6 +166,7 @@ class Supervisor:
                 elif kind == "exited" and which is not None:
                     await self._on_exit(which, value)
                 elif kind == "restart" and which is not None and not self._stopping:
+                    self.restarts += 1
                     await self._start(which)
                 await self._notify()
         finally:
@@ -262,7 +264,6 @@ class Supervisor:
         if code == EXIT_OK:
             how = "exited with 0 without being asked to"
         log.warning("%s %s; starting it again in %.1fs", name, how, delay)
-        self.restarts += 1
         slot.restart = asyncio.get_running_loop().call_later(
             delay, self._events.put_nowait, ("restart", slot, 0)
         )
