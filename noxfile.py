@@ -22,6 +22,9 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 MAIN_PYTHON = "3.12"
 PACKAGES = sorted(path.parent.name for path in ROOT.glob("packages/*/pyproject.toml"))
 PROVIDERS = [name for name in PACKAGES if name.startswith("abe-mq-")]
+# Neither core nor a provider: they declare `opentelemetry_instrumentor`, and their tests
+# need their `test` extra (the OpenTelemetry SDK) and, against brokers, every provider.
+INSTRUMENTATIONS = [name for name in PACKAGES if name.startswith("opentelemetry-instrumentation-")]
 CORE = "abe-core"
 TEST_TOOLS = ["pytest>=8", "pytest-asyncio>=0.24"]
 
@@ -76,7 +79,9 @@ def _local(package: str, extras: str = "") -> str:
 def _install_with_core(session: nox.Session, package: str, *extra: str) -> None:
     """Install `package` from this checkout, with abe-core from this checkout too."""
     targets = [_local(CORE, "[testing,metrics]")]
-    if package != CORE:
+    if package in INSTRUMENTATIONS:
+        targets.append(_local(package, "[test]"))
+    elif package != CORE:
         targets.append(_local(package))
     session.install(*targets, *extra)
 
@@ -102,7 +107,9 @@ def lint(session: nox.Session, package: str) -> None:
 def typecheck(session: nox.Session, package: str) -> None:
     """mypy --strict on one package's src/, with its dependencies installed."""
     _install_with_core(session, package, "mypy")
-    session.run("mypy", "--strict", f"packages/{package}/src")
+    # Module names from src/, so namespace packages (opentelemetry.instrumentation.abe) resolve.
+    source = f"packages/{package}/src"
+    session.run("mypy", "--strict", "--explicit-package-bases", source, env={"MYPYPATH": source})
 
 
 @nox.session(python=PYTHONS)
@@ -122,8 +129,9 @@ def integration(session: nox.Session, package: str) -> None:
     folder = ROOT / "tests-integration" / package
     if not folder.is_dir():
         session.error(f"{package} has no integration tests: add tests-integration/{package}/")
-    # abe-core's own (`abe run` on every broker) need every provider
-    providers = [_local(provider) for provider in PROVIDERS] if package == CORE else []
+    # abe-core's own (`abe run`) and an instrumentation's run on every broker
+    wants_all = package == CORE or package in INSTRUMENTATIONS
+    providers = [_local(name) for name in PROVIDERS] if wants_all else []
     _install_with_core(session, package, *providers, "-r", "tests-integration/requirements.txt")
     session.run("pytest", str(folder), *session.posargs)
 
@@ -194,7 +202,7 @@ def docs(session: nox.Session) -> None:
     variable tables and the capability lists are generated from their code
     (docs/hooks/abe_docs.py), and abe.testing needs abe-core's `testing` extra.
     """
-    packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in PROVIDERS)]
+    packages = [_local(CORE, "[testing]"), *(_local(name) for name in PACKAGES if name != CORE)]
     session.install("-r", "docs/requirements.txt", "mypy", *packages)
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
     session.run(

@@ -4,7 +4,8 @@ Usage: python check_packaging.py UV DIST_DIR PACKAGE... (UV: the uv executable u
 uninstall and reinstall; DIST_DIR: where the wheels are). Checks, for every distribution:
 release metadata (license, URLs, Python requirement, `Typing :: Typed`, version equal to
 the newest CHANGELOG entry), that no installed file belongs to two distributions, and that
-uninstalling any one provider leaves abe-core and every other provider working.
+uninstalling any one provider (or instrumentation) leaves abe-core and every other provider
+working.
 """
 
 from __future__ import annotations
@@ -102,14 +103,14 @@ def main(uv: str, dist: Path, packages: list[str], root: Path) -> None:
     providers = [name for name in packages if name != CORE]
     print(f"installed together: {versions}; backends {everything}")
     for provider in providers:
-        backend = next(
+        backends = {  # none for an instrumentation
             point.name
             for point in importlib.metadata.distribution(provider).entry_points
             if point.group == GROUP
-        )
+        }
         subprocess.run([uv, "pip", "uninstall", "--python", sys.executable, provider], check=True)
         left = probe()
-        expected = {name: kind for name, kind in everything.items() if name != backend}
+        expected = {name: kind for name, kind in everything.items() if name not in backends}
         if left != expected:
             fail(f"after uninstalling {provider}, the backends are {left}, not {expected}")
         wheel = next(dist.glob(f"{provider.replace('-', '_')}-*.whl"))

@@ -63,6 +63,9 @@ WORKLOAD_TITLES = {
     "publish": "publish",
     "publish_many": "publish_many",
     "end_to_end": "end to end",
+    "drain": "drain (consume)",
+    "drain_consumer": "drain (consumer)",
+    "drain_concurrent": "drain (consumer, c=16)",
 }
 
 
@@ -233,8 +236,19 @@ def _bench_reports(config: MkDocsConfig) -> list[dict[str, Any]]:
             report = json.loads(path.read_text())
         except ValueError as exc:
             raise PluginError(f"abe docs: {path} is not JSON: {exc}") from exc
-        if report.get("schema") != "abe-bench/1":
-            raise PluginError(f"abe docs: {path} is not `abe bench --json` output (abe-bench/1)")
+        schema = report.get("schema")
+        if schema == "abe-bench/1":  # one shape, at the top level
+            settings = report["settings"]
+            report["runs"] = [
+                {
+                    "payload_bytes": settings["payload_bytes"],
+                    "keys": 1,
+                    "workloads": report["workloads"],
+                }
+            ]
+        elif schema != "abe-bench/2":
+            raise PluginError(f"abe docs: {path} is not `abe bench --json` output (abe-bench/2)")
+        report["workloads"] = report["runs"][0]["workloads"]  # the table's shape: the first
         report["_file"] = path.name
         reports.append(report)
     if not reports:
@@ -292,7 +306,8 @@ def bench_about(config: MkDocsConfig) -> str:
             f"- `{report['_file']}`: {backend['name']} ({backend['distribution']} "
             f"{backend['version']}), {report['python_implementation']} {report['python']}, "
             f"{report['started_at']}; {settings['messages']:,} messages of "
-            f"~{settings['payload_bytes']} bytes, batches of {settings['batch_size']}; {client}."
+            f"~{report['runs'][0]['payload_bytes']} bytes, batches of {settings['batch_size']}; "
+            f"{client}."
         )
     return "\n".join(lines)
 
@@ -312,7 +327,10 @@ def bench_chart(config: MkDocsConfig, image_format: str = "svg") -> bytes:
         for index, workload in enumerate(workloads):
             position = index - group_width / 2 + width / 2
             for number, report in enumerate(reports):
-                entry = report["workloads"][workload]
+                entry = report["workloads"].get(workload)
+                if entry is None:  # an older file without this workload
+                    position += width
+                    continue
                 color = colors[number % len(colors)]
                 name = report["backend"]["name"]
                 label = name if index == 0 else None

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from abe_brokers import KafkaServerFactory, free_port
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from kafka_testing import TEST_ENV, backend_factory_for
+from kafka_testing import TEST_ENV, backend_factory_for, settings_for
 
+from abe.settings import Secret
 from abe.testing import (
     BackendContract,
     BackendFactory,
@@ -16,7 +17,9 @@ from abe.testing import (
     RawWriter,
     RestartableBroker,
     SecretCase,
+    TlsMismatch,
 )
+from abe_mq_kafka import KafkaBackend
 
 
 class TestKafkaContract(BackendContract):
@@ -93,6 +96,23 @@ class TestKafkaContract(BackendContract):
     @pytest.fixture
     def unreachable_backend_factory(self) -> BackendFactory:
         return backend_factory_for(f"127.0.0.1:{free_port()}", operation_timeout=3.0)
+
+    @pytest.fixture
+    def tls_mismatch(self, kafka_broker: Any) -> TlsMismatch:
+        secret = "tls-0nly-kafka-password"
+
+        def backend_at(host: str, port: int) -> KafkaBackend:
+            settings = settings_for(
+                f"{host}:{port}",
+                security_protocol="SASL_SSL",
+                sasl_username="abe",
+                sasl_password=Secret(secret),
+                operation_timeout=5.0,
+            )
+            return KafkaBackend(settings)
+
+        host, port = kafka_broker.bootstrap.rsplit(":", 1)
+        return TlsMismatch(backend_at, (host, int(port)), secret)
 
     @pytest.fixture
     def secret_environment(self, kafka_server_factory: KafkaServerFactory) -> SecretCase:

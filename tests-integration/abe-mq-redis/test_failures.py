@@ -28,7 +28,7 @@ from abe.settings import Secret
 from abe.testing import unique
 from abe.testing.helpers import next_delivery, nothing_arrives, receive
 from abe_mq_redis import RedisBackend
-from abe_mq_redis._receiver import delayed_key
+from abe_mq_redis._client import delayed_key
 
 Make = Callable[..., BaseBackend]
 pytestmark = pytest.mark.asyncio
@@ -604,14 +604,27 @@ async def test_maxlen_trims_only_when_configured(
 async def test_close_while_reading_leaves_nothing_behind(
     redis_broker: RedisBroker, make_backend: Make
 ) -> None:
-    backend = make_backend(redis_broker.url)
+    name = unique("closing")  # every connection of this backend carries it
+    backend = make_backend(f"{redis_broker.url}?client_name={name}")
     key = unique("close")
-    subscription = backend.subscribe(group=unique("g"), keys=[key])
-    await subscription.open()
-    waiting = asyncio.ensure_future(subscription.__anext__())
-    await asyncio.sleep(0.2)  # blocked in XREADGROUP on the server
-    await asyncio.wait_for(backend.close(), 5)
-    with contextlib.suppress(StopAsyncIteration):
-        await asyncio.wait_for(waiting, 5)
-    assert backend._command_client is None
-    assert backend._reader_client is None
+    admin = redis.asyncio.Redis.from_url(redis_broker.url)
+
+    async def connected() -> int:
+        return sum(client["name"] == name for client in await admin.client_list())
+
+    try:
+        subscription = backend.subscribe(group=unique("g"), keys=[key])
+        await subscription.open()
+        waiting = asyncio.ensure_future(subscription.__anext__())
+        await asyncio.sleep(0.2)  # blocked in XREADGROUP on the server
+        assert await connected() >= 2  # the reading connection and a command one
+        await asyncio.wait_for(backend.close(), 5)
+        with contextlib.suppress(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 5)
+        for _ in range(50):  # the server notices closed sockets on its next event loop turn
+            if await connected() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await connected() == 0, "a connection stayed open after close()"
+    finally:
+        await admin.aclose()

@@ -169,3 +169,52 @@ async def test_caller_ids_travel_to_every_delivery_and_bad_ids_are_refused() -> 
             await backend.publish("k", {"n": 2}, message_id=bad)
     with pytest.raises(ValueError, match="2 ids for 1 payloads"):
         await backend.publish_many("k", [{"n": 3}], message_ids=["a", "b"])
+
+
+@pytest.mark.asyncio
+async def test_middleware_installed_while_a_consumer_runs_applies_from_its_next_message() -> None:
+    seen: list[str] = []
+    backend = MemoryBackend()
+    handled = asyncio.Event()
+    count = 0
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        handled.set()
+
+    consumer = AsyncLoopConsumer(backend, "g", keys="k")
+    running = asyncio.ensure_future(consumer.run(handler))
+    late = Recorder("late", seen)
+    try:
+        await backend.publish("k", {"n": 1})
+        await asyncio.wait_for(handled.wait(), 5)
+        assert seen == []
+        install(late)
+        handled.clear()
+        await backend.publish("k", {"n": 2})
+        await asyncio.wait_for(handled.wait(), 5)
+        assert seen == ["late:publish:k:1", "late:handle:from-late"]
+    finally:
+        uninstall(late)
+        await consumer.shutdown()
+        await running
+
+
+@pytest.mark.asyncio
+async def test_a_delivery_names_its_backend_and_a_publication_whether_headers_travel() -> None:
+    publications: list[Publication] = []
+
+    class Keep(Middleware):
+        async def publish(self, publication: Publication, call_next: PublishNext) -> None:
+            publications.append(publication)
+            await call_next(publication)
+
+    backend = MemoryBackend()
+    backend.middleware.append(Keep())
+    await backend.publish("k", {"n": 1})
+    assert publications[0].carries_headers
+    async with backend.subscribe(group="g", keys="k") as subscription:
+        delivery = await next_delivery(subscription, 5)
+        assert (delivery.backend, delivery.group) == ("memory", "g")
+        await delivery.ack()

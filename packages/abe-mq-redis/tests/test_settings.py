@@ -321,10 +321,17 @@ def test_settings_built_in_code_keep_secrets_out_of_the_url() -> None:
         {"max_payload_bytes": 0},
         {"tls_cert_file": Path("x.pem")},
         {"poll_interval": 0},
+        {"pool_size": 10_001},  # the limits of the environment hold in code too
+        {"poll_interval": 301},
+        {"max_payload_bytes": 512 * 1024 * 1024 + 1},
+        {"consumer_idle_timeout": 0.5},
+        {"tls_ca_file": Path("ca.pem")},  # TLS files need rediss://
+        {"url": "rediss://h/0", "tls_key_file": Path("k.pem")},
     ],
 )
 def test_settings_built_in_code_are_checked(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011  (each names its own field)
+    field = next(iter(kwargs)) if len(kwargs) == 1 else "tls_cert_file"
+    with pytest.raises(ValueError, match=f"^{field} "):
         RedisSettings(**kwargs)  # type: ignore[arg-type]
 
 
@@ -355,3 +362,9 @@ def test_secret_query_options_are_never_shown(monkeypatch: pytest.MonkeyPatch, o
             _no_option_secret(text)
         assert "ssl_password=***" in repr(settings)
         assert "client_name=svc" in repr(settings)
+
+
+@needs_ssl_password
+def test_secrets_to_scrub_include_a_secret_query_option() -> None:
+    url = "rediss://alice:pw-in-url@h:6380/0?ssl_password=key-pass&client_name=svc"
+    assert set(RedisSettings(url=url).secrets()) == {"pw-in-url", "key-pass"}

@@ -1,10 +1,21 @@
-"""The three benchmark workloads of `abe bench`, as abe runs them and as a raw client must.
+"""The benchmark workloads of `abe bench`, as abe runs them and as a raw client must.
 
-    publish       `messages` awaited `publish()` calls, one after another; latency per call.
-    publish_many  the same number of messages in batches of `batch_size`; latency per batch.
-    end_to_end    a subscriber (receive, then ack) runs while a publisher sends `messages`
-                  one at a time; latency per message = receive time - publish time, taken
-                  from the `time.perf_counter()` the publisher put in the payload.
+    publish           `messages` awaited `publish()` calls, one after another; latency per call.
+    publish_many      the same number of messages in batches of `batch_size`; latency per batch.
+    end_to_end        a subscriber (receive, then ack) runs while a publisher sends `messages`
+                      one at a time; latency per message = receive time - publish time, taken
+                      from the `time.perf_counter()` the publisher put in the payload.
+    drain             a backlog of `messages` published first, then drained by one worker
+                      with the `consume()` iterator (acks on next); rate = (N - 1) / (last
+                      handled - first handled), so connecting and joining a group are left
+                      out. Raw side: the best hand-written loop, acks in batches.
+    drain_consumer    the backlog drained by `AsyncLoopConsumer` at its default settings.
+                      Raw side: the plainest loop, one awaited ack per message.
+    drain_concurrent  the backlog drained by `AsyncLoopConsumer` with `concurrency` handlers.
+                      Raw side: the batched loop again.
+
+Every workload spreads its messages over `keys` keys (one by default): publishes go round
+the keys, and a drain reads them all.
 
 A provider may ship the same three workloads written directly with its client library,
 so that `abe bench` reports what abe costs over the raw client, in the same invocation
@@ -28,13 +39,22 @@ counting. `AbeWorkloads` below is abe's side and the reference.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import math
+import itertools
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from abe.backends.message_queue.base.bench_protocol import (
+    MIN_PAYLOAD_BYTES,
+    Measurement,
+    Progress,
+    RawBaseline,
+    RawDrains,
+    Workload,
+    bench_payload,
+    percentile,
+)
+from abe.backends.message_queue.consumer import AsyncLoopConsumer
 
 if TYPE_CHECKING:
     from abe.backends.message_queue.base.interface import Backend
@@ -44,6 +64,9 @@ __all__ = [
     "WORKLOADS",
     "AbeWorkloads",
     "Arrivals",
+    "DrainClock",
+    "RAW_WORKLOADS",
+    "RawDrains",
     "Measurement",
     "Progress",
     "RawBaseline",
@@ -52,91 +75,25 @@ __all__ = [
     "percentile",
 ]
 
-WORKLOADS: tuple[str, ...] = ("publish", "publish_many", "end_to_end")
-"""The workload names, in the order `abe bench` runs them; each is a `RawBaseline` method."""
+WORKLOADS: tuple[str, ...] = (
+    "publish",
+    "publish_many",
+    "end_to_end",
+    "drain",
+    "drain_consumer",
+    "drain_concurrent",
+)
+"""The workload names, in the order `abe bench` runs them; each is an `AbeWorkloads` method."""
 
-Progress = Callable[[int], None]
-"""Called with the number of messages a workload has completed so far."""
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What one workload run is asked to do; the same for abe's side and a raw baseline."""
-
-    messages: int
-    """How many messages to publish (and, for end_to_end, to receive)."""
-    payload_bytes: int
-    """About how large each JSON body is (at least the ~50 bytes of the fields it needs)."""
-    batch_size: int
-    """Messages per `publish_many` call."""
-    key: str
-    """A fresh key for this run alone."""
-    group: str
-    """A fresh consumer group for this run alone (end_to_end)."""
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """The result of one workload: how many messages, how long, and the latency percentiles."""
-
-    messages: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-
-    @property
-    def msgs_per_s(self) -> float:
-        """Throughput over the whole run."""
-        return self.messages / max(self.seconds, 1e-9)
-
-    @classmethod
-    def from_latencies(
-        cls, messages: int, seconds: float, latencies: Sequence[float]
-    ) -> Measurement:
-        """A measurement from the run's duration and its latencies, both in seconds."""
-        ordered = sorted(latencies)
-        return cls(
-            messages=messages,
-            seconds=seconds,
-            p50_ms=percentile(ordered, 50) * 1000,
-            p99_ms=percentile(ordered, 99) * 1000,
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        """messages, seconds, msgs_per_s, p50_ms, p99_ms: the keys `abe bench --json` documents."""
-        return {
-            "messages": self.messages,
-            "seconds": self.seconds,
-            "msgs_per_s": self.msgs_per_s,
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
-        }
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank `q`th percentile of values sorted ascending; 0.0 when there are none."""
-    if not ordered:
-        return 0.0
-    rank = math.ceil(q / 100 * len(ordered))
-    return ordered[min(len(ordered), max(rank, 1)) - 1]
-
-
-_FIELDS_TEMPLATE = {"seq": 10**9, "sent": 123456.123456789, "pad": ""}
-
-
-MIN_PAYLOAD_BYTES = len(json.dumps(_FIELDS_TEMPLATE, separators=(",", ":")))
-"""The smallest benchmark body: its number, its send time and an empty padding."""
-
-
-@functools.lru_cache(maxsize=16)
-def _padding(payload_bytes: int) -> str:
-    overhead = len(json.dumps(_FIELDS_TEMPLATE, separators=(",", ":")))
-    return "x" * max(0, payload_bytes - overhead)
-
-
-def bench_payload(seq: int, payload_bytes: int) -> dict[str, Any]:
-    """The payload of message `seq`: its number, `perf_counter()` now, padding to the size."""
-    return {"seq": seq, "sent": time.perf_counter(), "pad": _padding(payload_bytes)}
+RAW_WORKLOADS: Mapping[str, str] = {
+    "publish": "publish",
+    "publish_many": "publish_many",
+    "end_to_end": "end_to_end",
+    "drain": "drain_batched",
+    "drain_consumer": "drain_ack_each",
+    "drain_concurrent": "drain_batched",
+}
+"""The `RawBaseline` method each workload is compared with."""
 
 
 class Arrivals:
@@ -183,33 +140,42 @@ class Arrivals:
         )
 
 
-class RawBaseline(Protocol):
-    """The three workloads written directly with a broker's client library.
+class DrainClock:
+    """A drain's clock: first and last message handled, and how many, counted once each.
 
-    Returned by a provider's `BaseBackend.raw_baseline()`; `abe bench` runs each method
-    beside abe's own and reports the ratio. See the module docstring for the rules.
+    The handling side calls `record(payload)` for each backlog message it handles; the
+    rate is (N - 1) / (last - first), so connecting and joining are left out.
     """
 
+    def __init__(self, workload: Workload, progress: Progress) -> None:
+        self.expected = workload.messages
+        self.seen: set[int] = set()
+        self.times: list[float] = []
+        self._progress = progress
+        self.done = asyncio.Event()
+
     @property
-    def name(self) -> str:
-        """The client library and its version, e.g. "redis-py 5.2.1"."""
-        ...
+    def complete(self) -> bool:
+        """Whether every backlog message has been handled."""
+        return len(self.seen) >= self.expected
 
-    async def publish(self, workload: Workload, progress: Progress) -> Measurement:
-        """`workload.messages` awaited single publishes; latency per call."""
-        ...
+    def record(self, payload: Mapping[str, Any]) -> None:
+        """The message `payload` was handled now (a redelivered one counts once)."""
+        seq = payload["seq"]
+        if seq in self.seen:
+            return
+        self.seen.add(seq)
+        self.times.append(time.perf_counter())
+        self._progress(len(self.seen))
+        if len(self.seen) >= self.expected:
+            self.done.set()
 
-    async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
-        """The messages in batches of `workload.batch_size`; latency per batch."""
-        ...
-
-    async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
-        """A subscriber that acks while one publisher sends; latency per message."""
-        ...
-
-    async def close(self) -> None:
-        """Release the client's connections."""
-        ...
+    def measurement(self) -> Measurement:
+        """(N - 1) messages over the time from the first to the last; gaps as latencies."""
+        times = self.times
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        seconds = times[-1] - times[0] if len(times) > 1 else 0.0
+        return Measurement.from_latencies(max(len(times) - 1, 1), seconds, gaps)
 
 
 class AbeWorkloads:
@@ -270,6 +236,59 @@ class AbeWorkloads:
         subscription = self.backend.subscribe(group=workload.group, keys=[workload.key])
         async with subscription:  # joined before the first publish
             return await arrivals.measure(send, receive)
+
+    async def _fill(self, workload: Workload) -> None:
+        for key, payloads in workload.backlog():
+            await self.backend.publish_many(key, payloads)
+
+    async def drain(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog drained by the `consume()` iterator (acknowledged on next)."""
+        await self._fill(workload)
+        clock = DrainClock(workload, progress)
+        stream = self.backend.consume(group=workload.group, keys=workload.all_keys)
+        try:
+            async for payload in stream:
+                clock.record(payload)
+                if clock.complete:
+                    break
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+        return clock.measurement()
+
+    async def drain_consumer(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog drained by `AsyncLoopConsumer` at its default settings."""
+        return await self._drain_with_consumer(workload, progress, 1)
+
+    async def drain_concurrent(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog drained by `AsyncLoopConsumer` with `workload.concurrency` handlers."""
+        return await self._drain_with_consumer(workload, progress, workload.concurrency)
+
+    async def _drain_with_consumer(
+        self, workload: Workload, progress: Progress, concurrency: int
+    ) -> Measurement:
+        await self._fill(workload)
+        clock = DrainClock(workload, progress)
+
+        async def handle(payload: dict[str, Any]) -> None:
+            clock.record(payload)
+
+        consumer = AsyncLoopConsumer(
+            self.backend, workload.group, keys=workload.all_keys, concurrency=concurrency
+        )
+        running = asyncio.get_running_loop().create_task(consumer.run(handle))
+        waiting = asyncio.ensure_future(clock.done.wait())
+        try:
+            await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                running.result()  # the consumer failed: say why
+                raise RuntimeError("the consumer stopped before the backlog was drained")
+        finally:
+            waiting.cancel()
+            await consumer.shutdown()
+            await asyncio.gather(running, return_exceptions=True)
+        return clock.measurement()
 
     async def close(self) -> None:
         """Nothing to release: the backend belongs to the caller."""

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HandleNext",
+    "changes",
     "chain_handle",
     "chain_publish",
     "Middleware",
@@ -63,6 +64,9 @@ class Publication:
     message_ids: list[str]
     many: bool
     """Whether this is a `publish_many`."""
+    carries_headers: bool = True
+    """Whether the backend can carry headers at all (one with only the protocol's methods
+    cannot: it refuses any)."""
 
 
 PublishNext = Callable[[Publication], Awaitable[None]]
@@ -81,24 +85,42 @@ class Middleware:
         await call_next(delivery)
 
 
-_INSTALLED: list[Middleware] = []
+class _Installed:
+    """The process's middleware, and a count of the changes made to it."""
+
+    def __init__(self) -> None:
+        self.middlewares: list[Middleware] = []
+        self.changes = 0
+
+
+_INSTALLED = _Installed()
 
 
 def install(middleware: Middleware) -> None:
-    """Run `middleware` around every publish and handler in this process (outermost first)."""
-    if middleware not in _INSTALLED:
-        _INSTALLED.append(middleware)
+    """Run `middleware` around every publish and handler in this process (outermost first).
+
+    Consumers already running pick it up at their next message.
+    """
+    if middleware not in _INSTALLED.middlewares:
+        _INSTALLED.middlewares.append(middleware)
+        _INSTALLED.changes += 1
 
 
 def uninstall(middleware: Middleware) -> None:
     """Stop running `middleware` process-wide (nothing happens if it was not installed)."""
-    if middleware in _INSTALLED:
-        _INSTALLED.remove(middleware)
+    if middleware in _INSTALLED.middlewares:
+        _INSTALLED.middlewares.remove(middleware)
+        _INSTALLED.changes += 1
+
+
+def changes() -> int:
+    """A number that changes whenever `install` or `uninstall` changes the process's list."""
+    return _INSTALLED.changes
 
 
 def installed() -> tuple[Middleware, ...]:
     """The middleware installed for the process, outermost first."""
-    return tuple(_INSTALLED)
+    return tuple(_INSTALLED.middlewares)
 
 
 def chain_publish(middlewares: Sequence[Middleware], last: PublishNext) -> PublishNext:

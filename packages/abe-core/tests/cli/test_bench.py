@@ -26,6 +26,9 @@ from abe.cli.progress import ProgressLine
 MEASUREMENT_KEYS = {"messages", "seconds", "msgs_per_s", "p50_ms", "p99_ms"}
 
 
+ALL = ["publish", "publish_many", "end_to_end", "drain", "drain_consumer", "drain_concurrent"]
+
+
 def test_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--json", "--messages", "200"]) == 0
     captured = capsys.readouterr()
@@ -40,9 +43,9 @@ def test_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> Non
         "started_at",
         "settings",
         "raw_client",
-        "workloads",
+        "runs",
     }
-    assert report["schema"] == "abe-bench/1"
+    assert report["schema"] == "abe-bench/2"
     assert report["backend"] == {
         "name": "memory",
         "distribution": "abe-core",
@@ -50,21 +53,56 @@ def test_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> Non
     }
     assert report["settings"] == {
         "messages": 200,
-        "payload_bytes": 256,
         "batch_size": 100,
+        "concurrency": 16,
         "timeout": 30.0,
     }
     assert report["raw_client"] == {"status": "none", "name": None}
-    assert list(report["workloads"]) == ["publish", "publish_many", "end_to_end"]
-    for entry in report["workloads"].values():
+    (run,) = report["runs"]
+    assert (run["payload_bytes"], run["keys"]) == (256, 1)
+    assert list(run["workloads"]) == ALL
+    for name, entry in run["workloads"].items():
         assert set(entry) == MEASUREMENT_KEYS | {"raw", "abe_over_raw"}
-        assert entry["messages"] == 200
+        drain = name.startswith("drain")
+        assert entry["messages"] == (199 if drain else 200)  # a drain times N - 1 gaps
         assert entry["seconds"] > 0
-        assert entry["msgs_per_s"] == pytest.approx(200 / entry["seconds"])
+        assert entry["msgs_per_s"] == pytest.approx(entry["messages"] / entry["seconds"])
         assert 0 < entry["p50_ms"] <= entry["p99_ms"]
         assert entry["raw"] is None
         assert entry["abe_over_raw"] is None
     assert captured.err == ""  # no progress with --json
+
+
+def test_shapes_run_every_workload_at_each_size_and_key_count(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["bench", "--json", "--messages", "60", "--payload-bytes", "100,2000", "--keys", "1,5"]
+    assert main([*argv, "--workloads", "publish,drain_concurrent", "--concurrency", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    shapes = [(run["payload_bytes"], run["keys"]) for run in report["runs"]]
+    assert shapes == [(100, 1), (100, 5), (2000, 1), (2000, 5)]
+    assert report["settings"]["concurrency"] == 4
+    for run in report["runs"]:
+        assert list(run["workloads"]) == ["publish", "drain_concurrent"]
+
+
+def test_unknown_workloads_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--workloads", "publish,bogus"]) == 2
+    assert "unknown workload bogus" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_a_drain_counts_every_backlog_message_once_over_every_key() -> None:
+    backend = MemoryBackend()
+    workload = Workload(
+        messages=30, payload_bytes=64, batch_size=4, key="k0", group="g", keys=("k0", "k1", "k2")
+    )
+    seen: list[int] = []
+    measured = await AbeWorkloads(backend).drain_concurrent(workload, seen.append)
+    assert seen[-1] == 30
+    assert measured.messages == 29
+    assert sorted(backend.broker.keys()) == ["k0", "k1", "k2"]
+    assert all(backend.broker.pending(key, "g") == 0 for key in ("k0", "k1", "k2"))
 
 
 def test_table_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,15 +110,16 @@ def test_table_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0].startswith("abe bench: memory (abe-core ")
-    assert "50 messages of ~256 bytes, publish_many batches of 7" in lines[0]
-    assert lines[2].split() == [
+    assert "50 messages per workload, publish_many batches of 7" in lines[0]
+    assert lines[2] == "payloads of ~256 bytes, 1 key"
+    assert lines[3].split() == [
         "WORKLOAD", "CLIENT", "MESSAGES", "SECONDS", "MSGS/S", "P50", "MS", "P99", "MS", "ABE/RAW"
     ]  # fmt: skip
-    for row, workload in zip(lines[3:6], ["publish", "publish_many", "end_to_end"], strict=True):
-        assert row.split()[:3] == [workload, "abe", "50"]
+    for row, workload in zip(lines[4:10], ALL, strict=True):
+        assert row.split()[:2] == [workload, "abe"]
         assert row.endswith("no raw client")
-    for workload in ("publish", "publish_many", "end_to_end"):
-        assert f"{workload} (abe): " in captured.err  # progress, not a tty: plain lines
+    for workload in ALL:
+        assert f"{workload} (abe, ~256 B, 1 key): " in captured.err  # not a tty: plain lines
 
 
 def test_skip_baseline_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +148,14 @@ class _RecordingBaseline:
     async def end_to_end(self, workload: Workload, progress: Progress) -> Measurement:
         self.keys.append(workload.key)
         return await self._inner.end_to_end(workload, progress)
+
+    async def drain_ack_each(self, workload: Workload, progress: Progress) -> Measurement:
+        self.keys.append(workload.key)
+        return await self._inner.drain_consumer(workload, progress)
+
+    async def drain_batched(self, workload: Workload, progress: Progress) -> Measurement:
+        self.keys.append(workload.key)
+        return await self._inner.drain(workload, progress)
 
     async def close(self) -> None:
         self.closed = True
@@ -148,18 +195,18 @@ def test_a_raw_baseline_runs_beside_abe_and_gives_ratios(
     assert main(["bench", "--json", "--messages", "40"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["raw_client"] == {"status": "measured", "name": "fake-client 9.9"}
-    for entry in report["workloads"].values():
+    for name, entry in report["runs"][0]["workloads"].items():
         assert set(entry["raw"]) == MEASUREMENT_KEYS
-        assert entry["raw"]["messages"] == 40
+        assert entry["raw"]["messages"] == (39 if name.startswith("drain") else 40)
         ratio = entry["abe_over_raw"]
         assert set(ratio) == {"msgs_per_s", "p50_ms", "p99_ms"}
         assert ratio["msgs_per_s"] == pytest.approx(
             entry["msgs_per_s"] / entry["raw"]["msgs_per_s"]
         )
-    assert len(baseline.keys) == 3
+    assert len(baseline.keys) == 6
     assert all("-raw-" in key for key in baseline.keys)  # its own keys, not abe's
     used_by_abe = {key for key, held in deleted.items() if held}
-    assert len(used_by_abe) == 4  # the warm-up and the three workloads
+    assert len(used_by_abe) == 7  # the warm-up and the six workloads
     assert not set(baseline.keys) & used_by_abe
     assert set(baseline.keys) < set(deleted)  # the raw client's keys are deleted too
     assert backend.broker.keys() == []
@@ -173,12 +220,8 @@ def test_the_table_shows_the_raw_client_and_the_ratio(
     _use(monkeypatch, _RecordingBaseline())
     assert main(["bench", "--messages", "20", "--no-progress"]) == 0
     captured = capsys.readouterr()
-    rows = captured.out.splitlines()[3:9]
-    assert [row.split()[:2] for row in rows[::2]] == [
-        ["publish", "abe"],
-        ["publish_many", "abe"],
-        ["end_to_end", "abe"],
-    ]
+    rows = captured.out.splitlines()[4:16]
+    assert [row.split()[:2] for row in rows[::2]] == [[name, "abe"] for name in ALL]
     assert all(row.split()[-1].endswith("x") for row in rows[::2])
     assert all(row.split()[:2] == ["fake-client", "9.9"] for row in rows[1::2])
     assert "abe/raw: abe's msgs/s over the raw client's" in captured.out
@@ -199,8 +242,8 @@ def test_a_stalled_workload_fails_after_the_timeout(
     assert main(["bench", "--messages", "10", "--timeout", "0.2", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (
-        "abe bench: publish (fake-client 9.9) made no progress for 0.2 s, after 0 of 10 "
-        "messages; is the broker up? (--timeout changes how long to wait)"
+        "abe bench: publish (fake-client 9.9, ~256 B, 1 key) made no progress for 0.2 s, "
+        "after 0 of 10 messages; is the broker up? (--timeout changes how long to wait)"
     )
     assert baseline.closed
 

@@ -1,8 +1,4 @@
-"""Redis Streams for abe: keys are streams, groups are consumer groups.
-
-Install with `pip install abe-mq-redis` and set `QUEUE_BACKEND=redis` and `REDIS_URL`;
-`abe.load_backend()` then returns a `RedisBackend`.
-"""
+"""Redis Streams for abe: keys are streams, groups are consumer groups (QUEUE_BACKEND=redis)."""
 
 from abe_mq_redis._backend import RedisBackend
 from abe_mq_redis._settings import RedisSettings

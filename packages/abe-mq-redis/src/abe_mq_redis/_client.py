@@ -1,10 +1,6 @@
-"""redis.asyncio clients built from RedisSettings: one place decides every connection option.
+"""The connections to one Redis, shared by a backend and its receivers, and the calls on them.
 
-Two pools per backend: one for commands (publish, ack, claim), whose socket timeout is
-the operation timeout, and one for blocking XREADGROUP calls, whose socket timeout is
-the block time plus the operation timeout, so that redis-py never cuts a read that is
-still legitimately blocked on the server (its default socket timeout would).
-"""
+Commands are packed into RESP here and sent on redis-py's connections: same sockets, less work."""
 
 from __future__ import annotations
 
@@ -12,25 +8,24 @@ import asyncio
 import importlib
 import ssl
 import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
+from redis.asyncio import connection as connections
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from abe.errors import InvalidKeyError
 from abe_mq_redis._settings import RedisSettings
 
-__all__ = ["connection_kwargs", "make_client"]
+__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "pack", "reply"]
+
+Command = tuple[str | bytes | int, ...]
+"""A Redis command and its arguments (str as UTF-8, int as decimal)."""
 
 if sys.version_info >= (3, 12):
     from asyncio import timeout as _timeout
@@ -39,18 +34,160 @@ else:  # what redis-py itself uses there (asyncio.timeout is sound from 3.11.3)
         "asyncio" if sys.version_info >= (3, 11, 3) else "async_timeout"
     ).timeout
 
-_WAIT_FOR_KEEPS_CANCELLATION = sys.version_info >= (3, 12)
-"""Before 3.12, asyncio.wait_for loses a cancellation that arrives as its awaitable ends.
 
-redis-py bounds every socket write with `asyncio.wait_for` when a socket timeout is set,
-so a task cancelled just as its command was written would carry on as if nothing had
-happened (a consume loop that never stops: CPython gh-86296). On those versions abe's
-connections bound the write with a timeout context instead.
-"""
+def delayed_key(key: str, group: str) -> str:
+    """The sorted set of `group`'s entries of `key` nacked for longer than the timeout: no key
+    can take its name (keys have no `{`), and the hash tag keeps it in the stream's slot."""
+    return f"abe:{{{key}}}:delayed:{group}"
 
 
-class _CancellableSend(AbstractConnection):
-    """A connection whose writes never swallow a cancellation (see above)."""
+def pack(command: Command) -> bytes:
+    """One command as RESP: an array of bulk strings."""
+    args = [
+        a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else b"%d" % a
+        for a in command
+    ]
+    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args]))
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def reply(connection: connections.AbstractConnection) -> Any:
+    """The next reply on `connection`; an error reply is returned as its exception, not raised."""
+    try:
+        return await connection.read_response()
+    except ResponseError as exc:  # the server answered: the connection is still in step
+        return exc
+
+
+class RedisClient:
+    """The command and reading pools of one backend, made on first use, and the calls on them."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self._commands: Redis | None = None
+        self._reads: ConnectionPool | None = None
+        self._slots = asyncio.Semaphore(settings.pool_size)
+        self._idle: list[connections.AbstractConnection] = []
+
+    @property
+    def commands(self) -> Redis:
+        """The redis-py client for commands that do not block (timeout: the operation's)."""
+        if self._commands is None:
+            options = connection_kwargs(self.settings, self.settings.operation_timeout)
+            self._commands = Redis(connection_pool=ConnectionPool(**options))
+        return self._commands
+
+    @property
+    def read_pool(self) -> ConnectionPool:
+        """Connections for XREADGROUP BLOCK: their socket timeout outlasts the longest block."""
+        if self._reads is None:
+            timeout = self.settings.poll_interval + self.settings.operation_timeout
+            self._reads = ConnectionPool(**connection_kwargs(self.settings, timeout))
+        return self._reads
+
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
+        replies; a broken connection is replaced once, as redis-py does, a cut call drops it."""
+        packed, pool = (
+            b"".join([pack(command) for command in commands]),
+            self.commands.connection_pool,
+        )
+        async with self._slots:
+            for attempt in (1, 2):
+                connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
+                try:
+                    await connection.send_packed_command(packed, check_health=False)
+                    replies = [await reply(connection) for _ in commands]
+                except BaseException as exc:
+                    await connection.disconnect(nowait=True)
+                    await pool.release(connection)
+                    retry = isinstance(exc, RedisConnectionError) and attempt == 1
+                    if not retry or isinstance(exc, MaxConnectionsError):
+                        raise
+                else:
+                    self._idle.append(connection)
+                    return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send_checked(
+        self, commands: Sequence[Command], keys: Iterable[str], group: str | None = None
+    ) -> None:
+        """`send()`, raising the first error reply (see `raise_first`)."""
+        await self.raise_first(await self.send(commands), keys, group)
+
+    async def raise_first(
+        self, replies: Iterable[Any], keys: Iterable[str], group: str | None = None
+    ) -> None:
+        """Raise the first error reply; a WRONGTYPE as the InvalidKeyError naming the culprit."""
+        error = next((item for item in replies if isinstance(item, Exception)), None)
+        if error is None:
+            return
+        culprit = await self._culprit(tuple(keys), group) if "WRONGTYPE" in str(error) else None
+        if culprit is not None:
+            raise culprit from error
+        raise error
+
+    async def _culprit(self, keys: tuple[str, ...], group: str | None) -> InvalidKeyError | None:
+        """Which of `keys` (or, with `group`, of their delayed-nack sets) has another type."""
+        suspects = [(key, key, "stream") for key in keys]
+        suspects += [(delayed_key(key, group), key, "zset") for key in keys if group is not None]
+        try:
+            types = await self.send([("TYPE", name) for name, _, _ in suspects])
+        except Exception:  # the WRONGTYPE error, translated, says enough
+            return None
+        for (name, key, expected), found in zip(suspects, types, strict=True):
+            if isinstance(found, Exception) or as_text(found) in (expected, "none"):
+                continue
+            if expected == "stream":
+                return InvalidKeyError(
+                    f"key {key!r} holds a Redis {as_text(found)}, not a stream, so abe cannot "
+                    f"publish to it or read it; use another key, or remove that "
+                    f"{as_text(found)} if nothing needs it"
+                )
+            return InvalidKeyError(
+                f"key {name!r} holds a Redis {as_text(found)}, but abe keeps group {group!r}'s "
+                f"long-delayed nacks of {key!r} under that name; something other than abe "
+                f"wrote it there: remove it (DEL {name}) if nothing needs it"
+            )
+        return None
+
+    async def create_groups(self, group: str, keys: Sequence[str]) -> None:
+        """XGROUP CREATE <key> <group> 0 MKSTREAM for each key: a new group reads from the start."""
+        found = await self.send([("XGROUP", "CREATE", key, group, "0", "MKSTREAM") for key in keys])
+        await self.raise_first([item for item in found if "BUSYGROUP" not in str(item)], keys)
+
+    async def delete_keys(self, keys: Sequence[str]) -> None:
+        """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
+        doomed: list[str] = []
+        for key in keys:
+            kind = as_text(await self.commands.type(key))
+            if kind not in ("stream", "none"):
+                raise InvalidKeyError(
+                    f"key {key!r} holds a Redis {kind}, not a stream, so abe did not make it "
+                    f"and will not delete it; remove it yourself if nothing needs it"
+                )
+            groups = await self.commands.xinfo_groups(key) if kind == "stream" else []
+            doomed += [key, *(delayed_key(key, as_text(group["name"])) for group in groups)]
+        await self.commands.delete(*doomed)
+
+    async def close(self) -> None:
+        """Give the connections back and close both pools."""
+        idle, self._idle = self._idle, []
+        commands, reads, self._commands, self._reads = self._commands, self._reads, None, None
+        if commands is not None:
+            for connection in idle:
+                await commands.connection_pool.release(connection)
+            await commands.aclose(close_connection_pool=True)
+        if reads is not None:
+            await reads.disconnect()
+
+
+class _CancellableSend(connections.AbstractConnection):
+    """redis-py bounds writes with asyncio.wait_for, which before 3.12 can lose a cancellation
+    (CPython gh-86296: a consume loop that never stops); these bound them with a timeout."""
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
@@ -69,65 +206,42 @@ class _CancellableSend(AbstractConnection):
             self.socket_timeout = limit
 
 
-class _TcpConnection(_CancellableSend, Connection):
-    """redis-py's TCP connection, with cancellable writes."""
-
-
-class _TlsConnection(_CancellableSend, SSLConnection):
-    """redis-py's TLS connection, with cancellable writes."""
-
-
-class _UnixConnection(_CancellableSend, UnixDomainSocketConnection):
-    """redis-py's Unix-socket connection, with cancellable writes."""
-
-
-_SAFE_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
-    Connection: _TcpConnection,
-    SSLConnection: _TlsConnection,
-    UnixDomainSocketConnection: _UnixConnection,
+SAFE_CONNECTIONS = {
+    base: cast(
+        "type[connections.AbstractConnection]", type(base.__name__, (_CancellableSend, base), {})
+    )
+    for base in (
+        connections.Connection,
+        connections.SSLConnection,
+        connections.UnixDomainSocketConnection,
+    )
 }
+"""redis-py's connection classes with cancellable writes, used before Python 3.12."""
 
 
-def connection_kwargs(settings: RedisSettings, *, socket_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for a redis.asyncio ConnectionPool reaching `settings.url`.
-
-    Options in the URL's query string (redis-py's own, e.g. `?ssl_cert_reqs=none`) are
-    honoured; credentials and TLS files come from the settings; RESP2 is always used.
-    TLS verifies the certificate and the host name unless the URL turns that off: redis-py
-    5.x does not check the host name by default, 8.x does, and abe must not depend on which.
-    A connection error is retried 3 times on a fresh connection (a server restart leaves
-    stale pooled sockets); a timeout is not, so no call outlives its timeout by much.
-    """
-    kwargs: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": settings.operation_timeout,
-        "retry": Retry(
-            ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
-        ),
-        "health_check_interval": 0,
-    }
-    kwargs.update(parse_url(settings.url))
-    kwargs["protocol"] = 2
-    kwargs["username"] = settings.username
-    kwargs["password"] = settings.password.reveal() if settings.password else None
-    connection_class = kwargs.get("connection_class", Connection)
-    if not _WAIT_FOR_KEEPS_CANCELLATION:
-        kwargs["connection_class"] = _SAFE_CLASSES.get(connection_class, connection_class)
-    if connection_class is not UnixDomainSocketConnection:
+def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[str, Any]:
+    """ConnectionPool options for `settings`: RESP2, TLS checking the host name too (5.x does not
+    by default), connection errors retried 3 times on a fresh connection, timeouts never."""
+    retry = Retry(
+        ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
+    )
+    password = settings.password.reveal() if settings.password else None
+    kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "retry": retry}
+    kwargs.update(socket_connect_timeout=settings.operation_timeout, health_check_interval=0)
+    kwargs.update(connections.parse_url(settings.url))
+    kwargs.update(protocol=2, username=settings.username, password=password)
+    kind = kwargs.get("connection_class", connections.Connection)
+    if sys.version_info < (3, 12):
+        kwargs["connection_class"] = SAFE_CONNECTIONS.get(kind, kind)
+    if kind is not connections.UnixDomainSocketConnection:
         kwargs.setdefault("socket_keepalive", True)
-    if connection_class is SSLConnection:
+    if kind is connections.SSLConnection:
         cert_reqs = kwargs.setdefault("ssl_cert_reqs", "required")
-        verifies = cert_reqs not in ("none", ssl.CERT_NONE)  # no name check without a chain
-        kwargs.setdefault("ssl_check_hostname", verifies)
+        kwargs.setdefault("ssl_check_hostname", cert_reqs not in ("none", ssl.CERT_NONE))
         if settings.tls_ca_file is not None:
             kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-            kwargs["ssl_certfile"] = str(settings.tls_cert_file)
-            kwargs["ssl_keyfile"] = str(settings.tls_key_file)
+            kwargs.update(
+                ssl_certfile=str(settings.tls_cert_file), ssl_keyfile=str(settings.tls_key_file)
+            )
     return kwargs
-
-
-def make_client(settings: RedisSettings, *, socket_timeout: float) -> Redis:
-    """A redis.asyncio client with its own connection pool (no limit: callers bound it)."""
-    pool = ConnectionPool(**connection_kwargs(settings, socket_timeout=socket_timeout))
-    return Redis(connection_pool=pool)

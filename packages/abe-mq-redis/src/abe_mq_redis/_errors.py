@@ -1,214 +1,166 @@
-"""The one place redis-py's exceptions become abe's (STYLE.md 6).
-
-Every class in `redis.exceptions` maps to the most specific `abe.errors` class; the
-unit tests walk them all. Messages name the cause and the variable to change, and
-never hold a secret: they show the server as `RedisSettings.address`, which has none.
-"""
+"""redis-py's exceptions and the abe errors they become, each with what to do about it; some
+hints depend on the timeout and the scheme, so each backend builds its own `error_map()`."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import ssl
+from collections.abc import Callable
 
 from redis import exceptions as redis_errors
 
-from abe.errors import (
-    AbeError,
-    AuthenticationError,
-    BackendUnavailableError,
-    ConfigurationError,
-    InvalidKeyError,
-    PayloadError,
-)
+from abe.provider import ErrorMap, ErrorRule, auth, config, invalid_key, payload, unavailable
 
-__all__ = ["reserved_name_error", "translate_error", "wrong_type_error"]
+__all__ = ["ERRORS", "error_map"]
+
+_TLS_FAILED = "the TLS handshake failed: "
+_CLIENT_CERTIFICATE = "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
 
 
-def _classes(*names: str) -> tuple[type[Exception], ...]:
-    """The named redis-py exception classes this version has (older ones lack some)."""
-    found = (getattr(redis_errors, name, None) for name in names)
-    return tuple(cls for cls in found if isinstance(cls, type) and issubclass(cls, Exception))
+def _cause(
+    pattern: str, *kinds: type[BaseException], codes: tuple[int, ...] = ()
+) -> Callable[[BaseException], bool]:
+    """A test: is the error, or one of 4 causes (TLS failures arrive wrapped), one of `kinds`,
+    with an OpenSSL verify code in `codes`, or saying `pattern` (a regular expression)?"""
+    said = re.compile(pattern)
+
+    def test(error: BaseException) -> bool:
+        chain = [error]
+        while len(chain) < 5 and (cause := chain[-1].__cause__ or chain[-1].__context__):
+            chain.append(cause)
+        return any(
+            isinstance(item, kinds)
+            or getattr(item, "verify_code", 0) in codes
+            or said.search(str(item))
+            for item in chain
+        )
+
+    return test
 
 
-_CLUSTER_ERRORS = _classes(
-    "ClusterError",
-    "AskError",  # MovedError too
-    "ClusterCrossSlotError",
-    "TryAgainError",
-    "RedisClusterException",  # SlotNotCovered, CrossSlotTransaction, ...
-)
-_AUTH_ERRORS = _classes(
-    "AuthenticationError",
-    "AuthenticationWrongNumberOfArgsError",
-    "AuthorizationError",
-    "ExternalAuthProviderError",
-)
-_POOL_EXHAUSTED = _classes("MaxConnectionsError")
+_host_mismatch = _cause("(?i)(hostname|ip address) mismatch", codes=(62, 64))  # X509_V_ERR_...
+_untrusted = _cause("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError)
+_handshake = _cause("SSL", ssl.SSLError)
+_dropped = _cause("(?i)closed by server|reset by peer|connection lost|broken pipe")
 
 
-def wrong_type_error(key: str, found: str) -> InvalidKeyError:
-    """The error for a key that exists in Redis with a type other than stream."""
-    what = f"a Redis {found}" if found and found != "none" else "a value of another type"
-    return InvalidKeyError(
-        f"key {key!r} holds {what}, not a stream, so abe cannot publish to it or read it; "
-        f"use another key, or remove that {found if found != 'none' else 'value'} "
-        f"if nothing needs it"
+def _classes(*names: str) -> list[type[BaseException]]:
+    """The named classes of redis.exceptions that this redis-py has (5.3 lacks some of 6.x's)."""
+    return [klass for name in names if isinstance(klass := getattr(redis_errors, name, None), type)]
+
+
+def error_map(*, tls: bool, timeout: float) -> ErrorMap:
+    """The table for a backend whose URL does (or not) use TLS, with this operation timeout."""
+    dropped = (
+        f"if this happens on every connection, the server may refuse this client's TLS "
+        f"certificate, or want one: set {_CLIENT_CERTIFICATE}"
+        if tls
+        else "if this happens on every connection, the server may expect TLS: use rediss://"
     )
-
-
-def reserved_name_error(name: str, found: str, holds: str) -> InvalidKeyError:
-    """The error for a name abe keeps `holds` in, taken by a value of type `found`."""
-    return InvalidKeyError(
-        f"key {name!r} holds a Redis {found}, but abe keeps {holds} under that name; "
-        f"something other than abe wrote it there: remove it (DEL {name}) if nothing needs it"
+    unreachable = [
+        unavailable(
+            f"{_TLS_FAILED}the server's certificate is valid, but not for the host name (or "
+            "address) in REDIS_URL, so it may not be this server. Write in REDIS_URL a name the "
+            "certificate lists, or have the certificate issued for this name; REDIS_TLS_CA_FILE "
+            "only chooses which CA is trusted and cannot fix this",
+            when=_host_mismatch,
+        ),
+        unavailable(
+            f"{_TLS_FAILED}the server's certificate is not signed by a trusted CA (or is not "
+            "valid now). Set REDIS_TLS_CA_FILE to the CA that signed it",
+            when=_untrusted,
+        ),
+        unavailable(
+            f"{_TLS_FAILED}does this server speak TLS on this port (else use redis://), and does "
+            f"it require a client certificate ({_CLIENT_CERTIFICATE})?",
+            when=lambda error: tls and _handshake(error),
+        ),
+        unavailable(dropped, when=_dropped),
+        unavailable("cannot reach the server; check REDIS_URL and that the server is up"),
+    ]
+    slow = (
+        f"the server did not answer within {timeout:g}s; check that it is up and reachable%s, "
+        "or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
     )
+    silent_tls = (  # a rediss:// client waits for a handshake that a plain port never answers
+        " (with rediss://, a server that does not speak TLS on this port never answers the "
+        "handshake: use redis:// for a plain port)"
+    )
+    timed_out = [
+        unavailable(
+            slow % silent_tls, when=lambda error: tls and "connecting" in str(error).lower()
+        ),
+        unavailable(slow % ""),
+    ]
+    credentials = auth(
+        "the server refused the credentials; check REDIS_USERNAME and REDIS_PASSWORD, or the "
+        "user name and password in REDIS_URL"
+    )
+    cluster = config(
+        "REDIS_URL",
+        "it points at a Redis Cluster node; abe-mq-redis needs a standalone server or a primary",
+    )
+    exhausted = (
+        "every pooled connection is in use; raise ABE_REDIS_POOL_SIZE or publish from fewer "
+        "tasks at once"
+    )
+    anything = unavailable("")
+    rules: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
+        redis_errors.AuthenticationError: credentials,
+        redis_errors.AuthenticationWrongNumberOfArgsError: credentials,
+        **dict.fromkeys(_classes("AuthorizationError", "ExternalAuthProviderError"), credentials),
+        redis_errors.NoPermissionError: auth(
+            "the user may not do this; grant it what abe needs on these keys and their "
+            "delayed-nack sets: ACL SETUSER <user> +@stream +@sortedset +@transaction "
+            "+@connection +type ~<key pattern> ~abe:{<key pattern>"
+        ),
+        redis_errors.RedisClusterException: cluster,
+        redis_errors.ClusterError: cluster,
+        redis_errors.AskError: cluster,  # MovedError too
+        redis_errors.ClusterCrossSlotError: cluster,
+        redis_errors.TryAgainError: cluster,
+        redis_errors.MaxConnectionsError: unavailable(exhausted),
+        redis_errors.BusyLoadingError: unavailable(
+            "the server is loading its data set after a restart; it answers again once loaded"
+        ),
+        # asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on, socket.timeout too
+        **dict.fromkeys((redis_errors.TimeoutError, asyncio.TimeoutError, TimeoutError), timed_out),
+        redis_errors.ConnectionError: [  # redis-py 5.x's pool says "Too many connections"
+            unavailable(exhausted, when=lambda error: str(error) == "Too many connections"),
+            *unreachable,
+        ],
+        OSError: unreachable,
+        redis_errors.InvalidResponse: unavailable(
+            "the reply is not the Redis protocol; is REDIS_URL the address of a Redis server"
+            f"{'' if tls else ' (for a TLS port, use rediss://)'}?"
+        ),
+        redis_errors.ReadOnlyError: unavailable(
+            "the server is a read-only replica; point REDIS_URL at the primary"
+        ),
+        redis_errors.OutOfMemoryError: unavailable(
+            "the server is out of memory; consume the backlog, raise maxmemory, or set "
+            "ABE_REDIS_MAXLEN to trim streams"
+        ),
+        redis_errors.DataError: payload("redis-py refused the data to send"),
+        redis_errors.ResponseError: [
+            invalid_key(
+                "a key holds a Redis value that is not a stream; use another key",
+                when=lambda error: str(error).startswith("WRONGTYPE"),
+            ),
+            unavailable(
+                "the server does not know a command abe needs; abe-mq-redis needs Redis 6.2 or "
+                "later",
+                when=lambda error: "unknown command" in str(error).lower(),
+            ),
+            unavailable("the server refused a command"),
+        ],
+        redis_errors.RedisError: anything,
+        redis_errors.ChildDeadlockedError: anything,
+        **dict.fromkeys(_classes("IncorrectPolicyType"), anything),
+    }
+    return ErrorMap("redis", rules)
 
 
-def translate_error(error: Exception, where: str, *, tls: bool, timeout: float) -> Exception:
-    """The abe error for `error`, raised while talking to the Redis at `where` (no secret).
-
-    `tls` says whether the URL asked for TLS (for hints about mismatches) and `timeout`
-    is the operation timeout, for messages about calls that took too long.
-    """
-    if isinstance(error, AbeError):
-        return error
-    message = _text(error)
-    if isinstance(error, _AUTH_ERRORS):
-        return AuthenticationError(
-            f"redis at {where} refused the credentials ({message}); check REDIS_USERNAME "
-            f"and REDIS_PASSWORD, or the user name and password in REDIS_URL"
-        )
-    if isinstance(error, redis_errors.NoPermissionError):
-        return AuthenticationError(
-            f"redis at {where}: the user may not do this ({message}); grant it what abe "
-            f"needs on these keys and its delayed-nack sets: ACL SETUSER <user> +@stream "
-            f"+@sortedset +@transaction +@connection +type ~<key pattern> ~abe:{{<key pattern>"
-        )
-    if isinstance(error, _CLUSTER_ERRORS):
-        return ConfigurationError(
-            "redis",
-            {
-                "REDIS_URL": f"points at a Redis Cluster node ({message}); abe-mq-redis needs "
-                f"a standalone Redis server or a primary (got {where!r})"
-            },
-        )
-    if isinstance(error, _POOL_EXHAUSTED) or str(error) == "Too many connections":
-        return BackendUnavailableError(
-            f"redis at {where}: every pooled connection is in use ({message}); raise "
-            f"ABE_REDIS_POOL_SIZE or publish from fewer tasks at once"
-        )
-    if isinstance(error, redis_errors.BusyLoadingError):
-        return BackendUnavailableError(
-            f"redis at {where} is loading its data set after a restart ({message}); "
-            f"it answers again once loaded"
-        )
-    if isinstance(error, (redis_errors.TimeoutError, asyncio.TimeoutError, socket.timeout)):
-        handshake = (
-            " (with rediss://, a server that does not speak TLS on this port never answers the "
-            "handshake: use redis:// for a plain port)"
-            if tls and "connecting" in message.lower()
-            else ""
-        )
-        return BackendUnavailableError(
-            f"redis at {where} did not answer within {timeout:g}s ({message}); check that it "
-            f"is up and reachable{handshake}, or raise ABE_MQ_OPERATION_TIMEOUT if it is only "
-            f"slow"
-        )
-    if isinstance(error, (redis_errors.ConnectionError, OSError)):
-        return BackendUnavailableError(
-            f"cannot reach redis at {where} ({message}){_hint(error, tls)}"
-        )
-    if isinstance(error, redis_errors.InvalidResponse):
-        return BackendUnavailableError(
-            f"redis at {where} sent a reply that is not the Redis protocol ({message}); is "
-            f"REDIS_URL the address of a Redis server{_tls_hint(tls)}?"
-        )
-    if isinstance(error, redis_errors.ReadOnlyError):
-        return BackendUnavailableError(
-            f"redis at {where} is a read-only replica ({message}); point REDIS_URL at the primary"
-        )
-    if isinstance(error, redis_errors.OutOfMemoryError):
-        return BackendUnavailableError(
-            f"redis at {where} is out of memory ({message}); consume the backlog, raise "
-            f"maxmemory, or set ABE_REDIS_MAXLEN to trim streams"
-        )
-    if isinstance(error, redis_errors.DataError):
-        return PayloadError(f"redis-py refused the data to send: {message}")
-    if isinstance(error, redis_errors.ResponseError):
-        if message.startswith("WRONGTYPE"):
-            return InvalidKeyError(
-                f"a key holds a Redis value that is not a stream ({message}); use another key"
-            )
-        if "unknown command" in message.lower():
-            return BackendUnavailableError(
-                f"redis at {where} does not know a command abe needs ({message}); abe-mq-redis "
-                f"needs Redis 6.2 or later"
-            )
-        return BackendUnavailableError(f"redis at {where} refused a command: {message}")
-    if isinstance(error, (redis_errors.RedisError, redis_errors.ChildDeadlockedError)):
-        return BackendUnavailableError(f"redis at {where}: {type(error).__name__}: {message}")
-    if type(error).__module__.split(".")[0] == "redis":  # IncorrectPolicyType and the like
-        return BackendUnavailableError(f"redis at {where}: {type(error).__name__}: {message}")
-    return error
-
-
-_HOST_MISMATCH = re.compile(r"(?i)hostname mismatch|ip address mismatch")
-"""How OpenSSL says that the certificate is for another name."""
-_HOST_MISMATCH_CODES = (62, 64)
-"""X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
-
-_DROPPED = ("closed by server", "reset by peer", "connection lost", "broken pipe")
-"""Words of errors where the server hung up: a hint of a TLS mismatch on a new connection."""
-
-
-def _text(error: BaseException) -> str:
-    text = str(error).strip()
-    return text or type(error).__name__
-
-
-def _hint(error: BaseException, tls: bool) -> str:
-    """A pointer to the likely fix when the failure looks like a TLS mismatch."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and len(chain) < 5:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    texts = " ".join(_text(item) for item in chain)
-    if any(_HOST_MISMATCH.search(_text(item)) for item in chain) or any(
-        getattr(item, "verify_code", None) in _HOST_MISMATCH_CODES for item in chain
-    ):
-        return (
-            "; the TLS handshake failed: the server's certificate is valid, but not for the "
-            "host name (or address) in REDIS_URL, so it may not be this server. Write in "
-            "REDIS_URL a name the certificate lists, or have the certificate issued for this "
-            "name; REDIS_TLS_CA_FILE only chooses which CA is trusted and cannot fix this"
-        )
-    if any(isinstance(item, ssl.SSLCertVerificationError) for item in chain) or (
-        "CERTIFICATE_VERIFY_FAILED" in texts
-    ):
-        return (
-            "; the TLS handshake failed: the server's certificate is not signed by a trusted "
-            "CA (or is not valid now). Set REDIS_TLS_CA_FILE to the CA that signed it"
-        )
-    lowered = texts.lower()
-    dropped = any(word in lowered for word in _DROPPED)
-    if tls and (any(isinstance(item, ssl.SSLError) for item in chain) or "SSL" in texts):
-        return (
-            "; the TLS handshake failed: does this server speak TLS on this port (else use "
-            "redis://), and does it require a client certificate (REDIS_TLS_CERT_FILE and "
-            "REDIS_TLS_KEY_FILE)?"
-        )
-    if tls and dropped:
-        return (
-            "; if this happens on every connection, the server may refuse this client's TLS "
-            "certificate, or want one: set REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
-        )
-    if dropped:
-        return "; if this happens on every connection, the server may expect TLS: use rediss://"
-    return ""
-
-
-def _tls_hint(tls: bool) -> str:
-    return "" if tls else " (for a TLS port, use rediss://)"
+ERRORS = error_map(tls=False, timeout=10.0)
+"""The table of a backend with the default settings (a plain URL, a 10 s timeout)."""

@@ -1,26 +1,5 @@
-"""The reader of one consumer group over some streams: XREADGROUP, XAUTOCLAIM, XACK, XCLAIM.
-
-Reading. Every fetch first does the work that is due (at most every quarter of the
-redelivery timeout, at least every second, and at once when a nacked entry comes due):
-entries whose delivery was not acknowledged within the redelivery timeout are reclaimed
-with XAUTOCLAIM, which raises their delivery count (the attempt number, read back with
-XPENDING for those entries only). Then new entries are read with one XREADGROUP over
-every key, blocking on the server at most the block time, on a connection this member
-keeps for itself (its socket timeout outlasts the block).
-
-Acknowledging. `ack()` sends XACK per key, one round trip for all keys. When a fetch is
-about to start, its XREADGROUP carries the XACKs in the same write instead: a consumer
-that acks and asks for more costs one round trip, not two.
-
-Delays. nack(delay) leaves the entry in the group's pending list (so nothing is lost if
-this process dies) and sets its idle time so that XAUTOCLAIM takes it exactly when the
-delay has passed: `XCLAIM ... IDLE <redelivery timeout - delay> JUSTID`. A delay longer
-than the redelivery timeout is also written to the sorted set `abe:{<key>}:delayed:<group>`
-(score = due time, ms since the epoch): until it is due, the member holding the entry
-keeps resetting its idle time, and a member that reclaims it early (its holder died)
-sees the score and holds it in turn; once it is due within one redelivery timeout, any
-member arms it as above and removes it from the set.
-"""
+"""The reader of one consumer group over some streams; README "Operating notes" says how it
+reclaims (XAUTOCLAIM), acknowledges (XACKs ride with the next XREADGROUP) and delays nacks."""
 
 from __future__ import annotations
 
@@ -29,116 +8,72 @@ import heapq
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
 
-from abe.backends.message_queue.base.codec import IncomingMessage
-from abe.backends.message_queue.base.receiver import Receiver
-from abe_mq_redis._wire import bulk, pack, reply
+from abe.provider import IncomingMessage, Receiver, bounded
+from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, pack, reply
 
-if TYPE_CHECKING:
-    from abe_mq_redis._backend import RedisBackend
-
-__all__ = ["RedisReceiver", "delayed_key"]
+__all__ = ["RedisReceiver"]
 
 log = logging.getLogger("abe.redis")
-
-_DATA = b"data"
-_MAX_TICK = 1.0
-"""Longest time between two reclaim rounds, whatever the redelivery timeout."""
-_ARM_BATCH = 100
-"""Most delayed entries one reclaim round arms per key."""
-_SLACK = 0.005
-"""Seconds past an entry's due time to look for it, so the server sees it idle enough."""
-_CLIENT_ID = pack(("CLIENT", "ID"))
+_MAX_TICK = 1.0  # the longest time between two reclaim rounds, whatever the timeout
+_ARM_BATCH = 100  # the most delayed entries one reclaim round arms per key
+_SLACK = 0.005  # seconds past an entry's due time to look for it: the server sees it idle enough
 
 
-def delayed_key(key: str, group: str) -> str:
-    """The sorted set holding `group`'s entries of `key` nacked for longer than the timeout.
-
-    Keys may not contain `{` or `}`, so no key a user publishes to can ever take this
-    name; `{<key>}` is a Redis Cluster hash tag, keeping the set in the stream's slot.
-    """
-    return f"abe:{{{key}}}:delayed:{group}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
+    """A stream entry, [id, fields], as a message: `data` is the body, other fields headers."""
+    entry_id, fields = entry[0].decode(), entry[1]
+    pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+    body = pairs.pop(b"data", b"")
+    headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs.items()}
+    return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
-def _message(key: str, entry_id: bytes, fields: Sequence[bytes], attempt: int) -> IncomingMessage:
-    """An IncomingMessage from a stream entry: `data` is the body, other fields headers."""
-    body = b""
-    headers: dict[str, str] = {}
-    pairs = iter(fields)
-    for name, value in zip(pairs, pairs, strict=False):
-        if name == _DATA:
-            body = value
-        else:
-            headers[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-    broker_id = entry_id.decode()
-    return IncomingMessage(key, body, headers, attempt, broker_id, broker_id)
-
-
-def _by_key(messages: Iterable[IncomingMessage]) -> dict[str, list[str]]:
+def _grouped(entries: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Entry ids by key, from (key, entry id) pairs."""
     grouped: dict[str, list[str]] = {}
-    for message in messages:
-        grouped.setdefault(message.key, []).append(message.broker_id)
+    for key, entry_id in entries:
+        grouped.setdefault(key, []).append(entry_id)
     return grouped
 
 
-_Carried = tuple[str, list[str], "_PendingAck"]
+def _ids(messages: Iterable[IncomingMessage]) -> dict[str, list[str]]:
+    """Entry ids by key, of messages."""
+    return _grouped((message.key, message.broker_id) for message in messages)
 
 
-class _PendingAck:
-    """Entries `ack()` was given, waiting one turn of the loop for a fetch to carry them."""
-
-    __slots__ = ("by_key", "done")
-
-    def __init__(self, by_key: dict[str, list[str]]) -> None:
-        self.by_key = by_key
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def settle(self, acked: bool) -> None:
-        if not self.done.done():
-            self.done.set_result(acked)
+def _settle(done: asyncio.Future[bool], acked: bool) -> None:
+    if not done.done():
+        done.set_result(acked)
 
 
 class RedisReceiver(Receiver):
     """One member (Redis consumer) of a group, reading `keys`."""
 
     def __init__(
-        self, backend: RedisBackend, group: str, keys: tuple[str, ...], consumer: str
+        self, client: RedisClient, group: str, keys: tuple[str, ...], consumer: str
     ) -> None:
-        settings = backend.settings
-        self._backend = backend
-        self._lane = backend._lane
-        self._read_pool = backend._reader().connection_pool
-        self._connection: AbstractConnection | None = None
-        self.group = group
-        self.keys = keys
-        self.consumer = consumer
+        settings = client.settings
+        self._client, self._read_pool = client, client.read_pool
+        self.group, self.keys, self.consumer = group, keys, consumer
         self._lease = settings.redelivery_timeout
-        self._lease_ms = max(1, round(settings.redelivery_timeout * 1000))
-        self._max_block = settings.poll_interval
+        self._lease_ms = max(1, round(self._lease * 1000))
         self._idle_limit_ms = round(settings.consumer_idle_timeout * 1000)
         self._tick = min(_MAX_TICK, max(0.05, self._lease / 4))
         self._next_tick = 0.0  # the first fetch reclaims what earlier members left
-        self._wakeups: list[float] = []  # when entries nacked with a delay come due
+        self._wakeups: list[float] = []  # a heap: when entries nacked with a delay come due
         self._cursors = dict.fromkeys(keys, "0-0")
-        self._held: dict[tuple[str, str], int] = {}  # (key, id) -> due (ms since epoch)
+        self._held: dict[tuple[str, str], int] = {}  # (key, id): due, in ms since the epoch
         self._held_refreshed = 0.0
         self._turn = 0
-        self._acks: list[_PendingAck] = []
-        self._reads: dict[tuple[tuple[str, ...], int], tuple[int, bytes, bytes]] = {}
-        self._xack_heads: dict[str, bytes] = {}
-        self._client_id: int | None = None  # of the reading connection, for CLIENT UNBLOCK
+        self._acks: dict[asyncio.Future[bool], dict[str, list[str]]] = {}  # for a read to carry
+        self._connection: AbstractConnection | None = None  # this member's, for blocking reads
+        self._client_id: int | None = None  # that connection's, for CLIENT UNBLOCK
         self._blocked_until: float | None = None  # while a blocking read is on the wire
-
-    # ---- reading ----------------------------------------------------------------------
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         now = time.monotonic()
@@ -146,13 +81,9 @@ class RedisReceiver(Receiver):
             reclaimed = await self._maintain(max_messages, now)
             if reclaimed:
                 return reclaimed
-        block = min(timeout, self._max_block, self._next_due() - time.monotonic())
-        return await self._read(max_messages, block)
-
-    def _next_due(self) -> float:
-        if self._wakeups:
-            return min(self._next_tick, self._wakeups[0])
-        return self._next_tick
+        due = min([self._next_tick, *self._wakeups[:1]]) - time.monotonic()
+        block = min(timeout, self._client.settings.poll_interval, due)
+        return await self._read(max_messages, int(block * 1000))
 
     def _share(self, credit: int) -> tuple[tuple[str, ...], int]:
         """Which keys to read and how many from each, so that the total stays within credit."""
@@ -163,85 +94,52 @@ class RedisReceiver(Receiver):
         self._turn += credit
         return (keys[start:] + keys[:start])[:credit], 1
 
-    async def _read(self, credit: int, block: float) -> list[IncomingMessage]:
+    def _xreadgroup(self, keys: tuple[str, ...], count: int, block_ms: int) -> Command:
+        block = ("BLOCK", block_ms) if block_ms > 0 else ()  # BLOCK 0 would wait forever
+        streams = ("STREAMS", *keys, *(">" for _ in keys))
+        return ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, *block, *streams)
+
+    async def _read(self, credit: int, block_ms: int) -> list[IncomingMessage]:
         keys, count = self._share(credit)
-        block_ms = int(block * 1000)
-        carried, self._acks = self._acks, []
-        acks = [(key, entry_ids, ack) for ack in carried for key, entry_ids in ack.by_key.items()]
-        parts = [self._xack(key, entry_ids) for key, entry_ids, _ in acks]
-        parts.append(self._xreadgroup(keys, count, block_ms))
-        packed = b"".join(parts)
+        carried, self._acks = self._acks, {}
+        acks = [(done, key, ids) for done, by_key in carried.items() for key, ids in by_key.items()]
+        commands: list[Command] = [("XACK", key, self.group, *ids) for _, key, ids in acks]
+        commands.append(self._xreadgroup(keys, count, block_ms))
         self._blocked_until = time.monotonic() + block_ms / 1000 if block_ms > 0 else None
         try:
-            result = await self._roundtrip(packed, acks)
+            result = await self._roundtrip(commands, [done for done, _, _ in acks])
         finally:
             self._blocked_until = None
-            for ack in carried:  # not carried through: ack() sends them itself
-                ack.settle(False)
-        if isinstance(result, ResponseError):
-            if str(result).startswith("NOGROUP"):
-                await self._recreate(result)
-                return []
-            raise await self._backend._refine(result, keys) from result
-        if not result:
+            for done in carried:  # not carried through: ack() sends them itself
+                _settle(done, False)
+        if str(result).startswith("NOGROUP"):
+            await self._recreate(result)
             return []
-        messages: list[IncomingMessage] = []
-        for stream, entries in result:
-            key = stream.decode()
-            for entry_id, fields in entries:
-                messages.append(_message(key, entry_id, fields, 1))
-        return messages
+        await self._client.raise_first([result], keys)
+        return [
+            _message(as_text(key), entry, 1) for key, entries in result or () for entry in entries
+        ]
 
-    def _xreadgroup(self, keys: tuple[str, ...], count: int, block_ms: int) -> bytes:
-        """XREADGROUP GROUP <group> <me> COUNT n [BLOCK ms] STREAMS <keys> > ..., as RESP."""
-        cached = self._reads.get((keys, count))
-        if cached is None:
-            head = pack(("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count))
-            tail = pack(("STREAMS", *keys, *(">" for _ in keys)))
-            size = 6 + 1 + 2 * len(keys)
-            cached = (size, head.partition(b"\r\n")[2], tail.partition(b"\r\n")[2])
-            if len(self._reads) < 256:
-                self._reads[keys, count] = cached
-        size, head, tail = cached
-        if block_ms <= 0:  # BLOCK 0 would wait forever: do not block at all
-            return b"*%d\r\n%b%b" % (size, head, tail)
-        block = b"$5\r\nBLOCK\r\n" + bulk(b"%d" % block_ms)
-        return b"*%d\r\n%b%b%b" % (size + 2, head, block, tail)
-
-    def _xack(self, key: str, entry_ids: list[str]) -> bytes:
-        head = self._xack_heads.get(key)
-        if head is None:
-            head = self._xack_heads[key] = pack(("XACK", key, self.group)).partition(b"\r\n")[2]
-        ids = b"".join([bulk(entry_id.encode()) for entry_id in entry_ids])
-        return b"*%d\r\n%b%b" % (3 + len(entry_ids), head, ids)
-
-    async def _roundtrip(self, packed: bytes, acks: list[_Carried]) -> Any:
-        """Send the XACKs and the XREADGROUP on this member's connection; the read's reply.
-
-        On a new connection, CLIENT ID goes first: `_wake()` needs it to cut a block short.
-        """
+    async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
+        """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
+        connection, after CLIENT ID on a new one (`_wake()` needs it); the read's reply."""
         for attempt in (1, 2):
+            if self._connection is None:
+                self._connection = await self._read_pool.get_connection()  # type: ignore[no-untyped-call]
             connection = self._connection
-            if connection is None:
-                connection = await self._read_pool.get_connection()  # type: ignore[no-untyped-call]
-                self._connection = connection
             try:
                 if not connection.is_connected:
                     self._client_id = None
                     await connection.connect()
-                ask_id = self._client_id is None
-                if ask_id:
-                    await connection.send_packed_command(_CLIENT_ID + packed, check_health=False)
-                    client_id = await reply(connection)  # refused (ACL): 0, do not ask again
+                ask: list[Command] = [("CLIENT", "ID")] if self._client_id is None else []
+                packed = b"".join([pack(command) for command in (*ask, *commands)])
+                await connection.send_packed_command(packed, check_health=False)
+                if ask:  # refused (an ACL user without CLIENT): 0, and never asked again
+                    client_id = await reply(connection)
                     self._client_id = client_id if isinstance(client_id, int) else 0
-                else:
-                    await connection.send_packed_command(packed, check_health=False)
-                failed: set[int] = set()
-                for _key, _ids, ack in acks:
-                    if isinstance(await reply(connection), Exception):
-                        failed.add(id(ack))
-                for _key, _ids, ack in acks:
-                    ack.settle(id(ack) not in failed)
+                failed = {done for done in acks if isinstance(await reply(connection), Exception)}
+                for done in acks:
+                    _settle(done, done not in failed)
                 return await reply(connection)
             except RedisConnectionError:
                 self._client_id = None
@@ -252,33 +150,21 @@ class RedisReceiver(Receiver):
     async def _wake(self, at: float) -> None:
         """Cut a blocking read short if it would outlast `at` (CLIENT UNBLOCK; best effort)."""
         until, client_id = self._blocked_until, self._client_id
-        if until is None or not client_id or at >= until - _SLACK:
-            return
-        try:
-            await self._lane.call(pack(("CLIENT", "UNBLOCK", client_id)))
-        except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
-            log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
+        if until is not None and client_id and at < until - _SLACK:
+            try:
+                await self._client.send([("CLIENT", "UNBLOCK", client_id)])
+            except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
+                log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
 
-    async def _recreate(self, error: ResponseError) -> None:
+    async def _recreate(self, error: object) -> None:
+        keys = ", ".join(self.keys)
         log.warning(
             "redis: group %r is missing on %s (%s); creating it again from the start of the "
             "stream (did the server restart without persistence, or was the key deleted?)",
-            self.group,
-            ", ".join(self.keys),
-            error,
+            *(self.group, keys, error),
         )
-        await self._backend._create_groups(self.group, self.keys)
+        await self._client.create_groups(self.group, self.keys)
         self._cursors = dict.fromkeys(self.keys, "0-0")
-
-    async def _raise_first(self, replies: Iterable[Any], keys: Iterable[str]) -> None:
-        """Raise the first error of `replies`; a WRONGTYPE as the error naming the key at fault."""
-        for item in replies:
-            if isinstance(item, ResponseError) and "WRONGTYPE" in str(item):
-                raise await self._backend._refine(item, tuple(keys), group=self.group) from item
-            if isinstance(item, Exception):
-                raise item
-
-    # ---- redelivery -------------------------------------------------------------------
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
         """The periodic work: keep held entries, arm delayed ones, reclaim the unfinished."""
@@ -289,136 +175,88 @@ class RedisReceiver(Receiver):
         if self._held:
             await self._keep_held(now, now_ms)
         keys, count = self._share(credit)
-        commands = []
+        group, me, window = self.group, self.consumer, now_ms + self._lease_ms
+        commands: list[Command] = []
         for key in keys:
-            delayed = delayed_key(key, self.group)
-            window = now_ms + self._lease_ms
-            commands.append(
-                pack(
-                    ("ZRANGEBYSCORE", delayed, "-inf", window, "WITHSCORES", "LIMIT", 0, _ARM_BATCH)
-                )
-            )
-            cursor = self._cursors[key]
-            commands.append(
-                pack(
-                    (
-                        *("XAUTOCLAIM", key, self.group, self.consumer, self._lease_ms, cursor),
-                        *("COUNT", count),
-                    )
-                )
-            )
-        replies = await self._lane.call(b"".join(commands), len(commands))
-        for item in replies:
-            if isinstance(item, ResponseError) and str(item).startswith("NOGROUP"):
-                await self._recreate(item)
-                return []
-        await self._raise_first(replies, keys)
-        due: dict[str, list[tuple[str, int]]] = {}
-        gone: dict[str, list[str]] = {}
-        claimed: list[IncomingMessage] = []
-        for index, key in enumerate(keys):
-            delayed_reply, auto = replies[2 * index], replies[2 * index + 1]
-            pairs = iter(delayed_reply)
-            due[key] = [
-                (_text(member), int(float(score)))
-                for member, score in zip(pairs, pairs, strict=False)
+            delayed = delayed_key(key, group)
+            commands += [
+                ("ZRANGEBYSCORE", delayed, "-inf", window, "WITHSCORES", "LIMIT", 0, _ARM_BATCH),
+                ("XAUTOCLAIM", key, group, me, self._lease_ms, self._cursors[key], "COUNT", count),
             ]
-            cursor = _text(auto[0])
-            self._cursors[key] = cursor
-            if cursor != "0-0":  # more of the pending list to scan: go on at the next fetch
-                self._next_tick = now
-            for entry in auto[1]:
-                if entry is not None and entry[1] is not None:  # Redis 6.2: nil if deleted
-                    claimed.append(_message(key, entry[0], entry[1], 0))
-            if len(auto) > 2 and auto[2]:  # entries deleted from the stream (Redis 7)
-                gone[key] = [_text(entry_id) for entry_id in auto[2]]
-        armed = await self._arm(due, gone, now, now_ms) if any(due.values()) or gone else set()
-        claimed = [message for message in claimed if (message.key, message.broker_id) not in armed]
-        if not claimed:
+        replies = await self._client.send(commands)
+        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
+        if missing is not None:
+            await self._recreate(missing)
             return []
-        return await self._settle_claimed(claimed, now, now_ms)
+        await self._client.raise_first(replies, keys, group)
+        due: list[tuple[str, str, int]] = []
+        gone: list[tuple[str, str]] = []
+        claimed: list[IncomingMessage] = []
+        for key, found, (cursor, entries, *deleted) in zip(
+            keys, replies[::2], replies[1::2], strict=True
+        ):
+            scores = zip(found[::2], found[1::2], strict=True)
+            due += [(key, as_text(entry_id), int(float(score))) for entry_id, score in scores]
+            self._cursors[key] = as_text(cursor)
+            if self._cursors[key] != "0-0":  # more of the pending list to scan: next fetch
+                self._next_tick = now
+            # an entry deleted from the stream: nil on Redis 6.2, listed apart on Redis 7
+            claimed += [_message(key, e, 0) for e in entries if e is not None and e[1] is not None]
+            gone += [(key, as_text(entry_id)) for entry_id in (deleted[0] if deleted else ())]
+        armed = await self._arm(due, gone, now, now_ms) if due or gone else set()
+        claimed = [message for message in claimed if (message.key, message.broker_id) not in armed]
+        return await self._settle_claimed(claimed, now, now_ms) if claimed else []
 
     async def _arm(
-        self,
-        due: dict[str, list[tuple[str, int]]],
-        gone: dict[str, list[str]],
-        now: float,
-        now_ms: int,
+        self, due: list[tuple[str, str, int]], gone: list[tuple[str, str]], now: float, now_ms: int
     ) -> set[tuple[str, str]]:
-        """Make delayed entries claimable exactly when due; forget those that are gone.
-
-        Returns the entries armed, which a reclaim of the same round must not deliver.
-        """
-        armed: set[tuple[str, str]] = set()
-        commands = []
-        for key, entries in due.items():
-            for entry_id, due_ms in entries:
-                remaining = due_ms - now_ms
-                idle = max(0, self._lease_ms - remaining)
-                commands.append(
-                    pack(
-                        (
-                            *("XCLAIM", key, self.group, self.consumer, 0, entry_id),
-                            *("IDLE", idle, "JUSTID"),
-                        )
-                    )
-                )
-                self._held.pop((key, entry_id), None)
-                armed.add((key, entry_id))
-                heapq.heappush(self._wakeups, now + max(0, remaining) / 1000 + _SLACK)
-            if entries:
-                ids = [entry_id for entry_id, _ in entries]
-                commands.append(pack(("ZREM", delayed_key(key, self.group), *ids)))
-        for key, entry_ids in gone.items():
-            commands.append(pack(("ZREM", delayed_key(key, self.group), *entry_ids)))
-            for entry_id in entry_ids:
-                self._held.pop((key, entry_id), None)
-        if commands:
-            await self._lane.call(b"".join(commands), len(commands))
+        """Make delayed entries claimable exactly when due and forget the gone; the entries armed,
+        which a reclaim of the same round must not deliver."""
+        commands: list[Command] = []
+        group, me = self.group, self.consumer
+        for key, entry_id, due_ms in due:
+            idle = max(0, self._lease_ms - (due_ms - now_ms))
+            commands.append(("XCLAIM", key, group, me, 0, entry_id, "IDLE", idle, "JUSTID"))
+            heapq.heappush(self._wakeups, now + max(0, due_ms - now_ms) / 1000 + _SLACK)
+        armed = {(key, entry_id) for key, entry_id, _ in due}
+        for entry in (*armed, *gone):
+            self._held.pop(entry, None)
+        for key, ids in _grouped(sorted({*armed, *gone})).items():
+            commands.append(("ZREM", delayed_key(key, group), *ids))
+        await self._client.send(commands)
         return armed
 
     async def _settle_claimed(
         self, claimed: list[IncomingMessage], now: float, now_ms: int
     ) -> list[IncomingMessage]:
-        """Attempt numbers for reclaimed entries; hold back those nacked until later.
-
-        An entry is in the delayed set only if its holder died before it came due (its
-        holder keeps resetting its idle time): this member then holds it, or arms it.
-        """
-        by_key = _by_key(claimed)
-        commands = [
-            pack(("XPENDING", message.key, self.group, message.broker_id, message.broker_id, 1))
+        """Attempt numbers for reclaimed entries; an entry still in the delayed set (its holder
+        died before it came due) is held, or armed, instead."""
+        by_key = _ids(claimed)
+        commands: list[Command] = [
+            ("XPENDING", message.key, self.group, message.broker_id, message.broker_id, 1)
             for message in claimed
         ]
-        commands += [
-            pack(("ZMSCORE", delayed_key(key, self.group), *entry_ids))
-            for key, entry_ids in by_key.items()
-        ]
-        replies = await self._lane.call(b"".join(commands), len(commands))
+        commands += [("ZMSCORE", delayed_key(key, self.group), *ids) for key, ids in by_key.items()]
+        replies = await self._client.send(commands)
+        await self._client.raise_first(replies[: len(claimed)], by_key, self.group)
         scores: dict[tuple[str, str], int] = {}
-        for offset, (key, entry_ids) in enumerate(by_key.items(), start=len(claimed)):
-            found = replies[offset]
-            if isinstance(found, Exception):
-                continue
-            for entry_id, score in zip(entry_ids, found, strict=False):
-                if score is not None:
-                    scores[key, entry_id] = int(float(score))
+        for (key, ids), found in zip(by_key.items(), replies[len(claimed) :], strict=True):
+            pairs = zip(ids, [] if isinstance(found, Exception) else found, strict=False)
+            scores.update({(key, i): int(float(score)) for i, score in pairs if score is not None})
         ready: list[IncomingMessage] = []
-        to_arm: dict[str, list[tuple[str, int]]] = {}
-        past: dict[str, list[str]] = {}
-        await self._raise_first(replies[: len(claimed)], by_key)
+        to_arm: list[tuple[str, str, int]] = []
+        past: list[tuple[str, str]] = []
         for message, pending in zip(claimed, replies, strict=False):
-            if not pending:  # acknowledged meanwhile by its earlier holder: done
-                continue
             entry = (message.key, message.broker_id)
             due = scores.get(entry)
+            if not pending:  # acknowledged meanwhile by its earlier holder: done
+                continue
             if due is not None and due - now_ms > self._lease_ms:
                 self._held[entry] = due
             elif due is not None and due > now_ms:
-                to_arm.setdefault(message.key, []).append((message.broker_id, due))
+                to_arm.append((*entry, due))
             else:
-                if due is not None:
-                    past.setdefault(message.key, []).append(message.broker_id)
+                past += [entry] if due is not None else []  # due by now: out of the set
                 message.attempt = int(pending[0][3])
                 ready.append(message)
         if to_arm or past:
@@ -427,61 +265,50 @@ class RedisReceiver(Receiver):
 
     async def _keep_held(self, now: float, now_ms: int) -> None:
         """Reset the idle time of entries nacked until later than one timeout from now."""
-        if now - self._held_refreshed < self._lease / 3:
-            return
-        self._held_refreshed = now
-        keep: dict[str, list[str]] = {}
-        for (key, entry_id), due_ms in list(self._held.items()):
-            if due_ms - now_ms <= self._lease_ms:
-                del self._held[key, entry_id]  # within reach: the sorted set arms it now
-            else:
-                keep.setdefault(key, []).append(entry_id)
-        if keep:
-            await self._claim(keep)
+        if now - self._held_refreshed >= self._lease / 3:
+            self._held_refreshed = now
+            for entry, due_ms in list(self._held.items()):
+                if due_ms - now_ms <= self._lease_ms:
+                    del self._held[entry]  # within reach: the sorted set arms it now
+            if self._held:
+                await self._claim(_grouped(self._held))
 
     async def _claim(self, by_key: dict[str, list[str]], *options: str | int) -> None:
         """XCLAIM to this consumer with JUSTID: resets idle time, leaves the count alone."""
-        commands = [
-            pack(("XCLAIM", key, self.group, self.consumer, 0, *entry_ids, *options, "JUSTID"))
-            for key, entry_ids in by_key.items()
+        me, group = self.consumer, self.group
+        claims: list[Command] = [
+            ("XCLAIM", key, group, me, 0, *ids, *options, "JUSTID") for key, ids in by_key.items()
         ]
-        await self._raise_first(await self._lane.call(b"".join(commands), len(commands)), by_key)
-
-    # ---- settling ---------------------------------------------------------------------
+        await self._client.send_checked(claims, by_key, group)
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
-        pending = _PendingAck(_by_key(messages))
-        self._acks.append(pending)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        by_key = self._acks[done] = _ids(messages)
         await asyncio.sleep(0)  # one turn: a fetch starting now carries them
-        if pending in self._acks:
-            self._acks.remove(pending)
-        elif await pending.done:
+        if self._acks.pop(done, None) is None and await done:
             return
-        commands = [self._xack(key, entry_ids) for key, entry_ids in pending.by_key.items()]
-        replies = await self._lane.call(b"".join(commands), len(commands))
-        await self._raise_first(replies, pending.by_key)
+        commands: list[Command] = [("XACK", key, self.group, *ids) for key, ids in by_key.items()]
+        await self._client.send_checked(commands, by_key, self.group)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         key, entry_id = message.key, message.broker_id
         if delay <= self._lease:
-            idle = max(0, self._lease_ms - round(delay * 1000))
-            await self._claim({key: [entry_id]}, "IDLE", idle)
-            due = time.monotonic() + delay + _SLACK
-            heapq.heappush(self._wakeups, due)
-            await self._wake(due)
+            await self._claim(
+                {key: [entry_id]}, "IDLE", max(0, self._lease_ms - round(delay * 1000))
+            )
+            heapq.heappush(self._wakeups, time.monotonic() + delay + _SLACK)
+            await self._wake(self._wakeups[0])
             return
         due_ms = int((time.time() + delay) * 1000)
-        commands = [
-            pack(("ZADD", delayed_key(key, self.group), due_ms, entry_id)),
-            pack(("XCLAIM", key, self.group, self.consumer, 0, entry_id, "JUSTID")),
+        commands: list[Command] = [
+            ("ZADD", delayed_key(key, self.group), due_ms, entry_id),
+            ("XCLAIM", key, self.group, self.consumer, 0, entry_id, "JUSTID"),
         ]
-        await self._raise_first(await self._lane.call(b"".join(commands), len(commands)), [key])
+        await self._client.send_checked(commands, [key], self.group)
         self._held[key, entry_id] = due_ms
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
-        await self._claim(_by_key(messages))
-
-    # ---- membership -------------------------------------------------------------------
+        await self._claim(_ids(messages))
 
     async def close(self) -> None:
         """Give back the reading connection; delete this consumer if it owns no pending entry."""
@@ -489,65 +316,39 @@ class RedisReceiver(Receiver):
         if connection is not None:
             await connection.disconnect()  # a read cut short may have left a reply unread
             await self._read_pool.release(connection)
-        for ack in self._acks:
-            ack.settle(False)
-        timeout = self._backend.settings.operation_timeout
+        for done in self._acks:
+            _settle(done, False)
         try:
-            await asyncio.wait_for(self.tidy(include_self=True), timeout)
+            await bounded(self.tidy(include_self=True), self._client.settings.operation_timeout)
         except Exception as exc:
             log.debug("redis: could not tidy the consumers of group %r: %s", self.group, exc)
 
     async def tidy(self, *, include_self: bool) -> None:
-        """Delete consumers of the group that own no pending entry and are idle (best effort).
-
-        Other members go once idle for ABE_REDIS_CONSUMER_IDLE_TIMEOUT; this one, when
-        `include_self`, at once. A consumer that owns pending entries is never deleted
-        (that would drop them); each deletion runs in WATCH/MULTI, so an XADD that could
-        hand a blocked read new entries in between cancels it.
-        """
-        commands = [pack(("XINFO", "CONSUMERS", key, self.group)) for key in self.keys]
-        try:
-            replies = await self._lane.call(b"".join(commands), len(commands))
-        except Exception as exc:
-            log.debug("redis: XINFO CONSUMERS failed: %s", exc)
-            return
-        for key, found in zip(self.keys, replies, strict=True):
-            if not isinstance(found, Exception) and self._doomed(found, include_self):
-                await self._delete_consumers(key, include_self)
+        """Delete, under WATCH, consumers that own no pending entry and are idle (this one, when
+        `include_self`, at once), so that none races a read; best effort."""
+        for key in self.keys:
+            async with self._client.commands.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    found: Any = await pipe.execute_command("XINFO", "CONSUMERS", key, self.group)
+                    doomed = self._doomed(found, include_self)
+                    if doomed:
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for name in doomed:
+                            pipe.execute_command("XGROUP", "DELCONSUMER", key, self.group, name)
+                        await pipe.execute()
+                except Exception as exc:  # WatchError: changed meanwhile; left for later
+                    log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
 
     def _doomed(self, consumers: Sequence[Sequence[Any]], include_self: bool) -> list[str]:
+        """The consumers to delete: none with pending entries; this one only when leaving."""
         names = []
         for consumer in consumers:
-            pairs = iter(consumer)
-            info = {_text(name): value for name, value in zip(pairs, pairs, strict=False)}
-            name = _text(info.get("name", b""))
-            if int(info.get("pending", 1)) != 0:
-                continue
-            if name == self.consumer:
-                if include_self:
-                    names.append(name)
-            elif int(info.get("idle", 0)) >= self._idle_limit_ms:
+            info = {as_text(k): v for k, v in zip(consumer[::2], consumer[1::2], strict=True)}
+            name = as_text(info.get("name", b""))
+            idle = int(info.get("idle", 0)) >= self._idle_limit_ms
+            if (include_self if name == self.consumer else idle) and int(
+                info.get("pending", 1)
+            ) == 0:
                 names.append(name)
         return names
-
-    async def _delete_consumers(self, key: str, include_self: bool) -> None:
-        client = self._backend._commands()
-        doomed: list[str] = []
-        async with client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                consumers: Any = await pipe.execute_command("XINFO", "CONSUMERS", key, self.group)
-                doomed = self._doomed(consumers, include_self)
-                if not doomed:
-                    return
-                pipe.multi()  # type: ignore[no-untyped-call]
-                for name in doomed:
-                    pipe.execute_command("XGROUP", "DELCONSUMER", key, self.group, name)
-                await pipe.execute()
-            except WatchError:
-                log.debug("redis: %r changed while tidying its consumers; left for later", key)
-                return
-            except ResponseError as exc:
-                log.debug("redis: tidying the consumers of %r failed: %s", key, exc)
-                return
-        log.debug("redis: deleted idle consumers %s of group %r on %r", doomed, self.group, key)

@@ -1,27 +1,30 @@
 """`abe bench`: throughput and latency of the configured backend, beside its raw client if any.
 
-The workloads are those of `abe.benchmarking` (publish, publish_many, end_to_end), each
-on a fresh key and group. When the backend's `raw_baseline()` gives one, the same
-workloads also run through the broker's client library, on the same broker, and the
-report shows abe/raw. Every key the run made is deleted at the end. Progress goes to
-stderr; the result to stdout as a table or, with `--json`, as one JSON document whose
-keys are stable (docs chart them):
+The workloads are those of `abe.benchmarking` (publish, publish_many, end_to_end and the
+drains), each on fresh keys and a fresh group, for each shape asked for: payload sizes
+(`--payload-bytes 256,4096,65536`) times key counts (`--keys 1,100`). When the backend's
+`raw_baseline()` gives one, the same workloads also run through the broker's client
+library, on the same broker, and the report shows abe/raw. Every key the run made is
+deleted at the end. Progress goes to stderr; the result to stdout as tables or, with
+`--json`, as one JSON document whose keys are stable (docs chart them):
 
     {
-      "schema": "abe-bench/1",
+      "schema": "abe-bench/2",
       "backend": {"name": "memory", "distribution": "abe-core", "version": "0.1.0"},
       "abe_version": "0.1.0",
       "python": "3.11.7",
       "python_implementation": "CPython",
       "platform": "Linux-6.1.0-x86_64-with-glibc2.36",
       "started_at": "2025-01-31T12:00:00Z",
-      "settings": {"messages": 2000, "payload_bytes": 256, "batch_size": 100, "timeout": 30.0},
+      "settings": {"messages": 2000, "batch_size": 100, "concurrency": 16, "timeout": 30.0},
       "raw_client": {"status": "none", "name": null},
-      "workloads": {
-        "publish":      {MEASUREMENT..., "raw": MEASUREMENT | null, "abe_over_raw": RATIOS | null},
-        "publish_many": {...},
-        "end_to_end":   {...}
-      }
+      "runs": [
+        {"payload_bytes": 256, "keys": 1, "workloads": {
+          "publish": {MEASUREMENT..., "raw": MEASUREMENT | null, "abe_over_raw": RATIOS | null},
+          "publish_many": {...}, "end_to_end": {...},
+          "drain": {...}, "drain_consumer": {...}, "drain_concurrent": {...}
+        }}
+      ]
     }
 
     MEASUREMENT = "messages": int, "seconds": float, "msgs_per_s": float,
@@ -30,9 +33,11 @@ keys are stable (docs chart them):
 
 `raw_client.status` is "measured" (a baseline ran; `name` is the client library),
 "none" (the backend has no raw baseline: "no raw client") or "skipped"
-(`--skip-baseline`). Latency is per call for publish, per batch call for publish_many,
-and per message (publish to receive) for end_to_end. A msgs_per_s ratio below 1, or a
-latency ratio above 1, is what abe costs over the raw client.
+(`--skip-baseline`); a baseline without the drains gives `"raw": null` for them. Latency
+is per call for publish, per batch call for publish_many, per message (publish to
+receive) for end_to_end, and between two messages handled for the drains, whose rate is
+(N - 1) / (last handled - first handled). A msgs_per_s ratio below 1, or a latency ratio
+above 1, is what abe costs over the raw client.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from abe._version import __version__
 from abe.backends.message_queue.base.backend import BaseBackend
 from abe.benchmarking import (
     MIN_PAYLOAD_BYTES,
+    RAW_WORKLOADS,
     WORKLOADS,
     AbeWorkloads,
     Measurement,
@@ -76,7 +82,7 @@ from abe.cli.progress import ProgressLine
 
 __all__ = ["SCHEMA", "BenchOptions", "add_parser", "render_table", "run", "run_bench"]
 
-SCHEMA = "abe-bench/1"
+SCHEMA = "abe-bench/2"
 
 log = logging.getLogger("abe.cli")
 
@@ -88,19 +94,24 @@ class BenchOptions:
     """The settings of one `abe bench` run."""
 
     messages: int = 10_000
-    payload_bytes: int = 256
+    payload_bytes: tuple[int, ...] = (256,)
+    keys: tuple[int, ...] = (1,)
     batch_size: int = 100
+    concurrency: int = 16
     timeout: float = 30.0
     skip_baseline: bool = False
+    workloads: tuple[str, ...] = WORKLOADS
 
-    def workload(self, key: str, group: str) -> Workload:
-        """These settings for one workload run on `key` and `group`."""
+    def workload(self, keys: tuple[str, ...], group: str, payload_bytes: int) -> Workload:
+        """These settings for one workload run on `keys` and `group`."""
         return Workload(
             messages=self.messages,
-            payload_bytes=self.payload_bytes,
+            payload_bytes=payload_bytes,
             batch_size=self.batch_size,
-            key=key,
+            key=keys[0],
             group=group,
+            keys=keys,
+            concurrency=self.concurrency,
         )
 
 
@@ -125,27 +136,20 @@ async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str,
         run_id = f"abe-bench-{secrets.token_hex(4)}"
         run_keys.append(f"{run_id}-warmup")
         await _warm_up(backend, run_keys[0], options.timeout)
-        abe_side = AbeWorkloads(backend)
-        workloads: dict[str, Any] = {}
-        for name in WORKLOADS:
-            slug = name.replace("_", "-")
-            run_keys += [f"{run_id}-{slug}", f"{run_id}-raw-{slug}"]
-            measured = await _measure(
-                getattr(abe_side, name),
-                options.workload(f"{run_id}-{slug}", run_id),
-                f"{name} (abe)",
-                options.timeout,
-                progress,
+        runs = []
+        for shape, (size, count) in enumerate(
+            (size, count) for size in options.payload_bytes for count in options.keys
+        ):
+            shaped = Shape(run_id, shape, size, count)
+            workloads = await _run_shape(
+                backend, baseline, options, shaped, run_keys=run_keys, progress=progress
             )
-            raw = None
-            if baseline is not None:
-                raw = await _measure_raw(baseline, name, options, run_id, progress)
-            workloads[name] = _entry(measured, raw)
+            runs.append({"payload_bytes": size, "keys": count, "workloads": workloads})
     finally:
         if baseline is not None:
             await _close_baseline(baseline)
         if isinstance(loaded.backend, BaseBackend) and run_keys:
-            await delete_own_keys(loaded.backend, run_keys)
+            await delete_own_keys(loaded.backend, run_keys, max(CLOSE_TIMEOUT, len(run_keys) / 10))
         await close_backend(loaded.backend)
     return {
         "schema": SCHEMA,
@@ -157,13 +161,76 @@ async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str,
         "started_at": started_at,
         "settings": {
             "messages": options.messages,
-            "payload_bytes": options.payload_bytes,
             "batch_size": options.batch_size,
+            "concurrency": options.concurrency,
             "timeout": options.timeout,
         },
         "raw_client": {"status": status, "name": baseline.name if baseline is not None else None},
-        "workloads": workloads,
+        "runs": runs,
     }
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One payload size and key count of a run, and how its keys are named."""
+
+    run_id: str
+    index: int
+    payload_bytes: int
+    keys: int
+
+    def keys_for(self, side: str, workload: str) -> tuple[str, ...]:
+        """Fresh keys for one side ("abe" or "raw") of one workload."""
+        slug = workload.replace("_", "-")
+        prefix = f"{self.run_id}-{self.index}-{side}-{slug}"
+        return tuple(f"{prefix}-{number}" for number in range(self.keys))
+
+    def label(self) -> str:
+        """How the progress lines name this shape."""
+        return f"~{self.payload_bytes} B, {self.keys} key{'s' if self.keys != 1 else ''}"
+
+
+async def _run_shape(
+    backend: BaseBackend,
+    baseline: RawBaseline | None,
+    options: BenchOptions,
+    shape: Shape,
+    *,
+    run_keys: list[str],
+    progress: TextIO | None,
+) -> dict[str, Any]:
+    """Every workload of one shape, abe's side and the raw client's."""
+    abe_side = AbeWorkloads(backend)
+    workloads: dict[str, Any] = {}
+    for name in options.workloads:
+        keys = shape.keys_for("abe", name)
+        run_keys.extend(keys)
+        measured = await _measure(
+            getattr(abe_side, name),
+            options.workload(keys, f"{shape.run_id}-{shape.index}-{name}", shape.payload_bytes),
+            f"{name} (abe, {shape.label()})",
+            options.timeout,
+            progress,
+        )
+        raw = None
+        raw_side = getattr(baseline, RAW_WORKLOADS[name], None)
+        if baseline is not None and raw_side is not None:
+            raw_keys = shape.keys_for("raw", name)
+            run_keys.extend(raw_keys)
+            workload = options.workload(
+                raw_keys, f"{shape.run_id}-{shape.index}-raw-{name}", shape.payload_bytes
+            )
+            raw = await _measure_raw(
+                baseline,
+                name,
+                raw_side,
+                workload,
+                shape.label(),
+                timeout=options.timeout,
+                stream=progress,
+            )
+        workloads[name] = _entry(measured, raw)
+    return workloads
 
 
 async def _warm_up(backend: BaseBackend, key: str, timeout: float) -> None:
@@ -218,17 +285,10 @@ async def _measure(
 
 
 async def _measure_raw(
-    baseline: RawBaseline, name: str, options: BenchOptions, run_id: str, stream: TextIO | None
+    baseline: RawBaseline, name: str, side: _Side, workload: Workload, label: str, **how: Any
 ) -> Measurement:
-    slug = name.replace("_", "-")
     try:
-        return await _measure(
-            getattr(baseline, name),
-            options.workload(f"{run_id}-raw-{slug}", f"{run_id}-raw"),
-            f"{name} ({baseline.name})",
-            options.timeout,
-            stream,
-        )
+        return await _measure(side, workload, f"{name} ({baseline.name}, {label})", **how)
     except CommandError:
         raise
     except Exception as exc:
@@ -261,31 +321,37 @@ def _now() -> str:
 
 
 def render_table(report: dict[str, Any]) -> list[str]:
-    """The report as the lines `abe bench` prints without --json."""
+    """The report as the lines `abe bench` prints without --json: one table per shape."""
     backend, settings, raw_client = report["backend"], report["settings"], report["raw_client"]
     origin = f"{backend['distribution']} {backend['version']}" if backend["distribution"] else "?"
     lines = [
         f"abe bench: {backend['name']} ({origin}), Python {report['python']}; "
-        f"{format_count(settings['messages'])} messages of ~{settings['payload_bytes']} bytes, "
-        f"publish_many batches of {settings['batch_size']}",
-        "",
+        f"{format_count(settings['messages'])} messages per workload, publish_many batches of "
+        f"{settings['batch_size']}, drain_concurrent with {settings['concurrency']} handlers",
     ]
     no_raw = "no raw client" if raw_client["status"] == "none" else "skipped"
-    rows = []
-    for name, entry in report["workloads"].items():
-        ratio = entry["abe_over_raw"]
-        shown = f"{ratio['msgs_per_s']:.2f}x" if ratio is not None else no_raw
-        rows.append([name, "abe", *_cells(entry), shown])
-        if entry["raw"] is not None:
-            rows.append(["", raw_client["name"], *_cells(entry["raw"]), ""])
     header = ["WORKLOAD", "CLIENT", "MESSAGES", "SECONDS", "MSGS/S", "P50 MS", "P99 MS", "ABE/RAW"]
-    lines += table(rows, header=header, right=(2, 3, 4, 5, 6))
+    for run in report["runs"]:
+        count = run["keys"]
+        lines += ["", f"payloads of ~{run['payload_bytes']} bytes, {count} key{'s' * (count != 1)}"]
+        rows = []
+        for name, entry in run["workloads"].items():
+            ratio = entry["abe_over_raw"]
+            shown = f"{ratio['msgs_per_s']:.2f}x" if ratio is not None else no_raw
+            rows.append([name, "abe", *_cells(entry), shown])
+            if entry["raw"] is not None:
+                rows.append(["", raw_client["name"], *_cells(entry["raw"]), ""])
+        lines += table(rows, header=header, right=(2, 3, 4, 5, 6))
     lines.append("")
     lines.append(
-        "latency: per call (publish), per batch (publish_many), publish to receive (end_to_end)"
+        "latency: per call (publish), per batch (publish_many), publish to receive "
+        "(end_to_end), between two messages handled (drains)"
     )
     if raw_client["status"] == "measured":
-        lines.append("abe/raw: abe's msgs/s over the raw client's; 1.00x means no overhead")
+        lines.append(
+            "abe/raw: abe's msgs/s over the raw client's (drain: batched acks; drain_consumer: "
+            "one ack each; drain_concurrent: batched acks); 1.00x means no overhead"
+        )
     return lines
 
 
@@ -308,10 +374,12 @@ def add_parser(
         "bench",
         help="measure throughput and latency of the configured backend",
         description=(
-            "Measure publish, publish_many and end-to-end (publish to receive and ack) on "
-            "the configured backend, each on a new key; when the backend ships a raw-client "
-            "baseline, run it too on the same broker and report abe/raw. Progress goes to "
-            "stderr, the result to stdout."
+            "Measure publish, publish_many, end-to-end (publish to receive and ack) and "
+            "draining a backlog (consume(), AsyncLoopConsumer at its defaults and with "
+            "--concurrency handlers) on the configured backend, each on new keys, for each "
+            "payload size and key count asked; when the backend ships a raw-client baseline, "
+            "run it too on the same broker and report abe/raw. Progress goes to stderr, the "
+            "result to stdout."
         ),
     )
     parser.add_argument(
@@ -323,11 +391,32 @@ def add_parser(
     )
     parser.add_argument(
         "--payload-bytes",
-        type=at_least(MIN_PAYLOAD_BYTES, "a benchmark body holds its number and send time"),
+        type=sizes(at_least(MIN_PAYLOAD_BYTES, "a benchmark body holds its number and send time")),
         default=defaults.payload_bytes,
-        metavar="B",
-        help=f"about how large each JSON body is, at least {MIN_PAYLOAD_BYTES} (default "
-        f"{defaults.payload_bytes})",
+        metavar="B[,B...]",
+        help=f"about how large each JSON body is, at least {MIN_PAYLOAD_BYTES}; several sizes "
+        f"(256,4096,65536) run every workload at each (default {defaults.payload_bytes[0]})",
+    )
+    parser.add_argument(
+        "--keys",
+        type=sizes(positive_int),
+        default=defaults.keys,
+        metavar="N[,N...]",
+        help="spread each workload's messages over N keys; several counts run each (default 1)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=defaults.concurrency,
+        metavar="C",
+        help=f"handlers of AsyncLoopConsumer in drain_concurrent (default {defaults.concurrency})",
+    )
+    parser.add_argument(
+        "--workloads",
+        type=workload_names,
+        default=defaults.workloads,
+        metavar="W[,W...]",
+        help=f"which workloads to run (default all: {','.join(WORKLOADS)})",
     )
     parser.add_argument(
         "--batch-size",
@@ -351,14 +440,37 @@ def add_parser(
     return parser
 
 
+def sizes(one: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
+    """A comma-separated list of numbers, each checked by `one`."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        return tuple(one(part.strip()) for part in text.split(",") if part.strip())
+
+    return parse
+
+
+def workload_names(text: str) -> tuple[str, ...]:
+    """Comma-separated workload names, each one `abe bench` knows."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {', '.join(unknown) or '(none)'}; choose from {', '.join(WORKLOADS)}"
+        )
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table or the JSON document."""
     options = BenchOptions(
         messages=args.messages,
         payload_bytes=args.payload_bytes,
+        keys=args.keys,
         batch_size=args.batch_size,
+        concurrency=args.concurrency,
         timeout=args.timeout,
         skip_baseline=args.skip_baseline,
+        workloads=args.workloads,
     )
     progress = None if args.json or args.no_progress else sys.stderr
     report = asyncio.run(run_bench(options, progress))

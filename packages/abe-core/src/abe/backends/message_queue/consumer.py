@@ -21,7 +21,7 @@ from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.base.subscription import Subscription
 from abe.backends.message_queue.protocol_backend import ProtocolBackend
-from abe.middleware import HandleNext, Middleware, chain_handle, installed
+from abe.middleware import HandleNext, Middleware, chain_handle, changes, installed
 from abe.types import (
     ConsumerGroup,
     MessageQueueBackendProtocol,
@@ -347,13 +347,28 @@ class AsyncLoopConsumer:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _call(self, handler: Handler) -> HandleNext:
-        """The handler behind every middleware: the process's, the backend's, the consumer's."""
+        """The handler behind every middleware: the process's, the backend's, the consumer's.
+
+        The chain is built once, and again whenever the process's middleware changes (an
+        instrumentation installed while this consumer runs).
+        """
 
         async def call(delivery: Delivery) -> None:
             await handler(delivery.payload)
 
-        middlewares = [*installed(), *self.backend.middleware, *self.middleware]
-        return chain_handle(middlewares, call) if middlewares else call
+        built: list[tuple[int, HandleNext]] = []
+
+        def chain() -> HandleNext:
+            middlewares = [*installed(), *self.backend.middleware, *self.middleware]
+            return chain_handle(middlewares, call) if middlewares else call
+
+        async def current(delivery: Delivery) -> None:
+            generation = changes()
+            if not built or built[0][0] != generation:
+                built[:] = [(generation, chain())]
+            await built[0][1](delivery)
+
+        return current
 
     async def _handle(self, delivery: Delivery, call: HandleNext) -> None:
         self.stats.in_flight += 1

@@ -53,7 +53,7 @@ class ProtocolBackend(BaseBackend):
 
     name: ClassVar[str] = "protocol"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        fan_out=False, per_key_ordering=False, persistence=False, native_delay=False
+        fan_out=False, per_key_ordering=False, persistence=False, native_delay=False, headers=False
     )
     key_rules: ClassVar[KeyRules] = KeyRules(
         max_length=1024,

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from abe.benchmarking import RawBaseline
+    from abe.backends.message_queue.base.bench_protocol import RawBaseline
 
 __all__ = ["DEFAULT_GROUP", "BaseBackend"]
 
@@ -205,7 +205,15 @@ class BaseBackend(abc.ABC):
         ids = [new_message_id() if message_id is None else check_message_id(message_id)]
         middlewares = self._middlewares()
         if middlewares:
-            publication = Publication(self.name, key, [payload], dict(headers or {}), ids, False)
+            publication = Publication(
+                self.name,
+                key,
+                [payload],
+                dict(headers or {}),
+                ids,
+                False,
+                self.capabilities.headers,
+            )
             await chain_publish(middlewares, self._publish_now)(publication)
             return
         message = self._prepare(payload, self._check_headers(headers), ids[0])
@@ -235,7 +243,9 @@ class BaseBackend(abc.ABC):
                 raise ValueError(
                     f"message_ids has {len(ids)} ids for {len(batch)} payloads; give one each"
                 )
-        publication = Publication(self.name, key, batch, dict(headers or {}), ids, True)
+        publication = Publication(
+            self.name, key, batch, dict(headers or {}), ids, True, self.capabilities.headers
+        )
         middlewares = self._middlewares()
         if middlewares:
             await chain_publish(middlewares, self._publish_now)(publication)

@@ -29,6 +29,8 @@ class Capabilities:
     Without it, both copies are delivered, with the same id; `abe.Deduplicate` handles
     them once in a consumer.
     """
+    headers: bool = True
+    """Messages carry headers (user headers, trace context); False refuses any."""
     max_payload_bytes: int = 1_048_576
     """The largest JSON body the backend accepts by default."""
     remote: bool = True

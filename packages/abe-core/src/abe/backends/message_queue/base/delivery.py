@@ -19,6 +19,9 @@ __all__ = ["Delivery"]
 class _Settler(Protocol):
     group: str
 
+    @property
+    def backend_name(self) -> str: ...
+
     async def _settle_ack(self, delivery: Delivery) -> None: ...
     async def _settle_nack(self, delivery: Delivery, delay: float) -> None: ...
     async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None: ...
@@ -51,6 +54,11 @@ class Delivery:
     def id(self) -> str:
         """abe's message id, or the broker's id for a message a foreign producer wrote."""
         return self.message.headers.get(HEADER_ID) or self.message.broker_id
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend it was delivered by, e.g. "redis"."""
+        return self._settler.backend_name
 
     @property
     def group(self) -> str:

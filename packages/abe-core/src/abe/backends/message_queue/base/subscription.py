@@ -93,6 +93,11 @@ class Subscription:
         self._acks: AckBatcher[IncomingMessage] = AckBatcher(self._flush_acks, max_batch=500)
 
     @property
+    def backend_name(self) -> str:
+        """The name of the backend this subscription reads from."""
+        return self._backend.name
+
+    @property
     def held(self) -> int:
         """Deliveries fetched from the broker and not yet settled (buffered ones included)."""
         return self._unsettled
