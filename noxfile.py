@@ -78,7 +78,7 @@ def _local(package: str, extras: str = "") -> str:
 
 def _install_with_core(session: nox.Session, package: str, *extra: str) -> None:
     """Install `package` from this checkout, with abe-core from this checkout too."""
-    targets = [_local(CORE, "[testing]")]
+    targets = [_local(CORE, "[testing,metrics]")]
     if package in INSTRUMENTATIONS:
         targets.append(_local(package, "[test]"))
     elif package != CORE:
@@ -129,7 +129,9 @@ def integration(session: nox.Session, package: str) -> None:
     folder = ROOT / "tests-integration" / package
     if not folder.is_dir():
         session.error(f"{package} has no integration tests: add tests-integration/{package}/")
-    providers = [_local(name) for name in PROVIDERS] if package in INSTRUMENTATIONS else []
+    # abe-core's own (`abe run`) and an instrumentation's run on every broker
+    wants_all = package == CORE or package in INSTRUMENTATIONS
+    providers = [_local(name) for name in PROVIDERS] if wants_all else []
     _install_with_core(session, package, *providers, "-r", "tests-integration/requirements.txt")
     session.run("pytest", str(folder), *session.posargs)
 

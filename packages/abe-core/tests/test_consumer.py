@@ -571,3 +571,93 @@ async def test_a_handler_may_dead_letter_a_permanent_error_at_once(
     assert consumer.stats == ConsumerStats(processed=2, retried=0, dead_lettered=1, in_flight=0)
     assert not [r for r in caplog.records if "could not" in r.getMessage()]
     assert backend.broker.pending(KEY, GROUP) == 0
+
+
+# ---- what a runner observes: settled outcomes and readiness -------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_on_settled_sees_every_outcome_the_unhandled_dead_letter_included(
+    backend: MemoryBackend,
+) -> None:
+    await backend.publish(KEY, {"kind": "stale"})
+    async with backend.subscribe(group=GROUP, keys=KEY) as earlier:
+        for _ in range(2):  # two deliveries that never finished: past max_attempts
+            await (await next_delivery(earlier, WAIT)).nack()
+    await backend.publish_many(KEY, [{"kind": "ok"}, {"kind": "flaky"}, {"kind": "doomed"}])
+    seen: list[tuple[str, int, str | None]] = []
+    done = asyncio.Event()
+
+    def settled(delivery: Delivery) -> None:
+        seen.append((delivery.payload["kind"], delivery.attempt, delivery.outcome))
+        if len(seen) == 6:
+            done.set()
+
+    async def handler(payload: dict[str, Any]) -> None:
+        if payload["kind"] == "doomed" or (
+            payload["kind"] == "flaky" and current_delivery().attempt == 1
+        ):
+            raise RuntimeError(payload["kind"])
+
+    consumer = AsyncLoopConsumer(
+        backend, GROUP, keys=KEY, max_attempts=2, retry_delay=0.0, on_settled=settled
+    )
+    running = start(consumer, handler)
+    await asyncio.wait_for(done.wait(), WAIT)
+    await stop(consumer, running)
+    assert sorted(seen) == [
+        ("doomed", 1, "nack"),
+        ("doomed", 2, "dead-letter"),
+        ("flaky", 1, "nack"),
+        ("flaky", 2, "ack"),
+        ("ok", 1, "ack"),
+        ("stale", 3, "dead-letter"),  # dead-lettered without calling the handler
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_on_settled_that_raises_is_logged_and_the_consumer_goes_on(
+    backend: MemoryBackend, broker: MemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    await backend.publish_many(KEY, [{"i": 1}, {"i": 2}])
+    counter = Counter(2)
+
+    def settled(delivery: Delivery) -> None:
+        raise ValueError("metrics are down")
+
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=KEY, on_settled=settled)
+    running = start(consumer, counter)
+    await asyncio.wait_for(counter.reached.wait(), WAIT)
+    await stop(consumer, running)
+    assert consumer.stats.processed == 2
+    assert broker.pending(KEY, GROUP) == 0
+    assert "on_settled failed for message" in caplog.text
+    assert "ValueError: metrics are down" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_ready_once_subscribed_and_no_longer_once_shutting_down(
+    backend: MemoryBackend,
+) -> None:
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=KEY)
+    assert not consumer.ready  # not running
+    release = asyncio.Event()
+    entered = asyncio.Event()
+    readiness_inside: list[bool] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        readiness_inside.append(consumer.ready)
+        entered.set()
+        await release.wait()
+
+    running = start(consumer, handler)
+    await backend.publish(KEY, {"i": 1})
+    await asyncio.wait_for(entered.wait(), WAIT)
+    assert readiness_inside == [True]
+    stopping = asyncio.ensure_future(consumer.shutdown())
+    await spin()
+    assert not consumer.ready  # draining: no longer takes messages
+    release.set()
+    await asyncio.wait_for(stopping, WAIT)
+    await asyncio.wait_for(running, WAIT)
+    assert not consumer.ready

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from abe.backends.message_queue.base import DEFAULT_GROUP, Receiver
-from abe.backends.message_queue.base.codec import OutgoingMessage
+from abe.backends.message_queue.base.codec import IncomingMessage, OutgoingMessage
 from abe.backends.message_queue.consumer import AsyncLoopConsumer
 from abe.backends.message_queue.memory import MemoryBackend, MemoryBroker, MemorySettings
 from abe.errors import (
@@ -725,4 +725,48 @@ async def test_headers_the_wire_format_reserves_are_refused_before_io() -> None:
     with pytest.raises(PayloadError, match="'data' is reserved by the memory wire format"):
         await backend.publish("k", {"x": 1}, headers={"data": "oops"})
     assert backend.broker.messages("k") == []
+    await backend.close()
+
+
+class _Unreachable(MemoryBackend):
+    """Its reads fail with a connection error while `down` is set, as an unreachable broker's."""
+
+    down = False
+    failed: asyncio.Event
+
+    async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+        receiver = await super()._open_receiver(group, keys)
+        fetch = receiver.fetch
+
+        async def flaky(max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
+            if self.down:
+                self.failed.set()
+                raise ConnectionError("connection refused")
+            return await fetch(max_messages, timeout)
+
+        receiver.fetch = flaky  # type: ignore[method-assign]
+        return receiver
+
+
+@pytest.mark.asyncio
+async def test_ready_while_open_and_reading_not_after_a_failed_read_until_one_works() -> None:
+    backend = _Unreachable(MemorySettings(poll_interval=0.05), broker=MemoryBroker())
+    backend.failed = asyncio.Event()
+    subscription = backend.subscribe(group="g", keys="k")
+    assert not subscription.ready  # not joined yet
+    await subscription.open()
+    assert subscription.ready
+    backend.down = True
+    waiting = asyncio.ensure_future(subscription.__anext__())
+    await asyncio.wait_for(backend.failed.wait(), WAIT)
+    await spin()  # the failure travels from the fetch task to the waiting __anext__
+    assert not subscription.ready  # still retrying, but the broker is not answering
+    backend.down = False
+    await backend.publish("k", {"i": 1})
+    delivery = await asyncio.wait_for(waiting, WAIT)
+    assert subscription.ready
+    await delivery.ack()
+    await subscription.stop()
+    assert not subscription.ready
+    await subscription.aclose()
     await backend.close()

@@ -7,9 +7,11 @@
     abe demo         a producer, three workers and a dead letter, on the configured backend
     abe bench        throughput and latency of the configured backend
     abe new-provider a provider package for another broker, from abe's template
+    abe run          a worker service: an async handler on every message, until SIGTERM
 
-Exit codes: 0 success, 1 broker or runtime failure, 2 bad usage or bad input. Errors
-are one line on stderr; `--debug` adds the traceback and abe's debug log.
+Exit codes: 0 success, 1 broker or runtime failure, 2 bad usage or bad input; `abe run`
+stopped at once by a second signal exits 128 + signal (130, 143). Errors are one line on
+stderr; `--debug` adds the traceback and abe's debug log.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from abe.cli import consume as consume
 from abe.cli import demo as demo
 from abe.cli import new_provider as new_provider
 from abe.cli import publish as publish
+from abe.cli import run as run
 from abe.cli.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, exit_code_for, one_line
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (backends, check, publish, consume, demo, bench, new_provider)
+_COMMANDS = (backends, check, publish, consume, demo, bench, new_provider, run)
 _INTERRUPTED = 130
 
 

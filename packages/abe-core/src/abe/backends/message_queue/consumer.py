@@ -107,6 +107,9 @@ class AsyncLoopConsumer:
             cancels them (their messages are then delivered again).
         middleware: run around each handler call, inside the process's and the
             backend's (see `abe.middleware`).
+        on_settled: called with each delivery once it is settled (its `outcome` says
+            how), whether by the consumer or by the handler; for metrics. It must not
+            block; an exception it raises is logged and otherwise ignored.
 
     A handler that returns has its message acknowledged; one that raises has it retried
     after a backoff. A handler may settle its own delivery instead, through
@@ -126,6 +129,7 @@ class AsyncLoopConsumer:
         prefetch: int | None = None,
         shutdown_timeout: float = 30.0,
         middleware: Sequence[Middleware] = (),
+        on_settled: Callable[[Delivery], object] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -152,6 +156,7 @@ class AsyncLoopConsumer:
         self.prefetch = max(prefetch or concurrency * PREFETCH_MULTIPLIER, concurrency)
         self.shutdown_timeout = shutdown_timeout
         self.middleware = list(middleware)
+        self.on_settled = on_settled
         self.stats = ConsumerStats()
         self._subscription: Subscription | None = None
         self._stopping = False
@@ -162,6 +167,13 @@ class AsyncLoopConsumer:
     def running(self) -> bool:
         """Whether `run()` is in progress."""
         return self._finished is not None
+
+    @property
+    def ready(self) -> bool:
+        """Whether `run()` has joined its group on the broker, still takes messages, and
+        its last read from the broker worked: what a readiness probe asks."""
+        subscription = self._subscription
+        return subscription is not None and not self._stopping and subscription.ready
 
     def retry_delay_for(self, attempt: int) -> float:
         """Seconds to wait before attempt `attempt + 1`: doubling, capped, with 10% jitter."""
@@ -384,6 +396,8 @@ class AsyncLoopConsumer:
                 self._count(delivery)
         finally:
             self.stats.in_flight -= 1
+            if delivery.settled and self.on_settled is not None:
+                _report(self.on_settled, delivery)
 
     def _count(self, delivery: Delivery) -> None:
         """Count a delivery the handler returned from (or settled itself) by its outcome."""
@@ -440,3 +454,13 @@ class AsyncLoopConsumer:
             )
             return False
         return True
+
+
+def _report(on_settled: Callable[[Delivery], object], delivery: Delivery) -> None:
+    """Tell `on_settled` about a settled delivery; what it raises is logged, never raised."""
+    try:
+        on_settled(delivery)
+    except Exception as exc:
+        log.warning(
+            "on_settled failed for message %s (%s: %s)", delivery.id, type(exc).__name__, exc
+        )

@@ -89,6 +89,7 @@ class Subscription:
         self._credit: asyncio.Future[None] | None = None
         self._fetch: asyncio.Task[Sequence[IncomingMessage]] | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._read_failures = 0
         self._acks: AckBatcher[IncomingMessage] = AckBatcher(self._flush_acks, max_batch=500)
 
     @property
@@ -105,6 +106,15 @@ class Subscription:
     def stopped(self) -> bool:
         """Whether the subscription no longer fetches (after `stop()` or `aclose()`)."""
         return self._state in ("stopped", "closed")
+
+    @property
+    def ready(self) -> bool:
+        """Joined on the broker, still fetching, and the last read from the broker worked.
+
+        False while opening, after `stop()`, and from a failed read until one succeeds
+        (the subscription keeps retrying meanwhile): what a readiness probe asks.
+        """
+        return self._state == "open" and self._read_failures == 0
 
     async def open(self) -> None:
         """Join the group on the broker now, rather than on the first iteration."""
@@ -154,7 +164,6 @@ class Subscription:
     async def __anext__(self) -> Delivery:
         if self._state == "new":
             await self._open()
-        failures = 0
         while True:
             if self._buffer:
                 if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
@@ -168,12 +177,12 @@ class Subscription:
                 continue
             try:
                 await self._fill(credit)
-                failures = 0
+                self._read_failures = 0
             except (BackendUnavailableError, OSError, asyncio.TimeoutError) as exc:
                 if isinstance(exc, AuthenticationError):
                     raise
-                failures += 1
-                delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 1))
+                self._read_failures += 1
+                delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (self._read_failures - 1))
                 log.warning(
                     "%s: reading %s for group %r failed (%s); retrying in %.1fs",
                     self._backend.name,
