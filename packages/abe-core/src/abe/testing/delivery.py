@@ -91,6 +91,28 @@ class DeliveryContract(ContractFixtures):
             await delivery.ack()
         assert time.monotonic() - started <= first_member.redelivery_timeout + WAIT
 
+    async def test_close_gives_back_prefetched(self, backends: Backends) -> None:
+        # A worker shutting down gracefully holds messages it fetched but never handed to a
+        # handler: they go back at once, not after the redelivery timeout.
+        worker, other_member = backends.new(prefetch=16), backends.new()
+        key, group = unique("give-back"), unique("group")
+        total = 12
+        await worker.publish_many(key, [{"number": number} for number in range(total)])
+        subscription = worker.subscribe(group=group, keys=[key])
+        first = await next_delivery(subscription)
+        await first.ack()
+        await subscription.aclose()
+        async with other_member.subscribe(group=group, keys=[key]) as subscription:
+            started = time.monotonic()  # once joined: a group join is not a redelivery
+            rest = await receive(subscription, total - 1, WAIT)
+            waited = time.monotonic() - started
+        numbers = sorted(delivery.payload["number"] for delivery in rest)
+        assert numbers == [n for n in range(total) if n != first.payload["number"]]
+        assert waited < worker.redelivery_timeout / 2, (
+            f"the unread messages came back after {waited:.2f}s, not within half the redelivery"
+            f" timeout ({worker.redelivery_timeout:g}s): close() did not give them back"
+        )
+
     async def test_nack_with_delay(self, backends: Backends) -> None:
         backend = backends.new()
         key = unique("nack")
