@@ -56,6 +56,7 @@ def test_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> Non
         "batch_size": 100,
         "concurrency": 16,
         "timeout": 30.0,
+        "repeat": 1,
     }
     assert report["raw_client"] == {"status": "none", "name": None}
     (run,) = report["runs"]
@@ -212,6 +213,25 @@ def test_a_raw_baseline_runs_beside_abe_and_gives_ratios(
     assert backend.broker.keys() == []
     assert baseline.closed
     assert backend.closed
+
+
+def test_repeat_takes_turns_and_reports_medians(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = _RecordingBaseline()
+    _use(monkeypatch, baseline)
+    argv = ["bench", "--json", "--messages", "30", "--repeat", "3", "--workloads", "publish"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["repeat"] == 3
+    entry = report["runs"][0]["workloads"]["publish"]
+    runs = entry["runs"]
+    assert len(runs) == 3
+    assert len(set(baseline.keys)) == 3  # fresh keys for every run
+    assert entry["msgs_per_s"] == sorted(run["msgs_per_s"] for run in runs)[1]
+    assert entry["raw"]["msgs_per_s"] == sorted(run["raw_msgs_per_s"] for run in runs)[1]
+    ratios = sorted(run["msgs_per_s"] / run["raw_msgs_per_s"] for run in runs)
+    assert entry["abe_over_raw"]["msgs_per_s"] == pytest.approx(ratios[1])
 
 
 def test_the_table_shows_the_raw_client_and_the_ratio(

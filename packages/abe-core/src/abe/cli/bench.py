@@ -16,7 +16,8 @@ deleted at the end. Progress goes to stderr; the result to stdout as tables or, 
       "python_implementation": "CPython",
       "platform": "Linux-6.1.0-x86_64-with-glibc2.36",
       "started_at": "2025-01-31T12:00:00Z",
-      "settings": {"messages": 2000, "batch_size": 100, "concurrency": 16, "timeout": 30.0},
+      "settings": {"messages": 2000, "batch_size": 100, "concurrency": 16, "timeout": 30.0,
+                   "repeat": 1},
       "raw_client": {"status": "none", "name": null},
       "runs": [
         {"payload_bytes": 256, "keys": 1, "workloads": {
@@ -30,6 +31,10 @@ deleted at the end. Progress goes to stderr; the result to stdout as tables or, 
     MEASUREMENT = "messages": int, "seconds": float, "msgs_per_s": float,
                   "p50_ms": float, "p99_ms": float
     RATIOS      = {"msgs_per_s": float, "p50_ms": float, "p99_ms": float}   (abe value / raw value)
+
+With `--repeat N` (N > 1), abe and the raw client take turns N times per workload; each
+side reports its median run, the msgs_per_s ratio is the median of the N runs' ratios,
+and the entry adds "runs": [{"msgs_per_s": float, "raw_msgs_per_s": float | null}, ...].
 
 `raw_client.status` is "measured" (a baseline ran; `name` is the client library),
 "none" (the backend has no raw baseline: "no raw client") or "skipped"
@@ -49,6 +54,7 @@ import json
 import logging
 import platform
 import secrets
+import statistics
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -101,6 +107,8 @@ class BenchOptions:
     timeout: float = 30.0
     skip_baseline: bool = False
     workloads: tuple[str, ...] = WORKLOADS
+    repeat: int = 1
+    """Runs of each workload (abe and raw taking turns); the report gives the medians."""
 
     def workload(self, keys: tuple[str, ...], group: str, payload_bytes: int) -> Workload:
         """These settings for one workload run on `keys` and `group`."""
@@ -164,6 +172,7 @@ async def run_bench(options: BenchOptions, progress: TextIO | None) -> dict[str,
             "batch_size": options.batch_size,
             "concurrency": options.concurrency,
             "timeout": options.timeout,
+            "repeat": options.repeat,
         },
         "raw_client": {"status": status, "name": baseline.name if baseline is not None else None},
         "runs": runs,
@@ -179,10 +188,10 @@ class Shape:
     payload_bytes: int
     keys: int
 
-    def keys_for(self, side: str, workload: str) -> tuple[str, ...]:
-        """Fresh keys for one side ("abe" or "raw") of one workload."""
+    def keys_for(self, side: str, workload: str, repeat: int = 0) -> tuple[str, ...]:
+        """Fresh keys for one side ("abe" or "raw") of one run of one workload."""
         slug = workload.replace("_", "-")
-        prefix = f"{self.run_id}-{self.index}-{side}-{slug}"
+        prefix = f"{self.run_id}-{self.index}-{side}-{slug}-{repeat}"
         return tuple(f"{prefix}-{number}" for number in range(self.keys))
 
     def label(self) -> str:
@@ -199,38 +208,43 @@ async def _run_shape(
     run_keys: list[str],
     progress: TextIO | None,
 ) -> dict[str, Any]:
-    """Every workload of one shape, abe's side and the raw client's."""
+    """Every workload of one shape, abe's side and the raw client's, `repeat` times each."""
     abe_side = AbeWorkloads(backend)
     workloads: dict[str, Any] = {}
     for name in options.workloads:
-        keys = shape.keys_for("abe", name)
-        run_keys.extend(keys)
-        measured = await _measure(
-            getattr(abe_side, name),
-            options.workload(keys, f"{shape.run_id}-{shape.index}-{name}", shape.payload_bytes),
-            f"{name} (abe, {shape.label()})",
-            options.timeout,
-            progress,
-        )
-        raw = None
-        raw_side = getattr(baseline, RAW_WORKLOADS[name], None)
-        if baseline is not None and raw_side is not None:
-            raw_keys = shape.keys_for("raw", name)
-            run_keys.extend(raw_keys)
-            workload = options.workload(
-                raw_keys, f"{shape.run_id}-{shape.index}-raw-{name}", shape.payload_bytes
+        raw_side = getattr(baseline, RAW_WORKLOADS[name], None) if baseline else None
+        pairs: list[tuple[Measurement, Measurement | None]] = []
+        for repeat in range(options.repeat):
+            group = f"{shape.run_id}-{shape.index}-{name}-{repeat}"
+            keys = shape.keys_for("abe", name, repeat)
+            run_keys.extend(keys)
+            label = f"{name} (abe, {shape.label()}{_nth(repeat, options.repeat)})"
+            workload = options.workload(keys, group, shape.payload_bytes)
+            measured = await _measure(
+                getattr(abe_side, name), workload, label, options.timeout, progress
             )
-            raw = await _measure_raw(
-                baseline,
-                name,
-                raw_side,
-                workload,
-                shape.label(),
-                timeout=options.timeout,
-                stream=progress,
-            )
-        workloads[name] = _entry(measured, raw)
+            raw = None
+            if baseline is not None and raw_side is not None:
+                raw_keys = shape.keys_for("raw", name, repeat)
+                run_keys.extend(raw_keys)
+                workload = options.workload(raw_keys, f"{group}-raw", shape.payload_bytes)
+                label = f"{shape.label()}{_nth(repeat, options.repeat)}"
+                raw = await _measure_raw(
+                    baseline,
+                    name,
+                    raw_side,
+                    workload,
+                    label,
+                    timeout=options.timeout,
+                    stream=progress,
+                )
+            pairs.append((measured, raw))
+        workloads[name] = _entry(pairs)
     return workloads
+
+
+def _nth(repeat: int, repeats: int) -> str:
+    return f", run {repeat + 1} of {repeats}" if repeats > 1 else ""
 
 
 async def _warm_up(backend: BaseBackend, key: str, timeout: float) -> None:
@@ -298,17 +312,33 @@ async def _measure_raw(
         ) from exc
 
 
-def _entry(measured: Measurement, raw: Measurement | None) -> dict[str, Any]:
+def _entry(pairs: list[tuple[Measurement, Measurement | None]]) -> dict[str, Any]:
+    """The median run of each side, and the median of the ratios of the runs taken in turn."""
+    measured = _median([abe for abe, _ in pairs])
+    raws = [raw for _, raw in pairs if raw is not None]
     entry: dict[str, Any] = measured.as_dict()
-    entry["raw"] = raw.as_dict() if raw is not None else None
+    entry["raw"] = _median(raws).as_dict() if raws else None
     entry["abe_over_raw"] = None
-    if raw is not None:
+    if raws:
+        raw = _median(raws)
+        ratios = sorted(abe.msgs_per_s / raw.msgs_per_s for abe, raw in pairs if raw is not None)
         entry["abe_over_raw"] = {
-            "msgs_per_s": measured.msgs_per_s / raw.msgs_per_s,
+            "msgs_per_s": statistics.median(ratios),
             "p50_ms": _ratio(measured.p50_ms, raw.p50_ms),
             "p99_ms": _ratio(measured.p99_ms, raw.p99_ms),
         }
+    if len(pairs) > 1:
+        entry["runs"] = [
+            {"msgs_per_s": abe.msgs_per_s, "raw_msgs_per_s": raw.msgs_per_s if raw else None}
+            for abe, raw in pairs
+        ]
     return entry
+
+
+def _median(measurements: list[Measurement]) -> Measurement:
+    """The run with the median throughput (the lower middle one of an even count)."""
+    ordered = sorted(measurements, key=lambda measurement: measurement.msgs_per_s)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _ratio(abe: float, raw: float) -> float | None:
@@ -432,6 +462,14 @@ def add_parser(
         metavar="SECONDS",
         help=f"fail when a workload makes no progress for this long (default {defaults.timeout:g})",
     )
+    parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=defaults.repeat,
+        metavar="N",
+        help="run each workload N times, abe and the raw client taking turns, and report the "
+        "medians (the ratio is the median of each run's abe/raw) (default 1)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     parser.add_argument(
@@ -471,6 +509,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         skip_baseline=args.skip_baseline,
         workloads=args.workloads,
+        repeat=args.repeat,
     )
     progress = None if args.json or args.no_progress else sys.stderr
     report = asyncio.run(run_bench(options, progress))
