@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import pytest
 
-from abe import MemoryBroker
+from abe import MemoryBackend, MemoryBroker
 from abe.cli import main
+from abe.cli.connect import LoadedBackend
 from abe.cli.consume import consume
 
 
@@ -68,7 +70,11 @@ def test_consume_count_not_reached_before_timeout_exits_1(
     assert "expected 3 messages, got 1" in captured.err
 
 
-def test_consume_timeout_alone_ends_with_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_consume_timeout_alone_ends_with_0(
+    broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in ("a", "b"):  # keys that exist, with nothing on them
+        broker.join(key, "someone")
     assert main(["consume", "a", "b", "--timeout", "0.1"]) == 0
     assert "abe consume: 0 messages; stopped: no message for 0.1 s" in capsys.readouterr().err
 
@@ -170,9 +176,23 @@ async def test_sigint_stops_consume_cleanly_with_acks_flushed(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_sigterm_stops_python_dash_m_abe_consume_without_traceback(memory_env: str) -> None:
+_PUBLISH_THEN_CONSUME = """
+import asyncio, sys
+from abe import load_backend
+from abe.cli import main
+
+async def publish():  # the memory broker lives in this process: give consume a key to read
+    backend = load_backend()
+    await backend.publish("orders", {"id": 1})
+
+asyncio.run(publish())
+sys.exit(main(["consume", "orders", "--timeout", "60"]))
+"""
+
+
+def test_sigterm_stops_abe_consume_without_traceback(memory_env: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "abe", "consume", "orders", "--timeout", "60"],
+        [sys.executable, "-c", _PUBLISH_THEN_CONSUME],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -190,13 +210,50 @@ def test_sigterm_stops_python_dash_m_abe_consume_without_traceback(memory_env: s
     finally:
         process.kill()
     assert process.returncode == 0, "".join(seen) + err
-    assert out == ""
-    assert "abe consume: 0 messages; stopped: terminated" in err
+    assert json.loads(out) == {"id": 1}
+    assert "abe consume: 1 message; stopped: terminated" in err
     assert "Traceback" not in "".join(seen) + err
 
 
 def test_consume_speaks_of_one_message_in_the_singular(
     broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    broker.join("nothing-here", "someone")
     assert main(["consume", "nothing-here", "--count", "1", "--timeout", "0.1"]) == 1
     assert "expected 1 message, got 0" in capsys.readouterr().err
+
+
+def test_consume_without_a_group_leaves_no_group_behind(
+    broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["publish", "orders", '{"id": 1}']) == 0
+    assert main(["consume", "orders", "--count", "1"]) == 0
+    assert broker.groups("orders") == []
+    assert main(["consume", "orders", "--count", "1", "--group", "kept"]) == 0
+    assert broker.groups("orders") == ["kept"]  # a named group is the caller's to keep
+
+
+class _KnowsItsKeys(MemoryBackend):
+    """The memory backend with the optional `_existing_keys` hook, as remote brokers have."""
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        return [key for key in keys if key in self.broker.keys()]
+
+
+def test_consume_never_creates_a_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = _KnowsItsKeys()
+    monkeypatch.setattr("abe.cli.consume.load", lambda: LoadedBackend(backend, fallback=False))
+    asyncio.run(backend.publish("orders", {"id": 1}))
+    assert main(["consume", "orders", "typo", "--count", "1"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"id": 1}
+    assert "typo does not exist on memory; abe consume does not create keys" in captured.err
+    assert backend.broker.keys() == ["orders"]
+    assert backend.broker.groups("orders") == []
+    backend = _KnowsItsKeys()
+    monkeypatch.setattr("abe.cli.consume.load", lambda: LoadedBackend(backend, fallback=False))
+    assert main(["consume", "typo", "other", "--timeout", "5"]) == 1
+    assert "typo, other do not exist on memory" in capsys.readouterr().err
+    assert backend.broker.keys() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from abe.backends.message_queue.base.backend import BaseBackend
@@ -29,6 +30,7 @@ __all__ = [
     "FALLBACK_NOTE",
     "LoadedBackend",
     "close_backend",
+    "delete_own_group",
     "delete_own_keys",
     "load",
     "origin_of",
@@ -122,6 +124,27 @@ async def delete_own_keys(
             ", ".join(keys),
             type(exc).__name__,
             exc,
+        )
+
+
+async def delete_own_group(
+    backend: BaseBackend, group: str, keys: Sequence[str], timeout: float = CLOSE_TIMEOUT
+) -> None:
+    """Delete a group a command made for itself, within `timeout`; a failure is only reported."""
+    try:
+        await bounded(backend.delete_group(group, keys), timeout)
+    except NotImplementedError:
+        note(
+            f"left on the broker (the {backend.name} backend cannot delete a group): group "
+            f"{group} on {', '.join(keys)}"
+        )
+    except Exception as exc:
+        log.warning(
+            "deleting the group %s on %s failed (%s: %s); it may be left on the broker",
+            group,
+            ", ".join(keys),
+            type(exc).__name__,
+            exc or "no detail",
         )
 
 

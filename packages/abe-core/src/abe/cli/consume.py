@@ -3,6 +3,10 @@
 It stops after `--count` messages, after `--timeout` seconds without one, or on Ctrl-C /
 SIGTERM; in every case it flushes the acknowledgements and closes the backend. A message
 that could not be printed (say, the pipe closed) is given back, not acknowledged.
+
+A tool for looking at queues leaves nothing behind: it never creates a key (keys the
+broker does not have are refused), and without `--group` it reads in a temporary group
+that it deletes when it stops, as kombu's tools read through auto-delete queues.
 """
 
 from __future__ import annotations
@@ -15,10 +19,17 @@ import secrets
 import signal
 from collections.abc import Iterator, Sequence
 
+from abe.backends.message_queue.base.backend import BaseBackend
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.subscription import Subscription
 from abe.cli.arguments import positive_int, positive_seconds
-from abe.cli.connect import FALLBACK_NOTE, close_backend, load, require_base
+from abe.cli.connect import (
+    FALLBACK_NOTE,
+    close_backend,
+    delete_own_group,
+    load,
+    require_base,
+)
 from abe.cli.errors import EXIT_FAILURE, EXIT_OK
 from abe.cli.output import note
 
@@ -102,6 +113,10 @@ async def consume(
                 f"note: {backend.name} has no fan-out: what this reads is taken away from "
                 f"the other consumers of these keys"
             )
+        keys = await _existing(backend, keys)
+        if not keys:
+            return EXIT_FAILURE
+        temporary = group is None
         group = group or f"abe-consume-{secrets.token_hex(4)}"
         prefetch = min(count, backend.settings.prefetch) if count else None
         subscription = backend.subscribe(group=group, keys=keys, prefetch=prefetch)
@@ -136,9 +151,28 @@ async def consume(
                     if stop.reason is None:  # ended by an error: nothing is stopping it
                         stopper.cancel()
                     await asyncio.gather(stopper, return_exceptions=True)
+        if temporary:
+            await delete_own_group(backend, group, subscription.keys)
     finally:
         await close_backend(loaded.backend)
     return _report(received, count, timeout, stop.reason)
+
+
+async def _existing(backend: BaseBackend, keys: Sequence[str]) -> list[str]:
+    """The keys the broker has (all of them when it cannot tell), saying which it has not."""
+    try:
+        found = await backend.existing_keys(keys)
+    except NotImplementedError:
+        return list(keys)
+    missing = [key for key in keys if key not in found]
+    if missing:
+        names = ", ".join(missing)
+        verb = "does" if len(missing) == 1 else "do"
+        note(
+            f"abe consume: {names} {verb} not exist on {backend.name}; abe consume does not "
+            f"create keys (check the name, or publish first)"
+        )
+    return found
 
 
 def _report(received: int, count: int | None, timeout: float | None, reason: str | None) -> int:
@@ -176,8 +210,9 @@ def add_parser(
         "--group",
         metavar="G",
         help=(
-            "the consumer group (default: a new group of its own, which reads every retained "
-            "message without taking any from other groups, on brokers with fan-out)"
+            "the consumer group (default: a temporary group of its own, deleted when it stops, "
+            "which reads every retained message without taking any from other groups, on "
+            "brokers with fan-out)"
         ),
     )
     parser.add_argument("--count", type=positive_int, metavar="N", help="stop after N messages")

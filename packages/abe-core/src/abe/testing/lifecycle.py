@@ -140,3 +140,31 @@ class LifecycleContract(ContractFixtures):
         letters = await receive_payloads(backend, [dead_letter_key(key)], group, 1)
         assert letters == [{"new": "letter"}]
         await backend.delete_keys(key)
+
+    async def test_delete_group_keeps_the_messages(self, backends: Backends) -> None:
+        backend = backends.new()
+        try:
+            await backend.delete_group(unique("never-used"), [unique("never-used")])
+        except NotImplementedError:
+            pytest.skip(f"the {backend.name} backend does not delete groups")
+        key, group = unique("group-deleted"), unique("group")
+        await backend.publish_many(key, [{"number": number} for number in range(3)])
+        assert await receive_payloads(backend, [key], group, 1) == [{"number": 0}]
+        await backend.delete_group(group, [key])
+        await backend.delete_group(group, [key])  # deleting what is gone already is fine
+        if backend.capabilities.fan_out:  # the group starts afresh: from the oldest message
+            expected = [{"number": number} for number in range(3)]
+        else:  # no per-group state: what was not acknowledged is still there
+            expected = [{"number": 1}, {"number": 2}]
+        assert await receive_payloads(backend, [key], group, len(expected)) == expected
+
+    async def test_existing_keys_creates_nothing(self, backends: Backends) -> None:
+        backend = backends.new()
+        present, absent = unique("present"), unique("absent")
+        try:
+            assert await backend.existing_keys([absent]) == []
+        except NotImplementedError:
+            pytest.skip(f"the {backend.name} backend cannot tell which keys exist")
+        await backend.publish(present, {"here": True})
+        assert await backend.existing_keys([absent, present, absent]) == [present]
+        assert await backend.existing_keys([absent]) == []  # asking did not create it

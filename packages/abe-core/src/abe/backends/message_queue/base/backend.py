@@ -166,6 +166,21 @@ class BaseBackend(abc.ABC):
         """
         raise NotImplementedError(f"the {self.name} backend cannot delete keys")
 
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """Remove what `group` keeps on `keys` (read position, pending entries), not the messages.
+
+        Optional: the default says this backend cannot. A group or key that does not exist
+        is not an error; a broker without per-group state has nothing to do.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot delete a group")
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        """Which of `keys` exist on the broker now, without creating any.
+
+        Optional: the default says this backend cannot tell.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot tell which keys exist")
+
     def _translate_error(self, error: Exception) -> BaseException:
         """The most specific abe error for a client-library exception, through `errors`."""
         if self.errors is None:
@@ -340,6 +355,30 @@ class BaseBackend(abc.ABC):
         )
         if targets:
             await self._guard(self._delete_keys(tuple(targets)), "delete_keys", scale=len(targets))
+
+    async def delete_group(self, group: str, keys: Sequence[MessageQueueKey]) -> None:
+        """Delete what `group` keeps on `keys` (its position, pending entries); messages stay.
+
+        For a group a tool made for itself (`abe consume` reads in a temporary group and
+        removes it after); close its subscriptions first. Raises `NotImplementedError`
+        when the backend cannot.
+        """
+        self._ensure_open()
+        checked = tuple(dict.fromkeys(self._check_key(key) for key in keys))
+        if checked:
+            await self._guard(
+                self._delete_group(group, checked), "delete_group", scale=len(checked)
+            )
+
+    async def existing_keys(self, keys: Sequence[MessageQueueKey]) -> list[MessageQueueKey]:
+        """Those of `keys` that exist on the broker now, in the order given; creates nothing.
+
+        Raises `NotImplementedError` when the backend cannot tell.
+        """
+        self._ensure_open()
+        checked = tuple(dict.fromkeys(self._check_key(key) for key in keys))
+        found = set(await self._guard(self._existing_keys(checked), "existing_keys"))
+        return [key for key in checked if key in found]
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -99,6 +99,13 @@ class MemoryBackend(BaseBackend):
         for key in keys:
             self.broker.delete(key)
 
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        return [key for key in keys if self.broker.exists(key)]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.broker.leave(key, group)
+
     def _describe(self) -> str:
         return f"broker={self.settings.broker!r}"
 

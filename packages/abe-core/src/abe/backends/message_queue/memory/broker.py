@@ -90,6 +90,10 @@ class MemoryBroker:
         log = self._logs.get(key)
         return [] if log is None else [json.loads(entry.body) for entry in log.entries]
 
+    def exists(self, key: str) -> bool:
+        """Whether `key` has been published to or subscribed to (and not deleted since)."""
+        return key in self._logs
+
     def groups(self, key: str) -> list[str]:
         """The groups that have joined `key`."""
         log = self._logs.get(key)
@@ -130,6 +134,12 @@ class MemoryBroker:
         if state is None:
             state = log.groups[group] = _Group(cursor=0)
         return state
+
+    def leave(self, key: str, group: str) -> None:
+        """Forget `group`'s position and leases on `key`; the messages stay."""
+        log = self._logs.get(key)
+        if log is not None:
+            log.groups.pop(group, None)
 
     def delete(self, key: str) -> None:
         """Forget `key`: its messages and every group's position; members waiting wake up."""
