@@ -7,15 +7,16 @@ import json
 import pytest
 
 from abe.errors import InvalidKeyError
+from abe.provider import HEADER_PACKED as PACKED_HEADERS
+from abe.provider import OutgoingMessage
 from abe_mq_sqs import SqsBackend
 from abe_mq_sqs._wire import (
-    PACKED_HEADERS,
     Entry,
     attributes_size,
-    body_text,
     decode_attributes,
     encode_attributes,
-    headers_of,
+    entry,
+    incoming,
     is_fifo,
     queue_name,
     split_batches,
@@ -136,15 +137,20 @@ def test_foreign_attributes_are_read() -> None:
     assert decode_attributes(None) == {}
 
 
+def _entry(body: bytes) -> tuple[str, int]:
+    made = entry("k", 0, OutgoingMessage("i", body, {"abe-id": "i"}), 1_048_576)
+    return made.params["MessageBody"], made.size
+
+
 def test_body_text_escapes_what_sqs_refuses() -> None:
     body = json.dumps({"x": "a\uffffb\ufffe"}, ensure_ascii=False).encode()
-    text, size = body_text(body)
+    text, size = _entry(body)
     assert "\uffff" not in text
     assert "\ufffe" not in text
     assert json.loads(text) == {"x": "a\uffffb\ufffe"}
     assert size == len(text.encode())
     plain = '{"x":"é"}'.encode()
-    assert body_text(plain) == ('{"x":"é"}', len(plain))
+    assert _entry(plain) == ('{"x":"é"}', len(plain))
 
 
 def test_sizes_count_names_types_and_values() -> None:
@@ -180,11 +186,13 @@ def test_received_messages_get_id_and_time_from_sqs() -> None:
         "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1700000000123"},
         "MessageAttributes": {"trace": {"DataType": "String", "StringValue": "t"}},
     }
-    assert headers_of(message) == {
+    received = incoming("k", message)
+    assert received.headers == {
         "trace": "t",
         "abe-id": "m-1",
         "abe-published-at": "1700000000123",
     }
+    assert (received.key, received.broker_id, received.attempt) == ("k", "m-1", 1)
     forwarded = {
         **message,
         "MessageAttributes": {
@@ -192,5 +200,8 @@ def test_received_messages_get_id_and_time_from_sqs() -> None:
             "abe-published-at": {"DataType": "String", "StringValue": "1600000000000"},
         },
     }
-    assert headers_of(forwarded) == {"abe-id": "original", "abe-published-at": "1600000000000"}
-    assert headers_of({}) == {}
+    assert incoming("k", forwarded).headers == {
+        "abe-id": "original",
+        "abe-published-at": "1600000000000",
+    }
+    assert incoming("k", {}).headers == {}

@@ -20,14 +20,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from abe.backends.message_queue.base.codec import IncomingMessage
-from abe.backends.message_queue.base.receiver import Receiver
+from abe.provider import IncomingMessage, Receiver, bounded, wait_event
+from abe_mq_sqs._client import SqsClient
 from abe_mq_sqs._wire import BATCH_ENTRIES, is_fifo
-
-if TYPE_CHECKING:
-    from abe_mq_sqs._backend import SqsBackend
 
 __all__ = ["SqsReceiver"]
 
@@ -35,8 +32,6 @@ log = logging.getLogger("abe.sqs")
 
 _RELEASE_TIMEOUT = 5.0
 _STARVED_RETURN = 1.0
-
-
 _SHORT_RECEIVE_PAUSE = 0.01
 """Seconds between a receive that returned less than a full batch and the next one."""
 
@@ -47,8 +42,8 @@ class SqsReceiver(Receiver):
     ack_batch_size: ClassVar[int] = BATCH_ENTRIES  # DeleteMessageBatch takes 10 handles
     ack_linger: ClassVar[float] = 0.005  # SQS charges per request: one delete per batch read
 
-    def __init__(self, backend: SqsBackend, keys: tuple[str, ...]) -> None:
-        self._backend = backend
+    def __init__(self, sqs: SqsClient, keys: tuple[str, ...]) -> None:
+        self._sqs = sqs
         self._keys = keys
         self._polls: dict[str, asyncio.Task[list[IncomingMessage]]] = {}
         self._asked: dict[str, int] = {}
@@ -60,7 +55,7 @@ class SqsReceiver(Receiver):
         """After a receive that came back short, the earliest time for the next one."""
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
-        wait = min(self._backend.settings.wait_time_seconds, max(0, int(timeout)))
+        wait = min(self._sqs.settings.wait_time_seconds, max(0, int(timeout)))
         pause = self._next_receive - time.monotonic()
         if pause > 0:
             # The last receive did not fill a batch, so the queue was all but drained: a
@@ -69,13 +64,11 @@ class SqsReceiver(Receiver):
         if len(self._keys) == 1:
             key = self._keys[0]
             if self._held.get(key):
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._settled[key].wait(), min(1.0, timeout))
-            messages = await self._backend._receive(key, max_messages, self._wait(key, wait))
+                await wait_event(self._settled[key], min(1.0, timeout))
+            messages = await self._sqs.receive(key, max_messages, self._wait(key, wait))
         else:
             messages = await self._fetch_many(max_messages, timeout)
-        if self._held:
-            self._count(messages, 1)
+        self._count(messages, 1)
         if 0 < len(messages) < min(max_messages, BATCH_ENTRIES):
             self._next_receive = time.monotonic() + _SHORT_RECEIVE_PAUSE
         if not messages and wait == 0 and timeout > 0:
@@ -87,6 +80,7 @@ class SqsReceiver(Receiver):
         return min(wait, 1) if self._held.get(key) else wait
 
     def _count(self, messages: Sequence[IncomingMessage], change: int) -> None:
+        """Count the FIFO keys' messages fetched (+1) or settled (-1); 0 held sets `settled`."""
         for message in messages:
             if message.key in self._held:
                 held = self._held[message.key] = max(0, self._held[message.key] + change)
@@ -102,7 +96,7 @@ class SqsReceiver(Receiver):
         while True:
             remaining = deadline - loop.time()
             if remaining >= 1.0 or first:
-                wait = min(self._backend.settings.wait_time_seconds, max(0, int(remaining)))
+                wait = min(self._sqs.settings.wait_time_seconds, max(0, int(remaining)))
                 if self._start_polls(max_messages, wait):
                     # Some queue got no poll: the credit is out with the others. Come back
                     # within a second, with the credit the consumer has freed meanwhile.
@@ -119,8 +113,6 @@ class SqsReceiver(Receiver):
                 timeout=max(remaining, 0.0),
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if not done:
-                return []
             messages, error = self._collect()
             if messages:
                 if error is not None:
@@ -128,7 +120,7 @@ class SqsReceiver(Receiver):
                 return messages
             if error is not None:
                 raise error
-            if loop.time() >= deadline:
+            if not done or loop.time() >= deadline:
                 return []
 
     def _start_polls(self, max_messages: int, wait: int) -> int:
@@ -149,8 +141,8 @@ class SqsReceiver(Receiver):
         for position, key in enumerate(idle):
             if credit <= 0:
                 break
-            share = max(1, min(10, credit // (len(idle) - position)))
-            receive = self._backend._receive(key, share, self._wait(key, wait))
+            share = max(1, min(BATCH_ENTRIES, credit // (len(idle) - position)))
+            receive = self._sqs.receive(key, share, self._wait(key, wait))
             self._polls[key] = loop.create_task(receive)
             self._asked[key] = share
             credit -= share
@@ -168,37 +160,33 @@ class SqsReceiver(Receiver):
             del self._asked[key]
             if task.cancelled():
                 continue
-            exception = task.exception()
-            if exception is not None:
-                error = error or exception
+            if task.exception() is not None:
+                error = error or task.exception()
                 continue
             messages.extend(task.result())
         return messages, error
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         try:
-            await self._backend._delete(messages)
+            await self._sqs.delete(messages)
         finally:  # settled either way: deleted, or back in the queue after the timeout
-            if self._held:
-                self._count(messages, -1)
+            self._count(messages, -1)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         try:
-            await self._backend._change_one(message, delay)
+            await self._sqs.change_one(message, delay)
         finally:
-            if self._held:
-                self._count((message,), -1)
+            self._count((message,), -1)
 
     async def release(self, messages: Sequence[IncomingMessage]) -> None:
         """Never handed out: visible again at once, 10 a call (SQS still counts the receipt)."""
         try:
-            await self._backend._change_visibility(messages, 0)
+            await self._sqs.change_visibility(messages, 0)
         finally:
-            if self._held:
-                self._count(messages, -1)
+            self._count(messages, -1)
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
-        await self._backend._change_visibility(messages, self._backend.settings.visibility_timeout)
+        await self._sqs.change_visibility(messages, self._sqs.settings.visibility_timeout)
 
     async def close(self) -> None:
         """Stop the polls in flight; messages they already brought are made visible again."""
@@ -211,6 +199,4 @@ class SqsReceiver(Receiver):
         self._asked.clear()
         if unread:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._backend._change_visibility(unread, 0), _RELEASE_TIMEOUT
-                )
+                await bounded(self._sqs.change_visibility(unread, 0), _RELEASE_TIMEOUT)

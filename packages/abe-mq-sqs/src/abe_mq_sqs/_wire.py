@@ -6,7 +6,7 @@ carries no attribute of abe's; a forwarded one (a dead letter) keeps its origina
 `abe-id` and `abe-published-at`. Other headers travel as String message attributes of
 the same name; when SQS cannot carry them that way (more than its 10 attributes, a name
 or value it refuses) the user headers travel together as one JSON object in the
-attribute `abe-headers`.
+attribute `abe-headers` (core's HEADER_PACKED).
 """
 
 from __future__ import annotations
@@ -18,33 +18,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from abe.backends.message_queue.base.codec import (
+from abe.errors import InvalidKeyError, PayloadError
+from abe.provider import (
+    DEAD_LETTER_SUFFIX,
+    HEADER_ERROR,
     HEADER_ID,
     HEADER_ORIGINAL_KEY,
+    HEADER_PACKED,
     HEADER_PREFIX,
     HEADER_PUBLISHED_AT,
+    IncomingMessage,
+    KeyRules,
+    OutgoingMessage,
 )
-from abe.backends.message_queue.base.keys import DEAD_LETTER_SUFFIX, KeyRules
-from abe.errors import InvalidKeyError
 
 __all__ = [
     "ATTRIBUTE_RESERVE",
     "BATCH_ENTRIES",
-    "Entry",
-    "MAX_ATTRIBUTES",
-    "PACKED_HEADERS",
     "QUEUE_NAME_LIMIT",
     "SQS_MESSAGE_LIMIT",
+    "Entry",
     "SqsKeyRules",
-    "attributes_size",
-    "body_text",
     "decode_attributes",
     "encode_attributes",
-    "headers_of",
-    "wire_headers",
+    "entry",
+    "incoming",
     "is_fifo",
     "queue_name",
     "split_batches",
+    "wire_headers",
 ]
 
 QUEUE_NAME_LIMIT = 80
@@ -57,8 +59,6 @@ BATCH_ENTRIES = 10
 """SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch take at most 10 entries."""
 MAX_ATTRIBUTES = 10
 """SQS carries at most 10 message attributes per message."""
-PACKED_HEADERS = "abe-headers"
-"""The attribute holding user headers as a JSON object when they cannot travel one by one."""
 
 FIFO_SUFFIX = ".fifo"
 _FIFO_KEY = re.compile(r"[A-Za-z0-9_-]+\.fifo(?:-dlq)*")
@@ -67,7 +67,6 @@ _REFUSED_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010fff
 """Characters SQS refuses in a body or attribute value (XML 1.0's character set)."""
 _GENERATED = frozenset({HEADER_ID, HEADER_PUBLISHED_AT})
 """Headers abe makes itself from hex digits and numbers: always valid attributes."""
-_STRING = "String"
 
 
 class SqsKeyRules(KeyRules):
@@ -102,87 +101,55 @@ def is_fifo(key: str) -> bool:
     return bool(fifo) and dead_letters.replace(DEAD_LETTER_SUFFIX, "") == ""
 
 
-def body_text(body: bytes) -> tuple[str, int]:
-    """The body as the text SQS carries, and its size in bytes.
-
-    U+FFFE and U+FFFF, which SQS refuses, are JSON-escaped: they can only occur inside
-    JSON strings, where the escape means the same character, so the body is still the
-    payload's JSON.
-    """
-    text = body.decode()
-    if "\ufffe" in text or "\uffff" in text:
-        text = text.replace("\ufffe", "\\ufffe").replace("\uffff", "\\uffff")
-        return text, len(text.encode())
-    return text, len(body)
-
-
 def _native(name: str, value: str) -> bool:
     """Whether a header can travel as its own String attribute."""
     if name in _GENERATED:
         return True
     if not value or _ATTRIBUTE_NAME.fullmatch(name) is None or ".." in name:
         return False
-    lowered = name.lower()
-    if lowered.startswith(("aws.", "amazon.")):
-        return False
-    return _REFUSED_TEXT.search(value) is None
+    return not name.lower().startswith(("aws.", "amazon.")) and not _REFUSED_TEXT.search(value)
+
+
+def _string(value: str) -> dict[str, str]:
+    return {"DataType": "String", "StringValue": value}
 
 
 def encode_attributes(headers: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """The message attributes carrying `headers` (see the module docstring for the layout)."""
     if len(headers) <= MAX_ATTRIBUTES and all(_native(n, v) for n, v in headers.items()):
-        return {
-            name: {"DataType": _STRING, "StringValue": value} for name, value in headers.items()
-        }
+        return {name: _string(value) for name, value in headers.items()}
     attributes: dict[str, dict[str, str]] = {}
     packed: dict[str, str] = {}
     for name, value in headers.items():
         if name.startswith(HEADER_PREFIX) and _native(name, value):
-            attributes[name] = {"DataType": _STRING, "StringValue": value}
+            attributes[name] = _string(value)
         else:
             packed[name] = value
     text = json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
     if _REFUSED_TEXT.search(text) is not None:  # U+FFFE / U+FFFF: escape everything
         text = json.dumps(packed, separators=(",", ":"))
-    attributes[PACKED_HEADERS] = {"DataType": _STRING, "StringValue": text}
+    attributes[HEADER_PACKED] = _string(text)
     return attributes
 
 
 def wire_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """The headers a message must carry as attributes.
 
-    A message being published carries neither `abe-id` nor `abe-published-at`: SQS gives
-    every message a `MessageId` and a `SentTimestamp`, which stand for them on reading.
-    A forwarded one (a dead letter, which names its original key) keeps both: they are
-    its original's, not its own.
+    A message being published carries neither `abe-id` nor `abe-published-at`: SQS's
+    `MessageId` and `SentTimestamp` stand for them on reading. A forwarded one (a dead
+    letter, which names its original key) keeps both: they are its original's.
     """
     if HEADER_ORIGINAL_KEY in headers or HEADER_ID not in headers:
         return headers
-    if len(headers) == 2 and HEADER_PUBLISHED_AT in headers:
-        return {}
     return {name: value for name, value in headers.items() if name not in _GENERATED}
-
-
-def headers_of(message: Mapping[str, Any]) -> dict[str, str]:
-    """The headers of a received SQS message: its attributes, then abe's id and publish time
-    from `MessageId` and `SentTimestamp` unless it carries its own (a dead letter does)."""
-    headers = decode_attributes(message.get("MessageAttributes"))
-    if HEADER_ID not in headers and message.get("MessageId"):
-        headers[HEADER_ID] = str(message["MessageId"])
-    if HEADER_PUBLISHED_AT not in headers:
-        sent = (message.get("Attributes") or {}).get("SentTimestamp")
-        if sent:
-            headers[HEADER_PUBLISHED_AT] = str(sent)
-    return headers
 
 
 def attributes_size(attributes: Mapping[str, Mapping[str, str]]) -> int:
     """What the attributes add to a message's size as SQS counts it: name, type and value bytes."""
-    size = 0
-    for name, attribute in attributes.items():
-        size += len(name.encode()) + len(attribute["DataType"].encode())
-        size += len(attribute.get("StringValue", "").encode())
-    return size
+    return sum(
+        len(name.encode()) + len(item["DataType"].encode()) + len(item["StringValue"].encode())
+        for name, item in attributes.items()
+    )
 
 
 def decode_attributes(attributes: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str]:
@@ -192,31 +159,41 @@ def decode_attributes(attributes: Mapping[str, Mapping[str, Any]] | None) -> dic
     `abe-headers` is unpacked (a value that is not a JSON object of strings stays as it is).
     """
     headers: dict[str, str] = {}
-    if not attributes:
-        return headers
-    packed: str | None = None
-    for name, attribute in attributes.items():
+    for name, attribute in (attributes or {}).items():
         if "StringValue" in attribute:
-            value = str(attribute["StringValue"])
+            headers[name] = str(attribute["StringValue"])
         elif "BinaryValue" in attribute:
-            value = base64.b64encode(bytes(attribute["BinaryValue"])).decode()
-        else:
-            continue
-        if name == PACKED_HEADERS:
-            packed = value
-        else:
-            headers[name] = value
+            headers[name] = base64.b64encode(bytes(attribute["BinaryValue"])).decode()
+    packed = headers.pop(HEADER_PACKED, None)
     if packed is not None:
         try:
             unpacked = json.loads(packed)
         except ValueError:
             unpacked = None
         if isinstance(unpacked, dict) and all(isinstance(v, str) for v in unpacked.values()):
-            for name, value in unpacked.items():
-                headers.setdefault(name, value)
+            headers.update({k: v for k, v in unpacked.items() if k not in headers})
         else:
-            headers[PACKED_HEADERS] = packed
+            headers[HEADER_PACKED] = packed
     return headers
+
+
+def incoming(key: str, message: Mapping[str, Any]) -> IncomingMessage:
+    """A received SQS message for core: its attributes as headers, then abe's id and publish
+    time from `MessageId` and `SentTimestamp` unless it carries its own (a dead letter does);
+    the attempt is SQS's `ApproximateReceiveCount`."""
+    headers = decode_attributes(message.get("MessageAttributes"))
+    system = message.get("Attributes") or {}
+    if HEADER_ID not in headers and message.get("MessageId"):
+        headers[HEADER_ID] = str(message["MessageId"])
+    if HEADER_PUBLISHED_AT not in headers and system.get("SentTimestamp"):
+        headers[HEADER_PUBLISHED_AT] = str(system["SentTimestamp"])
+    try:
+        attempt = max(1, int(system.get("ApproximateReceiveCount", 1)))
+    except (TypeError, ValueError):
+        attempt = 1
+    body = str(message.get("Body", "")).encode()
+    broker_id = str(message.get("MessageId", ""))
+    return IncomingMessage(key, body, headers, attempt, broker_id, message.get("ReceiptHandle"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +205,41 @@ class Entry:
     size: int
 
 
+def entry(key: str, index: int, message: OutgoingMessage, limit: int) -> Entry:
+    """SendMessage parameters for one message, or PayloadError if it is over `limit` bytes.
+
+    The body is the payload's JSON, with U+FFFE and U+FFFF (which SQS refuses) written as
+    JSON escapes; a dead letter's note is shortened to fit rather than refused.
+    """
+    text = message.body.decode()
+    if "\ufffe" in text or "\uffff" in text:
+        text = text.replace("\ufffe", "\\ufffe").replace("\uffff", "\\uffff")
+    body_size = len(text.encode())
+    headers = dict(wire_headers(message.headers))
+    attributes = encode_attributes(headers) if headers else {}
+    size = body_size + attributes_size(attributes)
+    if size > limit and HEADER_ERROR in headers:  # a dead letter: shorten its note
+        room = len(headers[HEADER_ERROR].encode()) - (size - limit)
+        note = headers[HEADER_ERROR].encode()[: max(room, 0)].decode(errors="ignore")
+        headers[HEADER_ERROR] = note or "(see logs)"
+        attributes = encode_attributes(headers)
+        size = body_size + attributes_size(attributes)
+    if size > limit:
+        where = "" if index == 0 else f"payloads[{index}]: "
+        raise PayloadError(
+            f"{where}the message to {key!r} is {size:,} bytes with its headers (SQS counts "
+            f"attribute names and values), over the {limit:,} this backend sends (SQS's "
+            f"limit is 1 MiB per message); nothing was published"
+        )
+    params: dict[str, Any] = {"MessageBody": text}
+    if attributes:
+        params["MessageAttributes"] = attributes
+    if is_fifo(key):
+        params["MessageGroupId"] = key
+        params["MessageDeduplicationId"] = message.id
+    return Entry(index, params, size)
+
+
 def split_batches(
     entries: Sequence[Entry],
     *,
@@ -236,14 +248,11 @@ def split_batches(
 ) -> list[list[Entry]]:
     """Consecutive runs of entries, each within SendMessageBatch's count and total-size limits."""
     batches: list[list[Entry]] = []
-    current: list[Entry] = []
     size = 0
-    for entry in entries:
-        if current and (len(current) >= max_entries or size + entry.size > max_bytes):
-            batches.append(current)
-            current, size = [], 0
-        current.append(entry)
-        size += entry.size
-    if current:
-        batches.append(current)
+    for item in entries:
+        if not batches or len(batches[-1]) >= max_entries or size + item.size > max_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += item.size
     return batches
