@@ -10,7 +10,7 @@ from abe.errors import InvalidKeyError
 from abe.provider import HEADER_PACKED as PACKED_HEADERS
 from abe.provider import OutgoingMessage
 from abe_mq_sqs import SqsBackend
-from abe_mq_sqs._wire import (
+from abe_mq_sqs._client import (
     Entry,
     attributes_size,
     decode_attributes,

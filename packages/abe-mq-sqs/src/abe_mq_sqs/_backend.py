@@ -1,64 +1,71 @@
 """The SQS backend: keys are queues, one aiobotocore client per backend, groups compete.
 
-Core (BaseBackend) validates, encodes, batches acknowledgements, dead-letters, bounds
-every call by the operation timeout and runs the consumer; this module moves messages:
-SendMessage / SendMessageBatch out, and opens the receivers that read them back.
+Core validates, encodes, batches acknowledgements, dead-letters, bounds every call by the
+operation timeout and runs the consumer; this class sends, and opens the receivers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from abe.errors import InvalidKeyError, PublishError
 from abe.provider import (
-    DEAD_LETTER_SUFFIX,
     BaseBackend,
     Capabilities,
     ErrorMap,
+    KeyRules,
     OutgoingMessage,
     Receiver,
     SecretFilter,
     redact_url,
 )
 from abe_mq_sqs._baseline import RawSqsBaseline
-from abe_mq_sqs._client import SqsClient
+from abe_mq_sqs._client import Entry, SqsClient, entry, is_fifo, split_batches
 from abe_mq_sqs._errors import CREDENTIAL_PATTERNS, ERRORS, readable, scrub_chain
 from abe_mq_sqs._receiver import SqsReceiver
 from abe_mq_sqs._settings import DEFAULT_MAX_PAYLOAD, SqsSettings
-from abe_mq_sqs._wire import QUEUE_NAME_LIMIT, Entry, SqsKeyRules, entry, is_fifo, split_batches
 
 if TYPE_CHECKING:
     from abe.benchmarking import RawBaseline
 
-__all__ = ["SqsBackend"]
-
 SEND_CONCURRENCY = 8
 """SendMessageBatch calls one publish_many keeps in flight (standard queues)."""
+_OVERTAKEN = "not sent: an earlier message of this FIFO key failed"
+_FIFO_KEY = re.compile(r"[A-Za-z0-9_-]+\.fifo(?:-dlq)*")
+
+
+class SqsKeyRules(KeyRules):
+    """SQS queue names: letters, digits, '_' and '-', and '.fifo' only to end a FIFO queue's
+    (`orders.fifo`, whose dead-letter keys `orders.fifo-dlq`... name FIFO queues too)."""
+
+    def check(self, key: object) -> str:
+        checked = super().check(key)
+        if "." in checked and _FIFO_KEY.fullmatch(checked) is None:
+            raise InvalidKeyError(
+                f"key {checked!r} contains '.'; SQS queue names may only contain letters, "
+                f"digits, '_' and '-', and end in '.fifo' for a FIFO queue (e.g. 'orders.fifo')"
+            )
+        return checked
 
 
 class SqsBackend(BaseBackend):
-    """Amazon SQS through aiobotocore. Build it with `from_env()` (or `load_backend("sqs")`).
-
-    Each key is a queue (created on first use unless ABE_SQS_AUTO_CREATE=false); a key
-    ending in `.fifo` is a FIFO queue. SQS has no consumer groups: every group reading
-    a queue competes for its messages. Use `async with`, or `close()` when done.
-    """
+    """Amazon SQS through aiobotocore: each key is a queue (a `.fifo` key a FIFO queue),
+    made on first use unless ABE_SQS_AUTO_CREATE=false; every group reading it competes."""
 
     name: ClassVar[str] = "sqs"
     capabilities: ClassVar[Capabilities] = Capabilities(
         fan_out=False,
         per_key_ordering=False,
-        persistence=True,
         native_delay=True,
         max_payload_bytes=DEFAULT_MAX_PAYLOAD,
-        remote=True,
     )
     key_rules: ClassVar[SqsKeyRules] = SqsKeyRules(
-        max_length=QUEUE_NAME_LIMIT,
+        max_length=80,  # SQS queue names, the `.fifo` suffix included
         allowed="A-Za-z0-9_.-",
         described="letters, digits, '_' and '-' (and '.fifo' at the end, for a FIFO queue)",
         broker="SQS",
@@ -75,12 +82,11 @@ class SqsBackend(BaseBackend):
         super().__init__(settings)
         self.settings: SqsSettings = settings
         # Core's filter knows the settings' secrets; this one also hides, by their header
-        # patterns, the credentials botocore's chain finds by itself.
+        # patterns, credentials that botocore's chain finds by itself.
         self.secret_filter.uninstall()
         self.secret_filter = SecretFilter(settings.secrets(), patterns=CREDENTIAL_PATTERNS)
         self.secret_filter.install(*self.client_loggers)
         weakref.finalize(self, self.secret_filter.uninstall)
-        # Installed again once connected, on any logger botocore made meanwhile.
         protect = functools.partial(self.secret_filter.install, *self.client_loggers)
         self._sqs = SqsClient(settings, self._describe(), protect)
 
@@ -98,21 +104,20 @@ class SqsBackend(BaseBackend):
         return where + (f" prefix={settings.queue_prefix!r}" if settings.queue_prefix else "")
 
     def _check_key(self, key: str) -> str:
-        """Core's key check, plus room for the queue-name prefix (and the `-dlq` suffix)."""
+        """Core's key check, and room for the queue-name prefix (and the `-dlq` suffix)."""
         super()._check_key(key)
         prefix = self.settings.queue_prefix
-        limit = QUEUE_NAME_LIMIT - len(DEAD_LETTER_SUFFIX) - len(prefix)
-        if prefix and len(key) > limit:
+        if prefix and len(key) > (limit := 80 - len("-dlq") - len(prefix)):
             raise InvalidKeyError(
-                f"key {key[:40]!r}... is {len(key)} characters; with the queue prefix "
-                f"{prefix!r} (ABE_SQS_QUEUE_PREFIX) SQS keys may have at most {limit}, "
-                f"leaving room for the '-dlq' dead-letter suffix"
+                f"key {key[:40]!r}... is {len(key)} characters; with the queue prefix {prefix!r} "
+                f"(ABE_SQS_QUEUE_PREFIX) SQS keys may have at most {limit}, leaving room for the "
+                f"'-dlq' dead-letter suffix"
             )
         return key
 
     def _translate_error(self, error: Exception) -> BaseException:
-        """The ErrorMap's abe error; first the client's exception and those it was raised
-        from lose their secrets (core chains it as the cause) and any XML error body."""
+        """The ErrorMap's abe error, once the client's exception and those it was raised from
+        lose their secrets (core chains it as the cause) and any XML error body."""
         scrub_chain(error, lambda text: readable(self.secret_filter.scrub(text)))
         return super()._translate_error(error)
 
@@ -121,7 +126,7 @@ class SqsBackend(BaseBackend):
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         # SQS has no groups: `group` only names the consumers; they all compete.
-        await asyncio.gather(*(self._sqs.queue(key) for key in keys))
+        await asyncio.gather(*(self._sqs.url(key) for key in keys))
         return SqsReceiver(self._sqs, tuple(keys))
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
@@ -137,50 +142,36 @@ class SqsBackend(BaseBackend):
             await self._send_batches(key, split_batches(entries), len(entries))
 
     async def _send_batches(self, key: str, batches: list[list[Entry]], total: int) -> None:
-        """SendMessageBatch for each batch; refused entries become one PublishError.
-
-        Standard queues get several batches in flight at once; a FIFO key's go one after
-        another and stop at the first failure, since later ones would overtake it.
-        """
+        """SendMessageBatch for each batch, several at once; a FIFO key's one after another,
+        stopping at the first failure (later ones would overtake it). What SQS refuses, or
+        what a failed call did not send, becomes one PublishError naming each index."""
         failed: dict[int, str] = {}
         errors: list[Exception] = []
         fifo, gate = is_fifo(key), asyncio.Semaphore(SEND_CONCURRENCY)
 
         async def one(batch: list[Entry]) -> int:
             if fifo and failed:
-                reason = "not sent: an earlier message of this FIFO key failed"
-                failed.update((item.index, reason) for item in batch)
+                failed.update((item.index, _OVERTAKEN) for item in batch)
                 return 0
+            entries = [{"Id": str(item.index), **item.params} for item in batch]
             try:
                 async with gate:
-                    refused = await self._send_batch(key, batch)
+                    response = await self._sqs.call(key, "send_message_batch", Entries=entries)
             except Exception as exc:  # the whole call failed: none of this batch was sent
                 errors.append(exc)
                 reason = str(self._translate_error(exc))
                 failed.update((item.index, reason) for item in batch)
                 return 0
-            failed.update(refused)
+            refused = response.get("Failed", ())
+            for item in refused:  # SQS names each refused entry by the Id given above
+                failed[int(item["Id"])] = f"{item.get('Code', 'Failed')}: {item.get('Message', '')}"
             return len(batch) - len(refused)
 
         if fifo:
             sent = sum([await one(batch) for batch in batches])
         else:
             sent = sum(await asyncio.gather(*(one(batch) for batch in batches)))
-        if not failed:
-            return
         if sent == 0 and errors:
             raise errors[0]  # nothing was published: the plain error says why
-        raise PublishError(key, dict(sorted(failed.items())), total)
-
-    async def _send_batch(self, key: str, batch: list[Entry]) -> dict[int, str]:
-        """One SendMessageBatch call; the indexes SQS refused, with why."""
-        entries = [{"Id": str(item.index), **item.params} for item in batch]
-        response = await self._sqs.call(key, "send_message_batch", Entries=entries)
-        refused: dict[int, str] = {}
-        for failure in response.get("Failed", ()):
-            try:
-                index = int(failure["Id"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            refused[index] = f"{failure.get('Code', 'Failed')}: {failure.get('Message', '')}"
-        return refused
+        if failed:
+            raise PublishError(key, dict(sorted(failed.items())), total)

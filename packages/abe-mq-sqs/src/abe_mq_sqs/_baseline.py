@@ -23,11 +23,10 @@ import botocore  # type: ignore[import-untyped]
 
 from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
 from abe.provider import SecretFilter
-from abe_mq_sqs._client import connect
+from abe_mq_sqs._client import BATCH_ENTRIES, connect, queue_name
 from abe_mq_sqs._errors import CREDENTIAL_PATTERNS
 from abe_mq_sqs._settings import SqsSettings
 from abe_mq_sqs._version import __version__
-from abe_mq_sqs._wire import BATCH_ENTRIES, queue_name
 
 __all__ = ["RawSqsBaseline"]
 

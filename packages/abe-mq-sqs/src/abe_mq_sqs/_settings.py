@@ -1,10 +1,7 @@
 """The SQS backend's settings: the standard AWS variables, abe's SQS ones and the common ones.
 
-Each variable is declared once, below. `from_env()` reads them, and the AWS config files
-(for the profile's region and to see that a credential source exists), and raises one
-ConfigurationError naming every problem. It opens no connection: credentials that need
-the network (instance metadata, containers, web identity, SSO) are resolved by botocore
-on the first call.
+`from_env()` also reads the AWS config files; it opens no connection (credentials that
+need the network, such as instance metadata or SSO, are left to botocore's first call).
 """
 
 from __future__ import annotations
@@ -20,46 +17,33 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.configloader import load_config, raw_config_parse  # type: ignore[import-untyped]
 from botocore.exceptions import ConfigParseError  # type: ignore[import-untyped]
-from botocore.utils import (  # type: ignore[import-untyped]
-    is_valid_endpoint_url,
-    is_valid_ipv6_endpoint_url,
-)
+from botocore.utils import is_valid_endpoint_url as valid_url  # type: ignore[import-untyped]
+from botocore.utils import is_valid_ipv6_endpoint_url as valid_ipv6_url
 
 from abe.errors import ConfigurationError
 from abe.provider import BackendSettings, Secret, redact_url, setting
-from abe_mq_sqs._wire import ATTRIBUTE_RESERVE, SQS_MESSAGE_LIMIT
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "MAX_VISIBILITY", "SqsSettings"]
-
-DEFAULT_MAX_PAYLOAD = SQS_MESSAGE_LIMIT - ATTRIBUTE_RESERVE
-"""1 MiB (SQS's message limit since 2025) less the room kept for abe's attributes."""
-MAX_VISIBILITY = 43_200
-"""SQS's longest visibility timeout: 12 hours."""
-PREFIX_LIMIT = 40
+SQS_MESSAGE_LIMIT = 1_048_576
+"""SQS's largest message (body and attributes) and SendMessageBatch request: 1 MiB."""
+DEFAULT_MAX_PAYLOAD = SQS_MESSAGE_LIMIT - 1_024  # 1 KiB is kept for abe's attributes
+MAX_VISIBILITY = 43_200  # SQS's longest visibility timeout: 12 hours
 _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
-_PREFIX = re.compile(r"[A-Za-z0-9_-]*")
-_SOURCES = (
-    "AWS_PROFILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-)
-"""Variables that name a credential source besides the keys (and the default profile)."""
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{0,40}")
+_SOURCES = "AWS_WEB_IDENTITY_TOKEN_FILE AWS_CONTAINER_CREDENTIALS_RELATIVE_URI AWS_PROFILE "
+_SOURCES += "AWS_CONTAINER_CREDENTIALS_FULL_URI AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY"
 
 
 @dataclass(frozen=True, kw_only=True)
 class SqsSettings(BackendSettings):
     """Where the queues are, how to sign in, and how abe uses them.
 
-    `redelivery_timeout` is the visibility timeout of every receive (whole seconds,
-    rounded up). Secrets are `Secret`s (shown as '***'), endpoints shown through
-    `redact_url`. `from_env()` resolves AWS_DEFAULT_REGION, the profile's region and
-    AWS_ENDPOINT_URL into `region` and `endpoint_url`; the fields from AWS_CONFIG_FILE to
-    AWS_EC2_METADATA_DISABLED only tell it whether credentials can come from somewhere
-    (botocore reads those variables itself).
+    `from_env()` puts AWS_DEFAULT_REGION, the profile's region or AWS_ENDPOINT_URL in
+    `region` and `endpoint_url` when those are unset; the fields from `config_file` to
+    `metadata_disabled` only tell it whether credentials can come from somewhere.
+    `poll_interval` is always the long-poll wait (at least 1 s).
     """
 
     region: str | None = setting(
@@ -159,15 +143,12 @@ class SqsSettings(BackendSettings):
         minimum=1,
         maximum=20,
     )
-    poll_interval: float = setting(
-        None,
-        20.0,
-        "Longest a single fetch blocks before it returns empty: the long-poll wait.",
-        minimum=0.001,
-        maximum=3_600,
-    )
 
     backend_name: ClassVar[str] = "sqs"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "poll_interval", float(max(self.wait_time_seconds, 1)))
+        super().__post_init__()
 
     def check(self) -> Iterator[tuple[str, str]]:
         """Keys come in pairs; region, prefix and endpoint are ones SQS and botocore take."""
@@ -178,43 +159,31 @@ class SqsSettings(BackendSettings):
         if self.session_token and not (self.access_key_id and self.secret_access_key):
             yield "session_token", "needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY beside it"
         name = "region" if self.region is not None else "default_region"
-        region = getattr(self, name)
-        if region is not None and _REGION.fullmatch(region) is None:
-            yield name, f"must be a region name such as us-east-1 (got {region!r})"
-        if len(self.queue_prefix) > PREFIX_LIMIT or not _PREFIX.fullmatch(self.queue_prefix):
-            yield (
-                "queue_prefix",
-                (
-                    f"must be at most {PREFIX_LIMIT} letters, digits, '_' or '-' "
-                    f"(got {self.queue_prefix!r})"
-                ),
-            )
+        if getattr(self, name) is not None and not _REGION.fullmatch(getattr(self, name)):
+            yield name, f"must be a region name such as us-east-1 (got {getattr(self, name)!r})"
+        if not _PREFIX.fullmatch(self.queue_prefix):
+            got = f"(got {self.queue_prefix!r})"
+            yield "queue_prefix", f"must be at most 40 letters, digits, '_' or '-' {got}"
         name = "endpoint_url" if self.endpoint_url is not None else "shared_endpoint_url"
-        problem = _endpoint_problem(getattr(self, name))
-        if problem is not None:
+        if (problem := _endpoint_problem(getattr(self, name))) is not None:
             yield name, problem
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        """The declared variables, and what only the environment tells: the region's and the
-        endpoint's fallbacks (AWS_DEFAULT_REGION, the profile's region, AWS_ENDPOINT_URL),
-        that AWS_PROFILE exists and, with instance metadata off, that credentials are set."""
+        """The declared variables, the region's and the endpoint's fallbacks, and what only
+        the environment shows (see `_environment`); one ConfigurationError for every problem."""
         environ = os.environ if environ is None else environ
         text = {v.name: environ.get(v.name, "").strip() or v.default or "" for v in cls.variables()}
         problems: dict[str, str] = {}
-        region = _environment(text, problems)
+        region = _environment(text, problems) or None
         try:
             settings = super().from_env(environ)
         except ConfigurationError as exc:
             raise ConfigurationError(cls.backend_name, {**exc.problems, **problems}) from None
         if problems:
             raise ConfigurationError(cls.backend_name, problems)
-        return replace(
-            settings,
-            region=region,
-            endpoint_url=settings.endpoint_url or settings.shared_endpoint_url,
-            poll_interval=float(max(settings.wait_time_seconds, 1)),
-        )
+        endpoint = settings.endpoint_url or settings.shared_endpoint_url
+        return replace(settings, region=region, endpoint_url=endpoint)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.describe().items())
@@ -241,12 +210,7 @@ class SqsSettings(BackendSettings):
     @property
     def max_message_bytes(self) -> int:
         """The largest message (body and attributes, as SQS counts it) abe sends."""
-        return min(SQS_MESSAGE_LIMIT, self.max_payload_bytes + ATTRIBUTE_RESERVE)
-
-    @property
-    def queue_maximum_message_size(self) -> int:
-        """The MaximumMessageSize abe gives the queues it creates (SQS allows 1,024 to 1 MiB)."""
-        return max(1_024, self.max_message_bytes)
+        return min(SQS_MESSAGE_LIMIT, self.max_payload_bytes + 1_024)
 
     @property
     def visibility_timeout(self) -> int:
@@ -255,11 +219,11 @@ class SqsSettings(BackendSettings):
 
 
 def _endpoint_problem(url: str | None) -> str | None:
-    """What is wrong with an endpoint URL botocore would refuse or aiohttp could not send
-    (never echoing a secret of it), or None when it is usable."""
+    """What is wrong with an endpoint URL that botocore would refuse or aiohttp could not
+    send (never echoing a secret of it), or None when it is usable."""
+    shown = redact_url(url or "")
     if url is None:
         return None
-    shown = redact_url(url)
     if "," in url:
         return f"must be one URL (got {shown!r})"
     if "@" in url:  # user info; a password with a "/" or "?" in it would end the host early
@@ -270,59 +234,61 @@ def _endpoint_problem(url: str | None) -> str | None:
         )
     if not url.lower().startswith(("http://", "https://")):
         return f"must start with http://, https:// (got {shown!r})"
-    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+    if not (valid_url(url) or valid_ipv6_url(url)):
         return f"is not a valid endpoint URL (got {shown!r}); e.g. http://localhost:4566"
     return None
 
 
-def _environment(text: Mapping[str, str], problems: dict[str, str]) -> str | None:
-    """The region the environment gives, recording in `problems` what only it can show: an
-    unreadable AWS config file, an unknown AWS_PROFILE, no region, no credential source."""
-    profiles = _read_profiles(text, problems)
-    profile = text["AWS_PROFILE"] or None
-    if profile is not None and profiles is not None and profile not in profiles:
+def _environment(text: Mapping[str, str], problems: dict[str, str]) -> str:
+    """The region the environment gives; records what only it can show: an unreadable AWS
+    config file, an unknown AWS_PROFILE, no region, no credential source at all."""
+    regions = _profile_regions(text, problems)
+    profile = text["AWS_PROFILE"]
+    if profile and regions is not None and profile not in regions:
+        files = f"{text['AWS_CONFIG_FILE']} or {text['AWS_SHARED_CREDENTIALS_FILE']}"
+        known = ", ".join(sorted(regions)) or "none"
         problems["AWS_PROFILE"] = (
-            f"names no profile of {text['AWS_CONFIG_FILE']} or "
-            f"{text['AWS_SHARED_CREDENTIALS_FILE']} (got {profile!r}; profiles there: "
-            f"{', '.join(sorted(profiles)) or 'none'})"
+            f"names no profile of {files} (got {profile!r}; profiles there: {known})"
         )
-    profiles = profiles or {}
-    has_source = any(text[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
-    has_source = has_source or "default" in profiles or any(text[name] for name in _SOURCES)
-    if not has_source and text["AWS_EC2_METADATA_DISABLED"].lower() in ("1", "true", "yes", "on"):
+    no_source = not any(text[name] for name in _SOURCES.split()) and "default" not in (
+        regions or {}
+    )
+    if no_source and text["AWS_EC2_METADATA_DISABLED"].lower() in ("1", "true", "yes", "on"):
         problems["AWS_ACCESS_KEY_ID"] = (
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
             "AWS_PROFILE (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)"
         )
-    found = profiles.get(profile or "default", {}).get("region", "")
-    found = found if _REGION.fullmatch(found) else ""  # a malformed one is no region
-    region = text["AWS_REGION"] or text["AWS_DEFAULT_REGION"] or found
+    region = (
+        text["AWS_REGION"]
+        or text["AWS_DEFAULT_REGION"]
+        or (regions or {}).get(profile or "default", "")
+    )
     if not region:
         problems["AWS_REGION"] = (
             "is not set, nor AWS_DEFAULT_REGION, nor a region in the AWS profile; "
             "set AWS_REGION=us-east-1 (or your queues' region)"
         )
-    return region or None
+    return region
 
 
-def _read_profiles(
-    text: Mapping[str, str], problems: dict[str, str]
-) -> dict[str, dict[str, str]] | None:
-    """The profiles of the AWS config and credentials files (local files only), or None if
-    one cannot be read."""
-    profiles: dict[str, dict[str, str]] = {}
-    for variable in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+def _profile_regions(text: Mapping[str, str], problems: dict[str, str]) -> dict[str, str] | None:
+    """Each profile of the AWS config and credentials files with its region ('' for none, or
+    a malformed one), or None when a file cannot be read. Local files only."""
+    regions: dict[str, str] = {}
+    for variable, read in (
+        ("AWS_CONFIG_FILE", load_config),
+        ("AWS_SHARED_CREDENTIALS_FILE", raw_config_parse),
+    ):
         path = Path(text[variable]).expanduser()
-        if not path.is_file():
-            continue
-        config = variable == "AWS_CONFIG_FILE"
         try:
-            parsed = load_config(str(path)) if config else raw_config_parse(str(path))
+            parsed = read(str(path)) if path.is_file() else {}
         except (ConfigParseError, OSError, UnicodeDecodeError) as exc:
             problems[variable] = f"cannot be read as an AWS config file ({type(exc).__name__})"
             return None
-        for name, values in (parsed.get("profiles", {}) if config else parsed).items():
-            if isinstance(values, dict):
-                strings = {str(k): v for k, v in values.items() if isinstance(v, str)}
-                profiles.setdefault(str(name), {}).update(strings)
-    return profiles
+        for name, values in (parsed.get("profiles", {}) if read is load_config else parsed).items():
+            region = values.get("region") if isinstance(values, dict) else None
+            if isinstance(values, dict) and not regions.get(str(name)):
+                regions[str(name)] = (
+                    region if isinstance(region, str) and _REGION.fullmatch(region) else ""
+                )
+    return regions
