@@ -18,7 +18,7 @@ from abe.backends.message_queue.base.codec import IncomingMessage
 from abe.errors import BackendUnavailableError, PayloadError, PublishError
 from abe.settings import Secret
 from abe_mq_sqs import SqsBackend, SqsSettings, _client
-from abe_mq_sqs._receiver import SqsReceiver
+from abe_mq_sqs._client import SqsReceiver
 
 pytestmark = pytest.mark.asyncio
 

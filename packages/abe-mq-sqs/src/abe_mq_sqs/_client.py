@@ -1,24 +1,24 @@
-"""SQS for the backend and its receivers: one aiobotocore client, the calls, the wire format.
+"""SQS for the backend: one aiobotocore client, the calls, the wire format and the receiver.
 
-On the wire the body is the payload's JSON text and nothing else. abe's message id and
-publish time are SQS's `MessageId` and `SentTimestamp`: only a forwarded message (a dead
-letter) keeps its original's as `abe-id` and `abe-published-at`. Other headers travel as
-String message attributes of the same name, or, when SQS cannot carry them so (more than
-10, a name or value it refuses), the user headers together as JSON in `abe-headers`.
+The body is the payload's JSON; abe's id and publish time are `MessageId` and `SentTimestamp`
+(a dead letter carries its original's). Headers are String attributes, or when SQS cannot
+carry them so (over 10, names or values it refuses), one JSON object in `abe-headers`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import AioSession  # type: ignore[import-untyped]
@@ -36,6 +36,9 @@ from abe.provider import (
     IncomingMessage,
     LazyClient,
     OutgoingMessage,
+    Receiver,
+    bounded,
+    wait_event,
 )
 from abe_mq_sqs._errors import NONEXISTENT_QUEUE, QUEUE_EXISTS, STALE_HANDLE, error_code
 from abe_mq_sqs._settings import MAX_VISIBILITY, SQS_MESSAGE_LIMIT, SqsSettings
@@ -43,13 +46,14 @@ from abe_mq_sqs._version import __version__
 
 log = logging.getLogger("abe.sqs")
 
-BATCH_ENTRIES = 10
-"""SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch take at most 10."""
+BATCH_ENTRIES = 10  # the most entries of SendMessageBatch, DeleteMessageBatch...
 FIFO = ".fifo"
-_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_-])?")
-_REFUSED_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-"""Characters SQS refuses in a body or attribute value (XML 1.0's character set)."""
+_NAME = re.compile(r"(?!(?i:aws|amazon)\.)(?!.*\.\.)[\w-](?:[\w.-]{0,254}[\w-])?", re.ASCII)
+_REFUSED_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")  # not XML 1.0
 _GENERATED = (HEADER_ID, HEADER_PUBLISHED_AT)
+_RELEASE_TIMEOUT = 5.0
+_STARVED_RETURN = 1.0  # the longest wait while a queue has no poll: credit may come back
+_SHORT_RECEIVE_PAUSE = 0.01  # after a receive that did not fill a batch (SQS bills requests)
 _READ = ["ApproximateReceiveCount", "SentTimestamp"]
 _RECEIVE: dict[str, Any] = {"MessageSystemAttributeNames": _READ, "AttributeNames": _READ}
 _RECEIVE["MessageAttributeNames"] = ["All"]  # AttributeNames: what older emulators read
@@ -67,25 +71,16 @@ def is_fifo(key: str) -> bool:
     return bool(fifo) and dead_letters.replace(DEAD_LETTER_SUFFIX, "") == ""
 
 
-def _native(name: str, value: str) -> bool:
-    """Whether a header can travel as its own String attribute."""
-    valid = bool(value) and _ATTRIBUTE_NAME.fullmatch(name) is not None and ".." not in name
-    return (
-        valid
-        and not name.lower().startswith(("aws.", "amazon."))
-        and not _REFUSED_TEXT.search(value)
-    )
-
-
 def encode_attributes(headers: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """The message attributes carrying `headers` (see the module docstring for the layout)."""
-    native = len(headers) <= 10 and all(_native(name, value) for name, value in headers.items())
-    packed = {
-        name: value
-        for name, value in headers.items()
-        if not native and not (name.startswith(HEADER_PREFIX) and _native(name, value))
-    }
-    shown = {name: value for name, value in headers.items() if name not in packed}
+    """The message attributes carrying `headers`: native, or packed (see the module docstring)."""
+
+    def _native(name: str, value: str) -> bool:  # whether it can be a String attribute itself
+        return bool(value and _NAME.fullmatch(name) and not _REFUSED_TEXT.search(value))
+
+    native = len(headers) <= 10 and all(map(_native, headers, headers.values()))
+    own = {n: v for n, v in headers.items() if n.startswith(HEADER_PREFIX) and _native(n, v)}
+    shown = dict(headers) if native else own  # abe's own headers travel natively if they can
+    packed = {name: value for name, value in headers.items() if name not in shown}
     if packed:
         text = json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
         if _REFUSED_TEXT.search(text) is not None:  # U+FFFE / U+FFFF: escape everything
@@ -94,24 +89,8 @@ def encode_attributes(headers: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return {name: {"DataType": "String", "StringValue": value} for name, value in shown.items()}
 
 
-def wire_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """The headers a message carries as attributes: a published one neither `abe-id` nor
-    `abe-published-at` (SQS's own stand for them), a forwarded one (a dead letter) both."""
-    if HEADER_ORIGINAL_KEY in headers or HEADER_ID not in headers:
-        return headers
-    return {name: value for name, value in headers.items() if name not in _GENERATED}
-
-
-def attributes_size(attributes: Mapping[str, Mapping[str, str]]) -> int:
-    """What the attributes add to a message's size as SQS counts it: name, type and value bytes."""
-    return sum(
-        len(f"{name}String{item['StringValue']}".encode()) for name, item in attributes.items()
-    )
-
-
 def decode_attributes(attributes: Mapping[str, Mapping[str, Any]] | None) -> dict[str, str]:
-    """Headers from the attributes of a received message, whoever wrote them: String and
-    Number ones as text, Binary ones in base64, `abe-headers` unpacked if it is JSON."""
+    """Headers from any producer's attributes: Binary ones in base64, `abe-headers` unpacked."""
     headers: dict[str, str] = {}
     for name, attribute in (attributes or {}).items():
         if "StringValue" in attribute:
@@ -129,14 +108,11 @@ def decode_attributes(attributes: Mapping[str, Mapping[str, Any]] | None) -> dic
 
 
 def incoming(key: str, message: Mapping[str, Any]) -> IncomingMessage:
-    """A received message for core: attempt from `ApproximateReceiveCount`, and abe's id and
-    publish time from `MessageId` and `SentTimestamp` unless it carries its own."""
-    headers = decode_attributes(message.get("MessageAttributes"))
+    """A received message for core: its attempt is SQS's `ApproximateReceiveCount`."""
+    headers = decode_attributes(message.get("MessageAttributes"))  # a dead letter's own first
     system = message.get("Attributes") or {}
-    if HEADER_ID not in headers and message.get("MessageId"):
-        headers[HEADER_ID] = str(message["MessageId"])
-    if HEADER_PUBLISHED_AT not in headers and system.get("SentTimestamp"):
-        headers[HEADER_PUBLISHED_AT] = str(system["SentTimestamp"])
+    sqs = {HEADER_ID: message.get("MessageId"), HEADER_PUBLISHED_AT: system.get("SentTimestamp")}
+    headers = {name: str(value) for name, value in sqs.items() if value} | headers
     count = str(system.get("ApproximateReceiveCount", ""))
     attempt = max(1, int(count)) if count.isdigit() else 1
     body, broker_id = str(message.get("Body", "")).encode(), str(message.get("MessageId", ""))
@@ -153,23 +129,24 @@ class Entry:
 
 
 def entry(key: str, index: int, message: OutgoingMessage, limit: int) -> Entry:
-    """SendMessage parameters for one message, or PayloadError if it is over `limit` bytes.
-
-    U+FFFE and U+FFFF, which SQS refuses, are written as JSON escapes (the same JSON value);
-    a dead letter's note is shortened to fit rather than the letter refused.
-    """
+    """SendMessage parameters, or PayloadError over `limit` bytes; a dead letter's note is cut."""
+    # U+FFFE and U+FFFF, which SQS refuses, become JSON escapes (the same JSON value)
     text = message.body.decode().replace("\ufffe", "\\ufffe").replace("\uffff", "\\uffff")
-    headers = dict(wire_headers(message.headers))
+    forwarded = HEADER_ORIGINAL_KEY in message.headers  # a dead letter: its original's id, time
+    headers = {n: v for n, v in message.headers.items() if forwarded or n not in _GENERATED}
     attributes = encode_attributes(headers) if headers else {}
-    size = len(text.encode()) + attributes_size(attributes)
-    if size > limit and HEADER_ERROR in headers:
-        room = len(headers[HEADER_ERROR].encode()) - (size - limit)
+
+    def size() -> int:  # as SQS counts it: the body, each attribute's name, type and value
+        sizes = (len(f"{n}String{a['StringValue']}".encode()) for n, a in attributes.items())
+        return len(text.encode()) + sum(sizes)
+
+    if size() > limit and HEADER_ERROR in headers:
+        room = len(headers[HEADER_ERROR].encode()) - (size() - limit)
         note = headers[HEADER_ERROR].encode()[: max(room, 0)].decode(errors="ignore")
         attributes = encode_attributes({**headers, HEADER_ERROR: note or "(see logs)"})
-        size = len(text.encode()) + attributes_size(attributes)
-    if size > limit:
+    if size() > limit:
         raise PayloadError(
-            f"{f'payloads[{index}]: ' if index else ''}the message to {key!r} is {size:,} bytes "
+            f"{f'payloads[{index}]: ' if index else ''}the message to {key!r} is {size():,} bytes "
             f"with its headers (SQS counts attribute names and values), over the {limit:,} this "
             f"backend sends (SQS's limit is 1 MiB per message); nothing was published"
         )
@@ -178,7 +155,7 @@ def entry(key: str, index: int, message: OutgoingMessage, limit: int) -> Entry:
         params["MessageAttributes"] = attributes
     if is_fifo(key):
         params.update(MessageGroupId=key, MessageDeduplicationId=message.id)
-    return Entry(index, params, size)
+    return Entry(index, params, size())
 
 
 def split_batches(entries: Sequence[Entry]) -> list[list[Entry]]:
@@ -193,19 +170,12 @@ def split_batches(entries: Sequence[Entry]) -> list[list[Entry]]:
 
 
 async def connect(settings: SqsSettings, agent: str) -> Any:
-    """An aiobotocore SQS client for `settings`; `client.__aexit__(None, None, None)` ends it.
-
-    Explicit keys win over the profile; without either, botocore's chain (web identity,
-    containers, instance metadata...) finds credentials on the first call. The standard
-    retry mode retries a throttled or failed call, but not a failed TLS handshake.
-    """
-    arguments: dict[str, Any] = {"region_name": settings.region}
-    if settings.endpoint_url:
-        arguments["endpoint_url"] = settings.endpoint_url
+    """An aiobotocore SQS client: keys, else the profile, else botocore's chain of sources."""
     key, secret, token = settings.access_key_id, settings.secret_access_key, settings.session_token
+    keys: dict[str, Any] = {}
     if key and secret:
-        arguments.update(aws_access_key_id=key.reveal(), aws_secret_access_key=secret.reveal())
-        arguments["aws_session_token"] = token.reveal() if token else None
+        keys = {"aws_access_key_id": key.reveal(), "aws_secret_access_key": secret.reveal()}
+        keys["aws_session_token"] = token.reveal() if token else None
     config = AioConfig(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.wait_time_seconds + settings.operation_timeout,  # a long poll
@@ -213,22 +183,20 @@ async def connect(settings: SqsSettings, agent: str) -> Any:
         max_pool_connections=64,  # long polls hold one each; sends must still find one
         user_agent_extra=agent,
     )
-    session = AioSession(profile=None if key and secret else settings.profile)
-    client = await session.create_client("sqs", config=config, **arguments).__aenter__()
-    client.meta.events.register_first("needs-retry.sqs", _tls_failure_is_final)
+    session, url = AioSession(profile=None if keys else settings.profile), settings.endpoint_url
+    context = session.create_client("sqs", settings.region, endpoint_url=url, config=config, **keys)
+    client = await context.__aenter__()
+
+    def tls_failure_is_final(caught_exception: BaseException | None = None, **_: Any) -> None:
+        if isinstance(caught_exception, SSLError):  # it fails the same way every time
+            raise caught_exception
+
+    client.meta.events.register_first("needs-retry.sqs", tls_failure_is_final)
     return client
 
 
-def _tls_failure_is_final(caught_exception: BaseException | None = None, **_: Any) -> None:
-    """A needs-retry handler: a failed TLS handshake fails the same way every time."""
-    if isinstance(caught_exception, SSLError):
-        raise caught_exception
-
-
 class SqsClient:
-    """One backend's client, made on first use, and its queues, resolved once (GetQueueUrl,
-    then CreateQueue when allowed); its receivers use them too. `where` describes the
-    endpoint for errors; `on_connect` runs once connected (to filter new loggers)."""
+    """A backend's client, made on first use, and its queues' URLs, shared with its receivers."""
 
     def __init__(self, settings: SqsSettings, where: str, on_connect: Callable[[], None]) -> None:
         self.settings = settings
@@ -246,8 +214,6 @@ class SqsClient:
         return client
 
     async def close(self) -> None:
-        """Close the client for good (the queue URLs it resolved are forgotten)."""
-        self._urls.clear()
         await self._client.close()
 
     async def url(self, key: str) -> str:
@@ -269,31 +235,27 @@ class SqsClient:
 
     async def _resolve(self, key: str) -> str:
         name, fifo = queue_name(key, self.settings.queue_prefix), is_fifo(key)
-        url = await self._lookup(name)
-        if url is not None:
+        if (url := await self._lookup(name)) is not None:
             return url
         if not self.settings.auto_create:
             raise InvalidKeyError(
-                f"sqs: the queue {name!r} of key {key!r} does not exist and ABE_SQS_AUTO_CREATE "
-                f"is false; create it{' as a FIFO queue' if fifo else ''}, or set "
-                f"ABE_SQS_AUTO_CREATE=true ({self._where})"
+                f"sqs: key {key!r} has no queue {name!r} ({self._where}) and ABE_SQS_AUTO_CREATE "
+                f"is false; create it{' as FIFO' if fifo else ''} or set ABE_SQS_AUTO_CREATE=true"
             )
         attributes = {"MaximumMessageSize": str(self.settings.max_message_bytes)}
-        if fifo:
-            attributes.update(FifoQueue="true", ContentBasedDeduplication="false")
+        attributes |= {"FifoQueue": "true", "ContentBasedDeduplication": "false"} if fifo else {}
         try:
             client = await self._client.get()
             url = (await client.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
         except ClientError as exc:  # made meanwhile, perhaps with other attributes
             if error_code(exc) not in QUEUE_EXISTS:
                 raise
-            url = await self._lookup(name)
+            url = (await client.get_queue_url(QueueName=name))["QueueUrl"]
         log.info("sqs: created queue %s", name)
         return str(url)
 
     async def call(self, key: str, method: str, *, again: bool = True, **params: Any) -> Any:
-        """The client's `method` on the key's queue; if the queue vanished and `again`, it is
-        resolved again (created, when allowed) and the call made once more."""
+        """The client's `method` on the key's queue, made again once if the queue vanished."""
         client = await self._client.get()
         url = await self.url(key)
         try:
@@ -310,8 +272,7 @@ class SqsClient:
         """DeleteQueue for the key's queue if it exists (AWS keeps the name for 60 s after)."""
         self._urls.pop(key, None)
         name = queue_name(key, self.settings.queue_prefix)
-        url = await self._lookup(name)
-        if url is not None:
+        if (url := await self._lookup(name)) is not None:
             await (await self._client.get()).delete_queue(QueueUrl=url)
             log.info("sqs: deleted queue %s", name)
 
@@ -323,8 +284,7 @@ class SqsClient:
         return [incoming(key, message) for message in response.get("Messages", ())]
 
     async def settle(self, messages: Sequence[IncomingMessage], hide: int | None = None) -> None:
-        """Delete the messages (`hide` None), or hide them for `hide` more seconds from now:
-        DeleteMessageBatch or ChangeMessageVisibilityBatch, 10 a call, all calls at once."""
+        """Delete the messages (`hide` None) or hide them `hide` more seconds: in batches of 10."""
         method = "delete_message_batch" if hide is None else "change_message_visibility_batch"
         extra = {} if hide is None else {"VisibilityTimeout": hide}
         calls = []
@@ -334,18 +294,19 @@ class SqsClient:
                 chunk = enumerate(mine[start : start + BATCH_ENTRIES])
                 entries = [{"Id": str(n), "ReceiptHandle": m.handle, **extra} for n, m in chunk]
                 calls.append(self.call(key, method, again=False, Entries=entries))
-        responses = await asyncio.gather(*calls)
-        for code, count in Counter(
-            str(failure.get("Code", "Failed")) for r in responses for failure in r.get("Failed", ())
-        ).items():
+        failed = [
+            f for response in await asyncio.gather(*calls) for f in response.get("Failed", ())
+        ]
+        for code, count in Counter(str(f.get("Code", "Failed")) for f in failed).items():
             if hide is None:
-                log.warning("sqs: %d acknowledgement(s) were refused (%s); %s", count, code, _AGAIN)
+                log.warning(
+                    "sqs: %d acknowledgement(s) refused (%s): delivered again later", count, code
+                )
             else:
                 log.debug("sqs: %d visibility change(s) refused (%s)", count, code)
 
     async def change_one(self, message: IncomingMessage, delay: float) -> None:
-        """ChangeMessageVisibility of one message: back in the queue after `delay` seconds
-        (skipped when its receipt handle is stale: it is visible again, or deleted)."""
+        """One message back in the queue after `delay` s (unless already visible or deleted)."""
         seconds = min(MAX_VISIBILITY, max(0, math.ceil(delay)))
         params = {"ReceiptHandle": message.handle, "VisibilityTimeout": seconds}
         try:
@@ -356,4 +317,109 @@ class SqsClient:
             log.debug("sqs: nack of %s skipped: %s", message.broker_id, error_code(exc))
 
 
-_AGAIN = "those messages will be delivered again"
+class SqsReceiver(Receiver):
+    """A long poll per queue: the first to bring messages ends the fetch, the others carry over.
+    While it holds a FIFO key's messages (SQS sends no more meanwhile) it polls briefly."""
+
+    ack_batch_size: ClassVar[int] = BATCH_ENTRIES  # DeleteMessageBatch takes 10 handles
+    ack_linger: ClassVar[float] = 0.005  # SQS charges per request: one delete per batch read
+
+    def __init__(self, sqs: SqsClient, keys: tuple[str, ...]) -> None:
+        self._sqs = sqs
+        self._keys = keys
+        self._polls: dict[str, asyncio.Task[list[IncomingMessage]]] = {}
+        self._asked: dict[str, int] = {}
+        self._turn = 0
+        self._held = dict.fromkeys(filter(is_fifo, keys), 0)  # FIFO messages not yet settled
+        self._settled = {key: asyncio.Event() for key in self._held}
+        self._next_receive = 0.0
+
+    async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
+        wait = min(self._sqs.settings.wait_time_seconds, max(0, int(timeout)))
+        if self._next_receive > time.monotonic():  # let a fuller batch gather after a short one
+            await asyncio.sleep(self._next_receive - time.monotonic())
+        if len(self._keys) == 1 and self._held.get(self._keys[0]):
+            await wait_event(self._settled[self._keys[0]], min(1.0, timeout))
+        limit = min(timeout, _STARVED_RETURN) if self._start_polls(max_messages, wait) else timeout
+        polls = set(self._polls.values())
+        await asyncio.wait(polls, timeout=max(limit, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        messages, error = self._collect()
+        if error is not None and not messages:
+            raise error
+        if error is not None:
+            log.debug("sqs: one queue's poll failed (%s); polling it again", error)
+        self._count(messages, 1)
+        if 0 < len(messages) < min(max_messages, BATCH_ENTRIES):
+            self._next_receive = time.monotonic() + _SHORT_RECEIVE_PAUSE
+        if not messages and wait == 0 and timeout > 0:
+            await asyncio.sleep(timeout)  # short polling: once per poll interval, not a spin
+        return messages
+
+    def _start_polls(self, max_messages: int, wait: int) -> int:
+        """Start a poll on each queue without one, within the credit (short ones when it is
+        scarce); returns how many queues got no poll for want of it."""
+        credit = max_messages - sum(self._asked.values())
+        keys = self._keys[self._turn :] + self._keys[: self._turn]  # take turns at the credit
+        self._turn = (self._turn + 1) % len(self._keys)
+        idle = [key for key in keys if key not in self._polls]
+        wait = min(wait, 1) if credit < len(idle) else wait
+        for position, key in enumerate(idle):
+            if credit <= 0:
+                return len(idle) - position
+            share = max(1, min(BATCH_ENTRIES, credit // (len(idle) - position)))
+            short = self._held.get(key)  # a FIFO key with messages in flight
+            receive = self._sqs.receive(key, share, min(wait, 1) if short else wait)
+            self._polls[key] = asyncio.get_running_loop().create_task(receive)
+            self._asked[key] = share
+            credit -= share
+        return 0
+
+    def _collect(self) -> tuple[list[IncomingMessage], BaseException | None]:
+        """Take the finished polls: their messages, and the first error one of them raised."""
+        messages: list[IncomingMessage] = []
+        error: BaseException | None = None
+        for key, task in [(key, task) for key, task in self._polls.items() if task.done()]:
+            del self._polls[key], self._asked[key]
+            if not task.cancelled() and task.exception() is not None:
+                error = error or task.exception()
+            elif not task.cancelled():
+                messages.extend(task.result())
+        return messages, error
+
+    def _count(self, messages: Sequence[IncomingMessage], change: int) -> None:
+        """Count the FIFO keys' messages fetched (+1) or settled (-1); none held is `settled`."""
+        for key in (message.key for message in messages if message.key in self._held):
+            held = self._held[key] = max(0, self._held[key] + change)
+            (self._settled[key].clear if held else self._settled[key].set)()
+
+    async def ack(self, messages: Sequence[IncomingMessage]) -> None:
+        try:
+            await self._sqs.settle(messages)
+        finally:  # settled either way: deleted, or back in the queue after the timeout
+            self._count(messages, -1)
+
+    async def nack(self, message: IncomingMessage, delay: float) -> None:
+        try:
+            await self._sqs.change_one(message, delay)
+        finally:
+            self._count((message,), -1)
+
+    async def release(self, messages: Sequence[IncomingMessage]) -> None:
+        """Never handed out: visible again at once, 10 a call (SQS still counts the receipt)."""
+        try:
+            await self._sqs.settle(messages, hide=0)
+        finally:
+            self._count(messages, -1)
+
+    async def extend(self, messages: Sequence[IncomingMessage]) -> None:
+        await self._sqs.settle(messages, hide=self._sqs.settings.visibility_timeout)
+
+    async def close(self) -> None:
+        """Stop the polls in flight; messages they already brought are made visible again."""
+        for task in self._polls.values():
+            task.cancel()
+        await asyncio.gather(*self._polls.values(), return_exceptions=True)
+        unread, _ = self._collect()
+        if unread:
+            with contextlib.suppress(Exception):
+                await bounded(self._sqs.settle(unread, hide=0), _RELEASE_TIMEOUT)

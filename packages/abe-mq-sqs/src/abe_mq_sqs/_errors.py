@@ -1,9 +1,4 @@
-"""botocore's (and aiohttp's) exceptions as abe errors: one ErrorMap, SQS's error codes in it.
-
-A `ClientError` (SQS refused the request) is told apart by its error code, read from an
-XML body where an endpoint such as moto answers that way. The backend scrubs secrets from
-every message first, `CREDENTIAL_PATTERNS` hiding those botocore's chain found itself.
-"""
+"""botocore's (and aiohttp's) exceptions as abe errors: one ErrorMap, SQS's error codes in it."""
 
 from __future__ import annotations
 
@@ -20,45 +15,28 @@ from abe.errors import AbeError
 from abe.provider import ErrorMap, ErrorRule, auth, config, invalid_key, passthrough, payload
 from abe.provider import unavailable as down
 
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-NONEXISTENT_QUEUE = _words("AWS.SimpleQueueService.NonExistentQueue QueueDoesNotExist")
-QUEUE_EXISTS = _words("QueueAlreadyExists QueueNameExists AWS.SimpleQueueService.QueueNameExists")
-STALE_HANDLE = _words(
-    "ReceiptHandleIsInvalid AWS.SimpleQueueService.ReceiptHandleIsInvalid MessageNotInflight "
-    "AWS.SimpleQueueService.MessageNotInflight InvalidReceiptHandle"
-)
-"""Receipt handles SQS no longer takes: the message is visible again, or deleted."""
+_SQS = "AWS.SimpleQueueService."  # error codes come with and without this prefix
+NONEXISTENT_QUEUE = frozenset({"NonExistentQueue", "QueueDoesNotExist"})
+QUEUE_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
+STALE_HANDLE = frozenset({"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidReceiptHandle"})
 _CODES = {
-    "auth": _words(
-        "AccessDenied AccessDeniedException AuthFailure ExpiredToken ExpiredTokenException "
-        "IncompleteSignature InvalidAccessKeyId InvalidClientTokenId InvalidSecurity "
-        "AWS.SimpleQueueService.InvalidSecurity MissingAuthenticationToken NotAuthorized "
-        "MissingAuthenticationTokenException OptInRequired RequestExpired KmsAccessDenied "
-        "SignatureDoesNotMatch UnrecognizedClientException KMS.AccessDeniedException"
-    ),
-    "unavailable": _words(
-        "InternalError InternalFailure ServiceUnavailable ServiceUnavailableException "
-        "RequestThrottled Throttling ThrottlingException TooManyRequestsException SlowDown "
-        "RequestLimitExceeded OverLimit KmsThrottled KMS.ThrottlingException RequestTimeout "
-        "RequestTimeoutException QueueDeletedRecently PurgeQueueInProgress "
-        "AWS.SimpleQueueService.QueueDeletedRecently AWS.SimpleQueueService.PurgeQueueInProgress"
-    ),
-    "key": NONEXISTENT_QUEUE | QUEUE_EXISTS | {"InvalidAddress"},
-    "payload": _words(
-        "InvalidMessageContents BatchRequestTooLong AWS.SimpleQueueService.BatchRequestTooLong "
-        "InvalidAttributeName InvalidAttributeValue"
-    ),
+    "auth": "AccessDenied AccessDeniedException AuthFailure ExpiredToken ExpiredTokenException "
+    "IncompleteSignature InvalidAccessKeyId InvalidClientTokenId InvalidSecurity NotAuthorized "
+    "MissingAuthenticationToken MissingAuthenticationTokenException OptInRequired KmsAccessDenied "
+    "RequestExpired SignatureDoesNotMatch UnrecognizedClientException KMS.AccessDeniedException",
+    "unavailable": "InternalError InternalFailure ServiceUnavailable ServiceUnavailableException "
+    "RequestThrottled Throttling ThrottlingException TooManyRequestsException SlowDown OverLimit "
+    "RequestLimitExceeded KmsThrottled KMS.ThrottlingException RequestTimeout QueueDeletedRecently "
+    "RequestTimeoutException PurgeQueueInProgress",
+    "key": " ".join((*NONEXISTENT_QUEUE, *QUEUE_EXISTS, "InvalidAddress")),
+    "payload": "InvalidMessageContents BatchRequestTooLong InvalidAttributeName "
+    "InvalidAttributeValue",
 }
-CODE_KINDS = {code: kind for kind, codes in _CODES.items() for code in codes}
-"""SQS (and AWS-wide) error codes; others are decided by operation and HTTP status."""
+CODE_KINDS = {code: kind for kind, codes in _CODES.items() for code in codes.split()}
 _INVALID = {"CreateQueue": "key", "GetQueueUrl": "key", "SendMessage": "payload"}
-_INVALID["SendMessageBatch"] = "payload"
+_INVALID["SendMessageBatch"] = "payload"  # an invalid parameter: a queue name, or a message
 _INVALID_CODES = ("InvalidParameter", "ValidationError")
-"""What an invalid parameter means, by operation: a queue name, or a message."""
+_TLS_ERRORS = (bce.SSLError, aiohttp.ClientSSLError, ssl.SSLError)
 _XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
 _XML_REPLY = re.compile(
     r"\(\d+\)( when calling the \w+ operation.*?): <.*?<Code>([^<]*)</Code>"
@@ -70,35 +48,26 @@ CREDENTIAL_PATTERNS = (
     re.compile(r"Credential=([^/\s'\",]+)"),
     re.compile(r"Signature=([0-9a-fA-F]+)(?![\w-])"),
 )
-"""Session tokens, access key ids and signatures by their header patterns: the credentials
-botocore's chain found (a profile, instance metadata), which no settings name."""
+"""Session tokens, key ids, signatures by header pattern: what botocore's chain found itself."""
 
 
 def error_code(error: BaseException) -> str:
-    """The AWS error code of a ClientError (e.g. 'QueueDoesNotExist'), else ''; read from
-    the XML when an endpoint (moto) answered with one and botocore took the status as code."""
+    """The AWS error code of a ClientError, else ''; from the XML if the endpoint (moto) sent it."""
     details = (getattr(error, "response", None) or {}).get("Error", {})
     code = str(details.get("Code", ""))
     found = _XML_CODE.search(str(details.get("Message", "")))
-    return found.group(1) if found and (code.isdigit() or not code) else code
+    return (found.group(1) if found and (code.isdigit() or not code) else code).removeprefix(_SQS)
 
 
 def _kind(error: BaseException) -> str:
     """What a ClientError means: by its code, then its operation, then its HTTP status."""
-    code = error_code(error)
+    code, operation = error_code(error), str(getattr(error, "operation_name", ""))
     invalid = code.startswith("InvalidParameterValue") or code in _INVALID_CODES
-    operation = str(getattr(error, "operation_name", ""))
     if code not in CODE_KINDS and invalid and operation in _INVALID:
         return _INVALID[operation]
     status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    by_status = "auth" if status == 403 else ""
-    if isinstance(status, int) and (status >= 500 or status == 429):
-        by_status = "unavailable"
-    return CODE_KINDS.get(code, by_status)
-
-
-def _is(kind: str) -> Callable[[BaseException], bool]:
-    return lambda error: _kind(error) == kind
+    unavailable = isinstance(status, int) and (status >= 500 or status == 429)
+    return CODE_KINDS.get(code, "unavailable" if unavailable else "auth" if status == 403 else "")
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -113,8 +82,7 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 def _tls(error: BaseException) -> bool:
     """Whether the TLS handshake failed (the error, or one it was raised from)."""
-    tls = (bce.SSLError, aiohttp.ClientSSLError, ssl.SSLError)
-    return any(isinstance(each, tls) for each in _chain(error))
+    return any(isinstance(e, _TLS_ERRORS) for e in _chain(error))
 
 
 def readable(text: str) -> str:
@@ -123,9 +91,7 @@ def readable(text: str) -> str:
 
 
 def scrub_chain(error: BaseException, scrub: Callable[[str], str]) -> None:
-    """Rewrite with `scrub` the text of `error` and of every exception it was raised from,
-    in place (`args`, botocore's `kwargs`): core chains it as the abe error's cause, and
-    botocore's connection errors quote the endpoint URL."""
+    """`scrub` the text (`args`, `kwargs`) of `error` and of those it was raised from, in place."""
     for each in _chain(error):
         args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in each.args)
         if args != each.args:
@@ -136,7 +102,6 @@ def scrub_chain(error: BaseException, scrub: Callable[[str], str]) -> None:
 
 
 def _each(names: str, rule: Any) -> dict[type[BaseException], Any]:
-    """`rule` for each of the botocore exception classes named."""
     return dict.fromkeys((getattr(bce, name) for name in names.split()), rule)
 
 
@@ -151,28 +116,25 @@ _AUTH = (
     "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, "
     "AWS_PROFILE) and that their IAM policy allows SQS"
 )
-_CONFIG = "check AWS_REGION, AWS_PROFILE and AWS_ENDPOINT_URL_SQS"
-_BUG = ErrorRule(AbeError, "see the cause below")
-"""A broken installation or a bug: not retryable, not the caller's input."""
+_IS = {kind: (lambda error, kind=kind: _kind(error) == kind) for kind in _CODES}
+_BUG = ErrorRule(AbeError, "see the cause below")  # a broken installation or a bug
+_SENT = "the message was not sent"
 
 ERRORS = ErrorMap(
     "sqs",
     {
-        # A response from SQS: decided by its error code, operation and HTTP status.
         bce.ClientError: (
+            auth(_AUTH, when=_IS["auth"]),
+            down(_DOWN, when=_IS["unavailable"]),
             invalid_key(
-                "create the queue, or set ABE_SQS_AUTO_CREATE=true",
-                when=lambda error: error_code(error) in NONEXISTENT_QUEUE,
+                "check the queue name and that the queue exists (or set ABE_SQS_AUTO_CREATE=true)",
+                when=_IS["key"],
             ),
-            auth(_AUTH, when=_is("auth")),
-            down(_DOWN, when=_is("unavailable")),
-            invalid_key("check the queue name and that the queue exists", when=_is("key")),
-            payload("the message was not sent", when=_is("payload")),
+            payload(_SENT, when=_IS["payload"]),
             _BUG,
         ),
-        # The endpoint cannot be reached, or the connection broke: retry later.
-        **dict.fromkeys((aiohttp.ClientError, OSError), _NETWORK),
-        **_each("HTTPClientError ConnectionError", _NETWORK),
+        **dict.fromkeys((aiohttp.ClientError, OSError, bce.HTTPClientError), _NETWORK),
+        bce.ConnectionError: _NETWORK,
         **_each(
             "IncompleteReadError ChecksumError FlexibleChecksumError CapacityNotAvailableError "
             "MetadataRetrievalError",
@@ -180,7 +142,6 @@ ERRORS = ErrorMap(
         ),
         # abe's own deadline: core's error names the call and the variable to raise.
         **dict.fromkeys((TimeoutError, asyncio.TimeoutError), passthrough()),
-        # No credentials, or the credential source refused: AuthenticationError.
         **_each(
             "NoCredentialsError PartialCredentialsError NoAuthTokenError SSOError LoginError "
             "CredentialRetrievalError TokenRetrievalError UnknownTokenProviderError "
@@ -188,7 +149,6 @@ ERRORS = ErrorMap(
             "UnknownSignatureVersionError UnsupportedSignatureVersionError",
             auth(_AUTH),
         ),
-        # Region, profile, endpoint or client configuration: ConfigurationError.
         **_each(
             "UnknownRegionError InvalidRegionError ServiceNotInRegionError ProfileNotFound "
             "BaseEndpointResolverError EndpointProviderError InvalidEndpointConfigurationError "
@@ -197,14 +157,11 @@ ERRORS = ErrorMap(
             "InvalidDNSNameError InvalidHostLabelError InvalidRetryConfigurationError "
             "InvalidIMDSEndpointError InvalidIMDSEndpointModeError InvalidChecksumConfigError "
             "InvalidSTSRegionalEndpointsConfigError InvalidS3UsEast1RegionalEndpointConfigError",
-            config("AWS_REGION / AWS_PROFILE", _CONFIG),
+            config(
+                "AWS_REGION / AWS_PROFILE", "check AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_SQS"
+            ),
         ),
-        # Parameters botocore refused before sending: a message it cannot carry.
-        **_each(
-            "ParamValidationError ValidationError MissingParametersError",
-            payload("the message was not sent"),
-        ),
-        # Everything else botocore raises: a broken installation or a bug.
+        **_each("ParamValidationError ValidationError MissingParametersError", payload(_SENT)),
         **_each(
             "BotoCoreError UndefinedModelAttributeError UnsupportedTLSVersionWarning "
             "ImminentRemovalWarning",
@@ -212,4 +169,3 @@ ERRORS = ErrorMap(
         ),
     },
 )
-"""Each exception class the client library raises, and what it means for abe."""

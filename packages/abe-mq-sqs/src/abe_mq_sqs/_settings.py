@@ -1,8 +1,4 @@
-"""The SQS backend's settings: the standard AWS variables, abe's SQS ones and the common ones.
-
-`from_env()` also reads the AWS config files; it opens no connection (credentials that
-need the network, such as instance metadata or SSO, are left to botocore's first call).
-"""
+"""The SQS backend's settings: the standard AWS variables, abe's SQS ones and the common ones."""
 
 from __future__ import annotations
 
@@ -26,8 +22,7 @@ from abe.provider import BackendSettings, Secret, redact_url, setting
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-SQS_MESSAGE_LIMIT = 1_048_576
-"""SQS's largest message (body and attributes) and SendMessageBatch request: 1 MiB."""
+SQS_MESSAGE_LIMIT = 1_048_576  # SQS's largest message (body and attributes), and batch
 DEFAULT_MAX_PAYLOAD = SQS_MESSAGE_LIMIT - 1_024  # 1 KiB is kept for abe's attributes
 MAX_VISIBILITY = 43_200  # SQS's longest visibility timeout: 12 hours
 _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
@@ -38,18 +33,11 @@ _SOURCES += "AWS_CONTAINER_CREDENTIALS_FULL_URI AWS_ACCESS_KEY_ID AWS_SECRET_ACC
 
 @dataclass(frozen=True, kw_only=True)
 class SqsSettings(BackendSettings):
-    """Where the queues are, how to sign in, and how abe uses them.
-
-    `from_env()` puts AWS_DEFAULT_REGION, the profile's region or AWS_ENDPOINT_URL in
-    `region` and `endpoint_url` when those are unset; the fields from `config_file` to
-    `metadata_disabled` only tell it whether credentials can come from somewhere.
-    `poll_interval` is always the long-poll wait (at least 1 s).
-    """
+    """Where the queues are, how to sign in, how abe uses them (`config_file` to
+    `metadata_disabled` only tell `from_env()` where credentials may come from)."""
 
     region: str | None = setting(
-        "AWS_REGION",
-        None,
-        "AWS region of the queues; when unset, AWS_DEFAULT_REGION, then the profile's region.",
+        "AWS_REGION", None, "AWS region of the queues; else AWS_DEFAULT_REGION, else the profile's."
     )
     default_region: str | None = setting(
         "AWS_DEFAULT_REGION", None, "AWS region, when AWS_REGION is unset."
@@ -58,90 +46,57 @@ class SqsSettings(BackendSettings):
         "AWS_ACCESS_KEY_ID", None, "Access key id (with AWS_SECRET_ACCESS_KEY).", secret=True
     )
     secret_access_key: Secret | None = setting(
-        "AWS_SECRET_ACCESS_KEY",
-        None,
-        "Secret access key (with AWS_ACCESS_KEY_ID).",
-        secret=True,
+        "AWS_SECRET_ACCESS_KEY", None, "Secret access key (with AWS_ACCESS_KEY_ID).", secret=True
     )
     session_token: Secret | None = setting(
         "AWS_SESSION_TOKEN", None, "Session token of temporary credentials.", secret=True
     )
     profile: str | None = setting(
-        "AWS_PROFILE",
-        None,
-        "Profile of the AWS config files giving credentials (and region) when no keys are set.",
+        "AWS_PROFILE", None, "AWS config profile for credentials (and region) when no keys are set."
     )
     config_file: str = setting("AWS_CONFIG_FILE", "~/.aws/config", "The AWS config file.")
     credentials_file: str = setting(
         "AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials", "The AWS shared credentials file."
     )
     web_identity_token_file: str | None = setting(
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        None,
-        "Web identity token (with AWS_ROLE_ARN, e.g. EKS): credentials from STS on first use.",
+        "AWS_WEB_IDENTITY_TOKEN_FILE", None, "Web identity token file (with AWS_ROLE_ARN; EKS)."
     )
     container_credentials_relative_uri: str | None = setting(
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-        None,
-        "Set by ECS: credentials from the container endpoint on first use.",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", None, "Set by ECS: container credentials path."
     )
     container_credentials_full_uri: str | None = setting(
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        None,
-        "Credentials from this container endpoint on first use.",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI", None, "Container credentials endpoint (full URL)."
     )
     metadata_disabled: bool = setting(
-        "AWS_EC2_METADATA_DISABLED",
-        False,
-        "true: never ask EC2 instance metadata for credentials (then from_env() requires a "
-        "source).",
+        "AWS_EC2_METADATA_DISABLED", False, "true: never ask EC2 instance metadata for credentials."
     )
     endpoint_url: str | None = setting(
-        "AWS_ENDPOINT_URL_SQS",
-        None,
-        "SQS endpoint (LocalStack, moto, a VPC endpoint) instead of AWS's.",
+        "AWS_ENDPOINT_URL_SQS", None, "SQS endpoint (LocalStack, moto, a VPC endpoint), not AWS's."
     )
     shared_endpoint_url: str | None = setting(
         "AWS_ENDPOINT_URL", None, "Endpoint for every AWS service, SQS included."
     )
     queue_prefix: str = setting(
-        "ABE_SQS_QUEUE_PREFIX",
-        "",
-        "Prepended to every key to make its queue name (letters, digits, '_', '-'; at most 40).",
+        "ABE_SQS_QUEUE_PREFIX", "", "Prefix of every queue name: A-Za-z0-9_-, 40 at most."
     )
     auto_create: bool = setting(
-        "ABE_SQS_AUTO_CREATE",
-        True,
-        "Create a key's queue on first use; false: a missing queue is an InvalidKeyError.",
+        "ABE_SQS_AUTO_CREATE", True, "Create a missing queue on first use (false: InvalidKeyError)."
     )
     wait_time_seconds: int = setting(
-        "ABE_SQS_WAIT_TIME_SECONDS",
-        20,
-        "Long-poll wait of each ReceiveMessage, 0 to 20 seconds (0: short polling once a second).",
-        minimum=0,
-        maximum=20,
+        "ABE_SQS_WAIT_TIME_SECONDS", 20, "Long-poll wait per ReceiveMessage.", minimum=0, maximum=20
     )
     max_payload_bytes: int = setting(
         "ABE_SQS_MAX_PAYLOAD_BYTES",
         DEFAULT_MAX_PAYLOAD,
-        "Largest JSON body accepted; 1 KiB more is kept for attributes within SQS's 1 MiB. "
-        "Lower it to match queues with a smaller MaximumMessageSize.",
+        "Largest JSON body accepted (SQS's 1 MiB less 1 KiB kept for attributes).",
         minimum=1,
         maximum=DEFAULT_MAX_PAYLOAD,
     )
     connect_timeout: float = setting(
-        "ABE_SQS_CONNECT_TIMEOUT",
-        3.0,
-        "Seconds botocore waits for a connection to the endpoint.",
-        minimum=0.1,
-        maximum=600,
+        "ABE_SQS_CONNECT_TIMEOUT", 3.0, "Seconds to connect to SQS.", minimum=0.1, maximum=600
     )
     max_attempts: int = setting(
-        "ABE_SQS_MAX_ATTEMPTS",
-        3,
-        "Attempts botocore makes per call (standard retry mode), within ABE_MQ_OPERATION_TIMEOUT.",
-        minimum=1,
-        maximum=20,
+        "ABE_SQS_MAX_ATTEMPTS", 3, "Attempts per call (standard retry mode).", minimum=1, maximum=20
     )
 
     backend_name: ClassVar[str] = "sqs"
@@ -158,9 +113,9 @@ class SqsSettings(BackendSettings):
             yield "access_key_id", "is required when AWS_SECRET_ACCESS_KEY is set"
         if self.session_token and not (self.access_key_id and self.secret_access_key):
             yield "session_token", "needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY beside it"
-        name = "region" if self.region is not None else "default_region"
-        if getattr(self, name) is not None and not _REGION.fullmatch(getattr(self, name)):
-            yield name, f"must be a region name such as us-east-1 (got {getattr(self, name)!r})"
+        name = "region" if self.region else "default_region"
+        if (region := getattr(self, name)) and not _REGION.fullmatch(region):
+            yield name, f"must be a region name such as us-east-1 (got {region!r})"
         if not _PREFIX.fullmatch(self.queue_prefix):
             got = f"(got {self.queue_prefix!r})"
             yield "queue_prefix", f"must be at most 40 letters, digits, '_' or '-' {got}"
@@ -170,8 +125,8 @@ class SqsSettings(BackendSettings):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        """The declared variables, the region's and the endpoint's fallbacks, and what only
-        the environment shows (see `_environment`); one ConfigurationError for every problem."""
+        """The declared variables, the fallbacks and what only the environment shows (see
+        `_environment`): one ConfigurationError for every problem, and no network I/O."""
         environ = os.environ if environ is None else environ
         text = {v.name: environ.get(v.name, "").strip() or v.default or "" for v in cls.variables()}
         problems: dict[str, str] = {}
@@ -191,21 +146,16 @@ class SqsSettings(BackendSettings):
 
     def describe(self) -> dict[str, object]:
         """Field names and values for display: secrets as '***', endpoints without theirs."""
-        described = super().describe()
-        for name in ("endpoint_url", "shared_endpoint_url"):
-            if described[name] is not None:
-                described[name] = redact_url(str(described[name]))
-        return described
+        shown = super().describe()
+        urls = ("endpoint_url", "shared_endpoint_url")
+        return shown | {name: redact_url(str(shown[name])) for name in urls if shown[name]}
 
     def secrets(self) -> tuple[str, ...]:
-        """The credentials, and the endpoint's secret query options (as written and decoded),
-        which botocore quotes in its connection errors and DEBUG records."""
-        found = list(super().secrets())
-        for option in re.split("[&;]", urlsplit(self.endpoint_url or "").query):
-            name, equals, value = option.partition("=")
-            if equals and value and redact_url(f"?{name}=x") != f"?{name}=x":
-                found += [value, unquote(value)]
-        return tuple(found)
+        """The credentials, and the endpoint's secret query options (as written and decoded)."""
+        query = urlsplit(self.endpoint_url or "").query
+        options = [option.partition("=") for option in re.split("[&;]", query)]
+        hidden = [v for k, _, v in options if v and redact_url(f"?{k}=x") != f"?{k}=x"]
+        return (*super().secrets(), *hidden, *map(unquote, hidden))
 
     @property
     def max_message_bytes(self) -> int:
@@ -219,11 +169,10 @@ class SqsSettings(BackendSettings):
 
 
 def _endpoint_problem(url: str | None) -> str | None:
-    """What is wrong with an endpoint URL that botocore would refuse or aiohttp could not
-    send (never echoing a secret of it), or None when it is usable."""
-    shown = redact_url(url or "")
+    """Why botocore or aiohttp cannot use an endpoint URL (showing no secret of it), or None."""
     if url is None:
         return None
+    shown = redact_url(url)
     if "," in url:
         return f"must be one URL (got {shown!r})"
     if "@" in url:  # user info; a password with a "/" or "?" in it would end the host early
@@ -240,29 +189,22 @@ def _endpoint_problem(url: str | None) -> str | None:
 
 
 def _environment(text: Mapping[str, str], problems: dict[str, str]) -> str:
-    """The region the environment gives; records what only it can show: an unreadable AWS
-    config file, an unknown AWS_PROFILE, no region, no credential source at all."""
+    """The region; records what only the environment shows (bad files, profile, region...)."""
     regions = _profile_regions(text, problems)
     profile = text["AWS_PROFILE"]
     if profile and regions is not None and profile not in regions:
         files = f"{text['AWS_CONFIG_FILE']} or {text['AWS_SHARED_CREDENTIALS_FILE']}"
         known = ", ".join(sorted(regions)) or "none"
-        problems["AWS_PROFILE"] = (
-            f"names no profile of {files} (got {profile!r}; profiles there: {known})"
-        )
-    no_source = not any(text[name] for name in _SOURCES.split()) and "default" not in (
-        regions or {}
-    )
+        problems["AWS_PROFILE"] = f"names no profile of {files} (got {profile!r}; known: {known})"
+    regions = regions or {}
+    no_source = "default" not in regions and not any(text[name] for name in _SOURCES.split())
     if no_source and text["AWS_EC2_METADATA_DISABLED"].lower() in ("1", "true", "yes", "on"):
         problems["AWS_ACCESS_KEY_ID"] = (
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
             "AWS_PROFILE (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)"
         )
-    region = (
-        text["AWS_REGION"]
-        or text["AWS_DEFAULT_REGION"]
-        or (regions or {}).get(profile or "default", "")
-    )
+    found = regions.get(profile or "default", "")
+    region = text["AWS_REGION"] or text["AWS_DEFAULT_REGION"] or found
     if not region:
         problems["AWS_REGION"] = (
             "is not set, nor AWS_DEFAULT_REGION, nor a region in the AWS profile; "
@@ -272,23 +214,18 @@ def _environment(text: Mapping[str, str], problems: dict[str, str]) -> str:
 
 
 def _profile_regions(text: Mapping[str, str], problems: dict[str, str]) -> dict[str, str] | None:
-    """Each profile of the AWS config and credentials files with its region ('' for none, or
-    a malformed one), or None when a file cannot be read. Local files only."""
+    """Each profile of the AWS config files with its valid region or '', None if one is bad."""
     regions: dict[str, str] = {}
-    for variable, read in (
-        ("AWS_CONFIG_FILE", load_config),
-        ("AWS_SHARED_CREDENTIALS_FILE", raw_config_parse),
-    ):
-        path = Path(text[variable]).expanduser()
+    for variable in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        path, config = Path(text[variable]).expanduser(), variable == "AWS_CONFIG_FILE"
+        read = load_config if config else raw_config_parse
         try:
             parsed = read(str(path)) if path.is_file() else {}
         except (ConfigParseError, OSError, UnicodeDecodeError) as exc:
             problems[variable] = f"cannot be read as an AWS config file ({type(exc).__name__})"
             return None
-        for name, values in (parsed.get("profiles", {}) if read is load_config else parsed).items():
+        for name, values in (parsed.get("profiles", {}) if config else parsed).items():
             region = values.get("region") if isinstance(values, dict) else None
             if isinstance(values, dict) and not regions.get(str(name)):
-                regions[str(name)] = (
-                    region if isinstance(region, str) and _REGION.fullmatch(region) else ""
-                )
+                regions[str(name)] = str(region) if region and _REGION.fullmatch(region) else ""
     return regions
