@@ -109,7 +109,7 @@ async def test_a_call_over_the_operation_timeout_says_which_variable_to_raise() 
     assert SqsBackend.enforce_operation_timeout
     async with SqsBackend(SqsSettings(region="us-east-1", operation_timeout=0.1)) as slow:
         with pytest.raises(BackendUnavailableError) as failed:
-            await slow._guard(asyncio.Event().wait(), "publish")
+            await asyncio.wait_for(slow._guard(asyncio.Event().wait(), "publish"), 5.0)
     assert "publish did not complete within 0.1s" in str(failed.value)
     assert "ABE_MQ_OPERATION_TIMEOUT" in str(failed.value)
     assert WHERE in str(failed.value)
