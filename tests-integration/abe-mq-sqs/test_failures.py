@@ -137,7 +137,7 @@ async def test_queue_name_sqs_refuses(sqs_settings: Any) -> None:
         with pytest.raises(InvalidKeyError):
             await backend.publish("bad!name", {"x": 1})
         with pytest.raises(InvalidKeyError) as refused:  # past abe's check, straight to SQS
-            await backend._guard(backend._queue("bad!name"), "publish")
+            await backend._guard(backend._sqs.url("bad!name"), "publish")
     assert "CreateQueue" in str(refused.value) or "GetQueueUrl" in str(refused.value)
 
 

@@ -17,8 +17,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from abe.backends.message_queue.base.codec import IncomingMessage
 from abe.errors import BackendUnavailableError, PayloadError, PublishError
 from abe.settings import Secret
-from abe_mq_sqs import SqsBackend, SqsSettings
-from abe_mq_sqs._receiver import SqsReceiver
+from abe_mq_sqs import SqsBackend, SqsSettings, _client
+from abe_mq_sqs._client import SqsReceiver
 
 pytestmark = pytest.mark.asyncio
 
@@ -108,10 +108,20 @@ class FakeSqs:
         self._record("change_message_visibility", kwargs)
         return {}
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._record("close", {})
+
 
 @pytest.fixture
-def fake() -> FakeSqs:
-    return FakeSqs()
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSqs:
+    """The stand-in every backend of the test connects to instead of aiobotocore."""
+    stand_in = FakeSqs()
+
+    async def connect(settings: SqsSettings, agent: str) -> FakeSqs:
+        return stand_in
+
+    monkeypatch.setattr(_client, "connect", connect)
+    return stand_in
 
 
 def make(fake: FakeSqs, **overrides: Any) -> SqsBackend:
@@ -122,9 +132,7 @@ def make(fake: FakeSqs, **overrides: Any) -> SqsBackend:
         "redelivery_timeout": 2.0,
     }
     values.update(overrides)
-    backend = SqsBackend(SqsSettings(**values))
-    backend._client = fake
-    return backend
+    return SqsBackend(SqsSettings(**values))
 
 
 async def test_queue_is_resolved_once_and_created_with_its_attributes(fake: FakeSqs) -> None:
@@ -316,9 +324,11 @@ async def test_short_polling_paces_itself(fake: FakeSqs) -> None:
 
 async def test_close_closes_the_client(fake: FakeSqs) -> None:
     backend = make(fake)
+    await backend.publish("k", {"n": 1})
     await backend.close()
-    assert backend._client is None
+    assert fake.names()[-1] == "close"
     await backend.close()
+    assert fake.names().count("close") == 1
 
 
 def _handles(messages: Sequence[IncomingMessage]) -> list[str]:

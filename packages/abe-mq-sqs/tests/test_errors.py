@@ -1,4 +1,4 @@
-"""The one translation point: every botocore exception class and SQS error code has a meaning."""
+"""The error map: every botocore exception class and SQS error code has a meaning."""
 
 from __future__ import annotations
 
@@ -20,9 +20,24 @@ from abe.errors import (
     InvalidKeyError,
     PayloadError,
 )
-from abe.redaction import SecretFilter
-from abe_mq_sqs._errors import CODE_MAP, EXCEPTION_MAP, redact, translate
-from abe_mq_sqs._logs import protect_client_logs
+from abe.provider import SecretFilter
+from abe.settings import Secret
+from abe.testing import assert_error_map_covers
+from abe_mq_sqs import SqsBackend, SqsSettings
+from abe_mq_sqs._errors import CODE_KINDS, CREDENTIAL_PATTERNS
+
+WHERE = "region=us-east-1 endpoint=aws"
+"""What the backend below says of where its endpoint is."""
+
+
+def translate(error: BaseException) -> BaseException:
+    """The error as the backend raises it (its own map, scrubbing and XML reading)."""
+    built = SqsBackend(SqsSettings(region="us-east-1"))
+    try:
+        assert isinstance(error, Exception)
+        return built._translate_error(error)
+    finally:
+        built.secret_filter.uninstall()
 
 
 def _botocore_classes() -> list[type[BaseException]]:
@@ -37,8 +52,7 @@ def _botocore_classes() -> list[type[BaseException]]:
 
 def test_every_botocore_exception_class_is_mapped() -> None:
     """A botocore release that adds an exception class fails here until it is given a meaning."""
-    missing = [cls.__name__ for cls in _botocore_classes() if cls not in EXCEPTION_MAP]
-    assert not missing, f"add these to abe_mq_sqs._errors.EXCEPTION_MAP: {missing}"
+    assert_error_map_covers(SqsBackend.errors, bce, at_least=len(_botocore_classes()))
 
 
 def _instance(cls: type[BaseException]) -> BaseException:
@@ -64,7 +78,7 @@ def _placeholders(fmt: str) -> list[str]:
 @pytest.mark.parametrize("cls", _botocore_classes(), ids=lambda cls: cls.__name__)
 def test_each_class_translates_to_an_abe_error(cls: type[BaseException]) -> None:
     error = _instance(cls)
-    translated = translate(error, where="region=us-east-1")
+    translated = translate(error)
     assert isinstance(translated, AbeError)
     assert str(translated)
 
@@ -82,11 +96,23 @@ def test_each_class_translates_to_an_abe_error(cls: type[BaseException]) -> None
         (bce.ParamValidationError(report="bad"), PayloadError),
         (aiohttp.ServerDisconnectedError(), BackendUnavailableError),
         (ConnectionResetError(), BackendUnavailableError),
-        (asyncio.TimeoutError(), BackendUnavailableError),
     ],
 )
 def test_library_errors(error: BaseException, expected: type[AbeError]) -> None:
     assert type(translate(error)) is expected
+
+
+@pytest.mark.asyncio
+async def test_a_call_over_the_operation_timeout_says_which_variable_to_raise() -> None:
+    """botocore can retry within its own timeouts for longer than abe allows: core bounds
+    each call (enforce_operation_timeout) and names the call and ABE_MQ_OPERATION_TIMEOUT."""
+    assert SqsBackend.enforce_operation_timeout
+    async with SqsBackend(SqsSettings(region="us-east-1", operation_timeout=0.1)) as slow:
+        with pytest.raises(BackendUnavailableError) as failed:
+            await asyncio.wait_for(slow._guard(asyncio.Event().wait(), "publish"), 5.0)
+    assert "publish did not complete within 0.1s" in str(failed.value)
+    assert "ABE_MQ_OPERATION_TIMEOUT" in str(failed.value)
+    assert WHERE in str(failed.value)
 
 
 def _client_error(code: str, operation: str = "SendMessage", status: int = 400) -> Any:
@@ -125,14 +151,14 @@ def _client_error(code: str, operation: str = "SendMessage", status: int = 400) 
     ],
 )
 def test_sqs_error_codes(code: str, operation: str, status: int, expected: type[AbeError]) -> None:
-    translated = translate(_client_error(code, operation, status), where="endpoint=x")
+    translated = translate(_client_error(code, operation, status))
     assert type(translated) is expected
     assert code in str(translated)
-    assert "endpoint=x" in str(translated)
+    assert WHERE in str(translated)
 
 
 def test_code_map_kinds() -> None:
-    assert set(CODE_MAP.values()) <= {"unavailable", "auth", "key", "payload"}
+    assert set(CODE_KINDS.values()) == {"unavailable", "auth", "key", "payload"}
 
 
 def test_missing_queue_says_how_to_fix_it() -> None:
@@ -149,22 +175,26 @@ def test_other_errors_are_left_alone() -> None:
 
 def test_redaction() -> None:
     """A backend's own secrets go through its SecretFilter; tokens from elsewhere by pattern."""
-    known = SecretFilter(["known-secret-value"])
+    known = SecretFilter(["known-secret-value"], patterns=CREDENTIAL_PATTERNS)
     text = (
         "Sending http request: headers={'X-Amz-Security-Token': b'FQoGZXIvYXdz', "
         "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7/20240101/us-east-1/sqs/"
         "aws4_request, SignedHeaders=host, Signature=0123abcd'} known-secret-value\n"
         "x-amz-security-token:FQoGZXIvYXdz\n"
     )
-    cleaned = redact(known.scrub(text))
+    cleaned = known.scrub(text)
     for secret in ("FQoGZXIvYXdz", "AKIAIOSFODNN7", "0123abcd", "known-secret-value"):
         assert secret not in cleaned
     assert "us-east-1/sqs" in cleaned  # the rest stays readable
 
 
 def test_botocore_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
-    secrets = SecretFilter(["another-known-secret"])
-    protect_client_logs(secrets)
+    settings = SqsSettings(
+        region="us-east-1",
+        access_key_id=Secret("AKIAKNOWN"),
+        secret_access_key=Secret("another-known-secret"),
+    )
+    backend = SqsBackend(settings)  # its filter is on botocore's loggers from the start
     caplog.set_level(logging.DEBUG)
     try:
         logging.getLogger("botocore.endpoint").debug(
@@ -172,7 +202,7 @@ def test_botocore_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> 
         )
         logging.getLogger("botocore.auth").debug("CanonicalRequest:\nx-amz-security-token:tok2\n")
     finally:
-        secrets.uninstall()
+        backend.secret_filter.uninstall()
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
     for message in messages:
@@ -214,7 +244,7 @@ def test_xml_error_bodies_are_read() -> None:
 def test_a_failed_tls_handshake_names_tls_and_the_variable(error: BaseException) -> None:
     """https:// to an endpoint that speaks plain HTTP (or an untrusted certificate) is not
     'check that the endpoint is up': the error says TLS failed and which variable to fix."""
-    translated = translate(error, where="region=us-east-1 endpoint=https://127.0.0.1:4566")
+    translated = translate(error)
     assert type(translated) is BackendUnavailableError
     text = str(translated)
     assert "TLS handshake with the endpoint failed" in text

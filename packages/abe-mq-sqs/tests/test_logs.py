@@ -1,4 +1,4 @@
-"""Each backend's SecretFilter: on botocore's loggers while its client lives, off when it closes."""
+"""Each backend's SecretFilter: on botocore's loggers while the backend lives, off once closed."""
 
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ async def test_each_backend_hides_its_own_secrets_until_it_closes(lines: Lines) 
     """No module-global set of secrets: a closed backend's filter is off every logger."""
     first = SqsBackend(settings("AKIAFIRSTBACKEND", "first-secret-key", "first-token"))
     second = SqsBackend(settings("AKIASECONDBACKEND", "second-secret-key", "second-token"))
-    await first._sqs()
-    await second._sqs()
+    await first._sqs._client.get()
+    await second._sqs._client.get()
     log_request(ENDPOINT, "AKIAFIRSTBACKEND", "first-token", "second-secret-key", "second-token")
     await first.close()
     log_request("after-close", "first-secret-key", "second-token")
@@ -90,18 +90,17 @@ async def test_each_backend_hides_its_own_secrets_until_it_closes(lines: Lines) 
     assert "X-Amz-Signature=***&mode=plain" in before_close
     assert "first-secret-key" in after_close  # the first backend's filter is gone...
     assert "second-token" not in after_close  # ...the second's was still on
+    filters = (first.secret_filter, second.secret_filter)
     for name in logging.Logger.manager.loggerDict:
         if name.startswith(CLIENT_LOGGERS):
-            assert not any(
-                type(installed).__name__ == "SecretFilter"
-                for installed in logging.getLogger(name).filters
-            ), f"a closed backend left its filter on {name}"
+            installed = logging.getLogger(name).filters
+            assert not any(mine in installed for mine in filters), f"left on {name}"
 
 
 async def test_tracebacks_of_client_records_are_scrubbed(lines: Lines) -> None:
     """botocore logs a failed send with exc_info; the exception quotes the endpoint URL."""
     backend = SqsBackend(settings("AKIATRACEBACK", "traceback-secret", "traceback-token"))
-    await backend._sqs()
+    await backend._sqs._client.get()
     try:
         try:
             raise EndpointConnectionError(endpoint_url=ENDPOINT)
@@ -133,7 +132,7 @@ async def test_header_patterns_are_hidden_without_settings_secrets(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     backend = SqsBackend(SqsSettings(region="us-east-1", endpoint_url="http://127.0.0.1:9"))
-    await backend._sqs()
+    await backend._sqs._client.get()
     logging.getLogger("botocore.endpoint").debug(
         "Sending %s",
         {

@@ -85,7 +85,6 @@ def test_everything_set(files: dict[str, str]) -> None:
     assert got.poll_interval == 1.0
     assert got.max_payload_bytes == 261_120
     assert got.max_message_bytes == 262_144
-    assert got.queue_maximum_message_size == 262_144
     assert (got.connect_timeout, got.max_attempts) == (0.5, 5)
     assert got.visibility_timeout == 3  # whole seconds, rounded up
     assert (got.prefetch, got.operation_timeout) == (7, 4.0)

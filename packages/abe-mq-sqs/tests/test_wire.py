@@ -7,22 +7,28 @@ import json
 import pytest
 
 from abe.errors import InvalidKeyError
-from abe_mq_sqs import SqsBackend
-from abe_mq_sqs._wire import (
-    PACKED_HEADERS,
+from abe.provider import HEADER_PACKED as PACKED_HEADERS
+from abe.provider import OutgoingMessage
+from abe_mq_sqs import SqsBackend, SqsSettings
+from abe_mq_sqs._client import (
     Entry,
-    attributes_size,
-    body_text,
     decode_attributes,
     encode_attributes,
-    headers_of,
+    entry,
+    incoming,
     is_fifo,
     queue_name,
     split_batches,
-    wire_headers,
 )
 
-RULES = SqsBackend.key_rules
+
+def check(key: str) -> str:
+    """The backend's key check (core's rules and SQS's), made before any I/O."""
+    backend = SqsBackend(SqsSettings(region="us-east-1"))
+    try:
+        return backend._check_key(key)
+    finally:
+        backend.secret_filter.uninstall()
 
 
 @pytest.mark.parametrize(
@@ -38,7 +44,7 @@ RULES = SqsBackend.key_rules
     ],
 )
 def test_keys_sqs_accepts(key: str) -> None:
-    assert RULES.check(key) == key
+    assert check(key) == key
 
 
 @pytest.mark.parametrize(
@@ -58,7 +64,7 @@ def test_keys_sqs_accepts(key: str) -> None:
 )
 def test_keys_sqs_refuses(key: str, rule: str) -> None:
     with pytest.raises(InvalidKeyError, match=rule):
-        RULES.check(key)
+        check(key)
 
 
 def test_queue_names() -> None:
@@ -75,7 +81,7 @@ def test_queue_names() -> None:
 
 def test_every_valid_key_has_a_valid_dead_letter_queue() -> None:
     for key in ("x" * 76, "x" * 71 + ".fifo"):
-        RULES.check(key)
+        check(key)
         dead = queue_name(key + "-dlq")
         assert len(dead) <= 80
         assert dead.endswith(".fifo") == key.endswith(".fifo")
@@ -136,20 +142,25 @@ def test_foreign_attributes_are_read() -> None:
     assert decode_attributes(None) == {}
 
 
+def _entry(body: bytes) -> tuple[str, int]:
+    made = entry("k", 0, OutgoingMessage("i", body, {"abe-id": "i"}), 1_048_576)
+    return made.params["MessageBody"], made.size
+
+
 def test_body_text_escapes_what_sqs_refuses() -> None:
     body = json.dumps({"x": "a\uffffb\ufffe"}, ensure_ascii=False).encode()
-    text, size = body_text(body)
+    text, size = _entry(body)
     assert "\uffff" not in text
     assert "\ufffe" not in text
     assert json.loads(text) == {"x": "a\uffffb\ufffe"}
     assert size == len(text.encode())
     plain = '{"x":"é"}'.encode()
-    assert body_text(plain) == ('{"x":"é"}', len(plain))
+    assert _entry(plain) == ('{"x":"é"}', len(plain))
 
 
 def test_sizes_count_names_types_and_values() -> None:
-    attributes = encode_attributes({"ab": "xyz"})
-    assert attributes_size(attributes) == len("ab") + len("String") + len("xyz")
+    made = entry("k", 0, OutgoingMessage("i", b"{}", {"abe-id": "i", "ab": "xyz"}), 1_048_576)
+    assert made.size == len("{}") + len("ab") + len("String") + len("xyz")
 
 
 def _entries(*sizes: int) -> list[Entry]:
@@ -165,13 +176,19 @@ def test_batches_keep_to_ten_entries_and_one_mib() -> None:
     assert [entry.index for batch in batches for entry in batch] == list(range(6))
 
 
+def _attributes(headers: dict[str, str]) -> dict[str, str]:
+    made = entry("k", 0, OutgoingMessage("i", b"{}", headers), 1_048_576)
+    attributes = made.params.get("MessageAttributes", {})
+    return {name: attribute["StringValue"] for name, attribute in attributes.items()}
+
+
 def test_published_messages_leave_id_and_time_to_sqs() -> None:
     generated = {"abe-id": "abc-1", "abe-published-at": "1700000000000"}
-    assert wire_headers(generated) == {}
-    assert wire_headers({**generated, "trace": "t"}) == {"trace": "t"}
+    assert _attributes(generated) == {}
+    assert _attributes({**generated, "trace": "t"}) == {"trace": "t"}
     letter = {**generated, "abe-error": "E", "abe-attempts": "3", "abe-original-key": "k"}
-    assert wire_headers(letter) == letter  # a dead letter keeps its original's
-    assert wire_headers({"trace": "t"}) == {"trace": "t"}
+    assert _attributes(letter) == letter  # a dead letter keeps its original's
+    assert _attributes({"trace": "t"}) == {"trace": "t"}
 
 
 def test_received_messages_get_id_and_time_from_sqs() -> None:
@@ -180,11 +197,13 @@ def test_received_messages_get_id_and_time_from_sqs() -> None:
         "Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1700000000123"},
         "MessageAttributes": {"trace": {"DataType": "String", "StringValue": "t"}},
     }
-    assert headers_of(message) == {
+    received = incoming("k", message)
+    assert received.headers == {
         "trace": "t",
         "abe-id": "m-1",
         "abe-published-at": "1700000000123",
     }
+    assert (received.key, received.broker_id, received.attempt) == ("k", "m-1", 1)
     forwarded = {
         **message,
         "MessageAttributes": {
@@ -192,5 +211,8 @@ def test_received_messages_get_id_and_time_from_sqs() -> None:
             "abe-published-at": {"DataType": "String", "StringValue": "1600000000000"},
         },
     }
-    assert headers_of(forwarded) == {"abe-id": "original", "abe-published-at": "1600000000000"}
-    assert headers_of({}) == {}
+    assert incoming("k", forwarded).headers == {
+        "abe-id": "original",
+        "abe-published-at": "1600000000000",
+    }
+    assert incoming("k", {}).headers == {}

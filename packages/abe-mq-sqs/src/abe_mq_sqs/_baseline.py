@@ -22,16 +22,17 @@ import aiobotocore  # type: ignore[import-untyped]
 import botocore  # type: ignore[import-untyped]
 
 from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
-from abe_mq_sqs._client import sqs_client
-from abe_mq_sqs._logs import protect_client_logs, secret_filter
+from abe.provider import SecretFilter
+from abe_mq_sqs._client import BATCH_ENTRIES, connect, queue_name
+from abe_mq_sqs._errors import CREDENTIAL_PATTERNS
 from abe_mq_sqs._settings import SqsSettings
 from abe_mq_sqs._version import __version__
-from abe_mq_sqs._wire import BATCH_ENTRIES, queue_name
 
 __all__ = ["RawSqsBaseline"]
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _CONCURRENCY = 8
+_LOGGERS = ("botocore", "aiobotocore")
 
 
 class RawSqsBaseline:
@@ -39,10 +40,10 @@ class RawSqsBaseline:
 
     def __init__(self, settings: SqsSettings) -> None:
         self._settings = settings
-        self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._created: list[str] = []
-        self._secrets = secret_filter(settings)  # its client logs the same credentials
+        # Its client logs the same credentials as the backend's.
+        self._secrets = SecretFilter(settings.secrets(), patterns=CREDENTIAL_PATTERNS)
 
     @property
     def name(self) -> str:
@@ -50,10 +51,9 @@ class RawSqsBaseline:
 
     async def _sqs(self) -> Any:
         if self._client is None:
-            protect_client_logs(self._secrets)
-            context = sqs_client(self._settings, agent=f"abe-mq-sqs-baseline/{__version__}")
-            self._client = await self._stack.enter_async_context(context)
-            protect_client_logs(self._secrets)
+            self._secrets.install(*_LOGGERS)
+            self._client = await connect(self._settings, f"abe-mq-sqs-baseline/{__version__}")
+            self._secrets.install(*_LOGGERS)
         return self._client
 
     async def _queue(self, key: str) -> str:
@@ -159,8 +159,9 @@ class RawSqsBaseline:
                         await self._client.delete_queue(QueueUrl=url)
         finally:
             self._created.clear()
-            self._client = None
+            client, self._client = self._client, None
             try:
-                await self._stack.aclose()
+                if client is not None:
+                    await client.__aexit__(None, None, None)
             finally:
                 self._secrets.uninstall()
