@@ -77,7 +77,9 @@ async def test_abe_producer_raw_consumer(sqs_settings: Any, raw_sqs: Any) -> Non
     key = unique("abe-to-raw")
     payload = {"order": 8, "total": 9.5, "text": "日本語 ✓", "nested": {"list": [1, None]}}
     async with SqsBackend(sqs_settings()) as backend:
-        await backend.publish(key, payload, headers={"trace-id": "t-2", "tenant": "acme"})
+        await backend.publish(
+            key, payload, headers={"trace-id": "t-2", "tenant": "acme"}, message_id="order-8"
+        )
         await backend.publish_many(key, [{"n": n} for n in range(15)])
     url = await _url(raw_sqs, key)
     messages = await _raw_receive(raw_sqs, url, 16)
@@ -86,9 +88,10 @@ async def test_abe_producer_raw_consumer(sqs_settings: Any, raw_sqs: Any) -> Non
     # The body is the payload's JSON and nothing else: compact, UTF-8 text.
     assert single["Body"] == json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     assert json.loads(single["Body"]) == payload
-    # abe's id and publish time are SQS's MessageId and SentTimestamp; headers are
-    # String attributes of their own names.
+    # abe's id is the abe-id attribute (the caller's, when given), the publish time SQS's
+    # SentTimestamp; headers are String attributes of their own names.
     assert single["MessageAttributes"] == {
+        "abe-id": {"DataType": "String", "StringValue": "order-8"},
         "trace-id": {"DataType": "String", "StringValue": "t-2"},
         "tenant": {"DataType": "String", "StringValue": "acme"},
     }
@@ -96,7 +99,8 @@ async def test_abe_producer_raw_consumer(sqs_settings: Any, raw_sqs: Any) -> Non
     assert single["Attributes"]["SentTimestamp"].isdigit()
     numbers = sorted(json.loads(m["Body"])["n"] for m in messages if '"n"' in m["Body"])
     assert numbers == list(range(15))
-    assert not any(m.get("MessageAttributes") for m in messages if '"n"' in m["Body"])
+    many = [m["MessageAttributes"] for m in messages if '"n"' in m["Body"]]
+    assert all(set(attributes) == {"abe-id"} for attributes in many)
 
 
 async def test_abe_reads_id_and_publish_time_from_sqs(sqs_settings: Any, raw_sqs: Any) -> None:
@@ -129,7 +133,7 @@ async def test_headers_beyond_ten_attributes_travel_packed(sqs_settings: Any, ra
     url = await _url(raw_sqs, key)
     [message] = await _raw_receive(raw_sqs, url, 1)
     attributes = message["MessageAttributes"]
-    assert set(attributes) == {"abe-headers"}
+    assert set(attributes) == {"abe-id", "abe-headers"}  # abe's own travel natively
     assert json.loads(attributes["abe-headers"]["StringValue"]) == headers
 
 

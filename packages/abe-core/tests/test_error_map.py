@@ -153,3 +153,12 @@ def test_caused_by_looks_through_the_chain() -> None:
     assert TLS_UNTRUSTED(outer)
     assert caused_by("verify failed")(outer)
     assert not caused_by("nothing like this")(outer)
+
+
+def test_a_test_with_a_bound_default_is_not_given_the_settings() -> None:
+    kinds = {kind: (lambda error, kind=kind: str(error) == kind) for kind in ("busy", "gone")}
+    errors = ErrorMap(
+        "example",
+        {Busy: [unavailable("busy", when=kinds["busy"]), unavailable("gone", when=kinds["gone"])]},
+    )
+    assert str(errors.translate(Busy("gone"), settings=object())).endswith("; gone")

@@ -137,6 +137,34 @@ async def test_stop_gives_back_buffered_deliveries_at_once(backend: MemoryBacken
     assert backend.broker.pending("k", "g") == 0
 
 
+class _OrderedMemory(MemoryBackend):
+    """The memory backend as a broker that holds a key back while a message is retried."""
+
+    async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+        receiver = await super()._open_receiver(group, keys)
+        receiver.keeps_order = lambda key: key == "ordered"  # type: ignore[method-assign]
+        return receiver
+
+
+@pytest.mark.asyncio
+async def test_a_nack_gives_back_what_would_overtake_it_where_order_is_kept(
+    broker: MemoryBroker,
+) -> None:
+    backend = _OrderedMemory(MemorySettings(redelivery_timeout=30), broker=broker)
+    await backend.publish_many("ordered", [{"i": i} for i in range(3)])
+    await backend.publish("other", {"i": 9})
+    subscription = backend.subscribe(group="g", keys=["ordered", "other"], prefetch=4)
+    first = await next_delivery(subscription, WAIT)
+    assert first.key == "ordered"
+    assert subscription.held == 4
+    await first.nack(delay=5)
+    assert [d.key for d in subscription.buffered()] == ["other"]  # the other key is untouched
+    assert subscription.held == 1
+    assert broker.pending("ordered", "g") == 3  # all three are the broker's again
+    await subscription.aclose()
+    await backend.close()
+
+
 @pytest.mark.asyncio
 async def test_stop_gives_back_a_batch_whose_fetch_just_finished(backend: MemoryBackend) -> None:
     # The race: the fetch task has returned its batch, but __anext__ has not resumed to

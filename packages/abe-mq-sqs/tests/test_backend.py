@@ -153,16 +153,22 @@ async def test_queue_is_resolved_once_and_created_with_its_attributes(fake: Fake
     sent = fake.calls[-1][1]
     assert sent["MessageGroupId"] == "jobs.fifo"
     assert sent["MessageDeduplicationId"]  # abe's message id
-    assert "MessageAttributes" not in sent  # SQS's MessageId and SentTimestamp stand for abe's
+    # abe's id travels (FIFO deduplicates on it); SQS's SentTimestamp is the publish time
+    assert sent["MessageAttributes"] == {
+        "abe-id": {"DataType": "String", "StringValue": sent["MessageDeduplicationId"]}
+    }
     await backend.close()
 
 
 async def test_publish_writes_the_json_body_and_string_attributes(fake: FakeSqs) -> None:
     backend = make(fake)
-    await backend.publish("k", {"a": [1, "é"]}, headers={"trace-id": "t"})
+    await backend.publish("k", {"a": [1, "é"]}, headers={"trace-id": "t"}, message_id="m-1")
     sent = fake.calls[-1][1]
     assert sent["MessageBody"] == '{"a":[1,"é"]}'
-    assert sent["MessageAttributes"] == {"trace-id": {"DataType": "String", "StringValue": "t"}}
+    assert sent["MessageAttributes"] == {
+        "abe-id": {"DataType": "String", "StringValue": "m-1"},
+        "trace-id": {"DataType": "String", "StringValue": "t"},
+    }
     assert "DelaySeconds" not in sent
     assert "MessageGroupId" not in sent
 
@@ -257,7 +263,8 @@ async def test_receive_acks_and_visibility(fake: FakeSqs) -> None:
     assert call["MessageAttributeNames"] == ["All"]
     assert len(messages) == 10
     assert messages[0].attempt == 2
-    assert messages[0].headers == {"abe-id": "id-0"}  # the fake sends no SentTimestamp
+    assert set(messages[0].headers) == {"abe-id"}  # the fake sends no SentTimestamp
+    assert messages[0].headers["abe-id"] != messages[0].broker_id  # abe's id, not SQS's
     more = list(messages) + list(await receiver.fetch(100, 20.0))
     await receiver.ack(more)
     deletes = [kwargs for name, kwargs in fake.calls if name == "delete_message_batch"]

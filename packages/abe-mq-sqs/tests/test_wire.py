@@ -143,7 +143,7 @@ def test_foreign_attributes_are_read() -> None:
 
 
 def _entry(body: bytes) -> tuple[str, int]:
-    made = entry("k", 0, OutgoingMessage("i", body, {"abe-id": "i"}), 1_048_576)
+    made = entry("k", 0, OutgoingMessage("i", body, {}), 1_048_576)
     return made.params["MessageBody"], made.size
 
 
@@ -160,7 +160,8 @@ def test_body_text_escapes_what_sqs_refuses() -> None:
 
 def test_sizes_count_names_types_and_values() -> None:
     made = entry("k", 0, OutgoingMessage("i", b"{}", {"abe-id": "i", "ab": "xyz"}), 1_048_576)
-    assert made.size == len("{}") + len("ab") + len("String") + len("xyz")
+    attribute = len("String")
+    assert made.size == len("{}") + len("abe-id") + attribute + len("i") + len("ab") + attribute + 3
 
 
 def _entries(*sizes: int) -> list[Entry]:
@@ -182,10 +183,10 @@ def _attributes(headers: dict[str, str]) -> dict[str, str]:
     return {name: attribute["StringValue"] for name, attribute in attributes.items()}
 
 
-def test_published_messages_leave_id_and_time_to_sqs() -> None:
+def test_published_messages_carry_the_id_and_leave_the_time_to_sqs() -> None:
     generated = {"abe-id": "abc-1", "abe-published-at": "1700000000000"}
-    assert _attributes(generated) == {}
-    assert _attributes({**generated, "trace": "t"}) == {"trace": "t"}
+    assert _attributes(generated) == {"abe-id": "abc-1"}
+    assert _attributes({**generated, "trace": "t"}) == {"abe-id": "abc-1", "trace": "t"}
     letter = {**generated, "abe-error": "E", "abe-attempts": "3", "abe-original-key": "k"}
     assert _attributes(letter) == letter  # a dead letter keeps its original's
     assert _attributes({"trace": "t"}) == {"trace": "t"}

@@ -237,7 +237,7 @@ class _KnowsItsKeys(MemoryBackend):
     """The memory backend with the optional `_existing_keys` hook, as remote brokers have."""
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
-        return [key for key in keys if key in self.broker.keys()]
+        return [key for key in keys if self.broker.exists(key)]
 
 
 def test_consume_never_creates_a_key(

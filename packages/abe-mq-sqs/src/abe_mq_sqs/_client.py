@@ -1,8 +1,9 @@
 """SQS for the backend: one aiobotocore client, the calls, the wire format and the receiver.
 
-The body is the payload's JSON; abe's id and publish time are `MessageId` and `SentTimestamp`
-(a dead letter carries its original's). Headers are String attributes, or when SQS cannot
-carry them so (over 10, names or values it refuses), one JSON object in `abe-headers`.
+The body is the payload's JSON; abe's id travels as the `abe-id` attribute (a retry with the
+caller's id keeps it; FIFO queues deduplicate on it), the publish time is `SentTimestamp` (a
+dead letter carries its original's). Headers are String attributes, or when SQS cannot carry
+them so (over 10, names or values it refuses), one JSON object in `abe-headers`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ BATCH_ENTRIES = 10  # the most entries of SendMessageBatch, DeleteMessageBatch..
 FIFO = ".fifo"
 _NAME = re.compile(r"(?!(?i:aws|amazon)\.)(?!.*\.\.)[\w-](?:[\w.-]{0,254}[\w-])?", re.ASCII)
 _REFUSED_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")  # not XML 1.0
-_GENERATED = (HEADER_ID, HEADER_PUBLISHED_AT)
+_GENERATED = (HEADER_PUBLISHED_AT,)
 _RELEASE_TIMEOUT = 5.0
 _STARVED_RETURN = 1.0  # the longest wait while a queue has no poll: credit may come back
 _SHORT_RECEIVE_PAUSE = 0.01  # after a receive that did not fill a batch (SQS bills requests)
@@ -323,6 +324,9 @@ class SqsReceiver(Receiver):
 
     ack_batch_size: ClassVar[int] = BATCH_ENTRIES  # DeleteMessageBatch takes 10 handles
     ack_linger: ClassVar[float] = 0.005  # SQS charges per request: one delete per batch read
+
+    def keeps_order(self, key: str) -> bool:
+        return is_fifo(key)
 
     def __init__(self, sqs: SqsClient, keys: tuple[str, ...]) -> None:
         self._sqs = sqs

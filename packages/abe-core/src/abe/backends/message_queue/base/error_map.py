@@ -75,7 +75,15 @@ class ErrorRule:
 
     def __post_init__(self) -> None:
         if self.when is not None:
-            wants = len(inspect.signature(self.when).parameters) > 1
+            # a second parameter without a default takes the settings; one with a default
+            # (`lambda error, kind=kind: ...`) is a bound value, not a request for them
+            required = [
+                parameter
+                for parameter in inspect.signature(self.when).parameters.values()
+                if parameter.default is parameter.empty
+                and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            wants = len(required) > 1
             object.__setattr__(self, "_wants_settings", wants)
 
     def applies(self, error: BaseException, settings: Any) -> bool:

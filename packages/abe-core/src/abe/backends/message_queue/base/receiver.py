@@ -58,6 +58,15 @@ class Receiver(abc.ABC):
         leaves (Kafka) need nothing here.
         """
 
+    def keeps_order(self, key: str) -> bool:
+        """Whether the broker holds `key`'s later messages back while one is retried.
+
+        Override where it does (an SQS FIFO queue). A nack then also gives back the later
+        messages of `key` that were fetched but not handed out, so that they follow the
+        retried one instead of overtaking it, as the broker would have them.
+        """
+        return False
+
     async def release(self, messages: Sequence[IncomingMessage]) -> None:
         """Give back messages that were fetched but never handed to the application.
 

@@ -280,6 +280,14 @@ class Subscription:
         receiver = self._check_settleable(delivery)
         self._release_credit()
         await self._backend._guard(receiver.nack(delivery.message, delay), "nack")
+        if receiver.keeps_order(delivery.key):  # what was fetched after it must not overtake it
+            later = [queued for queued in self._buffer if queued.key == delivery.key]
+            if later:
+                self._buffer = deque(
+                    queued for queued in self._buffer if queued.key != delivery.key
+                )
+                self._unsettled -= len(later)
+                await self._give_back_messages([queued.message for queued in later])
 
     async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._check_settleable(delivery)
