@@ -16,9 +16,9 @@ import pytest
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError  # type: ignore[import-untyped]
 
-from abe.backends.message_queue.base import IncomingMessage
+from abe.provider import HEADER_ATTEMPT, HEADER_NOT_BEFORE, IncomingMessage
 from abe_mq_kafka import KafkaSettings
-from abe_mq_kafka._receiver import HEADER_ATTEMPT, HEADER_NOT_BEFORE, KafkaReceiver
+from abe_mq_kafka._receiver import KafkaReceiver
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,7 +60,7 @@ class FakeConsumer:
 
 
 @dataclass
-class FakeBackend:
+class FakeClient:
     settings: KafkaSettings
     copies: list[tuple[str, bytes, dict[str, str], frozenset[int]]] = field(default_factory=list)
 
@@ -70,14 +70,14 @@ class FakeBackend:
         self.copies.append((key, body, dict(headers), avoid))
 
 
-def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeBackend]:
+async def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeClient]:
     settings = KafkaSettings(redelivery_timeout=lease, session_timeout=1.0, commit_interval=0)
-    backend = FakeBackend(settings)
-    receiver = KafkaReceiver(backend, "group", ("orders",))  # type: ignore[arg-type]
+    client = FakeClient(settings)
+    receiver = KafkaReceiver(client, "group", ("orders",))  # type: ignore[arg-type]
     consumer = FakeConsumer()
     receiver._consumer = consumer
-    receiver._on_assigned({TP0, TP1})
-    return receiver, consumer, backend
+    await receiver.on_partitions_assigned({TP0, TP1})
+    return receiver, consumer, client
 
 
 async def fetch(receiver: KafkaReceiver, count: int = 100) -> list[IncomingMessage]:
@@ -85,7 +85,7 @@ async def fetch(receiver: KafkaReceiver, count: int = 100) -> list[IncomingMessa
 
 
 async def test_commits_stop_at_the_first_unfinished_record() -> None:
-    receiver, consumer, _ = make()
+    receiver, consumer, _ = await make()
     consumer.batches.append({TP0: [Record(0), Record(1), Record(2)], TP1: [Record(7)]})
     first, second, third, other = await fetch(receiver)
     assert [m.broker_id for m in (first, second, third, other)] == ["0@0", "0@1", "0@2", "1@7"]
@@ -98,7 +98,7 @@ async def test_commits_stop_at_the_first_unfinished_record() -> None:
 
 
 async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() -> None:
-    receiver, consumer, backend = make(lease=0.2)
+    receiver, consumer, backend = await make(lease=0.2)
     consumer.batches.append({TP0: [Record(0), Record(1), Record(2, headers=(("k", b"v"),))]})
     first, second, third = await fetch(receiver)
     consumer.refuse_commits = True
@@ -107,7 +107,8 @@ async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() 
     consumer.refuse_commits = False
     await receiver.ack([third])
     assert consumer.commits == [{TP0: 1}]  # offset 1 is unfinished: nothing past it
-    await receiver._on_revoked({TP0, TP1})  # waits out the lease of offset 1, then hands it on
+    # waits out the lease of offset 1, then hands it on
+    await receiver.on_partitions_revoked({TP0, TP1})
     assert [(key, headers[HEADER_ATTEMPT]) for key, _, headers, _ in backend.copies] == [
         ("orders", "2")
     ]
@@ -118,7 +119,7 @@ async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() 
 
 
 async def test_revoke_waits_for_deliveries_that_finish() -> None:
-    receiver, consumer, backend = make(lease=5.0)
+    receiver, consumer, backend = await make(lease=5.0)
     consumer.batches.append({TP0: [Record(0)]})
     (message,) = await fetch(receiver)
 
@@ -127,14 +128,14 @@ async def test_revoke_waits_for_deliveries_that_finish() -> None:
         await receiver.ack([message])
 
     started = time.monotonic()
-    await asyncio.gather(receiver._on_revoked({TP0, TP1}), finish_soon())
+    await asyncio.gather(receiver.on_partitions_revoked({TP0, TP1}), finish_soon())
     assert time.monotonic() - started < 2
     assert backend.copies == []
     assert consumer.commits[-1] == {TP0: 1}
 
 
 async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
-    receiver, consumer, backend = make()
+    receiver, consumer, backend = await make()
     consumer.batches.append(
         {TP0: [Record(0, headers=(("abe-id", b"m-1"), (HEADER_ATTEMPT, b"2"), ("t", b"x")))]}
     )
@@ -156,7 +157,7 @@ async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
 
 
 async def test_a_copy_read_early_waits_without_blocking_others() -> None:
-    receiver, consumer, _ = make()
+    receiver, consumer, _ = await make()
     due = str(int(time.time() * 1000) + 300).encode()
     consumer.batches.append(
         {TP0: [Record(0, headers=((HEADER_NOT_BEFORE, due), (HEADER_ATTEMPT, b"2")))]}
@@ -173,7 +174,7 @@ async def test_a_copy_read_early_waits_without_blocking_others() -> None:
 
 
 async def test_an_expired_lease_is_redelivered_away_from_this_member() -> None:
-    receiver, consumer, backend = make(lease=0.05)
+    receiver, consumer, backend = await make(lease=0.05)
     consumer.assigned = {TP0}
     consumer.batches.append({TP0: [Record(0)]})
     (message,) = await fetch(receiver)
@@ -188,7 +189,7 @@ async def test_an_expired_lease_is_redelivered_away_from_this_member() -> None:
 
 
 async def test_close_hands_on_what_is_held_and_commits() -> None:
-    receiver, consumer, backend = make()
+    receiver, consumer, backend = await make()
     consumer.batches.append({TP0: [Record(0), Record(1)]})
     first, _second = await fetch(receiver)
     await receiver.ack([first])
@@ -199,35 +200,27 @@ async def test_close_hands_on_what_is_held_and_commits() -> None:
 
 
 async def test_a_new_record_gets_its_id_and_time_from_its_position_and_timestamp() -> None:
-    receiver, consumer, _ = make()
+    receiver, consumer, _ = await make()
     consumer.batches.append({TP0: [Record(7, timestamp=1_764_300_000_123)]})
     [message] = await fetch(receiver)
     assert message.headers["abe-id"] == "orders:0:7"
     assert message.headers["abe-published-at"] == "1764300000123"
 
 
-async def test_acks_are_committed_together_after_the_commit_interval() -> None:
-    receiver, consumer, _ = make()
-    receiver._commit_interval = 0.05
-    consumer.batches.append({TP0: [Record(0), Record(1), Record(2)]})
-    first, second, third = await fetch(receiver)
-    await receiver.ack([first])
-    await receiver.ack([second])
-    assert consumer.commits == [], "nothing is committed before the interval"
-    timer = receiver._commit_timer
-    assert timer is not None
-    await receiver.ack([third])  # acknowledged while the timer runs: same commit
-    await timer
-    assert consumer.commits == [{TP0: 3}]
-    assert receiver._commit_timer is None
+async def test_core_gathers_acks_for_the_commit_interval() -> None:
+    settings = KafkaSettings(commit_interval=0.25)
+    receiver = KafkaReceiver(FakeClient(settings), "group", ("orders",))  # type: ignore[arg-type]
+    assert receiver.ack_linger == 0.25
+    assert KafkaReceiver.ack_linger == 0.0  # the class default is untouched
 
 
-async def test_close_commits_acknowledged_offsets_at_once() -> None:
-    receiver, consumer, _ = make()
-    receiver._commit_interval = 30.0
+async def test_close_commits_what_acks_could_not() -> None:
+    receiver, consumer, _ = await make()
     consumer.batches.append({TP0: [Record(0), Record(1)]})
     first, second = await fetch(receiver)
+    consumer.refuse_commits = True
     await receiver.ack([first, second])
     assert consumer.commits == []
+    consumer.refuse_commits = False
     await receiver.close()
     assert consumer.commits[-1] == {TP0: 2}
