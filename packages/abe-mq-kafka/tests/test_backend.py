@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -93,3 +94,52 @@ async def test_publish_many_writes_record_batches_to_one_partition() -> None:
         b'{"n":%d}' % n for n in range(5)
     ]
     await backend.close()
+
+
+class RecordingConsumer:
+    """Stands in for AIOKafkaConsumer: remembers its options, starts and stops at once."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    async def start(self) -> None:
+        pass
+
+    def subscribe(self, topics: list[str], *, listener: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_static_members_of_one_process_get_names_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("abe_mq_kafka._client.AIOKafkaConsumer", RecordingConsumer)
+    backend = KafkaBackend(KafkaSettings(group_instance_id="worker-3"))
+    client = backend.client
+    first = await client.consumer("billing", ["orders"], None)
+    second = await client.consumer("billing", ["orders"], None)
+    other_group = await client.consumer("audit", ["orders"], None)
+    names = [c.options["group_instance_id"] for c in (first, second, other_group)]
+    assert names == ["worker-3", "worker-3-2", "worker-3"]
+    await client.stop_consumer(first)
+    again = await client.consumer("billing", ["orders"], None)  # a restarted subscription
+    assert again.options["group_instance_id"] == "worker-3"
+    dynamic = await KafkaBackend().client.consumer("billing", ["orders"], None)
+    assert dynamic.options["group_instance_id"] is None
+    await backend.close()
+
+
+async def test_aiokafka_errors_during_an_outage_are_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """core's OutageLog sits on aiokafka's loggers: a reconnect loop is not a log flood."""
+    backend = KafkaBackend(KafkaSettings(bootstrap_servers=("127.0.0.1:1",)))
+    with caplog.at_level(logging.INFO):
+        for _ in range(50):
+            logging.getLogger("aiokafka.conn").error('Unable connect to "127.0.0.1:1"')
+    await backend.close()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in loud] == ["abe.outage"]
+    assert "127.0.0.1:1" in loud[0].getMessage()

@@ -7,6 +7,7 @@ records (or refuses) commits, so the rules are checked without a broker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class FakeConsumer:
     commits: list[dict[Any, int]] = field(default_factory=list)
     refuse_commits: bool = False
     assigned: set[Any] = field(default_factory=lambda: {TP0, TP1})
+    ends: dict[Any, int] = field(default_factory=dict)
+    positions: dict[Any, int] = field(default_factory=dict)
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
         if self.batches:
@@ -55,6 +58,12 @@ class FakeConsumer:
     def assignment(self) -> set[Any]:
         return self.assigned
 
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return {tp: self.ends.get(tp, 0) for tp in partitions}
+
+    async def position(self, tp: Any) -> int:
+        return self.positions.get(tp, 0)
+
     async def stop(self) -> None:
         pass
 
@@ -68,6 +77,9 @@ class FakeClient:
         self, key: str, body: bytes, headers: Mapping[str, str], *, avoid: frozenset[int]
     ) -> None:
         self.copies.append((key, body, dict(headers), avoid))
+
+    async def stop_consumer(self, consumer: FakeConsumer) -> None:
+        await consumer.stop()
 
 
 async def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeClient]:
@@ -224,3 +236,39 @@ async def test_close_commits_what_acks_could_not() -> None:
     consumer.refuse_commits = False
     await receiver.close()
     assert consumer.commits[-1] == {TP0: 2}
+
+
+async def test_a_member_with_lag_that_receives_nothing_says_which_setting_to_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver, consumer, _ = await make()
+    receiver._starved_after = 0.1
+    consumer.ends, consumer.positions = {TP0: 10_000, TP1: 5}, {TP0: 343, TP1: 5}
+    reading = asyncio.ensure_future(receiver.fetch(10, 0.6))  # the broker answers empty
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING, logger="abe.kafka"):
+        await receiver._check_starving()
+        await receiver._check_starving()  # said once per quiet spell
+    assert await reading == []
+    (record,) = caplog.records
+    assert "1 partition(s) with 9657 message(s) waiting" in record.getMessage()
+    assert "ABE_KAFKA_FETCH_MAX_WAIT (now 0.5s)" in record.getMessage()
+
+
+async def test_no_warning_without_lag_or_while_nobody_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver, consumer, _ = await make()
+    receiver._starved_after = 0.1
+    consumer.ends, consumer.positions = {TP0: 7}, {TP0: 7}
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING, logger="abe.kafka"):
+        await receiver._check_starving()  # no fetch is running: the application is busy
+        consumer.ends[TP0] = 9
+        await receiver._check_starving()
+        reading = asyncio.ensure_future(receiver.fetch(10, 0.3))
+        await asyncio.sleep(0.05)
+        consumer.ends[TP0] = 7
+        await receiver._check_starving()  # reading, but nothing waits
+        await reading
+    assert caplog.records == []

@@ -11,6 +11,7 @@ from a refused login.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import ssl
@@ -66,6 +67,8 @@ class KafkaClient:
         )
         self._topics: set[str] = set()
         self._creating: dict[str, asyncio.Future[None]] = {}
+        self._members: dict[str, set[str]] = {}
+        self._member_of: dict[Any, tuple[str, str]] = {}
 
     async def start(self, client: Any) -> Any:
         """Start an aiokafka client (stopped again if that fails); say why it could not start."""
@@ -82,11 +85,27 @@ class KafkaClient:
         return client
 
     async def consumer(self, group: str, keys: Sequence[str], listener: Any) -> Any:
-        """A started consumer of `group`, subscribed to `keys` (it joins on its first read)."""
-        options = self.settings.consumer_options()
+        """A started consumer of `group`, subscribed to `keys` (it joins on its first read).
+
+        With ABE_KAFKA_GROUP_INSTANCE_ID, each consumer of a group in this process gets its
+        own static member name (`name`, `name-2`, ...), the same again after a restart.
+        """
+        base, used = self.settings.group_instance_id, self._members.setdefault(group, set())
+        names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
+        member = None if base is None else next(name for name in names if name not in used)
+        options = {**self.settings.consumer_options(), "group_instance_id": member}
         consumer = await self.start(AIOKafkaConsumer(group_id=group, **options))
+        if member is not None:
+            used.add(member)
+            self._member_of[consumer] = (group, member)
         consumer.subscribe(list(keys), listener=listener)
         return consumer
+
+    async def stop_consumer(self, consumer: Any) -> None:
+        """Stop a consumer made by `consumer()` (bounded; a failure is logged) and free its name."""
+        group, member = self._member_of.pop(consumer, ("", ""))
+        self._members.get(group, set()).discard(member)
+        await close_quietly([consumer.stop()], _CLOSE_TIMEOUT, log, f"kafka group {group!r}")
 
     async def ensure_topic(self, key: str) -> None:
         """Create topic `key` with the configured partitions unless it exists (cached)."""

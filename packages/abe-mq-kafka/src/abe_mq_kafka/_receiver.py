@@ -41,7 +41,6 @@ from abe.provider import (
     IncomingMessage,
     Receiver,
     bounded,
-    close_quietly,
     wait_event,
 )
 from abe_mq_kafka._client import KafkaClient
@@ -50,7 +49,8 @@ __all__ = ["KafkaReceiver"]
 
 log = logging.getLogger("abe.kafka")
 
-_STOP_TIMEOUT = 5.0
+_STARVED_AFTER = 30.0
+"""Seconds of reading nothing, while records wait on this member's partitions, before a warning."""
 
 
 @dataclass(eq=False)
@@ -93,14 +93,16 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._client, self._group, self._keys = client, group, keys
         self._lease = settings.redelivery_timeout
         self._timeout = settings.operation_timeout
-        self._revoke_wait = max(0.0, settings.rebalance_timeout - settings.session_timeout)
+        self._revoke_wait = max(0.0, settings.rebalance_wait - settings.session_timeout)
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
         self._held: dict[_Entry, None] = {}
         self._delayed: list[tuple[float, int, _Entry]] = []
         self._order = itertools.count()
         self._fetching = 0
-        self._last_active = time.monotonic()
+        self._last_active = self._received = time.monotonic()
+        self._starved_after = _STARVED_AFTER
+        self._fetch_wait = settings.fetch_max_wait
         self._closed = False
         self._joined, self._settled = asyncio.Event(), asyncio.Event()
         self._revoking: asyncio.Event | None = None  # set once a running revoke has committed
@@ -115,7 +117,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         except BaseException:
             consumer, self._consumer = self._consumer, None
             if consumer is not None:  # joined, then cancelled (the open timed out)
-                await close_quietly([consumer.stop()], _STOP_TIMEOUT, log, "kafka consumer")
+                await self._client.stop_consumer(consumer)
             raise
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
@@ -150,7 +152,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             await self._release(partitions, why, consumer)
         finally:
             self._drop(partitions)
-            await close_quietly([consumer.stop()], _STOP_TIMEOUT, log, f"group {self._group!r}")
+            await self._client.stop_consumer(consumer)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -178,7 +180,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                 self._fetching -= 1
                 self._last_active = time.monotonic()
             out = self._accept(batches, max_messages)
-            self._take_due(max_messages - len(out), out)
+            if self._take_due(max_messages - len(out), out):
+                self._received = time.monotonic()
             if loop.time() >= deadline or self._consumer is not consumer:
                 break
         return out
@@ -385,6 +388,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             try:
                 if self._consumer is None or not self._stalled():
                     await self._expire()
+                    await self._check_starving()
                     continue
                 async with self._membership:
                     if self._consumer is not None and self._stalled():
@@ -397,6 +401,32 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                         await self._leave("the member stopped reading")
             except Exception as exc:
                 log.warning("kafka: lease check for group %r failed: %s", self._group, exc)
+
+    async def _check_starving(self) -> None:
+        """Warn, once per quiet spell, when records wait on this member's partitions unread."""
+        consumer, now = self._consumer, time.monotonic()
+        if consumer is None or not self._fetching or now - self._received < self._starved_after:
+            return
+        self._received = now
+        try:
+            assigned = list(consumer.assignment())
+            ends = await bounded(consumer.end_offsets(assigned), self._timeout) if assigned else {}
+            positions = {tp: await bounded(consumer.position(tp), self._timeout) for tp in ends}
+            waiting = [max(0, end - positions[tp]) for tp, end in ends.items()]
+        except Exception as exc:  # only a diagnosis: the next spell tries again
+            log.debug("kafka: measuring the lag of group %r failed: %s", self._group, exc)
+            return
+        if sum(waiting) > 0:
+            log.warning(
+                "kafka: group %r: this member holds %d partition(s) with %d message(s) waiting "
+                "but has received none for %.0fs; a broker that needs longer than the fetch wait "
+                "to read a long partition answers empty: raise ABE_KAFKA_FETCH_MAX_WAIT (now %gs)",
+                self._group,
+                sum(1 for lag in waiting if lag > 0),
+                sum(waiting),
+                self._starved_after,
+                self._fetch_wait,
+            )
 
     async def _expire(self) -> None:
         now = time.monotonic()

@@ -24,6 +24,7 @@ __all__ = ["KafkaSettings"]
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _RECORD_OVERHEAD = 64 * 1024
 """Room above the largest body for headers and batch framing in one produce request."""
 
@@ -161,6 +162,35 @@ class KafkaSettings(BackendSettings):
         minimum=0,
         maximum=60,
     )
+    fetch_max_wait: float = setting(
+        "ABE_KAFKA_FETCH_MAX_WAIT",
+        0.5,
+        "Seconds a broker may hold a fetch open for records; a broker that needs longer to read "
+        "a long partition answers empty, so raise it if members with lag receive nothing.",
+        minimum=0.01,
+        maximum=60,
+    )
+    heartbeat_interval: float | None = setting(
+        "ABE_KAFKA_HEARTBEAT_INTERVAL",
+        None,
+        "Seconds between heartbeats (default: a third of ABE_KAFKA_SESSION_TIMEOUT, at most 3).",
+        minimum=0.05,
+        maximum=3_600,
+    )
+    rebalance_timeout: float | None = setting(
+        "ABE_KAFKA_REBALANCE_TIMEOUT",
+        None,
+        "Seconds a rebalance waits for members to finish their messages and rejoin (default: "
+        "the session timeout plus 3 redelivery timeouts, at most 300).",
+        minimum=0.3,
+        maximum=3_600,
+    )
+    group_instance_id: str | None = setting(
+        "ABE_KAFKA_GROUP_INSTANCE_ID",
+        None,
+        "Static group membership: a name unique to this worker that survives its restarts (e.g. "
+        "the pod name); a worker back within the session timeout keeps its partitions.",
+    )
     max_payload_bytes: int = setting(
         "ABE_KAFKA_MAX_PAYLOAD_BYTES",
         1_000_000,
@@ -215,6 +245,10 @@ class KafkaSettings(BackendSettings):
             path = getattr(self, name)
             if path is not None and not (Path(path).is_file() and os.access(path, os.R_OK)):
                 yield name, f"must name a readable file that exists (got {str(path)!r})"
+        if (self.heartbeat_interval or 0) >= self.session_timeout:
+            yield "heartbeat_interval", "must be less than ABE_KAFKA_SESSION_TIMEOUT"
+        if self.group_instance_id is not None and not _NAME.fullmatch(self.group_instance_id):
+            yield "group_instance_id", "must be 1 to 200 letters, digits, '.', '_' or '-'"
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             missing = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
             yield missing, "is required when the other half of the client pair is set"
@@ -282,23 +316,24 @@ class KafkaSettings(BackendSettings):
 
     def consumer_options(self) -> dict[str, Any]:
         """AIOKafkaConsumer arguments: manual commits, earliest offset, bounded read-ahead."""
-        session_ms = int(self.session_timeout * 1000)
+        session = self.session_timeout
         partition_bytes = self.max_payload_bytes + _RECORD_OVERHEAD
         return {
             **self.connection_options(),
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
-            "session_timeout_ms": session_ms,
-            "heartbeat_interval_ms": max(50, min(3000, session_ms // 3)),
-            "rebalance_timeout_ms": int(self.rebalance_timeout * 1000),
+            "session_timeout_ms": int(session * 1000),
+            "heartbeat_interval_ms": int(1000 * (self.heartbeat_interval or min(3, session / 3))),
+            "rebalance_timeout_ms": int(self.rebalance_wait * 1000),
             # abe decides when a member that stopped reading leaves (see the receiver).
             "max_poll_interval_ms": 24 * 3600 * 1000,
             "max_partition_fetch_bytes": partition_bytes,
             "fetch_max_bytes": max(partition_bytes, 4 * 1024 * 1024),
-            "fetch_max_wait_ms": 100,
+            "fetch_max_wait_ms": int(self.fetch_max_wait * 1000),
         }
 
     @property
-    def rebalance_timeout(self) -> float:
+    def rebalance_wait(self) -> float:
         """How long the group waits for members to settle their messages before a rebalance."""
-        return min(300.0, self.session_timeout + 3 * self.redelivery_timeout)
+        default = min(300.0, self.session_timeout + 3 * self.redelivery_timeout)
+        return self.rebalance_timeout or default
