@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -143,3 +144,35 @@ async def test_aiokafka_errors_during_an_outage_are_said_once(
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.name for r in loud] == ["abe.outage"]
     assert "127.0.0.1:1" in loud[0].getMessage()
+
+
+class CountingAdmin:
+    """Answers CreateTopics after a moment; the first `failures` answers are refusals."""
+
+    def __init__(self, failures: int) -> None:
+        self.calls = 0
+        self.failures = failures
+
+    async def create_topics(self, topics: list[Any]) -> Any:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        code = 7 if self.calls <= self.failures else 0  # 7: RequestTimedOut
+
+        return SimpleNamespace(topic_errors=[(topics[0].name, code, "")])
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_topic_is_created_once_however_many_wait_and_again_after_a_failure() -> None:
+    backend = KafkaBackend(KafkaSettings())
+    admin = backend.client.admin._client = CountingAdmin(failures=1)  # as if connected
+    results = await asyncio.gather(
+        *(backend.client.ensure_topic("orders") for _ in range(5)), return_exceptions=True
+    )
+    assert admin.calls == 1
+    assert all(type(result).__name__ == "RequestTimedOutError" for result in results)
+    await asyncio.gather(*(backend.client.ensure_topic("orders") for _ in range(5)))
+    await backend.client.ensure_topic("orders")  # known now: no call
+    assert admin.calls == 2
+    await backend.close()

@@ -1,11 +1,8 @@
-"""KafkaClient: the aiokafka producer and admin client a backend and its receivers share.
+"""KafkaClient: the aiokafka clients a backend and its receivers share, and their broker calls.
 
-The backend makes one and hands it to every receiver it opens; it starts consumers,
-creates topics once, writes the copies that redeliver messages, and says why a client
-could not start when aiokafka only says "Unable to bootstrap": after such a failure,
-and only then, `diagnose()` opens fresh connections to the bootstrap servers, first
-without SASL and then with it, to tell a broker that is away from a TLS mismatch and
-from a refused login.
+When aiokafka only says "Unable to bootstrap", `diagnose()` opens fresh connections to the
+bootstrap servers, without SASL and then with it, to tell a broker that is away from a TLS
+mismatch and from a refused login.
 """
 
 from __future__ import annotations
@@ -66,7 +63,7 @@ class KafkaClient:
             what="the kafka admin client",
         )
         self._topics: set[str] = set()
-        self._creating: dict[str, asyncio.Future[None]] = {}
+        self._creating: dict[str, asyncio.Task[None]] = {}
         self._members: dict[str, set[str]] = {}
         self._member_of: dict[Any, tuple[str, str]] = {}
 
@@ -109,39 +106,29 @@ class KafkaClient:
 
     async def ensure_topic(self, key: str) -> None:
         """Create topic `key` with the configured partitions unless it exists (cached)."""
-        if key in self._topics:
-            return
-        pending = self._creating.get(key)
-        if pending is not None:
-            await asyncio.shield(pending)
-            return
-        pending = self._creating[key] = asyncio.get_running_loop().create_future()
-        try:
-            await self._create_topic(key)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                pending.set_exception(exc)
-                pending.exception()  # retrieved here: the waiters re-raise their own copy
-            else:
-                pending.cancel()
-            raise
-        else:
-            if len(self._topics) > 10_000:
-                self._topics.clear()
-            self._topics.add(key)
-            pending.set_result(None)
-        finally:
-            del self._creating[key]
+        creating = self._creating.get(key)
+        if key not in self._topics and creating is None:  # one creation, however many wait
+            creating = self._creating[key] = asyncio.ensure_future(self._create_topic(key))
+            creating.add_done_callback(lambda done: self._forget(key, done))
+        if creating is not None:
+            await asyncio.shield(creating)
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        """A creation ended: the next call may try again (its waiters raised its error)."""
+        del self._creating[key]
+        if not task.cancelled():
+            task.exception()
 
     async def _create_topic(self, key: str) -> None:
         admin = await self.admin.get()
         topic = NewTopic(key, self.settings.partitions, self.settings.replication_factor)
         response = await admin.create_topics([topic])
-        for name, code, *rest in response.topic_errors:
+        for _, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
-                detail = rest[0] if rest and rest[0] else ""
-                log.debug("creating topic %r failed with error code %d", name, code)
-                raise for_code(code)(detail) if detail else for_code(code)()
+                raise for_code(code)(*[detail for detail in rest[:1] if detail])
+        if len(self._topics) > 10_000:
+            self._topics.clear()
+        self._topics.add(key)
 
     async def delete_topics(self, keys: Sequence[str]) -> None:
         """DeleteTopics for `keys`; a topic that does not exist is skipped."""

@@ -79,8 +79,7 @@ class _Entry:
     message: IncomingMessage | None = None
     settled: bool = False
     deadline: float = 0.0
-    moving: asyncio.Task[None] | None = None
-    """The copy of this record being written (by a nack, a lease check or a release)."""
+    moving: asyncio.Task[None] | None = None  # the copy of it being written, if one is
 
 
 class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
@@ -101,13 +100,11 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._order = itertools.count()
         self._fetching = 0
         self._last_active = self._received = time.monotonic()
-        self._starved_after = _STARVED_AFTER
-        self._fetch_wait = settings.fetch_max_wait
+        self._starved_after, self._fetch_wait = _STARVED_AFTER, settings.fetch_max_wait
         self._closed = False
         self._joined, self._settled = asyncio.Event(), asyncio.Event()
         self._revoking: asyncio.Event | None = None  # set once a running revoke has committed
-        self._commit_lock = asyncio.Lock()
-        self._membership = asyncio.Lock()
+        self._commit_lock, self._membership = asyncio.Lock(), asyncio.Lock()
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -133,10 +130,9 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         if self._closed:
             return
         self._closed = True
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         async with self._membership:
             await self._leave("closing")
 
@@ -153,8 +149,6 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         finally:
             self._drop(partitions)
             await self._client.stop_consumer(consumer)
-
-    # ---- reading ------------------------------------------------------------------------------
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         self._last_active = time.monotonic()
@@ -222,8 +216,6 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             out.append(entry.message)
             limit -= 1
         return out
-
-    # ---- settling -----------------------------------------------------------------------------
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = time.monotonic()
@@ -307,8 +299,6 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             for partition, point in moved.items():
                 partition.committed = max(partition.committed, point)
 
-    # ---- rebalances, leases and members that stopped reading --------------------------------
-
     async def on_partitions_assigned(self, assigned: Collection[Any]) -> None:
         """aiokafka's callback: the group gave this member `assigned`."""
         for tp in assigned:
@@ -327,10 +317,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             await self._release(partitions, "rebalance", consumer)
         except Exception as exc:
             log.warning(
-                "kafka: settling partitions of group %r before a rebalance failed (%s); their "
-                "unfinished messages are read again by the next owner",
-                self._group,
-                exc,
+                f"kafka: settling partitions of group {self._group!r} before a rebalance failed "
+                f"({exc}); their unfinished messages are read again by the next owner"
             )
         finally:
             self._drop(partitions)
@@ -358,11 +346,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         )
         if failed := sum(isinstance(result, BaseException) for result in results):
             log.info(
-                "kafka: %d unfinished message(s) of group %r could not be handed on (%s); "
-                "the next owner of their partitions reads them again",
-                failed,
-                self._group,
-                why,
+                f"kafka: {failed} unfinished message(s) of group {self._group!r} could not be "
+                f"handed on ({why}); the next owner of their partitions reads them again"
             )
         await self._commit(partitions, consumer)
 
@@ -393,10 +378,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                 async with self._membership:
                     if self._consumer is not None and self._stalled():
                         log.info(
-                            "kafka: no reads for group %r in %.1fs; leaving the group so that "
-                            "other members take its partitions",
-                            self._group,
-                            self._lease,
+                            f"kafka: no reads for group {self._group!r} in {self._lease:.1f}s; "
+                            f"leaving the group so that other members take its partitions"
                         )
                         await self._leave("the member stopped reading")
             except Exception as exc:
@@ -418,14 +401,11 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             return
         if sum(waiting) > 0:
             log.warning(
-                "kafka: group %r: this member holds %d partition(s) with %d message(s) waiting "
-                "but has received none for %.0fs; a broker that needs longer than the fetch wait "
-                "to read a long partition answers empty: raise ABE_KAFKA_FETCH_MAX_WAIT (now %gs)",
-                self._group,
-                sum(1 for lag in waiting if lag > 0),
-                sum(waiting),
-                self._starved_after,
-                self._fetch_wait,
+                f"kafka: group {self._group!r}: this member holds {sum(map(bool, waiting))} "
+                f"partition(s) with {sum(waiting)} message(s) waiting but has received none for "
+                f"{self._starved_after:.0f}s; a broker that needs longer than the fetch wait to "
+                f"read a long partition answers empty: raise ABE_KAFKA_FETCH_MAX_WAIT (now "
+                f"{self._fetch_wait:g}s)"
             )
 
     async def _expire(self) -> None:

@@ -1,8 +1,4 @@
-"""KafkaSettings: every variable abe-mq-kafka reads, declared once (abe-core reads and checks them).
-
-Also what the settings make of themselves for aiokafka: the keyword arguments of its
-producer, consumer and admin client, and the TLS context.
-"""
+"""KafkaSettings: every variable abe-mq-kafka reads, declared once, and aiokafka's options."""
 
 from __future__ import annotations
 
@@ -30,11 +26,7 @@ _RECORD_OVERHEAD = 64 * 1024
 
 
 def parse_bootstrap(text: str) -> tuple[str, ...]:
-    """`host:port,host:port` as a tuple, or ValueError saying which part is wrong.
-
-    A value with user info or options may hold a password (in any of its comma-separated
-    parts), so no part of it is echoed ("(got" tells abe-core not to add the value).
-    """
+    """`host:port,...` as a tuple; a value that may hold a password is never echoed ("(got")."""
     if "@" in text:
         raise ValueError(
             "must list host:port only (got credentials, user:password@, which are not shown): "
@@ -61,11 +53,6 @@ def parse_bootstrap(text: str) -> tuple[str, ...]:
 def _path(text: str) -> Path:
     """A file's path, checked by `check()` (which also blames the missing half of a pair)."""
     return Path(text).expanduser()
-
-
-def _no_password() -> str:
-    """The password of a key given none: empty, so an encrypted key fails instead of prompting."""
-    return ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,45 +193,31 @@ class KafkaSettings(BackendSettings):
         if isinstance(servers, str):  # hand-built settings may give a string for short
             object.__setattr__(self, "bootstrap_servers", tuple(servers.split(",")))
         super().__post_init__()
-        object.__setattr__(self, "bootstrap_servers", parse_bootstrap(self._servers_text))
-
-    @property
-    def _servers_text(self) -> str:
-        return ",".join(str(server) for server in self.bootstrap_servers)
+        servers = ",".join(self.bootstrap_servers)
+        object.__setattr__(self, "bootstrap_servers", parse_bootstrap(servers))
 
     def check(self) -> Iterator[tuple[str, str]]:
         """The rules between fields (abe-core names the variable of each field it blames)."""
         try:
-            parse_bootstrap(self._servers_text)
+            parse_bootstrap(",".join(map(str, self.bootstrap_servers)))
         except ValueError as exc:
             yield "bootstrap_servers", str(exc)
         protocol = self.security_protocol
-        sasl = ("sasl_username", "KAFKA_SASL_USERNAME"), ("sasl_password", "KAFKA_SASL_PASSWORD")
-        for name, _ in sasl:
-            if protocol.startswith("SASL_") and getattr(self, name) is None:
+        sasl, unused = (
+            protocol.startswith("SASL_"),
+            f"is set but KAFKA_SECURITY_PROTOCOL is {protocol}",
+        )
+        for name in ("sasl_username", "sasl_password"):
+            if sasl and getattr(self, name) is None:
                 yield name, f"is required with KAFKA_SECURITY_PROTOCOL={protocol}"
-            elif not protocol.startswith("SASL_") and getattr(self, name) is not None:
-                yield (
-                    name,
-                    (
-                        f"is set but KAFKA_SECURITY_PROTOCOL is {protocol}; set it to SASL_SSL (or "
-                        f"SASL_PLAINTEXT) to authenticate"
-                    ),
-                )
-        tls = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
-        for name in tls if not protocol.endswith("SSL") else ():
-            if getattr(self, name) is not None:
-                yield (
-                    name,
-                    (
-                        f"is set but KAFKA_SECURITY_PROTOCOL is {protocol}; set it to SSL (or "
-                        f"SASL_SSL) to use TLS"
-                    ),
-                )
-        for name in tls[:3]:
-            path = getattr(self, name)
-            if path is not None and not (Path(path).is_file() and os.access(path, os.R_OK)):
-                yield name, f"must name a readable file that exists (got {str(path)!r})"
+            elif not sasl and getattr(self, name) is not None:
+                yield name, f"{unused}; set it to SASL_SSL (or SASL_PLAINTEXT) to authenticate"
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password"):
+            value = getattr(self, name)
+            if value is not None and not protocol.endswith("SSL"):
+                yield name, f"{unused}; set it to SSL (or SASL_SSL) to use TLS"
+            elif isinstance(value, Path) and not (value.is_file() and os.access(value, os.R_OK)):
+                yield name, f"must name a readable file that exists (got {str(value)!r})"
         if (self.heartbeat_interval or 0) >= self.session_timeout:
             yield "heartbeat_interval", "must be less than ABE_KAFKA_SESSION_TIMEOUT"
         if self.group_instance_id is not None and not _NAME.fullmatch(self.group_instance_id):
@@ -252,8 +225,6 @@ class KafkaSettings(BackendSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             missing = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
             yield missing, "is required when the other half of the client pair is set"
-
-    # ---- what the client library is given ---------------------------------------------------
 
     def connection_options(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client takes: brokers, identity, security, timeouts."""
@@ -267,39 +238,31 @@ class KafkaSettings(BackendSettings):
         if self.security_protocol.endswith("SSL"):
             options["ssl_context"] = self.ssl_context()
         if self.security_protocol.startswith("SASL_"):
+            password = self.sasl_password.reveal() if self.sasl_password is not None else None
             options["sasl_mechanism"] = self.sasl_mechanism
             options["sasl_plain_username"] = self.sasl_username
-            options["sasl_plain_password"] = (
-                self.sasl_password.reveal() if self.sasl_password is not None else None
-            )
+            options["sasl_plain_password"] = password
         return options
 
     def ssl_context(self) -> Any:
-        """The TLS context for SSL and SASL_SSL: the CA file (or system CAs), the client pair.
-
-        Files that do not load (a wrong key password, a key that does not match its
-        certificate) raise ConfigurationError naming the variables, never the password.
-        """
+        """The TLS context (CA file or system CAs, client pair); a file that does not load is a
+        ConfigurationError naming the variables, never the password."""
         try:
             context = create_ssl_context(
                 cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
                 certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
                 keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
                 # Never None: OpenSSL would prompt on the terminal for an encrypted key.
-                password=self.ssl_key_password.reveal() if self.ssl_key_password else _no_password,
+                password=self.ssl_key_password.reveal() if self.ssl_key_password else str,
             )
         except (ssl.SSLError, OSError) as exc:
-            if self.ssl_certfile is None:
-                problems = {"KAFKA_SSL_CAFILE": f"does not load as PEM certificates ({exc})"}
-            else:
-                problems = {
-                    "KAFKA_SSL_KEYFILE": (
-                        f"does not load with KAFKA_SSL_CERTFILE ({exc}): check that the key "
-                        f"matches the certificate and that KAFKA_SSL_KEY_PASSWORD is its "
-                        f"password (set it only for an encrypted key)"
-                    )
-                }
-            raise ConfigurationError("kafka", problems) from None
+            variable, problem = "KAFKA_SSL_CAFILE", f"does not load as PEM certificates ({exc})"
+            if self.ssl_certfile is not None:
+                variable = "KAFKA_SSL_KEYFILE"
+                problem = f"does not load with KAFKA_SSL_CERTFILE ({exc}): check that the key "
+                problem += "matches the certificate and that KAFKA_SSL_KEY_PASSWORD is its "
+                problem += "password (set it only for an encrypted key)"
+            raise ConfigurationError("kafka", {variable: problem}) from None
         context.check_hostname = self.ssl_check_hostname
         return context
 
@@ -335,5 +298,6 @@ class KafkaSettings(BackendSettings):
     @property
     def rebalance_wait(self) -> float:
         """How long the group waits for members to settle their messages before a rebalance."""
-        default = min(300.0, self.session_timeout + 3 * self.redelivery_timeout)
-        return self.rebalance_timeout or default
+        return self.rebalance_timeout or min(
+            300.0, self.session_timeout + 3 * self.redelivery_timeout
+        )
