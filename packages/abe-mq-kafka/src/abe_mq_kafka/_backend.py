@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -96,14 +97,19 @@ class KafkaBackend(BaseBackend):
         return f"bootstrap={','.join(self.settings.bootstrap_servers)}"
 
     def _translate_error(self, error: Exception) -> BaseException:
-        settings = self.settings
-        if isinstance(error, asyncio.TimeoutError):
+        settings, where = self.settings, ",".join(self.settings.bootstrap_servers)
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return BackendUnavailableError(
+                f"kafka: the certificate of {where} is not trusted ({error.verify_message}): set "
+                f"KAFKA_SSL_CAFILE to the CA that signed it, or check that KAFKA_BOOTSTRAP_SERVERS "
+                f"names the host the certificate is for"
+            )
+        if isinstance(error, (asyncio.TimeoutError, ssl.SSLError)):
             if self.client.connected or not settings.security_protocol.endswith("SSL"):
                 return error  # core says which call took too long
+            what = tidy(f"{type(error).__name__}: {error}")
             return BackendUnavailableError(
-                f"kafka: no connection to {','.join(settings.bootstrap_servers)} within the "
-                f"time allowed (ABE_MQ_OPERATION_TIMEOUT={settings.operation_timeout:g}s); "
-                f"{tls_hint(settings)}"
+                f"kafka: no TLS session with {where} ({what}); {tls_hint(settings)}"
             )
         scrub = self.secret_filter.scrub
         translated = ERRORS.translate(error, self._describe(), scrub=lambda text: scrub(tidy(text)))

@@ -1,9 +1,4 @@
-"""KafkaClient: the aiokafka clients a backend and its receivers share, and their broker calls.
-
-When aiokafka only says "Unable to bootstrap", `diagnose()` opens fresh connections to the
-bootstrap servers, without SASL and then with it, to tell a broker that is away from a TLS
-mismatch and from a refused login.
-"""
+"""KafkaClient: the aiokafka clients a backend and its receivers share, and their broker calls."""
 
 from __future__ import annotations
 
@@ -17,17 +12,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.conn import create_conn  # type: ignore[import-untyped]
-from aiokafka.errors import (  # type: ignore[import-untyped]
-    KafkaConnectionError,
-    KafkaError,
-    UnsupportedSaslMechanismError,
-    for_code,
-)
+from aiokafka.errors import KafkaConnectionError, KafkaError, for_code  # type: ignore[import-untyped]
 
-from abe.errors import AuthenticationError, BackendUnavailableError
-from abe.provider import LazyClient, bounded, close_quietly
-from abe_mq_kafka._errors import ERRORS, is_scram_rejection, tidy
+from abe.provider import LazyClient, close_quietly
 from abe_mq_kafka._settings import KafkaSettings
 
 __all__ = ["KafkaClient", "tls_hint"]
@@ -37,9 +24,7 @@ log = logging.getLogger("abe.kafka")
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 _CLOSE_TIMEOUT = 5.0
-_PROBE_TIMEOUT = 5.0
-"""Longest one diagnostic connection may take (less when ABE_KAFKA_REQUEST_TIMEOUT is lower)."""
-_SASL_VARIABLES = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM"
+_BOOTSTRAP_LOG = logging.getLogger("aiokafka")  # where aiokafka.client logs
 
 
 class KafkaClient:
@@ -68,16 +53,27 @@ class KafkaClient:
         self._member_of: dict[Any, tuple[str, str]] = {}
 
     async def start(self, client: Any) -> Any:
-        """Start an aiokafka client (stopped again if that fails); say why it could not start."""
+        """Start an aiokafka client (stopped again if that fails).
+
+        aiokafka's bootstrap logs what stopped each connection (a refused login, a failed
+        TLS handshake) and raises only "Unable to bootstrap"; that logged exception is
+        raised instead, for the error map to word, unless it only says a broker is away.
+        """
+        swallowed = _Swallowed()
+        _BOOTSTRAP_LOG.filters.insert(0, swallowed)  # before core's filters, which may drop it
         try:
             await client.start()
         except BaseException as exc:
             await close_quietly([_stop(client)], _CLOSE_TIMEOUT, log, "kafka")
-            if isinstance(exc, KafkaConnectionError):
-                reason = await diagnose(self.settings)
-                if reason is not None:
-                    raise reason from reason.__cause__
+            cause, tls = swallowed.error, self.settings.security_protocol.endswith("SSL")
+            telling = (KafkaError, KeyError, ValueError, ssl.SSLError) + (
+                (asyncio.TimeoutError,) if tls else ()
+            )
+            if isinstance(exc, KafkaConnectionError) and isinstance(cause, telling):
+                raise cause from exc
             raise
+        finally:
+            _BOOTSTRAP_LOG.removeFilter(swallowed)
         self.connected = True
         return client
 
@@ -162,46 +158,6 @@ def _stop(client: Any) -> Any:
     return client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
 
 
-# ---- why a client could not start --------------------------------------------------------------
-
-
-async def diagnose(settings: KafkaSettings) -> Exception | None:
-    """The abe error saying why no client could bootstrap, or None when no cause shows.
-
-    Each error's `__cause__` is the exception that gave the reason away; none holds a
-    secret. Only for SSL and SASL protocols: with PLAINTEXT there is nothing to tell.
-    """
-    protocol, options = settings.security_protocol, settings.connection_options()
-    tls, sasl = protocol.endswith("SSL"), protocol.startswith("SASL_")
-    limit = min(settings.request_timeout, _PROBE_TIMEOUT)
-    plain = {
-        "client_id": settings.client_id,
-        "request_timeout_ms": int(limit * 1000),
-        "ssl_context": options.get("ssl_context"),
-        "security_protocol": "SSL" if tls else "PLAINTEXT",
-    }
-    login = {**plain, **{name: options[name] for name in options if name.startswith("sasl_")}}
-    login["security_protocol"] = protocol
-    for server in settings.bootstrap_servers if tls or sasl else ():
-        host, _, port = server.rpartition(":")
-        address = (host.strip("[]"), int(port))
-        try:
-            (await bounded(create_conn(*address, **plain), limit)).close()
-        except (OSError, KafkaError, asyncio.TimeoutError) as exc:
-            if tls and await _reachable(*address, limit):
-                return _tls_failed(settings, server, exc)
-            continue  # this broker is away; another may answer
-        try:
-            if sasl:
-                (await bounded(create_conn(*address, **login), limit)).close()
-        except (OSError, KafkaError, KeyError, ValueError) as exc:
-            return _login_refused(settings, server, exc)
-        except asyncio.TimeoutError:
-            pass  # slow, not refused
-        return None  # the connection works now: the failure was passing
-    return None
-
-
 def tls_hint(settings: KafkaSettings) -> str:
     """What to check when a connection with TLS hangs: a plaintext listener never answers."""
     protocol = settings.security_protocol
@@ -213,58 +169,12 @@ def tls_hint(settings: KafkaSettings) -> str:
     )
 
 
-async def _reachable(host: str, port: int, limit: float) -> bool:
-    """Whether a plain TCP connection to host:port opens (a TLS failure, not a broker away)."""
-    try:
-        _, writer = await bounded(asyncio.open_connection(host, port), limit)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    return True
+class _Swallowed(logging.Filter):
+    """The last exception aiokafka's bootstrap logged and dropped ("Unable connect to ...")."""
 
+    error: BaseException | None = None
 
-def _tls_failed(settings: KafkaSettings, server: str, error: BaseException) -> Exception:
-    if isinstance(error, asyncio.TimeoutError):
-        what = f"no TLS session within {min(settings.request_timeout, _PROBE_TIMEOUT):g}s"
-    else:
-        what = f"the TLS handshake failed ({_text(error)})"
-    fix = tls_hint(settings)
-    if isinstance(error, ssl.SSLCertVerificationError):
-        fix = (
-            "set KAFKA_SSL_CAFILE to the CA that signed the brokers' certificates, or check "
-            "that KAFKA_BOOTSTRAP_SERVERS names the host the certificate is for"
-        )
-    return _caused(
-        BackendUnavailableError(
-            f"kafka: {server} accepts connections but {what}; no credentials were sent; {fix}"
-        ),
-        error,
-    )
-
-
-def _login_refused(settings: KafkaSettings, server: str, error: BaseException) -> Exception:
-    mechanism, rule = settings.sasl_mechanism, ERRORS.rule_for(error)
-    if isinstance(error, UnsupportedSaslMechanismError):
-        why = f"it does not offer SASL {mechanism}"
-        if "Enabled mechanisms" in str(error):
-            why += f" ({str(error).rsplit('. ', 1)[-1]})"
-    elif is_scram_rejection(error):
-        why = f"it refused the {mechanism} credentials"
-    elif isinstance(error, KafkaConnectionError):
-        why = f"it closed the connection during the SASL {mechanism} login"
-    elif rule is not None and rule.error is AuthenticationError:
-        why = f"it refused the {mechanism} login ({_text(error)})"
-    else:
-        text = f"the SASL {mechanism} login at {server} failed ({_text(error)})"
-        return _caused(BackendUnavailableError(f"kafka: {text}; check {_SASL_VARIABLES}"), error)
-    text = f"the broker at {server} refused the login: {why}"
-    return _caused(AuthenticationError(f"kafka: {text}; check {_SASL_VARIABLES}"), error)
-
-
-def _caused(error: Exception, cause: BaseException) -> Exception:
-    error.__cause__ = cause
-    return error
-
-
-def _text(error: BaseException) -> str:
-    return tidy(f"{type(error).__name__}: {' '.join(str(error).split())}")
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.error = next((arg for arg in args if isinstance(arg, BaseException)), self.error)
+        return True

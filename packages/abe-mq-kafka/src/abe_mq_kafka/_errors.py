@@ -45,6 +45,14 @@ def is_scram_rejection(error: BaseException) -> bool:
     return code.co_name in _SCRAM_STEPS and code.co_filename.endswith("conn.py")
 
 
+def in_sasl_login(error: BaseException) -> bool:
+    """Whether aiokafka raised `error` during a SASL login (a broker closing it refuses it)."""
+    traceback: TracebackType | None = error.__traceback__
+    while traceback is not None and traceback.tb_frame.f_code.co_name != "_do_sasl_handshake":
+        traceback = traceback.tb_next
+    return traceback is not None
+
+
 def tidy(text: str) -> str:
     """`Name: [Error 6] Name: words` (aiokafka's form) as `Name: words`."""
     return _ERROR_CODE.sub(r"\1: ", text).rstrip(": ")
@@ -75,11 +83,19 @@ ERRORS = ErrorMap(
         E.InvalidTopicError: invalid_key(
             "Kafka refused the topic name; use letters, digits, '.', '_' and '-' only"
         ),
+        E.UnsupportedSaslMechanismError: auth(
+            f"the broker does not offer this SASL mechanism (or SASL at all); check {_CREDENTIALS}"
+            " and KAFKA_SECURITY_PROTOCOL"
+        ),
+        E.KafkaConnectionError: auth(
+            f"the broker closed the connection during the SASL login; check {_CREDENTIALS}",
+            when=in_sasl_login,
+        ),
         KeyError: _SCRAM,  # how aiokafka's SCRAM code fails on a refused login
         ValueError: _SCRAM,
         **_each(
             "AuthenticationFailedError AuthenticationMethodNotSupported SaslAuthenticationFailed "
-            "UnsupportedSaslMechanismError IllegalSaslStateError TopicAuthorizationFailedError "
+            "IllegalSaslStateError TopicAuthorizationFailedError "
             "GroupAuthorizationFailedError ClusterAuthorizationFailedError "
             "TransactionalIdAuthorizationFailed DelegationTokenAuthDisabled "
             "DelegationTokenNotFound DelegationTokenOwnerMismatch DelegationTokenRequestNotAllowed "
