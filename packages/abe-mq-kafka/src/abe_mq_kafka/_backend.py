@@ -22,7 +22,7 @@ from abe.provider import (
     Receiver,
 )
 from abe_mq_kafka._baseline import RawKafkaBaseline
-from abe_mq_kafka._client import KafkaClient, tls_hint
+from abe_mq_kafka._client import KafkaClient
 from abe_mq_kafka._errors import ERRORS, tidy
 from abe_mq_kafka._receiver import KafkaReceiver
 from abe_mq_kafka._settings import KafkaSettings
@@ -98,18 +98,21 @@ class KafkaBackend(BaseBackend):
 
     def _translate_error(self, error: Exception) -> BaseException:
         settings, where = self.settings, ",".join(self.settings.bootstrap_servers)
+        protocol = settings.security_protocol
         if isinstance(error, ssl.SSLCertVerificationError):
             return BackendUnavailableError(
                 f"kafka: the certificate of {where} is not trusted ({error.verify_message}): set "
                 f"KAFKA_SSL_CAFILE to the CA that signed it, or check that KAFKA_BOOTSTRAP_SERVERS "
                 f"names the host the certificate is for"
             )
-        if isinstance(error, (asyncio.TimeoutError, ssl.SSLError)):
-            if self.client.connected or not settings.security_protocol.endswith("SSL"):
-                return error  # core says which call took too long
+        hung = isinstance(error, asyncio.TimeoutError) and not self.client.connected
+        if protocol.endswith("SSL") and (hung or isinstance(error, ssl.SSLError)):
             what = tidy(f"{type(error).__name__}: {error}")
-            return BackendUnavailableError(
-                f"kafka: no TLS session with {where} ({what}); {tls_hint(settings)}"
+            return BackendUnavailableError(  # what a plaintext listener does to a TLS client
+                f"kafka: no TLS session with {where} ({what}); with KAFKA_SECURITY_PROTOCOL="
+                f"{protocol}, check that KAFKA_BOOTSTRAP_SERVERS names the brokers' TLS listener "
+                f"(or use {protocol.replace('SSL', 'PLAINTEXT')} for a plaintext one), and that "
+                f"the brokers are up"
             )
         scrub = self.secret_filter.scrub
         translated = ERRORS.translate(error, self._describe(), scrub=lambda text: scrub(tidy(text)))

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, for_code  # type: 
 from abe.provider import LazyClient, close_quietly
 from abe_mq_kafka._settings import KafkaSettings
 
-__all__ = ["KafkaClient", "tls_hint"]
+__all__ = ["KafkaClient"]
 
 log = logging.getLogger("abe.kafka")
 
@@ -156,17 +156,6 @@ class KafkaClient:
 def _stop(client: Any) -> Any:
     """Stop any aiokafka client (the admin client's is called close)."""
     return client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
-
-
-def tls_hint(settings: KafkaSettings) -> str:
-    """What to check when a connection with TLS hangs: a plaintext listener never answers."""
-    protocol = settings.security_protocol
-    return (
-        f"with KAFKA_SECURITY_PROTOCOL={protocol}, a listener that does not speak TLS never "
-        f"completes the handshake: check that KAFKA_BOOTSTRAP_SERVERS names the brokers' TLS "
-        f"listener (or use {'SASL_PLAINTEXT' if protocol == 'SASL_SSL' else 'PLAINTEXT'} for a "
-        f"plaintext one), and that the brokers are up"
-    )
 
 
 class _Swallowed(logging.Filter):

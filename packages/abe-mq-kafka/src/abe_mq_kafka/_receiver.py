@@ -1,20 +1,13 @@
-"""The Kafka receiver: one consumer-group member over some topics, with abe's settlement rules.
+"""The Kafka receiver: a consumer-group member with the acks, attempts and leases Kafka lacks.
 
-Kafka keeps one committed offset per partition, no per-message acknowledgement and no
-delivery count. This receiver adds them:
-
-- Commits: per partition it keeps the records it read in offset order and commits the
-  offset of the first one not finished (acknowledged, dead-lettered or handed on as a
-  copy). Acks come in batches (core lingers ABE_KAFKA_COMMIT_INTERVAL to gather them);
-  each batch is one commit. Before partitions are revoked it waits (bounded) for the
-  deliveries in progress, hands on the rest and commits; a commit that fails is never
-  retried past an unfinished record, so the next owner reads again from there.
-- Redelivery: a message handed back (nack, an expired lease, a revoke or a close) is
-  written again to its topic as a copy with `abe-attempt` raised by one (and
-  `abe-not-before` for a delay), and the original counts as finished. The copy keeps
-  every header, `abe-id` included. A copy read before its time is held here.
-- A member that stops reading (no fetch, ack, nack or extend for a redelivery timeout)
-  leaves the group, like Kafka's max.poll.interval, and joins again on its next fetch.
+- Commits: per partition, the offset of the first record not finished (acknowledged,
+  dead-lettered or handed on), once per batch of acks (core gathers them for
+  ABE_KAFKA_COMMIT_INTERVAL) and before partitions are revoked; never past an unfinished one.
+- Redelivery: a message handed back (nack, an expired lease, a revoke, a close) is written
+  again as a copy with `abe-attempt` one higher (and `abe-not-before` for a delay), every
+  header kept; the original then counts as finished. A copy read early waits here.
+- A member that stops reading for a redelivery timeout leaves the group (like Kafka's
+  max.poll.interval) and joins again on its next fetch.
 """
 
 from __future__ import annotations
@@ -258,6 +251,15 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             entry.moving = asyncio.get_running_loop().create_task(self._copy(entry, delay, away))
         return entry.moving
 
+    async def _hand_on_all(
+        self, entries: list[_Entry], *, away: bool
+    ) -> list[tuple[_Entry, BaseException]]:
+        """Hand each entry on (their copies written at once); the ones that failed, and why."""
+        copies = (asyncio.shield(self._hand_on(entry, away=away)) for entry in entries)
+        results = await asyncio.gather(*copies, return_exceptions=True)
+        pairs = zip(entries, results, strict=True)
+        return [(entry, result) for entry, result in pairs if isinstance(result, BaseException)]
+
     async def _copy(self, entry: _Entry, delay: float, away: bool) -> None:
         """Write `entry` again as its next attempt (`away` from this member's partitions)."""
         message = entry.message
@@ -341,10 +343,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         """Hand on the deliveries still held on `partitions` as copies, then commit them."""
         chosen = set(partitions)
         held = [e for e in self._held if e.partition in chosen]  # copies in flight included
-        results = await asyncio.gather(
-            *(asyncio.shield(self._hand_on(entry)) for entry in held), return_exceptions=True
-        )
-        if failed := sum(isinstance(result, BaseException) for result in results):
+        if failed := len(await self._hand_on_all(held, away=False)):
             log.info(
                 f"kafka: {failed} unfinished message(s) of group {self._group!r} could not be "
                 f"handed on ({why}); the next owner of their partitions reads them again"
@@ -411,13 +410,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     async def _expire(self) -> None:
         now = time.monotonic()
         expired = [e for e in self._held if e.deadline <= now and e.moving is None]
-        results = await asyncio.gather(
-            *(asyncio.shield(self._hand_on(entry, away=True)) for entry in expired),
-            return_exceptions=True,
-        )
-        for entry, result in zip(expired, results, strict=True):
-            if isinstance(result, Exception):
-                log.info("kafka: redelivering %s failed (%s); retrying", entry.message, result)
+        for entry, failure in await self._hand_on_all(expired, away=True):
+            log.info(f"kafka: redelivering {entry.message} failed ({failure}); retrying")
         touched = {e.partition for e in expired if e.settled and e.partition.current}
         if touched:
             await self._commit(touched)

@@ -203,10 +203,8 @@ class KafkaSettings(BackendSettings):
         except ValueError as exc:
             yield "bootstrap_servers", str(exc)
         protocol = self.security_protocol
-        sasl, unused = (
-            protocol.startswith("SASL_"),
-            f"is set but KAFKA_SECURITY_PROTOCOL is {protocol}",
-        )
+        sasl = protocol.startswith("SASL_")
+        unused = f"is set but KAFKA_SECURITY_PROTOCOL is {protocol}"
         for name in ("sasl_username", "sasl_password"):
             if sasl and getattr(self, name) is None:
                 yield name, f"is required with KAFKA_SECURITY_PROTOCOL={protocol}"
