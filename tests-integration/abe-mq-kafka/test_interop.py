@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
+from abe.provider import dead_letter_key
 from abe.testing import unique
-from abe.testing.helpers import next_delivery
+from abe.testing.helpers import next_delivery, receive
 from abe_mq_kafka import KafkaBackend
 
 pytestmark = pytest.mark.asyncio
@@ -71,10 +72,11 @@ async def test_abe_records_are_plain_json_with_header_metadata(
     assert first.value == '{"hello":"wörld","n":1}'.encode()
     assert first.key is None
     headers = {name: value.decode() for name, value in first.headers}
-    # Only the user's headers: the id and the time are the record's position and timestamp.
-    assert headers == {"trace-id": "t-2"}
+    # The user's headers and abe's id; the publish time is the record's timestamp.
+    assert headers.keys() == {"abe-id", "trace-id"}
+    assert headers["trace-id"] == "t-2"
     assert first.timestamp > 1_600_000_000_000
-    assert not by_n[2].headers
+    assert [name for name, _ in by_n[2].headers] == ["abe-id"]
     # a publish_many batch lands on one partition, in order
     assert by_n[2].partition == by_n[3].partition
     assert by_n[2].offset < by_n[3].offset
@@ -99,3 +101,27 @@ async def test_redelivery_copy_carries_attempt_header(
     assert headers["abe-id"].decode() == delivery.id
     assert int(headers["abe-not-before"]) > int(headers["abe-published-at"])
     assert copy.value == b'{"retry":true}'
+
+
+async def test_the_publishers_id_reaches_every_delivery(
+    kafka_backend_factory: Callable[..., KafkaBackend],
+) -> None:
+    """Given ids travel as `abe-id`: on the first delivery, a redelivered copy, a dead letter."""
+    key, group = unique("ids"), unique("group")
+    async with kafka_backend_factory() as backend:
+        await backend.publish(key, {"n": 1}, message_id="order-1")
+        await backend.publish_many(key, [{"n": 2}, {"n": 3}], message_ids=["order-2", "order-3"])
+        async with backend.subscribe(group=group, keys=[key]) as subscription:
+            got = await receive(subscription, 3, ack=False)
+            first = {delivery.payload["n"]: delivery for delivery in got}
+            await first[1].nack()
+            await first[2].dead_letter("testing ids")
+            await first[3].ack()
+            again = await next_delivery(subscription)
+            await again.ack()
+        async with backend.subscribe(group=group, keys=[dead_letter_key(key)]) as letters:
+            letter = await next_delivery(letters)
+            await letter.ack()
+    assert [first[n].id for n in (1, 2, 3)] == ["order-1", "order-2", "order-3"]
+    assert (again.payload, again.attempt, again.id) == ({"n": 1}, 2, "order-1")
+    assert (letter.payload, letter.id) == ({"n": 2}, "order-2")

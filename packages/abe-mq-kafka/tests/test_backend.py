@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -58,8 +60,8 @@ class BatchingProducer:
 
 def backend_with(producer: object, *, timeout: float = 10.0) -> KafkaBackend:
     backend = KafkaBackend(KafkaSettings(operation_timeout=timeout))
-    backend._producer = producer
-    backend._topics.add("orders")
+    backend.client.producer._client = producer  # as if connected
+    backend.client._topics.add("orders")
     return backend
 
 
@@ -71,7 +73,6 @@ async def test_a_send_that_never_ends_is_given_up_within_the_limit() -> None:
     assert 0.35 < time.monotonic() - started < 0.4 + 0.3
     assert "0.4" in str(failed.value)
     await backend.close()
-    assert backend._deadlines._calls == {}
 
 
 async def test_outside_cancellation_stays_a_cancellation() -> None:
@@ -93,4 +94,85 @@ async def test_publish_many_writes_record_batches_to_one_partition() -> None:
     assert [value for values, _ in producer.sent for value in values] == [
         b'{"n":%d}' % n for n in range(5)
     ]
+    await backend.close()
+
+
+class RecordingConsumer:
+    """Stands in for AIOKafkaConsumer: remembers its options, starts and stops at once."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    async def start(self) -> None:
+        pass
+
+    def subscribe(self, topics: list[str], *, listener: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_static_members_of_one_process_get_names_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("abe_mq_kafka._client.AIOKafkaConsumer", RecordingConsumer)
+    backend = KafkaBackend(KafkaSettings(group_instance_id="worker-3"))
+    client = backend.client
+    first = await client.consumer("billing", ["orders"], None)
+    second = await client.consumer("billing", ["orders"], None)
+    other_group = await client.consumer("audit", ["orders"], None)
+    names = [c.options["group_instance_id"] for c in (first, second, other_group)]
+    assert names == ["worker-3", "worker-3-2", "worker-3"]
+    await client.stop_consumer(first)
+    again = await client.consumer("billing", ["orders"], None)  # a restarted subscription
+    assert again.options["group_instance_id"] == "worker-3"
+    dynamic = await KafkaBackend().client.consumer("billing", ["orders"], None)
+    assert dynamic.options["group_instance_id"] is None
+    await backend.close()
+
+
+async def test_aiokafka_errors_during_an_outage_are_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """core's OutageLog sits on aiokafka's loggers: a reconnect loop is not a log flood."""
+    backend = KafkaBackend(KafkaSettings(bootstrap_servers=("127.0.0.1:1",)))
+    with caplog.at_level(logging.INFO):
+        for _ in range(50):
+            logging.getLogger("aiokafka.conn").error('Unable connect to "127.0.0.1:1"')
+    await backend.close()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in loud] == ["abe.outage"]
+    assert "127.0.0.1:1" in loud[0].getMessage()
+
+
+class CountingAdmin:
+    """Answers CreateTopics after a moment; the first `failures` answers are refusals."""
+
+    def __init__(self, failures: int) -> None:
+        self.calls = 0
+        self.failures = failures
+
+    async def create_topics(self, topics: list[Any]) -> Any:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        code = 7 if self.calls <= self.failures else 0  # 7: RequestTimedOut
+
+        return SimpleNamespace(topic_errors=[(topics[0].name, code, "")])
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_topic_is_created_once_however_many_wait_and_again_after_a_failure() -> None:
+    backend = KafkaBackend(KafkaSettings())
+    admin = backend.client.admin._client = CountingAdmin(failures=1)  # as if connected
+    results = await asyncio.gather(
+        *(backend.client.ensure_topic("orders") for _ in range(5)), return_exceptions=True
+    )
+    assert admin.calls == 1
+    assert all(type(result).__name__ == "RequestTimedOutError" for result in results)
+    await asyncio.gather(*(backend.client.ensure_topic("orders") for _ in range(5)))
+    await backend.client.ensure_topic("orders")  # known now: no call
+    assert admin.calls == 2
     await backend.close()

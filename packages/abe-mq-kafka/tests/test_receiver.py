@@ -7,6 +7,7 @@ records (or refuses) commits, so the rules are checked without a broker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ import pytest
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError  # type: ignore[import-untyped]
 
-from abe.backends.message_queue.base import IncomingMessage
+from abe.provider import HEADER_ATTEMPT, HEADER_NOT_BEFORE, IncomingMessage
 from abe_mq_kafka import KafkaSettings
-from abe_mq_kafka._receiver import HEADER_ATTEMPT, HEADER_NOT_BEFORE, KafkaReceiver
+from abe_mq_kafka._receiver import KafkaReceiver
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,6 +41,8 @@ class FakeConsumer:
     commits: list[dict[Any, int]] = field(default_factory=list)
     refuse_commits: bool = False
     assigned: set[Any] = field(default_factory=lambda: {TP0, TP1})
+    ends: dict[Any, int] = field(default_factory=dict)
+    positions: dict[Any, int] = field(default_factory=dict)
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
         if self.batches:
@@ -55,12 +58,18 @@ class FakeConsumer:
     def assignment(self) -> set[Any]:
         return self.assigned
 
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return {tp: self.ends.get(tp, 0) for tp in partitions}
+
+    async def position(self, tp: Any) -> int:
+        return self.positions.get(tp, 0)
+
     async def stop(self) -> None:
         pass
 
 
 @dataclass
-class FakeBackend:
+class FakeClient:
     settings: KafkaSettings
     copies: list[tuple[str, bytes, dict[str, str], frozenset[int]]] = field(default_factory=list)
 
@@ -69,15 +78,18 @@ class FakeBackend:
     ) -> None:
         self.copies.append((key, body, dict(headers), avoid))
 
+    async def stop_consumer(self, consumer: FakeConsumer) -> None:
+        await consumer.stop()
 
-def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeBackend]:
+
+async def make(lease: float = 30.0) -> tuple[KafkaReceiver, FakeConsumer, FakeClient]:
     settings = KafkaSettings(redelivery_timeout=lease, session_timeout=1.0, commit_interval=0)
-    backend = FakeBackend(settings)
-    receiver = KafkaReceiver(backend, "group", ("orders",))  # type: ignore[arg-type]
+    client = FakeClient(settings)
+    receiver = KafkaReceiver(client, "group", ("orders",))  # type: ignore[arg-type]
     consumer = FakeConsumer()
     receiver._consumer = consumer
-    receiver._on_assigned({TP0, TP1})
-    return receiver, consumer, backend
+    await receiver.on_partitions_assigned({TP0, TP1})
+    return receiver, consumer, client
 
 
 async def fetch(receiver: KafkaReceiver, count: int = 100) -> list[IncomingMessage]:
@@ -85,7 +97,7 @@ async def fetch(receiver: KafkaReceiver, count: int = 100) -> list[IncomingMessa
 
 
 async def test_commits_stop_at_the_first_unfinished_record() -> None:
-    receiver, consumer, _ = make()
+    receiver, consumer, _ = await make()
     consumer.batches.append({TP0: [Record(0), Record(1), Record(2)], TP1: [Record(7)]})
     first, second, third, other = await fetch(receiver)
     assert [m.broker_id for m in (first, second, third, other)] == ["0@0", "0@1", "0@2", "1@7"]
@@ -98,7 +110,7 @@ async def test_commits_stop_at_the_first_unfinished_record() -> None:
 
 
 async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() -> None:
-    receiver, consumer, backend = make(lease=0.2)
+    receiver, consumer, backend = await make(lease=0.2)
     consumer.batches.append({TP0: [Record(0), Record(1), Record(2, headers=(("k", b"v"),))]})
     first, second, third = await fetch(receiver)
     consumer.refuse_commits = True
@@ -107,7 +119,8 @@ async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() 
     consumer.refuse_commits = False
     await receiver.ack([third])
     assert consumer.commits == [{TP0: 1}]  # offset 1 is unfinished: nothing past it
-    await receiver._on_revoked({TP0, TP1})  # waits out the lease of offset 1, then hands it on
+    # waits out the lease of offset 1, then hands it on
+    await receiver.on_partitions_revoked({TP0, TP1})
     assert [(key, headers[HEADER_ATTEMPT]) for key, _, headers, _ in backend.copies] == [
         ("orders", "2")
     ]
@@ -118,7 +131,7 @@ async def test_a_failed_commit_skips_nothing_and_the_revoke_hands_on_the_rest() 
 
 
 async def test_revoke_waits_for_deliveries_that_finish() -> None:
-    receiver, consumer, backend = make(lease=5.0)
+    receiver, consumer, backend = await make(lease=5.0)
     consumer.batches.append({TP0: [Record(0)]})
     (message,) = await fetch(receiver)
 
@@ -127,14 +140,14 @@ async def test_revoke_waits_for_deliveries_that_finish() -> None:
         await receiver.ack([message])
 
     started = time.monotonic()
-    await asyncio.gather(receiver._on_revoked({TP0, TP1}), finish_soon())
+    await asyncio.gather(receiver.on_partitions_revoked({TP0, TP1}), finish_soon())
     assert time.monotonic() - started < 2
     assert backend.copies == []
     assert consumer.commits[-1] == {TP0: 1}
 
 
 async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
-    receiver, consumer, backend = make()
+    receiver, consumer, backend = await make()
     consumer.batches.append(
         {TP0: [Record(0, headers=(("abe-id", b"m-1"), (HEADER_ATTEMPT, b"2"), ("t", b"x")))]}
     )
@@ -156,7 +169,7 @@ async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
 
 
 async def test_a_copy_read_early_waits_without_blocking_others() -> None:
-    receiver, consumer, _ = make()
+    receiver, consumer, _ = await make()
     due = str(int(time.time() * 1000) + 300).encode()
     consumer.batches.append(
         {TP0: [Record(0, headers=((HEADER_NOT_BEFORE, due), (HEADER_ATTEMPT, b"2")))]}
@@ -173,7 +186,7 @@ async def test_a_copy_read_early_waits_without_blocking_others() -> None:
 
 
 async def test_an_expired_lease_is_redelivered_away_from_this_member() -> None:
-    receiver, consumer, backend = make(lease=0.05)
+    receiver, consumer, backend = await make(lease=0.05)
     consumer.assigned = {TP0}
     consumer.batches.append({TP0: [Record(0)]})
     (message,) = await fetch(receiver)
@@ -188,7 +201,7 @@ async def test_an_expired_lease_is_redelivered_away_from_this_member() -> None:
 
 
 async def test_close_hands_on_what_is_held_and_commits() -> None:
-    receiver, consumer, backend = make()
+    receiver, consumer, backend = await make()
     consumer.batches.append({TP0: [Record(0), Record(1)]})
     first, _second = await fetch(receiver)
     await receiver.ack([first])
@@ -199,35 +212,63 @@ async def test_close_hands_on_what_is_held_and_commits() -> None:
 
 
 async def test_a_new_record_gets_its_id_and_time_from_its_position_and_timestamp() -> None:
-    receiver, consumer, _ = make()
+    receiver, consumer, _ = await make()
     consumer.batches.append({TP0: [Record(7, timestamp=1_764_300_000_123)]})
     [message] = await fetch(receiver)
     assert message.headers["abe-id"] == "orders:0:7"
     assert message.headers["abe-published-at"] == "1764300000123"
 
 
-async def test_acks_are_committed_together_after_the_commit_interval() -> None:
-    receiver, consumer, _ = make()
-    receiver._commit_interval = 0.05
-    consumer.batches.append({TP0: [Record(0), Record(1), Record(2)]})
-    first, second, third = await fetch(receiver)
-    await receiver.ack([first])
-    await receiver.ack([second])
-    assert consumer.commits == [], "nothing is committed before the interval"
-    timer = receiver._commit_timer
-    assert timer is not None
-    await receiver.ack([third])  # acknowledged while the timer runs: same commit
-    await timer
-    assert consumer.commits == [{TP0: 3}]
-    assert receiver._commit_timer is None
+async def test_core_gathers_acks_for_the_commit_interval() -> None:
+    settings = KafkaSettings(commit_interval=0.25)
+    receiver = KafkaReceiver(FakeClient(settings), "group", ("orders",))  # type: ignore[arg-type]
+    assert receiver.ack_linger == 0.25
+    assert KafkaReceiver.ack_linger == 0.0  # the class default is untouched
 
 
-async def test_close_commits_acknowledged_offsets_at_once() -> None:
-    receiver, consumer, _ = make()
-    receiver._commit_interval = 30.0
+async def test_close_commits_what_acks_could_not() -> None:
+    receiver, consumer, _ = await make()
     consumer.batches.append({TP0: [Record(0), Record(1)]})
     first, second = await fetch(receiver)
+    consumer.refuse_commits = True
     await receiver.ack([first, second])
     assert consumer.commits == []
+    consumer.refuse_commits = False
     await receiver.close()
     assert consumer.commits[-1] == {TP0: 2}
+
+
+async def test_a_member_with_lag_that_receives_nothing_says_which_setting_to_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver, consumer, _ = await make()
+    receiver._starved_after = 0.1
+    consumer.ends, consumer.positions = {TP0: 10_000, TP1: 5}, {TP0: 343, TP1: 5}
+    reading = asyncio.ensure_future(receiver.fetch(10, 0.6))  # the broker answers empty
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING, logger="abe.kafka"):
+        await receiver._check_starving()
+        await receiver._check_starving()  # said once per quiet spell
+    assert await reading == []
+    (record,) = caplog.records
+    assert "1 partition(s) with 9657 message(s) waiting" in record.getMessage()
+    assert "ABE_KAFKA_FETCH_MAX_WAIT (now 0.5s)" in record.getMessage()
+
+
+async def test_no_warning_without_lag_or_while_nobody_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    receiver, consumer, _ = await make()
+    receiver._starved_after = 0.1
+    consumer.ends, consumer.positions = {TP0: 7}, {TP0: 7}
+    await asyncio.sleep(0.2)
+    with caplog.at_level(logging.WARNING, logger="abe.kafka"):
+        await receiver._check_starving()  # no fetch is running: the application is busy
+        consumer.ends[TP0] = 9
+        await receiver._check_starving()
+        reading = asyncio.ensure_future(receiver.fetch(10, 0.3))
+        await asyncio.sleep(0.05)
+        consumer.ends[TP0] = 7
+        await receiver._check_starving()  # reading, but nothing waits
+        await reading
+    assert caplog.records == []

@@ -177,6 +177,8 @@ async def test_the_filter_leaves_the_loggers_when_the_backend_closes() -> None:
 
 
 def test_the_secrets_to_hide_are_the_passwords() -> None:
-    settings = plain_settings("b:1", ssl_key_password=Secret(KEY_PASSWORD))
+    settings = plain_settings(
+        "b:1", security_protocol="SASL_SSL", ssl_key_password=Secret(KEY_PASSWORD)
+    )
     assert set(settings.secrets()) == {PASSWORD, KEY_PASSWORD}
     assert KafkaSettings().secrets() == ()

@@ -228,3 +228,46 @@ def test_hand_built_settings_check_their_servers_without_echoing_credentials(
     with pytest.raises(ValueError, match="bootstrap_servers") as refused:
         KafkaSettings(bootstrap_servers=servers)  # type: ignore[arg-type]
     assert LEAKED not in str(refused.value)
+
+
+def test_consumer_timings_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = KafkaSettings().consumer_options()
+    assert defaults["fetch_max_wait_ms"] == 500
+    assert (defaults["heartbeat_interval_ms"], defaults["rebalance_timeout_ms"]) == (3000, 100_000)
+    for name, value in {
+        "ABE_KAFKA_FETCH_MAX_WAIT": "1.5",
+        "ABE_KAFKA_HEARTBEAT_INTERVAL": "0.5",
+        "ABE_KAFKA_REBALANCE_TIMEOUT": "20",
+        "ABE_KAFKA_GROUP_INSTANCE_ID": "worker-3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = KafkaSettings.from_env()
+    options = settings.consumer_options()
+    assert (options["fetch_max_wait_ms"], options["heartbeat_interval_ms"]) == (1500, 500)
+    assert options["rebalance_timeout_ms"] == 20_000
+    assert settings.group_instance_id == "worker-3"
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({"ABE_KAFKA_HEARTBEAT_INTERVAL": "10"}, "ABE_KAFKA_HEARTBEAT_INTERVAL"),
+        ({"ABE_KAFKA_GROUP_INSTANCE_ID": "worker 3"}, "ABE_KAFKA_GROUP_INSTANCE_ID"),
+        ({"ABE_KAFKA_FETCH_MAX_WAIT": "0"}, "ABE_KAFKA_FETCH_MAX_WAIT"),
+    ],
+)
+def test_bad_consumer_timings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, values: dict[str, str], variable: str
+) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as refused:
+        KafkaSettings.from_env()
+    assert refused.value.variables == (variable,)
+
+
+def test_hand_built_settings_keep_the_limits_of_the_environment() -> None:
+    with pytest.raises(ValueError, match="partitions"):
+        KafkaSettings(partitions=10_001)
+    with pytest.raises(ValueError, match="sasl_username"):
+        KafkaSettings(security_protocol="SASL_SSL", sasl_password=Secret(SECRET))

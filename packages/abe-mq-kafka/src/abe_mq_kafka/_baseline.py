@@ -27,6 +27,7 @@ from aiokafka import (
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
 from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
+from abe.provider import bounded
 from abe_mq_kafka._settings import KafkaSettings
 
 __all__ = ["RawKafkaBaseline"]
@@ -129,4 +130,4 @@ class RawKafkaBaseline:
     async def close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await asyncio.wait_for(producer.stop(), 10)
+            await bounded(producer.stop(), 10)

@@ -1,235 +1,32 @@
-"""The one translation point from aiokafka's exceptions to abe's error tree.
+"""aiokafka's exceptions and the abe errors they become: one table, looked up along the MRO.
 
-Every exception class aiokafka defines is listed in exactly one of the tables below
-(a unit test walks `aiokafka.errors` and fails on a class that is not), and a class
-that is not listed is mapped through its nearest listed base class. Messages say
-what went wrong and what to do; none repeats a password (aiokafka's own never do,
-and abe only adds the broker addresses).
+A class not listed takes its nearest listed base's entry, so `KafkaError` (and the few
+classes outside it) stand for everything the broker fails transiently; the test
+`assert_error_map_covers(KafkaBackend.errors, aiokafka.errors)` keeps it complete.
 """
 
 from __future__ import annotations
 
-import asyncio
+import re
 from types import TracebackType
 
-import aiokafka.errors as kafka_errors  # type: ignore[import-untyped]
+import aiokafka.errors as E  # type: ignore[import-untyped]
 
-from abe.errors import (
-    AbeError,
-    AuthenticationError,
-    BackendUnavailableError,
-    ConfigurationError,
-    InvalidKeyError,
-    PayloadError,
+from abe.provider import (
+    ErrorMap,
+    ErrorRule,
+    auth,
+    config,
+    invalid_key,
+    passthrough,
+    payload,
+    unavailable,
 )
 
-__all__ = ["CATEGORIES", "category_of", "describe", "is_scram_rejection", "translate"]
-
-_E = kafka_errors
-
-PAYLOAD = "payload"
-"""The broker refused the record for its size: PayloadError."""
-KEY = "key"
-"""The broker refused the topic name: InvalidKeyError."""
-AUTH = "auth"
-"""The broker refused the credentials or the permissions: AuthenticationError."""
-CONFIG = "config"
-"""The settings do not fit the cluster (partitions, replication, timeouts): ConfigurationError."""
-UNAVAILABLE = "unavailable"
-"""The broker is away, busy, rebalancing or failed the request: BackendUnavailableError."""
-USAGE = "usage"
-"""A misuse of the client that abe must never cause: re-raised unchanged, it is a bug."""
-
-CATEGORIES: dict[type[BaseException], str] = {
-    # sizes
-    _E.MessageSizeTooLargeError: PAYLOAD,
-    _E.RecordTooLargeError: PAYLOAD,
-    _E.RecordListTooLargeError: PAYLOAD,
-    _E.InvalidCommitOffsetSizeError: PAYLOAD,
-    _E.OffsetMetadataTooLargeError: PAYLOAD,
-    # names
-    _E.InvalidTopicError: KEY,
-    # credentials and permissions
-    _E.AuthenticationFailedError: AUTH,
-    _E.AuthenticationMethodNotSupported: AUTH,
-    _E.SaslAuthenticationFailed: AUTH,
-    _E.UnsupportedSaslMechanismError: AUTH,
-    _E.IllegalSaslStateError: AUTH,
-    _E.TopicAuthorizationFailedError: AUTH,
-    _E.GroupAuthorizationFailedError: AUTH,
-    _E.ClusterAuthorizationFailedError: AUTH,
-    _E.TransactionalIdAuthorizationFailed: AUTH,
-    _E.DelegationTokenAuthDisabled: AUTH,
-    _E.DelegationTokenNotFound: AUTH,
-    _E.DelegationTokenOwnerMismatch: AUTH,
-    _E.DelegationTokenRequestNotAllowed: AUTH,
-    _E.DelegationTokenAuthorizationFailed: AUTH,
-    _E.DelegationTokenExpired: AUTH,
-    _E.InvalidPrincipalType: AUTH,
-    _E.SecurityDisabled: AUTH,
-    # settings that the cluster refuses
-    _E.InvalidPartitionsError: CONFIG,
-    _E.InvalidReplicationFactorError: CONFIG,
-    _E.InvalidReplicationAssignmentError: CONFIG,
-    _E.InvalidConfigurationError: CONFIG,
-    _E.InvalidSessionTimeoutError: CONFIG,
-    _E.InvalidRequiredAcksError: CONFIG,
-    _E.KafkaConfigurationError: CONFIG,
-    _E.UnsupportedCodecError: CONFIG,
-    _E.PolicyViolationError: CONFIG,
-    _E.UnrecognizedBrokerVersion: CONFIG,
-    _E.IncompatibleBrokerVersion: CONFIG,
-    _E.UnsupportedVersionError: CONFIG,
-    _E.UnsupportedForMessageFormatError: CONFIG,
-    _E.InvalidTransactionTimeout: CONFIG,
-    _E.ListenerNotFound: CONFIG,
-    # misuse of the client: abe never does these, so they are bugs and pass through
-    _E.IllegalStateError: USAGE,
-    _E.IllegalArgumentError: USAGE,
-    _E.IllegalOperation: USAGE,
-    _E.TopicAlreadyExistsError: USAGE,  # abe treats it as success before translating
-    _E.NoError: USAGE,
-    # everything else: the broker is away, busy, rebalancing, or failed this request
-    _E.KafkaError: UNAVAILABLE,
-    _E.NoBrokersAvailable: UNAVAILABLE,
-    _E.NodeNotReadyError: UNAVAILABLE,
-    _E.KafkaProtocolError: UNAVAILABLE,
-    _E.CorrelationIdError: UNAVAILABLE,
-    _E.Cancelled: UNAVAILABLE,
-    _E.TooManyInFlightRequests: UNAVAILABLE,
-    _E.StaleMetadata: UNAVAILABLE,
-    _E.MetadataEmptyBrokerList: UNAVAILABLE,
-    _E.CommitFailedError: UNAVAILABLE,
-    _E.KafkaUnavailableError: UNAVAILABLE,
-    _E.KafkaTimeoutError: UNAVAILABLE,
-    _E.KafkaConnectionError: UNAVAILABLE,
-    _E.QuotaViolationError: UNAVAILABLE,
-    _E.ConsumerStoppedError: UNAVAILABLE,
-    _E.NoOffsetForPartitionError: UNAVAILABLE,
-    _E.ProducerClosed: UNAVAILABLE,
-    _E.ProducerFenced: UNAVAILABLE,
-    _E.BrokerResponseError: UNAVAILABLE,
-    _E.UnknownError: UNAVAILABLE,
-    _E.OffsetOutOfRangeError: UNAVAILABLE,
-    _E.CorruptRecordException: UNAVAILABLE,
-    _E.UnknownTopicOrPartitionError: UNAVAILABLE,
-    _E.InvalidFetchRequestError: UNAVAILABLE,
-    _E.LeaderNotAvailableError: UNAVAILABLE,
-    _E.NotLeaderForPartitionError: UNAVAILABLE,
-    _E.RequestTimedOutError: UNAVAILABLE,
-    _E.BrokerNotAvailableError: UNAVAILABLE,
-    _E.ReplicaNotAvailableError: UNAVAILABLE,
-    _E.StaleControllerEpochError: UNAVAILABLE,
-    _E.StaleLeaderEpochCodeError: UNAVAILABLE,
-    _E.GroupLoadInProgressError: UNAVAILABLE,
-    _E.GroupCoordinatorNotAvailableError: UNAVAILABLE,
-    _E.NotCoordinatorForGroupError: UNAVAILABLE,
-    _E.NotEnoughReplicasError: UNAVAILABLE,
-    _E.NotEnoughReplicasAfterAppendError: UNAVAILABLE,
-    _E.IllegalGenerationError: UNAVAILABLE,
-    _E.InconsistentGroupProtocolError: UNAVAILABLE,
-    _E.InvalidGroupIdError: UNAVAILABLE,
-    _E.UnknownMemberIdError: UNAVAILABLE,
-    _E.RebalanceInProgressError: UNAVAILABLE,
-    _E.InvalidTimestampError: UNAVAILABLE,
-    _E.NotControllerError: UNAVAILABLE,
-    _E.InvalidRequestError: UNAVAILABLE,
-    _E.OutOfOrderSequenceNumber: UNAVAILABLE,
-    _E.DuplicateSequenceNumber: UNAVAILABLE,
-    _E.InvalidProducerEpoch: UNAVAILABLE,
-    _E.InvalidTxnState: UNAVAILABLE,
-    _E.InvalidProducerIdMapping: UNAVAILABLE,
-    _E.ConcurrentTransactions: UNAVAILABLE,
-    _E.TransactionCoordinatorFenced: UNAVAILABLE,
-    _E.OperationNotAttempted: UNAVAILABLE,
-    _E.KafkaStorageError: UNAVAILABLE,
-    _E.LogDirNotFound: UNAVAILABLE,
-    _E.UnknownProducerId: UNAVAILABLE,
-    _E.ReassignmentInProgress: UNAVAILABLE,
-    _E.NonEmptyGroup: UNAVAILABLE,
-    _E.GroupIdNotFound: UNAVAILABLE,
-    _E.FetchSessionIdNotFound: UNAVAILABLE,
-    _E.InvalidFetchSessionEpoch: UNAVAILABLE,
-    _E.MemberIdRequired: UNAVAILABLE,
-}
-"""Each aiokafka exception class and what it becomes."""
-
-_HINTS = {
-    PAYLOAD: "the broker refused the record as too large: lower ABE_KAFKA_MAX_PAYLOAD_BYTES to "
-    "fit the broker's message.max.bytes (and the topic's max.message.bytes), or send a "
-    "reference to the data instead",
-    KEY: "Kafka refused the topic name; use letters, digits, '.', '_' and '-' only",
-    AUTH: "the broker refused the credentials or their permissions; check "
-    "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM and the ACLs",
-    UNAVAILABLE: "check that the brokers in KAFKA_BOOTSTRAP_SERVERS are up and reachable",
-}
-
-_CONFIG_VARIABLE = {
-    _E.InvalidPartitionsError: "ABE_KAFKA_PARTITIONS",
-    _E.InvalidReplicationFactorError: "ABE_KAFKA_REPLICATION_FACTOR",
-    _E.InvalidReplicationAssignmentError: "ABE_KAFKA_REPLICATION_FACTOR",
-    _E.InvalidSessionTimeoutError: "ABE_KAFKA_SESSION_TIMEOUT",
-    _E.UnsupportedSaslMechanismError: "KAFKA_SASL_MECHANISM",
-}
+__all__ = ["ERRORS", "is_scram_rejection", "tidy"]
 
 _SCRAM_STEPS = frozenset({"process_server_first_message", "process_server_final_message"})
-
-
-def category_of(error: BaseException) -> str | None:
-    """The table entry for the error's class or its nearest listed base; None if not aiokafka's."""
-    for klass in type(error).__mro__:
-        category = CATEGORIES.get(klass)
-        if category is not None:
-            return category
-    return None
-
-
-def translate(error: Exception, where: str) -> Exception:
-    """The abe error for an aiokafka error (or the error itself when it is not aiokafka's).
-
-    `where` names the brokers, for the message; it never holds a secret.
-    """
-    if isinstance(error, AbeError):
-        return error
-    if is_scram_rejection(error):
-        return AuthenticationError(
-            f"kafka: the broker at {where} refused the SCRAM credentials; "
-            f"{_HINTS[AUTH].split('; ', 1)[1]}"
-        )
-    if isinstance(error, asyncio.TimeoutError):
-        return error  # core words timeouts itself (BackendUnavailableError with the limit)
-    category = category_of(error)
-    if category is None or category == USAGE:
-        return error
-    text = f"{type(error).__name__}: {describe(error)}"
-    if category == CONFIG:
-        variable = next(
-            (name for klass, name in _CONFIG_VARIABLE.items() if isinstance(error, klass)),
-            "KAFKA_BOOTSTRAP_SERVERS",
-        )
-        problem = f"the cluster at {where} refused it ({text})"
-        return ConfigurationError("kafka", {variable: problem})
-    message = f"kafka ({where}): {text}; {_HINTS[category]}"
-    if category == PAYLOAD:
-        return PayloadError(message)
-    if category == KEY:
-        return InvalidKeyError(message)
-    if category == AUTH:
-        return AuthenticationError(message)
-    return BackendUnavailableError(message)
-
-
-def describe(error: BaseException) -> str:
-    """The error's own words without the class name and code aiokafka puts in front."""
-    text = str(error).strip()
-    name = type(error).__name__
-    if text.startswith(f"{name}: "):  # aiokafka's str() often repeats the class name
-        text = text[len(name) + 2 :]
-    if text.startswith("[Error ") and "] " in text:
-        text = text.split("] ", 1)[1]
-        if text.startswith(f"{name}: "):
-            text = text[len(name) + 2 :]
-    return text or getattr(error, "description", "") or "no detail given"
+_ERROR_CODE = re.compile(r"^(\w+): \[Error -?\d+\] \1(: )?")
 
 
 def is_scram_rejection(error: BaseException) -> bool:
@@ -239,14 +36,95 @@ def is_scram_rejection(error: BaseException) -> bool:
     password; it fails on the missing `v=` field with KeyError (or ValueError on a bad
     signature). Seen from its last frame, that is a refused login.
     """
-    if not isinstance(error, (KeyError, ValueError)):
-        return False
     traceback: TracebackType | None = error.__traceback__
-    last = None
-    while traceback is not None:
-        last = traceback
+    while traceback is not None and traceback.tb_next is not None:
         traceback = traceback.tb_next
-    if last is None:
+    if traceback is None:
         return False
-    code = last.tb_frame.f_code
+    code = traceback.tb_frame.f_code
     return code.co_name in _SCRAM_STEPS and code.co_filename.endswith("conn.py")
+
+
+def in_sasl_login(error: BaseException) -> bool:
+    """Whether aiokafka raised `error` during a SASL login (a broker closing it refuses it)."""
+    traceback: TracebackType | None = error.__traceback__
+    while traceback is not None and traceback.tb_frame.f_code.co_name != "_do_sasl_handshake":
+        traceback = traceback.tb_next
+    return traceback is not None
+
+
+def tidy(text: str) -> str:
+    """`Name: [Error 6] Name: words` (aiokafka's form) as `Name: words`."""
+    return _ERROR_CODE.sub(r"\1: ", text).rstrip(": ")
+
+
+def _each(names: str, rule: ErrorRule) -> dict[type[BaseException], ErrorRule]:
+    return {getattr(E, name): rule for name in names.split()}
+
+
+_CREDENTIALS = "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SASL_MECHANISM"
+_SCRAM = auth(
+    f"the broker refused the SCRAM credentials; check {_CREDENTIALS}", when=is_scram_rejection
+)
+_REPLICAS = config("ABE_KAFKA_REPLICATION_FACTOR", "use at most as many replicas as brokers")
+
+ERRORS = ErrorMap(
+    "kafka",
+    {
+        **_each(
+            "MessageSizeTooLargeError RecordTooLargeError RecordListTooLargeError "
+            "InvalidCommitOffsetSizeError OffsetMetadataTooLargeError",
+            payload(
+                "the broker refused the record as too large: lower ABE_KAFKA_MAX_PAYLOAD_BYTES to "
+                "fit the broker's message.max.bytes (and the topic's max.message.bytes), or send "
+                "a reference to the data instead"
+            ),
+        ),
+        E.InvalidTopicError: invalid_key(
+            "Kafka refused the topic name; use letters, digits, '.', '_' and '-' only"
+        ),
+        E.UnsupportedSaslMechanismError: auth(
+            f"the broker does not offer this SASL mechanism (or SASL at all); check {_CREDENTIALS}"
+            " and KAFKA_SECURITY_PROTOCOL"
+        ),
+        E.KafkaConnectionError: auth(
+            f"the broker closed the connection during the SASL login; check {_CREDENTIALS}",
+            when=in_sasl_login,
+        ),
+        KeyError: _SCRAM,  # how aiokafka's SCRAM code fails on a refused login
+        ValueError: _SCRAM,
+        **_each(
+            "AuthenticationFailedError AuthenticationMethodNotSupported SaslAuthenticationFailed "
+            "IllegalSaslStateError TopicAuthorizationFailedError "
+            "GroupAuthorizationFailedError ClusterAuthorizationFailedError "
+            "TransactionalIdAuthorizationFailed DelegationTokenAuthDisabled "
+            "DelegationTokenNotFound DelegationTokenOwnerMismatch DelegationTokenRequestNotAllowed "
+            "DelegationTokenAuthorizationFailed DelegationTokenExpired InvalidPrincipalType "
+            "SecurityDisabled",
+            auth(f"the broker refused the credentials or permissions; check {_CREDENTIALS}, ACLs"),
+        ),
+        E.InvalidPartitionsError: config("ABE_KAFKA_PARTITIONS", "lower ABE_KAFKA_PARTITIONS"),
+        E.InvalidReplicationFactorError: _REPLICAS,
+        E.InvalidReplicationAssignmentError: _REPLICAS,
+        E.InvalidSessionTimeoutError: config(
+            "ABE_KAFKA_SESSION_TIMEOUT", "keep it within the brokers' group.*.session.timeout.ms"
+        ),
+        **_each(
+            "InvalidConfigurationError KafkaConfigurationError UnsupportedCodecError "
+            "PolicyViolationError UnrecognizedBrokerVersion IncompatibleBrokerVersion "
+            "UnsupportedVersionError UnsupportedForMessageFormatError InvalidTransactionTimeout "
+            "ListenerNotFound InvalidRequiredAcksError",
+            config("KAFKA_BOOTSTRAP_SERVERS", "the cluster does not support what abe asked"),
+        ),
+        # misuse of the client (abe treats TopicAlreadyExists as success before translating)
+        **_each(
+            "IllegalStateError IllegalArgumentError IllegalOperation TopicAlreadyExistsError "
+            "NoError",
+            passthrough(),
+        ),
+        # everything else: the broker is away, busy, rebalancing, or failed this request
+        E.KafkaError: unavailable("check that the brokers in KAFKA_BOOTSTRAP_SERVERS are up"),
+        E.ConsumerStoppedError: unavailable("the consumer stopped; it restarts on the next read"),
+    },
+)
+"""What each aiokafka exception becomes (asyncio.TimeoutError is core's to word)."""

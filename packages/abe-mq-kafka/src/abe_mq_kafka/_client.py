@@ -1,0 +1,169 @@
+"""KafkaClient: the aiokafka clients a backend and its receivers share, and their broker calls."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaConnectionError, KafkaError, for_code  # type: ignore[import-untyped]
+
+from abe.provider import LazyClient, close_quietly
+from abe_mq_kafka._settings import KafkaSettings
+
+__all__ = ["KafkaClient"]
+
+log = logging.getLogger("abe.kafka")
+
+_TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = 3
+_CLOSE_TIMEOUT = 5.0
+_BOOTSTRAP_LOG = logging.getLogger("aiokafka")  # where aiokafka.client logs
+
+
+class KafkaClient:
+    """One producer and one admin client, started on first use, and the calls made with them."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.connected = False
+        """Whether any client ever started (a hanging TLS handshake is told apart by it)."""
+        timeout = settings.operation_timeout
+        self.producer: LazyClient[Any] = LazyClient(
+            lambda: self.start(AIOKafkaProducer(**settings.producer_options())),
+            _stop,
+            timeout=timeout,
+            what="the kafka producer",
+        )
+        self.admin: LazyClient[Any] = LazyClient(
+            lambda: self.start(AIOKafkaAdminClient(**settings.connection_options())),
+            _stop,
+            timeout=timeout,
+            what="the kafka admin client",
+        )
+        self._topics: set[str] = set()
+        self._creating: dict[str, asyncio.Task[None]] = {}
+        self._members: dict[str, set[str]] = {}
+        self._member_of: dict[Any, tuple[str, str]] = {}
+
+    async def start(self, client: Any) -> Any:
+        """Start an aiokafka client (stopped again if that fails).
+
+        aiokafka's bootstrap logs what stopped each connection (a refused login, a failed
+        TLS handshake) and raises only "Unable to bootstrap"; that logged exception is
+        raised instead, for the error map to word, unless it only says a broker is away.
+        """
+        swallowed = _Swallowed()
+        _BOOTSTRAP_LOG.filters.insert(0, swallowed)  # before core's filters, which may drop it
+        try:
+            await client.start()
+        except BaseException as exc:
+            await close_quietly([_stop(client)], _CLOSE_TIMEOUT, log, "kafka")
+            cause, tls = swallowed.error, self.settings.security_protocol.endswith("SSL")
+            telling = (KafkaError, KeyError, ValueError, ssl.SSLError) + (
+                (asyncio.TimeoutError,) if tls else ()
+            )
+            if isinstance(exc, KafkaConnectionError) and isinstance(cause, telling):
+                raise cause from exc
+            raise
+        finally:
+            _BOOTSTRAP_LOG.removeFilter(swallowed)
+        self.connected = True
+        return client
+
+    async def consumer(self, group: str, keys: Sequence[str], listener: Any) -> Any:
+        """A started consumer of `group`, subscribed to `keys` (it joins on its first read).
+
+        With ABE_KAFKA_GROUP_INSTANCE_ID, each consumer of a group in this process gets its
+        own static member name (`name`, `name-2`, ...), the same again after a restart.
+        """
+        base, used = self.settings.group_instance_id, self._members.setdefault(group, set())
+        names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
+        member = None if base is None else next(name for name in names if name not in used)
+        options = {**self.settings.consumer_options(), "group_instance_id": member}
+        consumer = await self.start(AIOKafkaConsumer(group_id=group, **options))
+        if member is not None:
+            used.add(member)
+            self._member_of[consumer] = (group, member)
+        consumer.subscribe(list(keys), listener=listener)
+        return consumer
+
+    async def stop_consumer(self, consumer: Any) -> None:
+        """Stop a consumer made by `consumer()` (bounded; a failure is logged) and free its name."""
+        group, member = self._member_of.pop(consumer, ("", ""))
+        self._members.get(group, set()).discard(member)
+        await close_quietly([consumer.stop()], _CLOSE_TIMEOUT, log, f"kafka group {group!r}")
+
+    async def ensure_topic(self, key: str) -> None:
+        """Create topic `key` with the configured partitions unless it exists (cached)."""
+        creating = self._creating.get(key)
+        if key not in self._topics and creating is None:  # one creation, however many wait
+            creating = self._creating[key] = asyncio.ensure_future(self._create_topic(key))
+            creating.add_done_callback(lambda done: self._forget(key, done))
+        if creating is not None:
+            await asyncio.shield(creating)
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        """A creation ended: the next call may try again (its waiters raised its error)."""
+        del self._creating[key]
+        if not task.cancelled():
+            task.exception()
+
+    async def _create_topic(self, key: str) -> None:
+        admin = await self.admin.get()
+        topic = NewTopic(key, self.settings.partitions, self.settings.replication_factor)
+        response = await admin.create_topics([topic])
+        for _, code, *rest in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise for_code(code)(*[detail for detail in rest[:1] if detail])
+        if len(self._topics) > 10_000:
+            self._topics.clear()
+        self._topics.add(key)
+
+    async def delete_topics(self, keys: Sequence[str]) -> None:
+        """DeleteTopics for `keys`; a topic that does not exist is skipped."""
+        admin = await self.admin.get()
+        self._topics.difference_update(keys)
+        response = await admin.delete_topics(list(keys))
+        for name, code in response.topic_error_codes:
+            if code not in (0, _UNKNOWN_TOPIC):
+                raise for_code(code)(f"deleting topic {name!r}")
+
+    async def send_copy(
+        self, key: str, body: bytes, headers: Mapping[str, str], *, avoid: frozenset[int]
+    ) -> None:
+        """Write a copy of a delivered message (a redelivery), away from `avoid` when possible."""
+        producer = await self.producer.get()
+        partition = None
+        if avoid:
+            others = sorted(set(await producer.partitions_for(key) or ()) - avoid)
+            partition = random.choice(others) if others else None
+        encoded = [(name, value.encode()) for name, value in headers.items()]
+        await producer.send_and_wait(key, body, headers=encoded, partition=partition)
+
+    async def close(self) -> None:
+        """Stop the producer and the admin client; they cannot be used again."""
+        await self.producer.close()
+        await self.admin.close()
+
+
+def _stop(client: Any) -> Any:
+    """Stop any aiokafka client (the admin client's is called close)."""
+    return client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+
+
+class _Swallowed(logging.Filter):
+    """The last exception aiokafka's bootstrap logged and dropped ("Unable connect to ...")."""
+
+    error: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.error = next((arg for arg in args if isinstance(arg, BaseException)), self.error)
+        return True
