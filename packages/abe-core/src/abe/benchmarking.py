@@ -179,7 +179,7 @@ class DrainClock:
 
 
 class AbeWorkloads:
-    """abe's side of the benchmark: the three workloads through a `BaseBackend`."""
+    """abe's side of the benchmark: every workload through a `BaseBackend`, round the keys."""
 
     name = "abe"
 
@@ -194,7 +194,7 @@ class AbeWorkloads:
         for seq in range(workload.messages):
             payload = bench_payload(seq, workload.payload_bytes)
             before = clock()
-            await self.backend.publish(workload.key, payload)
+            await self.backend.publish(workload.key_of(seq), payload)
             latencies.append(clock() - before)
             progress(seq + 1)
         return Measurement.from_latencies(workload.messages, clock() - started, latencies)
@@ -208,7 +208,7 @@ class AbeWorkloads:
             last = min(first + workload.batch_size, workload.messages)
             batch = [bench_payload(seq, workload.payload_bytes) for seq in range(first, last)]
             before = clock()
-            await self.backend.publish_many(workload.key, batch)
+            await self.backend.publish_many(workload.key_of(first // workload.batch_size), batch)
             latencies.append(clock() - before)
             progress(last)
         return Measurement.from_latencies(workload.messages, clock() - started, latencies)
@@ -230,10 +230,11 @@ class AbeWorkloads:
 
         async def send() -> None:
             for seq in range(workload.messages):
-                await self.backend.publish(workload.key, bench_payload(seq, workload.payload_bytes))
+                payload = bench_payload(seq, workload.payload_bytes)
+                await self.backend.publish(workload.key_of(seq), payload)
                 await asyncio.sleep(0)  # let the subscriber run, as a network round trip would
 
-        subscription = self.backend.subscribe(group=workload.group, keys=[workload.key])
+        subscription = self.backend.subscribe(group=workload.group, keys=workload.all_keys)
         async with subscription:  # joined before the first publish
             return await arrivals.measure(send, receive)
 

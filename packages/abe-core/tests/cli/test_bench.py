@@ -93,6 +93,16 @@ def test_unknown_workloads_are_refused(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["publish", "publish_many", "end_to_end"])
+async def test_every_workload_goes_round_the_keys(name: str) -> None:
+    backend = MemoryBackend()
+    keys = ("k0", "k1", "k2")
+    workload = Workload(messages=12, payload_bytes=64, batch_size=2, key="k0", group="g", keys=keys)
+    await getattr(AbeWorkloads(backend), name)(workload, lambda count: None)
+    assert [len(backend.broker.messages(key)) for key in keys] == [4, 4, 4]
+
+
+@pytest.mark.asyncio
 async def test_a_drain_counts_every_backlog_message_once_over_every_key() -> None:
     backend = MemoryBackend()
     workload = Workload(
