@@ -753,6 +753,14 @@ def test_url_secrets_are_what_redact_url_hides() -> None:
         "tok",
     )
     assert url_secrets("https://sqs.local:443") == ()
+    # as written, and as the client library decodes it
+    assert url_secrets("redis://:p%40ss+w@h?ssl_password=a%3Bb") == (
+        "p%40ss+w",
+        "a%3Bb",
+        "p@ss+w",
+        "p@ss w",
+        "a;b",
+    )
 
 
 def test_the_secret_filter_hides_what_its_patterns_find() -> None:
@@ -763,6 +771,17 @@ def test_the_secret_filter_hides_what_its_patterns_find() -> None:
     found = SecretFilter([], [re.compile(r"Credential=(AKIA[A-Z0-9]+)"), re.compile(r"tok-\d+")])
     assert found.active
     assert found.scrub("Credential=AKIA123/x tok-42 ok") == "Credential=***/x *** ok"
+
+
+def test_the_secret_filter_scrubs_an_exception_and_its_causes_in_place() -> None:
+    from abe.redaction import SecretFilter
+
+    inner = ConnectionError("login as admin:s3cr3t-pw refused", 7)
+    outer = RuntimeError("connect failed (s3cr3t-pw)")
+    outer.__cause__ = inner
+    SecretFilter(["s3cr3t-pw"]).scrub_chain(outer)
+    assert outer.args == ("connect failed (***)",)
+    assert inner.args == ("login as admin:*** refused", 7)
 
 
 def test_a_url_setting_shows_without_its_credentials_and_counts_them_as_secrets() -> None:

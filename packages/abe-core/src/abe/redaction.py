@@ -10,11 +10,12 @@ logger's filters only see the records that logger itself creates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 __all__ = ["MASK", "SecretFilter", "redact_url", "url_secrets"]
 
@@ -50,7 +51,8 @@ def redact_url(text: str) -> str:
 def url_secrets(text: str) -> tuple[str, ...]:
     """The secret parts of comma-separated URLs: user info and secret query option values.
 
-    For feeding a SecretFilter with what `redact_url` hides.
+    For feeding a SecretFilter with what `redact_url` hides: each as written and, where it
+    differs, percent-decoded, as the client library will use (and may print) it.
     """
     found: list[str] = []
     for part in text.split(","):
@@ -59,7 +61,8 @@ def url_secrets(text: str) -> tuple[str, ...]:
             userinfo = rest.rsplit("@", 1)[0]
             found += [piece for piece in userinfo.split(":", 1) if piece]
         found += [match.group(2) for match in _SECRET_QUERY.finditer(part) if match.group(2)]
-    return tuple(found)
+    decoded = [form for piece in found for form in (unquote(piece), unquote_plus(piece))]
+    return tuple(dict.fromkeys([*found, *decoded]))
 
 
 def _forms(secret: str) -> set[str]:
@@ -106,6 +109,24 @@ class SecretFilter(logging.Filter):
         for pattern in self._patterns:
             text = pattern.sub(_masker, text)
         return text
+
+    def scrub_chain(self, error: BaseException) -> None:
+        """Scrub the text of `error` and of every exception it came from, in place.
+
+        An abe error carries the client's exception as its cause, so a traceback prints
+        that exception's arguments too: they must not hold a secret either.
+        """
+        if not self.active:
+            return
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            args = tuple(self.scrub(arg) if isinstance(arg, str) else arg for arg in current.args)
+            if args != current.args:
+                with contextlib.suppress(Exception):  # an exception type that refuses new args
+                    current.args = args
+            current = current.__cause__ or current.__context__
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.active:

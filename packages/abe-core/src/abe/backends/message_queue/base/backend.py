@@ -183,6 +183,7 @@ class BaseBackend(abc.ABC):
 
     def _translate_error(self, error: Exception) -> BaseException:
         """The most specific abe error for a client-library exception, through `errors`."""
+        self.secret_filter.scrub_chain(error)  # the cause prints in tracebacks too
         if self.errors is None:
             return error
         return self.errors.translate(

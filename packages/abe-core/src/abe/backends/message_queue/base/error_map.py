@@ -183,7 +183,8 @@ class ErrorMap:
         place = f" ({where})" if where else ""
         said = rule.hint_for(settings)
         if rule.error is ConfigurationError:
-            problem = f"the broker{place} refused it ({text}){'; ' + said if said else ''}"
+            # neutral: the client library may have refused it before the broker saw it
+            problem = f"{text}{place}{'; ' + said if said else ''}"
             translated: AbeError = ConfigurationError(self.backend, {rule.variable or "?": problem})
         else:
             translated = rule.error(f"{self.backend}{place}: {text}{'; ' + said if said else ''}")
