@@ -287,6 +287,40 @@ def bench(session: nox.Session) -> None:
         session.log(f"bench results for {backend}: {out / f'{backend}.json'}")
 
 
+@nox.session(python=MAIN_PYTHON, name="bench-peers", default=False)
+def bench_peers(session: nox.Session) -> None:
+    """abe's drains beside FastStream's on the brokers the environment names (REDIS_URL, ...).
+
+    `nox -s bench-peers -- redis nats kafka`: for each, `abe bench` runs its drains and
+    tools/bench_peers.py FastStream's, in the same session; both land in bench-results/.
+    """
+    brokers = session.posargs or ["redis", "nats", "kafka"]
+    providers = [_local(f"abe-mq-{name}") for name in brokers]
+    session.install(_local(CORE), *providers, "faststream[redis,nats,kafka]")
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    drains = "drain,drain_consumer,drain_concurrent"
+    for backend in brokers:
+        with (out / f"{backend}-drains.json").open("w") as results:
+            session.run(
+                "abe",
+                "bench",
+                "--json",
+                "--no-progress",
+                "--repeat",
+                "3",
+                "--workloads",
+                drains,
+                env={"QUEUE_BACKEND": backend},
+                stdout=results,
+            )
+    with (out / "peers.json").open("w") as results:
+        session.run(
+            "python", "tools/bench_peers.py", "--brokers", ",".join(brokers), stdout=results
+        )
+    session.log(f"results in {out}: <backend>-drains.json and peers.json")
+
+
 def _newest(folder: Path, pattern: str) -> str:
     found = sorted(folder.glob(pattern), key=lambda path: path.stat().st_mtime)
     if not found:
