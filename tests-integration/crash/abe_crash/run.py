@@ -130,6 +130,7 @@ class CrashRun:
         self._handled_numbers: set[int] = set()
         self._progress_at = 0.0
         self._failures: list[str] = []
+        self._notes: list[str] = []
         self._stall: str | None = None
         self._producer_error: str | None = None
         self._published_at: float | None = None
@@ -234,13 +235,16 @@ class CrashRun:
                 )
                 self._start_worker()
 
-    def _describe_stall(self, now: float) -> str:
+    def _describe_workers(self, now: float, what: str) -> str:
+        """`what` happened: which messages wait, and what each live worker did and holds."""
         waiting = sorted(self._confirmed_numbers - self._handled_numbers)
         shown = ", ".join(message_id(n) for n in waiting[:10])
+        recent = sum(1 for h in self._handled if h.at > now - 10.0)
         lines = [
-            f"stall seen live: {len(waiting)} confirmed message(s) waited ({shown}"
-            f"{', ...' if len(waiting) > 10 else ''}) and none was handled for "
-            f"{now - self._progress_at:.1f}s; workers alive:"
+            f"{what}: {len(waiting)} confirmed message(s) waiting ({shown}"
+            f"{', ...' if len(waiting) > 10 else ''}), the last new one handled "
+            f"{now - self._progress_at:.1f}s ago, {recent} handled in the last 10s; "
+            f"workers alive:"
         ]
         for worker in self._workers:
             if worker.killed_at is not None:
@@ -276,7 +280,28 @@ class CrashRun:
             self._conduct(producer, Tail(self.directory / "confirmed.log"))
         finally:
             self._stop(producer)
+        if self._waiting() or self._dead_lettered():
+            self._read_dead_letters()
         return self.verdict()
+
+    def _dead_lettered(self) -> int:
+        """Messages the workers dead-lettered, from their last status."""
+        total = 0
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                total += int(json.loads(worker.status.read_text())["dead_lettered"])
+        return total
+
+    def _read_dead_letters(self) -> None:
+        """Read the dead-letter key into dead-letters.jsonl, to say why messages are missing."""
+        out = self.directory / "dead-letters.jsonl"
+        argv = [sys.executable, "-m", "abe_crash.dead_letters", "--backend", self.target.backend]
+        argv += ["--key", self.key, "--out", str(out)]
+        try:
+            subprocess.run(argv, env=self.env, check=True, timeout=60, capture_output=True)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
+            self._notes.append(f"could not read the dead letters: {exc} {' '.join(stderr)}")
 
     def _next_kill(self, now: float) -> float:
         return now + self.sizes.kill_every * self._random.uniform(0.5, 1.5)
@@ -329,10 +354,11 @@ class CrashRun:
             else:
                 drained_at = None
             if waiting and now - self._progress_at > sizes.stall_after:
-                self._stall = self._describe_stall(now)
+                self._stall = self._describe_workers(now, "stall seen live")
                 return
             if (drain_deadline is not None and now > drain_deadline) or now > hard_deadline:
-                return  # the verdict names what was never handled
+                self._stall = self._describe_workers(now, "deadline passed")
+                return
             time.sleep(_POLL)  # polling the processes' files: no event crosses processes
 
     def _stop(self, producer: subprocess.Popen[bytes] | None) -> None:
@@ -385,11 +411,12 @@ class CrashRun:
             Confirmed.parse(line) for line in Tail(self.directory / "confirmed.log").new_lines()
         ]
         handled = [Handled.parse(line) for w in self._workers for line in Tail(w.out).new_lines()]
-        dead_lettered = 0
+        dead_letters: list[dict[str, object]] = []
+        with contextlib.suppress(OSError):
+            text = (self.directory / "dead-letters.jsonl").read_text()
+            dead_letters = [json.loads(line) for line in text.splitlines() if line]
         logs: Counter[str] = Counter()
         for worker in self._workers:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                dead_lettered += int(json.loads(worker.status.read_text())["dead_lettered"])
             with contextlib.suppress(OSError):
                 for match in _LOG_LINE.finditer(worker.log.read_text(errors="replace")):
                     logs[f"workers {match.group(1)} {match.group(2)}"] += 1
@@ -412,7 +439,9 @@ class CrashRun:
             producer_error=self._producer_error,
             worker_failures=list(self._failures),
             stall_report=self._stall,
-            dead_lettered=dead_lettered,
+            dead_lettered=self._dead_lettered(),
+            dead_letters=dead_letters,
+            notes=list(self._notes),
             log_lines=dict(logs),
             seed=self.seed,
         )

@@ -80,6 +80,11 @@ class Evidence:
     stall_report: str | None = None
     """What the workers held when the conductor saw the stall (None: no stall seen)."""
     dead_lettered: int = 0
+    """Messages the workers' consumers dead-lettered (from their counts)."""
+    dead_letters: list[dict[str, object]] = field(default_factory=list)
+    """What the dead-letter key held after the run: n, id, error and attempts of each."""
+    notes: list[str] = field(default_factory=list)
+    """Things the run could not find out (they do not fail it)."""
     log_lines: dict[str, int] = field(default_factory=dict)
     """Worker log records of level WARNING and above, by "LEVEL logger"."""
     seed: int = 0
@@ -275,6 +280,8 @@ def judge(evidence: Evidence) -> Verdict:
         )
     for name, count in sorted(evidence.log_lines.items()):
         figures["log " + name] = count
+    if evidence.notes:
+        figures["notes"] = "; ".join(evidence.notes)
 
     if evidence.producer_error:
         problems.append(f"the producer failed: {evidence.producer_error}")
@@ -287,6 +294,13 @@ def judge(evidence: Evidence) -> Verdict:
             else ""
         )
         problems.append(f"{len(lost)} confirmed message(s) never handled: {shown}{more}{dead}")
+        missing = set(lost)
+        for letter in evidence.dead_letters:
+            if letter.get("n") in missing:
+                problems.append(
+                    f"{message_id(int(str(letter['n'])))} is on the dead-letter key after "
+                    f"{letter.get('attempts')} attempt(s): {letter.get('error')}"
+                )
     for index, count in sorted(per_kill.items()):
         if count > window:
             kill = evidence.kills[index]
