@@ -18,7 +18,7 @@ def evidence(count: int, handled: list[Handled], **changes: Any) -> Evidence:
     values: dict[str, Any] = {
         "broker": "test",
         "messages": count,
-        "confirmed": [Confirmed(n, 1, float(n)) for n in range(count)],
+        "confirmed": [Confirmed(n, 1, float(n), float(n)) for n in range(count)],
         "handled": handled,
         "kills": [],
         "outages": [],
@@ -92,10 +92,21 @@ def test_live_redeliveries_beyond_what_the_crashes_explain_fail() -> None:
 
 
 def test_a_retried_publish_explains_a_second_copy() -> None:
-    confirmed = [Confirmed(n, 2 if n == 1 else 1, float(n)) for n in range(3)]
+    confirmed = [Confirmed(n, 2 if n == 1 else 1, float(n), float(n)) for n in range(3)]
     handled = [*each_once(3), Handled(1, WORKER_B, 1, 9.0)]
     verdict = judge(evidence(3, handled, confirmed=confirmed, kills=[Kill(50.0, WORKER_B)]))
-    assert verdict.figures["duplicates_producer_retry"] == 1
+    assert verdict.figures["duplicates_published_twice"] == 1
+
+
+def test_a_publish_across_the_crash_explains_two_copies_handled_later() -> None:
+    confirmed = [Confirmed(0, 1, 1.0, 0.5), Confirmed(1, 1, 12.5, 9.5)]  # m-1 spans the crash
+    handled = [Handled(0, WORKER_A, 1, 2.0), Handled(1, WORKER_A, 1, 20.0)]
+    handled.append(Handled(1, WORKER_A, 1, 20.001))  # the second copy, right behind it
+    outage = Outage(killed_at=10.0, ready_at=12.0)
+    verdict = judge(evidence(2, handled, confirmed=confirmed, outages=[outage]))
+    assert verdict.ok, verdict.problems
+    assert verdict.figures["duplicates_published_twice"] == 1
+    assert verdict.figures["published_across_crash"] == 1
 
 
 def test_messages_waiting_with_none_handled_too_long_is_a_stall() -> None:
@@ -112,14 +123,14 @@ def test_a_message_never_handled_stalls_until_the_end() -> None:
 
 
 def test_idle_time_with_nothing_waiting_is_no_stall() -> None:
-    confirmed = [Confirmed(0, 1, 0.0), Confirmed(1, 1, 60.0)]  # a quiet minute in between
+    confirmed = [Confirmed(0, 1, 0.0, 0.0), Confirmed(1, 1, 60.0, 60.0)]  # a quiet minute
     handled = [Handled(0, WORKER_A, 1, 0.5), Handled(1, WORKER_A, 1, 60.5)]
     verdict = judge(evidence(2, handled, confirmed=confirmed, ended_at=61.0))
     assert verdict.ok, verdict.problems
 
 
 def test_time_to_resume_after_a_restart() -> None:
-    confirmed = [Confirmed(0, 1, 1.0), Confirmed(1, 3, 14.0), Confirmed(2, 1, 15.0)]
+    confirmed = [Confirmed(0, 1, 1.0, 1.0), Confirmed(1, 3, 14.0, 9.0), Confirmed(2, 1, 15.0, 15.0)]
     handled = [Handled(0, WORKER_A, 1, 2.0), Handled(1, WORKER_A, 1, 13.0)]
     handled.append(Handled(2, WORKER_A, 1, 16.5))
     outage = Outage(killed_at=10.0, ready_at=12.0)
@@ -162,11 +173,12 @@ def test_sizes_come_from_the_environment_and_bad_ones_are_named() -> None:
         Sizes.from_env({"ABE_CRASH_KILL_EVERY": "0"})
 
 
-def test_a_lost_message_found_on_the_dead_letter_key_says_why() -> None:
-    letter = {"n": 3, "id": "m-3", "error": "delivered 6 times without finishing", "attempts": "6"}
-    handled = [h for h in each_once(5) if h.number != 3]
-    verdict = judge(evidence(5, handled, dead_lettered=1, dead_letters=[letter]))
-    assert (
-        "m-3 is on the dead-letter key after 6 attempt(s): delivered 6 times without finishing"
-        in verdict.problems
-    )
+def test_where_each_lost_message_is_is_said() -> None:
+    letter = {"key": "dead-letter", "n": 3, "error": "delivered 6 times", "attempts": "6"}
+    kept = {"key": "key", "n": 1, "error": None, "attempts": None}
+    handled = [h for h in each_once(5) if h.number not in (1, 2, 3)]
+    verdict = judge(evidence(5, handled, dead_lettered=1, left_on_broker=[letter, kept]))
+    (where,) = [p for p in verdict.problems if p.startswith("where the lost")]
+    assert "1 still on the key, which a new group reads (m-1)" in where
+    assert "m-3 on the dead-letter key after 6 attempt(s): delivered 6 times" in where
+    assert "1 on neither key: gone from the broker (m-2)" in where

@@ -77,8 +77,9 @@ async def produce(args: argparse.Namespace) -> None:
             delay = start + number / args.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # the schedule's pace, not a wait for an event
+            started = time.monotonic()
             attempts = await publish_until_confirmed(backend, args.key, number, args.give_up)
-            out.write(Confirmed(number, attempts, time.monotonic()).line())
+            out.write(Confirmed(number, attempts, time.monotonic(), started).line())
 
     try:
         async with backend:

@@ -30,21 +30,23 @@ def message_id(number: int) -> str:
 
 @dataclass(frozen=True)
 class Confirmed:
-    """Message `number` was published: `publish()` returned, after `attempts` tries, at `at`."""
+    """Message `number` was published: the first try began at `started`, and `publish()`
+    returned, after `attempts` tries, at `at`."""
 
     number: int
     attempts: int
     at: float
+    started: float
 
     def line(self) -> str:
         """The line the producer appends."""
-        return f"{self.number} {self.attempts} {self.at:.6f}\n"
+        return f"{self.number} {self.attempts} {self.at:.6f} {self.started:.6f}\n"
 
     @classmethod
     def parse(cls, line: str) -> Confirmed:
         """The record of one line written by :meth:`line`."""
-        number, attempts, at = line.split()
-        return cls(int(number), int(attempts), float(at))
+        number, attempts, at, started = line.split()
+        return cls(int(number), int(attempts), float(at), float(started))
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ class CrashRun:
         self._progress_at = 0.0
         self._failures: list[str] = []
         self._notes: list[str] = []
+        self._inspected = False
         self._stall: str | None = None
         self._producer_error: str | None = None
         self._published_at: float | None = None
@@ -281,7 +282,7 @@ class CrashRun:
         finally:
             self._stop(producer)
         if self._waiting() or self._dead_lettered():
-            self._read_dead_letters()
+            self._inspect()
         return self.verdict()
 
     def _dead_lettered(self) -> int:
@@ -292,16 +293,18 @@ class CrashRun:
                 total += int(json.loads(worker.status.read_text())["dead_lettered"])
         return total
 
-    def _read_dead_letters(self) -> None:
-        """Read the dead-letter key into dead-letters.jsonl, to say why messages are missing."""
-        out = self.directory / "dead-letters.jsonl"
-        argv = [sys.executable, "-m", "abe_crash.dead_letters", "--backend", self.target.backend]
+    def _inspect(self) -> None:
+        """Read what is left on the key and its dead-letter key into left-on-broker.jsonl."""
+        out = self.directory / "left-on-broker.jsonl"
+        argv = [sys.executable, "-m", "abe_crash.inspect", "--backend", self.target.backend]
         argv += ["--key", self.key, "--out", str(out)]
         try:
-            subprocess.run(argv, env=self.env, check=True, timeout=60, capture_output=True)
+            subprocess.run(argv, env=self.env, check=True, timeout=120, capture_output=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
-            self._notes.append(f"could not read the dead letters: {exc} {' '.join(stderr)}")
+            self._notes.append(f"could not read what is left on the broker: {exc} {stderr}")
+            return
+        self._inspected = True
 
     def _next_kill(self, now: float) -> float:
         return now + self.sizes.kill_every * self._random.uniform(0.5, 1.5)
@@ -411,10 +414,10 @@ class CrashRun:
             Confirmed.parse(line) for line in Tail(self.directory / "confirmed.log").new_lines()
         ]
         handled = [Handled.parse(line) for w in self._workers for line in Tail(w.out).new_lines()]
-        dead_letters: list[dict[str, object]] = []
-        with contextlib.suppress(OSError):
-            text = (self.directory / "dead-letters.jsonl").read_text()
-            dead_letters = [json.loads(line) for line in text.splitlines() if line]
+        left: list[dict[str, object]] | None = None
+        if self._inspected:
+            text = (self.directory / "left-on-broker.jsonl").read_text()
+            left = [json.loads(line) for line in text.splitlines() if line]
         logs: Counter[str] = Counter()
         for worker in self._workers:
             with contextlib.suppress(OSError):
@@ -440,7 +443,7 @@ class CrashRun:
             worker_failures=list(self._failures),
             stall_report=self._stall,
             dead_lettered=self._dead_lettered(),
-            dead_letters=dead_letters,
+            left_on_broker=left,
             notes=list(self._notes),
             log_lines=dict(logs),
             seed=self.seed,

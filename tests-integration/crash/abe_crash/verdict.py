@@ -9,14 +9,18 @@ without brokers. The rules:
   ``killed worker`` (the worker that handled it before was SIGKILLed between the two: it
   had not acknowledged yet), ``broker restart`` (the broker was killed before the second,
   and the first was no later than ``RECONNECT_GRACE`` after the broker answered again:
-  its acknowledgement was lost, or failed while the client reconnected), ``producer
-  retry`` (a publish that raised was retried, and both copies were stored), else ``live
-  redelivery`` (a member that was not killed gave it back, as in a rebalance, or held it
-  past the redelivery timeout).
+  its acknowledgement was lost, or failed while the client reconnected), ``published
+  twice`` (a publish that raised was retried, or one publish call spanned the broker
+  crash, which a client library may resend by itself: two copies were stored), else
+  ``live redelivery`` (a member that was not killed gave it back, as in a rebalance, or
+  held it past the redelivery timeout).
+- where lost messages are: after a run with losses, a new group reads the key and its
+  dead-letter key; each lost message is still on the key (the broker kept it, the group
+  never got it), on the dead-letter key (with the reason), or on neither (gone).
 - bounds: a killed worker can duplicate at most what it held, ``window`` = prefetch +
   concurrency messages; a broker restart at most ``window`` per worker. Live redeliveries
-  are what at-least-once allows, but they too must fit the whole budget, ``window`` per
-  kill plus ``window`` per worker per restart.
+  are what at-least-once allows, but they too must fit the whole budget: ``window`` per
+  kill, ``window`` per worker per restart, and one per message published twice.
 - stall: the longest time in which confirmed messages waited and none was handled for
   the first time; over ``stall_after`` seconds fails.
 - time to resume: after each broker restart, when the first message was handled again,
@@ -34,7 +38,7 @@ from abe_crash.records import Confirmed, Handled, message_id
 
 __all__ = ["REASONS", "Duplicate", "Evidence", "Kill", "Outage", "Verdict", "judge"]
 
-REASONS = ("killed worker", "broker restart", "producer retry", "live redelivery")
+REASONS = ("killed worker", "broker restart", "published twice", "live redelivery")
 RECONNECT_GRACE = 5.0
 """Seconds after a restarted broker answers in which clients may still be reconnecting
 (abe's subscriptions back off up to 5 s between reads): an ack then can fail."""
@@ -81,8 +85,9 @@ class Evidence:
     """What the workers held when the conductor saw the stall (None: no stall seen)."""
     dead_lettered: int = 0
     """Messages the workers' consumers dead-lettered (from their counts)."""
-    dead_letters: list[dict[str, object]] = field(default_factory=list)
-    """What the dead-letter key held after the run: n, id, error and attempts of each."""
+    left_on_broker: list[dict[str, object]] | None = None
+    """What a new group read from the key and the dead-letter key after the run (key, n,
+    id, attempt, error, attempts); None when nobody looked."""
     notes: list[str] = field(default_factory=list)
     """Things the run could not find out (they do not fail it)."""
     log_lines: dict[str, int] = field(default_factory=dict)
@@ -132,13 +137,19 @@ class Verdict:
         ]
         if "broker_down_s" in f:
             parts.append(
-                f"broker down {f['broker_down_s']}s, handling again {f['consume_resumed_s']}s"
-                f" after restart (new messages {f['new_messages_handled_s']}s)"
+                f"broker down {_s(f['broker_down_s'])}, handling again "
+                f"{_s(f['consume_resumed_s'])} after restart (new messages "
+                f"{_s(f['new_messages_handled_s'])})"
             )
-        parts.append(f"longest pause {f['longest_pause_s']}s")
-        parts.append(f"run {f['run_s']}s")
+        parts.append(f"longest pause {_s(f['longest_pause_s'])}")
+        parts.append(f"run {_s(f['run_s'])}")
         verdict = "OK" if self.ok else f"FAILED ({len(self.problems)} problem(s))"
         return f"crash {self.broker}: " + "; ".join(parts) + f" - {verdict}"
+
+
+def _s(seconds: float | int | str) -> str:
+    """Seconds for the summary line: "1.2s", or "never"."""
+    return seconds if isinstance(seconds, str) else f"{seconds}s"
 
 
 def _key(reason: str) -> str:
@@ -152,7 +163,7 @@ def _round(seconds: float | None) -> float | str:
 def classify(evidence: Evidence) -> list[Duplicate]:
     """Every handling after a message's first, with the reason it happened."""
     killed_at = {kill.pid: (index, kill.at) for index, kill in enumerate(evidence.kills)}
-    retried = {c.number for c in evidence.confirmed if c.attempts > 1}
+    twice = published_twice(evidence)
     by_number: defaultdict[int, list[Handled]] = defaultdict(list)
     for handled in evidence.handled:
         by_number[handled.number].append(handled)
@@ -174,11 +185,21 @@ def classify(evidence: Evidence) -> list[Duplicate]:
             )
             if outage is not None:
                 duplicates.append(Duplicate(number, before, again, "broker restart", outage=outage))
-            elif number in retried:
-                duplicates.append(Duplicate(number, before, again, "producer retry"))
+            elif number in twice:
+                duplicates.append(Duplicate(number, before, again, "published twice"))
             else:
                 duplicates.append(Duplicate(number, before, again, "live redelivery"))
     return duplicates
+
+
+def published_twice(evidence: Evidence) -> set[int]:
+    """Messages that may be on the broker twice: retried, or published across a crash."""
+    return {
+        c.number
+        for c in evidence.confirmed
+        if c.attempts > 1
+        or any(c.started <= o.ready_at and c.at >= o.killed_at for o in evidence.outages)
+    }
 
 
 def longest_pause(evidence: Evidence) -> tuple[float, float]:
@@ -241,6 +262,7 @@ def judge(evidence: Evidence) -> Verdict:
         "messages": evidence.messages,
         "confirmed": len(confirmed),
         "publish_retried": sum(1 for c in evidence.confirmed if c.attempts > 1),
+        "published_across_crash": len(published_twice(evidence)),
         "publish_attempts": sum(c.attempts for c in evidence.confirmed),
         "delivered": len(evidence.handled),
         "handled": len(handled_numbers),
@@ -294,13 +316,8 @@ def judge(evidence: Evidence) -> Verdict:
             else ""
         )
         problems.append(f"{len(lost)} confirmed message(s) never handled: {shown}{more}{dead}")
-        missing = set(lost)
-        for letter in evidence.dead_letters:
-            if letter.get("n") in missing:
-                problems.append(
-                    f"{message_id(int(str(letter['n'])))} is on the dead-letter key after "
-                    f"{letter.get('attempts')} attempt(s): {letter.get('error')}"
-                )
+        if evidence.left_on_broker is not None:
+            problems.append(_where_lost(lost, evidence.left_on_broker))
     for index, count in sorted(per_kill.items()):
         if count > window:
             kill = evidence.kills[index]
@@ -314,11 +331,13 @@ def judge(evidence: Evidence) -> Verdict:
                 f"broker restart #{index + 1} led to {count} duplicates; at most "
                 f"{window * evidence.workers} ({evidence.workers} workers x {window}) were held"
             )
-    budget = window * (len(evidence.kills) + evidence.workers * len(evidence.outages))
+    twice = len(published_twice(evidence))
+    budget = window * (len(evidence.kills) + evidence.workers * len(evidence.outages)) + twice
     if len(duplicates) > budget:
         problems.append(
             f"{len(duplicates)} duplicates ({dict(reasons)}) exceed what the crashes explain: "
-            f"{budget} ({window} per kill, {window} per worker per broker restart)"
+            f"{budget} ({window} per kill, {window} per worker per broker restart, one per "
+            f"message published twice)"
         )
     if pause > evidence.stall_after:
         problems.append(
@@ -330,6 +349,36 @@ def judge(evidence: Evidence) -> Verdict:
         problems.append(evidence.stall_report)
     problems.extend(evidence.worker_failures)
     return Verdict(evidence.broker, figures, problems, duplicates)
+
+
+def _where_lost(lost: list[int], left: list[dict[str, object]]) -> str:
+    """Where the lost messages are: still on the key, on the dead-letter key, or gone."""
+    on_key = sorted({int(str(r["n"])) for r in left if r["key"] == "key"} & set(lost))
+    letters = {int(str(r["n"])): r for r in left if r["key"] == "dead-letter"}
+    dead = [n for n in lost if n in letters]
+    gone = [n for n in lost if n not in letters and n not in set(on_key)]
+    parts = []
+    if on_key:
+        parts.append(
+            f"{len(on_key)} still on the key, which a new group reads ({_ids(on_key)}): the "
+            f"broker kept them and the workers' group never got them"
+        )
+    for n in dead[:5]:
+        letter = letters[n]
+        parts.append(
+            f"{message_id(n)} on the dead-letter key after {letter.get('attempts')} "
+            f"attempt(s): {letter.get('error')}"
+        )
+    if len(dead) > 5:
+        parts.append(f"{len(dead) - 5} more on the dead-letter key")
+    if gone:
+        parts.append(f"{len(gone)} on neither key: gone from the broker ({_ids(gone)})")
+    return "where the lost messages are: " + "; ".join(parts)
+
+
+def _ids(numbers: list[int]) -> str:
+    more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+    return ", ".join(message_id(n) for n in numbers[:10]) + more
 
 
 def _all_handled_at(evidence: Evidence, confirmed: set[int]) -> float | None:

@@ -7,7 +7,8 @@ The backend comes from the environment (``load_backend``). The handler simulates
 so the consumer acknowledges after the line is on disk: a message whose line is there
 was handled; a worker killed between the line and the ack duplicates it. Twice a second
 the worker replaces STATUS with what it holds (for the stall report). SIGTERM shuts
-the consumer down gracefully; SIGKILL is the crash the test is about.
+the consumer down gracefully; SIGKILL is the crash the test is about. Log records of
+WARNING and above go to stderr (``ABE_CRASH_LOG_LEVEL=INFO`` shows rebalances and more).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
-        level=logging.WARNING,
+        level=os.environ.get("ABE_CRASH_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     asyncio.run(work(args))
