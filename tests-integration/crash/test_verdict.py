@@ -177,8 +177,26 @@ def test_where_each_lost_message_is_is_said() -> None:
     letter = {"key": "dead-letter", "n": 3, "error": "delivered 6 times", "attempts": "6"}
     kept = {"key": "key", "n": 1, "error": None, "attempts": None}
     handled = [h for h in each_once(5) if h.number not in (1, 2, 3)]
-    verdict = judge(evidence(5, handled, dead_lettered=1, left_on_broker=[letter, kept]))
+    done = [{"key": "key", "complete": True}, {"key": "dead-letter", "complete": True}]
+    left = [letter, kept, *done]
+    verdict = judge(evidence(5, handled, dead_lettered=1, left_on_broker=left))
     (where,) = [p for p in verdict.problems if p.startswith("where the lost")]
     assert "1 still on the key, which a new group reads (m-1)" in where
     assert "m-3 on the dead-letter key after 6 attempt(s): delivered 6 times" in where
     assert "1 on neither key: gone from the broker (m-2)" in where
+
+
+def test_a_message_not_found_by_an_unfinished_inspection_is_not_called_gone() -> None:
+    left = [{"key": "dead-letter", "complete": True}]  # the key itself was not read to its end
+    handled = [h for h in each_once(5) if h.number != 2]
+    verdict = judge(evidence(5, handled, left_on_broker=left))
+    (where,) = [p for p in verdict.problems if p.startswith("where the lost")]
+    assert "gone" not in where
+    assert "1 not found before the inspection ran out of time (the key not read" in where
+
+
+def test_a_run_that_ended_before_the_producer_finished_fails() -> None:
+    verdict = judge(evidence(3, each_once(3), published_at=None, messages=10))
+    assert "the run ended before the producer finished: 3 of 10 messages confirmed" in (
+        verdict.problems
+    )

@@ -177,9 +177,20 @@ class CrashRun:
         with (self.directory / "producer.log").open("ab") as log:
             return _spawn(argv, self.env, log)
 
+    def _consuming(self, worker: _Worker) -> bool:
+        """Whether the worker's consumer runs (its status says so): it may hold messages."""
+        try:
+            return bool(json.loads(worker.status.read_text()).get("running"))
+        except (OSError, ValueError):
+            return False
+
     def _kill_one(self) -> None:
-        """SIGKILL a random live worker and start its replacement."""
-        alive = [w for w in self._workers if w.killed_at is None and w.alive]
+        """SIGKILL a random worker whose consumer runs, and start its replacement.
+
+        A worker still importing or connecting holds nothing: killing it would only
+        measure how long Python takes to start (no kill this time if all are starting).
+        """
+        alive = [w for w in self._workers if w.killed_at is None and w.alive and self._consuming(w)]
         if not alive:
             return
         victim = self._random.choice(alive)
@@ -312,8 +323,10 @@ class CrashRun:
     def _conduct(self, producer: subprocess.Popen[bytes], confirmed: Tail) -> None:
         sizes = self.sizes
         next_kill = self._next_kill(self.started_at)
+        # A safety net only: the stall rule, the drain deadline and the producer's give-up
+        # end a run that hangs; this allows a producer five times slower than planned.
         hard_deadline = (
-            self.started_at + sizes.publish_duration + sizes.give_up_after + sizes.drain_seconds
+            self.started_at + 5 * sizes.publish_duration + sizes.give_up_after + sizes.drain_seconds
         )
         drain_deadline: float | None = None
         drained_at: float | None = None
@@ -388,6 +401,8 @@ class CrashRun:
                     f"{_tail_text(worker.log)}"
                 )
                 continue
+            if code == -signal.SIGTERM and not self._consuming(worker):
+                continue  # still starting: Python's default SIGTERM ended it, holding nothing
             if code != 0:
                 self._failures.append(
                     f"worker {worker.name} (pid {worker.pid}) exited with code {code} on "

@@ -307,6 +307,11 @@ def judge(evidence: Evidence) -> Verdict:
 
     if evidence.producer_error:
         problems.append(f"the producer failed: {evidence.producer_error}")
+    elif evidence.published_at is None:
+        problems.append(
+            f"the run ended before the producer finished: {len(confirmed)} of "
+            f"{evidence.messages} messages confirmed"
+        )
     if lost:
         shown = ", ".join(message_id(n) for n in lost[:20])
         more = f" and {len(lost) - 20} more" if len(lost) > 20 else ""
@@ -353,8 +358,10 @@ def judge(evidence: Evidence) -> Verdict:
 
 def _where_lost(lost: list[int], left: list[dict[str, object]]) -> str:
     """Where the lost messages are: still on the key, on the dead-letter key, or gone."""
-    on_key = sorted({int(str(r["n"])) for r in left if r["key"] == "key"} & set(lost))
-    letters = {int(str(r["n"])): r for r in left if r["key"] == "dead-letter"}
+    messages = [r for r in left if "n" in r]
+    complete = {str(r["key"]) for r in left if r.get("complete")}
+    on_key = sorted({int(str(r["n"])) for r in messages if r["key"] == "key"} & set(lost))
+    letters = {int(str(r["n"])): r for r in messages if r["key"] == "dead-letter"}
     dead = [n for n in lost if n in letters]
     gone = [n for n in lost if n not in letters and n not in set(on_key)]
     parts = []
@@ -371,8 +378,14 @@ def _where_lost(lost: list[int], left: list[dict[str, object]]) -> str:
         )
     if len(dead) > 5:
         parts.append(f"{len(dead) - 5} more on the dead-letter key")
-    if gone:
+    if gone and complete == {"key", "dead-letter"}:
         parts.append(f"{len(gone)} on neither key: gone from the broker ({_ids(gone)})")
+    elif gone:
+        unread = " and ".join(sorted({"key", "dead-letter"} - complete))
+        parts.append(
+            f"{len(gone)} not found before the inspection ran out of time (the {unread} "
+            f"not read to the end): {_ids(gone)}"
+        )
     return "where the lost messages are: " + "; ".join(parts)
 
 

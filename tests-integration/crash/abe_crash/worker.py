@@ -37,6 +37,7 @@ def write_status(path: Path, consumer: AsyncLoopConsumer, running: set[int]) -> 
     status = {
         "pid": os.getpid(),
         "at": time.monotonic(),
+        "running": consumer.running,
         "processed": consumer.stats.processed,
         "retried": consumer.stats.retried,
         "dead_lettered": consumer.stats.dead_lettered,
