@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
@@ -177,20 +177,32 @@ class CrashRun:
         with (self.directory / "producer.log").open("ab") as log:
             return _spawn(argv, self.env, log)
 
-    def _consuming(self, worker: _Worker) -> bool:
-        """Whether the worker's consumer runs (its status says so): it may hold messages."""
+    def _status(self, worker: _Worker) -> dict[str, Any]:
         try:
-            return bool(json.loads(worker.status.read_text()).get("running"))
+            status: dict[str, Any] = json.loads(worker.status.read_text())
         except (OSError, ValueError):
-            return False
+            return {}
+        return status
+
+    def _consuming(self, worker: _Worker) -> bool:
+        """Whether the worker's consumer runs (its status says so)."""
+        return bool(self._status(worker).get("running"))
+
+    def _in_stream(self, worker: _Worker) -> bool:
+        """Whether the worker has had messages: handled some, or holds some now."""
+        status = self._status(worker)
+        return bool(status.get("running")) and bool(
+            status.get("processed") or status.get("held") or status.get("handling")
+        )
 
     def _kill_one(self) -> None:
-        """SIGKILL a random worker whose consumer runs, and start its replacement.
+        """SIGKILL a random worker that has had messages, and start its replacement.
 
-        A worker still importing or connecting holds nothing: killing it would only
-        measure how long Python takes to start (no kill this time if all are starting).
+        A worker still starting, connecting or joining holds nothing: killing it tests no
+        guarantee and, on a loaded machine, only measures how long a worker takes to
+        start, so it is spared (no kill this time if every worker is starting).
         """
-        alive = [w for w in self._workers if w.killed_at is None and w.alive and self._consuming(w)]
+        alive = [w for w in self._workers if w.killed_at is None and w.alive and self._in_stream(w)]
         if not alive:
             return
         victim = self._random.choice(alive)
@@ -309,13 +321,12 @@ class CrashRun:
         out = self.directory / "left-on-broker.jsonl"
         argv = [sys.executable, "-m", "abe_crash.inspect", "--backend", self.target.backend]
         argv += ["--key", self.key, "--out", str(out)]
-        try:
-            subprocess.run(argv, env=self.env, check=True, timeout=120, capture_output=True)
+        try:  # the inspector stops itself after 150 s; this is only a safety net
+            subprocess.run(argv, env=self.env, check=True, timeout=210, capture_output=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
-            self._notes.append(f"could not read what is left on the broker: {exc} {stderr}")
-            return
-        self._inspected = True
+            self._notes.append(f"the inspection of the broker failed: {exc} {stderr}")
+        self._inspected = out.exists()  # what it read so far says where some messages are
 
     def _next_kill(self, now: float) -> float:
         return now + self.sizes.kill_every * self._random.uniform(0.5, 1.5)
