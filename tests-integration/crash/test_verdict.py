@@ -177,22 +177,48 @@ def test_where_each_lost_message_is_is_said() -> None:
     letter = {"key": "dead-letter", "n": 3, "error": "delivered 6 times", "attempts": "6"}
     kept = {"key": "key", "n": 1, "error": None, "attempts": None}
     handled = [h for h in each_once(5) if h.number not in (1, 2, 3)]
-    done = [{"key": "key", "complete": True}, {"key": "dead-letter", "complete": True}]
+    done = [
+        {"key": "key", "read": 2, "complete": True},
+        {"key": "dead-letter", "read": 1, "complete": True},
+    ]
     left = [letter, kept, *done]
     verdict = judge(evidence(5, handled, dead_lettered=1, left_on_broker=left))
     (where,) = [p for p in verdict.problems if p.startswith("where the lost")]
     assert "1 still on the key, which a new group reads (m-1)" in where
     assert "m-3 on the dead-letter key after 6 attempt(s): delivered 6 times" in where
-    assert "1 on neither key: gone from the broker (m-2)" in where
+    assert "1 on neither key, read to its end by a new group" in where
+    assert "gone from the broker (m-2)" in where
 
 
-def test_a_message_not_found_by_an_unfinished_inspection_is_not_called_gone() -> None:
-    left = [{"key": "dead-letter", "complete": True}]  # the key itself was not read to its end
+@pytest.mark.parametrize(
+    "ends",
+    [
+        [{"key": "dead-letter", "read": 0, "complete": False}],  # the key: not even begun
+        [
+            {"key": "dead-letter", "read": 0, "complete": False},
+            {"key": "key", "read": 0, "complete": False},  # nothing came: no proof of empty
+        ],
+    ],
+)
+def test_a_message_not_found_by_an_unfinished_inspection_is_not_called_gone(
+    ends: list[dict[str, object]],
+) -> None:
     handled = [h for h in each_once(5) if h.number != 2]
-    verdict = judge(evidence(5, handled, left_on_broker=left))
+    verdict = judge(evidence(5, handled, left_on_broker=ends))
     (where,) = [p for p in verdict.problems if p.startswith("where the lost")]
     assert "gone" not in where
-    assert "1 not found before the inspection ran out of time (the key not read" in where
+    assert "1 not found, but the key was not read to its end" in where
+
+
+def test_an_empty_dead_letter_key_is_no_proof_when_workers_dead_lettered() -> None:
+    ends = [
+        {"key": "dead-letter", "read": 0, "complete": False},
+        {"key": "key", "read": 4, "complete": True},
+    ]
+    handled = [h for h in each_once(5) if h.number != 2]
+    verdict = judge(evidence(5, handled, left_on_broker=ends, dead_lettered=1))
+    (where,) = [p for p in verdict.problems if p.startswith("where the lost")]
+    assert "gone" not in where
 
 
 def test_a_run_that_ended_before_the_producer_finished_fails() -> None:

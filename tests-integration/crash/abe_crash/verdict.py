@@ -322,7 +322,7 @@ def judge(evidence: Evidence) -> Verdict:
         )
         problems.append(f"{len(lost)} confirmed message(s) never handled: {shown}{more}{dead}")
         if evidence.left_on_broker is not None:
-            problems.append(_where_lost(lost, evidence.left_on_broker))
+            problems.append(_where_lost(lost, evidence.left_on_broker, evidence.dead_lettered))
     for index, count in sorted(per_kill.items()):
         if count > window:
             kill = evidence.kills[index]
@@ -356,10 +356,14 @@ def judge(evidence: Evidence) -> Verdict:
     return Verdict(evidence.broker, figures, problems, duplicates)
 
 
-def _where_lost(lost: list[int], left: list[dict[str, object]]) -> str:
-    """Where the lost messages are: still on the key, on the dead-letter key, or gone."""
+def _where_lost(lost: list[int], left: list[dict[str, object]], dead_lettered: int) -> str:
+    """Where the lost messages are: still on the key, on the dead-letter key, or gone.
+
+    Gone is said only when the key was read to its end, and the dead-letter key too (or
+    it gave nothing and the workers dead-lettered nothing); else what is unknown is said.
+    """
     messages = [r for r in left if "n" in r]
-    complete = {str(r["key"]) for r in left if r.get("complete")}
+    ends = {str(r["key"]): r for r in left if "complete" in r}
     on_key = sorted({int(str(r["n"])) for r in messages if r["key"] == "key"} & set(lost))
     letters = {int(str(r["n"])): r for r in messages if r["key"] == "dead-letter"}
     dead = [n for n in lost if n in letters]
@@ -378,13 +382,18 @@ def _where_lost(lost: list[int], left: list[dict[str, object]]) -> str:
         )
     if len(dead) > 5:
         parts.append(f"{len(dead) - 5} more on the dead-letter key")
-    if gone and complete == {"key", "dead-letter"}:
-        parts.append(f"{len(gone)} on neither key: gone from the broker ({_ids(gone)})")
-    elif gone:
-        unread = " and ".join(sorted({"key", "dead-letter"} - complete))
+    key, dlq = ends.get("key", {}), ends.get("dead-letter", {})
+    dlq_done = bool(dlq.get("complete")) or (dlq.get("read") == 0 and not dead_lettered)
+    if gone and key.get("complete") and dlq_done:
         parts.append(
-            f"{len(gone)} not found before the inspection ran out of time (the {unread} "
-            f"not read to the end): {_ids(gone)}"
+            f"{len(gone)} on neither key, read to its end by a new group ({key.get('read')} "
+            f"message(s) on the key): gone from the broker ({_ids(gone)})"
+        )
+    elif gone:
+        parts.append(
+            f"{len(gone)} not found, but the key was not read to its end (a new group read "
+            f"{key.get('read', 0)} message(s) from it and {dlq.get('read', 0)} from the "
+            f"dead-letter key before it stopped): unknown ({_ids(gone)})"
         )
     return "where the lost messages are: " + "; ".join(parts)
 
