@@ -164,7 +164,13 @@ class CrashRun:
             process = _spawn(argv, self.env, log)
         worker = _Worker(name, process, out, status, log_path, time.monotonic())
         self._workers.append(worker)
+        self._event(f"start {worker.started_at:.6f} {worker.pid} {name}")
         return worker
+
+    def _event(self, line: str) -> None:
+        """Note a kill or a broker crash in events.log (times as in the other files)."""
+        with (self.directory / "events.log").open("a") as events:
+            events.write(line + "\n")
 
     def _start_producer(self) -> subprocess.Popen[bytes]:
         sizes = self.sizes
@@ -211,6 +217,7 @@ class CrashRun:
             victim.process.send_signal(signal.SIGKILL)
         victim.process.wait()
         self._kills.append(Kill(victim.killed_at, victim.pid))
+        self._event(f"kill {victim.killed_at:.6f} {victim.pid} {victim.name}")
         self._start_worker()
 
     def _crash_broker(self) -> None:
@@ -224,7 +231,10 @@ class CrashRun:
         except BaseException as exc:
             self._restart_error = exc
             return
-        self._outages.append(Outage(killed_at, time.monotonic()))
+        ready_at = time.monotonic()
+        self._outages.append(Outage(killed_at, ready_at))
+        self._event(f"broker-killed {killed_at:.6f}")
+        self._event(f"broker-ready {ready_at:.6f}")
 
     # ---- observing ----------------------------------------------------------------------------
 
