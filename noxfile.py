@@ -36,6 +36,7 @@ nox.options.sessions = [
     "typecheck",
     "tests",
     "integration",
+    "crash",
     "build",
     "packaging",
     "docs",
@@ -134,6 +135,37 @@ def integration(session: nox.Session, package: str) -> None:
     providers = [_local(name) for name in PROVIDERS] if wants_all else []
     _install_with_core(session, package, *providers, "-r", "tests-integration/requirements.txt")
     session.run("pytest", str(folder), *session.posargs)
+
+
+@nox.session(python=MAIN_PYTHON)
+def crash(session: nox.Session) -> None:
+    """The crash test on every broker: workers SIGKILLed and the broker crashed while messages
+    flow; nothing confirmed may be lost, duplicates stay within what the crashes explain.
+
+    CI sizes by default (1,500 messages a broker, a few minutes in all). The full run is
+    `nox -s crash -- --messages 10000` (ABE_CRASH_MESSAGES; every ABE_CRASH_* size in
+    tests-integration/crash/abe_crash/sizes.py can be set); other arguments go to pytest.
+    """
+    packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in PROVIDERS)]
+    session.install(*packages, "-r", "tests-integration/requirements.txt")
+    args, env = _crash_arguments(session, list(session.posargs))
+    session.run("pytest", "tests-integration/crash", *args, env=env)
+
+
+def _crash_arguments(session: nox.Session, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Take `--messages N` (or `--messages=N`) out of the arguments, as ABE_CRASH_MESSAGES."""
+    env: dict[str, str] = {}
+    rest: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg == "--messages" or arg.startswith("--messages="):
+            value = arg.partition("=")[2] or next(items, "")
+            if not value.isdigit() or int(value) < 1:
+                session.error(f"--messages needs a whole number of messages, got {value!r}")
+            env["ABE_CRASH_MESSAGES"] = value
+        else:
+            rest.append(arg)
+    return rest, env
 
 
 @nox.session(python=MAIN_PYTHON)
