@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from abe.backends.message_queue.base import Receiver
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.consumer import AsyncLoopConsumer, ConsumerStats, current_delivery
 from abe.backends.message_queue.memory import MemoryBackend, MemoryBroker, MemorySettings
+from abe.errors import AuthenticationError, BackendUnavailableError
 from abe.testing.helpers import next_delivery, receive
 
 WAIT = 5.0
@@ -157,7 +160,7 @@ async def test_max_attempts_one_dead_letters_the_first_failure(backend: MemoryBa
 
 @pytest.mark.asyncio
 async def test_a_message_already_past_max_attempts_is_dead_lettered_unhandled(
-    backend: MemoryBackend, broker: MemoryBroker
+    backend: MemoryBackend, broker: MemoryBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     await backend.publish(KEY, {"i": 1})
     async with backend.subscribe(group=GROUP, keys=KEY) as earlier:
@@ -178,6 +181,7 @@ async def test_a_message_already_past_max_attempts_is_dead_lettered_unhandled(
     assert letter.headers["abe-error"] == "delivered 3 times without finishing"
     assert broker.pending(KEY, GROUP) == 0
     assert consumer.stats.dead_lettered == 1
+    assert "was delivered 3 times without finishing (max_attempts 2)" in caplog.text
 
 
 def test_retry_delay_doubles_with_jitter_and_is_capped(backend: MemoryBackend) -> None:
@@ -661,3 +665,63 @@ async def test_ready_once_subscribed_and_no_longer_once_shutting_down(
     await asyncio.wait_for(stopping, WAIT)
     await asyncio.wait_for(running, WAIT)
     assert not consumer.ready
+
+
+class _BrokerComesLater(MemoryBackend):
+    """A broker that is away for the first `away` attempts to join."""
+
+    def __init__(self, broker: MemoryBroker, away: int) -> None:
+        super().__init__(MemorySettings(redelivery_timeout=30), broker=broker)
+        self.away = away
+        self.attempts = 0
+
+    async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+        self.attempts += 1
+        if self.attempts <= self.away:
+            raise BackendUnavailableError("memory: the broker is restarting")
+        return await super()._open_receiver(group, keys)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_started_before_its_broker_waits_for_it(
+    broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("abe.backends.message_queue.consumer._JOIN_RETRY_FIRST", 0.01)
+    backend = _BrokerComesLater(broker, away=2)
+    await backend.publish(KEY, {"n": 1})
+    handled = asyncio.Event()
+
+    async def handler(payload: dict[str, Any]) -> None:
+        handled.set()
+
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=[KEY])
+    running = start(consumer, handler)
+    await asyncio.wait_for(handled.wait(), WAIT)
+    await stop(consumer, running)
+    assert backend.attempts == 3
+    assert "cannot join group 'workers' on orders yet" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_shutdown_ends_the_wait_for_a_broker(
+    broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("abe.backends.message_queue.consumer._JOIN_RETRY_FIRST", 60)
+    backend = _BrokerComesLater(broker, away=1_000)
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=[KEY])
+    running = start(consumer, lambda payload: None)
+    await spin()
+    await asyncio.wait_for(consumer.shutdown(), WAIT)
+    await asyncio.wait_for(running, WAIT)
+    assert backend.attempts == 1
+
+
+@pytest.mark.asyncio
+async def test_refused_credentials_end_the_worker(broker: MemoryBroker) -> None:
+    class Refused(MemoryBackend):
+        async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
+            raise AuthenticationError("memory: wrong password")
+
+    consumer = AsyncLoopConsumer(Refused(broker=broker), GROUP, keys=[KEY])
+    with pytest.raises(AuthenticationError):
+        await asyncio.wait_for(consumer.run(lambda payload: None), WAIT)

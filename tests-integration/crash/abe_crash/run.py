@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
 from abe_crash.verdict import Evidence, Kill, Outage, Verdict, judge
@@ -158,6 +159,7 @@ class CrashRun:
             sys.executable, "-m", "abe_crash.worker", "--backend", self.target.backend,
             "--key", self.key, "--group", self.group, "--concurrency",
             str(self.sizes.concurrency), "--work", str(self.sizes.handler_seconds),
+            "--max-attempts", str(self.sizes.max_attempts),
             "--out", str(out), "--status", str(status),
         ]  # fmt: skip
         with log_path.open("ab") as log:
@@ -470,7 +472,9 @@ class CrashRun:
             kills=list(self._kills),
             outages=list(self._outages),
             workers=self.sizes.workers,
-            window=2 * self.sizes.concurrency,  # AsyncLoopConsumer's prefetch is its concurrency
+            # what a worker holds (AsyncLoopConsumer's default prefetch) and one round of
+            # its handlers' acknowledgements not yet flushed to the broker
+            window=(PREFETCH_MULTIPLIER + 1) * self.sizes.concurrency,
             stall_after=self.sizes.stall_after,
             started_at=self.started_at,
             published_at=self._published_at,

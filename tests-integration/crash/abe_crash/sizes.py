@@ -29,6 +29,11 @@ class Sizes:
     """Worker processes alive at any time (a killed one is replaced at once)."""
     concurrency: int = 8
     """AsyncLoopConsumer concurrency of each worker (its prefetch is the consumer's default)."""
+    max_attempts: int = 20
+    """AsyncLoopConsumer max_attempts of each worker. Its guard against a message that kills
+    every worker counts deliveries, and where the broker counts receipts (SQS) a message
+    fetched by several workers killed in a row reaches 5 (the default) without a poison
+    body: this run is about losses, so the guard gets headroom (docs/faults.md)."""
     kill_every: float = 2.0
     """Mean seconds between two SIGKILLs of a random worker, while the producer runs."""
     publish_seconds: float = 0.0

@@ -55,7 +55,13 @@ async def work(args: argparse.Namespace) -> None:
     status = Path(args.status)
     pid = os.getpid()
     backend = load_backend(args.backend)
-    consumer = AsyncLoopConsumer(backend, args.group, keys=[args.key], concurrency=args.concurrency)
+    consumer = AsyncLoopConsumer(
+        backend,
+        args.group,
+        keys=[args.key],
+        concurrency=args.concurrency,
+        max_attempts=args.max_attempts,
+    )
     running: set[int] = set()
 
     async def handle(payload: MessageQueuePayload) -> None:
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", required=True)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--work", type=float, default=0.005, help="seconds per message")
+    parser.add_argument("--max-attempts", type=int, default=5)
     parser.add_argument("--out", required=True, help="file of handled messages")
     parser.add_argument("--status", required=True, help="file replaced with the worker's state")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ running handlers finish (for up to `shutdown_timeout`) instead of cancelling the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.deadlines import bounded
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.base.subscription import Subscription
 from abe.backends.message_queue.protocol_backend import ProtocolBackend
+from abe.errors import AuthenticationError, BackendUnavailableError
 from abe.middleware import HandleNext, Middleware, chain_handle, changes, installed
 from abe.types import (
     ConsumerGroup,
@@ -39,6 +42,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("abe.consumer")
+
+_JOIN_RETRY_FIRST = 0.5
+_JOIN_RETRY_MAX = 10.0
 
 Handler = Callable[[MessageQueuePayload], Awaitable[object]]
 """An async function called with each payload; returning means done, raising means retry."""
@@ -199,12 +205,9 @@ class AsyncLoopConsumer:
         loop = asyncio.get_running_loop()
         in_hand: dict[int, tuple[Delivery, float]] = {}
         try:
-            if self._stopping:
+            subscription = await self._join()
+            if subscription is None:  # shut down before the broker answered
                 return
-            subscription = self.backend.subscribe(
-                group=self.group, keys=self.keys, prefetch=self.prefetch
-            )
-            self._subscription = subscription
             async with subscription:
                 reading = asyncio.Lock()
                 workers = [
@@ -226,6 +229,35 @@ class AsyncLoopConsumer:
             self._subscription = None
             self._finished = None
             finished.set()
+
+    async def _join(self) -> Subscription | None:
+        """The open subscription; while the broker is away, wait for it (a worker may start
+        before its broker, or during a restart), retrying with backoff until shut down."""
+        delay = _JOIN_RETRY_FIRST
+        while not self._stopping:
+            subscription = self.backend.subscribe(
+                group=self.group, keys=self.keys, prefetch=self.prefetch
+            )
+            self._subscription = subscription
+            try:
+                await subscription.open()
+            except BackendUnavailableError as exc:
+                if isinstance(exc, AuthenticationError):  # waiting will not fix credentials
+                    raise
+                log.warning(
+                    "cannot join group %r on %s yet (%s); retrying in %.1fs",
+                    self.group,
+                    ", ".join(subscription.keys),
+                    exc,
+                    delay,
+                )
+                assert self._stop_requested is not None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await bounded(self._stop_requested.wait(), delay)
+                delay = min(_JOIN_RETRY_MAX, delay * 2)
+                continue
+            return subscription
+        return None
 
     async def _work(
         self,
@@ -375,9 +407,17 @@ class AsyncLoopConsumer:
         _current.set(delivery)
         try:
             if delivery.attempt > self.max_attempts:
-                await self._dead_letter(
-                    delivery, f"delivered {delivery.attempt} times without finishing"
+                # a handler that never finishes (the worker dies on it) must not loop forever
+                reason = f"delivered {delivery.attempt} times without finishing"
+                log.error(
+                    "message %s of %r was %s (max_attempts %d) and goes to the dead-letter key "
+                    "unhandled: workers holding it died or were stopped before finishing it",
+                    delivery.id,
+                    delivery.key,
+                    reason,
+                    self.max_attempts,
                 )
+                await self._dead_letter(delivery, reason)
                 return
             try:
                 await call(delivery)
