@@ -217,18 +217,6 @@ class BackendSettings:
                 found += url_secrets(value)
         return tuple(found)
 
-    @staticmethod
-    def read_common(env: Environment) -> dict[str, Any]:
-        """The common settings the environment sets (for settings classes not yet declarative)."""
-        values: dict[str, Any] = {}
-        hints = typing.get_type_hints(BackendSettings)
-        for item, spec in BackendSettings.declared():
-            if spec.variable is not None:
-                value = _read(env, spec, hints[item.name])
-                if value is not _UNSET:
-                    values[item.name] = value
-        return values
-
 
 _UNSET: Any = object()
 
