@@ -51,8 +51,10 @@ def reader_env(home: Path) -> dict[str, str]:
 
     The test's own virtualenv leaves PATH, so `python3` is the machine's, as a reader's is.
     PYTHONUNBUFFERED=1 makes a program's stdout and stderr lines come in the order a
-    terminal shows them. pip keeps its usual download cache (PIP_CACHE_DIR) although HOME
-    is new, so the pages' installs run as written without fetching every wheel again.
+    terminal shows them. PIP_REQUIRE_VIRTUALENV=1: a page that installs outside a
+    virtualenv fails, rather than change this machine's Python. pip keeps its usual
+    download cache (PIP_CACHE_DIR) although HOME is new, so the pages' installs run as
+    written without fetching every wheel again.
     """
     env = {
         name: value
@@ -66,5 +68,5 @@ def reader_env(home: Path) -> dict[str, str]:
         env["PATH"] = os.pathsep.join(folder for folder in path if folder != bin_dir)
     env.pop("PYTHONPATH", None)
     env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
-    env.update(HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", PIP_REQUIRE_VIRTUALENV="1")
     return env
