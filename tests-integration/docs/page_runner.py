@@ -486,6 +486,7 @@ class _Run:
         for shown, real in self.replacements:
             text = text.replace(shown, real)
         print(f"$ {text}  # {self.page.name}:{self.step.line}", flush=True)  # the transcript
+        started = time.monotonic()
         try:
             if self.step.after_interrupt is None:
                 self._to_the_end(text)
@@ -494,7 +495,7 @@ class _Run:
         except _ShellExited as exc:
             raise self.fail(str(exc)) from None
         finally:
-            print("\n".join(self.seen), flush=True)
+            print(*self.seen, f"({time.monotonic() - started:.1f} s)", sep="\n", flush=True)
 
     def _to_the_end(self, text: str) -> None:
         status = self.shell.run(text, self.timeout, self.seen)
