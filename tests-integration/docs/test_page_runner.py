@@ -156,6 +156,19 @@ def test_a_command_still_quiet_at_the_timeout_fails(tmp_path: Path) -> None:
     assert failure.reason == "no output came in time"
 
 
+def test_replacements_make_the_page_s_placeholders_real(tmp_path: Path) -> None:
+    """A page path in a command is the run's, and the run's path in output is the page's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shown = "/no-such-home/you"
+    page = _page(tmp_path, f"{FENCE}console\n$ cd {shown} && pwd\n{shown}\n{FENCE}\n")
+    env = {**os.environ, "HOME": str(home)}
+    run_page(page, cwd=tmp_path / "run", env=env, replacements=[(shown, str(home))])
+    with pytest.raises(PageFailure) as failed:
+        run_page(page, cwd=tmp_path / "run", env=env)  # no replacement: no such folder
+    assert failed.value.reason == "exited with status 1"
+
+
 def test_the_python_block_is_named_by_its_title_or_the_prose(tmp_path: Path) -> None:
     text = (
         f'{FENCE}python title="a.py"\nA = 1\n{FENCE}\n\n'
