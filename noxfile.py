@@ -40,6 +40,7 @@ nox.options.sessions = [
     "build",
     "packaging",
     "docs",
+    "pages",
     "demo",
     "template",
 ]
@@ -247,6 +248,20 @@ def docs(session: nox.Session) -> None:
     )
     session.run("python", "tools/check_site.py", str(elsewhere), local)
     session.run("python", "tools/check_examples.py")  # every example passes mypy --strict
+
+
+@nox.session(python=MAIN_PYTHON)
+def pages(session: nox.Session) -> None:
+    """The getting-started and writing-a-provider pages, run as a reader runs them.
+
+    tests-integration/docs/ builds every package's wheel from this checkout, lays out a
+    new HOME as a clone after `nox -s build`, and runs each page's shell, console and
+    Python blocks in order in one bash (the page makes its own virtualenv and installs
+    with its own `pip` lines), Redis steps on the CI broker. A failing command, or output
+    other than the page shows, fails it. Nothing of abe is installed here: the page does.
+    """
+    session.install("-r", "tests-integration/requirements.txt", "uv")
+    session.run("pytest", "tests-integration/docs", *session.posargs)
 
 
 @nox.session(python=MAIN_PYTHON)

@@ -117,6 +117,7 @@ def test_the_new_folder_has_the_usual_mode_and_an_absolute_path_is_printed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-python-here"))
     previous = os.umask(0o022)
     try:
         assert main(["new-provider", "acme", "--dir", "."]) == 0
@@ -223,3 +224,36 @@ def test_the_template_depends_on_this_abe_core() -> None:
     wanted = f"abe-core>={major}.{minor},<{major}.{minor + 1}"
     assert f'dependencies = ["{wanted}"]' in pyproject
     assert f'test = ["abe-core[testing]>={major}.{minor},<{major}.{minor + 1}"]' in pyproject
+
+
+def _python_on_path(folder: Path, target: str) -> None:
+    """Make `folder/python` a link to `target`, as a virtualenv's bin/ has it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "python").symlink_to(target)
+
+
+def test_the_printed_steps_say_python_when_it_is_the_python_abe_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In an activated virtualenv the steps read as the documentation shows and runs them."""
+    bin_dir = tmp_path / "venv" / "bin"
+    _python_on_path(bin_dir, os.path.realpath(sys.executable))
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python3"))
+    (bin_dir / "python3").symlink_to(os.path.realpath(str(bin_dir / "python")))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert main(["new-provider", "acme", "--dir", str(tmp_path)]) == 0
+    steps = capsys.readouterr().out.split("as it is", 1)[1]
+    assert "\n  python -m pip install -e '.[test,lint]'\n  python -m pytest\n" in steps
+
+
+def test_the_printed_steps_name_abe_s_python_when_python_is_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another environment's `python` (the same binary, another bin/) would lack abe-core."""
+    other = tmp_path / "other-venv" / "bin"
+    _python_on_path(other, os.path.realpath(sys.executable))
+    monkeypatch.setenv("PATH", str(other))
+    assert main(["new-provider", "acme", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"\n  {sys.executable} -m pip install -e '.[test,lint]'\n" in out
+    assert "\n  python -m" not in out

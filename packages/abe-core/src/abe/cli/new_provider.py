@@ -246,13 +246,30 @@ def add_parser(
     return parser
 
 
+def _python_command() -> str:
+    """How to call the Python abe runs on: `python` when that is the one on PATH, else its path.
+
+    `python` keeps the printed steps the same on every machine (the documentation shows
+    them and runs them as printed); a path is printed when `python` is another Python.
+    """
+    on_path = shutil.which("python")
+    if on_path is not None:
+        here, there = Path(sys.executable), Path(on_path)
+        try:  # the same file in the same folder: the same environment, not only the same binary
+            if os.path.samefile(here.parent, there.parent) and os.path.samefile(here, there):
+                return "python"
+        except OSError:
+            pass
+    return shlex.quote(sys.executable)
+
+
 def run(args: argparse.Namespace) -> int:
     """Render the template and say what to do next."""
     installed = {entry.name for entry in available_backends()}
     names = check_name(args.name, installed)
     target = render(names, args.dir).resolve()
     shown = shlex.quote(str(target))
-    python = shlex.quote(sys.executable)
+    python = _python_command()
     print(
         f"Created {target}\n"
         f"  distribution {names.distribution}, import package {names.package}, classes "
