@@ -1,10 +1,9 @@
 """The backend class: abe on this broker (out of the box, a broker in this process).
 
-abe-core's `BaseBackend` does everything that is the same on every broker: checks
-before any I/O, the JSON body and `abe-*` headers, ids, ack-on-next, prefetch bounds,
-batched acks, poison bodies, dead letters, retries, errors and secrets. This class makes
-the broker calls. Each `# BROKER CALL` marks a call to abe's in-process `MemoryBroker`
-to replace with your client library's (`grep -rn "BROKER CALL" src` lists them).
+abe-core's `BaseBackend` does what is the same on every broker (checks before any I/O,
+JSON and `abe-*` headers, ids, acks, prefetch, dead letters, retries, errors, secrets);
+this class makes the broker calls. Each `# BROKER CALL` marks a call to abe's in-process
+`MemoryBroker` to replace with your client's (`grep -rn "BROKER CALL" src` lists them).
 """
 
 from __future__ import annotations
@@ -60,10 +59,7 @@ class ExampleBackend(BaseBackend):
         self.settings: ExampleSettings = settings or ExampleSettings()
         # One client, made on first use, shared with every receiver.
         self.client: LazyClient[MemoryBroker] = LazyClient(
-            self._connect,
-            self._disconnect,
-            timeout=self.settings.operation_timeout,
-            what="example",
+            self._connect, self._disconnect, timeout=self.settings.operation_timeout, what=self.name
         )
 
     async def _connect(self) -> MemoryBroker:
@@ -98,6 +94,15 @@ class ExampleBackend(BaseBackend):
         broker = await self.client.get()
         for key in keys:
             broker.delete(key)  # BROKER CALL: delete the topic/stream/queue; absent is fine
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        broker = await self.client.get()  # `abe consume` reads only the keys that exist
+        return [key for key in keys if broker.exists(key)]  # BROKER CALL: creating none
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        broker = await self.client.get()  # `abe consume` deletes the group it made
+        for key in keys:
+            broker.leave(key, group)  # BROKER CALL: drop the group (its position); absent: fine
 
     async def _close(self) -> None:
         await self.client.close()

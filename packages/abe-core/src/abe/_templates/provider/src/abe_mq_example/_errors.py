@@ -1,9 +1,7 @@
 """The one table that turns the client library's exceptions into abe's.
 
-abe-core passes every exception a hook raises through this map (looked up along the
-class hierarchy, the client's exception chained as `__cause__`, secrets scrubbed). List
-each exception class of your client library; tests/test_errors.py checks that none is
-missing.
+abe-core passes every exception a hook raises through it (along the class hierarchy, the
+cause chained, secrets scrubbed); tests/test_errors.py checks that none is missing.
 """
 
 from __future__ import annotations

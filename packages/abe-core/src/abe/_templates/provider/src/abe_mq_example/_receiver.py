@@ -57,6 +57,5 @@ class ExampleReceiver(Receiver):
         self._broker.extend(self._group, messages, self._lease)
 
     async def release(self, messages: Sequence[IncomingMessage]) -> None:
-        # BROKER CALL: make them deliverable now without counting an attempt (delete this
-        # method and abe-core nacks each with no delay instead).
+        # BROKER CALL: deliverable now, no attempt counted (without it, core nacks each).
         self._broker.release(self._group, messages)

@@ -21,9 +21,7 @@ def _url(text: str) -> str:
     if parts.scheme != "example":
         raise ValueError("must start with example://")
     if "@" in parts.netloc:
-        raise ValueError(
-            "must not carry credentials (it is shown in errors); use EXAMPLE_TOKEN",
-        )
+        raise ValueError("must not carry credentials; use EXAMPLE_TOKEN")
     _ = parts.port  # a port that is not a number raises ValueError
     return text
 
