@@ -95,7 +95,7 @@ async def test_the_skeleton_runs_under_async_loop_consumer(monkeypatch: pytest.M
 async def test_a_protocol_backend_dead_letters_through_its_publish(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", "inprocess://skeleton-dead-letters")
+    monkeypatch.setenv("REDIS_URL", "inprocess://skeleton-dead-letters/orders")
     skeleton = _skeleton()
     backend = skeleton.RedisBackend.from_env()
     await backend.publish("orders", {"order_id": 7})
