@@ -1,17 +1,27 @@
-"""The backend class: abe on this broker (out of the box, a broker in this process).
+"""The backend class: abe on RabbitMQ through aio-pika.
 
-abe-core's `BaseBackend` does what is the same on every broker (checks before any I/O,
-JSON and `abe-*` headers, ids, acks, prefetch, dead letters, retries, errors, secrets);
-this class makes the broker calls. Each `# BROKER CALL` marks a call to abe's in-process
-`MemoryBroker` to replace with your client's (`grep -rn "BROKER CALL" src` lists them).
+A key is a durable fanout exchange with a durable stream of the same name bound to it (the
+key's log); a group is a durable quorum queue `<key>:<group>` bound to the exchange. A group
+made after messages were published gets them copied from the log when it is created, so
+every group sees every message of the key, as on a log-based broker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
 
-from abe import MemoryBroker
+import aio_pika
+from aio_pika import DeliveryMode, ExchangeType, Message
+from aio_pika import exceptions as amqp
+from aiormq import exceptions as aiormq_errors
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from abe.errors import PublishError
 from abe.provider import (
     BaseBackend,
     Capabilities,
@@ -20,92 +30,257 @@ from abe.provider import (
     LazyClient,
     OutgoingMessage,
     Receiver,
+    bounded,
+    dead_letter_key,
     redact_url,
 )
-
 from abe_mq_rabbitmq._errors import ERRORS
-from abe_mq_rabbitmq._receiver import RabbitmqReceiver
+from abe_mq_rabbitmq._receiver import MARKER, RabbitmqReceiver, group_queue
 from abe_mq_rabbitmq._settings import RabbitmqSettings
 
 __all__ = ["RabbitmqBackend"]
 
+_JOIN_RETRY = 0.05  # seconds between tries for the lock another member holds on a new group
+
+
+@dataclass
+class _Client:
+    """One robust connection, its confirming publisher channel, and the keys declared on it."""
+
+    connection: AbstractRobustConnection
+    channel: AbstractChannel
+    declared: set[str] = field(default_factory=set)
+
 
 class RabbitmqBackend(BaseBackend):
-    """abe on the `rabbitmq` broker; building one does no I/O."""
+    """abe on RabbitMQ; building one does no I/O."""
 
     name: ClassVar[str] = "rabbitmq"
-    # What the broker really does: the contract suite fails a declared one that does not hold.
     capabilities: ClassVar[Capabilities] = Capabilities(
-        fan_out=True,  # different groups each receive every message of a key
-        per_key_ordering=True,  # one consumer receives a key's messages in publish order
-        persistence=False,  # acknowledged messages survive a broker restart (in-process: no)
-        native_delay=True,  # the broker itself holds back a nacked message for its delay
-        max_payload_bytes=1_048_576,  # the largest JSON body that really gets through
-        remote=False,  # True once the broker is another process; see tests/test_contract.py
+        fan_out=True, per_key_ordering=True, persistence=True, native_delay=False
     )
-    # Keys the broker accepts; others get InvalidKeyError before any I/O.
+    # Queue names are at most 255 bytes: `<key>:<group>` must fit.
     key_rules: ClassVar[KeyRules] = KeyRules(
-        max_length=249,
+        max_length=120,
         allowed="A-Za-z0-9._-",
         described="letters, digits, '.', '_' and '-'",
-        broker="rabbitmq",
+        broker="RabbitMQ",
     )
+    group_rules: ClassVar[KeyRules] = KeyRules(
+        max_length=130,
+        allowed="A-Za-z0-9_-",
+        described="letters, digits, '_' and '-'",
+        broker="RabbitMQ",
+        kind="group",
+    )
+    reserved_headers: ClassVar[frozenset[str]] = frozenset({MARKER})
     settings_class: ClassVar[type[RabbitmqSettings]] = RabbitmqSettings
     errors: ClassVar[ErrorMap] = ERRORS
-    # client_loggers = ("yourclient",) keeps the settings' secrets out of its logs
+    client_loggers: ClassVar[tuple[str, ...]] = ("aio_pika", "aiormq")
 
     def __init__(self, settings: RabbitmqSettings | None = None) -> None:
         super().__init__(settings or RabbitmqSettings())
         self.settings: RabbitmqSettings = settings or RabbitmqSettings()
-        # One client, made on first use, shared with every receiver.
-        self.client: LazyClient[MemoryBroker] = LazyClient(
+        self.client: LazyClient[_Client] = LazyClient(
             self._connect, self._disconnect, timeout=self.settings.operation_timeout, what=self.name
         )
 
-    async def _connect(self) -> MemoryBroker:
-        # BROKER CALL: connect to settings.url, authenticating with settings.token.reveal()
-        # (to the client and nowhere else); the client then reconnects by itself.
-        return MemoryBroker.named(self.settings.url)
+    async def _connect(self) -> _Client:
+        connection = await aio_pika.connect_robust(
+            str(self.settings.url),
+            timeout=self.settings.operation_timeout,
+            reconnect_interval=self.settings.reconnect_interval,
+            client_properties={"connection_name": "abe-mq-rabbitmq"},
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except BaseException:
+            await connection.close()
+            raise
+        return _Client(connection, channel)
 
-    async def _disconnect(self, broker: MemoryBroker) -> None:
-        # BROKER CALL: close the client and wait until its connections and tasks are gone.
-        pass
+    async def _disconnect(self, client: _Client) -> None:
+        await client.connection.close()
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Write `messages` to `key` in order; one round trip for a batch (publish_many)."""
-        broker = await self.client.get()
-        # BROKER CALL: write `message.body` (the payload's JSON) as the whole body with
-        # `message.headers` as the broker's headers; return once the broker stored them.
-        # Use the batch path for several; refused ones: raise abe.errors.PublishError.
-        broker.append(key, messages)
+        """Publish in order, confirms pipelined; returns once RabbitMQ confirmed every one."""
+        client = await self.client.get()
+        try:
+            await self._publish(client, key, messages)
+        except amqp.ChannelNotFoundEntity:  # the key was deleted since we declared it
+            client.declared.discard(key)
+            await self._publish(client, key, messages)
+
+    async def _publish(self, client: _Client, key: str, messages: Sequence[OutgoingMessage]) -> None:
+        exchange = await self._declare(client, key)
+        now = datetime.now(timezone.utc)
+        sent = [
+            exchange.publish(
+                Message(
+                    message.body,
+                    headers=dict(message.headers),
+                    content_type="application/json",
+                    delivery_mode=DeliveryMode.PERSISTENT,
+                    message_id=message.id,
+                    timestamp=now,
+                ),
+                routing_key=key,
+                mandatory=True,
+            )
+            for message in messages
+        ]
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        refused = {i: str(r) for i, r in enumerate(results) if isinstance(r, amqp.DeliveryError)}
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, amqp.DeliveryError):
+                raise result
+        if refused:
+            raise PublishError(key, refused, len(messages))
+
+    async def _declare(self, client: _Client, key: str) -> aio_pika.abc.AbstractExchange:
+        """The key's exchange, with its log stream bound (declared once per connection)."""
+        channel = client.channel
+        if key in client.declared:
+            return await channel.get_exchange(key, ensure=False)
+        exchange = await channel.declare_exchange(key, ExchangeType.FANOUT, durable=True)
+        arguments: dict[str, Any] = {"x-queue-type": "stream"}
+        if self.settings.max_age:
+            arguments["x-max-age"] = self.settings.max_age
+        log = await channel.declare_queue(key, durable=True, arguments=arguments)
+        await log.bind(exchange, routing_key=key)
+        client.declared.add(key)
+        return exchange
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
-        """Join `group` on `keys` (a new group starts from the oldest message) and read."""
-        broker = await self.client.get()
+        """Join `group` on `keys` (a new group gets the key's log first), on a channel of its own."""
+        client = await self.client.get()
         for key in keys:
-            # BROKER CALL: create the group on `key` if missing, from the OLDEST retained
-            # message; joining one that exists keeps its position.
-            broker.join(key, group)
-        lease = self.settings.redelivery_timeout
-        return RabbitmqReceiver(broker, group, tuple(keys), lease)
+            await self._join(client, key, group)
+        channel = await client.connection.channel(publisher_confirms=True)
+        queues = tuple(group_queue(key, group) for key in keys)
+        return RabbitmqReceiver(channel, keys, queues, self.settings.redelivery_timeout)
+
+    async def _join(self, client: _Client, key: str, group: str) -> None:
+        """Create the group's queue on `key` if missing, copying the key's log into it."""
+        await self._declare(client, key)
+        name = group_queue(key, group)
+        lock_channel = await client.connection.channel(publisher_confirms=False)
+        try:
+            while True:  # an exclusive queue is a lock: one member creates the group
+                try:
+                    await lock_channel.declare_queue(f"{name}:joining", exclusive=True)
+                    break
+                except aiormq_errors.ChannelLockedResource:
+                    lock_channel = await client.connection.channel(publisher_confirms=False)
+                    await asyncio.sleep(_JOIN_RETRY)
+            if not await self._queue_exists(client, name):
+                await self._create_group_queue(client, key, name)
+            await lock_channel.queue_delete(f"{name}:joining")
+        finally:
+            await lock_channel.close()
+
+    async def _create_group_queue(self, client: _Client, key: str, name: str) -> None:
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if self.settings.delivery_limit and not key.endswith("-dlq"):
+            await self._declare(client, dead_letter_key(key))
+            arguments["x-delivery-limit"] = self.settings.delivery_limit
+            arguments["x-dead-letter-exchange"] = dead_letter_key(key)
+        channel = client.channel
+        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        await queue.bind(key, routing_key=key)
+        group = name.rpartition(":")[2]
+        join = Message(b"", headers={MARKER: f"join {group}"}, delivery_mode=DeliveryMode.PERSISTENT)
+        await channel.default_exchange.publish(join, routing_key=key)  # delete_keys finds it
+        await self._copy_log(client, key, name)
+
+    async def _copy_log(self, client: _Client, key: str, name: str) -> None:
+        """Copy what the key's log holds up to now into the group's queue (in order)."""
+
+        async def copy(message: AbstractIncomingMessage) -> None:
+            copied = Message(
+                message.body,
+                headers=dict(message.headers),
+                content_type=message.content_type,
+                delivery_mode=DeliveryMode.PERSISTENT,
+                message_id=message.message_id,
+                timestamp=message.timestamp,
+            )
+            await client.channel.default_exchange.publish(copied, routing_key=name)
+
+        await self._scan(client, key, copy)
+
+    async def _scan(self, client: _Client, key: str, visit: Any) -> list[str]:
+        """Read the key's log from its start to a marker written now; each message to `visit`.
+
+        Returns the group names of the join markers met on the way (the groups of the key).
+        """
+        token = uuid.uuid4().hex
+        marker = Message(b"", headers={MARKER: f"scan {token}"}, delivery_mode=DeliveryMode.PERSISTENT)
+        await client.channel.default_exchange.publish(marker, routing_key=key)
+        groups: list[str] = []
+        done = asyncio.Event()
+        reader = await client.connection.channel(publisher_confirms=False)
+        try:
+            await reader.set_qos(prefetch_count=500)
+            log = await reader.get_queue(key, ensure=False)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                if done.is_set():
+                    return
+                mark = message.headers.get(MARKER)
+                if mark is None:
+                    await visit(message)
+                elif str(mark) == f"scan {token}":
+                    done.set()
+                elif str(mark).startswith("join "):
+                    groups.append(str(mark)[5:])
+                await message.ack()
+
+            await log.consume(on_message, arguments={"x-stream-offset": "first"})
+            await bounded(done.wait(), self.settings.operation_timeout)
+        finally:
+            await reader.close()
+        return groups
+
+    async def _queue_exists(self, client: _Client, name: str) -> bool:
+        channel = await client.connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(name, passive=True)
+        except amqp.ChannelNotFoundEntity:
+            return False
+        finally:
+            await channel.close()
+        return True
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        """Delete `keys` with their messages and groups (`abe check` cleans up with it)."""
-        broker = await self.client.get()
+        """Delete each key's exchange, log and the group queues abe made on it."""
+        client = await self.client.get()
         for key in keys:
-            broker.delete(key)  # BROKER CALL: delete the topic/stream/queue; absent is fine
+            if not await self._queue_exists(client, key):
+                continue
+            client.declared.add(key)  # it exists: the scan may publish its marker to it
+            groups = await self._scan(client, key, _ignore)
+            for group in dict.fromkeys(groups):
+                await client.channel.queue_delete(group_queue(key, group))
+            await client.channel.queue_delete(key)
+            await client.channel.exchange_delete(key)
+            client.declared.discard(key)
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
-        broker = await self.client.get()  # `abe consume` reads only the keys that exist
-        return [key for key in keys if broker.exists(key)]  # BROKER CALL: creating none
+        client = await self.client.get()
+        return [key for key in keys if await self._queue_exists(client, key)]
 
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
-        broker = await self.client.get()  # `abe consume` deletes the group it made
+        client = await self.client.get()
         for key in keys:
-            broker.leave(key, group)  # BROKER CALL: drop the group (its position); absent: fine
+            await client.channel.queue_delete(group_queue(key, group))
 
     async def _close(self) -> None:
         await self.client.close()
 
-    def _describe(self) -> str:  # where the broker is, for reprs and errors: no secret
-        return redact_url(self.settings.url)
+    def _describe(self) -> str:
+        return redact_url(str(self.settings.url))
+
+
+async def _ignore(message: AbstractIncomingMessage) -> None:
+    """A scan's visitor that only walks past the messages."""

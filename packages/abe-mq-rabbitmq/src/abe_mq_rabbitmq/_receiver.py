@@ -1,61 +1,191 @@
-"""The receiver: one member of a group, reading a fixed set of keys.
+"""The receiver: one member of a group, consuming the group's queue on each key.
 
-abe-core drives it: `fetch` at most what the consumer may still hold, `ack` in batches,
-`nack` with a delay, `extend` for handlers still running, `release` what was fetched but
-never handed out. Each `# BROKER CALL` marks a call to replace.
+RabbitMQ pushes deliveries (basic.consume) up to the channel's prefetch (basic.qos, sized
+from what the consumer first asks for); `fetch` hands them out. A delivery not acknowledged
+within the redelivery timeout is returned to the queue (basic.nack, requeue), and while
+nobody fetches from this member it also stops consuming, so that another member gets it.
+A nack with a delay holds the delivery back here, then returns it to the queue.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
+import asyncio
+import contextlib
+from functools import partial
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from abe import MemoryBroker
-from abe.provider import IncomingMessage, Receiver
+from aio_pika import exceptions as amqp
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-__all__ = ["RabbitmqReceiver"]
+from abe.provider import IncomingMessage, Receiver, wait_event
+
+__all__ = ["MARKER", "RabbitmqReceiver", "group_queue"]
+
+MARKER = "x-abe-marker"
+"""Header of the records abe writes into a key's log (scan ends, group joins); never delivered."""
+
+
+def group_queue(key: str, group: str) -> str:
+    """The quorum queue of `group` on `key` (a group name holds no ':', so this is unambiguous)."""
+    return f"{key}:{group}"
+
+
+@dataclass
+class _Held:
+    """A delivery this member holds unsettled, and when it goes back to the queue."""
+
+    delivery: AbstractIncomingMessage
+    due: float
+    handed: bool = False
 
 
 class RabbitmqReceiver(Receiver):
-    """Reads `keys` for `group`; a message unsettled after `lease` seconds comes back."""
+    """Consumes `queues` (one per key) on its own channel; closing the channel requeues."""
 
     def __init__(
-        self, broker: MemoryBroker, group: str, keys: tuple[str, ...], lease: float
+        self,
+        channel: AbstractChannel,
+        keys: Sequence[str],
+        queues: Sequence[str],
+        lease: float,
     ) -> None:
-        self._broker, self._group, self._keys, self._lease = broker, group, keys, lease
-        self._turn = itertools.count()
+        self._channel, self._lease = channel, lease
+        self._key_of = dict(zip(queues, keys, strict=True))
+        self._consumers: dict[str, str] = {}  # queue -> consumer tag
+        self._buffer: list[IncomingMessage] = []
+        self._arrived = asyncio.Event()
+        self._held: dict[int, _Held] = {}
+        self._fetching = 0
+        self._last_fetch = 0.0
+        self._prefetch = 0
+        self._timer: asyncio.Task[None] | None = None
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
-        """1 to `max_messages` messages, or none after `timeout`; cancellation loses nothing."""
-        remaining = timeout
-        while True:
-            # BROKER CALL: one blocking read of at most max_messages over the keys, waiting at
-            # most `remaining`. Return IncomingMessage(key, body, headers, attempt, broker_id,
-            # handle): attempt rises on each redelivery, handle is what ack/nack need; messages
-            # unacknowledged after the lease, or nacked and due, come back here.
-            taken = self._broker.take(
-                self._group, self._keys, max_messages, self._lease, next(self._turn)
-            )
-            if taken or remaining <= 0:
-                return taken
-            started = time.monotonic()
-            await self._broker.wait(self._group, self._keys, remaining)
-            remaining -= time.monotonic() - started
+        """1 to `max_messages` deliveries, or none after `timeout`; cancellation loses nothing."""
+        self._fetching += 1
+        try:
+            if not self._consumers:
+                await self._consume(max_messages)
+            if not self._buffer:
+                self._arrived.clear()
+                await wait_event(self._arrived, timeout)
+            taken, self._buffer = self._buffer[:max_messages], self._buffer[max_messages:]
+            due = self._now() + self._lease
+            for message in taken:
+                held = self._held.get(id(message.handle))
+                if held is not None:
+                    held.handed, held.due = True, due
+            return taken
+        finally:
+            self._fetching -= 1
+            self._last_fetch = self._now()
+
+    async def _consume(self, asked: int) -> None:
+        """Start consuming every queue, the prefetch shared between them."""
+        if not self._prefetch:
+            self._prefetch = asked
+            each = max(1, asked // len(self._key_of))
+            await self._channel.set_qos(prefetch_count=each)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._expire_loop())
+        for name, key in self._key_of.items():
+            queue = await self._channel.get_queue(name, ensure=False)
+            self._consumers[name] = await queue.consume(partial(self._on_delivery, key))
+
+    async def _on_delivery(self, key: str, delivery: AbstractIncomingMessage) -> None:
+        headers = {name: _text(value) for name, value in delivery.headers.items()}
+        if MARKER in headers:  # a record of abe's own copied by a foreign client: drop it
+            await delivery.ack()
+            return
+        count = headers.pop("x-delivery-count", "0")
+        attempt = 1 + (int(count) if count.isdigit() else 0)
+        headers.setdefault("abe-id", delivery.message_id or f"{key}:{delivery.delivery_tag}")
+        message = IncomingMessage(
+            key=key,
+            body=delivery.body,
+            headers=headers,
+            attempt=attempt,
+            broker_id=delivery.message_id or str(delivery.delivery_tag),
+            handle=delivery,
+        )
+        self._held[id(delivery)] = _Held(delivery, self._now() + self._lease)
+        self._buffer.append(message)
+        self._arrived.set()
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
-        # BROKER CALL: acknowledge all of them in one round trip (XACK, a commit, a batch).
-        self._broker.ack(self._group, messages)
+        for message in messages:
+            held = self._held.pop(id(message.handle), None)
+            if held is not None:
+                with contextlib.suppress(amqp.ChannelInvalidStateError):
+                    await held.delivery.ack()  # a closed channel has requeued it already
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
-        # BROKER CALL: deliver it again no sooner than `delay` (natively, or by republishing
-        # with a due time and acknowledging the original).
-        self._broker.nack(self._group, message, delay)
+        """Back to the queue no sooner than `delay`: held here until then, unacknowledged."""
+        held = self._held.get(id(message.handle))
+        if held is None:
+            return
+        if delay <= 0:
+            await self._requeue(held)
+        else:  # the timer returns it to the queue once due
+            held.handed, held.due = True, self._now() + delay
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
-        # BROKER CALL: renew each message's lease for another redelivery timeout.
-        self._broker.extend(self._group, messages, self._lease)
+        due = self._now() + self._lease
+        for message in messages:
+            held = self._held.get(id(message.handle))
+            if held is not None and held.due < due:
+                held.due = due
 
     async def release(self, messages: Sequence[IncomingMessage]) -> None:
-        # BROKER CALL: deliverable now, no attempt counted (without it, core nacks each).
-        self._broker.release(self._group, messages)
+        for message in messages:
+            held = self._held.get(id(message.handle))
+            if held is not None:
+                await self._requeue(held)
+
+    async def _requeue(self, held: _Held) -> None:
+        self._held.pop(id(held.delivery), None)
+        with contextlib.suppress(amqp.ChannelInvalidStateError):
+            await held.delivery.nack(requeue=True)
+
+    async def _expire_loop(self) -> None:
+        """Return what is due to the queue; while nobody fetches, stop consuming first."""
+        while True:
+            await asyncio.sleep(min(0.1, self._lease / 4))
+            now = self._now()
+            due = [held for held in self._held.values() if held.handed and held.due <= now]
+            idle = not self._fetching and now - self._last_fetch >= self._lease
+            if idle and any(held.due <= now for held in self._held.values()):
+                await self._cancel_consumers()  # so that another member gets what goes back
+                due += [held for held in self._held.values() if not held.handed]
+            buffered = {id(held.delivery) for held in due}
+            self._buffer = [m for m in self._buffer if id(m.handle) not in buffered]
+            for held in due:
+                await self._requeue(held)
+
+    async def _cancel_consumers(self) -> None:
+        consumers, self._consumers = self._consumers, {}
+        for name, tag in consumers.items():
+            queue = await self._channel.get_queue(name, ensure=False)
+            with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
+                await queue.cancel(tag)
+
+    async def close(self) -> None:
+        """Close the channel: RabbitMQ requeues every delivery this member still holds."""
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
+        self._held.clear()
+        self._buffer.clear()
+        with contextlib.suppress(amqp.AMQPError, amqp.ChannelInvalidStateError):
+            await self._channel.close()
+
+
+def _text(value: object) -> str:
+    """An AMQP header value as abe's text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

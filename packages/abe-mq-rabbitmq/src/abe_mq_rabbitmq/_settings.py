@@ -1,8 +1,4 @@
-"""The settings, each declared once: `from_env()`, `abe backends` and the README read them.
-
-Use your broker's conventional names (`<BROKER>_URL`), `ABE_RABBITMQ_*` for abe's knobs,
-and `secret=True` on anything a person must not see.
-"""
+"""RabbitmqSettings: each variable declared once; `from_env()`, `abe backends` and the README read them."""
 
 from __future__ import annotations
 
@@ -10,38 +6,53 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from abe.provider import BackendSettings, Secret, setting
+from abe.provider import BackendSettings, setting
 
 __all__ = ["RabbitmqSettings"]
 
 
 def _url(text: str) -> str:
-    """The broker's URL, refused when another scheme or when it carries credentials."""
+    """An amqp:// or amqps:// URL with a numeric port; the password in it stays a secret."""
     parts = urlsplit(text)
-    if parts.scheme != "rabbitmq":
-        raise ValueError("must start with rabbitmq://")
-    if "@" in parts.netloc:
-        raise ValueError("must not carry credentials; use RABBITMQ_TOKEN")
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError("must start with amqp:// or amqps:// (TLS)")
+    if not parts.hostname:
+        raise ValueError("must name the broker's host, e.g. amqp://user:password@host:5672/")
     _ = parts.port  # a port that is not a number raises ValueError
     return text
 
 
 @dataclass(frozen=True, kw_only=True)
 class RabbitmqSettings(BackendSettings):
-    """Where the broker is and how to authenticate (the common settings: BackendSettings)."""
+    """Where RabbitMQ is and how abe uses it (the common settings: BackendSettings)."""
 
     url: str = setting(
         "RABBITMQ_URL",
-        "rabbitmq://localhost:7000",
-        "Where the broker is. Out of the box the broker runs inside this process and the URL "
-        "only names it: backends built with the same URL share messages.",
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "Where RabbitMQ is: amqp://user:password@host:port/vhost, amqps:// for TLS. The "
+        "password is never shown.",
         parse=_url,
+        url=True,
     )
-    token: Secret | None = setting(
-        "RABBITMQ_TOKEN",
+    reconnect_interval: float = setting(
+        "ABE_RABBITMQ_RECONNECT_INTERVAL",
+        1.0,
+        "Seconds between attempts to reconnect after the connection is lost.",
+        minimum=0.1,
+        maximum=300,
+    )
+    delivery_limit: int | None = setting(
+        "ABE_RABBITMQ_DELIVERY_LIMIT",
+        100,
+        "The group queues' x-delivery-limit: after this many deliveries RabbitMQ itself "
+        "dead-letters a message to <key>-dlq (a backstop behind the consumer's max_attempts).",
+        minimum=1,
+    )
+    max_age: str | None = setting(
+        "ABE_RABBITMQ_MAX_AGE",
         None,
-        "Token the client authenticates with (the in-process broker needs none).",
-        secret=True,
+        "How long each key's log stream keeps messages for groups made later (x-max-age, "
+        "e.g. 7D or 12h). Unset: kept until the key is deleted.",
     )
 
     backend_name: ClassVar[str] = "rabbitmq"
