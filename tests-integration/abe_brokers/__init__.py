@@ -1,6 +1,6 @@
 """Brokers for abe's integration tests: find one, or start one, and say which.
 
-Session fixtures (``redis_broker``, ``nats_broker``, ``kafka_broker``, ``sqs_broker``)
+Session fixtures (``redis_broker``, ``nats_broker``, ``kafka_broker``, ``sqs_broker``, ``rabbitmq_broker``)
 resolve each kind in the order DESIGN.md gives: an address in the environment, a broker
 already on its usual loopback port, a testcontainers container, a process of our own.
 Factory fixtures (``redis_server_factory``, ``nats_server_factory``,
@@ -8,7 +8,7 @@ Factory fixtures (``redis_server_factory``, ``nats_server_factory``,
 is in ``tests-integration/requirements.txt``; the variables are:
 
 - ``ABE_TEST_REDIS_URL``, ``ABE_TEST_NATS_URL``, ``ABE_TEST_KAFKA_BOOTSTRAP``,
-  ``ABE_TEST_SQS_ENDPOINT``: use this broker; if it does not answer, tests fail.
+  ``ABE_TEST_SQS_ENDPOINT``, ``ABE_TEST_RABBITMQ_URL``: use this broker; if it does not answer, tests fail.
 - ``ABE_REQUIRE_BROKERS``: comma-separated kinds (or ``all``) that must not be skipped.
 - ``ABE_TEST_BROKER_STEPS``: the steps to try (default ``env,running,container,process``).
 - ``ABE_TEST_CONTAINERS=0``: skip the container step; ``ABE_TEST_<KIND>_IMAGE``: its image.
@@ -20,7 +20,16 @@ from __future__ import annotations
 import uuid
 
 from .cli import OWN_KEY_PREFIXES, run_abe
-from .model import KINDS, KafkaBroker, Kind, NatsBroker, RedisBroker, Source, SqsBroker
+from .model import (
+    KINDS,
+    KafkaBroker,
+    Kind,
+    NatsBroker,
+    RabbitmqBroker,
+    RedisBroker,
+    Source,
+    SqsBroker,
+)
 from .probes import ProbeError
 from .procs import ServerStartError, ToolMissing, free_port
 from .selection import REQUIRE_VAR, Attempt, Resolution, required_kinds, resolve
@@ -30,6 +39,8 @@ from .servers import (
     MotoServer,
     NatsServer,
     NatsServerFactory,
+    RabbitmqServer,
+    RabbitmqServerFactory,
     RedisServer,
     RedisServerFactory,
     RedisUser,
@@ -45,6 +56,7 @@ __all__ = [
     "NatsBroker",
     "KafkaBroker",
     "SqsBroker",
+    "RabbitmqBroker",
     "RedisServer",
     "RedisUser",
     "NatsServer",
@@ -52,6 +64,8 @@ __all__ = [
     "MotoServer",
     "RedisServerFactory",
     "NatsServerFactory",
+    "RabbitmqServer",
+    "RabbitmqServerFactory",
     "KafkaServerFactory",
     "TlsFiles",
     "make_tls_files",

@@ -20,8 +20,17 @@ from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .containers import start_container
-from .model import ENV_ADDRESS_VARS, Broker, KafkaBroker, Kind, NatsBroker, RedisBroker, SqsBroker
-from .probes import probe_kafka, probe_nats, probe_redis, probe_sqs
+from .model import (
+    ENV_ADDRESS_VARS,
+    Broker,
+    KafkaBroker,
+    Kind,
+    NatsBroker,
+    RabbitmqBroker,
+    RedisBroker,
+    SqsBroker,
+)
+from .probes import probe_kafka, probe_nats, probe_rabbitmq, probe_redis, probe_sqs
 from .procs import port_open
 from .selection import EnvAddressUnusable, StepSkipped
 from .servers import KafkaServer, MotoServer, NatsServer, RedisServer
@@ -34,6 +43,7 @@ USUAL_PORTS: dict[Kind, tuple[int, ...]] = {
     "nats": (4222,),
     "kafka": (9092,),
     "sqs": (4566, 5000),  # LocalStack, moto
+    "rabbitmq": (5672,),
 }
 
 
@@ -69,6 +79,8 @@ def _vet(kind: Kind, address: str) -> str:
         return f"NATS {probe_nats(address)} with JetStream"
     if kind == "kafka":
         return f"Kafka protocol, advertised {probe_kafka(address)}"
+    if kind == "rabbitmq":
+        return f"RabbitMQ {probe_rabbitmq(address)}"
     probe_sqs(address)
     return "SQS ListQueues answered"
 
@@ -80,6 +92,8 @@ def _record(kind: Kind, address: str, source: str, detail: str) -> Broker:
         return NatsBroker(url=address, source=source, detail=detail)  # type: ignore[arg-type]
     if kind == "kafka":
         return KafkaBroker(bootstrap=address, source=source, detail=detail)  # type: ignore[arg-type]
+    if kind == "rabbitmq":
+        return RabbitmqBroker(url=address, source=source, detail=detail)  # type: ignore[arg-type]
     return SqsBroker(endpoint_url=address, source=source, detail=detail)  # type: ignore[arg-type]
 
 
@@ -111,6 +125,8 @@ def already_running(kind: Kind) -> Provisioned[Broker]:
             address = f"nats://{LOOPBACK}:{port}"
         elif kind == "kafka":
             address = f"{LOOPBACK}:{port}"
+        elif kind == "rabbitmq":
+            address = f"amqp://guest:guest@{LOOPBACK}:{port}/"
         else:
             address = f"http://{LOOPBACK}:{port}"
         try:
@@ -178,6 +194,8 @@ def as_process(kind: Kind, moto: LazyMoto) -> Provisioned[Broker]:
         return Provisioned(
             _record(kind, server.endpoint_url, "process", f"moto server pid {server.pid}")
         )
+    if kind == "rabbitmq":
+        raise StepSkipped("no session RabbitMQ of our own: start rabbitmq-server on 5672")
     directory = Path(tempfile.mkdtemp(prefix=f"abe-{kind}-session-"))
     try:
         proc: RedisServer | NatsServer | KafkaServer

@@ -11,7 +11,7 @@ __all__ = ["OWN_KEY_PREFIXES", "run_abe"]
 OWN_KEY_PREFIXES = ("abe-check-", "abe-demo-", "abe-bench-")
 """How the keys `abe check`, `abe demo` and `abe bench` make for themselves begin."""
 
-_PROVIDER_VARIABLES = ("ABE_", "QUEUE_BACKEND", "REDIS_", "NATS_", "KAFKA_", "AWS_")
+_PROVIDER_VARIABLES = ("ABE_", "QUEUE_BACKEND", "REDIS_", "NATS_", "KAFKA_", "AWS_", "RABBITMQ_")
 
 
 def run_abe(backend: str, env: dict[str, str], *arguments: str, timeout: float = 240) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import Kind
-from .probes import probe_kafka, probe_nats, probe_redis, probe_sqs
+from .probes import probe_kafka, probe_nats, probe_rabbitmq, probe_redis, probe_sqs
 from .procs import wait_until
 from .selection import StepSkipped
 
@@ -25,6 +25,7 @@ DEFAULT_IMAGES: dict[Kind, str] = {
     "nats": "nats:2.10",
     "kafka": "confluentinc/cp-kafka:7.6.0",
     "sqs": "motoserver/moto:latest",
+    "rabbitmq": "rabbitmq:3.10-alpine",
 }
 READY_TIMEOUT = 180.0  # an image pull on a cold machine is part of "coming up"
 
@@ -91,7 +92,7 @@ def start_container(kind: Kind) -> Container:
         bootstrap = kafka.get_bootstrap_server()
         return _started(kafka, lambda: probe_kafka(bootstrap), bootstrap, kind)
 
-    port = {"redis": 6379, "nats": 4222, "sqs": 5000}[kind]
+    port = {"redis": 6379, "nats": 4222, "sqs": 5000, "rabbitmq": 5672}[kind]
     container = DockerContainer(image).with_exposed_ports(port)
     if kind == "nats":
         container = container.with_command("-js")
@@ -109,5 +110,8 @@ def start_container(kind: Kind) -> Container:
     if kind == "nats":
         url = f"nats://{host}:{mapped}"
         return _started(container, lambda: probe_nats(url), url, kind)
+    if kind == "rabbitmq":
+        url = f"amqp://guest:guest@{host}:{mapped}/"
+        return _started(container, lambda: probe_rabbitmq(url), url, kind)
     endpoint = f"http://{host}:{mapped}"
     return _started(container, lambda: probe_sqs(endpoint), endpoint, kind)

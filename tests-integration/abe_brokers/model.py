@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-Kind = Literal["redis", "nats", "kafka", "sqs"]
+Kind = Literal["redis", "nats", "kafka", "sqs", "rabbitmq"]
 Source = Literal["env", "running", "container", "process"]
 
-KINDS: tuple[Kind, ...] = ("redis", "nats", "kafka", "sqs")
+KINDS: tuple[Kind, ...] = ("redis", "nats", "kafka", "sqs", "rabbitmq")
 """Every broker kind the fixtures know, in the order reports list them."""
 
 ENV_ADDRESS_VARS: dict[Kind, str] = {
@@ -22,6 +22,7 @@ ENV_ADDRESS_VARS: dict[Kind, str] = {
     "nats": "ABE_TEST_NATS_URL",
     "kafka": "ABE_TEST_KAFKA_BOOTSTRAP",
     "sqs": "ABE_TEST_SQS_ENDPOINT",
+    "rabbitmq": "ABE_TEST_RABBITMQ_URL",
 }
 """The variable that names an existing broker for each kind (resolution step 1)."""
 
@@ -116,7 +117,30 @@ class SqsBroker:
         }
 
 
-Broker = RedisBroker | NatsBroker | KafkaBroker | SqsBroker
+@dataclass(frozen=True, kw_only=True)
+class RabbitmqBroker:
+    """A reachable RabbitMQ (3.10+, quorum queues and streams) at ``url``; shared: unique names."""
+
+    url: str
+    source: Source
+    detail: str = ""
+
+    @property
+    def host(self) -> str:
+        """Host part of ``url``."""
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """Port part of ``url`` (5672 when the URL has none)."""
+        return urlsplit(self.url).port or 5672
+
+    def env(self) -> dict[str, str]:
+        """The variables abe-mq-rabbitmq reads to reach this broker."""
+        return {"RABBITMQ_URL": self.url}
+
+
+Broker = RedisBroker | NatsBroker | KafkaBroker | SqsBroker | RabbitmqBroker
 
 
 def broker_address(broker: Broker) -> str:

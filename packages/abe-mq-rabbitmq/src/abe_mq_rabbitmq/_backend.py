@@ -154,9 +154,16 @@ class RabbitmqBackend(BaseBackend):
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         """Join `group` on `keys` (a new group gets the key's log first), on a channel of its own."""
         client = await self.client.get()
-        for key in keys:
-            await self._join(client, key, group)
-        channel = await client.connection.channel(publisher_confirms=True)
+        try:
+            for key in keys:
+                await self._join(client, key, group)
+            channel = await client.connection.channel(publisher_confirms=True)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or _cancelling(task):
+                raise
+            # aiormq cancels the calls a closing connection leaves pending: not our cancellation
+            raise amqp.ChannelInvalidStateError("the connection closed while joining") from None
         queues = tuple(group_queue(key, group) for key in keys)
         return RabbitmqReceiver(channel, keys, queues, self.settings.redelivery_timeout)
 
@@ -280,6 +287,12 @@ class RabbitmqBackend(BaseBackend):
 
     def _describe(self) -> str:
         return redact_url(str(self.settings.url))
+
+
+def _cancelling(task: asyncio.Task[Any]) -> bool:
+    """Whether someone asked to cancel `task` (Python 3.10 cannot tell: assume so)."""
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 async def _ignore(message: AbstractIncomingMessage) -> None:
