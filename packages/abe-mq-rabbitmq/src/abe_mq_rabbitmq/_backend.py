@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import aio_pika
-from aio_pika import DeliveryMode, ExchangeType, Message
+from aio_pika import Channel, DeliveryMode, ExchangeType, Message
 from aio_pika import exceptions as amqp
 from aiormq import exceptions as aiormq_errors
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -171,14 +171,14 @@ class RabbitmqBackend(BaseBackend):
         """Create the group's queue on `key` if missing, copying the key's log into it."""
         await self._declare(client, key)
         name = group_queue(key, group)
-        lock_channel = await client.connection.channel(publisher_confirms=False)
+        lock_channel = await _plain_channel(client)
         try:
             while True:  # an exclusive queue is a lock: one member creates the group
                 try:
                     await lock_channel.declare_queue(f"{name}:joining", exclusive=True)
                     break
                 except aiormq_errors.ChannelLockedResource:
-                    lock_channel = await client.connection.channel(publisher_confirms=False)
+                    lock_channel = await _plain_channel(client)
                     await asyncio.sleep(_JOIN_RETRY)
             if not await self._queue_exists(client, name):
                 await self._create_group_queue(client, key, name)
@@ -225,32 +225,32 @@ class RabbitmqBackend(BaseBackend):
         marker = Message(b"", headers={MARKER: f"scan {token}"}, delivery_mode=DeliveryMode.PERSISTENT)
         await client.channel.default_exchange.publish(marker, routing_key=key)
         groups: list[str] = []
-        done = asyncio.Event()
-        reader = await client.connection.channel(publisher_confirms=False)
+        arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        reader = await _plain_channel(client)
         try:
             await reader.set_qos(prefetch_count=500)
             log = await reader.get_queue(key, ensure=False)
 
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                if done.is_set():
-                    return
+            async def queue(message: AbstractIncomingMessage) -> None:
+                arrived.put_nowait(message)  # each callback is a task: visit them in order
+
+            await log.consume(queue, arguments={"x-stream-offset": "first"})
+            while True:
+                message = await bounded(arrived.get(), self.settings.operation_timeout)
                 mark = message.headers.get(MARKER)
                 if mark is None:
                     await visit(message)
                 elif str(mark) == f"scan {token}":
-                    done.set()
+                    break
                 elif str(mark).startswith("join "):
                     groups.append(str(mark)[5:])
                 await message.ack()
-
-            await log.consume(on_message, arguments={"x-stream-offset": "first"})
-            await bounded(done.wait(), self.settings.operation_timeout)
         finally:
             await reader.close()
         return groups
 
     async def _queue_exists(self, client: _Client, name: str) -> bool:
-        channel = await client.connection.channel(publisher_confirms=False)
+        channel = await _plain_channel(client)
         try:
             await channel.declare_queue(name, passive=True)
         except amqp.ChannelNotFoundEntity:
@@ -287,6 +287,17 @@ class RabbitmqBackend(BaseBackend):
 
     def _describe(self) -> str:
         return redact_url(str(self.settings.url))
+
+
+async def _plain_channel(client: _Client) -> AbstractChannel:
+    """A channel for one short step that the broker may close (a passive declare, a lock).
+
+    Not a robust one: a robust channel reopens itself when the broker closes it, and the
+    reopening races with our own close.
+    """
+    channel = Channel(client.connection, publisher_confirms=False)
+    await channel.initialize()
+    return channel
 
 
 def _cancelling(task: asyncio.Task[Any]) -> bool:
