@@ -9,8 +9,9 @@ every group sees every message of the key, as on a log-based broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ from abe_mq_rabbitmq._settings import RabbitmqSettings
 
 __all__ = ["RabbitmqBackend"]
 
-_JOIN_RETRY = 0.05  # seconds between tries for the lock another member holds on a new group
+_LOCK_RETRY = 0.02  # seconds between tries for a lock another connection holds
 
 
 @dataclass
@@ -67,7 +68,7 @@ class RabbitmqBackend(BaseBackend):
         broker="RabbitMQ",
     )
     group_rules: ClassVar[KeyRules] = KeyRules(
-        max_length=130,
+        max_length=120,
         allowed="A-Za-z0-9_-",
         described="letters, digits, '_' and '-'",
         broker="RabbitMQ",
@@ -142,12 +143,15 @@ class RabbitmqBackend(BaseBackend):
         channel = client.channel
         if key in client.declared:
             return await channel.get_exchange(key, ensure=False)
-        exchange = await channel.declare_exchange(key, ExchangeType.FANOUT, durable=True)
         arguments: dict[str, Any] = {"x-queue-type": "stream"}
         if self.settings.max_age:
             arguments["x-max-age"] = self.settings.max_age
-        log = await channel.declare_queue(key, durable=True, arguments=arguments)
-        await log.bind(exchange, routing_key=key)
+        # One declarer at a time: RabbitMQ 3.10 answers a second declare of a stream that is
+        # still starting at once, and a publish to it then closes the connection.
+        async with self._lock(client, f"{key}:declaring"):
+            exchange = await channel.declare_exchange(key, ExchangeType.FANOUT, durable=True)
+            log = await channel.declare_queue(key, durable=True, arguments=arguments)
+            await log.bind(exchange, routing_key=key)
         client.declared.add(key)
         return exchange
 
@@ -171,20 +175,26 @@ class RabbitmqBackend(BaseBackend):
         """Create the group's queue on `key` if missing, copying the key's log into it."""
         await self._declare(client, key)
         name = group_queue(key, group)
-        lock_channel = await _plain_channel(client)
-        try:
-            while True:  # an exclusive queue is a lock: one member creates the group
-                try:
-                    await lock_channel.declare_queue(f"{name}:joining", exclusive=True)
-                    break
-                except aiormq_errors.ChannelLockedResource:
-                    lock_channel = await _plain_channel(client)
-                    await asyncio.sleep(_JOIN_RETRY)
+        async with self._lock(client, f"{name}:joining"):  # one member creates the group
             if not await self._queue_exists(client, name):
                 await self._create_group_queue(client, key, name)
-            await lock_channel.queue_delete(f"{name}:joining")
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, client: _Client, name: str) -> AsyncIterator[None]:
+        """Hold `name` against other connections: an exclusive queue, deleted after."""
+        channel = await _plain_channel(client)
+        try:
+            while True:
+                try:
+                    await channel.declare_queue(name, exclusive=True, auto_delete=True)
+                    break
+                except aiormq_errors.ChannelLockedResource:  # another holds it: wait
+                    channel = await _plain_channel(client)
+                    await asyncio.sleep(_LOCK_RETRY)
+            yield
+            await channel.queue_delete(name)
         finally:
-            await lock_channel.close()
+            await channel.close()
 
     async def _create_group_queue(self, client: _Client, key: str, name: str) -> None:
         arguments: dict[str, Any] = {"x-queue-type": "quorum"}
@@ -204,9 +214,11 @@ class RabbitmqBackend(BaseBackend):
         """Copy what the key's log holds up to now into the group's queue (in order)."""
 
         async def copy(message: AbstractIncomingMessage) -> None:
+            headers = dict(message.headers)
+            headers.pop("x-stream-offset", None)  # the log's, not the message's
             copied = Message(
                 message.body,
-                headers=dict(message.headers),
+                headers=headers,
                 content_type=message.content_type,
                 delivery_mode=DeliveryMode.PERSISTENT,
                 message_id=message.message_id,

@@ -128,10 +128,9 @@ class RabbitmqReceiver(Receiver):
         held = self._held.get(id(message.handle))
         if held is None:
             return
-        if delay <= 0:
-            await self._requeue(held)
-        else:  # the timer returns it to the queue once due
-            held.handed, held.due = True, self._now() + delay
+        # The timer returns it to the queue once due (at once for no delay); deferring even
+        # that lets a closing member cancel its consumers first, so it is not sent back here.
+        held.handed, held.due = True, self._now() + delay
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         due = self._now() + self._lease
@@ -141,10 +140,11 @@ class RabbitmqReceiver(Receiver):
                 held.due = due
 
     async def release(self, messages: Sequence[IncomingMessage]) -> None:
+        due = self._now()
         for message in messages:
             held = self._held.get(id(message.handle))
             if held is not None:
-                await self._requeue(held)
+                held.handed, held.due = True, due
 
     async def _requeue(self, held: _Held) -> None:
         self._held.pop(id(held.delivery), None)
@@ -178,10 +178,11 @@ class RabbitmqReceiver(Receiver):
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
+        with contextlib.suppress(amqp.AMQPError, amqp.ChannelInvalidStateError):
+            await self._cancel_consumers()  # nothing more comes here: what goes back goes on
+            await self._channel.close()
         self._held.clear()
         self._buffer.clear()
-        with contextlib.suppress(amqp.AMQPError, amqp.ChannelInvalidStateError):
-            await self._channel.close()
 
 
 def _text(value: object) -> str:
