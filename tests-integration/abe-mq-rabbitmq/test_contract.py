@@ -54,13 +54,11 @@ class TestRabbitmqContract(BackendContract):
             EnvironmentCase(
                 {
                     "ABE_RABBITMQ_DELIVERY_LIMIT": "0",
-                    "ABE_RABBITMQ_RECONNECT_INTERVAL": "soon",
                     "ABE_MQ_REDELIVERY_TIMEOUT": "never",
                     "ABE_MQ_PREFETCH": "0",
                 },
                 (
                     "ABE_RABBITMQ_DELIVERY_LIMIT",
-                    "ABE_RABBITMQ_RECONNECT_INTERVAL",
                     "ABE_MQ_REDELIVERY_TIMEOUT",
                     "ABE_MQ_PREFETCH",
                 ),

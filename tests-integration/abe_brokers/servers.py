@@ -16,6 +16,7 @@ import signal
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -318,25 +319,29 @@ class RabbitmqServer(_Server):
         )
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Graceful stop: SIGTERM to the start script, which stops the node with its data."""
+        """Graceful stop: SIGTERM to the process group, then wait until the node has exited."""
+        node = self._node_pid()
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while node is not None and _alive(node) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._process.stop(timeout)
-        self._kill_group()
+        self._signal_group(signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL to the whole process group (the script and the Erlang VM under it)."""
-        self._kill_group()
+        self._signal_group(signal.SIGKILL)
         self._process.kill()
 
-    def _kill_group(self) -> None:
-        pid = self._process.pid
-        pidfile = self.directory / "node.pid"
-        pids = [pid] if pid else []
-        if pidfile.is_file() and pidfile.read_text().strip().isdigit():
-            pids.append(int(pidfile.read_text().strip()))
-        for each in pids:
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(each), signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
+    def _node_pid(self) -> int | None:
+        text = (self.directory / "node.pid").read_text().strip() if self.running else ""
+        return int(text) if text.isdigit() else None
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        for pid in (self._process.pid, self._node_pid()):
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(os.getpgid(pid), sig)
 
     @property
     def url(self) -> str:
@@ -543,6 +548,17 @@ class NatsServerFactory(_Factory):
         return server
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 class RabbitmqServerFactory(_Factory):
     """``factory()`` returns a started :class:`RabbitmqServer`; all is gone after the test."""
 
@@ -550,6 +566,7 @@ class RabbitmqServerFactory(_Factory):
 
     def __init__(self, script: str) -> None:
         super().__init__()
+        self.directory.chmod(0o755)  # the node may run as the rabbitmq user: let it in
         self.script = script
 
     def __call__(self, *, start: bool = True) -> RabbitmqServer:

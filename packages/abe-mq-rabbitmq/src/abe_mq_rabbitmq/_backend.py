@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -20,7 +20,7 @@ import aio_pika
 from aio_pika import Channel, DeliveryMode, ExchangeType, Message
 from aio_pika import exceptions as amqp
 from aiormq import exceptions as aiormq_errors
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from abe.errors import PublishError
 from abe.provider import (
@@ -31,6 +31,7 @@ from abe.provider import (
     LazyClient,
     OutgoingMessage,
     Receiver,
+    Deadline,
     bounded,
     dead_letter_key,
     redact_url,
@@ -41,16 +42,18 @@ from abe_mq_rabbitmq._settings import RabbitmqSettings
 
 __all__ = ["RabbitmqBackend"]
 
+_COPY_BATCH = 500  # messages copied from a log per round of confirms
 _LOCK_RETRY = 0.02  # seconds between tries for a lock another connection holds
 
 
 @dataclass
 class _Client:
-    """One robust connection, its confirming publisher channel, and the keys declared on it."""
+    """One connection, its confirming publisher channel, and the keys declared on it."""
 
-    connection: AbstractRobustConnection
+    connection: AbstractConnection
     channel: AbstractChannel
     declared: set[str] = field(default_factory=set)
+    reopening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class RabbitmqBackend(BaseBackend):
@@ -87,10 +90,9 @@ class RabbitmqBackend(BaseBackend):
         )
 
     async def _connect(self) -> _Client:
-        connection = await aio_pika.connect_robust(
+        connection = await aio_pika.connect(
             str(self.settings.url),
             timeout=self.settings.operation_timeout,
-            reconnect_interval=self.settings.reconnect_interval,
             client_properties={"connection_name": "abe-mq-rabbitmq"},
         )
         try:
@@ -103,14 +105,34 @@ class RabbitmqBackend(BaseBackend):
     async def _disconnect(self, client: _Client) -> None:
         await client.connection.close()
 
+    async def _client(self) -> _Client:
+        """The connected client: a lost connection is made again, a closed channel reopened.
+
+        (RabbitMQ closes a channel on a refused command, e.g. a publish to a deleted key.)
+        """
+        client = await self.client.get()
+        if _lost(client.connection):
+            if self.client.current is client:
+                await self.client.discard()
+            client = await self.client.get()
+        async with client.reopening:
+            if client.channel.is_closed:
+                client.channel = await client.connection.channel(on_return_raises=True)
+        return client
+
+    async def _channel(self) -> AbstractChannel:
+        """A new channel for a receiver (its deliveries and prefetch are its own)."""
+        client = await self._client()
+        return await client.connection.channel(publisher_confirms=True)
+
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         """Publish in order, confirms pipelined; returns once RabbitMQ confirmed every one."""
-        client = await self.client.get()
+        client = await self._client()
         try:
             await self._publish(client, key, messages)
         except amqp.ChannelNotFoundEntity:  # the key was deleted since we declared it
             client.declared.discard(key)
-            await self._publish(client, key, messages)
+            await self._publish(await self._client(), key, messages)
 
     async def _publish(self, client: _Client, key: str, messages: Sequence[OutgoingMessage]) -> None:
         exchange = await self._declare(client, key)
@@ -157,11 +179,11 @@ class RabbitmqBackend(BaseBackend):
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         """Join `group` on `keys` (a new group gets the key's log first), on a channel of its own."""
-        client = await self.client.get()
+        client = await self._client()
         try:
             for key in keys:
                 await self._join(client, key, group)
-            channel = await client.connection.channel(publisher_confirms=True)
+            channel = await self._channel()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or _cancelling(task):
@@ -169,7 +191,8 @@ class RabbitmqBackend(BaseBackend):
             # aiormq cancels the calls a closing connection leaves pending: not our cancellation
             raise amqp.ChannelInvalidStateError("the connection closed while joining") from None
         queues = tuple(group_queue(key, group) for key in keys)
-        return RabbitmqReceiver(channel, keys, queues, self.settings.redelivery_timeout)
+        lease = self.settings.redelivery_timeout
+        return RabbitmqReceiver(channel, self._channel, keys, queues, lease)
 
     async def _join(self, client: _Client, key: str, group: str) -> None:
         """Create the group's queue on `key` if missing, copying the key's log into it."""
@@ -197,6 +220,12 @@ class RabbitmqBackend(BaseBackend):
             await channel.close()
 
     async def _create_group_queue(self, client: _Client, key: str, name: str) -> None:
+        """Make the group's queue and give it the key's log: each message once, in order.
+
+        The queue is bound first, then a marker goes through the exchange; what reached the
+        queue before the marker is taken out of it again, and the log up to the marker
+        (which holds those too) is copied in.
+        """
         arguments: dict[str, Any] = {"x-queue-type": "quorum"}
         if self.settings.delivery_limit and not key.endswith("-dlq"):
             await self._declare(client, dead_letter_key(key))
@@ -206,12 +235,12 @@ class RabbitmqBackend(BaseBackend):
         queue = await channel.declare_queue(name, durable=True, arguments=arguments)
         await queue.bind(key, routing_key=key)
         group = name.rpartition(":")[2]
-        join = Message(b"", headers={MARKER: f"join {group}"}, delivery_mode=DeliveryMode.PERSISTENT)
-        await channel.default_exchange.publish(join, routing_key=key)  # delete_keys finds it
-        await self._copy_log(client, key, name)
-
-    async def _copy_log(self, client: _Client, key: str, name: str) -> None:
-        """Copy what the key's log holds up to now into the group's queue (in order)."""
+        await channel.default_exchange.publish(_marker(f"join {group}"), routing_key=key)
+        token = f"scan {uuid.uuid4().hex}"
+        exchange = await channel.get_exchange(key, ensure=False)
+        await exchange.publish(_marker(token), routing_key=key)  # to the log and every group
+        await self._drain(client, name, token)
+        pending: list[Awaitable[Any]] = []
 
         async def copy(message: AbstractIncomingMessage) -> None:
             headers = dict(message.headers)
@@ -224,23 +253,48 @@ class RabbitmqBackend(BaseBackend):
                 message_id=message.message_id,
                 timestamp=message.timestamp,
             )
-            await client.channel.default_exchange.publish(copied, routing_key=name)
+            pending.append(channel.default_exchange.publish(copied, routing_key=name))
+            if len(pending) >= _COPY_BATCH:  # confirms pipelined, in order
+                await asyncio.gather(*pending)
+                pending.clear()
 
-        await self._scan(client, key, copy)
+        await self._scan(client, key, copy, token)
+        await asyncio.gather(*pending)
 
-    async def _scan(self, client: _Client, key: str, visit: Any) -> list[str]:
-        """Read the key's log from its start to a marker written now; each message to `visit`.
+    async def _drain(self, client: _Client, name: str, token: str) -> None:
+        """Take out of the new queue what reached it up to the marker `token` (basic.get)."""
+        channel = await _plain_channel(client)
+        try:
+            queue = await channel.get_queue(name, ensure=False)
+            deadline = Deadline(self.settings.operation_timeout)
+            while not deadline.expired:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.005)  # the marker is on its way
+                    continue
+                await message.ack()
+                if message.headers.get(MARKER) == token:
+                    return
+            raise asyncio.TimeoutError
+        finally:
+            await channel.close()
 
-        Returns the group names of the join markers met on the way (the groups of the key).
+    async def _scan(
+        self, client: _Client, key: str, visit: Any, token: str | None = None
+    ) -> list[str]:
+        """Read the key's log from its start to the marker `token` (written now if None).
+
+        Each message goes to `visit`; returns the group names of the join markers met (the
+        groups of the key).
         """
-        token = uuid.uuid4().hex
-        marker = Message(b"", headers={MARKER: f"scan {token}"}, delivery_mode=DeliveryMode.PERSISTENT)
-        await client.channel.default_exchange.publish(marker, routing_key=key)
+        if token is None:
+            token = f"scan {uuid.uuid4().hex}"
+            await client.channel.default_exchange.publish(_marker(token), routing_key=key)
         groups: list[str] = []
         arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         reader = await _plain_channel(client)
         try:
-            await reader.set_qos(prefetch_count=500)
+            await reader.set_qos(prefetch_count=_COPY_BATCH)
             log = await reader.get_queue(key, ensure=False)
 
             async def queue(message: AbstractIncomingMessage) -> None:
@@ -252,7 +306,7 @@ class RabbitmqBackend(BaseBackend):
                 mark = message.headers.get(MARKER)
                 if mark is None:
                     await visit(message)
-                elif str(mark) == f"scan {token}":
+                elif str(mark) == token:
                     break
                 elif str(mark).startswith("join "):
                     groups.append(str(mark)[5:])
@@ -273,7 +327,7 @@ class RabbitmqBackend(BaseBackend):
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
         """Delete each key's exchange, log and the group queues abe made on it."""
-        client = await self.client.get()
+        client = await self._client()
         for key in keys:
             if not await self._queue_exists(client, key):
                 continue
@@ -286,11 +340,11 @@ class RabbitmqBackend(BaseBackend):
             client.declared.discard(key)
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
-        client = await self.client.get()
+        client = await self._client()
         return [key for key in keys if await self._queue_exists(client, key)]
 
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
-        client = await self.client.get()
+        client = await self._client()
         for key in keys:
             await client.channel.queue_delete(group_queue(key, group))
 
@@ -299,6 +353,17 @@ class RabbitmqBackend(BaseBackend):
 
     def _describe(self) -> str:
         return redact_url(str(self.settings.url))
+
+
+def _marker(text: str) -> Message:
+    """A record of abe's own in a key's log (a group's join, the end of a scan)."""
+    return Message(b"", headers={MARKER: text}, delivery_mode=DeliveryMode.PERSISTENT)
+
+
+def _lost(connection: AbstractConnection) -> bool:
+    """Whether the connection is gone (aio-pika marks only a close of ours as closed)."""
+    transport = connection.transport
+    return connection.is_closed or transport is None or transport.connection.is_closed
 
 
 async def _plain_channel(client: _Client) -> AbstractChannel:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from functools import partial
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aio_pika import exceptions as amqp
@@ -46,11 +46,12 @@ class RabbitmqReceiver(Receiver):
     def __init__(
         self,
         channel: AbstractChannel,
+        reopen: Callable[[], Awaitable[AbstractChannel]],
         keys: Sequence[str],
         queues: Sequence[str],
         lease: float,
     ) -> None:
-        self._channel, self._lease = channel, lease
+        self._channel, self._reopen, self._lease = channel, reopen, lease
         self._key_of = dict(zip(queues, keys, strict=True))
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
         self._buffer: list[IncomingMessage] = []
@@ -58,7 +59,7 @@ class RabbitmqReceiver(Receiver):
         self._held: dict[int, _Held] = {}
         self._fetching = 0
         self._last_fetch = 0.0
-        self._prefetch = 0
+        self._each = 0  # the prefetch of each queue's consumer
         self._timer: asyncio.Task[None] | None = None
 
     def _now(self) -> float:
@@ -68,6 +69,10 @@ class RabbitmqReceiver(Receiver):
         """1 to `max_messages` deliveries, or none after `timeout`; cancellation loses nothing."""
         self._fetching += 1
         try:
+            if self._channel.is_closed:  # the connection was lost: RabbitMQ requeued it all
+                self._consumers, self._held, self._buffer = {}, {}, []
+                self._channel = await self._reopen()
+                await self._channel.set_qos(prefetch_count=self._each)
             if not self._consumers:
                 await self._consume(max_messages)
             if not self._buffer:
@@ -86,10 +91,9 @@ class RabbitmqReceiver(Receiver):
 
     async def _consume(self, asked: int) -> None:
         """Start consuming every queue, the prefetch shared between them."""
-        if not self._prefetch:
-            self._prefetch = asked
-            each = max(1, asked // len(self._key_of))
-            await self._channel.set_qos(prefetch_count=each)
+        if not self._each:
+            self._each = max(1, asked // len(self._key_of))
+            await self._channel.set_qos(prefetch_count=self._each)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._expire_loop())
         for name, key in self._key_of.items():
@@ -120,7 +124,7 @@ class RabbitmqReceiver(Receiver):
         for message in messages:
             held = self._held.pop(id(message.handle), None)
             if held is not None:
-                with contextlib.suppress(amqp.ChannelInvalidStateError):
+                with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
                     await held.delivery.ack()  # a closed channel has requeued it already
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
@@ -148,7 +152,7 @@ class RabbitmqReceiver(Receiver):
 
     async def _requeue(self, held: _Held) -> None:
         self._held.pop(id(held.delivery), None)
-        with contextlib.suppress(amqp.ChannelInvalidStateError):
+        with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
             await held.delivery.nack(requeue=True)
 
     async def _expire_loop(self) -> None:

@@ -34,13 +34,6 @@ class RabbitmqSettings(BackendSettings):
         parse=_url,
         url=True,
     )
-    reconnect_interval: float = setting(
-        "ABE_RABBITMQ_RECONNECT_INTERVAL",
-        1.0,
-        "Seconds between attempts to reconnect after the connection is lost.",
-        minimum=0.1,
-        maximum=300,
-    )
     delivery_limit: int | None = setting(
         "ABE_RABBITMQ_DELIVERY_LIMIT",
         100,
