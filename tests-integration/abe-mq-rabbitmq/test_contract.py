@@ -1,4 +1,4 @@
-"""The contract suite (shared/CONTRACT.md) against RabbitMQ: 5672, and a node of our own for restarts."""
+"""The contract suite (shared/CONTRACT.md) against RabbitMQ on 5672, and a node of our own."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ Make = Callable[..., BaseBackend]
 
 class TestRabbitmqContract(BackendContract):
     @pytest.fixture
-    def backend_factory(self, rabbitmq_broker: RabbitmqBroker, make_backend: Make) -> BackendFactory:
+    def backend_factory(
+        self, rabbitmq_broker: RabbitmqBroker, make_backend: Make
+    ) -> BackendFactory:
         def factory(*, prefetch: int | None = None) -> BaseBackend:
             return make_backend(rabbitmq_broker.url, **_prefetch(prefetch))
 

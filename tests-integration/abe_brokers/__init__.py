@@ -1,14 +1,15 @@
 """Brokers for abe's integration tests: find one, or start one, and say which.
 
-Session fixtures (``redis_broker``, ``nats_broker``, ``kafka_broker``, ``sqs_broker``, ``rabbitmq_broker``)
-resolve each kind in the order DESIGN.md gives: an address in the environment, a broker
-already on its usual loopback port, a testcontainers container, a process of our own.
-Factory fixtures (``redis_server_factory``, ``nats_server_factory``,
-``kafka_server_factory``) make restartable servers a failure test owns. What to install
-is in ``tests-integration/requirements.txt``; the variables are:
+Session fixtures (``redis_broker``, ``nats_broker``, ``kafka_broker``, ``sqs_broker``,
+``rabbitmq_broker``) resolve each kind in the order DESIGN.md gives: an address in the
+environment, a broker already on its usual loopback port, a testcontainers container, a
+process of our own. Factory fixtures (``redis_server_factory``, ``nats_server_factory``,
+``kafka_server_factory``, ``rabbitmq_server_factory``) make restartable servers a failure
+test owns. What to install is in ``tests-integration/requirements.txt``; the variables are:
 
 - ``ABE_TEST_REDIS_URL``, ``ABE_TEST_NATS_URL``, ``ABE_TEST_KAFKA_BOOTSTRAP``,
-  ``ABE_TEST_SQS_ENDPOINT``, ``ABE_TEST_RABBITMQ_URL``: use this broker; if it does not answer, tests fail.
+  ``ABE_TEST_SQS_ENDPOINT``, ``ABE_TEST_RABBITMQ_URL``: use this broker; if it does not
+  answer, tests fail.
 - ``ABE_REQUIRE_BROKERS``: comma-separated kinds (or ``all``) that must not be skipped.
 - ``ABE_TEST_BROKER_STEPS``: the steps to try (default ``env,running,container,process``).
 - ``ABE_TEST_CONTAINERS=0``: skip the container step; ``ABE_TEST_<KIND>_IMAGE``: its image.

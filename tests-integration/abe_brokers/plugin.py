@@ -195,9 +195,7 @@ def sqs_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[S
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_broker(
-    request: pytest.FixtureRequest, abe_moto: LazyMoto
-) -> Iterator[RabbitmqBroker]:
+def rabbitmq_broker(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[RabbitmqBroker]:
     """A RabbitMQ 3.10+ for the session: env, running on 5672, or a container."""
     yield from _provide(request, "rabbitmq", abe_moto, RabbitmqBroker)
 

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import signal
 import shutil
+import signal
 import sys
 import tempfile
 import time

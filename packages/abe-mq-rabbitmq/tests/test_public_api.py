@@ -49,4 +49,4 @@ async def test_load_backend_builds_it_without_io(monkeypatch: pytest.MonkeyPatch
     assert backend.name == "rabbitmq"
     assert backend.settings == RabbitmqSettings()
     await backend.close()
-    assert repr(backend).endswith(" rabbitmq://localhost:7000 closed>")
+    assert repr(backend).endswith(" amqp://***@127.0.0.1:5672/ closed>")

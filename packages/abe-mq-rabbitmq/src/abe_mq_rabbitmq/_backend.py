@@ -17,25 +17,25 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import aio_pika
-from aio_pika import Channel, DeliveryMode, ExchangeType, Message
-from aio_pika import exceptions as amqp
-from aiormq import exceptions as aiormq_errors
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-
 from abe.errors import PublishError
 from abe.provider import (
     BaseBackend,
     Capabilities,
+    Deadline,
     ErrorMap,
     KeyRules,
     LazyClient,
     OutgoingMessage,
     Receiver,
-    Deadline,
     bounded,
     dead_letter_key,
     redact_url,
 )
+from aio_pika import Channel, DeliveryMode, ExchangeType, Message
+from aio_pika import exceptions as amqp
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aiormq import exceptions as aiormq_errors
+
 from abe_mq_rabbitmq._errors import ERRORS
 from abe_mq_rabbitmq._receiver import MARKER, RabbitmqReceiver, group_queue
 from abe_mq_rabbitmq._settings import RabbitmqSettings
@@ -123,7 +123,8 @@ class RabbitmqBackend(BaseBackend):
     async def _channel(self) -> AbstractChannel:
         """A new channel for a receiver (its deliveries and prefetch are its own)."""
         client = await self._client()
-        return await client.connection.channel(publisher_confirms=True)
+        channel: AbstractChannel = await client.connection.channel(publisher_confirms=True)
+        return channel
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         """Publish in order, confirms pipelined; returns once RabbitMQ confirmed every one."""
@@ -134,7 +135,9 @@ class RabbitmqBackend(BaseBackend):
             client.declared.discard(key)
             await self._publish(await self._client(), key, messages)
 
-    async def _publish(self, client: _Client, key: str, messages: Sequence[OutgoingMessage]) -> None:
+    async def _publish(
+        self, client: _Client, key: str, messages: Sequence[OutgoingMessage]
+    ) -> None:
         exchange = await self._declare(client, key)
         now = datetime.now(timezone.utc)
         sent = [
@@ -178,7 +181,7 @@ class RabbitmqBackend(BaseBackend):
         return exchange
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
-        """Join `group` on `keys` (a new group gets the key's log first), on a channel of its own."""
+        """Join `group` on `keys` (a new group gets the key's log first); its own channel."""
         client = await self._client()
         try:
             for key in keys:

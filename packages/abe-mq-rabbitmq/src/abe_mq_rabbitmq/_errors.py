@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
+from abe.provider import ErrorMap, auth, invalid_key, passthrough, payload, unavailable
 from aio_pika import exceptions as amqp
 from aiormq import exceptions as aiormq_errors
-
-from abe.provider import ErrorMap, auth, invalid_key, passthrough, payload, unavailable
 
 __all__ = ["ERRORS"]
 

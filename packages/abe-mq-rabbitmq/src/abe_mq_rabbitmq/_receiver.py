@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from functools import partial
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-
-from aio_pika import exceptions as amqp
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from functools import partial
 
 from abe.provider import IncomingMessage, Receiver, wait_event
+from aio_pika import exceptions as amqp
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 __all__ = ["MARKER", "RabbitmqReceiver", "group_queue"]
 

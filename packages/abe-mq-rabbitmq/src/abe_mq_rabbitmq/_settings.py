@@ -1,4 +1,4 @@
-"""RabbitmqSettings: each variable declared once; `from_env()`, `abe backends` and the README read them."""
+"""RabbitmqSettings: each variable declared once, for from_env(), `abe backends` and the README."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class RabbitmqSettings(BackendSettings):
         "ABE_RABBITMQ_DELIVERY_LIMIT",
         100,
         "The group queues' x-delivery-limit: after this many deliveries RabbitMQ itself "
-        "dead-letters a message to <key>-dlq (a backstop behind the consumer's max_attempts).",
+        "dead-letters a message to KEY-dlq (a backstop behind the consumer's max_attempts).",
         minimum=1,
     )
     max_age: str | None = setting(
