@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aio_pika
 from abe.errors import PublishError
@@ -39,6 +39,9 @@ from aiormq import exceptions as aiormq_errors
 from abe_mq_rabbitmq._errors import ERRORS
 from abe_mq_rabbitmq._receiver import MARKER, RabbitmqReceiver, group_queue
 from abe_mq_rabbitmq._settings import RabbitmqSettings
+
+if TYPE_CHECKING:
+    from abe.benchmarking import RawBaseline
 
 __all__ = ["RabbitmqBackend"]
 
@@ -356,6 +359,12 @@ class RabbitmqBackend(BaseBackend):
 
     def _describe(self) -> str:
         return redact_url(str(self.settings.url))
+
+    def raw_baseline(self) -> RawBaseline:
+        """The `abe bench` workloads written with aio-pika alone, on the same broker."""
+        from abe_mq_rabbitmq._baseline import RawRabbitmqBaseline  # noqa: PLC0415  (bench only)
+
+        return RawRabbitmqBaseline(self.settings)
 
 
 def _marker(text: str) -> Message:
