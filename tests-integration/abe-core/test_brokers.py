@@ -22,6 +22,8 @@ from abe_brokers import (
     KafkaServerFactory,
     NatsBroker,
     NatsServerFactory,
+    RabbitmqBroker,
+    RabbitmqServerFactory,
     RedisBroker,
     RedisServerFactory,
     RedisUser,
@@ -135,6 +137,30 @@ async def test_sqs_broker_round_trip(sqs_broker: SqsBroker) -> None:
             await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         finally:
             await sqs.delete_queue(QueueUrl=queue_url)
+
+
+@pytest.mark.asyncio
+async def test_rabbitmq_broker_round_trip(rabbitmq_broker: RabbitmqBroker) -> None:
+    """Declare a queue, publish one message with a header (confirmed), get it and delete."""
+    import aio_pika
+
+    name = unique_name("abe-smoke")
+    connection = await aio_pika.connect(rabbitmq_broker.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(name, durable=True)
+        try:
+            message = aio_pika.Message(BODY, headers={"abe-attempt": "1"})
+            await channel.default_exchange.publish(message, routing_key=name)
+            got = await queue.get(timeout=5, fail=True)
+            assert got is not None
+            assert json.loads(got.body) == PAYLOAD
+            assert got.headers["abe-attempt"] == "1"
+            await got.ack()
+        finally:
+            await channel.queue_delete(name)
+    finally:
+        await connection.close()
 
 
 # --- test-owned servers: data survives restart (and kill -9 where persisted) ---------
@@ -311,6 +337,37 @@ async def test_kafka_server_survives_restart_and_kill(
     assert await read_all(2) == [b"1", b"2"]
 
 
+@pytest.mark.asyncio
+async def test_rabbitmq_node_keeps_quorum_queues_across_restart(
+    rabbitmq_server_factory: RabbitmqServerFactory,
+) -> None:
+    """A node of the test's own: a persistent message in a quorum queue survives a restart."""
+    import aio_pika
+
+    server = rabbitmq_server_factory()
+    arguments = {"x-queue-type": "quorum"}
+
+    async def channel() -> Any:
+        connection = await aio_pika.connect(server.url)
+        return connection, await connection.channel(publisher_confirms=True)
+
+    connection, chan = await channel()
+    queue = await chan.declare_queue("kept", durable=True, arguments=arguments)
+    message = aio_pika.Message(b"1", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    await chan.default_exchange.publish(message, routing_key="kept")
+    await connection.close()
+    await server.arestart()
+    connection, chan = await channel()
+    try:
+        queue = await chan.declare_queue("kept", durable=True, arguments=arguments)
+        got = await queue.get(timeout=10, fail=True)
+        assert got is not None
+        assert got.body == b"1"
+        await got.ack()
+    finally:
+        await connection.close()
+
+
 # --- the selection logic itself (no brokers needed) --------------------------------
 
 
@@ -318,7 +375,7 @@ def test_required_kinds_parsing() -> None:
     """``ABE_REQUIRE_BROKERS`` takes kinds, distribution names or ``all``; typos are errors."""
     assert required_kinds(None) == frozenset()
     assert required_kinds(" ") == frozenset()
-    assert required_kinds("all") == {"redis", "nats", "kafka", "sqs"}
+    assert required_kinds("all") == {"redis", "nats", "kafka", "sqs", "rabbitmq"}
     assert required_kinds("Redis, abe-mq-kafka,,") == {"redis", "kafka"}
     with pytest.raises(ValueError, match="reddis"):
         required_kinds("reddis")
