@@ -60,3 +60,15 @@ def test_abe_errors_and_unknown_errors_pass_through() -> None:
     assert backend._translate_error(already) is already
     unknown = KeyError("not a broker error")
     assert backend._translate_error(unknown) is unknown
+
+
+def test_a_missing_vhost_and_a_tls_mismatch_say_what_to_check() -> None:
+    backend = RabbitmqBackend()
+    closed = aiormq.exceptions.InvalidFrameError("Expected Connection.OpenOk, got Connection.Close")
+    vhost = backend._translate_error(closed)
+    assert type(vhost) is AuthenticationError
+    assert "virtual host in RABBITMQ_URL" in str(vhost)
+    handshake = aiormq.exceptions.AMQPConnectionError(1, "[SSL: WRONG_VERSION_NUMBER]")
+    tls = backend._translate_error(handshake)
+    assert type(tls) is BackendUnavailableError
+    assert "TLS handshake failed" in str(tls)

@@ -42,7 +42,22 @@ ERRORS = ErrorMap(
         amqp.ChannelInvalidStateError: unavailable("the channel closed; it reconnects by itself"),
         amqp.ChannelClosed: unavailable("RabbitMQ closed the channel"),
         amqp.ConnectionClosed: unavailable("the connection to RabbitMQ closed"),
-        amqp.AMQPConnectionError: unavailable(_UNREACHABLE),
+        amqp.AMQPConnectionError: [
+            unavailable(
+                "the TLS handshake failed: does RabbitMQ speak TLS on this port (else use "
+                "amqp://), and does it trust this client?",
+                when=lambda error: "SSL" in str(error),
+            ),
+            unavailable(_UNREACHABLE),
+        ],
+        amqp.InvalidFrameError: [
+            auth(
+                "RabbitMQ refused to open the connection: check that the virtual host in "
+                "RABBITMQ_URL (its path) exists and that the user may use it",
+                when=lambda error: "Connection.Close" in str(error),
+            ),
+            unavailable("the reply is not AMQP 0-9-1; check RABBITMQ_URL"),
+        ],
         amqp.AMQPError: unavailable("RabbitMQ refused a command"),
         amqp.MessageProcessError: passthrough(),
         amqp.QueueEmpty: passthrough(),
