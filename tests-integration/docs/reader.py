@@ -14,7 +14,7 @@ __all__ = ["PAGE_HOME", "ROOT", "Reader", "build_wheels", "reader_env"]
 ROOT = Path(__file__).resolve().parents[2]
 PAGE_HOME = "/home/you"
 """The home folder the pages show; a run's own HOME stands in for it."""
-_PROVIDER_VARIABLES = ("ABE_", "QUEUE_BACKEND", "REDIS_", "NATS_", "KAFKA_", "AWS_")
+_PROVIDER_VARIABLES = ("ABE_", "QUEUE_BACKEND", "REDIS_", "NATS_", "KAFKA_", "AWS_", "RABBITMQ_")
 
 
 @dataclass(frozen=True)

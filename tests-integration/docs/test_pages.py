@@ -1,4 +1,4 @@
-"""The getting-started and writing-a-provider pages, run as their reader runs them.
+"""The getting-started, writing-a-provider and RabbitMQ pages, run as their reader runs them.
 
 Each page runs in a new HOME, from `~/abe`, a folder laid out as a clone of abe after
 `nox -s build` (dist/ holds wheels built from this checkout): the page's own commands
@@ -60,6 +60,24 @@ def test_getting_started(reader: Reader, request: pytest.FixtureRequest) -> None
         )
     finally:
         _delete_keys(url, PAGE_REDIS_KEYS)
+
+
+PAGE_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+"""The RabbitMQ the RabbitMQ page points abe at."""
+
+
+def test_rabbitmq_page(reader: Reader, request: pytest.FixtureRequest) -> None:
+    """The RabbitMQ page from a clone: install from dist/, then `abe check` on the broker."""
+    url = request.getfixturevalue("rabbitmq_broker").url
+    replacements = reader.replacements()
+    if url != PAGE_RABBITMQ_URL:
+        replacements.append((PAGE_RABBITMQ_URL, url))  # the page says: point it at yours
+    run_page(
+        DOCS / "providers" / "rabbitmq.md",
+        cwd=reader.clone,
+        env=reader.env,
+        replacements=replacements,
+    )
 
 
 def test_writing_a_provider(reader: Reader) -> None:
