@@ -4,12 +4,15 @@ Session fixtures (``redis_broker``, ``nats_broker``, ``kafka_broker``, ``sqs_bro
 resolve each kind in the order DESIGN.md gives: an address in the environment, a broker
 already on its usual loopback port, a testcontainers container, a process of our own.
 Factory fixtures (``redis_server_factory``, ``nats_server_factory``,
-``kafka_server_factory``) make restartable servers a failure test owns. What to install
+``kafka_server_factory``) make restartable servers a failure test owns. Cluster fixtures
+(``nats_cluster``, ``kafka_cluster``) start three nodes of our own for the session, any
+one of which a test may kill and restart. What to install
 is in ``tests-integration/requirements.txt``; the variables are:
 
 - ``ABE_TEST_REDIS_URL``, ``ABE_TEST_NATS_URL``, ``ABE_TEST_KAFKA_BOOTSTRAP``,
   ``ABE_TEST_SQS_ENDPOINT``: use this broker; if it does not answer, tests fail.
-- ``ABE_REQUIRE_BROKERS``: comma-separated kinds (or ``all``) that must not be skipped.
+- ``ABE_REQUIRE_BROKERS``: comma-separated kinds (or ``all``) that must not be skipped,
+  ``nats-cluster`` and ``kafka-cluster`` included.
 - ``ABE_TEST_BROKER_STEPS``: the steps to try (default ``env,running,container,process``).
 - ``ABE_TEST_CONTAINERS=0``: skip the container step; ``ABE_TEST_<KIND>_IMAGE``: its image.
 - ``ABE_TEST_REDIS_SERVER``, ``ABE_TEST_NATS_SERVER``, ``ABE_TEST_TANSU_BIN``: binaries.
@@ -20,7 +23,17 @@ from __future__ import annotations
 import uuid
 
 from .cli import OWN_KEY_PREFIXES, run_abe
-from .model import KINDS, KafkaBroker, Kind, NatsBroker, RedisBroker, Source, SqsBroker
+from .clusters import KafkaCluster, NatsCluster
+from .model import (
+    CLUSTER_KINDS,
+    KINDS,
+    KafkaBroker,
+    Kind,
+    NatsBroker,
+    RedisBroker,
+    Source,
+    SqsBroker,
+)
 from .probes import ProbeError
 from .procs import ServerStartError, ToolMissing, free_port
 from .selection import REQUIRE_VAR, Attempt, Resolution, required_kinds, resolve
@@ -38,6 +51,7 @@ from .tls import TlsFiles, make_tls_files
 
 __all__ = [
     "KINDS",
+    "CLUSTER_KINDS",
     "OWN_KEY_PREFIXES",
     "Kind",
     "Source",
@@ -53,6 +67,8 @@ __all__ = [
     "RedisServerFactory",
     "NatsServerFactory",
     "KafkaServerFactory",
+    "NatsCluster",
+    "KafkaCluster",
     "TlsFiles",
     "make_tls_files",
     "ServerStartError",

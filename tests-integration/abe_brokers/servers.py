@@ -321,7 +321,9 @@ class MotoServer(_Server):
 class KafkaServer(_Server):
     """Tansu, a Kafka-compatible broker, storing in an S3 bucket on moto so data survives restarts.
 
-    ``storage="memory"`` keeps everything in the process instead (lost on stop).
+    ``storage="memory"`` keeps everything in the process instead (lost on stop). Brokers
+    given the same existing ``bucket`` share their storage: Tansu brokers are stateless
+    over it, so they form one cluster.
     """
 
     def __init__(
@@ -332,6 +334,7 @@ class KafkaServer(_Server):
         storage: Literal["s3", "memory"] = "s3",
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        bucket: str | None = None,
     ) -> None:
         self.directory = directory
         self.port = free_port()
@@ -340,8 +343,10 @@ class KafkaServer(_Server):
         if storage == "s3":
             if s3 is None:
                 raise ValueError("storage='s3' needs a moto server")
-            self.bucket = f"abe-kafka-{uuid.uuid4().hex[:12]}"
-            s3.create_bucket(self.bucket)
+            if bucket is None:  # a bucket of its own; several brokers given one form a cluster
+                bucket = f"abe-kafka-{uuid.uuid4().hex[:12]}"
+                s3.create_bucket(bucket)
+            self.bucket = bucket
             engine = f"s3://{self.bucket}/"
             env.update(
                 AWS_ENDPOINT=s3.endpoint_url,

@@ -3,7 +3,8 @@
 :meth:`CrashRun.run` starts ``workers`` worker processes and the producer, then until
 the producer is done SIGKILLs a random worker every ~``kill_every`` seconds (starting a
 replacement at once), and once half the messages are confirmed kills the broker with
-SIGKILL and starts it again (when the target has a broker it owns). Then it waits
+SIGKILL and starts it again (when the target has a broker it owns; a cluster node
+``hold_down`` stays down until a message published after the kill was handled). Then it waits
 until every confirmed message was handled, a stall (nothing new handled for
 ``stall_after`` seconds while messages wait) or the drain deadline; waits a quiet
 period for late duplicates; stops the workers with SIGTERM; and hands what it saw to
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -62,6 +64,12 @@ class Target:
     """How the broker is set up (for the report), e.g. "redis-server, AOF fsync always"."""
     shared: bool = False
     """The broker outlives the run (SQS on the session's moto): delete the key afterwards."""
+    hold_down: bool = False
+    """Keep the killed broker down until a message published after the kill was handled
+    (at most ``stall_after`` seconds), then start it: for a cluster node, whose death the
+    clients must survive on the other nodes before it comes back."""
+    worker_env: Callable[[int], dict[str, str]] | None = None
+    """Variables for worker number n (1, 2, ...) on top of ``env``, e.g. where it connects."""
 
 
 @dataclass
@@ -138,6 +146,10 @@ class CrashRun:
         self._published_at: float | None = None
         self._restart: threading.Thread | None = None
         self._restart_error: BaseException | None = None
+        self._killed_at: float | None = None
+        self._after_kill: set[int] = set()
+        self._resumed = threading.Event()
+        """Set once a message confirmed after the broker was killed has been handled."""
         self.env = {
             **os.environ,
             **target.env,
@@ -162,8 +174,11 @@ class CrashRun:
             "--max-attempts", str(self.sizes.max_attempts),
             "--out", str(out), "--status", str(status),
         ]  # fmt: skip
+        env = self.env
+        if self.target.worker_env is not None:
+            env = {**env, **self.target.worker_env(self._made)}
         with log_path.open("ab") as log:
-            process = _spawn(argv, self.env, log)
+            process = _spawn(argv, env, log)
         worker = _Worker(name, process, out, status, log_path, time.monotonic())
         self._workers.append(worker)
         self._event(f"start {worker.started_at:.6f} {worker.pid} {name}")
@@ -229,13 +244,16 @@ class CrashRun:
         killed_at = time.monotonic()
         try:
             broker.kill()
+            self._killed_at = killed_at
+            self._event(f"broker-killed {killed_at:.6f}")
+            if self.target.hold_down:
+                self._resumed.wait(self.sizes.stall_after)
             broker.start()
         except BaseException as exc:
             self._restart_error = exc
             return
         ready_at = time.monotonic()
         self._outages.append(Outage(killed_at, ready_at))
-        self._event(f"broker-killed {killed_at:.6f}")
         self._event(f"broker-ready {ready_at:.6f}")
 
     # ---- observing ----------------------------------------------------------------------------
@@ -247,10 +265,14 @@ class CrashRun:
             record = Confirmed.parse(line)
             self._confirmed.append(record)
             self._confirmed_numbers.add(record.number)
+            if self._killed_at is not None and record.started >= self._killed_at:
+                self._after_kill.add(record.number)
         for worker in self._workers:
             for line in worker.tail.new_lines():
                 handled = Handled.parse(line)
                 self._handled.append(handled)
+                if handled.number in self._after_kill:
+                    self._resumed.set()
                 if handled.number not in self._handled_numbers:
                     self._handled_numbers.add(handled.number)
                     self._progress_at = now
@@ -403,6 +425,7 @@ class CrashRun:
     def _stop(self, producer: subprocess.Popen[bytes] | None) -> None:
         """SIGTERM every worker (and the producer if still running); SIGKILL what hangs."""
         if self._restart is not None:
+            self._resumed.set()  # a broker held down comes back now: the run is over
             self._restart.join()
         running = [w for w in self._workers if w.killed_at is None and w.alive]
         if producer is not None and producer.poll() is None:

@@ -24,7 +24,9 @@ without brokers. The rules:
 - stall: the longest time in which confirmed messages waited and none was handled for
   the first time; over ``stall_after`` seconds fails.
 - time to resume: after each broker restart, when the first message was handled again,
-  and when the first message published after the crash was.
+  and when the first message published after the crash was; and the same from the kill
+  itself (``consume_after_kill_s``, ``resumed_after_kill_s``: a message published after
+  the kill handled), which for a cluster node held down measures the failover.
 """
 
 from __future__ import annotations
@@ -139,7 +141,8 @@ class Verdict:
             parts.append(
                 f"broker down {_s(f['broker_down_s'])}, handling again "
                 f"{_s(f['consume_resumed_s'])} after restart (new messages "
-                f"{_s(f['new_messages_handled_s'])})"
+                f"{_s(f['new_messages_handled_s'])}); a message published after the kill "
+                f"handled {_s(f['resumed_after_kill_s'])} after it"
             )
         parts.append(f"longest pause {_s(f['longest_pause_s'])}")
         parts.append(f"run {_s(f['run_s'])}")
@@ -299,6 +302,16 @@ def judge(evidence: Evidence) -> Verdict:
         )
         figures["new_messages_handled_s" + suffix] = _round(
             _first_after(new_handled, outage.ready_at)
+        )
+        # From the kill itself: a cluster keeps serving while one node is down.
+        after_kill = {c.number for c in evidence.confirmed if c.started >= outage.killed_at}
+        figures["consume_after_kill_s" + suffix] = _round(
+            _first_after((h.at for h in evidence.handled), outage.killed_at)
+        )
+        figures["resumed_after_kill_s" + suffix] = _round(
+            _first_after(
+                (h.at for h in evidence.handled if h.number in after_kill), outage.killed_at
+            )
         )
     for name, count in sorted(evidence.log_lines.items()):
         figures["log " + name] = count
