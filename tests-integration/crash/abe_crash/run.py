@@ -3,8 +3,8 @@
 :meth:`CrashRun.run` starts ``workers`` worker processes and the producer, then until
 the producer is done SIGKILLs a random worker every ~``kill_every`` seconds (starting a
 replacement at once), and once half the messages are confirmed kills the broker with
-SIGKILL and starts it again (when the target has a broker it owns; a cluster node
-``hold_down`` stays down until a message published after the kill was handled). Then it waits
+SIGKILL and starts it again (when the target has a broker it owns; with ``hold_down``,
+once that many messages published after the kill were handled). Then it waits
 until every confirmed message was handled, a stall (nothing new handled for
 ``stall_after`` seconds while messages wait) or the drain deadline; waits a quiet
 period for late duplicates; stops the workers with SIGTERM; and hands what it saw to
@@ -64,10 +64,10 @@ class Target:
     """How the broker is set up (for the report), e.g. "redis-server, AOF fsync always"."""
     shared: bool = False
     """The broker outlives the run (SQS on the session's moto): delete the key afterwards."""
-    hold_down: bool = False
-    """Keep the killed broker down until a message published after the kill was handled
-    (at most ``stall_after`` seconds), then start it: for a cluster node, whose death the
-    clients must survive on the other nodes before it comes back."""
+    hold_down: int = 0
+    """Keep the killed broker down until this many messages published after the kill were
+    handled (at most ``stall_after`` seconds), then start it (0: start it at once): for a
+    cluster node, whose death the clients must survive on the other nodes first."""
     worker_env: Callable[[int], dict[str, str]] | None = None
     """Variables for worker number n (1, 2, ...) on top of ``env``, e.g. where it connects."""
 
@@ -149,7 +149,8 @@ class CrashRun:
         self._killed_at: float | None = None
         self._after_kill: set[int] = set()
         self._resumed = threading.Event()
-        """Set once a message confirmed after the broker was killed has been handled."""
+        """Set once ``hold_down`` messages published after the broker was killed were handled."""
+        self._handled_after_kill: set[int] = set()
         self.env = {
             **os.environ,
             **target.env,
@@ -272,7 +273,9 @@ class CrashRun:
                 handled = Handled.parse(line)
                 self._handled.append(handled)
                 if handled.number in self._after_kill:
-                    self._resumed.set()
+                    self._handled_after_kill.add(handled.number)
+                    if len(self._handled_after_kill) >= self.target.hold_down:
+                        self._resumed.set()
                 if handled.number not in self._handled_numbers:
                     self._handled_numbers.add(handled.number)
                     self._progress_at = now

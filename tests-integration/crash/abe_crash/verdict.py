@@ -26,7 +26,8 @@ without brokers. The rules:
 - time to resume: after each broker restart, when the first message was handled again,
   and when the first message published after the crash was; and the same from the kill
   itself (``consume_after_kill_s``, ``resumed_after_kill_s``: a message published after
-  the kill handled), which for a cluster node held down measures the failover.
+  the kill handled; ``every_worker_resumed_s``: every worker handling again), which for a
+  cluster node held down measures the failover.
 """
 
 from __future__ import annotations
@@ -242,6 +243,20 @@ def longest_pause(evidence: Evidence) -> tuple[float, float]:
     return longest, began
 
 
+def _every_worker(evidence: Evidence, outage: Outage) -> float | None:
+    """Seconds from the kill until every worker that handled messages before it (and was not
+    killed) handled one again: the slowest client's failover. None if one never did."""
+    killed = {kill.pid for kill in evidence.kills}
+    before = {h.pid for h in evidence.handled if h.at < outage.killed_at} - killed
+    later: dict[int, float] = {}
+    for h in evidence.handled:
+        if h.pid in before and h.at >= outage.killed_at:
+            later[h.pid] = min(later.get(h.pid, h.at), h.at)
+    if not before or len(later) < len(before):
+        return None
+    return max(later.values()) - outage.killed_at
+
+
 def _first_after(times: Iterable[float], moment: float) -> float | None:
     later = [at for at in times if at >= moment]
     return min(later) - moment if later else None
@@ -313,6 +328,7 @@ def judge(evidence: Evidence) -> Verdict:
                 (h.at for h in evidence.handled if h.number in after_kill), outage.killed_at
             )
         )
+        figures["every_worker_resumed_s" + suffix] = _round(_every_worker(evidence, outage))
     for name, count in sorted(evidence.log_lines.items()):
         figures["log " + name] = count
     if evidence.notes:

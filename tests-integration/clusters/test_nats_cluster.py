@@ -1,0 +1,135 @@
+"""A three-node NATS JetStream cluster: the whole contract suite, and failover without loss.
+
+Streams get three replicas (ABE_NATS_REPLICAS=3) and NATS_URL lists every node. The
+failover run kills with SIGKILL the node serving the most abe clients, keeps it down
+until a message published after the kill has been handled, then starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from abe_brokers import NatsCluster
+from abe_crash.run import Target
+from abe_crash.sizes import Sizes
+from abe_crash.verdict import Verdict
+from abe_mq_nats_testing import Janitor, raw_client, settings_for
+from cluster_testing import hold_down, load_suite
+
+from abe.testing import BackendFactory, RawWriter, RestartableBroker, TlsMismatch
+from abe_mq_nats import NatsBackend
+from abe_mq_nats._client import stream_name
+
+_suite = load_suite("abe-mq-nats", "abe_cluster_nats_contract")
+
+
+def _settings(cluster: NatsCluster, **overrides: Any) -> Any:
+    return settings_for(cluster.url, replicas=cluster.size, **overrides)
+
+
+@pytest_asyncio.fixture
+async def cluster_janitor(nats_cluster: NatsCluster) -> AsyncIterator[Janitor]:
+    """Deletes, after the test, every stream its backends and raw writers created."""
+    janitor = Janitor(nats_cluster.nodes[0].url)  # streams have replicas: any node deletes
+    try:
+        yield janitor
+    finally:
+        for backend in janitor.backends:
+            await backend.close()
+        await janitor.clean()
+
+
+class TestNatsClusterContract(_suite.TestNatsContract):  # type: ignore[misc,name-defined]
+    @pytest.fixture
+    def backend_factory(
+        self, nats_cluster: NatsCluster, cluster_janitor: Janitor
+    ) -> BackendFactory:
+        def make(*, prefetch: int | None = None) -> NatsBackend:
+            overrides = {} if prefetch is None else {"prefetch": prefetch}
+            return cluster_janitor.track(NatsBackend(_settings(nats_cluster, **overrides)))
+
+        return make
+
+    @pytest.fixture
+    def write_raw(self, nats_cluster: NatsCluster, cluster_janitor: Janitor) -> RawWriter:
+        async def write(key: str, body: bytes) -> None:
+            async with raw_client(nats_cluster.nodes[1].url) as (_, js):  # another node
+                try:
+                    await js.find_stream_name_by_subject(key)
+                except Exception:
+                    name = f"raw-{stream_name(key)}"
+                    await js.add_stream(name=name, subjects=[key], num_replicas=nats_cluster.size)
+                    cluster_janitor.streams.add(name)
+                await js.publish(key, body)
+
+        return write
+
+    @pytest.fixture
+    def restartable_broker(self, nats_cluster: NatsCluster) -> RestartableBroker:
+        """The whole cluster crashes (every node SIGKILLed) and comes back with its stores."""
+
+        def make(*, prefetch: int | None = None) -> NatsBackend:
+            overrides: dict[str, Any] = {"operation_timeout": 3.0}
+            if prefetch is not None:
+                overrides["prefetch"] = prefetch
+            return NatsBackend(_settings(nats_cluster, **overrides))
+
+        async def restart() -> None:
+            await asyncio.to_thread(nats_cluster.kill)
+            await asyncio.to_thread(nats_cluster.start)
+
+        return RestartableBroker(make, restart)
+
+    @pytest.fixture
+    def tls_mismatch(self, nats_cluster: NatsCluster, cluster_janitor: Janitor) -> TlsMismatch:
+        node = nats_cluster.nodes[0]
+
+        def backend_at(host: str, port: int) -> NatsBackend:
+            url = f"tls://{_suite.WRONG_TOKEN}@{host}:{port}"
+            return cluster_janitor.track(NatsBackend(settings_for(url, operation_timeout=3.0)))
+
+        return TlsMismatch(backend_at, (node.host, node.port), _suite.WRONG_TOKEN)
+
+
+class _BusiestNode:
+    """The crash a failover run does: kill the node most abe clients use, then start it."""
+
+    def __init__(self, cluster: NatsCluster) -> None:
+        self.cluster = cluster
+        self.index: int | None = None
+        self.clients: list[int] = []
+
+    def kill(self) -> None:
+        self.clients = self.cluster.client_counts()
+        self.index = self.cluster.busiest_node()
+        self.cluster.kill_node(self.index)
+
+    def start(self) -> None:
+        assert self.index is not None
+        self.cluster.start_node(self.index)
+
+
+def test_nats_cluster_loses_nothing_when_a_node_dies(
+    nats_cluster: NatsCluster,
+    failover: Callable[[Target, str], Verdict],
+    failover_sizes: Sizes,
+    record_property: Callable[[str, object], None],
+) -> None:
+    crash = _BusiestNode(nats_cluster)
+    target = Target(
+        "nats",
+        nats_cluster.env(),
+        crash,
+        nats_cluster.describe(),
+        hold_down=hold_down(failover_sizes),
+    )
+    verdict = failover(target, "nats-cluster")
+    record_property("abe_clients_per_node_at_kill", str(crash.clients))
+    assert crash.index is not None
+    assert crash.clients[crash.index] > 0, f"the node killed served no abe client: {crash.clients}"
+    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
+    assert verdict.figures["lost"] == 0
