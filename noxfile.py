@@ -161,10 +161,13 @@ def clusters(session: nox.Session) -> None:
     and worker processes run; nothing confirmed may be lost). A few minutes in all.
 
     The failover sizes are the crash test's ABE_CRASH_* variables; arguments go to pytest.
+    Two pytest-xdist workers take one file each at a time: the Kafka contract suite waits on
+    group rebalances for about four minutes, the rest runs beside it.
     """
     packages = [_local(CORE, "[testing]"), _local("abe-mq-nats"), _local("abe-mq-kafka")]
-    session.install(*packages, "-r", "tests-integration/requirements.txt")
-    session.run("pytest", "tests-integration/clusters", *session.posargs)
+    session.install(*packages, "-r", "tests-integration/requirements.txt", "pytest-xdist")
+    args = ["-n", "2", "--dist", "loadfile", *session.posargs]
+    session.run("pytest", "tests-integration/clusters", *args)
 
 
 def _crash_arguments(session: nox.Session, args: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -26,7 +26,9 @@ from abe_crash.sizes import Sizes  # noqa: E402
 from abe_crash.verdict import Verdict  # noqa: E402
 from cluster_testing import FAILOVER_SIZES  # noqa: E402
 
-_SUMMARY = pytest.StashKey[list[str]]()
+SUMMARY_PROPERTY = "failover_line"
+"""The JUnit property holding a run's one-line figures; the terminal summary repeats it."""
+_LINES: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +48,6 @@ def failover_sizes() -> Sizes:
 
 @pytest.fixture
 def failover(
-    request: pytest.FixtureRequest,
     tmp_path: Path,
     failover_sizes: Sizes,
     record_property: Callable[[str, object], None],
@@ -75,8 +76,8 @@ def failover(
             f"{_seconds(f.get('broker_down_s'))}) - {'OK' if verdict.ok else 'FAILED'} "
             f"[{target.describe}; files in {crash_run.directory}]"
         )
-        request.config.stash.setdefault(_SUMMARY, []).append(line)
-        print(line)
+        # the summary takes it from the test's report, so it comes through pytest-xdist too
+        record_property(SUMMARY_PROPERTY, line)
         return verdict
 
     return run
@@ -86,10 +87,17 @@ def _seconds(value: object) -> str:
     return f"{value}s" if isinstance(value, int | float) else str(value)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep each failover run's line (in the controlling process under pytest-xdist)."""
+    if report.when == "call":
+        _LINES.extend(
+            str(value) for name, value in report.user_properties if name == SUMMARY_PROPERTY
+        )
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """One line of figures per cluster run, whatever the outcome."""
-    lines = terminalreporter.config.stash.get(_SUMMARY, [])
-    if lines:
+    if _LINES:
         terminalreporter.section("abe cluster failover")
-        for line in lines:
+        for line in _LINES:
             terminalreporter.write_line(line)

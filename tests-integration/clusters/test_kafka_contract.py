@@ -1,28 +1,20 @@
-"""Three Tansu brokers on one S3 bucket: the whole contract suite, and failover without loss.
+"""The whole contract suite against three Tansu brokers on one S3 bucket (moto).
 
-Topics are created with replication factor 3 and the producer asks for acks=all; Tansu
-brokers keep nothing of their own (records, offsets and groups are in the bucket), so a
-broker killed with SIGKILL takes nothing confirmed with it. aiokafka keeps to the brokers
-metadata names and never returns to its bootstrap list, and a Tansu broker names only
-itself: each worker therefore bootstraps from a different broker, and the failover run
-kills the broker one worker uses (not the producer's), keeps it down until a message
-published after the kill has been handled by the others, then starts it again.
+Topics are created with replication factor 3 and the producer asks for acks=all; the
+broker restart of the suite crashes every broker. The failover run is in
+test_failover.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from abe_brokers import KafkaCluster
-from abe_crash.run import Target
-from abe_crash.sizes import Sizes
-from abe_crash.verdict import Verdict
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from cluster_testing import hold_down, load_suite
-from kafka_testing import TEST_ENV, backend_factory_for, settings_for
+from cluster_testing import load_suite
+from kafka_testing import backend_factory_for, settings_for
 
 from abe.settings import Secret
 from abe.testing import BackendFactory, RawWriter, RestartableBroker, TlsMismatch
@@ -80,42 +72,3 @@ class TestKafkaClusterContract(_suite.TestKafkaContract):  # type: ignore[misc,n
             return KafkaBackend(settings)
 
         return TlsMismatch(backend_at, (node.host, node.port), secret)
-
-
-class _OneWorkersBroker:
-    """The crash a failover run does: kill the broker worker 1 bootstraps from, then start it."""
-
-    def __init__(self, cluster: KafkaCluster, index: int) -> None:
-        self.cluster = cluster
-        self.index = index
-
-    def kill(self) -> None:
-        self.cluster.kill_node(self.index)
-
-    def start(self) -> None:
-        self.cluster.start_node(self.index)
-
-
-def test_kafka_cluster_loses_nothing_when_a_broker_dies(
-    kafka_cluster: KafkaCluster, failover: Callable[[Target, str], Verdict], failover_sizes: Sizes
-) -> None:
-    size = kafka_cluster.size
-    # the producer uses broker 0; worker n uses broker n % size; broker 1 is killed
-    env = {**kafka_cluster.env(0), **TEST_ENV}
-
-    def worker_env(number: int) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap_from(number % size)}
-
-    target = Target(
-        "kafka",
-        env,
-        _OneWorkersBroker(kafka_cluster, 1),
-        f"{kafka_cluster.describe()}, acks=all, replication factor {size}",
-        hold_down=hold_down(failover_sizes),
-        worker_env=lambda number: {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap_from(number % size)
-        },
-    )
-    verdict = failover(target, "kafka-cluster")
-    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
-    assert verdict.figures["lost"] == 0

@@ -1,26 +1,23 @@
-"""A three-node NATS JetStream cluster: the whole contract suite, and failover without loss.
+"""The whole contract suite against a three-node NATS JetStream cluster.
 
-Streams get three replicas (ABE_NATS_REPLICAS=3) and NATS_URL lists every node. The
-failover run kills with SIGKILL the node serving the most abe clients, keeps it down
-until a message published after the kill has been handled, then starts it again.
+Streams get three replicas (ABE_NATS_REPLICAS=3) and NATS_URL lists every node; the
+broker restart of the suite crashes the whole cluster. The failover run is in
+test_failover.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
 import pytest
 import pytest_asyncio
 from abe_brokers import NatsCluster
-from abe_crash.run import Target
-from abe_crash.sizes import Sizes
-from abe_crash.verdict import Verdict
 from abe_mq_nats_testing import Janitor, raw_client, settings_for
-from cluster_testing import hold_down, load_suite
+from cluster_testing import load_suite
 
 from abe.errors import BackendUnavailableError
 from abe.testing import BackendFactory, Backends, RawWriter, RestartableBroker, TlsMismatch
@@ -119,43 +116,3 @@ class TestNatsClusterContract(_suite.TestNatsContract):  # type: ignore[misc,nam
         self, backends: Backends, record_property: Any
     ) -> None:
         await super().test_at_least_once_under_concurrency(backends, record_property)
-
-
-class _BusiestNode:
-    """The crash a failover run does: kill the node most abe clients use, then start it."""
-
-    def __init__(self, cluster: NatsCluster) -> None:
-        self.cluster = cluster
-        self.index: int | None = None
-        self.clients: list[int] = []
-
-    def kill(self) -> None:
-        self.clients = self.cluster.client_counts()
-        self.index = self.cluster.busiest_node()
-        self.cluster.kill_node(self.index)
-
-    def start(self) -> None:
-        assert self.index is not None
-        self.cluster.start_node(self.index)
-
-
-def test_nats_cluster_loses_nothing_when_a_node_dies(
-    nats_cluster: NatsCluster,
-    failover: Callable[[Target, str], Verdict],
-    failover_sizes: Sizes,
-    record_property: Callable[[str, object], None],
-) -> None:
-    crash = _BusiestNode(nats_cluster)
-    target = Target(
-        "nats",
-        nats_cluster.env(),
-        crash,
-        nats_cluster.describe(),
-        hold_down=hold_down(failover_sizes),
-    )
-    verdict = failover(target, "nats-cluster")
-    record_property("abe_clients_per_node_at_kill", str(crash.clients))
-    assert crash.index is not None
-    assert crash.clients[crash.index] > 0, f"the node killed served no abe client: {crash.clients}"
-    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
-    assert verdict.figures["lost"] == 0
