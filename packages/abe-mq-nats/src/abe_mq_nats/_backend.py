@@ -32,7 +32,12 @@ from abe.provider import (
     until_stopped,
 )
 from abe_mq_nats._baseline import RawNatsBaseline
-from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, STREAM_DESCRIPTION, JetStream
+from abe_mq_nats._client import (
+    DEFAULT_MAX_PAYLOAD,
+    STREAM_DESCRIPTION,
+    JetStream,
+    consumer_name,
+)
 from abe_mq_nats._errors import ERRORS
 from abe_mq_nats._receiver import NatsReceiver
 from abe_mq_nats._settings import NatsSettings
@@ -157,6 +162,23 @@ class NatsBackend(BaseBackend):
                 if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
                     await js.delete_consumer(name, consumer.name)
             await js.purge_stream(name, subject=key)
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        """The keys a stream covers now (a lookup: no stream is created)."""
+        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
+        return [key for key in keys if await self._jetstream.existing_stream(key)]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """Delete the durable consumer of `group` on each key's stream; the messages stay."""
+        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
+        js = self._jetstream.js
+        assert js is not None
+        for key in keys:
+            stream = await self._jetstream.existing_stream(key)
+            if stream is not None:
+                durable = consumer_name(group, key, dedicated=stream.dedicated)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(stream.name, durable)
 
     async def _close(self) -> None:
         await self._jetstream.close()

@@ -28,7 +28,14 @@ from abe.provider import Deadline, close_quietly, wait_event
 from abe_mq_nats._errors import refused_credentials
 from abe_mq_nats._settings import NatsSettings
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "STREAM_DESCRIPTION", "JetStream", "StreamRef", "stream_name"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "STREAM_DESCRIPTION",
+    "JetStream",
+    "StreamRef",
+    "consumer_name",
+    "stream_name",
+]
 
 log = logging.getLogger("abe.nats")
 
@@ -237,12 +244,14 @@ class JetStream:
             except nats.js.errors.NotFoundError:
                 problem = f"names {configured!r}, a stream that does not exist"
                 raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
-        ref = self.streams[key] = await self._existing_stream(js, key) or await self._create(
-            js, key
-        )
+        ref = self.streams[key] = await self.existing_stream(key) or await self._create(js, key)
         return ref
 
-    async def _existing_stream(self, js: JetStreamContext, key: str) -> StreamRef | None:
+    async def existing_stream(self, key: str) -> StreamRef | None:
+        """The stream covering `key`, or None (a lookup: it creates nothing)."""
+        js = self.js
+        if js is None:  # closed meanwhile
+            raise BackendUnavailableError("nats: not connected")
         try:
             name = await js.find_stream_name_by_subject(key)
         except nats.js.errors.NotFoundError:
@@ -278,7 +287,7 @@ class JetStream:
                         f"stream settings"
                     ) from exc
                 # Someone created a stream for this key meanwhile, or the name is taken.
-                existing = await self._existing_stream(js, key)
+                existing = await self.existing_stream(key)
                 if existing is not None:
                     return existing
                 continue
