@@ -1,8 +1,8 @@
 """NatsBackend: abe on NATS JetStream through nats-py.
 
-Keys are subjects, each stored in the stream that covers it or one abe creates; groups are
-durable pull consumers. The abe message id travels as `Nats-Msg-Id`, so JetStream stores a
-retried publish once.
+Keys are subjects, each stored in the stream covering it or one abe creates; groups are
+durable pull consumers. abe's message id travels as `Nats-Msg-Id`: a retried publish is
+stored once.
 """
 
 from __future__ import annotations
@@ -32,12 +32,7 @@ from abe.provider import (
     until_stopped,
 )
 from abe_mq_nats._baseline import RawNatsBaseline
-from abe_mq_nats._client import (
-    DEFAULT_MAX_PAYLOAD,
-    STREAM_DESCRIPTION,
-    JetStream,
-    consumer_name,
-)
+from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, JetStream, consumer_name
 from abe_mq_nats._errors import ERRORS
 from abe_mq_nats._receiver import NatsReceiver
 from abe_mq_nats._settings import NatsSettings
@@ -59,8 +54,7 @@ WINDOW = 1000
 class NatsBackend(BaseBackend):
     """NATS JetStream: durable, fan-out across groups, competing members within a group.
 
-    `NatsBackend(NatsSettings(servers=("nats://host:4222",), ...))`, or `from_env()`; it
-    connects on first use and reconnects by itself after a server restart.
+    Connects on first use and reconnects by itself after a server restart.
     """
 
     name: ClassVar[str] = "nats"
@@ -100,11 +94,8 @@ class NatsBackend(BaseBackend):
         return RawNatsBaseline(self.settings)
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Connect and find the stream first if need be; a batch goes without awaiting acks.
-
-        Sizes are checked as soon as the server's max_payload is known, before the stream
-        is looked up or created.
-        """
+        """Sizes are checked once max_payload is known (on connecting), before the stream is
+        looked up or made; a batch goes out without awaiting each acknowledgement."""
         deadline = Deadline(self.settings.operation_timeout * (1 + len(messages) // 1000))
         client = await self._jetstream.ready(deadline)
         limit, single = self._jetstream.max_payload, len(messages) == 1
@@ -134,34 +125,25 @@ class NatsBackend(BaseBackend):
         return receiver
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        """Delete the streams abe made for `keys`; in any other stream, purge just those keys.
-
-        A stream an operator made (or ABE_NATS_STREAM names) is kept, losing only the key's
-        messages and the consumers that read it.
-        """
+        """Delete the streams abe made for `keys`; in any other stream (an operator's, say),
+        purge just those keys and delete the consumers that read only them."""
         await self._jetstream.ready(Deadline(self.settings.operation_timeout))
-        js = self._jetstream.js
-        assert js is not None
+        js = self._jetstream.api
         for key in keys:
             self._jetstream.streams.pop(key, None)
-            try:
-                name = await js.find_stream_name_by_subject(key)
-            except nats.js.errors.NotFoundError:
-                continue
-            if (await js.stream_info(name)).config.description == STREAM_DESCRIPTION.format(
-                key=key
-            ):
-                await js.delete_stream(name)
-                log.info("nats: deleted stream %r of key %r", name, key)
-                continue
-            consumers: list[api.ConsumerInfo] = []  # the server lists them a page at a time
-            while page := await js.consumers_info(name, offset=len(consumers) or None):
-                consumers += page
-            for consumer in consumers:
-                config = consumer.config
-                if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
-                    await js.delete_consumer(name, consumer.name)
-            await js.purge_stream(name, subject=key)
+            stream = await self._jetstream.existing_stream(key)
+            if stream is not None and stream.own:
+                await js.delete_stream(stream.name)
+                log.info("nats: deleted stream %r of key %r", stream.name, key)
+            elif stream is not None:
+                consumers: list[api.ConsumerInfo] = []  # the server lists them a page at a time
+                while page := await js.consumers_info(stream.name, offset=len(consumers) or None):
+                    consumers += page
+                for consumer in consumers:
+                    config = consumer.config
+                    if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
+                        await js.delete_consumer(stream.name, consumer.name)
+                await js.purge_stream(stream.name, subject=key)
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
         """The keys a stream covers now (a lookup: no stream is created)."""
@@ -171,14 +153,11 @@ class NatsBackend(BaseBackend):
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
         """Delete the durable consumer of `group` on each key's stream; the messages stay."""
         await self._jetstream.ready(Deadline(self.settings.operation_timeout))
-        js = self._jetstream.js
-        assert js is not None
         for key in keys:
-            stream = await self._jetstream.existing_stream(key)
-            if stream is not None:
+            if stream := await self._jetstream.existing_stream(key):
                 durable = consumer_name(group, key, dedicated=stream.dedicated)
                 with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await js.delete_consumer(stream.name, durable)
+                    await self._jetstream.api.delete_consumer(stream.name, durable)
 
     async def _close(self) -> None:
         await self._jetstream.close()
@@ -187,9 +166,8 @@ class NatsBackend(BaseBackend):
 def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[str, str]:
     """The NATS headers of `message`, or PayloadError if the server would refuse its size.
 
-    abe adds `Nats-Msg-Id`, and drops any other `Nats-*` header: core refuses them from
-    users, so they come from a foreign message being dead-lettered, where JetStream would
-    act on them (`Nats-Rollup` would purge the dead-letter key).
+    Other `Nats-*` headers come only from a foreign message being dead-lettered (core
+    refuses them from users); they are dropped, as JetStream would act on them.
     """
     headers = {
         name: value for name, value in message.headers.items() if name[:5].lower() != "nats-"
@@ -214,11 +192,8 @@ def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[st
 
 
 class _Publisher:
-    """JetStream publishes whose acknowledgements come back on one inbox of the client.
-
-    nats-py's `publish_async()` leaves the future of a publish JetStream refuses pending for
-    ever (nats-py issue #985); here each one ends: acknowledged, refused, or timed out.
-    """
+    """JetStream publishes acknowledged on one inbox of the client, each of which ends: stored,
+    refused or timed out (nats-py's `publish_async()` never ends a refused one, issue #985)."""
 
     def __init__(self) -> None:
         self._client: NatsClient | None = None
@@ -275,13 +250,12 @@ class _Publisher:
             for body, headers in window:
                 self._counter += 1
                 tokens.append(token := str(self._counter))
-                futures.append(future := self._pending.setdefault(token, loop.create_future()))
+                futures.append(self._pending.setdefault(token, loop.create_future()))
                 try:
                     await client.publish(subject, body, reply=self._prefix + token, headers=headers)
                 except Exception as exc:  # not sent: this message and the rest of the window
-                    future.set_exception(exc)
                     futures += [loop.create_future() for _ in window[len(futures) :]]
-                    for rest in futures[len(tokens) :]:
+                    for rest in futures[len(tokens) - 1 :]:
                         rest.set_exception(exc)
                     break
             await asyncio.wait(futures, timeout=deadline.remaining)
@@ -294,19 +268,14 @@ class _Publisher:
         future = self._pending.get(msg.subject.rpartition(".")[2])
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(nats.js.errors.NoStreamResponseError())
-            return
         try:
-            error = json.loads(msg.data).get("error")
+            if msg.headers and msg.headers.get("Status") == "503":
+                raise nats.js.errors.NoStreamResponseError
+            if error := json.loads(msg.data).get("error"):
+                nats.js.errors.APIError.from_error(error)  # raises the matching APIError subclass
+            future.set_result(None)
+        except nats.js.errors.Error as refused:
+            future.set_exception(refused)
         except (ValueError, AttributeError):
             odd = BackendUnavailableError("nats: JetStream answered a publish with something odd")
             future.set_exception(odd)
-            return
-        if not error:
-            future.set_result(None)
-            return
-        try:
-            nats.js.errors.APIError.from_error(error)  # raises the matching APIError subclass
-        except nats.js.errors.APIError as refused:
-            future.set_exception(refused)

@@ -1,10 +1,9 @@
 """The backend's NATS connection, shared with its receivers, and the JetStream calls both make.
 
-nats-py retries a first connect for ever once reconnection is allowed, and reports refused
-credentials only to its error callback: `ready()` bounds the connect by the caller's
-deadline and fails at once on a refusal. When TLS was asked for, CONNECT (which carries
-every credential) is never built on a connection that is not encrypted. `epoch` is bumped
-whenever the connection was lost, so that receivers learn their pull requests were too.
+`ready()` bounds nats-py's endless first connect by the caller's deadline and fails at once
+on refused credentials (nats-py only tells its error callback). With TLS asked for, CONNECT
+(it carries every credential) is never built on an unencrypted connection. `epoch` is
+bumped whenever the connection was lost, so receivers learn their pull requests were too.
 """
 
 from __future__ import annotations
@@ -28,14 +27,7 @@ from abe.provider import Deadline, close_quietly, wait_event
 from abe_mq_nats._errors import refused_credentials
 from abe_mq_nats._settings import NatsSettings
 
-__all__ = [
-    "DEFAULT_MAX_PAYLOAD",
-    "STREAM_DESCRIPTION",
-    "JetStream",
-    "StreamRef",
-    "consumer_name",
-    "stream_name",
-]
+__all__ = ["DEFAULT_MAX_PAYLOAD", "JetStream", "StreamRef", "consumer_name", "stream_name"]
 
 log = logging.getLogger("abe.nats")
 
@@ -59,10 +51,11 @@ class _TlsOnlyClient(NatsClient):
 
 @dataclass(frozen=True)
 class StreamRef:
-    """The stream that stores a key; `dedicated` when it holds that key alone."""
+    """The stream that stores a key: `dedicated` to that key alone, `own` when abe made it."""
 
     name: str
     dedicated: bool
+    own: bool = False
 
 
 def _digest(text: str) -> str:
@@ -89,14 +82,19 @@ class JetStream:
         self.epoch = 0
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self.streams: dict[str, StreamRef] = {}
-        self.stopped = asyncio.Event()
-        """Set by `close()`; waits bounded by it with `until_stopped` end."""
-        self.wakers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
-        """Events set whenever the connection drops, comes back or is replaced."""
+        self.stopped = asyncio.Event()  # set by close(): waits bounded by it end
+        self.wakers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()  # set on any change
         self._changed, self._lock = asyncio.Event(), asyncio.Lock()
         self._connecting: asyncio.Future[None] | None = None
         self._last_error: BaseException | None = None
         self._warned_plain = False
+
+    @property
+    def api(self) -> JetStreamContext:
+        """The JetStream context of the live client (BackendUnavailableError once closed)."""
+        if self.js is None:
+            raise BackendUnavailableError("nats: not connected")
+        return self.js
 
     def _bump(self) -> None:
         self.epoch += 1
@@ -105,28 +103,23 @@ class JetStream:
 
     async def ready(self, deadline: Deadline) -> NatsClient:
         """The connected client: connects, or awaits a reconnection, until `deadline`."""
-        while True:
-            client = self.client
-            if client is not None and client.is_connected:
-                return client
+        while (client := self.client) is None or not client.is_connected:
             if self.stopped.is_set():
                 raise BackendUnavailableError("nats: the connection was closed")
             if client is None or client.is_closed:
                 async with self._lock:
                     if self.client is None or self.client.is_closed:
                         await self._connect(deadline)
-                continue
-            self._changed.clear()  # reconnecting in the background: wait for it
-            if not await wait_event(self._changed, deadline.remaining):
-                raise self._unavailable("is reconnecting and did not come back in time")
+            else:  # reconnecting in the background: wait for it
+                self._changed.clear()
+                if not await wait_event(self._changed, deadline.remaining):
+                    raise self._unavailable("is reconnecting and did not come back in time")
+        return client
 
     def _unavailable(self, what: str) -> BaseException:
-        """A refusal as nats-py raised it (the error map says what to change), or else
-        BackendUnavailableError naming the last error seen."""
+        """A refusal as nats-py raised it (the error map words it), else BackendUnavailableError."""
         error = self._last_error
-        if isinstance(error, nats.errors.SecureConnWantedError) or (
-            error is not None and refused_credentials(error)
-        ):
+        if error is not None and _refusal(error):
             return error
         cause = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
         unavailable = BackendUnavailableError(
@@ -139,8 +132,7 @@ class JetStream:
         return unavailable
 
     async def _connect(self, deadline: Deadline) -> None:
-        remaining = deadline.remaining
-        if remaining <= 0:
+        if (remaining := deadline.remaining) <= 0:
             raise self._unavailable("could not be opened in time")
         refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         client = _TlsOnlyClient() if self.settings.tls else NatsClient()
@@ -158,10 +150,9 @@ class JetStream:
         refused.cancel()  # no effect once it holds the refusal
         if connecting.done() and not connecting.cancelled():
             if connecting.exception() is None and not self.stopped.is_set():
-                self.client = client
+                self.client, self._last_error = client, None
                 self.js = client.jetstream(timeout=self.settings.operation_timeout)
                 self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
-                self._last_error = None
                 self._bump()
                 return
             self._last_error = connecting.exception() or self._last_error
@@ -175,13 +166,17 @@ class JetStream:
     def _options(
         self, client: NatsClient, refused: asyncio.Future[BaseException]
     ) -> dict[str, Any]:
-        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current."""
+        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current.
+
+        Outages are core's to log (OutageLog); a reconnection to a server without TLS is
+        warned of here, as nats-py reports it only to `on_error` and retries for ever.
+        """
 
         async def on_error(error: Exception) -> None:
             self._last_error = error
             log.debug("nats: %s: %s", type(error).__name__, error)
             plain = isinstance(error, nats.errors.SecureConnWantedError)
-            if (plain or refused_credentials(error)) and not refused.done():
+            if _refusal(error) and not refused.done():
                 refused.set_result(error)
             elif plain and client is self.client and not self._warned_plain:
                 self._warned_plain = True
@@ -191,24 +186,19 @@ class JetStream:
                     self.where,
                 )
 
-        async def on_disconnected() -> None:  # and on closed
-            if client is self.client and not client.is_closed:
-                log.warning("nats: disconnected from %s; reconnecting", self.where)
-            self._bump()
-
-        async def on_reconnected() -> None:
-            log.warning("nats: reconnected to %s", self.where)
-            self._warned_plain = False
-            self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
+        async def on_change() -> None:  # disconnected, reconnected or closed
+            if client.is_connected:
+                self._warned_plain = False
+                self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
             self._bump()
 
         return {
             "servers": list(self.settings.servers),
             "name": "abe",
             "error_cb": on_error,
-            "disconnected_cb": on_disconnected,
-            "reconnected_cb": on_reconnected,
-            "closed_cb": on_disconnected,
+            "disconnected_cb": on_change,
+            "reconnected_cb": on_change,
+            "closed_cb": on_change,
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": self.settings.reconnect_wait,
@@ -226,40 +216,30 @@ class JetStream:
             await close_quietly([client.close()], self.settings.operation_timeout, log, "nats")
 
     async def stream_for(self, key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
-        """The stream storing `key`: the one covering it (ABE_NATS_STREAM's or another), or new.
-
-        Streams never share a subject, so the stream covering a key is the configured one
-        whenever that covers the key.
-        """
-        known = self.streams.get(key)
-        if known is not None and not refresh:
+        """The stream storing `key`: the one covering it (ABE_NATS_STREAM's or another), or new."""
+        if (known := self.streams.get(key)) is not None and not refresh:
             return known
         await self.ready(deadline)
-        js = self.js
-        assert js is not None
-        configured = self.settings.stream
-        if configured is not None:
+        if (configured := self.settings.stream) is not None:  # it must exist
             try:
-                await js.stream_info(configured)
+                await self.api.stream_info(configured)
             except nats.js.errors.NotFoundError:
                 problem = f"names {configured!r}, a stream that does not exist"
                 raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
-        ref = self.streams[key] = await self.existing_stream(key) or await self._create(js, key)
+        ref = self.streams[key] = await self.existing_stream(key) or await self._create(key)
         return ref
 
     async def existing_stream(self, key: str) -> StreamRef | None:
         """The stream covering `key`, or None (a lookup: it creates nothing)."""
-        js = self.js
-        if js is None:  # closed meanwhile
-            raise BackendUnavailableError("nats: not connected")
         try:
-            name = await js.find_stream_name_by_subject(key)
+            name = await self.api.find_stream_name_by_subject(key)
         except nats.js.errors.NotFoundError:
             return None
-        info = await js.stream_info(name)
-        return StreamRef(name, dedicated=list(info.config.subjects or []) == [key])
+        config = (await self.api.stream_info(name)).config
+        own = config.description == STREAM_DESCRIPTION.format(key=key)
+        return StreamRef(name, dedicated=list(config.subjects or []) == [key], own=own)
 
-    async def _create(self, js: JetStreamContext, key: str) -> StreamRef:
+    async def _create(self, key: str) -> StreamRef:
         settings = self.settings
         config = api.StreamConfig(
             description=STREAM_DESCRIPTION.format(key=key),
@@ -275,7 +255,7 @@ class JetStream:
         names = (stream_name(key), stream_name(key, hashed=True))
         for name in names:
             try:
-                await js.add_stream(config.evolve(name=name))
+                await self.api.add_stream(config.evolve(name=name))
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code == _NO_CLUSTER:
                     problem = f"is {settings.replicas}, but {exc.description}"
@@ -287,12 +267,11 @@ class JetStream:
                         f"stream settings"
                     ) from exc
                 # Someone created a stream for this key meanwhile, or the name is taken.
-                existing = await self.existing_stream(key)
-                if existing is not None:
+                if (existing := await self.existing_stream(key)) is not None:
                     return existing
                 continue
             log.info("nats: created stream %r for key %r", name, key)
-            return StreamRef(name, dedicated=True)
+            return StreamRef(name, dedicated=True, own=True)
         raise AbeError(
             f"nats: cannot create a stream for key {key!r}: the names {names[0]!r} and "
             f"{names[1]!r} are taken by streams for other subjects"
@@ -300,9 +279,6 @@ class JetStream:
 
     async def consumer_for(self, stream: StreamRef, key: str, group: str) -> str:
         """Create (or update, or adopt) the durable pull consumer of `group` on `key`."""
-        js = self.js
-        if js is None:  # closed meanwhile
-            raise BackendUnavailableError("nats: not connected")
         durable = consumer_name(group, key, dedicated=stream.dedicated)
         config = api.ConsumerConfig(
             name=durable,
@@ -317,11 +293,11 @@ class JetStream:
             replay_policy=api.ReplayPolicy.INSTANT,
         )
         try:
-            await js.add_consumer(stream.name, config)
+            await self.api.add_consumer(stream.name, config)
         except nats.js.errors.BadRequestError as exc:
             # It exists with settings that cannot be changed in place: use it as it is.
             try:
-                info = await js.consumer_info(stream.name, durable)
+                info = await self.api.consumer_info(stream.name, durable)
             except nats.js.errors.NotFoundError:
                 raise exc from None
             if info.config.deliver_subject:
@@ -331,6 +307,11 @@ class JetStream:
                 ) from exc
             log.info("nats: using the existing consumer %r on %r as it is", durable, stream.name)
         return durable
+
+
+def _refusal(error: BaseException) -> bool:
+    """Whether `error` refuses this client (credentials, or no TLS where it was asked for)."""
+    return isinstance(error, nats.errors.SecureConnWantedError) or refused_credentials(error)
 
 
 async def _abandon(connecting: asyncio.Future[None], client: NatsClient) -> None:
