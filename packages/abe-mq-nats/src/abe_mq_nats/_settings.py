@@ -1,8 +1,7 @@
 """NatsSettings: every variable abe-mq-nats reads, declared once (abe-core reads and checks them).
 
-Two variables fill more than one field: credentials written in NATS_URL move to `token`
-or `user`/`password`, and NATS_NKEY_SEED holds a seed or the path of a seed file; their
-`parse=` helpers return a marked value that `__post_init__` spreads over the fields.
+NATS_URL's credentials move to `token` or `user`/`password`, and NATS_NKEY_SEED holds a seed
+or a seed file's path: their `parse=` helpers return marked values `__post_init__` spreads.
 """
 
 from __future__ import annotations
@@ -41,26 +40,23 @@ def _servers(text: str) -> tuple[str, ...]:
     """NATS_URL as `scheme://host:port` servers; credentials in it are kept aside (`_Servers`)."""
     servers: list[str] = []
     found: set[tuple[str, str | None]] = set()
-    for part in (piece.strip() for piece in text.split(",")):
+    for part in text.split(","):
         try:
-            parsed = urlsplit(part)
-            port = parsed.port
+            parsed = urlsplit(part.strip())
+            port = parsed.port or 4222
         except ValueError:
             raise ValueError("is not a valid URL") from None
-        if parsed.scheme not in ("nats", "tls"):
-            raise ValueError("must start with nats://, tls://")
-        if not parsed.hostname:
-            raise ValueError("each URL needs a host, e.g. nats://127.0.0.1:4222")
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+            raise ValueError("must be nats:// or tls:// URLs with a host: nats://127.0.0.1:4222")
         host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-        servers.append(f"{parsed.scheme}://{host}:{port or 4222}")
+        servers.append(f"{parsed.scheme}://{host}:{port}")
         if parsed.username is not None or parsed.password is not None:
             found.add((unquote(parsed.username or ""), parsed.password))
     if len(found) > 1:
         raise ValueError("its servers carry different credentials; give them once")
     if not found:
         return tuple(servers)
-    result = _Servers(servers)
-    name, password = found.pop()
+    result, (name, password) = _Servers(servers), found.pop()
     result.credentials = (  # nats://token@host or nats://user:password@host
         {"token": Secret(name)}
         if password is None
@@ -73,39 +69,26 @@ def _seed(text: str) -> Secret | Path:
     """An NKey seed, or the path of a file holding one."""
     if _SEED.fullmatch(text):
         return Secret(text)
-    path = Path(text).expanduser()
-    if path.is_file():
+    if (path := Path(text).expanduser()).is_file():
         return path
-    raise ValueError(
-        "must be the path of a readable seed file or an NKey seed (58 characters starting "
-        "with 'SU'); the value is not shown"
-    )
-
-
-def _path(text: str) -> Path:
-    """A TLS file's path; read by `check()`, which also blames the missing half of a pair."""
-    return Path(text).expanduser()
+    raise ValueError("must be an NKey seed (SU...) or a readable seed file; the value is not shown")
 
 
 def _retention(text: str) -> str:
-    value = text.lower()
-    if value == "workqueue":
+    if (value := text.lower()) not in ("limits", "interest"):
         raise ValueError(
-            "must be limits or interest (got 'workqueue'): a work-queue stream allows one "
-            "group per subject, and abe groups fan out"
+            "must be limits or interest: a work-queue stream allows one group per subject, and "
+            "abe groups fan out"
+            if value == "workqueue"
+            else "must be one of limits, interest"
         )
-    if value not in ("limits", "interest"):
-        raise ValueError("must be one of limits, interest")
     return value
 
 
 @dataclass(frozen=True, kw_only=True)
 class NatsSettings(BackendSettings):
-    """Where the NATS servers are, how to authenticate, and the streams abe creates.
-
-    `servers` never hold credentials: a token or user/password written in `NATS_URL` is
-    moved to `token` / `user` and `password` (secrets show as '***').
-    """
+    """Where the NATS servers are, how to authenticate, and the streams abe creates; credentials
+    written in NATS_URL move to `token` or `user`/`password` (secrets show as '***')."""
 
     servers: tuple[str, ...] = setting(
         "NATS_URL",
@@ -143,10 +126,9 @@ class NatsSettings(BackendSettings):
         "NATS_TLS_CERT",
         None,
         "Path of this client's certificate (PEM), for servers that verify clients.",
-        parse=_path,
     )
     tls_key: Path | None = setting(
-        "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT.", parse=_path
+        "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT."
     )
     connect_timeout: float = setting(
         "ABE_NATS_CONNECT_TIMEOUT",
@@ -244,10 +226,9 @@ class NatsSettings(BackendSettings):
             yield "servers", _NOT_PLAIN  # they are shown, and NATS reads no ?options
         if self.token is not None and (self.user is not None or self.password is not None):
             yield "token", "cannot be used together with NATS_USER/NATS_PASSWORD; choose one"
-        if self.user is not None and self.password is None:
-            yield "password", "is required when NATS_USER is set"
-        if self.password is not None and self.user is None:
-            yield "user", "is required when NATS_PASSWORD is set"
+        if (self.user is None) != (self.password is None):
+            blamed, given = ("password", "USER") if self.password is None else ("user", "PASSWORD")
+            yield blamed, f"is required when NATS_{given} is set"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
         yield from self._check_files()
