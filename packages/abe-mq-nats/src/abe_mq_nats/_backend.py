@@ -32,9 +32,8 @@ from abe.provider import (
     until_stopped,
 )
 from abe_mq_nats._baseline import RawNatsBaseline
-from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, JetStream, consumer_name
+from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, JetStream, NatsReceiver
 from abe_mq_nats._errors import ERRORS
-from abe_mq_nats._receiver import NatsReceiver
 from abe_mq_nats._settings import NatsSettings
 
 __all__ = ["HEADER_ROOM", "MAX_HEADERS", "MSG_ID", "WINDOW", "NatsBackend"]
@@ -154,10 +153,7 @@ class NatsBackend(BaseBackend):
         """Delete the durable consumer of `group` on each key's stream; the messages stay."""
         await self._jetstream.ready(Deadline(self.settings.operation_timeout))
         for key in keys:
-            if stream := await self._jetstream.existing_stream(key):
-                durable = consumer_name(group, key, dedicated=stream.dedicated)
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await self._jetstream.api.delete_consumer(stream.name, durable)
+            await self._jetstream.delete_consumer(group, key)
 
     async def _close(self) -> None:
         await self._jetstream.close()
