@@ -36,11 +36,13 @@ __all__ = ["DEFAULT_MAX_PAYLOAD", "JetStream", "NatsReceiver", "StreamRef", "str
 
 log = logging.getLogger("abe.nats")
 
-DEFAULT_MAX_PAYLOAD = 1_048_576
-"""nats-server's default max_payload, assumed until a server says otherwise."""
-STREAM_DESCRIPTION = "abe key {key}"
-"""The description of a stream abe created for a key: such streams are abe's to delete."""
+DEFAULT_MAX_PAYLOAD = 1_048_576  # nats-server's default, assumed until a server says otherwise
+STREAM_DESCRIPTION = "abe key {key}"  # of the streams abe creates, which are abe's to delete
 _NAME_IN_USE, _SUBJECTS_OVERLAP, _NO_CLUSTER = 10058, 10065, 10074
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_NAK = b"-NAK"
+_LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
+_LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
 
 
 class _TlsOnlyClient(NatsClient):
@@ -77,6 +79,11 @@ def consumer_name(group: str, key: str, *, dedicated: bool) -> str:
     return group if dedicated else f"{group}-{_digest(key)}"
 
 
+def _refusal(error: BaseException) -> bool:
+    """Whether `error` refuses this client (credentials, or no TLS where it was asked for)."""
+    return isinstance(error, nats.errors.SecureConnWantedError) or refused_credentials(error)
+
+
 class JetStream:
     """One NATS client per backend, made on first use, and the stream and consumer calls."""
 
@@ -102,6 +109,7 @@ class JetStream:
         return self.js
 
     def _bump(self) -> None:
+        """The connection dropped, came back or was replaced: wake whoever waits on it."""
         self.epoch += 1
         for event in (self._changed, *self.wakers):
             event.set()
@@ -321,23 +329,12 @@ class JetStream:
         return durable
 
 
-def _refusal(error: BaseException) -> bool:
-    """Whether `error` refuses this client (credentials, or no TLS where it was asked for)."""
-    return isinstance(error, nats.errors.SecureConnWantedError) or refused_credentials(error)
-
-
 async def _abandon(connecting: asyncio.Future[None], client: NatsClient) -> None:
     """Stop a connect that did not finish and release whatever it opened."""
     connecting.cancel()
     await asyncio.gather(connecting, return_exceptions=True)
     with contextlib.suppress(Exception):
         await client.close()
-
-
-_EMPTY: Mapping[str, str] = MappingProxyType({})
-_NAK = b"-NAK"
-_LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
-_LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
 
 
 @dataclass(eq=False)
@@ -431,8 +428,7 @@ class NatsReceiver(Receiver):
         await self._settle(messages, b"+WPI")
 
     async def _settle(self, messages: Sequence[IncomingMessage], payload: bytes) -> None:
-        client = self._jetstream.client
-        if client is None:
+        if (client := self._jetstream.client) is None:
             raise BackendUnavailableError("nats: not connected; the message will come back later")
         for message in messages:
             await client.publish(message.handle, payload)
@@ -504,7 +500,7 @@ class NatsReceiver(Receiver):
     async def _on_message(self, msg: Msg) -> None:
         """A delivery (on its own subject), or a status on `<inbox>.<binding>.<request>`."""
         if msg.reply:
-            self._on_delivery(msg, msg.reply)
+            await self._on_delivery(msg, msg.reply)
             return
         head, token = msg.subject.rsplit(".", 1)
         binding = self._bindings[int(head.rsplit(".", 1)[1])]
@@ -522,7 +518,7 @@ class NatsReceiver(Receiver):
             log.debug("nats: pull on %r ended: %s %s", binding.key, status, description)
         self._wakeup.set()
 
-    def _on_delivery(self, msg: Msg, reply: str) -> None:
+    async def _on_delivery(self, msg: Msg, reply: str) -> None:
         # $JS.ACK.[<domain>.<hash>.]<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
         tokens = reply.split(".")
         if len(tokens) < 9 or len(tokens) == 10:
@@ -531,11 +527,10 @@ class NatsReceiver(Receiver):
         at = 2 if len(tokens) == 9 else 4
         stream, consumer, delivered, sequence = tokens[at : at + 4]
         binding = self._by_consumer.get((stream, consumer))
-        if binding is None or self._closed:
-            # Arrived after close (or for a consumer no longer read): give it back now.
-            client = self._jetstream.client
-            if client is not None and client.is_connected:
-                asyncio.get_running_loop().create_task(_give_back(client, reply))
+        if binding is None or self._closed:  # after close, or for a consumer no longer read
+            if (client := self._jetstream.client) is not None and client.is_connected:
+                with contextlib.suppress(Exception):  # given back now, not after redelivery
+                    await client.publish(reply, _NAK)
             return
         if binding.token is not None:
             binding.remaining -= 1
@@ -547,10 +542,3 @@ class NatsReceiver(Receiver):
         )
         self._buffer.append(message)
         self._wakeup.set()
-
-
-async def _give_back(client: NatsClient, reply: str) -> None:
-    try:
-        await client.publish(reply, _NAK)
-    except Exception as exc:
-        log.debug("nats: giving back a late message: %s", exc)
