@@ -1,9 +1,5 @@
-"""NatsBackend: abe on NATS JetStream through nats-py.
-
-Keys are subjects, each stored in the stream covering it or one abe creates; groups are
-durable pull consumers. abe's message id travels as `Nats-Msg-Id`: a retried publish is
-stored once.
-"""
+"""NatsBackend: abe on NATS JetStream through nats-py. Keys are subjects, each stored in the
+stream covering it or one abe creates; groups are durable pull consumers."""
 
 from __future__ import annotations
 
@@ -40,21 +36,14 @@ __all__ = ["HEADER_ROOM", "MAX_HEADERS", "MSG_ID", "WINDOW", "NatsBackend"]
 
 log = logging.getLogger("abe.nats")
 
-MSG_ID = "Nats-Msg-Id"
-"""The NATS header JetStream deduplicates on; abe sends its message id in it."""
-HEADER_ROOM = 8192
-"""Bytes of max_payload kept for headers (at most an eighth of it on servers with a small one)."""
-MAX_HEADERS = 65535
-"""The largest header block JetStream stores (it refuses more with err_code 10097)."""
-WINDOW = 1000
-"""Most publishes awaiting their acknowledgement at once."""
+MSG_ID = "Nats-Msg-Id"  # JetStream deduplicates on it: a retried publish is stored once
+HEADER_ROOM = 8192  # bytes of max_payload kept for headers (an eighth at most, on small servers)
+MAX_HEADERS = 65535  # the largest header block JetStream stores (err_code 10097 beyond)
+WINDOW = 1000  # most publishes awaiting their acknowledgement at once
 
 
 class NatsBackend(BaseBackend):
-    """NATS JetStream: durable, fan-out across groups, competing members within a group.
-
-    Connects on first use and reconnects by itself after a server restart.
-    """
+    """NATS JetStream: durable, fan-out across groups, competing members within a group."""
 
     name: ClassVar[str] = "nats"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -93,8 +82,7 @@ class NatsBackend(BaseBackend):
         return RawNatsBaseline(self.settings)
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Sizes are checked once max_payload is known (on connecting), before the stream is
-        looked up or made; a batch goes out without awaiting each acknowledgement."""
+        """Sizes are checked once connected (max_payload known), before the stream is made."""
         deadline = Deadline(self.settings.operation_timeout * (1 + len(messages) // 1000))
         client = await self._jetstream.ready(deadline)
         limit, single = self._jetstream.max_payload, len(messages) == 1
@@ -124,8 +112,7 @@ class NatsBackend(BaseBackend):
         return receiver
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        """Delete the streams abe made for `keys`; in any other stream (an operator's, say),
-        purge just those keys and delete the consumers that read only them."""
+        """Delete the streams abe made for `keys`; purge other streams of just those keys."""
         await self._jetstream.ready(Deadline(self.settings.operation_timeout))
         js = self._jetstream.api
         for key in keys:
@@ -161,10 +148,7 @@ class NatsBackend(BaseBackend):
 
 def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[str, str]:
     """The NATS headers of `message`, or PayloadError if the server would refuse its size.
-
-    Other `Nats-*` headers come only from a foreign message being dead-lettered (core
-    refuses them from users); they are dropped, as JetStream would act on them.
-    """
+    A dead letter's `Nats-*` headers (core refuses them from users) go: JetStream acts on them."""
     headers = {
         name: value for name, value in message.headers.items() if name[:5].lower() != "nats-"
     }
