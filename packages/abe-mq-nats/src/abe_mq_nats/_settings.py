@@ -1,12 +1,8 @@
 """NatsSettings: every variable abe-mq-nats reads, declared once (abe-core reads and checks them).
-
-NATS_URL's credentials move to `token` or `user`/`password`, and NATS_NKEY_SEED holds a seed
-or a seed file's path: their `parse=` helpers return marked values `__post_init__` spreads.
-"""
+`parse=` helpers return marked values (URL credentials, a seed file) `__post_init__` spreads."""
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -21,8 +17,7 @@ __all__ = ["NatsSettings"]
 
 _SEED = re.compile(r"S[A-Z][A-Z2-7]{56}")
 _STREAM_NAME = re.compile(r"[^\s.*>/\\]+")
-_WINDOW = 120.0
-"""The default duplicate window; compared by identity: only a window left unset follows MAX_AGE."""
+_WINDOW = 120.0  # the default duplicate window; by identity: only one left unset follows MAX_AGE
 _CLASH = "carries credentials and NATS_TOKEN or NATS_USER/NATS_PASSWORD are set too; give them once"
 _NOT_PLAIN = "must not carry credentials or ?options (scheme://host:port); pass token= or user= "
 _NOT_PLAIN += "and password="
@@ -108,8 +103,7 @@ class NatsSettings(BackendSettings):
     nkey_seed: Secret | None = setting(
         "NATS_NKEY_SEED",
         None,
-        "NKey authentication: the path of a file holding the user's seed, or the seed itself "
-        "(`SU...`).",
+        "NKey authentication: the user's seed (`SU...`), or the path of a file holding it.",
         secret=True,
         parse=_seed,
     )
@@ -133,16 +127,14 @@ class NatsSettings(BackendSettings):
     connect_timeout: float = setting(
         "ABE_NATS_CONNECT_TIMEOUT",
         5.0,
-        "Seconds one connection attempt to one server may take (the whole connect is also "
-        "bounded by ABE_MQ_OPERATION_TIMEOUT).",
+        "Seconds one connection attempt to a server may take (within ABE_MQ_OPERATION_TIMEOUT).",
         minimum=0.1,
         maximum=300,
     )
     reconnect_wait: float = setting(
         "ABE_NATS_RECONNECT_WAIT",
         0.5,
-        "Seconds between reconnection attempts to a server that went away (abe reconnects "
-        "for as long as the backend is open).",
+        "Seconds between attempts to reconnect to a server (for as long as the backend is open).",
         minimum=0.01,
         maximum=300,
     )
@@ -161,9 +153,8 @@ class NatsSettings(BackendSettings):
     retention: Literal["limits", "interest"] = setting(
         "ABE_NATS_RETENTION",
         "limits",
-        "Retention of the streams abe creates: `limits` (kept until ABE_NATS_MAX_AGE / "
-        "ABE_NATS_MAX_BYTES) or `interest` (dropped once every existing group acknowledged it; "
-        "messages published while no group exists are dropped).",
+        "Retention of the streams abe creates: `limits` (kept until ABE_NATS_MAX_AGE / MAX_BYTES) "
+        "or `interest` (dropped once every group there is acknowledged it: at once, if none).",
         choices=("limits", "interest"),
         parse=_retention,
     )
@@ -177,8 +168,7 @@ class NatsSettings(BackendSettings):
     max_age: float = setting(
         "ABE_NATS_MAX_AGE",
         0.0,
-        "Seconds a message is kept in the streams abe creates; 0 keeps it until other limits "
-        "apply.",
+        "Seconds a message is kept in the streams abe creates; 0: until other limits apply.",
         minimum=0,
         maximum=10 * 365 * 86400,
     )
@@ -231,7 +221,15 @@ class NatsSettings(BackendSettings):
             yield blamed, f"is required when NATS_{given} is set"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
-        yield from self._check_files()
+        if (self.tls_cert is None) != (self.tls_key is None):
+            blamed, given = ("tls_key", "CERT") if self.tls_key is None else ("tls_cert", "KEY")
+            yield blamed, f"is required when NATS_TLS_{given} is set (they go together)"
+        elif self.tls_ca or self.tls_cert:
+            try:
+                self.tls_context()
+            except (ssl.SSLError, OSError, ValueError) as exc:  # not PEM, or not a readable file
+                blamed = "tls_cert" if self.tls_cert is not None else "tls_ca"
+                yield blamed, f"could not be loaded as PEM ({type(exc).__name__}: {exc})"
         if self.stream is not None and _STREAM_NAME.fullmatch(self.stream) is None:
             yield "stream", f"must be a stream name: {_STREAM_RULE} (got {self.stream!r})"
         if self.max_bytes == 0:
@@ -242,24 +240,6 @@ class NatsSettings(BackendSettings):
                 "duplicate_window",
                 f"must not exceed ABE_NATS_MAX_AGE ({age:g}s): {_IDS} (got {window:g})",
             )
-
-    def _check_files(self) -> Iterator[tuple[str, str]]:
-        unreadable = [
-            name
-            for name in ("tls_cert", "tls_key")
-            if (path := getattr(self, name)) and not (path.is_file() and os.access(path, os.R_OK))
-        ]
-        for name in unreadable:
-            yield name, f"must name a readable file that exists (got {str(getattr(self, name))!r})"
-        if (self.tls_cert is None) != (self.tls_key is None):
-            blamed, given = ("tls_key", "CERT") if self.tls_key is None else ("tls_cert", "KEY")
-            yield blamed, f"is required when NATS_TLS_{given} is set (they go together)"
-        elif not unreadable and (self.tls_ca or self.tls_cert):
-            try:
-                self.tls_context()
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                blamed = "tls_cert" if self.tls_cert is not None else "tls_ca"
-                yield blamed, f"could not be loaded as PEM ({type(exc).__name__}: {exc})"
 
     @property
     def tls(self) -> bool:
