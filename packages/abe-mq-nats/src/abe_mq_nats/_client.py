@@ -1,9 +1,8 @@
 """The backend's NATS connection, the JetStream calls on it, and the receivers that pull from it.
 
-`ready()` bounds nats-py's endless first connect by the caller's deadline and fails at once
-on refused credentials (nats-py only tells its error callback). With TLS asked for, CONNECT
-(it carries every credential) is never built on an unencrypted connection. `epoch` is
-bumped whenever the connection was lost, so receivers learn their pull requests were too.
+With TLS asked for, CONNECT (it carries every credential) is never built on an unencrypted
+connection. `epoch` is bumped whenever the connection was lost, so receivers learn their pull
+requests were too.
 """
 
 from __future__ import annotations
@@ -145,40 +144,38 @@ class JetStream:
         return unavailable
 
     async def _connect(self, deadline: Deadline) -> None:
+        """Try each server twice at most (a refused port or credentials fail fast), within
+        `deadline`; once connected, nats-py reconnects for as long as the backend is open."""
         if (remaining := deadline.remaining) <= 0:
             raise self._unavailable("could not be opened in time")
-        refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         client = _TlsOnlyClient() if self.settings.tls else NatsClient()
         timeout = max(0.1, min(self.settings.connect_timeout, remaining))
         self._connecting = connecting = asyncio.ensure_future(
-            client.connect(**self._options(client, refused), connect_timeout=timeout)  # type: ignore[arg-type]
+            client.connect(**self._options(client), connect_timeout=timeout)  # type: ignore[arg-type]
         )
         try:
-            await asyncio.wait(
-                (connecting, refused), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({connecting}, timeout=remaining)
         except asyncio.CancelledError:
             await _abandon(connecting, client)
             raise
-        refused.cancel()  # no effect once it holds the refusal
-        if connecting.done() and not connecting.cancelled():
-            if connecting.exception() is None and not self.stopped.is_set():
-                self.client, self._last_error = client, None
-                self.js = client.jetstream(timeout=self.settings.operation_timeout)
-                self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
-                self._bump()
-                return
-            self._last_error = connecting.exception() or self._last_error
-        if not refused.cancelled():
-            self._last_error = refused.result()
-        await _abandon(connecting, client)
-        if self.stopped.is_set():
-            raise BackendUnavailableError("nats: the connection was closed")
-        raise self._unavailable(f"could not be opened within {remaining:.1f}s")
+        connected = connecting.done() and not connecting.cancelled()
+        if connected and (error := connecting.exception()) is not None:
+            connected = False
+            if not isinstance(error, nats.errors.NoServersError):  # else on_error saw why
+                self._last_error = error
+        if not connected or self.stopped.is_set():
+            late = "" if connecting.done() else f" within {remaining:.1f}s"
+            await _abandon(connecting, client)
+            if self.stopped.is_set():
+                raise BackendUnavailableError("nats: the connection was closed")
+            raise self._unavailable(f"could not be opened{late}")
+        client.options["max_reconnect_attempts"] = -1
+        self.client, self._last_error = client, None
+        self.js = client.jetstream(timeout=self.settings.operation_timeout)
+        self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
+        self._bump()
 
-    def _options(
-        self, client: NatsClient, refused: asyncio.Future[BaseException]
-    ) -> dict[str, Any]:
+    def _options(self, client: NatsClient) -> dict[str, Any]:
         """nats-py's `connect()` arguments, with callbacks that keep `epoch` current.
 
         Outages are core's to log (OutageLog); a reconnection to a server without TLS is
@@ -189,9 +186,7 @@ class JetStream:
             self._last_error = error
             log.debug("nats: %s: %s", type(error).__name__, error)
             plain = isinstance(error, nats.errors.SecureConnWantedError)
-            if _refusal(error) and not refused.done():
-                refused.set_result(error)
-            elif plain and client is self.client and not self._warned_plain:
+            if plain and client is self.client and not self._warned_plain:
                 self._warned_plain = True
                 log.warning(
                     "nats: a server of %s did not offer TLS on reconnection; nothing was sent "
@@ -213,7 +208,7 @@ class JetStream:
             "reconnected_cb": on_change,
             "closed_cb": on_change,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            "max_reconnect_attempts": 1,  # for the first connect: then -1, for ever
             "reconnect_time_wait": self.settings.reconnect_wait,
             "tls": self.settings.tls_context(),
             **self.settings.credentials(),
