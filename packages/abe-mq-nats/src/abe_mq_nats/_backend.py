@@ -188,24 +188,38 @@ class _Publisher:
         messages: Sequence[tuple[bytes, dict[str, str]]],
         deadline: Deadline,
     ) -> dict[int, Exception]:
-        """Publish `(body, headers)` pairs in order; the failures by index (empty: all stored)."""
-        if client is not self._client:
-            replaced = BackendUnavailableError("nats: the connection was replaced")
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(replaced)
-            self._pending.clear()
+        """Publish `(body, headers)` pairs in order, a window of them awaiting acknowledgements
+        at a time; the failures by index (empty: all stored)."""
+        if client is not self._client:  # a new connection: an inbox for the replies on it
             self._prefix = f"{client.new_inbox()}."
             await client.subscribe(f"{self._prefix}*", cb=self._on_reply)
             self._client = client
         failed: dict[int, Exception] = {}
         for start in range(0, len(messages), WINDOW):
+            end = min(start + WINDOW, len(messages))
             if failed:  # something is wrong (refusals, or no answer): do not send the rest
                 later = BackendUnavailableError("nats: not sent after earlier failures")
                 failed.update({i: failed.get(i, later) for i in range(start, len(messages))})
                 break
-            futures = await self._send(client, subject, messages[start : start + WINDOW], deadline)
-            for index, future in enumerate(futures, start):
+            sent: dict[str, asyncio.Future[None]] = {}
+            try:
+                for index, (body, headers) in enumerate(messages[start:end], start):
+                    self._counter += 1
+                    token = str(self._counter)
+                    sent[token] = self._pending[token] = asyncio.get_running_loop().create_future()
+                    try:
+                        await client.publish(
+                            subject, body, reply=self._prefix + token, headers=headers
+                        )
+                    except Exception as exc:  # not sent: this message and the rest of the window
+                        sent[token].set_exception(exc)
+                        failed.update(dict.fromkeys(range(index + 1, end), exc))
+                        break
+                await asyncio.wait(sent.values(), timeout=deadline.remaining)
+            finally:
+                for token in sent:
+                    self._pending.pop(token, None)
+            for index, future in enumerate(sent.values(), start):
                 if not future.done():
                     future.cancel()
                     failed[index] = BackendUnavailableError(
@@ -214,35 +228,6 @@ class _Publisher:
                 elif isinstance(error := future.exception(), Exception):
                     failed[index] = error
         return failed
-
-    async def _send(
-        self,
-        client: NatsClient,
-        subject: str,
-        window: Sequence[tuple[bytes, dict[str, str]]],
-        deadline: Deadline,
-    ) -> list[asyncio.Future[None]]:
-        """Send `window`, then await the acknowledgements until `deadline`; a future each."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        tokens: list[str] = []
-        try:
-            for body, headers in window:
-                self._counter += 1
-                tokens.append(token := str(self._counter))
-                futures.append(self._pending.setdefault(token, loop.create_future()))
-                try:
-                    await client.publish(subject, body, reply=self._prefix + token, headers=headers)
-                except Exception as exc:  # not sent: this message and the rest of the window
-                    futures += [loop.create_future() for _ in window[len(futures) :]]
-                    for rest in futures[len(tokens) - 1 :]:
-                        rest.set_exception(exc)
-                    break
-            await asyncio.wait(futures, timeout=deadline.remaining)
-        finally:
-            for token in tokens:
-                self._pending.pop(token, None)
-        return futures
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._pending.get(msg.subject.rpartition(".")[2])
