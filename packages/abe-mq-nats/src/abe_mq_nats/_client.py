@@ -1,9 +1,5 @@
 """The backend's NATS connection, the JetStream calls on it, and the receivers that pull from it.
-
-With TLS asked for, CONNECT (it carries every credential) is never built on an unencrypted
-connection. `epoch` is bumped whenever the connection was lost, so receivers learn their pull
-requests were too.
-"""
+`epoch` is bumped whenever the connection was lost, so receivers learn their requests were too."""
 
 from __future__ import annotations
 
@@ -45,13 +41,12 @@ _LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before 
 
 
 class _TlsOnlyClient(NatsClient):
-    """nats-py's client that never builds CONNECT on a connection that is not encrypted."""
+    """nats-py's client that never builds CONNECT (it carries every credential) unencrypted."""
 
     def _connect_command(self) -> bytes:
         writer = getattr(getattr(self, "_transport", None), "_io_writer", None)
         if getattr(writer, "get_extra_info", lambda _: None)("ssl_object") is None:
-            # A nats.errors.Error: nats-py reports it to error_cb and tries the next server.
-            raise nats.errors.SecureConnWantedError
+            raise nats.errors.SecureConnWantedError  # to error_cb; nats-py tries the next server
         return super()._connect_command()
 
 
@@ -76,11 +71,6 @@ def stream_name(key: str, *, hashed: bool = False) -> str:
 def consumer_name(group: str, key: str, *, dedicated: bool) -> str:
     """The group's durable consumer: the group's name, plus a digest of `key` in shared streams."""
     return group if dedicated else f"{group}-{_digest(key)}"
-
-
-def _refusal(error: BaseException) -> bool:
-    """Whether `error` refuses this client (credentials, or no TLS where it was asked for)."""
-    return isinstance(error, nats.errors.SecureConnWantedError) or refused_credentials(error)
 
 
 class JetStream:
@@ -131,7 +121,9 @@ class JetStream:
     def _unavailable(self, what: str) -> BaseException:
         """A refusal as nats-py raised it (the error map words it), else BackendUnavailableError."""
         error = self._last_error
-        if error is not None and _refusal(error):
+        if isinstance(error, nats.errors.SecureConnWantedError) or (
+            error is not None and refused_credentials(error)
+        ):
             return error
         cause = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
         unavailable = BackendUnavailableError(
@@ -302,10 +294,8 @@ class JetStream:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.settings.redelivery_timeout,
-            max_deliver=-1,
             filter_subject=key,
             max_ack_pending=-1,
-            replay_policy=api.ReplayPolicy.INSTANT,
         )
         try:
             await self.api.add_consumer(stream.name, config)
@@ -348,14 +338,11 @@ class _Binding:
 
 
 class NatsReceiver(Receiver):
-    """Reads `group` on `keys` (`setup()` finds or makes each key's stream and consumer).
+    """Reads `group` on `keys`, each key with a pull request of its own.
 
-    A pull request that waited on the server would keep taking messages after `fetch()`
-    returned, holding them back from other members. So a consumer that may hold messages
-    gets a `no_wait` request for its share of the credit, and an idle one a request for one
-    message that waits a few seconds at most (its delivery says whether more wait). Each key
-    has its own request, so an idle key never delays a busy one; a lost connection or an
-    unanswered request makes the receiver set its consumers up and ask again.
+    A request waiting on the server would take messages after `fetch()` returned, holding them
+    back from other members: a consumer that may hold messages gets a `no_wait` request for its
+    share of the credit, an idle one a request for one message that waits a few seconds.
     """
 
     def __init__(self, jetstream: JetStream, group: str, keys: Sequence[str]) -> None:
