@@ -159,14 +159,12 @@ def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[st
     if block > MAX_HEADERS:
         raise PayloadError(
             f"{where} has {block:,} bytes of NATS headers, over the {MAX_HEADERS:,} JetStream "
-            f"stores (a dead letter keeps the headers of the message it copies); send fewer or "
-            f"smaller headers"
+            f"stores (a dead letter keeps those it copies); send fewer or smaller headers"
         )
     if len(message.body) + block > limit:
         raise PayloadError(
             f"{where} is {len(message.body) + block:,} bytes with its headers, over the NATS "
-            f"server's max_payload of {limit:,}; send less (or fewer headers), or raise "
-            f"max_payload on the server"
+            f"server's max_payload of {limit:,}; send less, or raise max_payload on the server"
         )
     return headers
 

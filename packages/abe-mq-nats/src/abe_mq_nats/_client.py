@@ -466,9 +466,8 @@ class NatsReceiver(Receiver):
                 request = b'{"batch":%d,"no_wait":true}' % batch
                 lost_at = now + self._answer_grace
             else:
-                # Random length: nats-server 2.9 loses a redelivery that falls due in the
-                # very instant a waiting request expires, so expiries must not fall into
-                # step with the redelivery timeout.
+                # Random length: nats-server 2.9 loses a redelivery falling due as a waiting
+                # request expires, so expiries must not fall into step with redeliveries.
                 wait = self._longest_wait * self._random.uniform(0.5, 1.0)
                 batch, request = 1, b'{"batch":1,"expires":%d}' % int(wait * 1e9)
                 lost_at = now + wait + _LATE_STATUS

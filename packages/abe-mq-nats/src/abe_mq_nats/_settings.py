@@ -112,14 +112,10 @@ class NatsSettings(BackendSettings):
         "NATS_CREDS", None, "Path of a credentials file (user JWT and seed) for decentralised auth."
     )
     tls_ca: Path | None = setting(
-        "NATS_TLS_CA",
-        None,
-        "Path of the CA certificate(s) (PEM) that sign the server's certificate.",
+        "NATS_TLS_CA", None, "Path of the CA certificates (PEM) that sign the server's certificate."
     )
     tls_cert: Path | None = setting(
-        "NATS_TLS_CERT",
-        None,
-        "Path of this client's certificate (PEM), for servers that verify clients.",
+        "NATS_TLS_CERT", None, "Path of the client's certificate (PEM), for mutual TLS."
     )
     tls_key: Path | None = setting(
         "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT."
