@@ -70,14 +70,13 @@ def _seed(text: str) -> Secret | Path:
 
 
 def _retention(text: str) -> str:
-    if (value := text.lower()) not in ("limits", "interest"):
+    """The retention, lower-cased (`choices` refuses others), or why not a work queue."""
+    if text.lower() == "workqueue":
         raise ValueError(
             "must be limits or interest: a work-queue stream allows one group per subject, and "
             "abe groups fan out"
-            if value == "workqueue"
-            else "must be one of limits, interest"
         )
-    return value
+    return text.lower()
 
 
 @dataclass(frozen=True, kw_only=True)
