@@ -73,6 +73,11 @@ def consumer_name(group: str, key: str, *, dedicated: bool) -> str:
     return group if dedicated else f"{group}-{_digest(key)}"
 
 
+def _refusal(error: BaseException) -> bool:
+    """Whether `error` refuses this client (credentials, or no TLS where it was asked for)."""
+    return isinstance(error, nats.errors.SecureConnWantedError) or refused_credentials(error)
+
+
 class JetStream:
     """One NATS client per backend, made on first use, and the stream and consumer calls."""
 
@@ -121,9 +126,7 @@ class JetStream:
     def _unavailable(self, what: str) -> BaseException:
         """A refusal as nats-py raised it (the error map words it), else BackendUnavailableError."""
         error = self._last_error
-        if isinstance(error, nats.errors.SecureConnWantedError) or (
-            error is not None and refused_credentials(error)
-        ):
+        if error is not None and _refusal(error):
             return error
         cause = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
         unavailable = BackendUnavailableError(
@@ -175,7 +178,8 @@ class JetStream:
         """
 
         async def on_error(error: Exception) -> None:
-            self._last_error = error
+            if self._last_error is None or not _refusal(self._last_error):  # that says most
+                self._last_error = error
             log.debug("nats: %s: %s", type(error).__name__, error)
             plain = isinstance(error, nats.errors.SecureConnWantedError)
             if plain and client is self.client and not self._warned_plain:
@@ -188,7 +192,7 @@ class JetStream:
 
         async def on_change() -> None:  # disconnected, reconnected or closed
             if client.is_connected:
-                self._warned_plain = False
+                self._warned_plain, self._last_error = False, None
                 self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
             self._bump()
 

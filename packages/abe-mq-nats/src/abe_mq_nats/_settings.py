@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -69,6 +70,11 @@ def _seed(text: str) -> Secret | Path:
     raise ValueError("must be an NKey seed (SU...) or a readable seed file; the value is not shown")
 
 
+def _path(text: str) -> Path:
+    """A TLS file's path, checked by `check()`, which also blames the missing half of a pair."""
+    return Path(text).expanduser()
+
+
 def _retention(text: str) -> str:
     """The retention, lower-cased (`choices` refuses others), or why not a work queue."""
     if text.lower() == "workqueue":
@@ -114,10 +120,13 @@ class NatsSettings(BackendSettings):
         "NATS_TLS_CA", None, "Path of the CA certificates (PEM) that sign the server's certificate."
     )
     tls_cert: Path | None = setting(
-        "NATS_TLS_CERT", None, "Path of the client's certificate (PEM), for mutual TLS."
+        "NATS_TLS_CERT",
+        None,
+        "Path of the client's certificate (PEM), for mutual TLS.",
+        parse=_path,
     )
     tls_key: Path | None = setting(
-        "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT."
+        "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT.", parse=_path
     )
     connect_timeout: float = setting(
         "ABE_NATS_CONNECT_TIMEOUT",
@@ -216,13 +225,20 @@ class NatsSettings(BackendSettings):
             yield blamed, f"is required when NATS_{given} is set"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
+        unreadable = [
+            name
+            for name in ("tls_cert", "tls_key")
+            if (path := getattr(self, name)) and not (path.is_file() and os.access(path, os.R_OK))
+        ]
+        for name in unreadable:
+            yield name, f"must name a readable file that exists (got {str(getattr(self, name))!r})"
         if (self.tls_cert is None) != (self.tls_key is None):
             blamed, given = ("tls_key", "CERT") if self.tls_key is None else ("tls_cert", "KEY")
             yield blamed, f"is required when NATS_TLS_{given} is set (they go together)"
-        elif self.tls_ca or self.tls_cert:
+        elif not unreadable and (self.tls_ca or self.tls_cert):
             try:
                 self.tls_context()
-            except (ssl.SSLError, OSError, ValueError) as exc:  # not PEM, or not a readable file
+            except (ssl.SSLError, OSError, ValueError) as exc:
                 blamed = "tls_cert" if self.tls_cert is not None else "tls_ca"
                 yield blamed, f"could not be loaded as PEM ({type(exc).__name__}: {exc})"
         if self.stream is not None and _STREAM_NAME.fullmatch(self.stream) is None:
