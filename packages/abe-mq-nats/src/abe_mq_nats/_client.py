@@ -143,7 +143,7 @@ class JetStream:
         `deadline`; once connected, nats-py reconnects for as long as the backend is open."""
         if (remaining := deadline.remaining) <= 0:
             raise self._unavailable("could not be opened in time")
-        client = _TlsOnlyClient() if self.settings.tls else NatsClient()
+        client, self._last_error = _TlsOnlyClient() if self.settings.tls else NatsClient(), None
         timeout = max(0.1, min(self.settings.connect_timeout, remaining))
         self._connecting = connecting = asyncio.ensure_future(
             client.connect(**self._options(client), connect_timeout=timeout)  # type: ignore[arg-type]
