@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from abe.errors import PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
-from abe_mq_redis._client import Command, RedisClient
+from abe_mq_redis._client import Command, RedisClient, delayed_key
 from abe_mq_redis._errors import ERRORS, error_map
 from abe_mq_redis._receiver import RedisReceiver
 from abe_mq_redis._settings import RedisSettings
@@ -83,6 +83,20 @@ class RedisBackend(BaseBackend):
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
         await self.client.delete_keys(keys)
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        """EXISTS on each key: a lookup, so nothing is created (a non-stream is named later)."""
+        found = await self.client.send([("EXISTS", key) for key in keys])
+        await self.client.raise_first(found, keys)
+        return [key for key, exists in zip(keys, found, strict=True) if exists]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """XGROUP DESTROY (position, consumers, pending entries) and the delayed-nack set of
+        each key; the entries stay, and a missing key or group is no error."""
+        commands: list[Command] = [("XGROUP", "DESTROY", key, group) for key in keys]
+        replies = await self.client.send(commands + [("DEL", delayed_key(k, group)) for k in keys])
+        missing = "requires the key to exist"
+        await self.client.raise_first([r for r in replies if missing not in str(r)], keys, group)
 
     async def _close(self) -> None:
         await self.client.close()
