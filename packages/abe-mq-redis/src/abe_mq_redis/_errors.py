@@ -4,45 +4,27 @@ hints depend on the timeout and the scheme, so each backend builds its own `erro
 from __future__ import annotations
 
 import asyncio
-import re
-import ssl
-from collections.abc import Callable
 
 from redis import exceptions as redis_errors
 
-from abe.provider import ErrorMap, ErrorRule, auth, config, invalid_key, payload, unavailable
+from abe.provider import (
+    CONNECTION_DROPPED,
+    TLS_HANDSHAKE,
+    TLS_HOST_MISMATCH,
+    TLS_UNTRUSTED,
+    ErrorMap,
+    ErrorRule,
+    auth,
+    config,
+    invalid_key,
+    payload,
+    unavailable,
+)
 
 __all__ = ["ERRORS", "error_map"]
 
 _TLS_FAILED = "the TLS handshake failed: "
 _CLIENT_CERTIFICATE = "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
-
-
-def _cause(
-    pattern: str, *kinds: type[BaseException], codes: tuple[int, ...] = ()
-) -> Callable[[BaseException], bool]:
-    """A test: is the error, or one of 4 causes (TLS failures arrive wrapped), one of `kinds`,
-    with an OpenSSL verify code in `codes`, or saying `pattern` (a regular expression)?"""
-    said = re.compile(pattern)
-
-    def test(error: BaseException) -> bool:
-        chain = [error]
-        while len(chain) < 5 and (cause := chain[-1].__cause__ or chain[-1].__context__):
-            chain.append(cause)
-        return any(
-            isinstance(item, kinds)
-            or getattr(item, "verify_code", 0) in codes
-            or said.search(str(item))
-            for item in chain
-        )
-
-    return test
-
-
-_host_mismatch = _cause("(?i)(hostname|ip address) mismatch", codes=(62, 64))  # X509_V_ERR_...
-_untrusted = _cause("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError)
-_handshake = _cause("SSL", ssl.SSLError)
-_dropped = _cause("(?i)closed by server|reset by peer|connection lost|broken pipe")
 
 
 def _classes(*names: str) -> list[type[BaseException]]:
@@ -64,19 +46,19 @@ def error_map(*, tls: bool, timeout: float) -> ErrorMap:
             "address) in REDIS_URL, so it may not be this server. Write in REDIS_URL a name the "
             "certificate lists, or have the certificate issued for this name; REDIS_TLS_CA_FILE "
             "only chooses which CA is trusted and cannot fix this",
-            when=_host_mismatch,
+            when=TLS_HOST_MISMATCH,
         ),
         unavailable(
             f"{_TLS_FAILED}the server's certificate is not signed by a trusted CA (or is not "
             "valid now). Set REDIS_TLS_CA_FILE to the CA that signed it",
-            when=_untrusted,
+            when=TLS_UNTRUSTED,
         ),
         unavailable(
             f"{_TLS_FAILED}does this server speak TLS on this port (else use redis://), and does "
             f"it require a client certificate ({_CLIENT_CERTIFICATE})?",
-            when=lambda error: tls and _handshake(error),
+            when=lambda error: tls and TLS_HANDSHAKE(error),
         ),
-        unavailable(dropped, when=_dropped),
+        unavailable(dropped, when=CONNECTION_DROPPED),
         unavailable("cannot reach the server; check REDIS_URL and that the server is up"),
     ]
     slow = (
