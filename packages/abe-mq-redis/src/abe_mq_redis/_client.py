@@ -5,7 +5,6 @@ Commands are packed into RESP here and sent on redis-py's connections: same sock
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ssl
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,19 +19,13 @@ from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from abe.errors import InvalidKeyError
+from abe.provider import bounded
 from abe_mq_redis._settings import RedisSettings
 
 __all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "pack", "reply"]
 
 Command = tuple[str | bytes | int, ...]
 """A Redis command and its arguments (str as UTF-8, int as decimal)."""
-
-if sys.version_info >= (3, 12):
-    from asyncio import timeout as _timeout
-else:  # what redis-py itself uses there (asyncio.timeout is sound from 3.11.3)
-    _timeout = importlib.import_module(
-        "asyncio" if sys.version_info >= (3, 11, 3) else "async_timeout"
-    ).timeout
 
 
 def delayed_key(key: str, group: str) -> str:
@@ -91,10 +84,8 @@ class RedisClient:
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
         replies; a broken connection is replaced once, as redis-py does, a cut call drops it."""
-        packed, pool = (
-            b"".join([pack(command) for command in commands]),
-            self.commands.connection_pool,
-        )
+        packed = b"".join([pack(command) for command in commands])
+        pool = self.commands.connection_pool
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -197,8 +188,7 @@ class _CancellableSend(connections.AbstractConnection):
             return await super().send_packed_command(command, check_health)
         self.socket_timeout = None  # the parent then writes without asyncio.wait_for
         try:
-            async with _timeout(limit):
-                await super().send_packed_command(command, check_health)
+            await bounded(super().send_packed_command(command, check_health), limit)
         except asyncio.TimeoutError:
             await self.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
