@@ -81,9 +81,12 @@ class RedisClient:
             self._reads = ConnectionPool(**connection_kwargs(self.settings, timeout))
         return self._reads
 
-    async def send(self, commands: Sequence[Command]) -> list[Any]:
+    async def send(
+        self, commands: Sequence[Command], check: Iterable[str] = (), group: str | None = None
+    ) -> list[Any]:
         """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
-        replies; a broken connection is replaced once, as redis-py does, a cut call drops it."""
+        replies; a broken connection is replaced once, as redis-py does, a cut call drops it.
+        With `check` (the keys), the first error reply is raised (see `raise_first`)."""
         packed = b"".join([pack(command) for command in commands])
         pool = self.commands.connection_pool
         async with self._slots:
@@ -100,14 +103,10 @@ class RedisClient:
                         raise
                 else:
                     self._idle.append(connection)
-                    return replies
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def send_checked(
-        self, commands: Sequence[Command], keys: Iterable[str], group: str | None = None
-    ) -> None:
-        """`send()`, raising the first error reply (see `raise_first`)."""
-        await self.raise_first(await self.send(commands), keys, group)
+                    break
+        if check:  # with the slot given back: naming a culprit sends again
+            await self.raise_first(replies, check, group)
+        return replies
 
     async def raise_first(
         self, replies: Iterable[Any], keys: Iterable[str], group: str | None = None
@@ -130,18 +129,18 @@ class RedisClient:
         except Exception:  # the WRONGTYPE error, translated, says enough
             return None
         for (name, key, expected), found in zip(suspects, types, strict=True):
-            if isinstance(found, Exception) or as_text(found) in (expected, "none"):
+            kind = as_text(found)
+            if isinstance(found, Exception) or kind in (expected, "none"):
                 continue
             if expected == "stream":
                 return InvalidKeyError(
-                    f"key {key!r} holds a Redis {as_text(found)}, not a stream, so abe cannot "
-                    f"publish to it or read it; use another key, or remove that "
-                    f"{as_text(found)} if nothing needs it"
+                    f"key {key!r} holds a Redis {kind}, not a stream, so abe cannot publish to it "
+                    f"or read it; use another key, or remove that {kind} if nothing needs it"
                 )
             return InvalidKeyError(
-                f"key {name!r} holds a Redis {as_text(found)}, but abe keeps group {group!r}'s "
-                f"long-delayed nacks of {key!r} under that name; something other than abe "
-                f"wrote it there: remove it (DEL {name}) if nothing needs it"
+                f"key {name!r} holds a Redis {kind}, but abe keeps group {group!r}'s long-delayed "
+                f"nacks of {key!r} under that name (something else wrote it): remove it (DEL "
+                f"{name}) if nothing needs it"
             )
         return None
 

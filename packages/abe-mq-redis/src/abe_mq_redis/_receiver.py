@@ -33,17 +33,15 @@ def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
-def _grouped(entries: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """Entry ids by key, from (key, entry id) pairs."""
+def _grouped(entries: Iterable[tuple[str, str] | IncomingMessage]) -> dict[str, list[str]]:
+    """Entry ids by key, from (key, entry id) pairs or messages."""
     grouped: dict[str, list[str]] = {}
-    for key, entry_id in entries:
+    for entry in entries:
+        key, entry_id = (
+            (entry.key, entry.broker_id) if isinstance(entry, IncomingMessage) else entry
+        )
         grouped.setdefault(key, []).append(entry_id)
     return grouped
-
-
-def _ids(messages: Iterable[IncomingMessage]) -> dict[str, list[str]]:
-    """Entry ids by key, of messages."""
-    return _grouped((message.key, message.broker_id) for message in messages)
 
 
 def _settle(done: asyncio.Future[bool], acked: bool) -> None:
@@ -116,9 +114,7 @@ class RedisReceiver(Receiver):
             await self._recreate(result)
             return []
         await self._client.raise_first([result], keys)
-        return [
-            _message(as_text(key), entry, 1) for key, entries in result or () for entry in entries
-        ]
+        return [_message(as_text(key), e, 1) for key, entries in result or () for e in entries]
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
         """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
@@ -157,11 +153,10 @@ class RedisReceiver(Receiver):
                 log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
 
     async def _recreate(self, error: object) -> None:
-        keys = ", ".join(self.keys)
         log.warning(
             "redis: group %r is missing on %s (%s); creating it again from the start of the "
             "stream (did the server restart without persistence, or was the key deleted?)",
-            *(self.group, keys, error),
+            *(self.group, ", ".join(self.keys), error),
         )
         await self._client.create_groups(self.group, self.keys)
         self._cursors = dict.fromkeys(self.keys, "0-0")
@@ -231,7 +226,7 @@ class RedisReceiver(Receiver):
     ) -> list[IncomingMessage]:
         """Attempt numbers for reclaimed entries; an entry still in the delayed set (its holder
         died before it came due) is held, or armed, instead."""
-        by_key = _ids(claimed)
+        by_key = _grouped(claimed)
         commands: list[Command] = [
             ("XPENDING", message.key, self.group, message.broker_id, message.broker_id, 1)
             for message in claimed
@@ -279,16 +274,16 @@ class RedisReceiver(Receiver):
         claims: list[Command] = [
             ("XCLAIM", key, group, me, 0, *ids, *options, "JUSTID") for key, ids in by_key.items()
         ]
-        await self._client.send_checked(claims, by_key, group)
+        await self._client.send(claims, by_key, group)
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        by_key = self._acks[done] = _ids(messages)
+        by_key = self._acks[done] = _grouped(messages)
         await asyncio.sleep(0)  # one turn: a fetch starting now carries them
         if self._acks.pop(done, None) is None and await done:
             return
         commands: list[Command] = [("XACK", key, self.group, *ids) for key, ids in by_key.items()]
-        await self._client.send_checked(commands, by_key, self.group)
+        await self._client.send(commands, by_key, self.group)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         key, entry_id = message.key, message.broker_id
@@ -304,11 +299,11 @@ class RedisReceiver(Receiver):
             ("ZADD", delayed_key(key, self.group), due_ms, entry_id),
             ("XCLAIM", key, self.group, self.consumer, 0, entry_id, "JUSTID"),
         ]
-        await self._client.send_checked(commands, [key], self.group)
+        await self._client.send(commands, [key], self.group)
         self._held[key, entry_id] = due_ms
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
-        await self._claim(_ids(messages))
+        await self._claim(_grouped(messages))
 
     async def close(self) -> None:
         """Give back the reading connection; delete this consumer if it owns no pending entry."""
