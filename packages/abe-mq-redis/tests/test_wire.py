@@ -25,13 +25,17 @@ from abe_mq_redis._client import (
     _CancellableSend,
     connection_kwargs,
     delayed_key,
-    pack,
 )
 from abe_mq_redis._receiver import RedisReceiver, _message
 
 MESSAGE = OutgoingMessage(
     "m-1", b'{"order":1}', {"abe-id": "m-1", "abe-published-at": "1700000000000", "trace": "t"}
 )
+
+
+def pack(command: tuple[str | bytes | int, ...]) -> bytes:
+    """A command as the client sends it: packed by redis-py (by hiredis, where installed)."""
+    return b"".join(Connection().pack_commands([command]))
 
 
 def _unpack(packed: bytes) -> list[bytes]:

@@ -28,9 +28,7 @@ _CONSUMERS = itertools.count(1)
 
 
 class RedisBackend(BaseBackend):
-    """abe on Redis Streams (6.2 or later) through redis.asyncio, connecting on first use:
-    `RedisBackend()` reaches redis://localhost:6379/0, `RedisBackend(RedisSettings(...))` any
-    other server."""
+    """abe on Redis Streams (6.2 or later) through redis.asyncio, connecting on first use."""
 
     name: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(native_delay=False, persistence=True)
@@ -49,8 +47,7 @@ class RedisBackend(BaseBackend):
         settings = settings or RedisSettings()
         super().__init__(settings)
         self.settings: RedisSettings = settings
-        self.client = RedisClient(settings)
-        """The connections, shared with every receiver this backend opens."""
+        self.client = RedisClient(settings)  # shared with every receiver this backend opens
         self._errors = error_map(tls=settings.tls, timeout=settings.operation_timeout)
         self._trim = ("MAXLEN", "~", settings.maxlen) if settings.maxlen else ()
 
@@ -65,14 +62,11 @@ class RedisBackend(BaseBackend):
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         results = await self.client.send([self._xadd(key, message) for message in messages])
-        failed = {
-            i: str(result) for i, result in enumerate(results) if isinstance(result, Exception)
-        }
-        if not failed:
-            return
-        if len(failed) == len(messages) or "WRONGTYPE" in failed[min(failed)]:
-            await self.client.raise_first(results, (key,))
-        raise PublishError(key, failed, len(messages))
+        failed = {i: str(error) for i, error in enumerate(results) if isinstance(error, Exception)}
+        if len(failed) == len(messages) or "WRONGTYPE" in failed.get(min(failed, default=0), ""):
+            await self.client.raise_first(results, (key,))  # none stored, or a key of another type
+        if failed:
+            raise PublishError(key, failed, len(messages))
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         await self.client.create_groups(group, keys)
@@ -109,7 +103,6 @@ class RedisBackend(BaseBackend):
         return self.settings.address
 
     def raw_baseline(self) -> RawBaseline:
-        """The `abe bench` workloads written with redis-py alone, on the same server."""
         from abe_mq_redis._baseline import RawRedisBaseline  # noqa: PLC0415  (only for bench)
 
         return RawRedisBaseline(self.settings)

@@ -1,6 +1,5 @@
-"""The connections to one Redis, shared by a backend and its receivers, and the calls on them.
-
-Commands are packed into RESP here and sent on redis-py's connections: same sockets, less work."""
+"""The connections to one Redis, shared by a backend and its receivers, and the calls on them:
+commands go in one write on a kept redis-py connection, without redis-py's per-call work."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from abe.errors import InvalidKeyError
 from abe.provider import bounded
 from abe_mq_redis._settings import RedisSettings
 
-__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "pack", "reply"]
+__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "reply"]
 
 Command = tuple[str | bytes | int, ...]
 """A Redis command and its arguments (str as UTF-8, int as decimal)."""
@@ -32,15 +31,6 @@ def delayed_key(key: str, group: str) -> str:
     """The sorted set of `group`'s entries of `key` nacked for longer than the timeout: no key
     can take its name (keys have no `{`), and the hash tag keeps it in the stream's slot."""
     return f"abe:{{{key}}}:delayed:{group}"
-
-
-def pack(command: Command) -> bytes:
-    """One command as RESP: an array of bulk strings."""
-    args = [
-        a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else b"%d" % a
-        for a in command
-    ]
-    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args]))
 
 
 def as_text(value: Any) -> str:
@@ -87,12 +77,12 @@ class RedisClient:
         """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
         replies; a broken connection is replaced once, as redis-py does, a cut call drops it.
         With `check` (the keys), the first error reply is raised (see `raise_first`)."""
-        packed = b"".join([pack(command) for command in commands])
         pool = self.commands.connection_pool
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
+                    packed = connection.pack_commands(commands)  # with hiredis, by hiredis
                     await connection.send_packed_command(packed, check_health=False)
                     replies = [await reply(connection) for _ in commands]
                 except BaseException as exc:

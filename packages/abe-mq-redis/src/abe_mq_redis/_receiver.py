@@ -14,7 +14,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from abe.provider import IncomingMessage, Receiver, bounded
-from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, pack, reply
+from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, reply
 
 __all__ = ["RedisReceiver"]
 
@@ -128,7 +128,7 @@ class RedisReceiver(Receiver):
                     self._client_id = None
                     await connection.connect()
                 ask: list[Command] = [("CLIENT", "ID")] if self._client_id is None else []
-                packed = b"".join([pack(command) for command in (*ask, *commands)])
+                packed = connection.pack_commands([*ask, *commands])
                 await connection.send_packed_command(packed, check_health=False)
                 if ask:  # refused (an ACL user without CLIENT): 0, and never asked again
                     client_id = await reply(connection)
