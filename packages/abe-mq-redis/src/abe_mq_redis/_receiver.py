@@ -37,9 +37,7 @@ def _grouped(entries: Iterable[tuple[str, str] | IncomingMessage]) -> dict[str, 
     """Entry ids by key, from (key, entry id) pairs or messages."""
     grouped: dict[str, list[str]] = {}
     for entry in entries:
-        key, entry_id = (
-            (entry.key, entry.broker_id) if isinstance(entry, IncomingMessage) else entry
-        )
+        key, entry_id = entry if isinstance(entry, tuple) else (entry.key, entry.broker_id)
         grouped.setdefault(key, []).append(entry_id)
     return grouped
 
@@ -110,8 +108,7 @@ class RedisReceiver(Receiver):
             self._blocked_until = None
             for done in carried:  # not carried through: ack() sends them itself
                 _settle(done, False)
-        if str(result).startswith("NOGROUP"):
-            await self._recreate(result)
+        if await self._recreated([result]):
             return []
         await self._client.raise_first([result], keys)
         return [_message(as_text(key), e, 1) for key, entries in result or () for e in entries]
@@ -152,14 +149,18 @@ class RedisReceiver(Receiver):
             except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
                 log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
 
-    async def _recreate(self, error: object) -> None:
-        log.warning(
-            "redis: group %r is missing on %s (%s); creating it again from the start of the "
-            "stream (did the server restart without persistence, or was the key deleted?)",
-            *(self.group, ", ".join(self.keys), error),
-        )
-        await self._client.create_groups(self.group, self.keys)
-        self._cursors = dict.fromkeys(self.keys, "0-0")
+    async def _recreated(self, replies: list[Any]) -> bool:
+        """Whether a reply says the group is missing; it is then created again, from the start."""
+        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
+        if missing is not None:
+            log.warning(
+                "redis: group %r is missing on %s (%s); creating it again from the start of the "
+                "stream (did the server restart without persistence, or was the key deleted?)",
+                *(self.group, ", ".join(self.keys), missing),
+            )
+            await self._client.create_groups(self.group, self.keys)
+            self._cursors = dict.fromkeys(self.keys, "0-0")
+        return missing is not None
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
         """The periodic work: keep held entries, arm delayed ones, reclaim the unfinished."""
@@ -179,9 +180,7 @@ class RedisReceiver(Receiver):
                 ("XAUTOCLAIM", key, group, me, self._lease_ms, self._cursors[key], "COUNT", count),
             ]
         replies = await self._client.send(commands)
-        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
-        if missing is not None:
-            await self._recreate(missing)
+        if await self._recreated(replies):
             return []
         await self._client.raise_first(replies, keys, group)
         due: list[tuple[str, str, int]] = []
@@ -288,9 +287,8 @@ class RedisReceiver(Receiver):
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         key, entry_id = message.key, message.broker_id
         if delay <= self._lease:
-            await self._claim(
-                {key: [entry_id]}, "IDLE", max(0, self._lease_ms - round(delay * 1000))
-            )
+            idle = max(0, self._lease_ms - round(delay * 1000))  # claimable after `delay`
+            await self._claim({key: [entry_id]}, "IDLE", idle)
             heapq.heappush(self._wakeups, time.monotonic() + delay + _SLACK)
             await self._wake(self._wakeups[0])
             return
@@ -342,8 +340,7 @@ class RedisReceiver(Receiver):
             info = {as_text(k): v for k, v in zip(consumer[::2], consumer[1::2], strict=True)}
             name = as_text(info.get("name", b""))
             idle = int(info.get("idle", 0)) >= self._idle_limit_ms
-            if (include_self if name == self.consumer else idle) and int(
-                info.get("pending", 1)
-            ) == 0:
+            free = int(info.get("pending", 1)) == 0
+            if free and (include_self if name == self.consumer else idle):
                 names.append(name)
         return names

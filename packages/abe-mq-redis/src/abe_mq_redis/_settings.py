@@ -160,10 +160,7 @@ _URL_OPTIONS = (frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
 reach it as text it does not expect; the legacy `timeout` is no connection option at all."""
 _AT_LEAST = {"db": 0, "health_check_interval": 0, "max_connections": 1, "socket_read_size": 1}
 _CERT_REQS = ("none", "optional", "required")
-_NOT_TLS = (
-    "is set, but REDIS_URL does not use TLS: write rediss:// instead of redis:// to connect "
-    "with TLS, or unset this variable"
-)
+_NOT_TLS = "is set, but REDIS_URL does not use TLS: write rediss:// for TLS, or unset this variable"
 _HIDDEN = "the value is not shown, since it may hold a password"
 _VERSION = f"redis-py {redis.__version__}"
 
