@@ -124,8 +124,8 @@ class RedisClient:
                 continue
             if expected == "stream":
                 return InvalidKeyError(
-                    f"key {key!r} holds a Redis {kind}, not a stream, so abe cannot publish to it "
-                    f"or read it; use another key, or remove that {kind} if nothing needs it"
+                    f"key {key!r} holds a Redis {kind}, not a stream, so abe cannot publish to, "
+                    f"read or delete it; use another key, or remove that {kind} if nothing needs it"
                 )
             return InvalidKeyError(
                 f"key {name!r} holds a Redis {kind}, but abe keeps group {group!r}'s long-delayed "
@@ -141,16 +141,14 @@ class RedisClient:
 
     async def delete_keys(self, keys: Sequence[str]) -> None:
         """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
-        doomed: list[str] = []
-        for key in keys:
-            kind = as_text(await self.commands.type(key))
-            if kind not in ("stream", "none"):
-                raise InvalidKeyError(
-                    f"key {key!r} holds a Redis {kind}, not a stream, so abe did not make it "
-                    f"and will not delete it; remove it yourself if nothing needs it"
-                )
-            groups = await self.commands.xinfo_groups(key) if kind == "stream" else []
-            doomed += [key, *(delayed_key(key, as_text(group["name"])) for group in groups)]
+        culprit = await self._culprit(tuple(keys), None)
+        if culprit is not None:
+            raise culprit
+        found = await self.send([("XINFO", "GROUPS", key) for key in keys])
+        doomed = list(keys)
+        for key, groups in zip(keys, found, strict=True):  # a missing key: an error reply
+            if isinstance(groups, list):  # each group: [b"name", <name>, b"consumers", ...]
+                doomed += [delayed_key(key, as_text(group[1])) for group in groups]
         await self.commands.delete(*doomed)
 
     async def close(self) -> None:
