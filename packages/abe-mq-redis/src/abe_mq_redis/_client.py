@@ -4,6 +4,7 @@ commands go in one write on a kept redis-py connection, without redis-py's per-c
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import sys
 from collections.abc import Iterable, Sequence
@@ -183,17 +184,12 @@ class _CancellableSend(connections.AbstractConnection):
             self.socket_timeout = limit
 
 
-SAFE_CONNECTIONS = {
-    base: cast(
+@functools.cache
+def cancellable(base: type[connections.AbstractConnection]) -> type[connections.AbstractConnection]:
+    """`base`, a redis-py connection class, with cancellable writes: used before Python 3.12."""
+    return cast(
         "type[connections.AbstractConnection]", type(base.__name__, (_CancellableSend, base), {})
     )
-    for base in (
-        connections.Connection,
-        connections.SSLConnection,
-        connections.UnixDomainSocketConnection,
-    )
-}
-"""redis-py's connection classes with cancellable writes, used before Python 3.12."""
 
 
 def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[st
     kwargs.update(protocol=2, username=settings.username, password=password)
     kind = kwargs.get("connection_class", connections.Connection)
     if sys.version_info < (3, 12):
-        kwargs["connection_class"] = SAFE_CONNECTIONS.get(kind, kind)
+        kwargs["connection_class"] = cancellable(kind)
     if kind is not connections.UnixDomainSocketConnection:
         kwargs.setdefault("socket_keepalive", True)
     if kind is connections.SSLConnection:
