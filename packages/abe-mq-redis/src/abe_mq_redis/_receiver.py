@@ -225,24 +225,20 @@ class RedisReceiver(Receiver):
     ) -> list[IncomingMessage]:
         """Attempt numbers for reclaimed entries; an entry still in the delayed set (its holder
         died before it came due) is held, or armed, instead."""
-        by_key = _grouped(claimed)
-        commands: list[Command] = [
-            ("XPENDING", message.key, self.group, message.broker_id, message.broker_id, 1)
-            for message in claimed
-        ]
-        commands += [("ZMSCORE", delayed_key(key, self.group), *ids) for key, ids in by_key.items()]
+        group = self.group
+        commands: list[Command] = []
+        for message in claimed:
+            key, entry_id = message.key, message.broker_id
+            commands.append(("XPENDING", key, group, entry_id, entry_id, 1))
+            commands.append(("ZSCORE", delayed_key(key, group), entry_id))  # nil: not delayed
         replies = await self._client.send(commands)
-        await self._client.raise_first(replies[: len(claimed)], by_key, self.group)
-        scores: dict[tuple[str, str], int] = {}
-        for (key, ids), found in zip(by_key.items(), replies[len(claimed) :], strict=True):
-            pairs = zip(ids, [] if isinstance(found, Exception) else found, strict=False)
-            scores.update({(key, i): int(float(score)) for i, score in pairs if score is not None})
+        await self._client.raise_first(replies[::2], {message.key for message in claimed}, group)
         ready: list[IncomingMessage] = []
         to_arm: list[tuple[str, str, int]] = []
         past: list[tuple[str, str]] = []
-        for message, pending in zip(claimed, replies, strict=False):
+        for message, pending, score in zip(claimed, replies[::2], replies[1::2], strict=True):
             entry = (message.key, message.broker_id)
-            due = scores.get(entry)
+            due = int(float(score)) if isinstance(score, bytes) else None
             if not pending:  # acknowledged meanwhile by its earlier holder: done
                 continue
             if due is not None and due - now_ms > self._lease_ms:
