@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from abe.provider import IncomingMessage, Receiver, bounded
+from abe.provider import IncomingMessage, Receiver, close_quietly
 from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, reply
 
 __all__ = ["RedisReceiver"]
@@ -307,10 +307,8 @@ class RedisReceiver(Receiver):
             await self._read_pool.release(connection)
         for done in self._acks:
             _settle(done, False)
-        try:
-            await bounded(self.tidy(include_self=True), self._client.settings.operation_timeout)
-        except Exception as exc:
-            log.debug("redis: could not tidy the consumers of group %r: %s", self.group, exc)
+        tidy, timeout = self.tidy(include_self=True), self._client.settings.operation_timeout
+        await close_quietly([tidy], timeout, log, f"redis: tidying group {self.group!r}")
 
     async def tidy(self, *, include_self: bool) -> None:
         """Delete, under WATCH, consumers that own no pending entry and are idle (this one, when
