@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 from abe.errors import PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
 from abe_mq_redis._client import Command, RedisClient, delayed_key
-from abe_mq_redis._errors import ERRORS, error_map
+from abe_mq_redis._errors import ERRORS
 from abe_mq_redis._receiver import RedisReceiver
 from abe_mq_redis._settings import RedisSettings
 
@@ -48,7 +48,6 @@ class RedisBackend(BaseBackend):
         super().__init__(settings)
         self.settings: RedisSettings = settings
         self.client = RedisClient(settings)  # shared with every receiver this backend opens
-        self._errors = error_map(tls=settings.tls, timeout=settings.operation_timeout)
         self._trim = ("MAXLEN", "~", settings.maxlen) if settings.maxlen else ()
 
     @property
@@ -94,10 +93,6 @@ class RedisBackend(BaseBackend):
 
     async def _close(self) -> None:
         await self.client.close()
-
-    def _translate_error(self, error: Exception) -> BaseException:
-        """Through this backend's own table, whose hints name its timeout and its scheme."""
-        return self._errors.translate(error, self._describe(), scrub=self.secret_filter.scrub)
 
     def _describe(self) -> str:
         return self.settings.address
