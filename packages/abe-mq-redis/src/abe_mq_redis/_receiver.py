@@ -179,16 +179,14 @@ class RedisReceiver(Receiver):
                 ("ZRANGEBYSCORE", delayed, "-inf", window, "WITHSCORES", "LIMIT", 0, _ARM_BATCH),
                 ("XAUTOCLAIM", key, group, me, self._lease_ms, self._cursors[key], "COUNT", count),
             ]
-        replies = await self._client.send(commands)
-        if await self._recreated(replies):
+        got = await self._client.send(commands)
+        if await self._recreated(got):
             return []
-        await self._client.raise_first(replies, keys, group)
+        await self._client.raise_first(got, keys, group)
         due: list[tuple[str, str, int]] = []
         gone: list[tuple[str, str]] = []
         claimed: list[IncomingMessage] = []
-        for key, found, (cursor, entries, *deleted) in zip(
-            keys, replies[::2], replies[1::2], strict=True
-        ):
+        for key, found, (cursor, entries, *deleted) in zip(keys, got[::2], got[1::2], strict=True):
             scores = zip(found[::2], found[1::2], strict=True)
             due += [(key, as_text(entry_id), int(float(score))) for entry_id, score in scores]
             self._cursors[key] = as_text(cursor)
