@@ -8,7 +8,8 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from aiokafka.errors import UnknownError  # type: ignore[import-untyped]
+from aiokafka.errors import UnknownError, for_code  # type: ignore[import-untyped]
+from aiokafka.protocol.admin import DeleteGroupsRequest  # type: ignore[import-untyped]
 
 from abe.errors import BackendUnavailableError, InvalidKeyError, PublishError
 from abe.provider import (
@@ -30,6 +31,7 @@ from abe_mq_kafka._settings import KafkaSettings
 __all__ = ["KafkaBackend"]
 
 Header = tuple[str, bytes]
+_GROUP_ID_NOT_FOUND = 69
 
 
 class _TopicRules(KeyRules):
@@ -173,6 +175,21 @@ class KafkaBackend(BaseBackend):
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
         await self.client.delete_topics(keys)
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        # Metadata for all topics: naming none, it cannot auto-create one on any broker.
+        topics = set(await (await self.client.admin.get()).list_topics())
+        return [key for key in keys if key in topics]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """DeleteGroups at the group's coordinator: Kafka drops the group's offsets on every
+        topic, not only `keys` (aiokafka 0.14 has no call for it, hence the raw request)."""
+        admin = await self.client.admin.get()
+        coordinator = await admin.find_coordinator(group)
+        response = await admin._send_request(DeleteGroupsRequest([group]), coordinator)
+        for _, code in response.results:
+            if code not in (0, _GROUP_ID_NOT_FOUND):
+                raise for_code(code)(f"deleting group {group!r}")
 
     async def _close(self) -> None:
         await self.client.close()
