@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from aiokafka.errors import UnknownError, for_code  # type: ignore[import-untyped]
+from aiokafka.errors import for_code  # type: ignore[import-untyped]
 from aiokafka.protocol.admin import DeleteGroupsRequest  # type: ignore[import-untyped]
 
 from abe.errors import BackendUnavailableError, InvalidKeyError, PublishError
@@ -24,7 +23,7 @@ from abe.provider import (
 )
 from abe_mq_kafka._baseline import RawKafkaBaseline
 from abe_mq_kafka._client import KafkaClient
-from abe_mq_kafka._errors import ERRORS, tidy
+from abe_mq_kafka._errors import ERRORS, no_tls, tidy
 from abe_mq_kafka._receiver import KafkaReceiver
 from abe_mq_kafka._settings import KafkaSettings
 
@@ -45,24 +44,15 @@ class _TopicRules(KeyRules):
 
 
 def record_headers(headers: Mapping[str, str]) -> list[Header]:
-    """The headers a record carries: all but the publish time, which is the record's timestamp.
-
-    `abe-id` always travels, so every delivery (copies and dead letters too) has the id
-    the publisher gave or abe made, as on every other broker. It costs about 5% of a
-    publish and 15% of a publish_many (aiokafka builds headers in Python), measured on
-    Tansu; a dead letter keeps every header of its original.
-    """
+    """A record's headers: all but the publish time (the record's timestamp), but a dead letter
+    keeps all; `abe-id` always travels, so copies and dead letters keep their id."""
     keep = HEADER_ERROR in headers
     return [(n, v.encode()) for n, v in headers.items() if keep or n != HEADER_PUBLISHED_AT]
 
 
 class KafkaBackend(BaseBackend):
-    """abe on Kafka (aiokafka): each key is a topic, each group a Kafka consumer group.
-
-    Topics are created on first use with `ABE_KAFKA_PARTITIONS` partitions; records carry
-    the payload's JSON as their value and abe's metadata as record headers. Offsets are
-    committed only below messages that are finished (acknowledged or dead-lettered).
-    """
+    """abe on Kafka (aiokafka): each key is a topic (made on first use), each group a consumer
+    group; offsets are committed only below messages that are finished."""
 
     name: ClassVar[str] = "kafka"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -99,32 +89,13 @@ class KafkaBackend(BaseBackend):
         return f"bootstrap={','.join(self.settings.bootstrap_servers)}"
 
     def _translate_error(self, error: Exception) -> BaseException:
-        settings, where = self.settings, ",".join(self.settings.bootstrap_servers)
-        protocol = settings.security_protocol
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return BackendUnavailableError(
-                f"kafka: the certificate of {where} is not trusted ({error.verify_message}): set "
-                f"KAFKA_SSL_CAFILE to the CA that signed it, or check that KAFKA_BOOTSTRAP_SERVERS "
-                f"names the host the certificate is for"
-            )
         hung = isinstance(error, asyncio.TimeoutError) and not self.client.connected
-        if protocol.endswith("SSL") and (hung or isinstance(error, ssl.SSLError)):
-            what = tidy(f"{type(error).__name__}: {error}")
-            return BackendUnavailableError(  # what a plaintext listener does to a TLS client
-                f"kafka: no TLS session with {where} ({what}); with KAFKA_SECURITY_PROTOCOL="
-                f"{protocol}, check that KAFKA_BOOTSTRAP_SERVERS names the brokers' TLS listener "
-                f"(or use {protocol.replace('SSL', 'PLAINTEXT')} for a plaintext one), and that "
-                f"the brokers are up"
-            )
+        if hung and self.settings.security_protocol.endswith("SSL"):  # as a plaintext listener
+            return BackendUnavailableError(f"kafka ({self._describe()}): {no_tls(self.settings)}")
         scrub = self.secret_filter.scrub
-        translated = ERRORS.translate(error, self._describe(), scrub=lambda text: scrub(tidy(text)))
-        if isinstance(error, UnknownError) and settings.idempotent and translated is not error:
-            # What Tansu and other brokers without InitProducerId answer an idempotent producer.
-            return BackendUnavailableError(
-                f"{translated}; if the broker does not support idempotent producers "
-                f"(InitProducerId), set ABE_KAFKA_IDEMPOTENT=false"
-            )
-        return translated
+        return ERRORS.translate(
+            error, self._describe(), scrub=lambda text: scrub(tidy(text)), settings=self.settings
+        )
 
     def raw_baseline(self) -> RawKafkaBaseline:
         return RawKafkaBaseline(self.settings)

@@ -32,8 +32,7 @@ class KafkaClient:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
-        self.connected = False
-        """Whether any client ever started (a hanging TLS handshake is told apart by it)."""
+        self.connected = False  # whether any client ever started (tells a hung TLS handshake)
         timeout = settings.operation_timeout
         self.producer: LazyClient[Any] = LazyClient(
             lambda: self.start(AIOKafkaProducer(**settings.producer_options())),
@@ -53,12 +52,8 @@ class KafkaClient:
         self._member_of: dict[Any, tuple[str, str]] = {}
 
     async def start(self, client: Any) -> Any:
-        """Start an aiokafka client (stopped again if that fails).
-
-        aiokafka's bootstrap logs what stopped each connection (a refused login, a failed
-        TLS handshake) and raises only "Unable to bootstrap"; that logged exception is
-        raised instead, for the error map to word, unless it only says a broker is away.
-        """
+        """Start an aiokafka client (stopped again if that fails), raising the error aiokafka's
+        bootstrap only logged (a refused login, a failed TLS handshake) for the map to word."""
         swallowed = _Swallowed()
         _BOOTSTRAP_LOG.filters.insert(0, swallowed)  # before core's filters, which may drop it
         try:
@@ -78,11 +73,8 @@ class KafkaClient:
         return client
 
     async def consumer(self, group: str, keys: Sequence[str], listener: Any) -> Any:
-        """A started consumer of `group`, subscribed to `keys` (it joins on its first read).
-
-        With ABE_KAFKA_GROUP_INSTANCE_ID, each consumer of a group in this process gets its
-        own static member name (`name`, `name-2`, ...), the same again after a restart.
-        """
+        """A started consumer of `group` on `keys`; with ABE_KAFKA_GROUP_INSTANCE_ID, a static
+        member name of its own in this process (`name`, `name-2`, ...), the same after a restart."""
         base, used = self.settings.group_instance_id, self._members.setdefault(group, set())
         names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
         member = None if base is None else next(name for name in names if name not in used)
