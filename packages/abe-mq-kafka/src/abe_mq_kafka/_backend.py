@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from aiokafka.errors import for_code  # type: ignore[import-untyped]
 from aiokafka.protocol.admin import DeleteGroupsRequest  # type: ignore[import-untyped]
@@ -109,27 +109,22 @@ class KafkaBackend(BaseBackend):
             return
         # One partition per call, like Kafka's sticky partitioner (KIP-480): the records go
         # out as ready-made record batches (aiokafka's batch API) and are read back in order.
-        partitions = await producer.partitions_for(key)
-        partition = random.choice(sorted(partitions)) if partitions else 0
-        spans: list[tuple[int, int]] = []
-        futures = []
+        partition = random.choice(sorted(await producer.partitions_for(key) or {0}))
+        sent: list[tuple[Any, range]] = []  # each batch's future, and the messages it holds
         builder, first = producer.create_batch(), 0
         for index, message in enumerate(messages):
-            headers = record_headers(message.headers)
-            if builder.append(timestamp=None, key=None, value=message.body, headers=headers):
-                continue
-            futures.append(await producer.send_batch(builder, key, partition=partition))
-            spans.append((first, index))
-            builder, first = producer.create_batch(), index
-            builder.append(timestamp=None, key=None, value=message.body, headers=headers)
-        futures.append(await producer.send_batch(builder, key, partition=partition))
-        spans.append((first, len(messages)))
-        results = await asyncio.gather(*futures, return_exceptions=True)
+            record = {"value": message.body, "headers": record_headers(message.headers)}
+            if builder.append(timestamp=None, key=None, **record) is None:  # full: send it
+                future = await producer.send_batch(builder, key, partition=partition)
+                sent.append((future, range(first, index)))
+                builder, first = producer.create_batch(), index
+                builder.append(timestamp=None, key=None, **record)
+        future = await producer.send_batch(builder, key, partition=partition)
+        sent.append((future, range(first, len(messages))))
+        results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
+        pairs = zip(sent, results, strict=True)
         failed = {
-            index: result
-            for (start, end), result in zip(spans, results, strict=True)
-            if isinstance(result, Exception)
-            for index in range(start, end)
+            i: error for (_, span), error in pairs if isinstance(error, Exception) for i in span
         }
         if len(failed) == len(messages):
             raise next(iter(failed.values()))

@@ -7,7 +7,7 @@ import itertools
 import logging
 import random
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
@@ -33,23 +33,17 @@ class KafkaClient:
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
         self.connected = False  # whether any client ever started (tells a hung TLS handshake)
-        timeout = settings.operation_timeout
-        self.producer: LazyClient[Any] = LazyClient(
-            lambda: self.start(AIOKafkaProducer(**settings.producer_options())),
-            _stop,
-            timeout=timeout,
-            what="the kafka producer",
-        )
-        self.admin: LazyClient[Any] = LazyClient(
-            lambda: self.start(AIOKafkaAdminClient(**settings.connection_options())),
-            _stop,
-            timeout=timeout,
-            what="the kafka admin client",
-        )
+        self.producer = self._lazy(lambda: AIOKafkaProducer(**settings.producer_options()))
+        self.admin = self._lazy(lambda: AIOKafkaAdminClient(**settings.connection_options()))
         self._topics: set[str] = set()
         self._creating: dict[str, asyncio.Task[None]] = {}
         self._members: dict[str, set[str]] = {}
         self._member_of: dict[Any, tuple[str, str]] = {}
+
+    def _lazy(self, make: Callable[[], Any]) -> LazyClient[Any]:
+        """A client made and started on first use, shared by the backend and its receivers."""
+        timeout, what = self.settings.operation_timeout, "the kafka client"
+        return LazyClient(lambda: self.start(make()), _stop, timeout=timeout, what=what)
 
     async def start(self, client: Any) -> Any:
         """Start an aiokafka client (stopped again if that fails), raising the error aiokafka's
