@@ -29,7 +29,6 @@ from abe_mq_kafka._settings import KafkaSettings
 
 __all__ = ["KafkaBackend"]
 
-Header = tuple[str, bytes]
 _GROUP_ID_NOT_FOUND = 69
 
 
@@ -43,7 +42,7 @@ class _TopicRules(KeyRules):
         return checked
 
 
-def record_headers(headers: Mapping[str, str]) -> list[Header]:
+def record_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
     """A record's headers: all but the publish time (the record's timestamp), but a dead letter
     keeps all; `abe-id` always travels, so copies and dead letters keep their id."""
     keep = HEADER_ERROR in headers
@@ -107,8 +106,7 @@ class KafkaBackend(BaseBackend):
             message = messages[0]
             await producer.send_and_wait(key, message.body, headers=record_headers(message.headers))
             return
-        # One partition per call, like Kafka's sticky partitioner (KIP-480): the records go
-        # out as ready-made record batches (aiokafka's batch API) and are read back in order.
+        # One partition per call (like KIP-480's sticky partitioner), in aiokafka's record batches
         partition = random.choice(sorted(await producer.partitions_for(key) or {0}))
         sent: list[tuple[Any, range]] = []  # each batch's future, and the messages it holds
         builder, first = producer.create_batch(), 0

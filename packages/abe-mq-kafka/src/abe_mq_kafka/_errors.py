@@ -1,8 +1,5 @@
-"""aiokafka's exceptions and the abe errors they become: one table, looked up along the MRO.
-
-`KafkaError` stands for everything the broker fails transiently; the test
-`assert_error_map_covers(KafkaBackend.errors, aiokafka.errors)` keeps the table complete.
-"""
+"""aiokafka's exceptions and the abe errors they become: one table, looked up along the MRO,
+kept complete by `assert_error_map_covers(KafkaBackend.errors, aiokafka.errors)`."""
 
 from __future__ import annotations
 

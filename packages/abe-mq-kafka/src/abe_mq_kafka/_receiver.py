@@ -1,9 +1,7 @@
 """The Kafka receiver: a consumer-group member with the acks, attempts and leases Kafka lacks.
 
-Each partition commits below its first unfinished record; a message handed back (nack,
-expired lease, revoke, close) is written again as a copy with `abe-attempt` one higher,
-and a member that stops reading for a redelivery timeout leaves the group.
-"""
+Each partition commits below its first unfinished record; a message handed back is written
+again as a copy (`abe-attempt` + 1); a member that stops reading leaves the group."""
 
 from __future__ import annotations
 
@@ -334,8 +332,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             partition.current = False
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
-        for entry in [entry for entry in self._held if not entry.partition.current]:
-            del self._held[entry]
+        self._held = {entry: None for entry in self._held if entry.partition.current}
         self._delayed = [item for item in self._delayed if item[2].partition.current]
         heapq.heapify(self._delayed)
 
