@@ -61,7 +61,7 @@ class BatchingProducer:
 def backend_with(producer: object, *, timeout: float = 10.0) -> KafkaBackend:
     backend = KafkaBackend(KafkaSettings(operation_timeout=timeout))
     backend.client.producer._client = producer  # as if connected
-    backend.client._topics.add("orders")
+    backend.client.topics.add("orders")
     return backend
 
 

@@ -29,7 +29,7 @@ from abe_mq_kafka._settings import KafkaSettings
 
 __all__ = ["KafkaBackend"]
 
-_GROUP_ID_NOT_FOUND = 69
+_UNKNOWN_TOPIC, _GROUP_ID_NOT_FOUND = 3, 69
 
 
 class _TopicRules(KeyRules):
@@ -138,7 +138,11 @@ class KafkaBackend(BaseBackend):
         return receiver
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        await self.client.delete_topics(keys)
+        self.client.topics.difference_update(keys)  # a topic that does not exist is skipped
+        response = await (await self.client.admin.get()).delete_topics(list(keys))
+        for name, code in response.topic_error_codes:
+            if code not in (0, _UNKNOWN_TOPIC):
+                raise for_code(code)(f"deleting topic {name!r}")
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
         # Metadata for all topics: naming none, it cannot auto-create one on any broker.

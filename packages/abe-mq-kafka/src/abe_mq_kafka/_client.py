@@ -22,7 +22,6 @@ __all__ = ["KafkaClient"]
 log = logging.getLogger("abe.kafka")
 
 _TOPIC_ALREADY_EXISTS = 36
-_UNKNOWN_TOPIC = 3
 _CLOSE_TIMEOUT = 5.0
 _BOOTSTRAP_LOG = logging.getLogger("aiokafka")  # where aiokafka.client logs
 
@@ -35,7 +34,7 @@ class KafkaClient:
         self.connected = False  # whether any client ever started (tells a hung TLS handshake)
         self.producer = self._lazy(lambda: AIOKafkaProducer(**settings.producer_options()))
         self.admin = self._lazy(lambda: AIOKafkaAdminClient(**settings.connection_options()))
-        self._topics: set[str] = set()
+        self.topics: set[str] = set()  # topics known to exist (made or seen made)
         self._creating: dict[str, asyncio.Task[None]] = {}
         self._members: dict[str, set[str]] = {}
         self._member_of: dict[Any, tuple[str, str]] = {}
@@ -89,7 +88,7 @@ class KafkaClient:
     async def ensure_topic(self, key: str) -> None:
         """Create topic `key` with the configured partitions unless it exists (cached)."""
         creating = self._creating.get(key)
-        if key not in self._topics and creating is None:  # one creation, however many wait
+        if key not in self.topics and creating is None:  # one creation, however many wait
             creating = self._creating[key] = asyncio.ensure_future(self._create_topic(key))
             creating.add_done_callback(lambda done: self._forget(key, done))
         if creating is not None:
@@ -108,18 +107,9 @@ class KafkaClient:
         for _, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise for_code(code)(*[detail for detail in rest[:1] if detail])
-        if len(self._topics) > 10_000:
-            self._topics.clear()
-        self._topics.add(key)
-
-    async def delete_topics(self, keys: Sequence[str]) -> None:
-        """DeleteTopics for `keys`; a topic that does not exist is skipped."""
-        admin = await self.admin.get()
-        self._topics.difference_update(keys)
-        response = await admin.delete_topics(list(keys))
-        for name, code in response.topic_error_codes:
-            if code not in (0, _UNKNOWN_TOPIC):
-                raise for_code(code)(f"deleting topic {name!r}")
+        if len(self.topics) > 10_000:
+            self.topics.clear()
+        self.topics.add(key)
 
     async def send_copy(
         self, key: str, body: bytes, headers: Mapping[str, str], *, avoid: frozenset[int]
