@@ -36,7 +36,6 @@ class KafkaClient:
         self.admin = self._lazy(lambda: AIOKafkaAdminClient(**settings.connection_options()))
         self.topics: set[str] = set()  # topics known to exist (made or seen made)
         self._creating: dict[str, asyncio.Task[None]] = {}
-        self._members: dict[str, set[str]] = {}
         self._member_of: dict[Any, tuple[str, str]] = {}
 
     def _lazy(self, make: Callable[[], Any]) -> LazyClient[Any]:
@@ -68,21 +67,20 @@ class KafkaClient:
     async def consumer(self, group: str, keys: Sequence[str], listener: Any) -> Any:
         """A started consumer of `group` on `keys`; with ABE_KAFKA_GROUP_INSTANCE_ID, a static
         member name of its own in this process (`name`, `name-2`, ...), the same after a restart."""
-        base, used = self.settings.group_instance_id, self._members.setdefault(group, set())
+        base = self.settings.group_instance_id
+        used = {name for owner, name in self._member_of.values() if owner == group}
         names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
         member = None if base is None else next(name for name in names if name not in used)
         options = {**self.settings.consumer_options(), "group_instance_id": member}
         consumer = await self.start(AIOKafkaConsumer(group_id=group, **options))
         if member is not None:
-            used.add(member)
             self._member_of[consumer] = (group, member)
         consumer.subscribe(list(keys), listener=listener)
         return consumer
 
     async def stop_consumer(self, consumer: Any) -> None:
         """Stop a consumer made by `consumer()` (bounded; a failure is logged) and free its name."""
-        group, member = self._member_of.pop(consumer, ("", ""))
-        self._members.get(group, set()).discard(member)
+        group, _ = self._member_of.pop(consumer, ("", ""))
         await close_quietly([consumer.stop()], _CLOSE_TIMEOUT, log, f"kafka group {group!r}")
 
     async def ensure_topic(self, key: str) -> None:

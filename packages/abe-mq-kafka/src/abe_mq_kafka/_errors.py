@@ -127,7 +127,7 @@ ERRORS = ErrorMap(
         E.UnknownError: unavailable(  # what brokers without InitProducerId (Tansu) answer
             "check that the brokers are up; if they do not support idempotent producers "
             "(InitProducerId), set ABE_KAFKA_IDEMPOTENT=false",
-            when=lambda error, settings: settings.idempotent,
+            when=lambda error, settings: getattr(settings, "idempotent", False),
         ),
         # everything else: the broker is away, busy, rebalancing, or failed this request
         E.KafkaError: unavailable("check that the brokers in KAFKA_BOOTSTRAP_SERVERS are up"),
