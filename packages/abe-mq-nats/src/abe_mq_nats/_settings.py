@@ -225,6 +225,20 @@ class NatsSettings(BackendSettings):
             yield blamed, f"is required when NATS_{given} is set"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
+        yield from self._tls_problems()
+        if self.stream is not None and _STREAM_NAME.fullmatch(self.stream) is None:
+            yield "stream", f"must be a stream name: {_STREAM_RULE} (got {self.stream!r})"
+        if self.max_bytes == 0:
+            yield "max_bytes", "must be -1 (no limit) or a positive number of bytes (got 0)"
+        if self.max_age and self.duplicate_window > self.max_age:
+            window, age = self.duplicate_window, self.max_age
+            yield (
+                "duplicate_window",
+                f"must not exceed ABE_NATS_MAX_AGE ({age:g}s): {_IDS} (got {window:g})",
+            )
+
+    def _tls_problems(self) -> Iterator[tuple[str, str]]:
+        """TLS files that are missing, unpaired or not PEM."""
         unreadable = [
             name
             for name in ("tls_cert", "tls_key")
@@ -241,16 +255,6 @@ class NatsSettings(BackendSettings):
             except (ssl.SSLError, OSError, ValueError) as exc:
                 blamed = "tls_cert" if self.tls_cert is not None else "tls_ca"
                 yield blamed, f"could not be loaded as PEM ({type(exc).__name__}: {exc})"
-        if self.stream is not None and _STREAM_NAME.fullmatch(self.stream) is None:
-            yield "stream", f"must be a stream name: {_STREAM_RULE} (got {self.stream!r})"
-        if self.max_bytes == 0:
-            yield "max_bytes", "must be -1 (no limit) or a positive number of bytes (got 0)"
-        if self.max_age and self.duplicate_window > self.max_age:
-            window, age = self.duplicate_window, self.max_age
-            yield (
-                "duplicate_window",
-                f"must not exceed ABE_NATS_MAX_AGE ({age:g}s): {_IDS} (got {window:g})",
-            )
 
     @property
     def tls(self) -> bool:
