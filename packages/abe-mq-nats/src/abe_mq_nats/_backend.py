@@ -92,9 +92,12 @@ class NatsBackend(BaseBackend):
         ]
         await self._jetstream.stream_for(key, deadline)
         failed = await self._publisher.publish(client, key, batch, deadline)
-        if len(failed) == len(batch) and all(
-            isinstance(error, nats.js.errors.NoStreamResponseError) for error in failed.values()
-        ):  # the stream is gone (deleted, or a memory stream lost in a restart)
+        # No stream answered: gone, lost in a restart, or just made and without a leader yet.
+        gone = nats.js.errors.NoStreamResponseError
+        while len(failed) == len(batch) and deadline.remaining > 0.1:
+            if not all(isinstance(error, gone) for error in failed.values()):
+                break
+            await asyncio.sleep(0.1)
             await self._jetstream.stream_for(key, deadline, refresh=True)
             failed = await self._publisher.publish(client, key, batch, deadline)
         if len(failed) == len(batch):
