@@ -337,13 +337,15 @@ class KafkaServer(_Server):
         self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
         env = base_env()
+        self.storage_env: dict[str, str] = {}
+        """The variables that point Tansu at its S3 storage (empty for memory)."""
         if storage == "s3":
             if s3 is None:
                 raise ValueError("storage='s3' needs a moto server")
             self.bucket = f"abe-kafka-{uuid.uuid4().hex[:12]}"
             s3.create_bucket(self.bucket)
             engine = f"s3://{self.bucket}/"
-            env.update(
+            self.storage_env = dict(
                 AWS_ENDPOINT=s3.endpoint_url,
                 AWS_ALLOW_HTTP="true",
                 AWS_ACCESS_KEY_ID=s3.access_key_id,
@@ -351,6 +353,7 @@ class KafkaServer(_Server):
                 AWS_DEFAULT_REGION=s3.region,
                 AWS_REGION=s3.region,
             )
+            env.update(self.storage_env)
         else:
             self.bucket = ""
             engine = "memory://tansu/"

@@ -62,6 +62,8 @@ class Target:
     """How the broker is set up (for the report), e.g. "redis-server, AOF fsync always"."""
     shared: bool = False
     """The broker outlives the run (SQS on the session's moto): delete the key afterwards."""
+    inspect_env: dict[str, str] = field(default_factory=dict)
+    """Variables only the inspection gets: where Tansu stores, to list its batches."""
 
 
 @dataclass
@@ -333,8 +335,12 @@ class CrashRun:
         out = self.directory / "left-on-broker.jsonl"
         argv = [sys.executable, "-m", "abe_crash.inspect", "--backend", self.target.backend]
         argv += ["--key", self.key, "--out", str(out)]
-        try:  # the inspector stops itself after 150 s; this is only a safety net
-            subprocess.run(argv, env=self.env, check=True, timeout=210, capture_output=True)
+        if self.target.backend == "kafka":  # also what the broker returns, without abe
+            argv += ["--raw", str(self.directory / "raw-on-broker.jsonl")]
+            argv += ["--tansu-s3"] if self.target.inspect_env else []
+        env = {**self.env, **self.target.inspect_env}
+        try:  # the inspector stops itself after 150 s (twice with --raw); only a safety net
+            subprocess.run(argv, env=env, check=True, timeout=360, capture_output=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
             self._notes.append(f"the inspection of the broker failed: {exc} {stderr}")
@@ -432,6 +438,9 @@ class CrashRun:
                     f"SIGTERM; its last output:\n    {_tail_text(worker.log)}"
                 )
         self.ended_at = time.monotonic()
+        broker_files = getattr(self.target.broker, "directory", None)
+        for log in Path(broker_files).glob("*.log") if broker_files else ():
+            shutil.copy(log, self.directory / f"broker-{log.name}")  # kept past the broker
         if self._restart_error is not None:
             self._failures.append(f"the broker did not come back: {self._restart_error}")
 
