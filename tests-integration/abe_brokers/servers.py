@@ -278,7 +278,8 @@ class NatsServer(_Server):
 
 
 class MotoServer(_Server):
-    """moto's server: one endpoint for SQS and S3 (all state in memory, gone when it stops)."""
+    """moto's server: one endpoint for SQS and S3 (all state in memory, gone when it stops);
+    its S3 conditional writes are atomic, as on S3 (``atomic_moto.py``)."""
 
     region = "us-east-1"
     access_key_id = "testing"
@@ -288,7 +289,10 @@ class MotoServer(_Server):
         moto_available()
         self.directory = directory
         self.port = free_port()
-        argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        # moto.server with PutObject's conditions atomic (see atomic_moto.py: Tansu needs it)
+        launcher = str(Path(__file__).with_name("atomic_moto.py"))
+        run = f"import runpy; runpy.run_path({launcher!r}, run_name='__main__')"
+        argv = [sys.executable, "-c", run, "-H", LOOPBACK, "-p", str(self.port)]
 
         def ready() -> None:
             if not port_open(self.host, self.port):
