@@ -88,7 +88,8 @@ async def read_raw(bootstrap: str, key: str, out: IO[str], *, limit: float) -> N
     )
     await consumer.start()
     try:
-        partitions = sorted(await consumer.partitions_for_topic(key) or ())
+        await consumer.topics()  # loads the metadata of every topic
+        partitions = sorted(consumer.partitions_for_topic(key) or ())
         tps = [TopicPartition(key, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
