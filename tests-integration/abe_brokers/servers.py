@@ -349,14 +349,14 @@ class KafkaServer(_Server):
             self.bucket = f"abe-kafka-{uuid.uuid4().hex[:12]}"
             s3.create_bucket(self.bucket)
             engine = f"s3://{self.bucket}/"
-            self.storage_env = dict(
-                AWS_ENDPOINT=s3.endpoint_url,
-                AWS_ALLOW_HTTP="true",
-                AWS_ACCESS_KEY_ID=s3.access_key_id,
-                AWS_SECRET_ACCESS_KEY=s3.secret_access_key,
-                AWS_DEFAULT_REGION=s3.region,
-                AWS_REGION=s3.region,
-            )
+            self.storage_env = {
+                "AWS_ENDPOINT": s3.endpoint_url,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": s3.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                "AWS_DEFAULT_REGION": s3.region,
+                "AWS_REGION": s3.region,
+            }
             env.update(self.storage_env)
         else:
             self.bucket = ""

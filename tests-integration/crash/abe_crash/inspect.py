@@ -76,7 +76,7 @@ async def read_key(
 async def read_raw(bootstrap: str, key: str, out: IO[str], *, limit: float) -> None:
     """Write every record on topic `key`, read by aiokafka from each partition's start to its
     end offset; then ``{"raw_end": {partition: end offset}, "complete": bool}``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]  # noqa: PLC0415
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
     until = time.monotonic() + limit
     consumer = AIOKafkaConsumer(
@@ -125,7 +125,7 @@ async def read_raw(bootstrap: str, key: str, out: IO[str], *, limit: float) -> N
 def list_tansu_batches(key: str, out: IO[str]) -> None:
     """Write, for topic `key` in Tansu's S3 storage, each partition's watermark and each
     stored batch: its base offset (the object's name), record count and last offset delta."""
-    from botocore.session import get_session  # noqa: PLC0415
+    from botocore.session import get_session
 
     client = get_session().create_client(
         "s3",
@@ -144,7 +144,10 @@ def list_tansu_batches(key: str, out: IO[str]) -> None:
         if name.endswith("watermark.json"):
             line = {"partition": partition, "watermark": json.loads(body)}
         else:  # a Kafka record batch: lastOffsetDelta at byte 23, record count at byte 57
-            delta, count = struct.unpack_from(">i", body, 23)[0], struct.unpack_from(">i", body, 57)[0]
+            delta, count = (
+                struct.unpack_from(">i", body, 23)[0],
+                struct.unpack_from(">i", body, 57)[0],
+            )
             base = int(name.rsplit("/", 1)[1].split(".")[0])
             line = {"partition": partition, "batch": base, "records": count, "delta": delta}
         out.write(json.dumps(line) + "\n")

@@ -44,7 +44,7 @@ _ATTEMPT: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("atte
 def observe_kafka_placements(path: Path) -> LineWriter:
     """Append where the broker put each record aiokafka's ``send_and_wait`` sent (this
     process only: the answer is read, nothing about it changes)."""
-    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]  # noqa: PLC0415
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
     placed = LineWriter(path)
     send_and_wait = AIOKafkaProducer.send_and_wait

@@ -32,7 +32,7 @@ from typing import IO, Any, Protocol
 from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
-from abe_crash.verdict import Evidence, Kill, Outage, Verdict, judge
+from abe_crash.verdict import Commit, Evidence, Kill, Outage, Placed, Verdict, judge
 
 __all__ = ["Crashable", "CrashRun", "Target"]
 
@@ -473,7 +473,18 @@ class CrashRun:
         with contextlib.suppress(OSError):
             for match in _LOG_LINE.finditer((self.directory / "producer.log").read_text()):
                 logs[f"producer {match.group(1)} {match.group(2)}"] += 1
+        commits: dict[int, list[Commit]] | None = None
+        placed: list[Placed] = []
+        if self.target.backend == "kafka":  # offsets: where Kafka's acks and records are
+            commits = {w.pid: self._commits(w) for w in self._workers}
+            with contextlib.suppress(OSError):
+                for line in (self.directory / "placed-kafka.log").read_text().splitlines():
+                    number, _, partition, offset, *_ = line.split()
+                    if partition != "-":
+                        placed.append(Placed(int(number), int(partition), int(offset)))
         return Evidence(
+            commits=commits,
+            placed=placed,
             broker=self.target.backend,
             messages=self.sizes.messages,
             confirmed=confirmed,
@@ -497,6 +508,12 @@ class CrashRun:
             log_lines=dict(logs),
             seed=self.seed,
         )
+
+    def _commits(self, worker: _Worker) -> list[Commit]:
+        """The offset commits a Kafka worker completed (from its commits- file)."""
+        path = worker.out.with_name(f"commits-{worker.out.name}")
+        lines = Tail(path).new_lines()
+        return [Commit(*map(float, line.split())) for line in lines]
 
     def verdict(self) -> Verdict:
         """Judge the evidence; the figures and every duplicate are also written to the directory."""
