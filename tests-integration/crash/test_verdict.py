@@ -95,6 +95,15 @@ def test_two_messages_confirmed_at_one_offset_fail() -> None:
     assert any("m-1 and m-3 at partition 4 offset 1" in p for p in verdict.problems)
 
 
+def test_whether_a_plain_consumer_read_the_lost_messages_is_said() -> None:
+    handled = [h for h in each_once(5) if h.number not in (1, 3)]
+    verdict = judge(evidence(5, handled, read_raw={0: ["2@0"], 1: ["4@1"], 2: ["0@0"]}))
+    assert any(
+        "1 of the lost found (m-1 at 4@1), 1 not returned by the broker (m-3)" in p
+        for p in verdict.problems
+    ), verdict.problems
+
+
 def test_a_duplicate_before_the_kill_is_not_put_down_to_it() -> None:
     again = [Handled(0, WORKER_B, 2, 5.0)]  # handled again before worker A died
     verdict = judge(evidence(5, each_once(5) + again, kills=[Kill(10.0, WORKER_A)]))

@@ -482,9 +482,21 @@ class CrashRun:
                     number, _, partition, offset, *_ = line.split()
                     if partition != "-":
                         placed.append(Placed(int(number), int(partition), int(offset)))
+        read_raw: dict[int, list[str]] | None = None
+        with contextlib.suppress(OSError):
+            text = (self.directory / "raw-on-broker.jsonl").read_text()
+            ends = [json.loads(line) for line in text.splitlines() if '"raw_end"' in line]
+            if ends and ends[0]["complete"]:  # only a read to the end says what is missing
+                read_raw = {}
+                for line in text.splitlines():
+                    record = json.loads(line)
+                    if isinstance(record.get("n"), int):
+                        where = f"{record['partition']}@{record['offset']}"
+                        read_raw.setdefault(record["n"], []).append(where)
         return Evidence(
             commits=commits,
             placed=placed,
+            read_raw=read_raw,
             broker=self.target.backend,
             messages=self.sizes.messages,
             confirmed=confirmed,

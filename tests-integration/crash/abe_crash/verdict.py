@@ -114,6 +114,9 @@ class Evidence:
     """Kafka: each worker's (by pid) completed offset commits; None on other brokers."""
     placed: list[Placed] = field(default_factory=list)
     """Kafka: where the broker said it stored each publish it confirmed."""
+    read_raw: dict[int, list[str]] | None = None
+    """Kafka, after a run with losses: each message number a plain aiokafka consumer read
+    from every partition's start, with where (``partition@offset``); None: not read."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +389,18 @@ def judge(evidence: Evidence) -> Verdict:
         problems.append(f"{len(lost)} confirmed message(s) never handled: {shown}{more}{dead}")
         if evidence.left_on_broker is not None:
             problems.append(_where_lost(lost, evidence.left_on_broker, evidence.dead_lettered))
+        if evidence.read_raw is not None:
+            found = [
+                f"{message_id(n)} at {', '.join(evidence.read_raw[n])}"
+                for n in lost
+                if n in evidence.read_raw
+            ]
+            missing = [message_id(n) for n in lost if n not in evidence.read_raw]
+            problems.append(
+                f"read without abe (aiokafka, every partition from its start): "
+                f"{len(found)} of the lost found ({'; '.join(found) or 'none'}), "
+                f"{len(missing)} not returned by the broker ({', '.join(missing) or 'none'})"
+            )
     if twice_placed:
         shown = "; ".join(
             f"{' and '.join(message_id(n) for n in numbers)} at partition {p} offset {o}"
