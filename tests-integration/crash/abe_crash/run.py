@@ -34,7 +34,7 @@ from typing import IO, Any, Protocol
 from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
-from abe_crash.verdict import Evidence, Kill, Outage, Verdict, judge
+from abe_crash.verdict import Commit, Evidence, Kill, Outage, Placed, Verdict, judge
 
 __all__ = ["Crashable", "CrashRun", "Target"]
 
@@ -70,6 +70,8 @@ class Target:
     cluster node, whose death the clients must survive on the other nodes first."""
     worker_env: Callable[[int], dict[str, str]] | None = None
     """Variables for worker number n (1, 2, ...) on top of ``env``, e.g. where it connects."""
+    inspect_env: dict[str, str] = field(default_factory=dict)
+    """Variables only the inspection gets: where Tansu stores, to list its batches."""
 
 
 @dataclass
@@ -358,8 +360,12 @@ class CrashRun:
         out = self.directory / "left-on-broker.jsonl"
         argv = [sys.executable, "-m", "abe_crash.inspect", "--backend", self.target.backend]
         argv += ["--key", self.key, "--out", str(out)]
-        try:  # the inspector stops itself after 150 s; this is only a safety net
-            subprocess.run(argv, env=self.env, check=True, timeout=210, capture_output=True)
+        if self.target.backend == "kafka":  # also what the broker returns, without abe
+            argv += ["--raw", str(self.directory / "raw-on-broker.jsonl")]
+            argv += ["--tansu-s3"] if self.target.inspect_env else []
+        env = {**self.env, **self.target.inspect_env}
+        try:  # the inspector stops itself after 150 s (twice with --raw); only a safety net
+            subprocess.run(argv, env=env, check=True, timeout=360, capture_output=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
             self._notes.append(f"the inspection of the broker failed: {exc} {stderr}")
@@ -458,6 +464,9 @@ class CrashRun:
                     f"SIGTERM; its last output:\n    {_tail_text(worker.log)}"
                 )
         self.ended_at = time.monotonic()
+        broker_files = getattr(self.target.broker, "directory", None)
+        for log in Path(broker_files).glob("*.log") if broker_files else ():
+            shutil.copy(log, self.directory / f"broker-{log.name}")  # kept past the broker
         if self._restart_error is not None:
             self._failures.append(f"the broker did not come back: {self._restart_error}")
 
@@ -490,7 +499,30 @@ class CrashRun:
         with contextlib.suppress(OSError):
             for match in _LOG_LINE.finditer((self.directory / "producer.log").read_text()):
                 logs[f"producer {match.group(1)} {match.group(2)}"] += 1
+        commits: dict[int, list[Commit]] | None = None
+        placed: list[Placed] = []
+        if self.target.backend == "kafka":  # offsets: where Kafka's acks and records are
+            commits = {w.pid: self._commits(w) for w in self._workers}
+            with contextlib.suppress(OSError):
+                for line in (self.directory / "placed-kafka.log").read_text().splitlines():
+                    number, _, partition, offset, *_ = line.split()
+                    if partition != "-":
+                        placed.append(Placed(int(number), int(partition), int(offset)))
+        read_raw: dict[int, list[str]] | None = None
+        with contextlib.suppress(OSError):
+            text = (self.directory / "raw-on-broker.jsonl").read_text()
+            ends = [json.loads(line) for line in text.splitlines() if '"raw_end"' in line]
+            if ends and ends[0]["complete"]:  # only a read to the end says what is missing
+                read_raw = {}
+                for line in text.splitlines():
+                    record = json.loads(line)
+                    if isinstance(record.get("n"), int):
+                        where = f"{record['partition']}@{record['offset']}"
+                        read_raw.setdefault(record["n"], []).append(where)
         return Evidence(
+            commits=commits,
+            placed=placed,
+            read_raw=read_raw,
             broker=self.target.backend,
             messages=self.sizes.messages,
             confirmed=confirmed,
@@ -514,6 +546,12 @@ class CrashRun:
             log_lines=dict(logs),
             seed=self.seed,
         )
+
+    def _commits(self, worker: _Worker) -> list[Commit]:
+        """The offset commits a Kafka worker completed (from its commits- file)."""
+        path = worker.out.with_name(f"commits-{worker.out.name}")
+        lines = Tail(path).new_lines()
+        return [Commit(*map(float, line.split())) for line in lines]
 
     def verdict(self) -> Verdict:
         """Judge the evidence; the figures and every duplicate are also written to the directory."""
