@@ -37,6 +37,7 @@ nox.options.sessions = [
     "tests",
     "integration",
     "crash",
+    "clusters",
     "build",
     "packaging",
     "docs",
@@ -151,6 +152,22 @@ def crash(session: nox.Session) -> None:
     session.install(*packages, "-r", "tests-integration/requirements.txt")
     args, env = _crash_arguments(session, list(session.posargs))
     session.run("pytest", "tests-integration/crash", *args, env=env)
+
+
+@nox.session(python=MAIN_PYTHON)
+def clusters(session: nox.Session) -> None:
+    """Against a three-node NATS JetStream cluster and three Tansu brokers on one bucket: the
+    contract suite, and a failover run each (a node SIGKILLed and restarted while a producer
+    and worker processes run; nothing confirmed may be lost). A few minutes in all.
+
+    The failover sizes are the crash test's ABE_CRASH_* variables; arguments go to pytest.
+    Two pytest-xdist workers take one file each at a time: the Kafka contract suite waits on
+    group rebalances for about four minutes, the rest runs beside it.
+    """
+    packages = [_local(CORE, "[testing]"), _local("abe-mq-nats"), _local("abe-mq-kafka")]
+    session.install(*packages, "-r", "tests-integration/requirements.txt", "pytest-xdist")
+    args = ["-n", "2", "--dist", "loadfile", *session.posargs]
+    session.run("pytest", "tests-integration/clusters", *args)
 
 
 def _crash_arguments(session: nox.Session, args: list[str]) -> tuple[list[str], dict[str, str]]:

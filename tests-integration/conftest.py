@@ -17,8 +17,10 @@ if _HERE not in sys.path:
 from abe_brokers.plugin import (  # noqa: E402
     abe_moto,
     kafka_broker,
+    kafka_cluster,
     kafka_server_factory,
     nats_broker,
+    nats_cluster,
     nats_server_factory,
     pytest_configure,
     pytest_report_header,
@@ -34,8 +36,10 @@ from abe_brokers.plugin import (  # noqa: E402
 __all__ = [
     "abe_moto",
     "kafka_broker",
+    "kafka_cluster",
     "kafka_server_factory",
     "nats_broker",
+    "nats_cluster",
     "nats_server_factory",
     "pytest_configure",
     "pytest_report_header",

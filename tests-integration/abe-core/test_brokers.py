@@ -375,8 +375,10 @@ def test_required_kinds_parsing() -> None:
     """``ABE_REQUIRE_BROKERS`` takes kinds, distribution names or ``all``; typos are errors."""
     assert required_kinds(None) == frozenset()
     assert required_kinds(" ") == frozenset()
-    assert required_kinds("all") == {"redis", "nats", "kafka", "sqs", "rabbitmq"}
+    every = {"redis", "nats", "kafka", "sqs", "rabbitmq", "nats-cluster", "kafka-cluster"}
+    assert required_kinds("all") == every
     assert required_kinds("Redis, abe-mq-kafka,,") == {"redis", "kafka"}
+    assert required_kinds("nats-cluster,Kafka-Cluster") == {"nats-cluster", "kafka-cluster"}
     with pytest.raises(ValueError, match="reddis"):
         required_kinds("reddis")
 

@@ -1,12 +1,13 @@
-"""The `abe` command on Redis: `abe demo`, `abe check` and `abe bench` succeed.
+"""The `abe` command on Redis: `abe demo`, `abe check`, `abe bench` and `abe consume` succeed.
 
 They run against a redis-server of the test's own, which holds no key afterwards: each
-command deletes the keys it made.
+command deletes the keys it made (`abe consume` its group, keeping the messages).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import redis
@@ -38,6 +39,28 @@ def test_abe_check(redis_server_factory: RedisServerFactory) -> None:
 def test_abe_bench(redis_server_factory: RedisServerFactory) -> None:
     output = _abe(redis_server_factory().url, "bench", "--messages", "200")
     assert "redis-py" in output  # the raw client measured beside abe
+
+
+def test_abe_consume_leaves_no_group_behind(redis_server_factory: RedisServerFactory) -> None:
+    url = redis_server_factory().url
+    client = redis.Redis.from_url(url)
+
+    def state() -> tuple[list[bytes], list[dict[str, object]], int]:
+        return sorted(client.keys()), client.xinfo_groups("orders"), client.xlen("orders")
+
+    try:
+        for number in range(3):
+            client.xadd("orders", {"data": json.dumps({"number": number})})
+        client.xgroup_create("orders", "packers", id="0")  # another reader's state stays
+        before = state()
+        output = run_abe("redis", {"REDIS_URL": url}, "consume", "orders", "--count", "3")
+        assert [json.loads(line) for line in output.splitlines() if line.startswith("{")] == [
+            {"number": number} for number in range(3)
+        ]
+        assert state() == before, "abe consume left group state behind"
+        assert [group["name"] for group in before[1]] == [b"packers"]
+    finally:
+        client.close()
 
 
 @pytest.mark.skipif(

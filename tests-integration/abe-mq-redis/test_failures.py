@@ -199,7 +199,7 @@ async def test_the_documented_acl_permissions_suffice(
         "+@connection",
         "+type",
     )
-    rules += ("+del",)  # for delete_keys (abe check, demo and bench) only
+    rules += ("+del", "+exists")  # for delete_keys (abe check, demo, bench) and abe consume
     server = redis_server_factory(users=[RedisUser("minimal", "pw", rules)])
     backend = make_backend(server.url_for("minimal", "pw"), redelivery_timeout=1.0)
     key, group = f"orders-{unique('acl')}", unique("g")
@@ -216,6 +216,9 @@ async def test_the_documented_acl_permissions_suffice(
         admin = redis.asyncio.Redis.from_url(server.url)
         try:  # the member left the group (WATCH, XINFO, MULTI, XGROUP DELCONSUMER, EXEC)
             assert await admin.xinfo_consumers(key, group) == []
+            assert await backend.existing_keys([key, f"{key}-absent"]) == [key]  # EXISTS
+            await backend.delete_group(group, [key])  # XGROUP DESTROY, DEL
+            assert await admin.xinfo_groups(key) == []
             await backend.delete_keys(key)  # TYPE, XINFO GROUPS, DEL
             assert await admin.exists(key) == 0
         finally:

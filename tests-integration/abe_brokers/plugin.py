@@ -18,6 +18,7 @@ from typing import NoReturn, TypeVar
 import pytest
 
 from .brokers import STEPS_VAR, LazyMoto, Provisioned, enabled_steps, redact, steps_for
+from .clusters import KafkaCluster, NatsCluster
 from .model import (
     ENV_ADDRESS_VARS,
     Broker,
@@ -58,6 +59,8 @@ __all__ = [
     "nats_server_factory",
     "kafka_server_factory",
     "rabbitmq_server_factory",
+    "nats_cluster",
+    "kafka_cluster",
     "tls_files",
 ]
 
@@ -265,6 +268,63 @@ def kafka_server_factory(
         yield factory
     finally:
         factory.close()
+
+
+C = TypeVar("C", NatsCluster, KafkaCluster)
+
+
+def _cluster(
+    request: pytest.FixtureRequest, kind: Kind, make: Callable[[Path], C], prefix: str
+) -> Iterator[C]:
+    """Start a cluster of our own (the only step: its nodes get killed); skip or fail if not."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    made: list[C] = []
+
+    def start() -> C:
+        cluster = make(directory)
+        made.append(cluster)
+        cluster.start()
+        return cluster
+
+    try:
+        resolution = resolve(kind, [("process", start)], required=_required(kind))
+        if resolution.verdict != "ok" or resolution.value is None:
+            _note(request.config, kind, f"{resolution.verdict.upper()}: {resolution.message}")
+            _raise_verdict(resolution)
+        cluster = resolution.value
+        pids = ", ".join(str(pid) for pid in cluster.pids)
+        _note(
+            request.config,
+            kind,
+            f"process {cluster.describe()} ready in {resolution.seconds:.2f}s (pids {pids})",
+        )
+        yield cluster
+    finally:
+        for cluster in made:
+            cluster.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(request: pytest.FixtureRequest) -> Iterator[NatsCluster]:
+    """Three nats-servers with JetStream, routed on loopback; a test may kill and restart nodes."""
+    binary = _tool(request.config, "nats-cluster", "nats_cluster", nats_server_binary)
+    yield from _cluster(
+        request, "nats-cluster", lambda path: NatsCluster(path, binary=binary), "abe-nats-cluster-"
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(request: pytest.FixtureRequest, abe_moto: LazyMoto) -> Iterator[KafkaCluster]:
+    """Three Tansu brokers sharing one moto S3 bucket; a test may kill and restart brokers."""
+    config = request.config
+    binary = _tool(config, "kafka-cluster", "kafka_cluster", tansu_binary)
+    _tool(config, "kafka-cluster", "kafka_cluster", _moto_installed)
+
+    def make(path: Path) -> KafkaCluster:
+        return KafkaCluster(path, abe_moto.get(), binary=binary)
+
+    yield from _cluster(request, "kafka-cluster", make, "abe-kafka-cluster-")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
-from .model import KINDS, Kind
+from .model import CLUSTER_KINDS, KINDS, Kind
 
 REQUIRE_VAR = "ABE_REQUIRE_BROKERS"
 
@@ -30,22 +30,23 @@ class EnvAddressUnusable(Exception):
 
 
 def required_kinds(value: str | None) -> frozenset[Kind]:
-    """Parse ``ABE_REQUIRE_BROKERS``: kinds (``redis``/``abe-mq-redis``) or ``all``.
+    """Parse ``ABE_REQUIRE_BROKERS``: kinds (``redis``, ``abe-mq-redis``, ``nats-cluster``), all.
 
     An unknown name is an error rather than ignored, so a typo cannot turn a required
     broker into a silently skipped one.
     """
+    known_kinds = (*KINDS, *CLUSTER_KINDS)
     kinds: set[Kind] = set()
     for raw in (value or "").split(","):
         name = raw.strip().lower()
         if not name:
             continue
         if name == "all":
-            return frozenset(KINDS)
+            return frozenset(known_kinds)
         name = name.removeprefix("abe-mq-").removeprefix("abe_mq_")
-        matched = [kind for kind in KINDS if kind == name]
+        matched = [kind for kind in known_kinds if kind == name]
         if not matched:
-            known = ", ".join(("all", *KINDS))
+            known = ", ".join(("all", *known_kinds))
             raise ValueError(f"{REQUIRE_VAR}: unknown broker {raw.strip()!r} (known: {known})")
         kinds.add(matched[0])
     return frozenset(kinds)

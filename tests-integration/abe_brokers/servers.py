@@ -350,7 +350,8 @@ class RabbitmqServer(_Server):
 
 
 class MotoServer(_Server):
-    """moto's server: one endpoint for SQS and S3 (all state in memory, gone when it stops)."""
+    """moto's server: one endpoint for SQS and S3 (all state in memory, gone when it stops);
+    its S3 conditional writes are atomic, as on S3 (``atomic_moto.py``)."""
 
     region = "us-east-1"
     access_key_id = "testing"
@@ -360,7 +361,10 @@ class MotoServer(_Server):
         moto_available()
         self.directory = directory
         self.port = free_port()
-        argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        # moto.server with PutObject's conditions atomic (see atomic_moto.py: Tansu needs it)
+        launcher = str(Path(__file__).with_name("atomic_moto.py"))
+        run = f"import runpy; runpy.run_path({launcher!r}, run_name='__main__')"
+        argv = [sys.executable, "-c", run, "-H", LOOPBACK, "-p", str(self.port)]
 
         def ready() -> None:
             if not port_open(self.host, self.port):
@@ -393,7 +397,9 @@ class MotoServer(_Server):
 class KafkaServer(_Server):
     """Tansu, a Kafka-compatible broker, storing in an S3 bucket on moto so data survives restarts.
 
-    ``storage="memory"`` keeps everything in the process instead (lost on stop).
+    ``storage="memory"`` keeps everything in the process instead (lost on stop). Brokers
+    given the same existing ``bucket`` share their storage: Tansu brokers are stateless
+    over it, so they form one cluster.
     """
 
     def __init__(
@@ -404,25 +410,31 @@ class KafkaServer(_Server):
         storage: Literal["s3", "memory"] = "s3",
         extra_args: Sequence[str] = (),
         binary: str | None = None,
+        bucket: str | None = None,
     ) -> None:
         self.directory = directory
         self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
         env = base_env()
+        self.storage_env: dict[str, str] = {}
+        """The variables that point Tansu at its S3 storage (empty for memory)."""
         if storage == "s3":
             if s3 is None:
                 raise ValueError("storage='s3' needs a moto server")
-            self.bucket = f"abe-kafka-{uuid.uuid4().hex[:12]}"
-            s3.create_bucket(self.bucket)
+            if bucket is None:  # a bucket of its own; several brokers given one form a cluster
+                bucket = f"abe-kafka-{uuid.uuid4().hex[:12]}"
+                s3.create_bucket(bucket)
+            self.bucket = bucket
             engine = f"s3://{self.bucket}/"
-            env.update(
-                AWS_ENDPOINT=s3.endpoint_url,
-                AWS_ALLOW_HTTP="true",
-                AWS_ACCESS_KEY_ID=s3.access_key_id,
-                AWS_SECRET_ACCESS_KEY=s3.secret_access_key,
-                AWS_DEFAULT_REGION=s3.region,
-                AWS_REGION=s3.region,
-            )
+            self.storage_env = {
+                "AWS_ENDPOINT": s3.endpoint_url,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": s3.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                "AWS_DEFAULT_REGION": s3.region,
+                "AWS_REGION": s3.region,
+            }
+            env.update(self.storage_env)
         else:
             self.bucket = ""
             engine = "memory://tansu/"

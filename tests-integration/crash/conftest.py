@@ -64,7 +64,9 @@ def kafka_target(kafka_server_factory: KafkaServerFactory) -> Target:
     """A Tansu broker of the test's own, storing in S3 on moto (survives kill -9)."""
     server = kafka_server_factory(storage="s3")
     env = {"KAFKA_BOOTSTRAP_SERVERS": server.bootstrap, **KAFKA_ENV}
-    return Target("kafka", env, server, f"tansu, storage {server.storage}")
+    storage = {**server.storage_env, "ABE_CRASH_TANSU_BUCKET": server.bucket}
+    describe = f"tansu, storage {server.storage}"
+    return Target("kafka", env, server, describe, inspect_env=storage)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from abe_crash.records import Confirmed, Handled, LineWriter, Tail
 from abe_crash.sizes import Sizes
-from abe_crash.verdict import Evidence, Kill, Outage, judge
+from abe_crash.verdict import Commit, Evidence, Kill, Outage, Placed, judge
 
 WORKER_A, WORKER_B = 101, 202
 
@@ -68,6 +68,40 @@ def test_more_duplicates_than_a_worker_holds_fail() -> None:
     again = [Handled(n, WORKER_B, 2, 20.0 + n) for n in range(5)]
     verdict = judge(evidence(5, each_once(5) + again, kills=[Kill(10.0, WORKER_A)]))
     assert any("kill #1" in p and "5 duplicates" in p for p in verdict.problems)
+
+
+def test_on_kafka_what_a_killed_worker_handled_since_its_last_commit_is_allowed() -> None:
+    # messages 0..9 handled at 0.5..9.5; the last completed commit began at 6.0 (interval
+    # 1.0): what was handled after 5.0 (m-5..m-9, 5 messages) no commit can have carried
+    handled = each_once(10) + [Handled(n, WORKER_B, 2, 20.0 + n) for n in range(3, 10)]
+    commits = {WORKER_A: [Commit(6.0, 6.5, 1.0), Commit(9.8, 12.0, 1.0)]}  # the last unfinished
+    verdict = judge(evidence(10, handled, kills=[Kill(10.0, WORKER_A)], commits=commits))
+    assert verdict.ok, verdict.problems  # 7 duplicates: window 4 + 5 uncommitted = 9
+    assert verdict.figures["most_allowed_per_kill"] == 9
+
+
+def test_on_kafka_duplicates_beyond_the_last_commit_still_fail() -> None:
+    handled = each_once(10) + [Handled(n, WORKER_B, 2, 20.0 + n) for n in range(10)]
+    commits = {WORKER_A: [Commit(8.0, 8.2, 0.6)]}  # carried all handled before 7.4
+    verdict = judge(evidence(10, handled, kills=[Kill(10.0, WORKER_A)], commits=commits))
+    assert verdict.figures["most_allowed_per_kill"] == 4 + 3  # m-7, m-8, m-9
+    assert any("kill #1" in p and "10 duplicates" in p for p in verdict.problems)
+
+
+def test_two_messages_confirmed_at_one_offset_fail() -> None:
+    placed = [Placed(0, 4, 0), Placed(1, 4, 1), Placed(3, 4, 1), Placed(2, 5, 0)]
+    verdict = judge(evidence(5, each_once(5), placed=placed))
+    assert verdict.figures["offsets_confirmed_twice"] == 1
+    assert any("m-1 and m-3 at partition 4 offset 1" in p for p in verdict.problems)
+
+
+def test_whether_a_plain_consumer_read_the_lost_messages_is_said() -> None:
+    handled = [h for h in each_once(5) if h.number not in (1, 3)]
+    verdict = judge(evidence(5, handled, read_raw={0: ["2@0"], 1: ["4@1"], 2: ["0@0"]}))
+    assert any(
+        "1 of the lost found (m-1 at 4@1), 1 not returned by the broker (m-3)" in p
+        for p in verdict.problems
+    ), verdict.problems
 
 
 def test_a_duplicate_before_the_kill_is_not_put_down_to_it() -> None:

@@ -61,7 +61,7 @@ class BatchingProducer:
 def backend_with(producer: object, *, timeout: float = 10.0) -> KafkaBackend:
     backend = KafkaBackend(KafkaSettings(operation_timeout=timeout))
     backend.client.producer._client = producer  # as if connected
-    backend.client._topics.add("orders")
+    backend.client.topics.add("orders")
     return backend
 
 
@@ -175,4 +175,48 @@ async def test_a_topic_is_created_once_however_many_wait_and_again_after_a_failu
     await asyncio.gather(*(backend.client.ensure_topic("orders") for _ in range(5)))
     await backend.client.ensure_topic("orders")  # known now: no call
     assert admin.calls == 2
+    await backend.close()
+
+
+class GroupAdmin:
+    """Answers DeleteGroups with `code` and lists `topics`, recording the groups asked for."""
+
+    def __init__(self, code: int, topics: list[str]) -> None:
+        self.code, self.topics, self.deleted = code, topics, []
+
+    async def find_coordinator(self, group: str) -> int:
+        return 1
+
+    async def _send_request(self, request: Any, node: int) -> Any:
+        self.deleted.extend(request._group_names)
+        return SimpleNamespace(results=[(name, self.code) for name in request._group_names])
+
+    async def list_topics(self) -> list[str]:
+        return self.topics
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("code", [0, 69])  # 69: GROUP_ID_NOT_FOUND, which is fine
+async def test_delete_group_deletes_the_group_and_a_missing_one_is_fine(code: int) -> None:
+    backend = KafkaBackend(KafkaSettings())
+    admin = backend.client.admin._client = GroupAdmin(code, [])
+    await backend.delete_group("abe-consume-1", ["orders"])
+    assert admin.deleted == ["abe-consume-1"]
+    await backend.close()
+
+
+async def test_delete_group_refused_is_an_abe_error() -> None:
+    backend = KafkaBackend(KafkaSettings())
+    backend.client.admin._client = GroupAdmin(68, [])  # 68: NON_EMPTY_GROUP
+    with pytest.raises(BackendUnavailableError, match="NonEmptyGroup"):
+        await backend.delete_group("workers", ["orders"])
+    await backend.close()
+
+
+async def test_existing_keys_asks_the_broker_not_the_cache() -> None:
+    backend = backend_with(BatchingProducer())  # "orders" is in the cache of created topics
+    backend.client.admin._client = GroupAdmin(0, ["refunds", "other"])
+    assert await backend.existing_keys(["orders", "refunds"]) == ["refunds"]
     await backend.close()

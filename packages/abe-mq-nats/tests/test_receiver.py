@@ -12,8 +12,7 @@ from nats.aio.msg import Msg
 
 from abe.provider import Deadline
 from abe_mq_nats import NatsBackend, NatsSettings
-from abe_mq_nats._client import JetStream, StreamRef
-from abe_mq_nats._receiver import NatsReceiver
+from abe_mq_nats._client import JetStream, NatsReceiver, StreamRef
 
 pytestmark = pytest.mark.asyncio
 

@@ -21,17 +21,21 @@ from abe.settings import Secret
 from abe_mq_redis import RedisBackend, RedisSettings
 from abe_mq_redis._baseline import RawRedisBaseline
 from abe_mq_redis._client import (
-    SAFE_CONNECTIONS,
     _CancellableSend,
+    cancellable,
     connection_kwargs,
     delayed_key,
-    pack,
 )
 from abe_mq_redis._receiver import RedisReceiver, _message
 
 MESSAGE = OutgoingMessage(
     "m-1", b'{"order":1}', {"abe-id": "m-1", "abe-published-at": "1700000000000", "trace": "t"}
 )
+
+
+def pack(command: tuple[str | bytes | int, ...]) -> bytes:
+    """A command as the client sends it: packed by redis-py (by hiredis, where installed)."""
+    return b"".join(Connection().pack_commands([command]))
 
 
 def _unpack(packed: bytes) -> list[bytes]:
@@ -280,7 +284,7 @@ def test_writes_keep_cancellation_before_python_3_12(url: str, base: type) -> No
 @pytest.mark.asyncio
 async def test_a_cancelled_write_is_not_swallowed() -> None:
     """The write is bounded by a timeout context, not asyncio.wait_for (CPython gh-86296)."""
-    connection = SAFE_CONNECTIONS[Connection](host="127.0.0.1", port=1, socket_timeout=5)
+    connection = cancellable(Connection)(host="127.0.0.1", port=1, socket_timeout=5)
     sent: list[bytes] = []
 
     async def parent_send(self: object, command: object, check_health: bool = True) -> None:

@@ -9,6 +9,14 @@ a line: which key, the message number, id and attempt, and for a dead letter its
 to the end. A lost message found on ``K`` was kept by the broker but never handed to a
 worker; one on neither key, read to their end, is gone from the broker. Run with the
 workers' environment, after they stopped. (On SQS reading a queue takes what is left.)
+
+With ``--raw FILE`` (Kafka only) it first reads the topic with aiokafka itself, no group
+and no abe: every partition from its first offset to its end, one line per record with
+its partition, offset and ``abe-id``, so a message abe's receiver misses can be told
+from one the broker does not return. With ``--tansu-s3`` (the variables of a Tansu's S3
+storage in the environment: ``AWS_ENDPOINT``, ``AWS_*``, ``ABE_CRASH_TANSU_BUCKET``) it
+also lists the batch objects Tansu stored for the topic: each one's base offset and
+record count, and each partition's watermark, so overlapping batches show.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -63,6 +73,86 @@ async def read_key(
     out.write(json.dumps({"key": which, "read": read, "complete": complete}) + "\n")
 
 
+async def read_raw(bootstrap: str, key: str, out: IO[str], *, limit: float) -> None:
+    """Write every record on topic `key`, read by aiokafka from each partition's start to its
+    end offset; then ``{"raw_end": {partition: end offset}, "complete": bool}``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+    until = time.monotonic() + limit
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=1000,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads the metadata of every topic
+        partitions = sorted(consumer.partitions_for_topic(key) or ())
+        tps = [TopicPartition(key, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left and time.monotonic() < until:
+            batches = await consumer.getmany(*left, timeout_ms=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    headers = {n: (v or b"").decode("utf-8", "replace") for n, v in record.headers}
+                    try:
+                        number = json.loads(record.value).get("n")
+                    except (ValueError, AttributeError):
+                        number = None
+                    line = {
+                        "partition": tp.partition,
+                        "offset": record.offset,
+                        "id": headers.get("abe-id"),
+                        "attempt": headers.get("abe-attempt", "1"),
+                        "n": number,
+                    }
+                    out.write(json.dumps(line) + "\n")
+            for tp in list(left):
+                if await consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+        complete = not left
+        ended = {tp.partition: ends[tp] for tp in tps}
+        out.write(json.dumps({"raw_end": ended, "complete": complete}) + "\n")
+    finally:
+        await consumer.stop()
+
+
+def list_tansu_batches(key: str, out: IO[str]) -> None:
+    """Write, for topic `key` in Tansu's S3 storage, each partition's watermark and each
+    stored batch: its base offset (the object's name), record count and last offset delta."""
+    from botocore.session import get_session
+
+    client = get_session().create_client(
+        "s3",
+        endpoint_url=os.environ["AWS_ENDPOINT"],
+        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = os.environ["ABE_CRASH_TANSU_BUCKET"]
+    names: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        names += [item["Key"] for item in page.get("Contents", ())]
+    for name in sorted(n for n in names if f"/topics/{key}/partitions/" in n):
+        body = client.get_object(Bucket=bucket, Key=name)["Body"].read()
+        partition = int(name.split("/partitions/")[1].split("/")[0])
+        if name.endswith("watermark.json"):
+            line = {"partition": partition, "watermark": json.loads(body)}
+        else:  # a Kafka record batch: lastOffsetDelta at byte 23, record count at byte 57
+            delta, count = (
+                struct.unpack_from(">i", body, 23)[0],
+                struct.unpack_from(">i", body, 57)[0],
+            )
+            base = int(name.rsplit("/", 1)[1].split(".")[0])
+            line = {"partition": partition, "batch": base, "records": count, "delta": delta}
+        out.write(json.dumps(line) + "\n")
+
+
 async def inspect(
     backend_name: str, key: str, path: Path, *, first: float, idle: float, limit: float
 ) -> None:
@@ -80,12 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--raw", help="kafka: also read the topic with aiokafka into this file")
+    parser.add_argument("--tansu-s3", action="store_true", help="with --raw: list Tansu's batches")
     parser.add_argument("--first", type=float, default=30.0, help="longest wait for a first")
     parser.add_argument("--idle", type=float, default=8.0, help="seconds with nothing: done")
     parser.add_argument("--limit", type=float, default=150.0, help="seconds in all")
     args = parser.parse_args(argv)
     where = Path(args.out)
     times = {"first": args.first, "idle": args.idle, "limit": args.limit}
+    if args.raw:  # first: what the broker returns, before any group of abe's reads the topic
+        with Path(args.raw).open("w") as raw:
+            bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+            asyncio.run(read_raw(bootstrap, args.key, raw, limit=args.limit))
+            if args.tansu_s3:
+                list_tansu_batches(args.key, raw)
     asyncio.run(inspect(args.backend, args.key, where, **times))
     return 0
 

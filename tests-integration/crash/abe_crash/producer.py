@@ -6,12 +6,17 @@ The backend comes from the environment (``load_backend``). Message ``n`` has the
 ``{"n": n}`` and the id ``m-n`` on every attempt; a publish that raises is retried with
 that same id until it returns (then its line goes to FILE) or ``--give-up`` seconds
 have passed (then the process exits with status 3 and says which message).
+
+On Kafka each attempt also appends ``number attempt partition offset`` (what the broker
+answered, ``-`` and the error when it failed) to FILE's ``placed-kafka.log`` sibling: two
+records the broker placed at the same offset show an overwrite by the broker.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import itertools
 import logging
 import sys
@@ -32,6 +37,32 @@ _NEVER_RETRIED = (ConfigurationError, InvalidKeyError, PayloadError)
 """Bad input: retrying cannot help, the run is broken."""
 
 
+_ATTEMPT: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("attempt")
+"""The message number and attempt the running publish is for (read by the Kafka observer)."""
+
+
+def observe_kafka_placements(path: Path) -> LineWriter:
+    """Append where the broker put each record aiokafka's ``send_and_wait`` sent (this
+    process only: the answer is read, nothing about it changes)."""
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+
+    placed = LineWriter(path)
+    send_and_wait = AIOKafkaProducer.send_and_wait
+
+    async def observed(self: object, *args: object, **kwargs: object) -> object:
+        number, attempt = _ATTEMPT.get((-1, 0))
+        try:
+            metadata = await send_and_wait(self, *args, **kwargs)
+        except BaseException as exc:
+            placed.write(f"{number} {attempt} - - {type(exc).__name__}\n")
+            raise
+        placed.write(f"{number} {attempt} {metadata.partition} {metadata.offset}\n")
+        return metadata
+
+    AIOKafkaProducer.send_and_wait = observed
+    return placed
+
+
 class GaveUp(Exception):
     """One message could not be published within the give-up time."""
 
@@ -40,6 +71,7 @@ async def publish_until_confirmed(backend: Backend, key: str, number: int, give_
     """Publish message `number` until publish() returns; the number of attempts it took."""
     started = time.monotonic()
     for attempt in itertools.count(1):
+        _ATTEMPT.set((number, attempt))
         try:
             await backend.publish(key, {"n": number}, message_id=message_id(number))
         except _NEVER_RETRIED:
@@ -68,6 +100,8 @@ async def publish_until_confirmed(backend: Backend, key: str, number: int, give_
 async def produce(args: argparse.Namespace) -> None:
     """Publish every message on schedule with `args.publishers` publishes in flight."""
     out = LineWriter(Path(args.out))
+    if args.backend == "kafka":
+        observe_kafka_placements(Path(args.out).with_name("placed-kafka.log"))
     numbers: Iterator[int] = iter(range(args.messages))
     backend = load_backend(args.backend)
     start = time.monotonic()

@@ -3,7 +3,8 @@
 :meth:`CrashRun.run` starts ``workers`` worker processes and the producer, then until
 the producer is done SIGKILLs a random worker every ~``kill_every`` seconds (starting a
 replacement at once), and once half the messages are confirmed kills the broker with
-SIGKILL and starts it again (when the target has a broker it owns). Then it waits
+SIGKILL and starts it again (when the target has a broker it owns; with ``hold_down``,
+once that many messages published after the kill were handled). Then it waits
 until every confirmed message was handled, a stall (nothing new handled for
 ``stall_after`` seconds while messages wait) or the drain deadline; waits a quiet
 period for late duplicates; stops the workers with SIGTERM; and hands what it saw to
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -32,7 +34,7 @@ from typing import IO, Any, Protocol
 from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
-from abe_crash.verdict import Evidence, Kill, Outage, Verdict, judge
+from abe_crash.verdict import Commit, Evidence, Kill, Outage, Placed, Verdict, judge
 
 __all__ = ["Crashable", "CrashRun", "Target"]
 
@@ -62,6 +64,14 @@ class Target:
     """How the broker is set up (for the report), e.g. "redis-server, AOF fsync always"."""
     shared: bool = False
     """The broker outlives the run (SQS on the session's moto): delete the key afterwards."""
+    hold_down: int = 0
+    """Keep the killed broker down until this many messages published after the kill were
+    handled (at most ``stall_after`` seconds), then start it (0: start it at once): for a
+    cluster node, whose death the clients must survive on the other nodes first."""
+    worker_env: Callable[[int], dict[str, str]] | None = None
+    """Variables for worker number n (1, 2, ...) on top of ``env``, e.g. where it connects."""
+    inspect_env: dict[str, str] = field(default_factory=dict)
+    """Variables only the inspection gets: where Tansu stores, to list its batches."""
 
 
 @dataclass
@@ -138,6 +148,11 @@ class CrashRun:
         self._published_at: float | None = None
         self._restart: threading.Thread | None = None
         self._restart_error: BaseException | None = None
+        self._killed_at: float | None = None
+        self._after_kill: set[int] = set()
+        self._resumed = threading.Event()
+        """Set once ``hold_down`` messages published after the broker was killed were handled."""
+        self._handled_after_kill: set[int] = set()
         self.env = {
             **os.environ,
             **target.env,
@@ -162,8 +177,11 @@ class CrashRun:
             "--max-attempts", str(self.sizes.max_attempts),
             "--out", str(out), "--status", str(status),
         ]  # fmt: skip
+        env = self.env
+        if self.target.worker_env is not None:
+            env = {**env, **self.target.worker_env(self._made)}
         with log_path.open("ab") as log:
-            process = _spawn(argv, self.env, log)
+            process = _spawn(argv, env, log)
         worker = _Worker(name, process, out, status, log_path, time.monotonic())
         self._workers.append(worker)
         self._event(f"start {worker.started_at:.6f} {worker.pid} {name}")
@@ -229,13 +247,16 @@ class CrashRun:
         killed_at = time.monotonic()
         try:
             broker.kill()
+            self._killed_at = killed_at
+            self._event(f"broker-killed {killed_at:.6f}")
+            if self.target.hold_down:
+                self._resumed.wait(self.sizes.stall_after)
             broker.start()
         except BaseException as exc:
             self._restart_error = exc
             return
         ready_at = time.monotonic()
         self._outages.append(Outage(killed_at, ready_at))
-        self._event(f"broker-killed {killed_at:.6f}")
         self._event(f"broker-ready {ready_at:.6f}")
 
     # ---- observing ----------------------------------------------------------------------------
@@ -247,10 +268,16 @@ class CrashRun:
             record = Confirmed.parse(line)
             self._confirmed.append(record)
             self._confirmed_numbers.add(record.number)
+            if self._killed_at is not None and record.started >= self._killed_at:
+                self._after_kill.add(record.number)
         for worker in self._workers:
             for line in worker.tail.new_lines():
                 handled = Handled.parse(line)
                 self._handled.append(handled)
+                if handled.number in self._after_kill:
+                    self._handled_after_kill.add(handled.number)
+                    if len(self._handled_after_kill) >= self.target.hold_down:
+                        self._resumed.set()
                 if handled.number not in self._handled_numbers:
                     self._handled_numbers.add(handled.number)
                     self._progress_at = now
@@ -333,8 +360,12 @@ class CrashRun:
         out = self.directory / "left-on-broker.jsonl"
         argv = [sys.executable, "-m", "abe_crash.inspect", "--backend", self.target.backend]
         argv += ["--key", self.key, "--out", str(out)]
-        try:  # the inspector stops itself after 150 s; this is only a safety net
-            subprocess.run(argv, env=self.env, check=True, timeout=210, capture_output=True)
+        if self.target.backend == "kafka":  # also what the broker returns, without abe
+            argv += ["--raw", str(self.directory / "raw-on-broker.jsonl")]
+            argv += ["--tansu-s3"] if self.target.inspect_env else []
+        env = {**self.env, **self.target.inspect_env}
+        try:  # the inspector stops itself after 150 s (twice with --raw); only a safety net
+            subprocess.run(argv, env=env, check=True, timeout=360, capture_output=True)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             stderr = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
             self._notes.append(f"the inspection of the broker failed: {exc} {stderr}")
@@ -403,6 +434,7 @@ class CrashRun:
     def _stop(self, producer: subprocess.Popen[bytes] | None) -> None:
         """SIGTERM every worker (and the producer if still running); SIGKILL what hangs."""
         if self._restart is not None:
+            self._resumed.set()  # a broker held down comes back now: the run is over
             self._restart.join()
         running = [w for w in self._workers if w.killed_at is None and w.alive]
         if producer is not None and producer.poll() is None:
@@ -432,6 +464,9 @@ class CrashRun:
                     f"SIGTERM; its last output:\n    {_tail_text(worker.log)}"
                 )
         self.ended_at = time.monotonic()
+        broker_files = getattr(self.target.broker, "directory", None)
+        for log in Path(broker_files).glob("*.log") if broker_files else ():
+            shutil.copy(log, self.directory / f"broker-{log.name}")  # kept past the broker
         if self._restart_error is not None:
             self._failures.append(f"the broker did not come back: {self._restart_error}")
 
@@ -464,7 +499,30 @@ class CrashRun:
         with contextlib.suppress(OSError):
             for match in _LOG_LINE.finditer((self.directory / "producer.log").read_text()):
                 logs[f"producer {match.group(1)} {match.group(2)}"] += 1
+        commits: dict[int, list[Commit]] | None = None
+        placed: list[Placed] = []
+        if self.target.backend == "kafka":  # offsets: where Kafka's acks and records are
+            commits = {w.pid: self._commits(w) for w in self._workers}
+            with contextlib.suppress(OSError):
+                for line in (self.directory / "placed-kafka.log").read_text().splitlines():
+                    number, _, partition, offset, *_ = line.split()
+                    if partition != "-":
+                        placed.append(Placed(int(number), int(partition), int(offset)))
+        read_raw: dict[int, list[str]] | None = None
+        with contextlib.suppress(OSError):
+            text = (self.directory / "raw-on-broker.jsonl").read_text()
+            ends = [json.loads(line) for line in text.splitlines() if '"raw_end"' in line]
+            if ends and ends[0]["complete"]:  # only a read to the end says what is missing
+                read_raw = {}
+                for line in text.splitlines():
+                    record = json.loads(line)
+                    if isinstance(record.get("n"), int):
+                        where = f"{record['partition']}@{record['offset']}"
+                        read_raw.setdefault(record["n"], []).append(where)
         return Evidence(
+            commits=commits,
+            placed=placed,
+            read_raw=read_raw,
             broker=self.target.backend,
             messages=self.sizes.messages,
             confirmed=confirmed,
@@ -488,6 +546,12 @@ class CrashRun:
             log_lines=dict(logs),
             seed=self.seed,
         )
+
+    def _commits(self, worker: _Worker) -> list[Commit]:
+        """The offset commits a Kafka worker completed (from its commits- file)."""
+        path = worker.out.with_name(f"commits-{worker.out.name}")
+        lines = Tail(path).new_lines()
+        return [Commit(*map(float, line.split())) for line in lines]
 
     def verdict(self) -> Verdict:
         """Judge the evidence; the figures and every duplicate are also written to the directory."""

@@ -21,10 +21,19 @@ without brokers. The rules:
   concurrency messages; a broker restart at most ``window`` per worker. Live redeliveries
   are what at-least-once allows, but they too must fit the whole budget: ``window`` per
   kill, ``window`` per worker per restart, and one per message published twice.
+  On Kafka an acknowledgement is an offset commit, made every commit interval and taking
+  a round trip: a killed worker also duplicates what it handled since its last completed
+  commit began (less one commit interval, in which acks gather), so each kill adds that
+  count, measured from the worker's commits (``Evidence.commits``), to its ``window``.
+- offsets confirmed twice (Kafka): two publishes the broker confirmed at one partition
+  and offset; a consumer reads only one of them, so the other is lost by the broker.
 - stall: the longest time in which confirmed messages waited and none was handled for
   the first time; over ``stall_after`` seconds fails.
 - time to resume: after each broker restart, when the first message was handled again,
-  and when the first message published after the crash was.
+  and when the first message published after the crash was; and the same from the kill
+  itself (``consume_after_kill_s``, ``resumed_after_kill_s``: a message published after
+  the kill handled; ``every_worker_resumed_s``: every worker handling again), which for a
+  cluster node held down measures the failover.
 """
 
 from __future__ import annotations
@@ -36,7 +45,18 @@ from dataclasses import dataclass, field
 
 from abe_crash.records import Confirmed, Handled, message_id
 
-__all__ = ["REASONS", "Duplicate", "Evidence", "Kill", "Outage", "Verdict", "judge"]
+__all__ = [
+    "REASONS",
+    "Commit",
+    "Duplicate",
+    "Evidence",
+    "Kill",
+    "Outage",
+    "Placed",
+    "Verdict",
+    "judge",
+    "uncommitted",
+]
 
 REASONS = ("killed worker", "broker restart", "published twice", "live redelivery")
 RECONNECT_GRACE = 5.0
@@ -93,6 +113,32 @@ class Evidence:
     log_lines: dict[str, int] = field(default_factory=dict)
     """Worker log records of level WARNING and above, by "LEVEL logger"."""
     seed: int = 0
+    commits: dict[int, list[Commit]] | None = None
+    """Kafka: each worker's (by pid) completed offset commits; None on other brokers."""
+    placed: list[Placed] = field(default_factory=list)
+    """Kafka: where the broker said it stored each publish it confirmed."""
+    read_raw: dict[int, list[str]] | None = None
+    """Kafka, after a run with losses: each message number a plain aiokafka consumer read
+    from every partition's start, with where (``partition@offset``); None: not read."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A worker's offset commit ran from `started` to `finished`; acks gather for `interval`
+    seconds before a commit carries them."""
+
+    started: float
+    finished: float
+    interval: float
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The broker confirmed message `number` at `partition` and `offset`."""
+
+    number: int
+    partition: int
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -133,13 +179,14 @@ class Verdict:
             f"lost {f['lost']}",
             f"duplicates {f['duplicates']}" + (f" ({reasons})" if reasons else ""),
             f"{f['kills']} kills (at most {f['most_duplicates_per_kill']} duplicates per kill,"
-            f" bound {f['window']})",
+            f" bound {f['most_allowed_per_kill']})",
         ]
         if "broker_down_s" in f:
             parts.append(
                 f"broker down {_s(f['broker_down_s'])}, handling again "
                 f"{_s(f['consume_resumed_s'])} after restart (new messages "
-                f"{_s(f['new_messages_handled_s'])})"
+                f"{_s(f['new_messages_handled_s'])}); a message published after the kill "
+                f"handled {_s(f['resumed_after_kill_s'])} after it"
             )
         parts.append(f"longest pause {_s(f['longest_pause_s'])}")
         parts.append(f"run {_s(f['run_s'])}")
@@ -239,9 +286,42 @@ def longest_pause(evidence: Evidence) -> tuple[float, float]:
     return longest, began
 
 
+def _every_worker(evidence: Evidence, outage: Outage) -> float | None:
+    """Seconds from the kill until every worker that handled messages before it (and was not
+    killed) handled one again: the slowest client's failover. None if one never did."""
+    killed = {kill.pid for kill in evidence.kills}
+    before = {h.pid for h in evidence.handled if h.at < outage.killed_at} - killed
+    later: dict[int, float] = {}
+    for h in evidence.handled:
+        if h.pid in before and h.at >= outage.killed_at:
+            later[h.pid] = min(later.get(h.pid, h.at), h.at)
+    if not before or len(later) < len(before):
+        return None
+    return max(later.values()) - outage.killed_at
+
+
 def _first_after(times: Iterable[float], moment: float) -> float | None:
     later = [at for at in times if at >= moment]
     return min(later) - moment if later else None
+
+
+def uncommitted(evidence: Evidence, kill: Kill) -> int:
+    """Kafka: what the worker killed by `kill` handled that no completed commit can have
+    carried: since its last commit finished before the kill began, less one commit interval
+    (acks gather that long before a commit takes them). 0 on brokers without commits."""
+    if evidence.commits is None:
+        return 0
+    done = [c for c in evidence.commits.get(kill.pid, []) if c.finished <= kill.at]
+    since = max((c.started - c.interval for c in done), default=float("-inf"))
+    return sum(1 for h in evidence.handled if h.pid == kill.pid and since < h.at <= kill.at)
+
+
+def offsets_confirmed_twice(evidence: Evidence) -> list[tuple[int, int, list[int]]]:
+    """(partition, offset, numbers) where the broker confirmed different messages."""
+    at: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+    for placed in evidence.placed:
+        at[(placed.partition, placed.offset)].add(placed.number)
+    return [(p, o, sorted(numbers)) for (p, o), numbers in sorted(at.items()) if len(numbers) > 1]
 
 
 def judge(evidence: Evidence) -> Verdict:
@@ -255,6 +335,8 @@ def judge(evidence: Evidence) -> Verdict:
     per_kill = Counter(d.kill for d in duplicates if d.kill is not None)
     per_outage = Counter(d.outage for d in duplicates if d.outage is not None)
     window = evidence.window
+    allowed = [window + uncommitted(evidence, kill) for kill in evidence.kills]
+    twice_placed = offsets_confirmed_twice(evidence)
     pause, pause_began = longest_pause(evidence)
     start = evidence.started_at
 
@@ -272,6 +354,8 @@ def judge(evidence: Evidence) -> Verdict:
         **{_key(reason): reasons[reason] for reason in REASONS},
         "kills": len(evidence.kills),
         "window": window,
+        "most_allowed_per_kill": max(allowed, default=window),
+        "offsets_confirmed_twice": len(twice_placed),
         "most_duplicates_per_kill": max(per_kill.values(), default=0),
         "dead_lettered": evidence.dead_lettered,
         "longest_pause_s": _round(pause),
@@ -300,6 +384,17 @@ def judge(evidence: Evidence) -> Verdict:
         figures["new_messages_handled_s" + suffix] = _round(
             _first_after(new_handled, outage.ready_at)
         )
+        # From the kill itself: a cluster keeps serving while one node is down.
+        after_kill = {c.number for c in evidence.confirmed if c.started >= outage.killed_at}
+        figures["consume_after_kill_s" + suffix] = _round(
+            _first_after((h.at for h in evidence.handled), outage.killed_at)
+        )
+        figures["resumed_after_kill_s" + suffix] = _round(
+            _first_after(
+                (h.at for h in evidence.handled if h.number in after_kill), outage.killed_at
+            )
+        )
+        figures["every_worker_resumed_s" + suffix] = _round(_every_worker(evidence, outage))
     for name, count in sorted(evidence.log_lines.items()):
         figures["log " + name] = count
     if evidence.notes:
@@ -323,12 +418,35 @@ def judge(evidence: Evidence) -> Verdict:
         problems.append(f"{len(lost)} confirmed message(s) never handled: {shown}{more}{dead}")
         if evidence.left_on_broker is not None:
             problems.append(_where_lost(lost, evidence.left_on_broker, evidence.dead_lettered))
+        if evidence.read_raw is not None:
+            found = [
+                f"{message_id(n)} at {', '.join(evidence.read_raw[n])}"
+                for n in lost
+                if n in evidence.read_raw
+            ]
+            missing = [message_id(n) for n in lost if n not in evidence.read_raw]
+            problems.append(
+                f"read without abe (aiokafka, every partition from its start): "
+                f"{len(found)} of the lost found ({'; '.join(found) or 'none'}), "
+                f"{len(missing)} not returned by the broker ({', '.join(missing) or 'none'})"
+            )
+    if twice_placed:
+        shown = "; ".join(
+            f"{' and '.join(message_id(n) for n in numbers)} at partition {p} offset {o}"
+            for p, o, numbers in twice_placed[:10]
+        )
+        problems.append(
+            f"the broker confirmed {len(twice_placed)} offset(s) for two different messages, "
+            f"and a consumer reads one record per offset: {shown}"
+        )
     for index, count in sorted(per_kill.items()):
-        if count > window:
+        if count > allowed[index]:
             kill = evidence.kills[index]
+            more = allowed[index] - window
             problems.append(
                 f"kill #{index + 1} (worker pid {kill.pid} at {kill.at - start:.1f}s) led to "
                 f"{count} duplicates; a worker holds at most {window} (prefetch + concurrency)"
+                + (f" and had {more} handled since its last completed commit" if more else "")
             )
     for index, count in sorted(per_outage.items()):
         if count > window * evidence.workers:
@@ -337,12 +455,13 @@ def judge(evidence: Evidence) -> Verdict:
                 f"{window * evidence.workers} ({evidence.workers} workers x {window}) were held"
             )
     twice = len(published_twice(evidence))
-    budget = window * (len(evidence.kills) + evidence.workers * len(evidence.outages)) + twice
+    budget = sum(allowed) + window * evidence.workers * len(evidence.outages) + twice
     if len(duplicates) > budget:
+        commits = ", plus what each had handled since its last commit" if evidence.commits else ""
         problems.append(
             f"{len(duplicates)} duplicates ({dict(reasons)}) exceed what the crashes explain: "
-            f"{budget} ({window} per kill, {window} per worker per broker restart, one per "
-            f"message published twice)"
+            f"{budget} ({window} per kill{commits}, {window} per worker per broker restart, "
+            f"one per message published twice)"
         )
     if pause > evidence.stall_after:
         problems.append(

@@ -9,6 +9,7 @@ was handled; a worker killed between the line and the ack duplicates it. Twice a
 the worker replaces STATUS with what it holds (for the stall report). SIGTERM shuts
 the consumer down gracefully; SIGKILL is the crash the test is about. Log records of
 WARNING and above go to stderr (``ABE_CRASH_LOG_LEVEL=INFO`` shows rebalances and more).
+On Kafka the worker also appends each offset commit it completed to ``commits-`` FILE.
 """
 
 from __future__ import annotations
@@ -29,6 +30,23 @@ from abe.types import MessageQueuePayload
 from abe_crash.records import Handled, LineWriter
 
 _STATUS_EVERY = 0.5
+
+
+def observe_kafka_commits(path: Path, interval: float) -> None:
+    """Append ``started finished interval`` for each offset commit aiokafka completes in this
+    process (only read: a Kafka worker killed duplicates what it handled since its last one)."""
+    from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+
+    commits = LineWriter(path)
+    commit = AIOKafkaConsumer.commit
+
+    async def observed(self: object, *args: object, **kwargs: object) -> object:
+        started = time.monotonic()
+        result = await commit(self, *args, **kwargs)
+        commits.write(f"{started:.6f} {time.monotonic():.6f} {interval:g}\n")
+        return result
+
+    AIOKafkaConsumer.commit = observed
 
 
 def write_status(path: Path, consumer: AsyncLoopConsumer, running: set[int]) -> None:
@@ -55,6 +73,9 @@ async def work(args: argparse.Namespace) -> None:
     status = Path(args.status)
     pid = os.getpid()
     backend = load_backend(args.backend)
+    if args.backend == "kafka":
+        interval = float(getattr(backend.settings, "commit_interval", 0.0))
+        observe_kafka_commits(Path(args.out).with_name(f"commits-{Path(args.out).name}"), interval)
     consumer = AsyncLoopConsumer(
         backend,
         args.group,

@@ -7,7 +7,7 @@ import itertools
 import logging
 import random
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
@@ -22,7 +22,6 @@ __all__ = ["KafkaClient"]
 log = logging.getLogger("abe.kafka")
 
 _TOPIC_ALREADY_EXISTS = 36
-_UNKNOWN_TOPIC = 3
 _CLOSE_TIMEOUT = 5.0
 _BOOTSTRAP_LOG = logging.getLogger("aiokafka")  # where aiokafka.client logs
 
@@ -32,33 +31,21 @@ class KafkaClient:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
-        self.connected = False
-        """Whether any client ever started (a hanging TLS handshake is told apart by it)."""
-        timeout = settings.operation_timeout
-        self.producer: LazyClient[Any] = LazyClient(
-            lambda: self.start(AIOKafkaProducer(**settings.producer_options())),
-            _stop,
-            timeout=timeout,
-            what="the kafka producer",
-        )
-        self.admin: LazyClient[Any] = LazyClient(
-            lambda: self.start(AIOKafkaAdminClient(**settings.connection_options())),
-            _stop,
-            timeout=timeout,
-            what="the kafka admin client",
-        )
-        self._topics: set[str] = set()
+        self.connected = False  # whether any client ever started (tells a hung TLS handshake)
+        self.producer = self._lazy(lambda: AIOKafkaProducer(**settings.producer_options()))
+        self.admin = self._lazy(lambda: AIOKafkaAdminClient(**settings.connection_options()))
+        self.topics: set[str] = set()  # topics known to exist (made or seen made)
         self._creating: dict[str, asyncio.Task[None]] = {}
-        self._members: dict[str, set[str]] = {}
         self._member_of: dict[Any, tuple[str, str]] = {}
 
-    async def start(self, client: Any) -> Any:
-        """Start an aiokafka client (stopped again if that fails).
+    def _lazy(self, make: Callable[[], Any]) -> LazyClient[Any]:
+        """A client made and started on first use, shared by the backend and its receivers."""
+        timeout, what = self.settings.operation_timeout, "the kafka client"
+        return LazyClient(lambda: self.start(make()), _stop, timeout=timeout, what=what)
 
-        aiokafka's bootstrap logs what stopped each connection (a refused login, a failed
-        TLS handshake) and raises only "Unable to bootstrap"; that logged exception is
-        raised instead, for the error map to word, unless it only says a broker is away.
-        """
+    async def start(self, client: Any) -> Any:
+        """Start an aiokafka client (stopped again if that fails), raising the error aiokafka's
+        bootstrap only logged (a refused login, a failed TLS handshake) for the map to word."""
         swallowed = _Swallowed()
         _BOOTSTRAP_LOG.filters.insert(0, swallowed)  # before core's filters, which may drop it
         try:
@@ -78,32 +65,28 @@ class KafkaClient:
         return client
 
     async def consumer(self, group: str, keys: Sequence[str], listener: Any) -> Any:
-        """A started consumer of `group`, subscribed to `keys` (it joins on its first read).
-
-        With ABE_KAFKA_GROUP_INSTANCE_ID, each consumer of a group in this process gets its
-        own static member name (`name`, `name-2`, ...), the same again after a restart.
-        """
-        base, used = self.settings.group_instance_id, self._members.setdefault(group, set())
+        """A started consumer of `group` on `keys`; with ABE_KAFKA_GROUP_INSTANCE_ID, a static
+        member name of its own in this process (`name`, `name-2`, ...), the same after a restart."""
+        base = self.settings.group_instance_id
+        used = {name for owner, name in self._member_of.values() if owner == group}
         names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
         member = None if base is None else next(name for name in names if name not in used)
         options = {**self.settings.consumer_options(), "group_instance_id": member}
         consumer = await self.start(AIOKafkaConsumer(group_id=group, **options))
         if member is not None:
-            used.add(member)
             self._member_of[consumer] = (group, member)
         consumer.subscribe(list(keys), listener=listener)
         return consumer
 
     async def stop_consumer(self, consumer: Any) -> None:
         """Stop a consumer made by `consumer()` (bounded; a failure is logged) and free its name."""
-        group, member = self._member_of.pop(consumer, ("", ""))
-        self._members.get(group, set()).discard(member)
+        group, _ = self._member_of.pop(consumer, ("", ""))
         await close_quietly([consumer.stop()], _CLOSE_TIMEOUT, log, f"kafka group {group!r}")
 
     async def ensure_topic(self, key: str) -> None:
         """Create topic `key` with the configured partitions unless it exists (cached)."""
         creating = self._creating.get(key)
-        if key not in self._topics and creating is None:  # one creation, however many wait
+        if key not in self.topics and creating is None:  # one creation, however many wait
             creating = self._creating[key] = asyncio.ensure_future(self._create_topic(key))
             creating.add_done_callback(lambda done: self._forget(key, done))
         if creating is not None:
@@ -122,18 +105,9 @@ class KafkaClient:
         for _, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise for_code(code)(*[detail for detail in rest[:1] if detail])
-        if len(self._topics) > 10_000:
-            self._topics.clear()
-        self._topics.add(key)
-
-    async def delete_topics(self, keys: Sequence[str]) -> None:
-        """DeleteTopics for `keys`; a topic that does not exist is skipped."""
-        admin = await self.admin.get()
-        self._topics.difference_update(keys)
-        response = await admin.delete_topics(list(keys))
-        for name, code in response.topic_error_codes:
-            if code not in (0, _UNKNOWN_TOPIC):
-                raise for_code(code)(f"deleting topic {name!r}")
+        if len(self.topics) > 10_000:
+            self.topics.clear()
+        self.topics.add(key)
 
     async def send_copy(
         self, key: str, body: bytes, headers: Mapping[str, str], *, avoid: frozenset[int]

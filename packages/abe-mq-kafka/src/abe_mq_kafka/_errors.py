@@ -1,14 +1,12 @@
-"""aiokafka's exceptions and the abe errors they become: one table, looked up along the MRO.
-
-A class not listed takes its nearest listed base's entry, so `KafkaError` (and the few
-classes outside it) stand for everything the broker fails transiently; the test
-`assert_error_map_covers(KafkaBackend.errors, aiokafka.errors)` keeps it complete.
-"""
+"""aiokafka's exceptions and the abe errors they become: one table, looked up along the MRO,
+kept complete by `assert_error_map_covers(KafkaBackend.errors, aiokafka.errors)`."""
 
 from __future__ import annotations
 
 import re
-from types import TracebackType
+import ssl
+from traceback import walk_tb
+from typing import Any
 
 import aiokafka.errors as E  # type: ignore[import-untyped]
 
@@ -23,39 +21,38 @@ from abe.provider import (
     unavailable,
 )
 
-__all__ = ["ERRORS", "is_scram_rejection", "tidy"]
+__all__ = ["ERRORS", "is_scram_rejection", "no_tls", "tidy"]
 
 _SCRAM_STEPS = frozenset({"process_server_first_message", "process_server_final_message"})
 _ERROR_CODE = re.compile(r"^(\w+): \[Error -?\d+\] \1(: )?")
 
 
 def is_scram_rejection(error: BaseException) -> bool:
-    """Whether aiokafka failed inside its SCRAM exchange: how it reports refused credentials.
-
-    aiokafka (0.11-0.14) does not read the SCRAM `e=` error a broker sends for a wrong
-    password; it fails on the missing `v=` field with KeyError (or ValueError on a bad
-    signature). Seen from its last frame, that is a refused login.
-    """
-    traceback: TracebackType | None = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    if traceback is None:
-        return False
-    code = traceback.tb_frame.f_code
-    return code.co_name in _SCRAM_STEPS and code.co_filename.endswith("conn.py")
+    """Whether aiokafka failed in its SCRAM exchange: how it reports refused credentials, as it
+    does not read the broker's `e=` error (KeyError on the missing `v=`, or ValueError)."""
+    last = [frame.f_code for frame, _ in walk_tb(error.__traceback__)][-1:]
+    return any(c.co_name in _SCRAM_STEPS and c.co_filename.endswith("conn.py") for c in last)
 
 
 def in_sasl_login(error: BaseException) -> bool:
     """Whether aiokafka raised `error` during a SASL login (a broker closing it refuses it)."""
-    traceback: TracebackType | None = error.__traceback__
-    while traceback is not None and traceback.tb_frame.f_code.co_name != "_do_sasl_handshake":
-        traceback = traceback.tb_next
-    return traceback is not None
+    frames = walk_tb(error.__traceback__)
+    return any(frame.f_code.co_name == "_do_sasl_handshake" for frame, _ in frames)
 
 
 def tidy(text: str) -> str:
     """`Name: [Error 6] Name: words` (aiokafka's form) as `Name: words`."""
     return _ERROR_CODE.sub(r"\1: ", text).rstrip(": ")
+
+
+def no_tls(settings: Any) -> str:
+    """What to check when no TLS session starts (a plaintext listener does that to TLS)."""
+    protocol = settings.security_protocol
+    return (
+        f"no TLS session: with KAFKA_SECURITY_PROTOCOL={protocol}, check that "
+        f"KAFKA_BOOTSTRAP_SERVERS names the brokers' TLS listener (or use "
+        f"{protocol.replace('SSL', 'PLAINTEXT')} for a plaintext one), and that they are up"
+    )
 
 
 def _each(names: str, rule: ErrorRule) -> dict[type[BaseException], ErrorRule]:
@@ -121,6 +118,16 @@ ERRORS = ErrorMap(
             "IllegalStateError IllegalArgumentError IllegalOperation TopicAlreadyExistsError "
             "NoError",
             passthrough(),
+        ),
+        ssl.SSLCertVerificationError: unavailable(
+            "the brokers' certificate is not trusted: set KAFKA_SSL_CAFILE to the CA that signed "
+            "it, or check that KAFKA_BOOTSTRAP_SERVERS names the host the certificate is for"
+        ),
+        ssl.SSLError: unavailable(no_tls),
+        E.UnknownError: unavailable(  # what brokers without InitProducerId (Tansu) answer
+            "check that the brokers are up; if they do not support idempotent producers "
+            "(InitProducerId), set ABE_KAFKA_IDEMPOTENT=false",
+            when=lambda error, settings: getattr(settings, "idempotent", False),
         ),
         # everything else: the broker is away, busy, rebalancing, or failed this request
         E.KafkaError: unavailable("check that the brokers in KAFKA_BOOTSTRAP_SERVERS are up"),

@@ -1,14 +1,7 @@
 """The Kafka receiver: a consumer-group member with the acks, attempts and leases Kafka lacks.
 
-- Commits: per partition, the offset of the first record not finished (acknowledged,
-  dead-lettered or handed on), once per batch of acks (core gathers them for
-  ABE_KAFKA_COMMIT_INTERVAL) and before partitions are revoked; never past an unfinished one.
-- Redelivery: a message handed back (nack, an expired lease, a revoke, a close) is written
-  again as a copy with `abe-attempt` one higher (and `abe-not-before` for a delay), every
-  header kept; the original then counts as finished. A copy read early waits here.
-- A member that stops reading for a redelivery timeout leaves the group (like Kafka's
-  max.poll.interval) and joins again on its next fetch.
-"""
+Each partition commits below its first unfinished record; a message handed back is written
+again as a copy (`abe-attempt` + 1); a member that stops reading leaves the group."""
 
 from __future__ import annotations
 
@@ -42,8 +35,7 @@ __all__ = ["KafkaReceiver"]
 
 log = logging.getLogger("abe.kafka")
 
-_STARVED_AFTER = 30.0
-"""Seconds of reading nothing, while records wait on this member's partitions, before a warning."""
+_STARVED_AFTER = 30.0  # seconds receiving nothing while records wait, before a warning
 
 
 @dataclass(eq=False)
@@ -166,16 +158,15 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             finally:
                 self._fetching -= 1
                 self._last_active = time.monotonic()
-            out = self._accept(batches, max_messages)
-            if self._take_due(max_messages - len(out), out):
+            self._accept(batches)
+            if self._take_due(max_messages, out):
                 self._received = time.monotonic()
             if loop.time() >= deadline or self._consumer is not consumer:
                 break
         return out
 
-    def _accept(self, batches: dict[Any, list[Any]], limit: int) -> list[IncomingMessage]:
-        """Record what getmany returned; messages that are due now go out, copies early wait."""
-        out: list[IncomingMessage] = []
+    def _accept(self, batches: dict[Any, list[Any]]) -> None:
+        """Record what getmany returned, each queued until due (at once, but delayed copies)."""
         now, wall = time.monotonic(), time.time() * 1000
         for tp, records in batches.items():
             partition = self._partitions.setdefault(tp, _Partition(tp))
@@ -188,17 +179,11 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                 entry = _Entry(partition, record.offset)
                 entry.message, not_before = _message(tp, record, entry)
                 partition.entries.append(entry)
-                if not_before > wall or len(out) >= limit:
-                    due = now + max(0.0, (not_before - wall) / 1000)
-                    heapq.heappush(self._delayed, (due, next(self._order), entry))
-                else:
-                    entry.deadline = now + self._lease
-                    self._held[entry] = None
-                    out.append(entry.message)
-        return out
+                due = now + max(0.0, (not_before - wall) / 1000)
+                heapq.heappush(self._delayed, (due, next(self._order), entry))
 
     def _take_due(self, limit: int, out: list[IncomingMessage]) -> list[IncomingMessage]:
-        """Move held-back copies whose time has come into `out` (at most `limit`)."""
+        """Move queued messages whose time has come into `out` (at most `limit`)."""
         delayed, now = self._delayed, time.monotonic()
         while delayed and limit > 0 and delayed[0][0] <= now:
             entry = heapq.heappop(delayed)[2]
@@ -242,11 +227,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     def _hand_on(
         self, entry: _Entry, *, delay: float = 0.0, away: bool = False
     ) -> asyncio.Task[None]:
-        """The one copy of `entry` in flight, started if there is none: written, then settled.
-
-        Whoever else wants the record handed on (a release, the lease check) awaits the
-        same task, so a partition is never let go while a copy of its record is written.
-        """
+        """The one copy of `entry` in flight (written, then settled), which all who hand it on
+        await: a partition is never let go while a copy of its record is written."""
         if entry.moving is None:
             entry.moving = asyncio.get_running_loop().create_task(self._copy(entry, delay, away))
         return entry.moving
@@ -270,11 +252,9 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self._consumer
         assigned = consumer.assignment() if away and consumer is not None else ()
         avoid = frozenset(tp.partition for tp in assigned if tp.topic == message.key)
+        copy = self._client.send_copy(message.key, message.body, headers, avoid=avoid)
         try:
-            await bounded(
-                self._client.send_copy(message.key, message.body, headers, avoid=avoid),
-                self._timeout,
-            )
+            await bounded(copy, self._timeout)
         finally:
             entry.moving = None
         self._settle((entry,))
@@ -283,19 +263,15 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         """Commit each partition's commit point if it moved; only while the partition is ours."""
         async with self._commit_lock:
             consumer = consumer or self._consumer
-            moved = {}
-            for partition in partitions:
-                point = partition.commit_point()
-                if partition.current and point is not None and point > partition.committed:
-                    moved[partition] = point
+            points = {part: part.commit_point() for part in partitions if part.current}
+            moved = {part: p for part, p in points.items() if p is not None and p > part.committed}
             if not moved or consumer is None:
                 return
             try:
                 offsets = {part.tp: OffsetAndMetadata(point, "") for part, point in moved.items()}
                 await bounded(consumer.commit(offsets), self._timeout)
             except (CommitFailedError, IllegalStateError) as exc:
-                # A rebalance took these partitions: the revoke handler committed what was
-                # finished, and the new owner reads the rest again. Nothing is skipped.
+                # a rebalance took them: the revoke committed what was finished, nothing skipped
                 log.debug("kafka: commit for group %r skipped (%s)", self._group, exc)
                 return
             for partition, point in moved.items():
@@ -356,8 +332,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             partition.current = False
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
-        for entry in [entry for entry in self._held if not entry.partition.current]:
-            del self._held[entry]
+        self._held = {entry: None for entry in self._held if entry.partition.current}
         self._delayed = [item for item in self._delayed if item[2].partition.current]
         heapq.heapify(self._delayed)
 
@@ -419,16 +394,9 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _message(tp: Any, record: Any, entry: _Entry) -> tuple[IncomingMessage, float]:
     """The message a record carries, and the time (ms since the epoch) it is due."""
-    headers: dict[str, str] = {}
-    attempt, not_before = 1, 0
-    for name, value in record.headers or ():
-        text = value.decode("utf-8", "replace") if value is not None else ""
-        if name == HEADER_ATTEMPT:
-            attempt = int(text) if text.isdigit() else 1
-        elif name == HEADER_NOT_BEFORE:
-            not_before = int(text) if text.isdigit() else 0
-        else:
-            headers[name] = text
+    pairs = record.headers or ()
+    headers = {name: (value or b"").decode("utf-8", "replace") for name, value in pairs}
+    attempt, not_before = (headers.pop(name, "") for name in (HEADER_ATTEMPT, HEADER_NOT_BEFORE))
     # A record without these (a foreign producer's) is named by its position and time.
     headers.setdefault(HEADER_ID, f"{tp.topic}:{tp.partition}:{record.offset}")
     if HEADER_PUBLISHED_AT not in headers and record.timestamp is not None:
@@ -437,8 +405,8 @@ def _message(tp: Any, record: Any, entry: _Entry) -> tuple[IncomingMessage, floa
         key=tp.topic,
         body=record.value if record.value is not None else b"",
         headers=headers,
-        attempt=max(1, attempt),
+        attempt=max(1, int(attempt)) if attempt.isdigit() else 1,
         broker_id=f"{tp.partition}@{record.offset}",
         handle=entry,
     )
-    return message, not_before
+    return message, int(not_before) if not_before.isdigit() else 0

@@ -21,8 +21,7 @@ PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
-_RECORD_OVERHEAD = 64 * 1024
-"""Room above the largest body for headers and batch framing in one produce request."""
+_RECORD_OVERHEAD = 64 * 1024  # room above the largest body for headers and batch framing
 
 
 def parse_bootstrap(text: str) -> tuple[str, ...]:
@@ -39,14 +38,12 @@ def parse_bootstrap(text: str) -> tuple[str, ...]:
             "(got options, not shown as they may hold a secret)"
         )
     servers = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not servers:
-        raise ValueError("must name at least one host:port (got none)")
-    for server in servers:
+    for server in servers or ("",):
         match = _HOST_PORT.match(server)
-        if match is None:
-            raise ValueError(f"must list host:port, no scheme, e.g. kafka-1:9092 (got {server!r})")
-        if not 0 < int(match.group(2)) < 65536:
-            raise ValueError(f"must have ports from 1 to 65535 (got {server!r})")
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(
+                f"must list host:port, ports 1-65535, e.g. kafka-1:9092 (got {server!r})"
+            )
     return servers
 
 

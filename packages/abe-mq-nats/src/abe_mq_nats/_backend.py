@@ -1,9 +1,5 @@
-"""NatsBackend: abe on NATS JetStream through nats-py.
-
-Keys are subjects, each stored in the stream that covers it or one abe creates; groups are
-durable pull consumers. The abe message id travels as `Nats-Msg-Id`, so JetStream stores a
-retried publish once.
-"""
+"""NatsBackend: abe on NATS JetStream through nats-py. Keys are subjects, each stored in the
+stream covering it or one abe creates; groups are durable pull consumers."""
 
 from __future__ import annotations
 
@@ -32,31 +28,22 @@ from abe.provider import (
     until_stopped,
 )
 from abe_mq_nats._baseline import RawNatsBaseline
-from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, STREAM_DESCRIPTION, JetStream
+from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, JetStream, NatsReceiver
 from abe_mq_nats._errors import ERRORS
-from abe_mq_nats._receiver import NatsReceiver
 from abe_mq_nats._settings import NatsSettings
 
 __all__ = ["HEADER_ROOM", "MAX_HEADERS", "MSG_ID", "WINDOW", "NatsBackend"]
 
 log = logging.getLogger("abe.nats")
 
-MSG_ID = "Nats-Msg-Id"
-"""The NATS header JetStream deduplicates on; abe sends its message id in it."""
-HEADER_ROOM = 8192
-"""Bytes of max_payload kept for headers (at most an eighth of it on servers with a small one)."""
-MAX_HEADERS = 65535
-"""The largest header block JetStream stores (it refuses more with err_code 10097)."""
-WINDOW = 1000
-"""Most publishes awaiting their acknowledgement at once."""
+MSG_ID = "Nats-Msg-Id"  # JetStream deduplicates on it: a retried publish is stored once
+HEADER_ROOM = 8192  # bytes of max_payload kept for headers (an eighth at most, on small servers)
+MAX_HEADERS = 65535  # the largest header block JetStream stores (err_code 10097 beyond)
+WINDOW = 1000  # most publishes awaiting their acknowledgement at once
 
 
 class NatsBackend(BaseBackend):
-    """NATS JetStream: durable, fan-out across groups, competing members within a group.
-
-    `NatsBackend(NatsSettings(servers=("nats://host:4222",), ...))`, or `from_env()`; it
-    connects on first use and reconnects by itself after a server restart.
-    """
+    """NATS JetStream: durable, fan-out across groups, competing members within a group."""
 
     name: ClassVar[str] = "nats"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -95,11 +82,7 @@ class NatsBackend(BaseBackend):
         return RawNatsBaseline(self.settings)
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        """Connect and find the stream first if need be; a batch goes without awaiting acks.
-
-        Sizes are checked as soon as the server's max_payload is known, before the stream
-        is looked up or created.
-        """
+        """Sizes are checked once connected (max_payload known), before the stream is made."""
         deadline = Deadline(self.settings.operation_timeout * (1 + len(messages) // 1000))
         client = await self._jetstream.ready(deadline)
         limit, single = self._jetstream.max_payload, len(messages) == 1
@@ -109,9 +92,12 @@ class NatsBackend(BaseBackend):
         ]
         await self._jetstream.stream_for(key, deadline)
         failed = await self._publisher.publish(client, key, batch, deadline)
-        if len(failed) == len(batch) and all(
-            isinstance(error, nats.js.errors.NoStreamResponseError) for error in failed.values()
-        ):  # the stream is gone (deleted, or a memory stream lost in a restart)
+        # No stream answered: gone, lost in a restart, or just made and without a leader yet.
+        gone = nats.js.errors.NoStreamResponseError
+        while len(failed) == len(batch) and deadline.remaining > 0.1:
+            if not all(isinstance(error, gone) for error in failed.values()):
+                break
+            await asyncio.sleep(0.1)
             await self._jetstream.stream_for(key, deadline, refresh=True)
             failed = await self._publisher.publish(client, key, batch, deadline)
         if len(failed) == len(batch):
@@ -129,34 +115,35 @@ class NatsBackend(BaseBackend):
         return receiver
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        """Delete the streams abe made for `keys`; in any other stream, purge just those keys.
-
-        A stream an operator made (or ABE_NATS_STREAM names) is kept, losing only the key's
-        messages and the consumers that read it.
-        """
+        """Delete the streams abe made for `keys`; purge other streams of just those keys."""
         await self._jetstream.ready(Deadline(self.settings.operation_timeout))
-        js = self._jetstream.js
-        assert js is not None
+        js = self._jetstream.api
         for key in keys:
             self._jetstream.streams.pop(key, None)
-            try:
-                name = await js.find_stream_name_by_subject(key)
-            except nats.js.errors.NotFoundError:
-                continue
-            if (await js.stream_info(name)).config.description == STREAM_DESCRIPTION.format(
-                key=key
-            ):
-                await js.delete_stream(name)
-                log.info("nats: deleted stream %r of key %r", name, key)
-                continue
-            consumers: list[api.ConsumerInfo] = []  # the server lists them a page at a time
-            while page := await js.consumers_info(name, offset=len(consumers) or None):
-                consumers += page
-            for consumer in consumers:
-                config = consumer.config
-                if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
-                    await js.delete_consumer(name, consumer.name)
-            await js.purge_stream(name, subject=key)
+            stream = await self._jetstream.existing_stream(key)
+            if stream is not None and stream.own:
+                await js.delete_stream(stream.name)
+                log.info("nats: deleted stream %r of key %r", stream.name, key)
+            elif stream is not None:
+                consumers: list[api.ConsumerInfo] = []  # the server lists them a page at a time
+                while page := await js.consumers_info(stream.name, offset=len(consumers) or None):
+                    consumers += page
+                for consumer in consumers:
+                    config = consumer.config
+                    if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
+                        await js.delete_consumer(stream.name, consumer.name)
+                await js.purge_stream(stream.name, subject=key)
+
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        """The keys a stream covers now (a lookup: no stream is created)."""
+        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
+        return [key for key in keys if await self._jetstream.existing_stream(key)]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """Delete the durable consumer of `group` on each key's stream; the messages stay."""
+        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
+        for key in keys:
+            await self._jetstream.delete_consumer(group, key)
 
     async def _close(self) -> None:
         await self._jetstream.close()
@@ -164,11 +151,7 @@ class NatsBackend(BaseBackend):
 
 def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[str, str]:
     """The NATS headers of `message`, or PayloadError if the server would refuse its size.
-
-    abe adds `Nats-Msg-Id`, and drops any other `Nats-*` header: core refuses them from
-    users, so they come from a foreign message being dead-lettered, where JetStream would
-    act on them (`Nats-Rollup` would purge the dead-letter key).
-    """
+    A dead letter's `Nats-*` headers (core refuses them from users) go: JetStream acts on them."""
     headers = {
         name: value for name, value in message.headers.items() if name[:5].lower() != "nats-"
     }
@@ -179,24 +162,19 @@ def _headers(message: OutgoingMessage, limit: int, index: int | None) -> dict[st
     if block > MAX_HEADERS:
         raise PayloadError(
             f"{where} has {block:,} bytes of NATS headers, over the {MAX_HEADERS:,} JetStream "
-            f"stores (a dead letter keeps the headers of the message it copies); send fewer or "
-            f"smaller headers"
+            f"stores (a dead letter keeps those it copies); send fewer or smaller headers"
         )
     if len(message.body) + block > limit:
         raise PayloadError(
             f"{where} is {len(message.body) + block:,} bytes with its headers, over the NATS "
-            f"server's max_payload of {limit:,}; send less (or fewer headers), or raise "
-            f"max_payload on the server"
+            f"server's max_payload of {limit:,}; send less, or raise max_payload on the server"
         )
     return headers
 
 
 class _Publisher:
-    """JetStream publishes whose acknowledgements come back on one inbox of the client.
-
-    nats-py's `publish_async()` leaves the future of a publish JetStream refuses pending for
-    ever (nats-py issue #985); here each one ends: acknowledged, refused, or timed out.
-    """
+    """JetStream publishes acknowledged on one inbox of the client, each of which ends: stored,
+    refused or timed out (nats-py's `publish_async()` never ends a refused one, issue #985)."""
 
     def __init__(self) -> None:
         self._client: NatsClient | None = None
@@ -211,24 +189,38 @@ class _Publisher:
         messages: Sequence[tuple[bytes, dict[str, str]]],
         deadline: Deadline,
     ) -> dict[int, Exception]:
-        """Publish `(body, headers)` pairs in order; the failures by index (empty: all stored)."""
-        if client is not self._client:
-            replaced = BackendUnavailableError("nats: the connection was replaced")
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(replaced)
-            self._pending.clear()
+        """Publish `(body, headers)` pairs in order, a window of them awaiting acknowledgements
+        at a time; the failures by index (empty: all stored)."""
+        if client is not self._client:  # a new connection: an inbox for the replies on it
             self._prefix = f"{client.new_inbox()}."
             await client.subscribe(f"{self._prefix}*", cb=self._on_reply)
             self._client = client
         failed: dict[int, Exception] = {}
         for start in range(0, len(messages), WINDOW):
+            end = min(start + WINDOW, len(messages))
             if failed:  # something is wrong (refusals, or no answer): do not send the rest
                 later = BackendUnavailableError("nats: not sent after earlier failures")
                 failed.update({i: failed.get(i, later) for i in range(start, len(messages))})
                 break
-            futures = await self._send(client, subject, messages[start : start + WINDOW], deadline)
-            for index, future in enumerate(futures, start):
+            sent: dict[str, asyncio.Future[None]] = {}
+            try:
+                for index, (body, headers) in enumerate(messages[start:end], start):
+                    self._counter += 1
+                    token = str(self._counter)
+                    sent[token] = self._pending[token] = asyncio.get_running_loop().create_future()
+                    try:
+                        await client.publish(
+                            subject, body, reply=self._prefix + token, headers=headers
+                        )
+                    except Exception as exc:  # not sent: this message and the rest of the window
+                        sent[token].set_exception(exc)
+                        failed.update(dict.fromkeys(range(index + 1, end), exc))
+                        break
+                await asyncio.wait(sent.values(), timeout=deadline.remaining)
+            finally:
+                for token in sent:
+                    self._pending.pop(token, None)
+            for index, future in enumerate(sent.values(), start):
                 if not future.done():
                     future.cancel()
                     failed[index] = BackendUnavailableError(
@@ -238,53 +230,18 @@ class _Publisher:
                     failed[index] = error
         return failed
 
-    async def _send(
-        self,
-        client: NatsClient,
-        subject: str,
-        window: Sequence[tuple[bytes, dict[str, str]]],
-        deadline: Deadline,
-    ) -> list[asyncio.Future[None]]:
-        """Send `window`, then await the acknowledgements until `deadline`; a future each."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        tokens: list[str] = []
-        try:
-            for body, headers in window:
-                self._counter += 1
-                tokens.append(token := str(self._counter))
-                futures.append(future := self._pending.setdefault(token, loop.create_future()))
-                try:
-                    await client.publish(subject, body, reply=self._prefix + token, headers=headers)
-                except Exception as exc:  # not sent: this message and the rest of the window
-                    future.set_exception(exc)
-                    futures += [loop.create_future() for _ in window[len(futures) :]]
-                    for rest in futures[len(tokens) :]:
-                        rest.set_exception(exc)
-                    break
-            await asyncio.wait(futures, timeout=deadline.remaining)
-        finally:
-            for token in tokens:
-                self._pending.pop(token, None)
-        return futures
-
     async def _on_reply(self, msg: Msg) -> None:
         future = self._pending.get(msg.subject.rpartition(".")[2])
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(nats.js.errors.NoStreamResponseError())
-            return
         try:
-            error = json.loads(msg.data).get("error")
+            if msg.headers and msg.headers.get("Status") == "503":
+                raise nats.js.errors.NoStreamResponseError
+            if error := json.loads(msg.data).get("error"):
+                nats.js.errors.APIError.from_error(error)  # raises the matching APIError subclass
+            future.set_result(None)
+        except nats.js.errors.Error as refused:
+            future.set_exception(refused)
         except (ValueError, AttributeError):
             odd = BackendUnavailableError("nats: JetStream answered a publish with something odd")
             future.set_exception(odd)
-            return
-        if not error:
-            future.set_result(None)
-            return
-        try:
-            nats.js.errors.APIError.from_error(error)  # raises the matching APIError subclass
-        except nats.js.errors.APIError as refused:
-            future.set_exception(refused)

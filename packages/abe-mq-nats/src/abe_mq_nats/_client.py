@@ -1,11 +1,5 @@
-"""The backend's NATS connection, shared with its receivers, and the JetStream calls both make.
-
-nats-py retries a first connect for ever once reconnection is allowed, and reports refused
-credentials only to its error callback: `ready()` bounds the connect by the caller's
-deadline and fails at once on a refusal. When TLS was asked for, CONNECT (which carries
-every credential) is never built on a connection that is not encrypted. `epoch` is bumped
-whenever the connection was lost, so that receivers learn their pull requests were too.
-"""
+"""The backend's NATS connection, the JetStream calls on it, and the receivers that pull from it.
+`epoch` is bumped whenever the connection was lost, so receivers learn their requests were too."""
 
 from __future__ import annotations
 
@@ -13,49 +7,56 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext, api
 
 from abe.errors import AbeError, BackendUnavailableError, ConfigurationError
-from abe.provider import Deadline, close_quietly, wait_event
+from abe.provider import Deadline, IncomingMessage, Receiver, close_quietly, wait_event
 from abe_mq_nats._errors import refused_credentials
 from abe_mq_nats._settings import NatsSettings
 
-__all__ = ["DEFAULT_MAX_PAYLOAD", "STREAM_DESCRIPTION", "JetStream", "StreamRef", "stream_name"]
+__all__ = ["DEFAULT_MAX_PAYLOAD", "JetStream", "NatsReceiver", "StreamRef", "stream_name"]
 
 log = logging.getLogger("abe.nats")
 
-DEFAULT_MAX_PAYLOAD = 1_048_576
-"""nats-server's default max_payload, assumed until a server says otherwise."""
-STREAM_DESCRIPTION = "abe key {key}"
-"""The description of a stream abe created for a key: such streams are abe's to delete."""
+DEFAULT_MAX_PAYLOAD = 1_048_576  # nats-server's default, assumed until a server says otherwise
+STREAM_DESCRIPTION = "abe key {key}"  # of the streams abe creates, which are abe's to delete
 _NAME_IN_USE, _SUBJECTS_OVERLAP, _NO_CLUSTER = 10058, 10065, 10074
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_NAK = b"-NAK"
+_LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
+_LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
 
 
 class _TlsOnlyClient(NatsClient):
-    """nats-py's client that never builds CONNECT on a connection that is not encrypted."""
+    """nats-py's client that never builds CONNECT (it carries every credential) unencrypted."""
 
     def _connect_command(self) -> bytes:
         writer = getattr(getattr(self, "_transport", None), "_io_writer", None)
         if getattr(writer, "get_extra_info", lambda _: None)("ssl_object") is None:
-            # A nats.errors.Error: nats-py reports it to error_cb and tries the next server.
-            raise nats.errors.SecureConnWantedError
+            raise nats.errors.SecureConnWantedError  # to error_cb; nats-py tries the next server
         return super()._connect_command()
 
 
 @dataclass(frozen=True)
 class StreamRef:
-    """The stream that stores a key; `dedicated` when it holds that key alone."""
+    """The stream that stores a key: `dedicated` to that key alone, `own` when abe made it."""
 
     name: str
     dedicated: bool
+    own: bool = False
 
 
 def _digest(text: str) -> str:
@@ -72,6 +73,11 @@ def consumer_name(group: str, key: str, *, dedicated: bool) -> str:
     return group if dedicated else f"{group}-{_digest(key)}"
 
 
+def _refusal(error: BaseException) -> bool:
+    """Whether `error` refuses this client (credentials, or no TLS where it was asked for)."""
+    return isinstance(error, nats.errors.SecureConnWantedError) or refused_credentials(error)
+
+
 class JetStream:
     """One NATS client per backend, made on first use, and the stream and consumer calls."""
 
@@ -82,44 +88,45 @@ class JetStream:
         self.epoch = 0
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self.streams: dict[str, StreamRef] = {}
-        self.stopped = asyncio.Event()
-        """Set by `close()`; waits bounded by it with `until_stopped` end."""
-        self.wakers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
-        """Events set whenever the connection drops, comes back or is replaced."""
+        self.stopped = asyncio.Event()  # set by close(): waits bounded by it end
+        self.wakers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()  # set on any change
         self._changed, self._lock = asyncio.Event(), asyncio.Lock()
         self._connecting: asyncio.Future[None] | None = None
         self._last_error: BaseException | None = None
         self._warned_plain = False
 
+    @property
+    def api(self) -> JetStreamContext:
+        """The JetStream context of the live client (BackendUnavailableError once closed)."""
+        if self.js is None:
+            raise BackendUnavailableError("nats: not connected")
+        return self.js
+
     def _bump(self) -> None:
+        """The connection dropped, came back or was replaced: wake whoever waits on it."""
         self.epoch += 1
         for event in (self._changed, *self.wakers):
             event.set()
 
     async def ready(self, deadline: Deadline) -> NatsClient:
         """The connected client: connects, or awaits a reconnection, until `deadline`."""
-        while True:
-            client = self.client
-            if client is not None and client.is_connected:
-                return client
+        while (client := self.client) is None or not client.is_connected:
             if self.stopped.is_set():
                 raise BackendUnavailableError("nats: the connection was closed")
             if client is None or client.is_closed:
                 async with self._lock:
                     if self.client is None or self.client.is_closed:
                         await self._connect(deadline)
-                continue
-            self._changed.clear()  # reconnecting in the background: wait for it
-            if not await wait_event(self._changed, deadline.remaining):
-                raise self._unavailable("is reconnecting and did not come back in time")
+            else:  # reconnecting in the background: wait for it
+                self._changed.clear()
+                if not await wait_event(self._changed, deadline.remaining):
+                    raise self._unavailable("is reconnecting and did not come back in time")
+        return client
 
     def _unavailable(self, what: str) -> BaseException:
-        """A refusal as nats-py raised it (the error map says what to change), or else
-        BackendUnavailableError naming the last error seen."""
+        """A refusal as nats-py raised it (the error map words it), else BackendUnavailableError."""
         error = self._last_error
-        if isinstance(error, nats.errors.SecureConnWantedError) or (
-            error is not None and refused_credentials(error)
-        ):
+        if error is not None and _refusal(error):
             return error
         cause = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
         unavailable = BackendUnavailableError(
@@ -132,51 +139,50 @@ class JetStream:
         return unavailable
 
     async def _connect(self, deadline: Deadline) -> None:
-        remaining = deadline.remaining
-        if remaining <= 0:
+        """Try each server twice at most (a refused port or credentials fail fast), within
+        `deadline`; once connected, nats-py reconnects for as long as the backend is open."""
+        if (remaining := deadline.remaining) <= 0:
             raise self._unavailable("could not be opened in time")
-        refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        client = _TlsOnlyClient() if self.settings.tls else NatsClient()
+        client, self._last_error = _TlsOnlyClient() if self.settings.tls else NatsClient(), None
         timeout = max(0.1, min(self.settings.connect_timeout, remaining))
         self._connecting = connecting = asyncio.ensure_future(
-            client.connect(**self._options(client, refused), connect_timeout=timeout)  # type: ignore[arg-type]
+            client.connect(**self._options(client), connect_timeout=timeout)  # type: ignore[arg-type]
         )
         try:
-            await asyncio.wait(
-                (connecting, refused), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({connecting}, timeout=remaining)
         except asyncio.CancelledError:
             await _abandon(connecting, client)
             raise
-        refused.cancel()  # no effect once it holds the refusal
-        if connecting.done() and not connecting.cancelled():
-            if connecting.exception() is None and not self.stopped.is_set():
-                self.client = client
-                self.js = client.jetstream(timeout=self.settings.operation_timeout)
-                self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
-                self._last_error = None
-                self._bump()
-                return
-            self._last_error = connecting.exception() or self._last_error
-        if not refused.cancelled():
-            self._last_error = refused.result()
-        await _abandon(connecting, client)
-        if self.stopped.is_set():
-            raise BackendUnavailableError("nats: the connection was closed")
-        raise self._unavailable(f"could not be opened within {remaining:.1f}s")
+        connected = connecting.done() and not connecting.cancelled()
+        if connected and (error := connecting.exception()) is not None:
+            connected = False
+            if not isinstance(error, nats.errors.NoServersError):  # else on_error saw why
+                self._last_error = error
+        if not connected or self.stopped.is_set():
+            late = "" if connecting.done() else f" within {remaining:.1f}s"
+            await _abandon(connecting, client)
+            if self.stopped.is_set():
+                raise BackendUnavailableError("nats: the connection was closed")
+            raise self._unavailable(f"could not be opened{late}")
+        client.options["max_reconnect_attempts"] = -1
+        self.client, self._last_error = client, None
+        self.js = client.jetstream(timeout=self.settings.operation_timeout)
+        self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
+        self._bump()
 
-    def _options(
-        self, client: NatsClient, refused: asyncio.Future[BaseException]
-    ) -> dict[str, Any]:
-        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current."""
+    def _options(self, client: NatsClient) -> dict[str, Any]:
+        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current.
+
+        Outages are core's to log (OutageLog); a reconnection to a server without TLS is
+        warned of here, as nats-py reports it only to `on_error` and retries for ever.
+        """
 
         async def on_error(error: Exception) -> None:
-            self._last_error = error
+            if self._last_error is None or not _refusal(self._last_error):  # that says most
+                self._last_error = error
             log.debug("nats: %s: %s", type(error).__name__, error)
             plain = isinstance(error, nats.errors.SecureConnWantedError)
-            if (plain or refused_credentials(error)) and not refused.done():
-                refused.set_result(error)
-            elif plain and client is self.client and not self._warned_plain:
+            if plain and client is self.client and not self._warned_plain:
                 self._warned_plain = True
                 log.warning(
                     "nats: a server of %s did not offer TLS on reconnection; nothing was sent "
@@ -184,26 +190,21 @@ class JetStream:
                     self.where,
                 )
 
-        async def on_disconnected() -> None:  # and on closed
-            if client is self.client and not client.is_closed:
-                log.warning("nats: disconnected from %s; reconnecting", self.where)
-            self._bump()
-
-        async def on_reconnected() -> None:
-            log.warning("nats: reconnected to %s", self.where)
-            self._warned_plain = False
-            self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
+        async def on_change() -> None:  # disconnected, reconnected or closed
+            if client.is_connected:
+                self._warned_plain, self._last_error = False, None
+                self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
             self._bump()
 
         return {
             "servers": list(self.settings.servers),
             "name": "abe",
             "error_cb": on_error,
-            "disconnected_cb": on_disconnected,
-            "reconnected_cb": on_reconnected,
-            "closed_cb": on_disconnected,
+            "disconnected_cb": on_change,
+            "reconnected_cb": on_change,
+            "closed_cb": on_change,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            "max_reconnect_attempts": 1,  # for the first connect: then -1, for ever
             "reconnect_time_wait": self.settings.reconnect_wait,
             "tls": self.settings.tls_context(),
             **self.settings.credentials(),
@@ -219,38 +220,30 @@ class JetStream:
             await close_quietly([client.close()], self.settings.operation_timeout, log, "nats")
 
     async def stream_for(self, key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
-        """The stream storing `key`: the one covering it (ABE_NATS_STREAM's or another), or new.
-
-        Streams never share a subject, so the stream covering a key is the configured one
-        whenever that covers the key.
-        """
-        known = self.streams.get(key)
-        if known is not None and not refresh:
+        """The stream storing `key`: the one covering it (ABE_NATS_STREAM's or another), or new."""
+        if (known := self.streams.get(key)) is not None and not refresh:
             return known
         await self.ready(deadline)
-        js = self.js
-        assert js is not None
-        configured = self.settings.stream
-        if configured is not None:
+        if (configured := self.settings.stream) is not None:  # it must exist
             try:
-                await js.stream_info(configured)
+                await self.api.stream_info(configured)
             except nats.js.errors.NotFoundError:
                 problem = f"names {configured!r}, a stream that does not exist"
                 raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
-        ref = self.streams[key] = await self._existing_stream(js, key) or await self._create(
-            js, key
-        )
+        ref = self.streams[key] = await self.existing_stream(key) or await self._create(key)
         return ref
 
-    async def _existing_stream(self, js: JetStreamContext, key: str) -> StreamRef | None:
+    async def existing_stream(self, key: str) -> StreamRef | None:
+        """The stream covering `key`, or None (a lookup: it creates nothing)."""
         try:
-            name = await js.find_stream_name_by_subject(key)
+            name = await self.api.find_stream_name_by_subject(key)
         except nats.js.errors.NotFoundError:
             return None
-        info = await js.stream_info(name)
-        return StreamRef(name, dedicated=list(info.config.subjects or []) == [key])
+        config = (await self.api.stream_info(name)).config
+        own = config.description == STREAM_DESCRIPTION.format(key=key)
+        return StreamRef(name, dedicated=list(config.subjects or []) == [key], own=own)
 
-    async def _create(self, js: JetStreamContext, key: str) -> StreamRef:
+    async def _create(self, key: str) -> StreamRef:
         settings = self.settings
         config = api.StreamConfig(
             description=STREAM_DESCRIPTION.format(key=key),
@@ -266,7 +259,7 @@ class JetStream:
         names = (stream_name(key), stream_name(key, hashed=True))
         for name in names:
             try:
-                await js.add_stream(config.evolve(name=name))
+                await self.api.add_stream(config.evolve(name=name))
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code == _NO_CLUSTER:
                     problem = f"is {settings.replicas}, but {exc.description}"
@@ -278,22 +271,25 @@ class JetStream:
                         f"stream settings"
                     ) from exc
                 # Someone created a stream for this key meanwhile, or the name is taken.
-                existing = await self._existing_stream(js, key)
-                if existing is not None:
+                if (existing := await self.existing_stream(key)) is not None:
                     return existing
                 continue
             log.info("nats: created stream %r for key %r", name, key)
-            return StreamRef(name, dedicated=True)
+            return StreamRef(name, dedicated=True, own=True)
         raise AbeError(
             f"nats: cannot create a stream for key {key!r}: the names {names[0]!r} and "
             f"{names[1]!r} are taken by streams for other subjects"
         )
 
+    async def delete_consumer(self, group: str, key: str) -> None:
+        """Delete the durable consumer of `group` on `key`'s stream, if both exist."""
+        if stream := await self.existing_stream(key):
+            durable = consumer_name(group, key, dedicated=stream.dedicated)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.api.delete_consumer(stream.name, durable)
+
     async def consumer_for(self, stream: StreamRef, key: str, group: str) -> str:
         """Create (or update, or adopt) the durable pull consumer of `group` on `key`."""
-        js = self.js
-        if js is None:  # closed meanwhile
-            raise BackendUnavailableError("nats: not connected")
         durable = consumer_name(group, key, dedicated=stream.dedicated)
         config = api.ConsumerConfig(
             name=durable,
@@ -302,17 +298,15 @@ class JetStream:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.settings.redelivery_timeout,
-            max_deliver=-1,
             filter_subject=key,
             max_ack_pending=-1,
-            replay_policy=api.ReplayPolicy.INSTANT,
         )
         try:
-            await js.add_consumer(stream.name, config)
+            await self.api.add_consumer(stream.name, config)
         except nats.js.errors.BadRequestError as exc:
             # It exists with settings that cannot be changed in place: use it as it is.
             try:
-                info = await js.consumer_info(stream.name, durable)
+                info = await self.api.consumer_info(stream.name, durable)
             except nats.js.errors.NotFoundError:
                 raise exc from None
             if info.config.deliver_subject:
@@ -330,3 +324,206 @@ async def _abandon(connecting: asyncio.Future[None], client: NatsClient) -> None
     await asyncio.gather(connecting, return_exceptions=True)
     with contextlib.suppress(Exception):
         await client.close()
+
+
+@dataclass(eq=False)
+class _Binding:
+    """One key: its stream and durable consumer, and the pull request open on it, if any."""
+
+    key: str
+    stream: str = ""
+    consumer: str = ""
+    needs_setup: bool = True
+    maybe_pending: bool = True  # then: a batched no_wait request
+    token: str | None = None  # of the open request
+    remaining: int = 0  # messages the open request may still bring
+    no_wait: bool = False
+    lost_at: float = 0.0  # loop time after which the open request, unanswered, is lost
+
+
+class NatsReceiver(Receiver):
+    """Reads `group` on `keys`, each key with a pull request of its own.
+
+    A request waiting on the server would take messages after `fetch()` returned, holding them
+    back from other members: a consumer that may hold messages gets a `no_wait` request for its
+    share of the credit, an idle one a request for one message that waits a few seconds.
+    """
+
+    def __init__(self, jetstream: JetStream, group: str, keys: Sequence[str]) -> None:
+        self._jetstream, self._group = jetstream, group
+        self._bindings = [_Binding(key) for key in keys]
+        self._by_consumer: dict[tuple[str, str], _Binding] = {}
+        self._buffer: deque[IncomingMessage] = deque()
+        self._client: NatsClient | None = None
+        self._subscription: NatsSubscription | None = None
+        self._inbox = ""
+        self._epoch = self._counter = self._turn = 0
+        self._closed = False
+        self._wakeup = asyncio.Event()
+        jetstream.wakers.add(self._wakeup)
+        settings = jetstream.settings
+        self._longest_wait = max(0.05, min(settings.redelivery_timeout / 2, _LONGEST_WAIT))
+        self._answer_grace = max(1.0, min(settings.operation_timeout, 5.0))
+        self._random = random.Random()
+
+    async def setup(self, deadline: Deadline) -> None:
+        """Find (or re-create) the stream and consumer of each key that may lack them."""
+        for binding in [binding for binding in self._bindings if binding.needs_setup]:
+            refresh = bool(binding.stream)  # set up before: look again, it may have gone
+            stream = await self._jetstream.stream_for(binding.key, deadline, refresh=refresh)
+            consumer = await self._jetstream.consumer_for(stream, binding.key, self._group)
+            self._by_consumer.pop((binding.stream, binding.consumer), None)
+            self._by_consumer[stream.name, consumer] = binding
+            binding.stream, binding.consumer = stream.name, consumer
+            binding.needs_setup, binding.maybe_pending = False, True
+
+    async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(timeout)
+        while not self._closed:
+            self._wakeup.clear()
+            client = self._client
+            if client is None or self._epoch != self._jetstream.epoch or not client.is_connected:
+                await self._attach(deadline)
+            open_ = [binding for binding in self._bindings if binding.token is not None]
+            for binding in [binding for binding in open_ if binding.lost_at <= loop.time()]:
+                log.debug("nats: no answer to a pull request on %r; checking it", binding.key)
+                binding.token, binding.needs_setup = None, True
+            draining = any(binding.no_wait and binding.token for binding in open_)
+            if self._buffer and (len(self._buffer) >= max_messages or not draining):
+                return [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
+            if any(binding.needs_setup for binding in self._bindings):
+                await self.setup(deadline)
+            await self._request(max_messages, loop.time())
+            if deadline.expired:
+                return [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
+            lost_at = [binding.lost_at for binding in self._bindings if binding.token is not None]
+            # Until a delivery, a status, a connection change, the deadline or a request's loss.
+            await wait_event(self._wakeup, min([deadline.at, *lost_at]) - loop.time())
+        return []
+
+    async def ack(self, messages: Sequence[IncomingMessage]) -> None:
+        await self._settle(messages, b"+ACK")
+
+    async def nack(self, message: IncomingMessage, delay: float) -> None:
+        await self._settle(
+            [message], b'-NAK {"delay":%d}' % int(delay * 1e9) if delay > 0 else _NAK
+        )
+
+    async def extend(self, messages: Sequence[IncomingMessage]) -> None:
+        await self._settle(messages, b"+WPI")
+
+    async def _settle(self, messages: Sequence[IncomingMessage], payload: bytes) -> None:
+        if (client := self._jetstream.client) is None:
+            raise BackendUnavailableError("nats: not connected; the message will come back later")
+        for message in messages:
+            await client.publish(message.handle, payload)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.set()
+        subscription, self._subscription = self._subscription, None
+        unread = list(self._buffer)
+        self._buffer.clear()
+        if subscription is not None:
+            with contextlib.suppress(Exception):  # the connection may be gone already
+                await subscription.unsubscribe()
+        try:
+            if unread and self._jetstream.client and not self._jetstream.client.is_closed:
+                await self._settle(unread, _NAK)
+        except Exception as exc:
+            log.info("nats: %d unread message(s) come back after redelivery: %s", len(unread), exc)
+
+    async def _attach(self, deadline: Deadline) -> None:
+        """Subscribe the inbox on the live client; forget requests a lost connection held."""
+        client = await self._jetstream.ready(deadline)
+        first = self._client is None
+        if client is not self._client:
+            self._subscription = None
+            self._inbox = client.new_inbox()
+            self._subscription = await client.subscribe(f"{self._inbox}.*.*", cb=self._on_message)
+            self._client = client
+        if self._epoch != self._jetstream.epoch:
+            self._epoch = self._jetstream.epoch
+            for binding in [] if first else self._bindings:  # the server lost the requests
+                binding.token, binding.needs_setup = None, True
+
+    async def _request(self, max_messages: int, now: float) -> None:
+        """Send pull requests for the credit left, split between the keys without one."""
+        open_ = [binding for binding in self._bindings if binding.token is not None]
+        budget = max_messages - len(self._buffer) - sum(binding.remaining for binding in open_)
+        idle = [b for b in self._bindings if b.token is None and not b.needs_setup]
+        if budget <= 0 or not idle:
+            return
+        if len(idle) > 1:
+            shift = self._turn % len(idle)
+            self._turn += 1
+            idle = (idle[shift:] + idle[:shift])[:budget]
+        share, extra = divmod(budget, len(idle))
+        client = self._client
+        assert client is not None
+        for position, binding in enumerate(idle):
+            if binding.maybe_pending:
+                batch = share + (1 if position < extra else 0)
+                request = b'{"batch":%d,"no_wait":true}' % batch
+                lost_at = now + self._answer_grace
+            else:
+                # Random length: nats-server 2.9 loses a redelivery falling due as a waiting
+                # request expires, so expiries must not fall into step with redeliveries.
+                wait = self._longest_wait * self._random.uniform(0.5, 1.0)
+                batch, request = 1, b'{"batch":1,"expires":%d}' % int(wait * 1e9)
+                lost_at = now + wait + _LATE_STATUS
+            self._counter += 1
+            binding.token, binding.remaining = str(self._counter), batch
+            binding.no_wait, binding.lost_at = binding.maybe_pending, lost_at
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{binding.stream}.{binding.consumer}"
+            index = self._bindings.index(binding)
+            await client.publish(subject, request, reply=f"{self._inbox}.{index}.{binding.token}")
+
+    async def _on_message(self, msg: Msg) -> None:
+        """A delivery (on its own subject), or a status on `<inbox>.<binding>.<request>`."""
+        if msg.reply:
+            await self._on_delivery(msg, msg.reply)
+            return
+        head, token = msg.subject.rsplit(".", 1)
+        binding = self._bindings[int(head.rsplit(".", 1)[1])]
+        headers = msg.headers or _EMPTY
+        status = headers.get("Status")
+        if token != binding.token or status == "100":  # an old request, or an idle heartbeat
+            return
+        binding.token = None
+        if status in ("404", "408"):
+            binding.maybe_pending = False
+        else:
+            description = str(headers.get("Description", "")).lower()
+            deleted = status == "409" and ("deleted" in description or "push" in description)
+            binding.needs_setup = status != "409" or deleted
+            log.debug("nats: pull on %r ended: %s %s", binding.key, status, description)
+        self._wakeup.set()
+
+    async def _on_delivery(self, msg: Msg, reply: str) -> None:
+        # $JS.ACK.[<domain>.<hash>.]<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
+        tokens = reply.split(".")
+        if len(tokens) < 9 or len(tokens) == 10:
+            log.debug("nats: ignoring a message with reply %r (not a JetStream delivery)", reply)
+            return
+        at = 2 if len(tokens) == 9 else 4
+        stream, consumer, delivered, sequence = tokens[at : at + 4]
+        binding = self._by_consumer.get((stream, consumer))
+        if binding is None or self._closed:  # after close, or for a consumer no longer read
+            if (client := self._jetstream.client) is not None and client.is_connected:
+                with contextlib.suppress(Exception):  # given back now, not after redelivery
+                    await client.publish(reply, _NAK)
+            return
+        if binding.token is not None:
+            binding.remaining -= 1
+            binding.token = binding.token if binding.remaining > 0 else None
+        binding.maybe_pending = tokens[at + 6] != "0"
+        headers = msg.headers or _EMPTY
+        message = IncomingMessage(
+            binding.key, msg.data, headers, int(delivered), f"{stream}:{sequence}", reply
+        )
+        self._buffer.append(message)
+        self._wakeup.set()

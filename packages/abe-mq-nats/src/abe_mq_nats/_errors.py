@@ -1,12 +1,10 @@
-"""nats-py's exceptions and the abe errors they become, in one table (looked up along the MRO).
-
-JetStream's refusals (`APIError` and its subclasses) are told apart by `err_code` first.
-Key-value and object stores, which abe does not use, take their base class's entry.
-"""
+"""nats-py's exceptions as abe errors, in one table looked up along the MRO; JetStream's
+refusals (`APIError` and subclasses) are told apart by `err_code` first."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable
 
@@ -18,26 +16,19 @@ from abe.provider import ErrorMap, ErrorRule, auth, invalid_key, passthrough, pa
 
 __all__ = ["ERRORS", "refused_credentials"]
 
-_REFUSED = (
-    "the server refused the credentials; check NATS_TOKEN, NATS_USER/NATS_PASSWORD, "
-    "NATS_NKEY_SEED or NATS_CREDS"
-)
+_REFUSED = "the server refused the credentials; check NATS_TOKEN, NATS_USER/NATS_PASSWORD, "
+_REFUSED += "NATS_NKEY_SEED or NATS_CREDS"
 _TLS = "check NATS_TLS_CA, NATS_TLS_CERT and NATS_TLS_KEY"
 _DOWN = "check that the NATS server is up and reachable"
-_TEXTS = (
-    "authorization violation",
-    "authentication expired",
-    "authentication revoked",
-    "invalid user credentials",
-)
+_SAYS_REFUSED = re.compile(r"(?i)authorization violation|authentication (expired|revoked)")
 
 
 def refused_credentials(error: BaseException) -> bool:
     """Whether `error` says the server refused this client's credentials."""
     if isinstance(error, (E.AuthorizationError, E.InvalidUserCredentialsError)):
         return True
-    text = str(error).lower() if isinstance(error, E.Error) else ""
-    return any(part in text for part in _TEXTS)
+    text = str(error) if isinstance(error, E.Error) else ""
+    return _SAYS_REFUSED.search(text) is not None or "invalid user credentials" in text.lower()
 
 
 def _err_code(*codes: int) -> Callable[[BaseException], bool]:
@@ -47,11 +38,8 @@ def _err_code(*codes: int) -> Callable[[BaseException], bool]:
 def _api(rule: ErrorRule) -> tuple[ErrorRule, ...]:
     """`rule` for a JetStream refusal, unless its err_code says the message was refused."""
     full = "JetStream did not store the message; the stream may be full (limits, discard new)"
-    return (
-        payload("JetStream refused the message", when=_err_code(10054, 10097)),
-        ErrorRule(AbeError, full, when=_err_code(10077)),
-        rule,
-    )
+    refused = payload("JetStream refused the message", when=_err_code(10054, 10097))
+    return refused, ErrorRule(AbeError, full, when=_err_code(10077)), rule
 
 
 ERRORS = ErrorMap(

@@ -1,9 +1,5 @@
 """NatsSettings: every variable abe-mq-nats reads, declared once (abe-core reads and checks them).
-
-Two variables fill more than one field: credentials written in NATS_URL move to `token`
-or `user`/`password`, and NATS_NKEY_SEED holds a seed or the path of a seed file; their
-`parse=` helpers return a marked value that `__post_init__` spreads over the fields.
-"""
+`parse=` helpers return marked values (URL credentials, a seed file) `__post_init__` spreads."""
 
 from __future__ import annotations
 
@@ -22,8 +18,7 @@ __all__ = ["NatsSettings"]
 
 _SEED = re.compile(r"S[A-Z][A-Z2-7]{56}")
 _STREAM_NAME = re.compile(r"[^\s.*>/\\]+")
-_WINDOW = 120.0
-"""The default duplicate window; compared by identity: only a window left unset follows MAX_AGE."""
+_WINDOW = 120.0  # the default duplicate window; by identity: only one left unset follows MAX_AGE
 _CLASH = "carries credentials and NATS_TOKEN or NATS_USER/NATS_PASSWORD are set too; give them once"
 _NOT_PLAIN = "must not carry credentials or ?options (scheme://host:port); pass token= or user= "
 _NOT_PLAIN += "and password="
@@ -41,26 +36,23 @@ def _servers(text: str) -> tuple[str, ...]:
     """NATS_URL as `scheme://host:port` servers; credentials in it are kept aside (`_Servers`)."""
     servers: list[str] = []
     found: set[tuple[str, str | None]] = set()
-    for part in (piece.strip() for piece in text.split(",")):
+    for part in text.split(","):
         try:
-            parsed = urlsplit(part)
-            port = parsed.port
+            parsed = urlsplit(part.strip())
+            port = parsed.port or 4222
         except ValueError:
             raise ValueError("is not a valid URL") from None
-        if parsed.scheme not in ("nats", "tls"):
-            raise ValueError("must start with nats://, tls://")
-        if not parsed.hostname:
-            raise ValueError("each URL needs a host, e.g. nats://127.0.0.1:4222")
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
+            raise ValueError("must be nats:// or tls:// URLs with a host: nats://127.0.0.1:4222")
         host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-        servers.append(f"{parsed.scheme}://{host}:{port or 4222}")
+        servers.append(f"{parsed.scheme}://{host}:{port}")
         if parsed.username is not None or parsed.password is not None:
             found.add((unquote(parsed.username or ""), parsed.password))
     if len(found) > 1:
         raise ValueError("its servers carry different credentials; give them once")
     if not found:
         return tuple(servers)
-    result = _Servers(servers)
-    name, password = found.pop()
+    result, (name, password) = _Servers(servers), found.pop()
     result.credentials = (  # nats://token@host or nats://user:password@host
         {"token": Secret(name)}
         if password is None
@@ -73,39 +65,30 @@ def _seed(text: str) -> Secret | Path:
     """An NKey seed, or the path of a file holding one."""
     if _SEED.fullmatch(text):
         return Secret(text)
-    path = Path(text).expanduser()
-    if path.is_file():
+    if (path := Path(text).expanduser()).is_file():
         return path
-    raise ValueError(
-        "must be the path of a readable seed file or an NKey seed (58 characters starting "
-        "with 'SU'); the value is not shown"
-    )
+    raise ValueError("must be an NKey seed (SU...) or a readable seed file; the value is not shown")
 
 
 def _path(text: str) -> Path:
-    """A TLS file's path; read by `check()`, which also blames the missing half of a pair."""
+    """A TLS file's path, checked by `check()`, which also blames the missing half of a pair."""
     return Path(text).expanduser()
 
 
 def _retention(text: str) -> str:
-    value = text.lower()
-    if value == "workqueue":
+    """The retention, lower-cased (`choices` refuses others), or why not a work queue."""
+    if text.lower() == "workqueue":
         raise ValueError(
-            "must be limits or interest (got 'workqueue'): a work-queue stream allows one "
-            "group per subject, and abe groups fan out"
+            "must be limits or interest: a work-queue stream allows one group per subject, and "
+            "abe groups fan out"
         )
-    if value not in ("limits", "interest"):
-        raise ValueError("must be one of limits, interest")
-    return value
+    return text.lower()
 
 
 @dataclass(frozen=True, kw_only=True)
 class NatsSettings(BackendSettings):
-    """Where the NATS servers are, how to authenticate, and the streams abe creates.
-
-    `servers` never hold credentials: a token or user/password written in `NATS_URL` is
-    moved to `token` / `user` and `password` (secrets show as '***').
-    """
+    """Where the NATS servers are, how to authenticate, and the streams abe creates; credentials
+    written in NATS_URL move to `token` or `user`/`password` (secrets show as '***')."""
 
     servers: tuple[str, ...] = setting(
         "NATS_URL",
@@ -125,8 +108,7 @@ class NatsSettings(BackendSettings):
     nkey_seed: Secret | None = setting(
         "NATS_NKEY_SEED",
         None,
-        "NKey authentication: the path of a file holding the user's seed, or the seed itself "
-        "(`SU...`).",
+        "NKey authentication: the user's seed (`SU...`), or the path of a file holding it.",
         secret=True,
         parse=_seed,
     )
@@ -135,14 +117,12 @@ class NatsSettings(BackendSettings):
         "NATS_CREDS", None, "Path of a credentials file (user JWT and seed) for decentralised auth."
     )
     tls_ca: Path | None = setting(
-        "NATS_TLS_CA",
-        None,
-        "Path of the CA certificate(s) (PEM) that sign the server's certificate.",
+        "NATS_TLS_CA", None, "Path of the CA certificates (PEM) that sign the server's certificate."
     )
     tls_cert: Path | None = setting(
         "NATS_TLS_CERT",
         None,
-        "Path of this client's certificate (PEM), for servers that verify clients.",
+        "Path of the client's certificate (PEM), for mutual TLS.",
         parse=_path,
     )
     tls_key: Path | None = setting(
@@ -151,16 +131,14 @@ class NatsSettings(BackendSettings):
     connect_timeout: float = setting(
         "ABE_NATS_CONNECT_TIMEOUT",
         5.0,
-        "Seconds one connection attempt to one server may take (the whole connect is also "
-        "bounded by ABE_MQ_OPERATION_TIMEOUT).",
+        "Seconds one connection attempt to a server may take (within ABE_MQ_OPERATION_TIMEOUT).",
         minimum=0.1,
         maximum=300,
     )
     reconnect_wait: float = setting(
         "ABE_NATS_RECONNECT_WAIT",
         0.5,
-        "Seconds between reconnection attempts to a server that went away (abe reconnects "
-        "for as long as the backend is open).",
+        "Seconds between attempts to reconnect to a server (for as long as the backend is open).",
         minimum=0.01,
         maximum=300,
     )
@@ -179,9 +157,8 @@ class NatsSettings(BackendSettings):
     retention: Literal["limits", "interest"] = setting(
         "ABE_NATS_RETENTION",
         "limits",
-        "Retention of the streams abe creates: `limits` (kept until ABE_NATS_MAX_AGE / "
-        "ABE_NATS_MAX_BYTES) or `interest` (dropped once every existing group acknowledged it; "
-        "messages published while no group exists are dropped).",
+        "Retention of the streams abe creates: `limits` (kept until ABE_NATS_MAX_AGE / MAX_BYTES) "
+        "or `interest` (dropped once every group there is acknowledged it: at once, if none).",
         choices=("limits", "interest"),
         parse=_retention,
     )
@@ -195,8 +172,7 @@ class NatsSettings(BackendSettings):
     max_age: float = setting(
         "ABE_NATS_MAX_AGE",
         0.0,
-        "Seconds a message is kept in the streams abe creates; 0 keeps it until other limits "
-        "apply.",
+        "Seconds a message is kept in the streams abe creates; 0: until other limits apply.",
         minimum=0,
         maximum=10 * 365 * 86400,
     )
@@ -244,13 +220,12 @@ class NatsSettings(BackendSettings):
             yield "servers", _NOT_PLAIN  # they are shown, and NATS reads no ?options
         if self.token is not None and (self.user is not None or self.password is not None):
             yield "token", "cannot be used together with NATS_USER/NATS_PASSWORD; choose one"
-        if self.user is not None and self.password is None:
-            yield "password", "is required when NATS_USER is set"
-        if self.password is not None and self.user is None:
-            yield "user", "is required when NATS_PASSWORD is set"
+        if (self.user is None) != (self.password is None):
+            blamed, given = ("password", "USER") if self.password is None else ("user", "PASSWORD")
+            yield blamed, f"is required when NATS_{given} is set"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
-        yield from self._check_files()
+        yield from self._tls_problems()
         if self.stream is not None and _STREAM_NAME.fullmatch(self.stream) is None:
             yield "stream", f"must be a stream name: {_STREAM_RULE} (got {self.stream!r})"
         if self.max_bytes == 0:
@@ -262,7 +237,8 @@ class NatsSettings(BackendSettings):
                 f"must not exceed ABE_NATS_MAX_AGE ({age:g}s): {_IDS} (got {window:g})",
             )
 
-    def _check_files(self) -> Iterator[tuple[str, str]]:
+    def _tls_problems(self) -> Iterator[tuple[str, str]]:
+        """TLS files that are missing, unpaired or not PEM."""
         unreadable = [
             name
             for name in ("tls_cert", "tls_key")

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from abe.errors import PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
-from abe_mq_redis._client import Command, RedisClient
-from abe_mq_redis._errors import ERRORS, error_map
+from abe_mq_redis._client import Command, RedisClient, delayed_key
+from abe_mq_redis._errors import ERRORS
 from abe_mq_redis._receiver import RedisReceiver
 from abe_mq_redis._settings import RedisSettings
 
@@ -28,9 +28,7 @@ _CONSUMERS = itertools.count(1)
 
 
 class RedisBackend(BaseBackend):
-    """abe on Redis Streams (6.2 or later) through redis.asyncio, connecting on first use:
-    `RedisBackend()` reaches redis://localhost:6379/0, `RedisBackend(RedisSettings(...))` any
-    other server."""
+    """abe on Redis Streams (6.2 or later) through redis.asyncio, connecting on first use."""
 
     name: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(native_delay=False, persistence=True)
@@ -49,9 +47,7 @@ class RedisBackend(BaseBackend):
         settings = settings or RedisSettings()
         super().__init__(settings)
         self.settings: RedisSettings = settings
-        self.client = RedisClient(settings)
-        """The connections, shared with every receiver this backend opens."""
-        self._errors = error_map(tls=settings.tls, timeout=settings.operation_timeout)
+        self.client = RedisClient(settings)  # shared with every receiver this backend opens
         self._trim = ("MAXLEN", "~", settings.maxlen) if settings.maxlen else ()
 
     @property
@@ -65,14 +61,11 @@ class RedisBackend(BaseBackend):
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         results = await self.client.send([self._xadd(key, message) for message in messages])
-        failed = {
-            i: str(result) for i, result in enumerate(results) if isinstance(result, Exception)
-        }
-        if not failed:
-            return
-        if len(failed) == len(messages) or "WRONGTYPE" in failed[min(failed)]:
-            await self.client.raise_first(results, (key,))
-        raise PublishError(key, failed, len(messages))
+        failed = {i: str(error) for i, error in enumerate(results) if isinstance(error, Exception)}
+        if len(failed) == len(messages) or "WRONGTYPE" in failed.get(min(failed, default=0), ""):
+            await self.client.raise_first(results, (key,))  # none stored, or a key of another type
+        if failed:
+            raise PublishError(key, failed, len(messages))
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
         await self.client.create_groups(group, keys)
@@ -84,18 +77,27 @@ class RedisBackend(BaseBackend):
     async def _delete_keys(self, keys: Sequence[str]) -> None:
         await self.client.delete_keys(keys)
 
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        """EXISTS on each key: a lookup, so nothing is created (a non-stream is named later)."""
+        found = await self.client.send([("EXISTS", key) for key in keys])
+        await self.client.raise_first(found, keys)
+        return [key for key, exists in zip(keys, found, strict=True) if exists]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """XGROUP DESTROY (position, consumers, pending entries) and the delayed-nack set of
+        each key; the entries stay, and a missing key or group is no error."""
+        commands: list[Command] = [("XGROUP", "DESTROY", key, group) for key in keys]
+        replies = await self.client.send(commands + [("DEL", delayed_key(k, group)) for k in keys])
+        missing = "requires the key to exist"
+        await self.client.raise_first([r for r in replies if missing not in str(r)], keys, group)
+
     async def _close(self) -> None:
         await self.client.close()
-
-    def _translate_error(self, error: Exception) -> BaseException:
-        """Through this backend's own table, whose hints name its timeout and its scheme."""
-        return self._errors.translate(error, self._describe(), scrub=self.secret_filter.scrub)
 
     def _describe(self) -> str:
         return self.settings.address
 
     def raw_baseline(self) -> RawBaseline:
-        """The `abe bench` workloads written with redis-py alone, on the same server."""
         from abe_mq_redis._baseline import RawRedisBaseline  # noqa: PLC0415  (only for bench)
 
         return RawRedisBaseline(self.settings)

@@ -1,11 +1,10 @@
-"""The connections to one Redis, shared by a backend and its receivers, and the calls on them.
-
-Commands are packed into RESP here and sent on redis-py's connections: same sockets, less work."""
+"""The connections to one Redis, shared by a backend and its receivers, and the calls on them:
+commands go in one write on a kept redis-py connection, without redis-py's per-call work."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import ssl
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,34 +19,19 @@ from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from abe.errors import InvalidKeyError
+from abe.provider import bounded
 from abe_mq_redis._settings import RedisSettings
 
-__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "pack", "reply"]
+__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "reply"]
 
 Command = tuple[str | bytes | int, ...]
 """A Redis command and its arguments (str as UTF-8, int as decimal)."""
-
-if sys.version_info >= (3, 12):
-    from asyncio import timeout as _timeout
-else:  # what redis-py itself uses there (asyncio.timeout is sound from 3.11.3)
-    _timeout = importlib.import_module(
-        "asyncio" if sys.version_info >= (3, 11, 3) else "async_timeout"
-    ).timeout
 
 
 def delayed_key(key: str, group: str) -> str:
     """The sorted set of `group`'s entries of `key` nacked for longer than the timeout: no key
     can take its name (keys have no `{`), and the hash tag keeps it in the stream's slot."""
     return f"abe:{{{key}}}:delayed:{group}"
-
-
-def pack(command: Command) -> bytes:
-    """One command as RESP: an array of bulk strings."""
-    args = [
-        a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else b"%d" % a
-        for a in command
-    ]
-    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args]))
 
 
 def as_text(value: Any) -> str:
@@ -88,17 +72,18 @@ class RedisClient:
             self._reads = ConnectionPool(**connection_kwargs(self.settings, timeout))
         return self._reads
 
-    async def send(self, commands: Sequence[Command]) -> list[Any]:
+    async def send(
+        self, commands: Sequence[Command], check: Iterable[str] = (), group: str | None = None
+    ) -> list[Any]:
         """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
-        replies; a broken connection is replaced once, as redis-py does, a cut call drops it."""
-        packed, pool = (
-            b"".join([pack(command) for command in commands]),
-            self.commands.connection_pool,
-        )
+        replies; a broken connection is replaced once, as redis-py does, a cut call drops it.
+        With `check` (the keys), the first error reply is raised (see `raise_first`)."""
+        pool = self.commands.connection_pool
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
+                    packed = connection.pack_commands(commands)  # with hiredis, by hiredis
                     await connection.send_packed_command(packed, check_health=False)
                     replies = [await reply(connection) for _ in commands]
                 except BaseException as exc:
@@ -109,14 +94,10 @@ class RedisClient:
                         raise
                 else:
                     self._idle.append(connection)
-                    return replies
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def send_checked(
-        self, commands: Sequence[Command], keys: Iterable[str], group: str | None = None
-    ) -> None:
-        """`send()`, raising the first error reply (see `raise_first`)."""
-        await self.raise_first(await self.send(commands), keys, group)
+                    break
+        if check:  # with the slot given back: naming a culprit sends again
+            await self.raise_first(replies, check, group)
+        return replies
 
     async def raise_first(
         self, replies: Iterable[Any], keys: Iterable[str], group: str | None = None
@@ -139,18 +120,18 @@ class RedisClient:
         except Exception:  # the WRONGTYPE error, translated, says enough
             return None
         for (name, key, expected), found in zip(suspects, types, strict=True):
-            if isinstance(found, Exception) or as_text(found) in (expected, "none"):
+            kind = as_text(found)
+            if isinstance(found, Exception) or kind in (expected, "none"):
                 continue
             if expected == "stream":
                 return InvalidKeyError(
-                    f"key {key!r} holds a Redis {as_text(found)}, not a stream, so abe cannot "
-                    f"publish to it or read it; use another key, or remove that "
-                    f"{as_text(found)} if nothing needs it"
+                    f"key {key!r} holds a Redis {kind}, not a stream, so abe cannot publish to, "
+                    f"read or delete it; use another key, or remove that {kind} if nothing needs it"
                 )
             return InvalidKeyError(
-                f"key {name!r} holds a Redis {as_text(found)}, but abe keeps group {group!r}'s "
-                f"long-delayed nacks of {key!r} under that name; something other than abe "
-                f"wrote it there: remove it (DEL {name}) if nothing needs it"
+                f"key {name!r} holds a Redis {kind}, but abe keeps group {group!r}'s long-delayed "
+                f"nacks of {key!r} under that name (something else wrote it): remove it (DEL "
+                f"{name}) if nothing needs it"
             )
         return None
 
@@ -161,16 +142,14 @@ class RedisClient:
 
     async def delete_keys(self, keys: Sequence[str]) -> None:
         """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
-        doomed: list[str] = []
-        for key in keys:
-            kind = as_text(await self.commands.type(key))
-            if kind not in ("stream", "none"):
-                raise InvalidKeyError(
-                    f"key {key!r} holds a Redis {kind}, not a stream, so abe did not make it "
-                    f"and will not delete it; remove it yourself if nothing needs it"
-                )
-            groups = await self.commands.xinfo_groups(key) if kind == "stream" else []
-            doomed += [key, *(delayed_key(key, as_text(group["name"])) for group in groups)]
+        culprit = await self._culprit(tuple(keys), None)
+        if culprit is not None:
+            raise culprit
+        found = await self.send([("XINFO", "GROUPS", key) for key in keys])
+        doomed = list(keys)
+        for key, groups in zip(keys, found, strict=True):  # a missing key: an error reply
+            if isinstance(groups, list):  # each group: [b"name", <name>, b"consumers", ...]
+                doomed += [delayed_key(key, as_text(group[1])) for group in groups]
         await self.commands.delete(*doomed)
 
     async def close(self) -> None:
@@ -197,8 +176,7 @@ class _CancellableSend(connections.AbstractConnection):
             return await super().send_packed_command(command, check_health)
         self.socket_timeout = None  # the parent then writes without asyncio.wait_for
         try:
-            async with _timeout(limit):
-                await super().send_packed_command(command, check_health)
+            await bounded(super().send_packed_command(command, check_health), limit)
         except asyncio.TimeoutError:
             await self.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
@@ -206,17 +184,12 @@ class _CancellableSend(connections.AbstractConnection):
             self.socket_timeout = limit
 
 
-SAFE_CONNECTIONS = {
-    base: cast(
+@functools.cache
+def cancellable(base: type[connections.AbstractConnection]) -> type[connections.AbstractConnection]:
+    """`base`, a redis-py connection class, with cancellable writes: used before Python 3.12."""
+    return cast(
         "type[connections.AbstractConnection]", type(base.__name__, (_CancellableSend, base), {})
     )
-    for base in (
-        connections.Connection,
-        connections.SSLConnection,
-        connections.UnixDomainSocketConnection,
-    )
-}
-"""redis-py's connection classes with cancellable writes, used before Python 3.12."""
 
 
 def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[str, Any]:
@@ -232,7 +205,7 @@ def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[st
     kwargs.update(protocol=2, username=settings.username, password=password)
     kind = kwargs.get("connection_class", connections.Connection)
     if sys.version_info < (3, 12):
-        kwargs["connection_class"] = SAFE_CONNECTIONS.get(kind, kind)
+        kwargs["connection_class"] = cancellable(kind)
     if kind is not connections.UnixDomainSocketConnection:
         kwargs.setdefault("socket_keepalive", True)
     if kind is connections.SSLConnection:

@@ -1,48 +1,43 @@
 """redis-py's exceptions and the abe errors they become, each with what to do about it; some
-hints depend on the timeout and the scheme, so each backend builds its own `error_map()`."""
+hints name the backend's settings (its operation timeout, whether its URL uses TLS)."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-import ssl
-from collections.abc import Callable
+from typing import Any
 
 from redis import exceptions as redis_errors
 
-from abe.provider import ErrorMap, ErrorRule, auth, config, invalid_key, payload, unavailable
+from abe.provider import (
+    CONNECTION_DROPPED,
+    TLS_HANDSHAKE,
+    TLS_HOST_MISMATCH,
+    TLS_UNTRUSTED,
+    ErrorMap,
+    ErrorRule,
+    auth,
+    config,
+    invalid_key,
+    payload,
+    unavailable,
+)
 
-__all__ = ["ERRORS", "error_map"]
+__all__ = ["ERRORS"]
 
 _TLS_FAILED = "the TLS handshake failed: "
 _CLIENT_CERTIFICATE = "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE"
-
-
-def _cause(
-    pattern: str, *kinds: type[BaseException], codes: tuple[int, ...] = ()
-) -> Callable[[BaseException], bool]:
-    """A test: is the error, or one of 4 causes (TLS failures arrive wrapped), one of `kinds`,
-    with an OpenSSL verify code in `codes`, or saying `pattern` (a regular expression)?"""
-    said = re.compile(pattern)
-
-    def test(error: BaseException) -> bool:
-        chain = [error]
-        while len(chain) < 5 and (cause := chain[-1].__cause__ or chain[-1].__context__):
-            chain.append(cause)
-        return any(
-            isinstance(item, kinds)
-            or getattr(item, "verify_code", 0) in codes
-            or said.search(str(item))
-            for item in chain
-        )
-
-    return test
-
-
-_host_mismatch = _cause("(?i)(hostname|ip address) mismatch", codes=(62, 64))  # X509_V_ERR_...
-_untrusted = _cause("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError)
-_handshake = _cause("SSL", ssl.SSLError)
-_dropped = _cause("(?i)closed by server|reset by peer|connection lost|broken pipe")
+_SLOW = (
+    "the server did not answer within {:g}s; check that it is up and reachable{}, or raise "
+    "ABE_MQ_OPERATION_TIMEOUT if it is only slow"
+)
+_PLAIN_PORT = (  # a rediss:// client waits for a handshake that a plain port never answers
+    " (with rediss://, a server that does not speak TLS on this port never answers the "
+    "handshake: use redis:// for a plain port)"
+)
+_EXHAUSTED = (
+    "every pooled connection is in use; raise ABE_REDIS_POOL_SIZE or publish from fewer tasks "
+    "at once"
+)
 
 
 def _classes(*names: str) -> list[type[BaseException]]:
@@ -50,117 +45,105 @@ def _classes(*names: str) -> list[type[BaseException]]:
     return [klass for name in names if isinstance(klass := getattr(redis_errors, name, None), type)]
 
 
-def error_map(*, tls: bool, timeout: float) -> ErrorMap:
-    """The table for a backend whose URL does (or not) use TLS, with this operation timeout."""
-    dropped = (
-        f"if this happens on every connection, the server may refuse this client's TLS "
-        f"certificate, or want one: set {_CLIENT_CERTIFICATE}"
-        if tls
-        else "if this happens on every connection, the server may expect TLS: use rediss://"
-    )
-    unreachable = [
-        unavailable(
-            f"{_TLS_FAILED}the server's certificate is valid, but not for the host name (or "
-            "address) in REDIS_URL, so it may not be this server. Write in REDIS_URL a name the "
-            "certificate lists, or have the certificate issued for this name; REDIS_TLS_CA_FILE "
-            "only chooses which CA is trusted and cannot fix this",
-            when=_host_mismatch,
-        ),
-        unavailable(
-            f"{_TLS_FAILED}the server's certificate is not signed by a trusted CA (or is not "
-            "valid now). Set REDIS_TLS_CA_FILE to the CA that signed it",
-            when=_untrusted,
-        ),
-        unavailable(
-            f"{_TLS_FAILED}does this server speak TLS on this port (else use redis://), and does "
-            f"it require a client certificate ({_CLIENT_CERTIFICATE})?",
-            when=lambda error: tls and _handshake(error),
-        ),
-        unavailable(dropped, when=_dropped),
-        unavailable("cannot reach the server; check REDIS_URL and that the server is up"),
-    ]
-    slow = (
-        f"the server did not answer within {timeout:g}s; check that it is up and reachable%s, "
-        "or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
-    )
-    silent_tls = (  # a rediss:// client waits for a handshake that a plain port never answers
-        " (with rediss://, a server that does not speak TLS on this port never answers the "
-        "handshake: use redis:// for a plain port)"
-    )
-    timed_out = [
-        unavailable(
-            slow % silent_tls, when=lambda error: tls and "connecting" in str(error).lower()
-        ),
-        unavailable(slow % ""),
-    ]
-    credentials = auth(
-        "the server refused the credentials; check REDIS_USERNAME and REDIS_PASSWORD, or the "
-        "user name and password in REDIS_URL"
-    )
-    cluster = config(
-        "REDIS_URL",
-        "it points at a Redis Cluster node; abe-mq-redis needs a standalone server or a primary",
-    )
-    exhausted = (
-        "every pooled connection is in use; raise ABE_REDIS_POOL_SIZE or publish from fewer "
-        "tasks at once"
-    )
-    anything = unavailable("")
-    rules: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
-        redis_errors.AuthenticationError: credentials,
-        redis_errors.AuthenticationWrongNumberOfArgsError: credentials,
-        **dict.fromkeys(_classes("AuthorizationError", "ExternalAuthProviderError"), credentials),
-        redis_errors.NoPermissionError: auth(
-            "the user may not do this; grant it what abe needs on these keys and their "
-            "delayed-nack sets: ACL SETUSER <user> +@stream +@sortedset +@transaction "
-            "+@connection +type ~<key pattern> ~abe:{<key pattern>"
-        ),
-        redis_errors.RedisClusterException: cluster,
-        redis_errors.ClusterError: cluster,
-        redis_errors.AskError: cluster,  # MovedError too
-        redis_errors.ClusterCrossSlotError: cluster,
-        redis_errors.TryAgainError: cluster,
-        redis_errors.MaxConnectionsError: unavailable(exhausted),
-        redis_errors.BusyLoadingError: unavailable(
-            "the server is loading its data set after a restart; it answers again once loaded"
-        ),
-        # asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on, socket.timeout too
-        **dict.fromkeys((redis_errors.TimeoutError, asyncio.TimeoutError, TimeoutError), timed_out),
-        redis_errors.ConnectionError: [  # redis-py 5.x's pool says "Too many connections"
-            unavailable(exhausted, when=lambda error: str(error) == "Too many connections"),
-            *unreachable,
-        ],
-        OSError: unreachable,
-        redis_errors.InvalidResponse: unavailable(
-            "the reply is not the Redis protocol; is REDIS_URL the address of a Redis server"
-            f"{'' if tls else ' (for a TLS port, use rediss://)'}?"
-        ),
-        redis_errors.ReadOnlyError: unavailable(
-            "the server is a read-only replica; point REDIS_URL at the primary"
-        ),
-        redis_errors.OutOfMemoryError: unavailable(
-            "the server is out of memory; consume the backlog, raise maxmemory, or set "
-            "ABE_REDIS_MAXLEN to trim streams"
-        ),
-        redis_errors.DataError: payload("redis-py refused the data to send"),
-        redis_errors.ResponseError: [
-            invalid_key(
-                "a key holds a Redis value that is not a stream; use another key",
-                when=lambda error: str(error).startswith("WRONGTYPE"),
-            ),
-            unavailable(
-                "the server does not know a command abe needs; abe-mq-redis needs Redis 6.2 or "
-                "later",
-                when=lambda error: "unknown command" in str(error).lower(),
-            ),
-            unavailable("the server refused a command"),
-        ],
-        redis_errors.RedisError: anything,
-        redis_errors.ChildDeadlockedError: anything,
-        **dict.fromkeys(_classes("IncorrectPolicyType"), anything),
-    }
-    return ErrorMap("redis", rules)
+def _dropped(settings: Any) -> str:
+    if settings.tls:
+        return (
+            "if this happens on every connection, the server may refuse this client's TLS "
+            f"certificate, or want one: set {_CLIENT_CERTIFICATE}"
+        )
+    return "if this happens on every connection, the server may expect TLS: use rediss://"
 
 
-ERRORS = error_map(tls=False, timeout=10.0)
-"""The table of a backend with the default settings (a plain URL, a 10 s timeout)."""
+_UNREACHABLE = [
+    unavailable(
+        f"{_TLS_FAILED}the server's certificate is valid, but not for the host name (or address) "
+        "in REDIS_URL, so it may not be this server. Write in REDIS_URL a name the certificate "
+        "lists, or have the certificate issued for this name; REDIS_TLS_CA_FILE only chooses "
+        "which CA is trusted and cannot fix this",
+        when=TLS_HOST_MISMATCH,
+    ),
+    unavailable(
+        f"{_TLS_FAILED}the server's certificate is not signed by a trusted CA (or is not valid "
+        "now). Set REDIS_TLS_CA_FILE to the CA that signed it",
+        when=TLS_UNTRUSTED,
+    ),
+    unavailable(
+        f"{_TLS_FAILED}does this server speak TLS on this port (else use redis://), and does it "
+        f"require a client certificate ({_CLIENT_CERTIFICATE})?",
+        when=lambda error, settings: settings.tls and TLS_HANDSHAKE(error),
+    ),
+    unavailable(_dropped, when=CONNECTION_DROPPED),
+    unavailable("cannot reach the server; check REDIS_URL and that the server is up"),
+]
+_TIMED_OUT = [
+    unavailable(
+        lambda settings: _SLOW.format(settings.operation_timeout, _PLAIN_PORT),
+        when=lambda error, settings: settings.tls and "connecting" in str(error).lower(),
+    ),
+    unavailable(lambda settings: _SLOW.format(settings.operation_timeout, "")),
+]
+_CREDENTIALS = auth(
+    "the server refused the credentials; check REDIS_USERNAME and REDIS_PASSWORD, or the user "
+    "name and password in REDIS_URL"
+)
+_CLUSTER = config(
+    "REDIS_URL",
+    "it points at a Redis Cluster node; abe-mq-redis needs a standalone server or a primary",
+)
+_ANYTHING = unavailable("")
+_RULES: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
+    redis_errors.AuthenticationError: _CREDENTIALS,
+    redis_errors.AuthenticationWrongNumberOfArgsError: _CREDENTIALS,
+    **dict.fromkeys(_classes("AuthorizationError", "ExternalAuthProviderError"), _CREDENTIALS),
+    redis_errors.NoPermissionError: auth(
+        "the user may not do this; grant it what abe needs on these keys and their delayed-nack "
+        "sets: ACL SETUSER <user> +@stream +@sortedset +@transaction +@connection +type "
+        "~<key pattern> ~abe:{<key pattern>"
+    ),
+    redis_errors.RedisClusterException: _CLUSTER,
+    redis_errors.ClusterError: _CLUSTER,
+    redis_errors.AskError: _CLUSTER,  # MovedError too
+    redis_errors.ClusterCrossSlotError: _CLUSTER,
+    redis_errors.TryAgainError: _CLUSTER,
+    redis_errors.MaxConnectionsError: unavailable(_EXHAUSTED),
+    redis_errors.BusyLoadingError: unavailable(
+        "the server is loading its data set after a restart; it answers again once loaded"
+    ),
+    # asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on, socket.timeout too
+    **dict.fromkeys((redis_errors.TimeoutError, asyncio.TimeoutError, TimeoutError), _TIMED_OUT),
+    redis_errors.ConnectionError: [  # redis-py 5.x's pool says "Too many connections"
+        unavailable(_EXHAUSTED, when=lambda error: str(error) == "Too many connections"),
+        *_UNREACHABLE,
+    ],
+    OSError: _UNREACHABLE,
+    redis_errors.InvalidResponse: unavailable(
+        lambda settings: (
+            "the reply is not the Redis protocol; is REDIS_URL the address of a "
+            f"Redis server{'' if settings.tls else ' (for a TLS port, use rediss://)'}?"
+        )
+    ),
+    redis_errors.ReadOnlyError: unavailable(
+        "the server is a read-only replica; point REDIS_URL at the primary"
+    ),
+    redis_errors.OutOfMemoryError: unavailable(
+        "the server is out of memory; consume the backlog, raise maxmemory, or set "
+        "ABE_REDIS_MAXLEN to trim streams"
+    ),
+    redis_errors.DataError: payload("redis-py refused the data to send"),
+    redis_errors.ResponseError: [
+        invalid_key(
+            "a key holds a Redis value that is not a stream; use another key",
+            when=lambda error: str(error).startswith("WRONGTYPE"),
+        ),
+        unavailable(
+            "the server does not know a command abe needs; abe-mq-redis needs Redis 6.2 or later",
+            when=lambda error: "unknown command" in str(error).lower(),
+        ),
+        unavailable("the server refused a command"),
+    ],
+    redis_errors.RedisError: _ANYTHING,
+    redis_errors.ChildDeadlockedError: _ANYTHING,
+    **dict.fromkeys(_classes("IncorrectPolicyType"), _ANYTHING),
+}
+ERRORS = ErrorMap("redis", _RULES)
+"""The one table; hints that name the timeout or the scheme read the backend's settings."""

@@ -13,8 +13,8 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from abe.provider import IncomingMessage, Receiver, bounded
-from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, pack, reply
+from abe.provider import IncomingMessage, Receiver, close_quietly
+from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, reply
 
 __all__ = ["RedisReceiver"]
 
@@ -33,17 +33,13 @@ def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
-def _grouped(entries: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """Entry ids by key, from (key, entry id) pairs."""
+def _grouped(entries: Iterable[tuple[str, str] | IncomingMessage]) -> dict[str, list[str]]:
+    """Entry ids by key, from (key, entry id) pairs or messages."""
     grouped: dict[str, list[str]] = {}
-    for key, entry_id in entries:
+    for entry in entries:
+        key, entry_id = entry if isinstance(entry, tuple) else (entry.key, entry.broker_id)
         grouped.setdefault(key, []).append(entry_id)
     return grouped
-
-
-def _ids(messages: Iterable[IncomingMessage]) -> dict[str, list[str]]:
-    """Entry ids by key, of messages."""
-    return _grouped((message.key, message.broker_id) for message in messages)
 
 
 def _settle(done: asyncio.Future[bool], acked: bool) -> None:
@@ -112,13 +108,10 @@ class RedisReceiver(Receiver):
             self._blocked_until = None
             for done in carried:  # not carried through: ack() sends them itself
                 _settle(done, False)
-        if str(result).startswith("NOGROUP"):
-            await self._recreate(result)
+        if await self._recreated([result]):
             return []
         await self._client.raise_first([result], keys)
-        return [
-            _message(as_text(key), entry, 1) for key, entries in result or () for entry in entries
-        ]
+        return [_message(as_text(key), e, 1) for key, entries in result or () for e in entries]
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
         """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
@@ -132,7 +125,7 @@ class RedisReceiver(Receiver):
                     self._client_id = None
                     await connection.connect()
                 ask: list[Command] = [("CLIENT", "ID")] if self._client_id is None else []
-                packed = b"".join([pack(command) for command in (*ask, *commands)])
+                packed = connection.pack_commands([*ask, *commands])
                 await connection.send_packed_command(packed, check_health=False)
                 if ask:  # refused (an ACL user without CLIENT): 0, and never asked again
                     client_id = await reply(connection)
@@ -156,15 +149,18 @@ class RedisReceiver(Receiver):
             except Exception as exc:  # e.g. an ACL user without CLIENT: it wakes at block end
                 log.debug("redis: CLIENT UNBLOCK failed (%s); the read ends on its own", exc)
 
-    async def _recreate(self, error: object) -> None:
-        keys = ", ".join(self.keys)
-        log.warning(
-            "redis: group %r is missing on %s (%s); creating it again from the start of the "
-            "stream (did the server restart without persistence, or was the key deleted?)",
-            *(self.group, keys, error),
-        )
-        await self._client.create_groups(self.group, self.keys)
-        self._cursors = dict.fromkeys(self.keys, "0-0")
+    async def _recreated(self, replies: list[Any]) -> bool:
+        """Whether a reply says the group is missing; it is then created again, from the start."""
+        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
+        if missing is not None:
+            log.warning(
+                "redis: group %r is missing on %s (%s); creating it again from the start of the "
+                "stream (did the server restart without persistence, or was the key deleted?)",
+                *(self.group, ", ".join(self.keys), missing),
+            )
+            await self._client.create_groups(self.group, self.keys)
+            self._cursors = dict.fromkeys(self.keys, "0-0")
+        return missing is not None
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
         """The periodic work: keep held entries, arm delayed ones, reclaim the unfinished."""
@@ -183,18 +179,14 @@ class RedisReceiver(Receiver):
                 ("ZRANGEBYSCORE", delayed, "-inf", window, "WITHSCORES", "LIMIT", 0, _ARM_BATCH),
                 ("XAUTOCLAIM", key, group, me, self._lease_ms, self._cursors[key], "COUNT", count),
             ]
-        replies = await self._client.send(commands)
-        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
-        if missing is not None:
-            await self._recreate(missing)
+        got = await self._client.send(commands)
+        if await self._recreated(got):
             return []
-        await self._client.raise_first(replies, keys, group)
+        await self._client.raise_first(got, keys, group)
         due: list[tuple[str, str, int]] = []
         gone: list[tuple[str, str]] = []
         claimed: list[IncomingMessage] = []
-        for key, found, (cursor, entries, *deleted) in zip(
-            keys, replies[::2], replies[1::2], strict=True
-        ):
+        for key, found, (cursor, entries, *deleted) in zip(keys, got[::2], got[1::2], strict=True):
             scores = zip(found[::2], found[1::2], strict=True)
             due += [(key, as_text(entry_id), int(float(score))) for entry_id, score in scores]
             self._cursors[key] = as_text(cursor)
@@ -231,24 +223,20 @@ class RedisReceiver(Receiver):
     ) -> list[IncomingMessage]:
         """Attempt numbers for reclaimed entries; an entry still in the delayed set (its holder
         died before it came due) is held, or armed, instead."""
-        by_key = _ids(claimed)
-        commands: list[Command] = [
-            ("XPENDING", message.key, self.group, message.broker_id, message.broker_id, 1)
-            for message in claimed
-        ]
-        commands += [("ZMSCORE", delayed_key(key, self.group), *ids) for key, ids in by_key.items()]
+        group = self.group
+        commands: list[Command] = []
+        for message in claimed:
+            key, entry_id = message.key, message.broker_id
+            commands.append(("XPENDING", key, group, entry_id, entry_id, 1))
+            commands.append(("ZSCORE", delayed_key(key, group), entry_id))  # nil: not delayed
         replies = await self._client.send(commands)
-        await self._client.raise_first(replies[: len(claimed)], by_key, self.group)
-        scores: dict[tuple[str, str], int] = {}
-        for (key, ids), found in zip(by_key.items(), replies[len(claimed) :], strict=True):
-            pairs = zip(ids, [] if isinstance(found, Exception) else found, strict=False)
-            scores.update({(key, i): int(float(score)) for i, score in pairs if score is not None})
+        await self._client.raise_first(replies[::2], {message.key for message in claimed}, group)
         ready: list[IncomingMessage] = []
         to_arm: list[tuple[str, str, int]] = []
         past: list[tuple[str, str]] = []
-        for message, pending in zip(claimed, replies, strict=False):
+        for message, pending, score in zip(claimed, replies[::2], replies[1::2], strict=True):
             entry = (message.key, message.broker_id)
-            due = scores.get(entry)
+            due = int(float(score)) if isinstance(score, bytes) else None
             if not pending:  # acknowledged meanwhile by its earlier holder: done
                 continue
             if due is not None and due - now_ms > self._lease_ms:
@@ -279,23 +267,22 @@ class RedisReceiver(Receiver):
         claims: list[Command] = [
             ("XCLAIM", key, group, me, 0, *ids, *options, "JUSTID") for key, ids in by_key.items()
         ]
-        await self._client.send_checked(claims, by_key, group)
+        await self._client.send(claims, by_key, group)
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        by_key = self._acks[done] = _ids(messages)
+        by_key = self._acks[done] = _grouped(messages)
         await asyncio.sleep(0)  # one turn: a fetch starting now carries them
         if self._acks.pop(done, None) is None and await done:
             return
         commands: list[Command] = [("XACK", key, self.group, *ids) for key, ids in by_key.items()]
-        await self._client.send_checked(commands, by_key, self.group)
+        await self._client.send(commands, by_key, self.group)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         key, entry_id = message.key, message.broker_id
         if delay <= self._lease:
-            await self._claim(
-                {key: [entry_id]}, "IDLE", max(0, self._lease_ms - round(delay * 1000))
-            )
+            idle = max(0, self._lease_ms - round(delay * 1000))  # claimable after `delay`
+            await self._claim({key: [entry_id]}, "IDLE", idle)
             heapq.heappush(self._wakeups, time.monotonic() + delay + _SLACK)
             await self._wake(self._wakeups[0])
             return
@@ -304,11 +291,11 @@ class RedisReceiver(Receiver):
             ("ZADD", delayed_key(key, self.group), due_ms, entry_id),
             ("XCLAIM", key, self.group, self.consumer, 0, entry_id, "JUSTID"),
         ]
-        await self._client.send_checked(commands, [key], self.group)
+        await self._client.send(commands, [key], self.group)
         self._held[key, entry_id] = due_ms
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
-        await self._claim(_ids(messages))
+        await self._claim(_grouped(messages))
 
     async def close(self) -> None:
         """Give back the reading connection; delete this consumer if it owns no pending entry."""
@@ -318,10 +305,8 @@ class RedisReceiver(Receiver):
             await self._read_pool.release(connection)
         for done in self._acks:
             _settle(done, False)
-        try:
-            await bounded(self.tidy(include_self=True), self._client.settings.operation_timeout)
-        except Exception as exc:
-            log.debug("redis: could not tidy the consumers of group %r: %s", self.group, exc)
+        tidy, timeout = self.tidy(include_self=True), self._client.settings.operation_timeout
+        await close_quietly([tidy], timeout, log, f"redis: tidying group {self.group!r}")
 
     async def tidy(self, *, include_self: bool) -> None:
         """Delete, under WATCH, consumers that own no pending entry and are idle (this one, when
@@ -347,8 +332,7 @@ class RedisReceiver(Receiver):
             info = {as_text(k): v for k, v in zip(consumer[::2], consumer[1::2], strict=True)}
             name = as_text(info.get("name", b""))
             idle = int(info.get("idle", 0)) >= self._idle_limit_ms
-            if (include_self if name == self.consumer else idle) and int(
-                info.get("pending", 1)
-            ) == 0:
+            free = int(info.get("pending", 1)) == 0
+            if free and (include_self if name == self.consumer else idle):
                 names.append(name)
         return names

@@ -22,10 +22,7 @@ __all__ = ["RedisSettings", "url_problem"]
 
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings(BackendSettings):
-    """How to reach Redis and how to use its streams; `from_env()` reads them all at once.
-
-    A user name or password written in `url` moves to `username` / `password` (a `Secret`).
-    """
+    """How to reach Redis and use its streams; credentials in `url` move to username/password."""
 
     url: str = setting(
         "REDIS_URL",
@@ -126,8 +123,7 @@ class RedisSettings(BackendSettings):
         return f"{type(self).__name__}({shown})"
 
     def describe(self) -> dict[str, object]:
-        """Fields for display; the URL's query decoded and encoded again, then redacted, so
-        that a percent-encoded option name (`ssl%5Fpassword`) cannot slip past redact_url."""
+        """Fields for display; the URL's query is normalised first: `ssl%5Fpassword` is hidden."""
         base, mark, query = self.url.partition("#")[0].partition("?")
         if query:
             query = urlencode(parse_qsl(query, keep_blank_values=True), safe="/:,")
@@ -160,25 +156,18 @@ _URL_OPTIONS = (frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
     *("client_name", "lib_name", "lib_version", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path"),
     *("ssl_cert_reqs", "ssl_certfile", "ssl_ciphers", "ssl_keyfile", "ssl_password"),
 }
-"""The query options abe passes on to redis-py: those it converts itself and those it uses
-as text (any other, even a keyword such as `decode_responses=1`, would reach it as text it
-does not expect; the legacy `timeout` is no connection option at all)."""
+"""The query options redis-py converts or uses as text: any other (`decode_responses=1`) would
+reach it as text it does not expect; the legacy `timeout` is no connection option at all."""
 _AT_LEAST = {"db": 0, "health_check_interval": 0, "max_connections": 1, "socket_read_size": 1}
 _CERT_REQS = ("none", "optional", "required")
-_NOT_TLS = (
-    "is set, but REDIS_URL does not use TLS: write rediss:// instead of redis:// to connect "
-    "with TLS, or unset this variable"
-)
+_NOT_TLS = "is set, but REDIS_URL does not use TLS: write rediss:// for TLS, or unset this variable"
 _HIDDEN = "the value is not shown, since it may hold a password"
 _VERSION = f"redis-py {redis.__version__}"
 
 
 @functools.lru_cache(maxsize=64)
 def url_problem(url: str) -> str | None:
-    """What is wrong with a Redis URL, in words that never repeat a secret; None if nothing.
-
-    Everything redis-py would refuse or misread later is found here, without any I/O.
-    """
+    """What redis-py would refuse or misread in a URL (no I/O, no secret repeated), or None."""
     scheme, separator, _ = url.partition("://")
     if not separator or scheme not in ("redis", "rediss", "unix"):
         shown = f" (got {redact_url(scheme + separator)!r})" if separator else ""

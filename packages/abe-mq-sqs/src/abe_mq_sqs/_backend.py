@@ -55,8 +55,7 @@ class SqsBackend(BaseBackend):
     enforce_operation_timeout: ClassVar[bool] = True  # botocore's own timeouts fit long polls
 
     def __init__(self, settings: SqsSettings | None = None) -> None:
-        settings = settings if settings is not None else SqsSettings()
-        super().__init__(settings)
+        super().__init__(settings := settings or SqsSettings())
         self.settings: SqsSettings = settings
         # Core's filter, with patterns for the credentials botocore's chain finds by itself.
         self.secret_filter.uninstall()
@@ -111,6 +110,13 @@ class SqsBackend(BaseBackend):
         for key in keys:
             await self._sqs.delete_queue(key)
 
+    async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
+        found = await asyncio.gather(*(self._sqs.exists(key) for key in keys))
+        return [key for key, exists in zip(keys, found, strict=True) if exists]
+
+    async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
+        """Nothing to delete: SQS keeps no state per group (every group competes on the queue)."""
+
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         limit = self.settings.max_message_bytes
         entries = [entry(key, index, message, limit) for index, message in enumerate(messages)]
@@ -120,8 +126,7 @@ class SqsBackend(BaseBackend):
             await self._send_batches(key, split_batches(entries), len(entries))
 
     async def _send_batches(self, key: str, batches: list[list[Entry]], total: int) -> None:
-        """SendMessageBatch for each batch, several at once (a FIFO key's in turn, stopping at a
-        failure); what was not sent becomes one PublishError naming each index and why."""
+        """SendMessageBatch per batch, concurrently (FIFO: in turn, stopping at a failure)."""
         failed: dict[int, str] = {}
         errors: list[Exception] = []
         fifo, gate = is_fifo(key), asyncio.Semaphore(SEND_CONCURRENCY)

@@ -225,6 +225,10 @@ class SqsClient:
                     self._urls[key] = await self._resolve(key)
         return self._urls[key]
 
+    async def exists(self, key: str) -> bool:
+        """Whether the key's queue exists now, by GetQueueUrl: never creates it."""
+        return await self._lookup(queue_name(key, self.settings.queue_prefix)) is not None
+
     async def _lookup(self, name: str) -> str | None:
         """GetQueueUrl, or None when there is no such queue."""
         try:

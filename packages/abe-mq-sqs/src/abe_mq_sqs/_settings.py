@@ -146,8 +146,7 @@ class SqsSettings(BackendSettings):
 
     def describe(self) -> dict[str, object]:
         """Field names and values for display: secrets as '***', endpoints without theirs."""
-        shown = super().describe()
-        urls = ("endpoint_url", "shared_endpoint_url")
+        shown, urls = super().describe(), ("endpoint_url", "shared_endpoint_url")
         return shown | {name: redact_url(str(shown[name])) for name in urls if shown[name]}
 
     def secrets(self) -> tuple[str, ...]:

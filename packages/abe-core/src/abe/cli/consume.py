@@ -103,16 +103,7 @@ async def consume(
         note(FALLBACK_NOTE)
     try:
         backend = require_base(loaded.backend, "consume")
-        if not backend.capabilities.remote:
-            note(
-                f"note: the {backend.name} backend keeps messages inside one process, so this "
-                f"reads only what this process publishes"
-            )
-        if not backend.capabilities.fan_out:
-            note(
-                f"note: {backend.name} has no fan-out: what this reads is taken away from "
-                f"the other consumers of these keys"
-            )
+        _say_what_it_reads(backend)
         keys = await _existing(backend, keys)
         if not keys:
             return EXIT_FAILURE
@@ -120,42 +111,72 @@ async def consume(
         group = group or f"abe-consume-{secrets.token_hex(4)}"
         prefetch = min(count, backend.settings.prefetch) if count else None
         subscription = backend.subscribe(group=group, keys=keys, prefetch=prefetch)
-        loop = asyncio.get_running_loop()
         with _on_signals(stop):
             async with subscription:
                 note(
                     f"abe consume: reading {', '.join(subscription.keys)} as group {group} on "
                     f"{backend.name} (Ctrl-C to stop)"
                 )
-                stopper = loop.create_task(stop.apply_to(subscription))
-                idle = None if timeout is None else loop.call_later(timeout, stop.request, "idle")
-                try:
-                    async for delivery in subscription:
-                        if idle is not None:
-                            idle.cancel()
-                        try:
-                            print(format_delivery(delivery, show_meta=show_meta), flush=True)
-                        except BaseException:
-                            await delivery.nack()
-                            raise
-                        await delivery.ack()
-                        received += 1
-                        if count is not None and received >= count:
-                            stop.request("count")
-                            break
-                        if timeout is not None:
-                            idle = loop.call_later(timeout, stop.request, "idle")
-                finally:
-                    if idle is not None:
-                        idle.cancel()
-                    if stop.reason is None:  # ended by an error: nothing is stopping it
-                        stopper.cancel()
-                    await asyncio.gather(stopper, return_exceptions=True)
+                received = await _print_until_stopped(
+                    subscription, stop, count=count, timeout=timeout, show_meta=show_meta
+                )
         if temporary:
             await delete_own_group(backend, group, subscription.keys)
     finally:
         await close_backend(loaded.backend)
     return _report(received, count, timeout, stop.reason)
+
+
+def _say_what_it_reads(backend: BaseBackend) -> None:
+    """Notes on what reading takes or misses on this backend, before it starts."""
+    if not backend.capabilities.remote:
+        note(
+            f"note: the {backend.name} backend keeps messages inside one process, so this "
+            f"reads only what this process publishes"
+        )
+    if not backend.capabilities.fan_out:
+        note(
+            f"note: {backend.name} has no fan-out: what this reads is taken away from "
+            f"the other consumers of these keys"
+        )
+
+
+async def _print_until_stopped(
+    subscription: Subscription,
+    stop: _Stop,
+    *,
+    count: int | None,
+    timeout: float | None,
+    show_meta: bool,
+) -> int:
+    """Print and acknowledge each delivery until `count`, `timeout` idle or a stop; how many."""
+    loop = asyncio.get_running_loop()
+    received = 0
+    stopper = loop.create_task(stop.apply_to(subscription))
+    idle = None if timeout is None else loop.call_later(timeout, stop.request, "idle")
+    try:
+        async for delivery in subscription:
+            if idle is not None:
+                idle.cancel()
+            try:
+                print(format_delivery(delivery, show_meta=show_meta), flush=True)
+            except BaseException:
+                await delivery.nack()
+                raise
+            await delivery.ack()
+            received += 1
+            if count is not None and received >= count:
+                stop.request("count")
+                break
+            if timeout is not None:
+                idle = loop.call_later(timeout, stop.request, "idle")
+    finally:
+        if idle is not None:
+            idle.cancel()
+        if stop.reason is None:  # ended by an error: nothing is stopping it
+            stopper.cancel()
+        await asyncio.gather(stopper, return_exceptions=True)
+    return received
 
 
 async def _existing(backend: BaseBackend, keys: Sequence[str]) -> list[str]:

@@ -140,16 +140,7 @@ class Worker:
         installed = on_signals(loop, self._on_signal)
         watcher: asyncio.Task[None] | None = None
         try:
-            if self._http is not None:
-                self.endpoint = await serve(*self._http, self._routes())
-                log.info(
-                    "serving metrics and health on %s (/metrics, /healthz, /readyz)",
-                    self.endpoint.url,
-                )
-            if self._control_fd is not None:
-                self._link = await SupervisorLink.open(
-                    self._control_fd, stop=self.request_stop, now=self.force, status=self.status
-                )
+            await self._open_endpoints()
             if (early := self.forced) is not None:  # a second signal while setting up
                 return early
             self._task = loop.create_task(consumer.run(self.target.handler))
@@ -180,6 +171,23 @@ class Worker:
                 await self._link.close()
             if self.endpoint is not None:
                 await self.endpoint.close()
+        return self._finish(consumer)
+
+    async def _open_endpoints(self) -> None:
+        """The metrics and health endpoint, and the supervisor's control link, if asked for."""
+        if self._http is not None:
+            self.endpoint = await serve(*self._http, self._routes())
+            log.info(
+                "serving metrics and health on %s (/metrics, /healthz, /readyz)",
+                self.endpoint.url,
+            )
+        if self._control_fd is not None:
+            self._link = await SupervisorLink.open(
+                self._control_fd, stop=self.request_stop, now=self.force, status=self.status
+            )
+
+    def _finish(self, consumer: AsyncLoopConsumer) -> int:
+        """Log what the consumer did; the exit code, or CommandError if it ended unasked."""
         stats = consumer.stats
         log.info(
             "stopped (%s): %d acknowledged, %d retried, %d dead-lettered",

@@ -148,14 +148,17 @@ class LifecycleContract(ContractFixtures):
         except NotImplementedError:
             pytest.skip(f"the {backend.name} backend does not delete groups")
         key, group = unique("group-deleted"), unique("group")
-        await backend.publish_many(key, [{"number": number} for number in range(3)])
-        assert await receive_payloads(backend, [key], group, 1) == [{"number": 0}]
+        published = [{"number": number} for number in range(3)]
+        await backend.publish_many(key, published)
+        # With fan-out the group reads (and acknowledges) all three, so none is handed back
+        # at close (Kafka hands a message back by writing a copy of it to the topic).
+        read = 3 if backend.capabilities.fan_out else 1
+        assert await receive_payloads(backend, [key], group, read) == published[:read]
         await backend.delete_group(group, [key])
         await backend.delete_group(group, [key])  # deleting what is gone already is fine
-        if backend.capabilities.fan_out:  # the group starts afresh: from the oldest message
-            expected = [{"number": number} for number in range(3)]
-        else:  # no per-group state: what was not acknowledged is still there
-            expected = [{"number": 1}, {"number": 2}]
+        # With fan-out the group starts afresh, from the oldest message; without, there is no
+        # per-group state: what was not acknowledged is still there.
+        expected = published if backend.capabilities.fan_out else published[1:]
         assert await receive_payloads(backend, [key], group, len(expected)) == expected
 
     async def test_existing_keys_creates_nothing(self, backends: Backends) -> None:

@@ -8,10 +8,10 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 import pytest
 
+from abe.backends.message_queue.base.backend import BaseBackend
 from abe.errors import AbeError, BackendUnavailableError, PayloadError
 from abe.testing.fixtures import (
     BackendFactory,
@@ -161,56 +161,22 @@ class RemoteBrokerContract(ContractFixtures):
 
     async def test_broker_restart(self, restartable_broker: RestartableBroker) -> None:
         backend = restartable_broker.backend_factory()
-        key, group = unique("restart"), unique("group")
-        published: list[int] = []
-        consumed: set[int] = set()
-        progress = asyncio.Event()
-        restarted = asyncio.Event()
-
-        async def publish() -> None:
-            after_restart = 0
-            while after_restart < 30:
-                if len(published) >= 50 and not restarted.is_set():
-                    await restarted.wait()
-                try:
-                    await backend.publish(key, {"number": len(published)})
-                except BackendUnavailableError:
-                    await asyncio.sleep(0.2)  # the broker is down: retry, as an application would
-                    continue
-                published.append(len(published))
-                after_restart += restarted.is_set()
-                progress.set()
-
-        async def consume() -> None:
-            async for payload in backend.consume(group=group, keys=[key]):
-                consumed.add(payload["number"])
-                progress.set()
-
-        async def until(condition: Any, what: str) -> None:
-            deadline = asyncio.get_running_loop().time() + 3 * WAIT
-            while not condition():
-                for task in tasks:
-                    if task.done():
-                        task.result()  # a publisher or consumer that died says why
-                remaining = deadline - asyncio.get_running_loop().time()
-                assert remaining > 0, (
-                    f"{what}: published {len(published)}, consumed {len(consumed)}, "
-                    f"missing {sorted(set(published) - consumed)[:20]}"
-                )
-                progress.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(progress.wait(), min(remaining, 1.0))
-
-        tasks = [asyncio.ensure_future(publish()), asyncio.ensure_future(consume())]
+        traffic = _Traffic(backend, unique("restart"))
+        tasks = traffic.start(unique("group"))
         try:
-            await until(lambda: len(consumed) >= 20, "no progress before the restart")
-            before = len(consumed)
+            await traffic.until(lambda: len(traffic.consumed) >= 20, "no progress before restart")
+            before = len(traffic.consumed)
             await restartable_broker.restart()
-            restarted.set()
-            await until(lambda: len(consumed) >= before + 20, "no progress after the restart")
-            await until(tasks[0].done, "publishing did not resume after the restart")
+            traffic.restarted.set()
+            await traffic.until(
+                lambda: len(traffic.consumed) >= before + 20, "no progress after the restart"
+            )
+            await traffic.until(tasks[0].done, "publishing did not resume after the restart")
             if backend.capabilities.persistence:
-                await until(lambda: set(published) <= consumed, "acknowledged publishes were lost")
+                await traffic.until(
+                    lambda: set(traffic.published) <= traffic.consumed,
+                    "acknowledged publishes were lost",
+                )
         finally:
             for task in tasks:
                 task.cancel()
@@ -235,3 +201,59 @@ class RemoteBrokerContract(ContractFixtures):
                 )
         finally:
             await asyncio.wait_for(backend.close(), WAIT)
+
+
+class _Traffic:
+    """Numbered messages published and consumed on one key across a broker restart."""
+
+    def __init__(self, backend: BaseBackend, key: str) -> None:
+        self.backend, self.key = backend, key
+        self.published: list[int] = []
+        self.consumed: set[int] = set()
+        self.progress = asyncio.Event()
+        self.restarted = asyncio.Event()
+        self.tasks: list[asyncio.Future[None]] = []
+
+    def start(self, group: str) -> list[asyncio.Future[None]]:
+        """The publisher and the consumer, running."""
+        self.tasks = [
+            asyncio.ensure_future(self.publish()),
+            asyncio.ensure_future(self.consume(group)),
+        ]
+        return self.tasks
+
+    async def publish(self) -> None:
+        """50 messages, then (once restarted) 30 more; retried while the broker is down."""
+        after_restart = 0
+        while after_restart < 30:
+            if len(self.published) >= 50 and not self.restarted.is_set():
+                await self.restarted.wait()
+            try:
+                await self.backend.publish(self.key, {"number": len(self.published)})
+            except BackendUnavailableError:
+                await asyncio.sleep(0.2)  # the broker is down: retry, as an application would
+                continue
+            self.published.append(len(self.published))
+            after_restart += self.restarted.is_set()
+            self.progress.set()
+
+    async def consume(self, group: str) -> None:
+        async for payload in self.backend.consume(group=group, keys=[self.key]):
+            self.consumed.add(payload["number"])
+            self.progress.set()
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        """Wait for `condition`, failing with `what` and the counts after 3 * WAIT."""
+        deadline = asyncio.get_running_loop().time() + 3 * WAIT
+        while not condition():
+            for task in self.tasks:
+                if task.done():
+                    task.result()  # a publisher or consumer that died says why
+            remaining = deadline - asyncio.get_running_loop().time()
+            assert remaining > 0, (
+                f"{what}: published {len(self.published)}, consumed {len(self.consumed)}, "
+                f"missing {sorted(set(self.published) - self.consumed)[:20]}"
+            )
+            self.progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), min(remaining, 1.0))

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -270,18 +270,8 @@ def _check_json(value: Any, path: str, active: set[int]) -> None:
             raise PayloadError(f"{path} contains itself, which JSON cannot represent")
         active.add(id(value))
         try:
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    if not isinstance(key, str):
-                        raise PayloadError(
-                            f"{path} has the key {key!r} ({type(key).__name__}); JSON object "
-                            f"keys are strings, so it would come back as {str(key)!r}. "
-                            f"Use a string key"
-                        )
-                    _check_json(item, f"{path}[{key!r}]", active)
-            else:
-                for index, item in enumerate(value):
-                    _check_json(item, f"{path}[{index}]", active)
+            for where, item in _items(value, path):
+                _check_json(item, where, active)
         finally:
             active.discard(id(value))
         return
@@ -294,3 +284,18 @@ def _check_json(value: Any, path: str, active: set[int]) -> None:
         f"{path} is a {type(value).__name__}, which is not JSON-serialisable; convert it to a "
         f"str, number, bool, None, list or dict first"
     )
+
+
+def _items(value: dict[Any, Any] | list[Any], path: str) -> Iterator[tuple[str, Any]]:
+    """A container's items with the path of each; a key that is not a string is refused."""
+    if isinstance(value, list):
+        yield from ((f"{path}[{index}]", item) for index, item in enumerate(value))
+        return
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise PayloadError(
+                f"{path} has the key {key!r} ({type(key).__name__}); JSON object "
+                f"keys are strings, so it would come back as {str(key)!r}. "
+                f"Use a string key"
+            )
+        yield f"{path}[{key!r}]", item

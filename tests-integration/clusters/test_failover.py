@@ -1,0 +1,103 @@
+"""Failover without loss: one node of each cluster killed and restarted while messages flow.
+
+Each run is the crash test's (tests-integration/crash/abe_crash): a producer publishing
+numbered messages, each confirmed, and three worker processes running AsyncLoopConsumer
+throughout; no worker is killed, one node is (SIGKILL), kept down until an eighth of the
+messages published after the kill were handled by the other nodes, then started again.
+Nothing confirmed may be lost; duplicates must stay within what the restart explains.
+
+- NATS: three nodes, R3 streams; the node killed is the one serving the most abe clients
+  (its monitoring port says), which reconnect to the others from NATS_URL.
+- Kafka: three Tansu brokers on one bucket, replication factor 3, acks=all. aiokafka keeps
+  to the brokers metadata names and never goes back to its bootstrap list, and a Tansu
+  broker names only itself, so each worker bootstraps from a different broker; the one
+  killed is worker 1's (not the producer's): its partitions must move to the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from abe_brokers import KafkaCluster, NatsCluster
+from abe_crash.run import Target
+from abe_crash.sizes import Sizes
+from abe_crash.verdict import Verdict
+from cluster_testing import hold_down
+from kafka_testing import TEST_ENV
+
+
+class _BusiestNode:
+    """The crash a failover run does: kill the node most abe clients use, then start it."""
+
+    def __init__(self, cluster: NatsCluster) -> None:
+        self.cluster = cluster
+        self.index: int | None = None
+        self.clients: list[int] = []
+
+    def kill(self) -> None:
+        self.clients = self.cluster.client_counts()
+        self.index = self.cluster.busiest_node()
+        self.cluster.kill_node(self.index)
+
+    def start(self) -> None:
+        assert self.index is not None
+        self.cluster.start_node(self.index)
+
+
+def test_nats_cluster_loses_nothing_when_a_node_dies(
+    nats_cluster: NatsCluster,
+    failover: Callable[[Target, str], Verdict],
+    failover_sizes: Sizes,
+    record_property: Callable[[str, object], None],
+) -> None:
+    crash = _BusiestNode(nats_cluster)
+    target = Target(
+        "nats",
+        nats_cluster.env(),
+        crash,
+        nats_cluster.describe(),
+        hold_down=hold_down(failover_sizes),
+    )
+    verdict = failover(target, "nats-cluster")
+    record_property("abe_clients_per_node_at_kill", str(crash.clients))
+    assert crash.index is not None
+    assert crash.clients[crash.index] > 0, f"the node killed served no abe client: {crash.clients}"
+    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
+    assert verdict.figures["lost"] == 0
+
+
+class _OneWorkersBroker:
+    """The crash a failover run does: kill the broker worker 1 bootstraps from, then start it."""
+
+    def __init__(self, cluster: KafkaCluster, index: int) -> None:
+        self.cluster = cluster
+        self.index = index
+
+    def kill(self) -> None:
+        self.cluster.kill_node(self.index)
+
+    def start(self) -> None:
+        self.cluster.start_node(self.index)
+
+
+def test_kafka_cluster_loses_nothing_when_a_broker_dies(
+    kafka_cluster: KafkaCluster, failover: Callable[[Target, str], Verdict], failover_sizes: Sizes
+) -> None:
+    size = kafka_cluster.size
+    # the producer uses broker 0; worker n uses broker n % size; broker 1 is killed
+    env = {**kafka_cluster.env(0), **TEST_ENV}
+
+    def worker_env(number: int) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap_from(number % size)}
+
+    target = Target(
+        "kafka",
+        env,
+        _OneWorkersBroker(kafka_cluster, 1),
+        f"{kafka_cluster.describe()}, acks=all, replication factor {size}",
+        hold_down=hold_down(failover_sizes),
+        worker_env=worker_env,
+    )
+    verdict = failover(target, "kafka-cluster")
+    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
+    assert verdict.figures["lost"] == 0
