@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from abe_mq_rabbitmq import RabbitmqBackend, RabbitmqSettings
 
 from abe.errors import BackendUnavailableError
 from abe.provider import OutgoingMessage, Receiver
+from abe_mq_rabbitmq import RabbitmqBackend, RabbitmqSettings
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # for abe_mq_rabbitmq_testing, beside this file
