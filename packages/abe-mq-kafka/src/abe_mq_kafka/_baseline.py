@@ -9,6 +9,10 @@ ratio shows abe's own work: validation, ids and headers, settlement and commits.
                   batch goes to one partition chosen at random (sticky partitioning)
     end_to_end    a consumer doing `getmany()` + `commit()` per batch while one
                   publisher sends with `send_and_wait()`
+    drain_ack_each  the backlog sent first (as publish_many), then one consumer of the
+                  group on every key: `getmany()` and an awaited
+                  `commit({tp: offset + 1})` after each record
+    drain_batched   the same with one `commit()` per `getmany()`
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
-from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import (
+    Arrivals,
+    DrainClock,
+    Measurement,
+    Progress,
+    Workload,
+    bench_payload,
+)
 from abe.provider import bounded
 from abe_mq_kafka._settings import KafkaSettings
 
@@ -126,6 +137,47 @@ class RawKafkaBaseline:
             return await arrivals.measure(send, receive)
         finally:
             await consumer.stop()
+
+    async def drain_ack_each(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog read with `getmany()`, an awaited commit after each record."""
+        return await self._drain(workload, progress, commit_each=True)
+
+    async def drain_batched(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog read with `getmany()`, one commit per batch."""
+        return await self._drain(workload, progress, commit_each=False)
+
+    async def _drain(
+        self, workload: Workload, progress: Progress, *, commit_each: bool
+    ) -> Measurement:
+        for key in workload.all_keys:
+            producer = await self._ready(key)
+        for key, payloads in workload.backlog():  # sent before the clock starts
+            partition = random.choice(sorted(await producer.partitions_for(key)))
+            futures = [
+                await producer.send(key, _ENCODER.encode(payload).encode(), partition=partition)
+                for payload in payloads
+            ]
+            await asyncio.gather(*futures)
+        consumer = AIOKafkaConsumer(
+            *workload.all_keys, group_id=workload.group, **self._settings.consumer_options()
+        )
+        await consumer.start()
+        clock = DrainClock(workload, progress)
+        try:
+            while not clock.complete:
+                batches = await consumer.getmany(
+                    timeout_ms=1000, max_records=self._settings.prefetch
+                )
+                for tp, records in batches.items():
+                    for record in records:
+                        clock.record(json.loads(record.value))
+                        if commit_each:
+                            await consumer.commit({tp: record.offset + 1})
+                if batches and not commit_each:
+                    await consumer.commit()
+        finally:
+            await consumer.stop()
+        return clock.measurement()
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None

@@ -8,6 +8,10 @@ the same deduplication work for both sides:
     publish_many  `js.publish_async()` for every message of a batch, then the acks gathered
     end_to_end    a durable pull consumer: `fetch(batch=100)` + `msg.ack()`, while one
                   publisher sends with awaited `js.publish()`
+    drain_ack_each  the backlog published first (`publish_async()`, a batch's acks
+                  gathered), then a durable pull consumer per key (explicit acks):
+                  `fetch(batch=100)` and `await msg.ack()` for each message
+    drain_batched   the same with `AckPolicy.ALL`: one ack, of each batch's last message
 
 It connects with the backend's own settings (same servers, credentials and TLS) before
 any clock starts, creates a stream for each workload key, and deletes those streams
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -27,7 +32,14 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 
-from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import (
+    Arrivals,
+    DrainClock,
+    Measurement,
+    Progress,
+    Workload,
+    bench_payload,
+)
 from abe_mq_nats._client import stream_name
 from abe_mq_nats._settings import NatsSettings
 
@@ -140,6 +152,61 @@ class RawNatsBaseline:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
+    async def drain_ack_each(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog fetched in batches, `await msg.ack()` for each message."""
+        return await self._drain(workload, progress, api.AckPolicy.EXPLICIT)
+
+    async def drain_batched(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog fetched in batches, one ack of each batch's last (`AckPolicy.ALL`)."""
+        return await self._drain(workload, progress, api.AckPolicy.ALL)
+
+    async def _drain(
+        self, workload: Workload, progress: Progress, policy: api.AckPolicy
+    ) -> Measurement:
+        for key in workload.all_keys:
+            js = await self._prepare(key)
+        for key, payloads in workload.backlog():  # published before the clock starts
+            acks = [
+                await js.publish_async(
+                    key, _encode(payload), headers={"Nats-Msg-Id": f"raw-{payload['seq']}"}
+                )
+                for payload in payloads
+            ]
+            await asyncio.gather(*acks)
+        config = api.ConsumerConfig(
+            ack_policy=policy,
+            ack_wait=self._settings.redelivery_timeout,
+            max_ack_pending=-1,
+        )
+        subscriptions = [
+            await js.pull_subscribe(
+                key, durable=workload.group, stream=stream_name(key), config=config
+            )
+            for key in workload.all_keys
+        ]
+        clock = DrainClock(workload, progress)
+
+        async def drain(subscription: JetStreamContext.PullSubscription) -> None:
+            while not clock.complete:
+                try:
+                    messages = await subscription.fetch(FETCH_BATCH, timeout=_FETCH_TIMEOUT)
+                except nats.errors.TimeoutError:
+                    continue
+                for message in messages:
+                    clock.record(json.loads(message.data))
+                    if policy is api.AckPolicy.EXPLICIT:
+                        await message.ack()
+                if messages and policy is api.AckPolicy.ALL:
+                    await messages[-1].ack()
+
+        try:
+            await _until_drained(clock, [drain(subscription) for subscription in subscriptions])
+        finally:
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+        return clock.measurement()
+
     async def close(self) -> None:
         """Delete the streams the baseline created and close its connection."""
         client, js = self._client, self._js
@@ -153,3 +220,18 @@ class RawNatsBaseline:
         finally:
             self._streams.clear()
             await client.close()
+
+
+async def _until_drained(clock: DrainClock, loops: list[Coroutine[Any, Any, None]]) -> None:
+    """Run one fetch loop per stream until the backlog is drained; a failed loop says why."""
+    tasks = [asyncio.ensure_future(loop) for loop in loops]
+    every: list[asyncio.Future[Any]] = [asyncio.ensure_future(clock.done.wait()), *tasks]
+    try:
+        await asyncio.wait(every, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                task.result()
+    finally:
+        for future in every:
+            future.cancel()
+        await asyncio.gather(*every, return_exceptions=True)

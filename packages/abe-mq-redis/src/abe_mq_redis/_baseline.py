@@ -7,6 +7,10 @@ its own connection pool, the payload bytes abe would send:
     publish_many  XADDs in a non-transactional pipeline per batch
     end_to_end    XREADGROUP (COUNT 100, BLOCK 1 s) and one awaited XACK per message,
                   while one publisher XADDs one message at a time
+    drain_ack_each  the backlog XADDed first (a pipeline per batch), then XGROUP CREATE
+                  (id 0), XREADGROUP (COUNT 100, BLOCK 1 s) over every key and one awaited
+                  XACK per message
+    drain_batched   the same, with one XACK per stream of each read, naming all its ids
 
 It deletes the streams it wrote when closed.
 """
@@ -21,11 +25,21 @@ from typing import Any
 import redis
 from redis.asyncio import ConnectionPool, Redis
 
-from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import (
+    Arrivals,
+    DrainClock,
+    Measurement,
+    Progress,
+    Workload,
+    bench_payload,
+)
 from abe_mq_redis._client import connection_kwargs
 from abe_mq_redis._settings import RedisSettings
 
 __all__ = ["RawRedisBaseline"]
+
+_READ_COUNT = 100
+"""Entries one raw XREADGROUP asks for."""
 
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
@@ -43,12 +57,12 @@ class RawRedisBaseline:
         """The client library and its version."""
         return f"redis-py {redis.__version__}"
 
-    async def _connect(self, key: str) -> Redis:
+    async def _connect(self, *keys: str) -> Redis:
         if self._client is None:
             timeout = self._settings.operation_timeout + 1.0  # outlasts the 1 s BLOCK below
             pool = ConnectionPool(**connection_kwargs(self._settings, socket_timeout=timeout))
             self._client = Redis(connection_pool=pool)
-        self._keys.append(key)
+        self._keys.extend(keys)
         await self._client.ping()  # connected before any clock starts
         return self._client
 
@@ -109,6 +123,41 @@ class RawRedisBaseline:
                 await asyncio.sleep(0)
 
         return await arrivals.measure(send, receive)
+
+    async def drain_ack_each(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog read with XREADGROUP, one awaited XACK per message."""
+        return await self._drain(workload, progress, ack_each=True)
+
+    async def drain_batched(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog read with XREADGROUP, one XACK per stream for each read."""
+        return await self._drain(workload, progress, ack_each=False)
+
+    async def _drain(
+        self, workload: Workload, progress: Progress, *, ack_each: bool
+    ) -> Measurement:
+        client = await self._connect(*workload.all_keys)
+        group = workload.group
+        for key, payloads in workload.backlog():  # published before the clock starts
+            pipe = client.pipeline(transaction=False)
+            for payload in payloads:
+                pipe.xadd(key, {"data": _encode(payload)})
+            await pipe.execute()
+        for key in workload.all_keys:
+            await client.xgroup_create(key, group, id="0", mkstream=True)
+        streams: dict[Any, Any] = dict.fromkeys(workload.all_keys, ">")
+        clock = DrainClock(workload, progress)
+        while not clock.complete:
+            reply: Any = await client.xreadgroup(
+                group, "raw", streams, count=_READ_COUNT, block=1000
+            )
+            for stream, entries in _streams(reply):
+                for entry_id, fields in entries:
+                    clock.record(json.loads(fields[b"data"]))
+                    if ack_each:
+                        await client.xack(stream, group, entry_id)
+                if entries and not ack_each:
+                    await client.xack(stream, group, *(entry_id for entry_id, _ in entries))
+        return clock.measurement()
 
     async def close(self) -> None:
         """Delete the streams this baseline wrote and release its connections."""

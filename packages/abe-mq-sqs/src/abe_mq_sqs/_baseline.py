@@ -8,6 +8,9 @@ the plain body with no attributes, as a raw producer would:
     publish_many  SendMessageBatch, 10 entries a call, up to 8 calls in flight per batch
     end_to_end    ReceiveMessage (long poll, 10 at most) + DeleteMessageBatch of what came,
                   while one publisher sends with SendMessage
+    drain_ack_each  the backlog sent first (as publish_many), then ReceiveMessage (long
+                  poll, 10 at most) on each key's queue and DeleteMessage per message
+    drain_batched   the same with one DeleteMessageBatch per receive
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aiobotocore  # type: ignore[import-untyped]
 import botocore  # type: ignore[import-untyped]
 
-from abe.benchmarking import Arrivals, Measurement, Progress, Workload, bench_payload
+from abe.benchmarking import (
+    Arrivals,
+    DrainClock,
+    Measurement,
+    Progress,
+    Workload,
+    bench_payload,
+)
 from abe.provider import SecretFilter
 from abe_mq_sqs._client import BATCH_ENTRIES, connect, queue_name
 from abe_mq_sqs._errors import CREDENTIAL_PATTERNS
@@ -82,14 +93,6 @@ class RawSqsBaseline:
     async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
         client = await self._sqs()
         url = await self._queue(workload.key)
-        gate = asyncio.Semaphore(_CONCURRENCY)
-
-        async def send(entries: list[dict[str, str]]) -> None:
-            async with gate:
-                response = await client.send_message_batch(QueueUrl=url, Entries=entries)
-            if response.get("Failed"):
-                raise RuntimeError(f"SendMessageBatch refused {response['Failed'][:1]}")
-
         latencies: list[float] = []
         clock = time.perf_counter
         started = clock()
@@ -100,17 +103,7 @@ class RawSqsBaseline:
                 for seq in range(first, last)
             ]
             before = clock()
-            await asyncio.gather(
-                *(
-                    send(
-                        [
-                            {"Id": str(index), "MessageBody": body}
-                            for index, body in enumerate(bodies[start : start + BATCH_ENTRIES])
-                        ]
-                    )
-                    for start in range(0, len(bodies), BATCH_ENTRIES)
-                )
-            )
+            await _send_all(client, url, bodies)
             latencies.append(clock() - before)
             progress(last)
         return Measurement.from_latencies(workload.messages, clock() - started, latencies)
@@ -150,6 +143,53 @@ class RawSqsBaseline:
 
         return await arrivals.measure(send, receive)
 
+    async def drain_ack_each(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog received 10 at a time, DeleteMessage for each message."""
+        return await self._drain(workload, progress, delete_each=True)
+
+    async def drain_batched(self, workload: Workload, progress: Progress) -> Measurement:
+        """The backlog received 10 at a time, one DeleteMessageBatch per receive."""
+        return await self._drain(workload, progress, delete_each=False)
+
+    async def _drain(
+        self, workload: Workload, progress: Progress, *, delete_each: bool
+    ) -> Measurement:
+        client = await self._sqs()
+        urls = {key: await self._queue(key) for key in workload.all_keys}
+        for key, payloads in workload.backlog():  # sent before the clock starts
+            await _send_all(client, urls[key], [_ENCODER.encode(body) for body in payloads])
+        settings = self._settings
+        clock = DrainClock(workload, progress)
+
+        async def drain(url: str) -> None:
+            while not clock.complete:
+                response = await client.receive_message(
+                    QueueUrl=url,
+                    MaxNumberOfMessages=BATCH_ENTRIES,
+                    WaitTimeSeconds=settings.wait_time_seconds,
+                    VisibilityTimeout=settings.visibility_timeout,
+                )
+                messages = response.get("Messages", [])
+                for message in messages:
+                    clock.record(json.loads(message["Body"]))
+                    if delete_each:
+                        await client.delete_message(
+                            QueueUrl=url, ReceiptHandle=message["ReceiptHandle"]
+                        )
+                if messages and not delete_each:
+                    deleted = await client.delete_message_batch(
+                        QueueUrl=url,
+                        Entries=[
+                            {"Id": str(index), "ReceiptHandle": message["ReceiptHandle"]}
+                            for index, message in enumerate(messages)
+                        ],
+                    )
+                    if deleted.get("Failed"):
+                        raise RuntimeError(f"DeleteMessageBatch refused {deleted['Failed'][:1]}")
+
+        await _until_drained(clock, [drain(url) for url in urls.values()])
+        return clock.measurement()
+
     async def close(self) -> None:
         """Delete the queues the baseline made, then close its client."""
         try:
@@ -165,3 +205,41 @@ class RawSqsBaseline:
                     await client.__aexit__(None, None, None)
             finally:
                 self._secrets.uninstall()
+
+
+async def _send_all(client: Any, url: str, bodies: list[str]) -> None:
+    """`bodies` with SendMessageBatch, 10 a call, up to 8 calls in flight."""
+    gate = asyncio.Semaphore(_CONCURRENCY)
+
+    async def send(entries: list[dict[str, str]]) -> None:
+        async with gate:
+            response = await client.send_message_batch(QueueUrl=url, Entries=entries)
+        if response.get("Failed"):
+            raise RuntimeError(f"SendMessageBatch refused {response['Failed'][:1]}")
+
+    await asyncio.gather(
+        *(
+            send(
+                [
+                    {"Id": str(index), "MessageBody": body}
+                    for index, body in enumerate(bodies[start : start + BATCH_ENTRIES])
+                ]
+            )
+            for start in range(0, len(bodies), BATCH_ENTRIES)
+        )
+    )
+
+
+async def _until_drained(clock: DrainClock, loops: list[Coroutine[Any, Any, None]]) -> None:
+    """Run one receive loop per queue until the backlog is drained; a failed loop says why."""
+    tasks = [asyncio.ensure_future(loop) for loop in loops]
+    every: list[asyncio.Future[Any]] = [asyncio.ensure_future(clock.done.wait()), *tasks]
+    try:
+        await asyncio.wait(every, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                task.result()
+    finally:
+        for future in every:
+            future.cancel()
+        await asyncio.gather(*every, return_exceptions=True)
