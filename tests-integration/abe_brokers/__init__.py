@@ -51,9 +51,12 @@ from .servers import (
     RedisServerFactory,
     RedisUser,
 )
+from .tansu_fault import TANSU_FAULT_SIGNS, rerun_on_tansu_fault
 from .tls import TlsFiles, make_tls_files
 
 __all__ = [
+    "TANSU_FAULT_SIGNS",
+    "rerun_on_tansu_fault",
     "KINDS",
     "CLUSTER_KINDS",
     "OWN_KEY_PREFIXES",

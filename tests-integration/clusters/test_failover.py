@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from abe_brokers import KafkaCluster, NatsCluster
+from abe_brokers import KafkaCluster, NatsCluster, rerun_on_tansu_fault
 from abe_crash.run import Target
 from abe_crash.sizes import Sizes
 from abe_crash.verdict import Verdict
@@ -80,6 +80,7 @@ class _OneWorkersBroker:
         self.cluster.start_node(self.index)
 
 
+@rerun_on_tansu_fault
 def test_kafka_cluster_loses_nothing_when_a_broker_dies(
     kafka_cluster: KafkaCluster, failover: Callable[[Target, str], Verdict], failover_sizes: Sizes
 ) -> None:

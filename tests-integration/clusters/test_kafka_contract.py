@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from abe_brokers import KafkaCluster
+from abe_brokers import KafkaCluster, rerun_on_tansu_fault
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from cluster_testing import load_suite
 from kafka_testing import backend_factory_for, settings_for
@@ -27,6 +27,7 @@ def _factory(cluster: KafkaCluster, **overrides: Any) -> BackendFactory:
     return backend_factory_for(cluster.bootstrap, replication_factor=cluster.size, **overrides)
 
 
+@rerun_on_tansu_fault
 class TestKafkaClusterContract(_suite.TestKafkaContract):  # type: ignore[misc,name-defined]
     @pytest.fixture
     def backend_factory(self, kafka_cluster: KafkaCluster) -> BackendFactory:

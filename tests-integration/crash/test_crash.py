@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from abe_brokers import rerun_on_tansu_fault
 from abe_crash.run import Target
 from abe_crash.verdict import Verdict
 
@@ -24,6 +25,7 @@ def test_nats_loses_nothing_through_crashes(crash: Crash, nats_target: Target) -
     _passes(crash(nats_target))
 
 
+@rerun_on_tansu_fault
 def test_kafka_loses_nothing_through_crashes(crash: Crash, kafka_target: Target) -> None:
     _passes(crash(kafka_target))
 
