@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from abe.backends.message_queue.base.bench_protocol import (
@@ -169,6 +169,21 @@ class DrainClock:
         self._progress(len(self.seen))
         if len(self.seen) >= self.expected:
             self.done.set()
+
+    async def run_until_complete(self, loops: Sequence[Coroutine[Any, Any, None]]) -> None:
+        """Run reading loops (one per key, say) until every message is handled; a loop that
+        fails first raises its error. The loops are cancelled either way."""
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        every: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.done.wait()), *tasks]
+        try:
+            await asyncio.wait(every, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done():
+                    task.result()
+        finally:
+            for future in every:
+                future.cancel()
+            await asyncio.gather(*every, return_exceptions=True)
 
     def measurement(self) -> Measurement:
         """(N - 1) messages over the time from the first to the last; gaps as latencies."""

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -200,7 +199,7 @@ class RawNatsBaseline:
                     await messages[-1].ack()
 
         try:
-            await _until_drained(clock, [drain(subscription) for subscription in subscriptions])
+            await clock.run_until_complete([drain(subscription) for subscription in subscriptions])
         finally:
             for subscription in subscriptions:
                 with contextlib.suppress(Exception):
@@ -220,18 +219,3 @@ class RawNatsBaseline:
         finally:
             self._streams.clear()
             await client.close()
-
-
-async def _until_drained(clock: DrainClock, loops: list[Coroutine[Any, Any, None]]) -> None:
-    """Run one fetch loop per stream until the backlog is drained; a failed loop says why."""
-    tasks = [asyncio.ensure_future(loop) for loop in loops]
-    every: list[asyncio.Future[Any]] = [asyncio.ensure_future(clock.done.wait()), *tasks]
-    try:
-        await asyncio.wait(every, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                task.result()
-    finally:
-        for future in every:
-            future.cancel()
-        await asyncio.gather(*every, return_exceptions=True)

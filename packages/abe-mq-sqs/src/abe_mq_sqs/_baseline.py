@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import aiobotocore  # type: ignore[import-untyped]
@@ -187,7 +186,7 @@ class RawSqsBaseline:
                     if deleted.get("Failed"):
                         raise RuntimeError(f"DeleteMessageBatch refused {deleted['Failed'][:1]}")
 
-        await _until_drained(clock, [drain(url) for url in urls.values()])
+        await clock.run_until_complete([drain(url) for url in urls.values()])
         return clock.measurement()
 
     async def close(self) -> None:
@@ -228,18 +227,3 @@ async def _send_all(client: Any, url: str, bodies: list[str]) -> None:
             for start in range(0, len(bodies), BATCH_ENTRIES)
         )
     )
-
-
-async def _until_drained(clock: DrainClock, loops: list[Coroutine[Any, Any, None]]) -> None:
-    """Run one receive loop per queue until the backlog is drained; a failed loop says why."""
-    tasks = [asyncio.ensure_future(loop) for loop in loops]
-    every: list[asyncio.Future[Any]] = [asyncio.ensure_future(clock.done.wait()), *tasks]
-    try:
-        await asyncio.wait(every, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                task.result()
-    finally:
-        for future in every:
-            future.cancel()
-        await asyncio.gather(*every, return_exceptions=True)
