@@ -249,8 +249,8 @@ class CrashRun:
             broker.kill()
             self._killed_at = killed_at
             self._event(f"broker-killed {killed_at:.6f}")
-            if self.target.hold_down:
-                self._resumed.wait(self.sizes.stall_after)
+            if self.target.hold_down:  # at most half the stall limit: the rest is the node's
+                self._resumed.wait(self.sizes.stall_after / 2)
             broker.start()
         except BaseException as exc:
             self._restart_error = exc
