@@ -15,7 +15,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio import connection as connections
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AskError, MaxConnectionsError, ResponseError
+from redis.exceptions import AskError, MaxConnectionsError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -120,9 +120,9 @@ class RedisClient:
             async with self._asking:
                 if self._in_cluster is None:
                     info = (await self._send([("INFO", "cluster")]))[0]
-                    if isinstance(info, Exception):
-                        raise info
-                    self._in_cluster = b"cluster_enabled:1" in info
+                    if isinstance(info, Exception) and not isinstance(info, NoPermissionError):
+                        raise info  # an ACL user without INFO is taken to be on one server
+                    self._in_cluster = isinstance(info, bytes) and b"cluster_enabled:1" in info
                 if self._in_cluster and self.cluster is None:
                     reads = self.settings.poll_interval + self.settings.operation_timeout
                     self.cluster = Cluster(
