@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, cast
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.asyncio import connection as connections
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -59,7 +59,7 @@ class RedisClient:
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
-        self._commands: Redis | None = None
+        self._pool: ConnectionPool | None = None
         self._reads: ConnectionPool | None = None
         self._slots = asyncio.Semaphore(settings.pool_size)
         self._idle: list[connections.AbstractConnection] = []
@@ -68,12 +68,12 @@ class RedisClient:
         self._asking = asyncio.Lock()
 
     @property
-    def commands(self) -> Redis:
-        """The redis-py client for commands that do not block (timeout: the operation's)."""
-        if self._commands is None:
+    def pool(self) -> ConnectionPool:
+        """Connections for commands that do not block (timeout: the operation's)."""
+        if self._pool is None:
             options = connection_kwargs(self.settings, self.settings.operation_timeout)
-            self._commands = Redis(connection_pool=ConnectionPool(**options))
-        return self._commands
+            self._pool = ConnectionPool(**options)
+        return self._pool
 
     @property
     def read_pool(self) -> ConnectionPool:
@@ -96,7 +96,7 @@ class RedisClient:
         return replies
 
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
-        pool = self.commands.connection_pool
+        pool = self.pool
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -139,7 +139,7 @@ class RedisClient:
             async with cluster.connection(key) as connection:
                 yield connection
             return
-        pool = self.commands.connection_pool
+        pool = self.pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             yield connection
@@ -213,18 +213,14 @@ class RedisClient:
         await self.send([("DEL", name) for name in doomed], keys)
 
     async def close(self) -> None:
-        """Give the connections back and close both pools."""
-        idle, self._idle = self._idle, []
-        commands, reads, self._commands, self._reads = self._commands, self._reads, None, None
-        cluster, self.cluster = self.cluster, None
+        """Close every connection: the kept ones, both pools', the cluster clients'."""
+        pools, cluster = (self._pool, self._reads), self.cluster
+        self._idle, self._pool, self._reads, self.cluster = [], None, None, None
+        for pool in pools:
+            if pool is not None:
+                await pool.disconnect()
         if cluster is not None:
             await cluster.close()
-        if commands is not None:
-            for connection in idle:
-                await commands.connection_pool.release(connection)
-            await commands.aclose(close_connection_pool=True)
-        if reads is not None:
-            await reads.disconnect()
 
 
 class _CancellableSend(connections.AbstractConnection):

@@ -119,21 +119,19 @@ class RedisReceiver(Receiver):
         found = (item for result in results for item in result or ())
         return [_message(as_text(key), entry, 1) for key, entries in found for entry in entries]
 
-    async def _cluster_read(
-        self, xacks: list[Command], dones: list[asyncio.Future[bool]], *read: Any
-    ) -> list[Any]:
-        """In a cluster: the XACKs, then one XREADGROUP per hash slot of the keys, at once (the
-        keys of one command must share a slot); the reads' replies."""
+    async def _cluster_read(self, xacks: list[Command], dones: list[Any], *read: Any) -> Any:
+        """In a cluster: the XACKs, then at once one XREADGROUP per hash slot of the keys (one
+        command's keys must share a slot); the reads' replies."""
         for done, answer in zip(dones, await self._client.send(xacks), strict=True):
             _settle(done, not isinstance(answer, Exception))
         keys, count, block_ms = read
-        slots: dict[int, list[str]] = {}
-        for key in keys:
-            slots.setdefault(key_slot(key.encode()), []).append(key)
-        cluster, reads = self._client.cluster, [tuple(keys) for keys in slots.values()]
-        assert cluster is not None
-        calls = (cluster.read(self._xreadgroup(keys, count, block_ms)) for keys in reads)
-        return await asyncio.gather(*calls, return_exceptions=True)
+        slots = {key: key_slot(key.encode()) for key in keys}
+        groups = [
+            tuple(k for k in keys if slots[k] == slot) for slot in dict.fromkeys(slots.values())
+        ]
+        assert self._client.cluster is not None
+        reads = [self._xreadgroup(group, count, block_ms) for group in groups]
+        return await asyncio.gather(*map(self._client.cluster.read, reads), return_exceptions=True)
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
         """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
