@@ -139,8 +139,7 @@ class JetStream:
         return unavailable
 
     async def _connect(self, deadline: Deadline) -> None:
-        """Try each server twice at most (a refused port or credentials fail fast), within
-        `deadline`; once connected, nats-py reconnects for as long as the backend is open."""
+        """Connect within `deadline` (each server twice at most); nats-py then reconnects."""
         if (remaining := deadline.remaining) <= 0:
             raise self._unavailable("could not be opened in time")
         client, self._last_error = _TlsOnlyClient() if self.settings.tls else NatsClient(), None
@@ -171,11 +170,8 @@ class JetStream:
         self._bump()
 
     def _options(self, client: NatsClient) -> dict[str, Any]:
-        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current.
-
-        Outages are core's to log (OutageLog); a reconnection to a server without TLS is
-        warned of here, as nats-py reports it only to `on_error` and retries for ever.
-        """
+        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current and warn of a
+        server without TLS on reconnection (nats-py tells only `on_error`, and retries)."""
 
         async def on_error(error: Exception) -> None:
             if self._last_error is None or not _refusal(self._last_error):  # that says most
@@ -425,8 +421,7 @@ class NatsReceiver(Receiver):
         self._closed = True
         self._wakeup.set()
         subscription, self._subscription = self._subscription, None
-        unread = list(self._buffer)
-        self._buffer.clear()
+        unread, self._buffer = list(self._buffer), deque()
         if subscription is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await subscription.unsubscribe()
