@@ -135,14 +135,28 @@ async def test_when_drained_one_message_is_awaited_at_a_time() -> None:
 
 async def test_credit_is_split_and_never_exceeded() -> None:
     receiver, client, _ = await make("a", "b", "c")
-    fetching = asyncio.ensure_future(receiver.fetch(5, 5.0))
-    requests = await next_request(client, 3)
-    assert sorted(request["batch"] for _, request, _ in requests) == [1, 2, 2]
+    fetching = asyncio.ensure_future(receiver.fetch(25, 5.0))
+    requests = await next_request(client, 2)
+    await asyncio.sleep(0.05)
+    assert len(client.requests()) == 2, "a backlog is pulled in batches of 10 or more"
+    assert sorted(request["batch"] for _, request, _ in requests) == [12, 13]
     await client.deliver("S-a", "g", seq=1)
-    await client.status(requests[0][2], "408")
-    await client.status(requests[1][2], "408")
-    await client.status(requests[2][2], "408")
+    await client.status(requests[0][2], "404")
+    await client.status(requests[1][2], "404")
     assert len(await asyncio.wait_for(fetching, 1)) == 1
+    fetching = asyncio.ensure_future(receiver.fetch(5, 5.0))
+    requests = await next_request(client, 5)
+    batches = sorted(request["batch"] for _, request, _ in requests[2:])
+    assert batches == [1, 1, 3], "no backlog known: one waiting request a key; a backlog: the rest"
+    fetching.cancel()
+    await asyncio.gather(fetching, return_exceptions=True)
+
+    receiver, client, _ = await make("a", "b", "c")
+    fetching = asyncio.ensure_future(receiver.fetch(5, 5.0))
+    [(_, request, _)] = await next_request(client, 1)
+    assert request == {"batch": 5, "no_wait": True}, "credit under 10: one key takes it all"
+    fetching.cancel()
+    await asyncio.gather(fetching, return_exceptions=True)
 
     receiver, client, _ = await make("a", "b", "c")
     fetching = asyncio.ensure_future(receiver.fetch(1, 5.0))

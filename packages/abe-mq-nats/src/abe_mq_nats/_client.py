@@ -38,6 +38,7 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 _NAK = b"-NAK"
 _LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
 _LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
+_MIN_BATCH = 10  # a backlog is pulled in requests of at least this many, when the credit allows
 
 
 class _TlsOnlyClient(NatsClient):
@@ -139,8 +140,7 @@ class JetStream:
         return unavailable
 
     async def _connect(self, deadline: Deadline) -> None:
-        """Try each server twice at most (a refused port or credentials fail fast), within
-        `deadline`; once connected, nats-py reconnects for as long as the backend is open."""
+        """Connect within `deadline` (each server twice at most); nats-py then reconnects."""
         if (remaining := deadline.remaining) <= 0:
             raise self._unavailable("could not be opened in time")
         client, self._last_error = _TlsOnlyClient() if self.settings.tls else NatsClient(), None
@@ -171,11 +171,8 @@ class JetStream:
         self._bump()
 
     def _options(self, client: NatsClient) -> dict[str, Any]:
-        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current.
-
-        Outages are core's to log (OutageLog); a reconnection to a server without TLS is
-        warned of here, as nats-py reports it only to `on_error` and retries for ever.
-        """
+        """nats-py's `connect()` arguments, with callbacks that keep `epoch` current and warn of a
+        server without TLS on reconnection (nats-py tells only `on_error`, and retries)."""
 
         async def on_error(error: Exception) -> None:
             if self._last_error is None or not _refusal(self._last_error):  # that says most
@@ -382,9 +379,7 @@ class NatsReceiver(Receiver):
         deadline = Deadline(timeout)
         while not self._closed:
             self._wakeup.clear()
-            client = self._client
-            if client is None or self._epoch != self._jetstream.epoch or not client.is_connected:
-                await self._attach(deadline)
+            await self._attach(deadline)  # at once when nothing changed
             open_ = [binding for binding in self._bindings if binding.token is not None]
             for binding in [binding for binding in open_ if binding.lost_at <= loop.time()]:
                 log.debug("nats: no answer to a pull request on %r; checking it", binding.key)
@@ -392,8 +387,7 @@ class NatsReceiver(Receiver):
             draining = any(binding.no_wait and binding.token for binding in open_)
             if self._buffer and (len(self._buffer) >= max_messages or not draining):
                 return [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
-            if any(binding.needs_setup for binding in self._bindings):
-                await self.setup(deadline)
+            await self.setup(deadline)  # the keys that need it, if any
             await self._request(max_messages, loop.time())
             if deadline.expired:
                 return [self._buffer.popleft() for _ in range(min(max_messages, len(self._buffer)))]
@@ -425,8 +419,7 @@ class NatsReceiver(Receiver):
         self._closed = True
         self._wakeup.set()
         subscription, self._subscription = self._subscription, None
-        unread = list(self._buffer)
-        self._buffer.clear()
+        unread, self._buffer = list(self._buffer), deque()
         if subscription is not None:
             with contextlib.suppress(Exception):  # the connection may be gone already
                 await subscription.unsubscribe()
@@ -451,7 +444,8 @@ class NatsReceiver(Receiver):
                 binding.token, binding.needs_setup = None, True
 
     async def _request(self, max_messages: int, now: float) -> None:
-        """Send pull requests for the credit left, split between the keys without one."""
+        """Send pull requests for the credit left: keys with a backlog share it in batches of
+        `_MIN_BATCH` or more, keys without one get one message each from half of it at most."""
         open_ = [binding for binding in self._bindings if binding.token is not None]
         budget = max_messages - len(self._buffer) - sum(binding.remaining for binding in open_)
         idle = [b for b in self._bindings if b.token is None and not b.needs_setup]
@@ -460,11 +454,14 @@ class NatsReceiver(Receiver):
         if len(idle) > 1:
             shift = self._turn % len(idle)
             self._turn += 1
-            idle = (idle[shift:] + idle[:shift])[:budget]
-        share, extra = divmod(budget, len(idle))
+            idle = idle[shift:] + idle[:shift]
+        backlog = [binding for binding in idle if binding.maybe_pending]
+        waiting = [b for b in idle if not b.maybe_pending][: budget // 2 if backlog else budget]
+        backlog = backlog[: max(1, (budget - len(waiting)) // _MIN_BATCH)]
+        share, extra = divmod(budget - len(waiting), len(backlog) or 1)
         client = self._client
         assert client is not None
-        for position, binding in enumerate(idle):
+        for position, binding in enumerate(backlog + waiting):
             if binding.maybe_pending:
                 batch = share + (1 if position < extra else 0)
                 request = b'{"batch":%d,"no_wait":true}' % batch

@@ -230,12 +230,9 @@ class NatsSettings(BackendSettings):
             yield "stream", f"must be a stream name: {_STREAM_RULE} (got {self.stream!r})"
         if self.max_bytes == 0:
             yield "max_bytes", "must be -1 (no limit) or a positive number of bytes (got 0)"
-        if self.max_age and self.duplicate_window > self.max_age:
-            window, age = self.duplicate_window, self.max_age
-            yield (
-                "duplicate_window",
-                f"must not exceed ABE_NATS_MAX_AGE ({age:g}s): {_IDS} (got {window:g})",
-            )
+        if self.max_age and (window := self.duplicate_window) > (age := self.max_age):
+            problem = f"must not exceed ABE_NATS_MAX_AGE ({age:g}s): {_IDS} (got {window:g})"
+            yield "duplicate_window", problem
 
     def _tls_problems(self) -> Iterator[tuple[str, str]]:
         """TLS files that are missing, unpaired or not PEM."""
@@ -259,9 +256,8 @@ class NatsSettings(BackendSettings):
     @property
     def tls(self) -> bool:
         """Whether connections use TLS (a `tls://` server, or any TLS file given)."""
-        return any(server.startswith("tls://") for server in self.servers) or any(
-            path is not None for path in (self.tls_ca, self.tls_cert, self.tls_key)
-        )
+        files = (self.tls_ca, self.tls_cert, self.tls_key)
+        return any(server.startswith("tls://") for server in self.servers) or any(files)
 
     def credentials(self) -> dict[str, str]:
         """nats-py's `connect()` arguments that authenticate, secrets revealed: for it alone."""
