@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
+from abe.backends.message_queue.base.settings import BackendSettings
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
 from abe_crash.verdict import Commit, Evidence, Kill, Outage, Placed, Verdict, judge
@@ -530,9 +530,10 @@ class CrashRun:
             kills=list(self._kills),
             outages=list(self._outages),
             workers=self.sizes.workers,
-            # what a worker holds (AsyncLoopConsumer's default prefetch) and one round of
-            # its handlers' acknowledgements not yet flushed to the broker
-            window=(PREFETCH_MULTIPLIER + 1) * self.sizes.concurrency,
+            # what a worker holds (AsyncLoopConsumer's default prefetch: ABE_MQ_PREFETCH,
+            # at least concurrency) and one round of its handlers' acknowledgements not yet
+            # flushed to the broker
+            window=max(BackendSettings().prefetch, self.sizes.concurrency) + self.sizes.concurrency,
             stall_after=self.sizes.stall_after,
             started_at=self.started_at,
             published_at=self._published_at,
