@@ -251,7 +251,8 @@ def test_prefetch_is_at_least_concurrency(backend: MemoryBackend) -> None:
     assert AsyncLoopConsumer(backend, keys=KEY, concurrency=3, prefetch=1).prefetch == 3
     assert AsyncLoopConsumer(backend, keys=KEY, concurrency=3, prefetch=50).prefetch == 50
     small = MemoryBackend(MemorySettings(prefetch=2), broker=MemoryBroker())
-    assert AsyncLoopConsumer(small, keys=KEY, concurrency=3).prefetch == 3
+    assert AsyncLoopConsumer(small, keys=KEY, concurrency=3).prefetch == 12  # 4 per slot
+    assert AsyncLoopConsumer(backend, keys=KEY, concurrency=40).prefetch == 160
 
 
 def test_default_window_holds_about_held_work_seconds_of_handling() -> None:

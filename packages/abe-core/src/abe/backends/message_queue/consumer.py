@@ -65,8 +65,8 @@ class ConsumerProtocol(Protocol):
 
 
 PREFETCH_MULTIPLIER = 4
-"""With the default prefetch, a consumer starts out holding this many messages per handler
-slot (Celery's default multiplier), until it has timed its handlers."""
+"""With the default prefetch, a consumer may hold at least this many messages per handler
+slot (Celery's default multiplier), and starts out so until it has timed its handlers."""
 
 HELD_WORK = 0.1
 """With the default prefetch, a consumer holds, beyond the messages its handlers are running,
@@ -115,8 +115,9 @@ class AsyncLoopConsumer:
         retry_delay: seconds before the second attempt; doubles per attempt.
         max_retry_delay: the longest wait between attempts.
         prefetch: most messages held at once, fetched or in handlers (at least
-            `concurrency`). By default the backend's `ABE_MQ_PREFETCH` (100) bounds them,
-            and within it the consumer holds what its handlers finish in about
+            `concurrency`). By default the backend's `ABE_MQ_PREFETCH` (100) or
+            `PREFETCH_MULTIPLIER` per slot, whichever is more, bounds them, and within
+            that the consumer holds what its handlers finish in about
             `HELD_WORK` seconds: large fetches for fast handlers, and for slow ones little
             more than they can start, so other members of the group get the rest. A number
             fixes it: more is faster (fewer round trips), less is fairer.
@@ -170,7 +171,8 @@ class AsyncLoopConsumer:
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
-        self.prefetch = max(prefetch or backend.settings.prefetch, concurrency)
+        default = max(backend.settings.prefetch, concurrency * PREFETCH_MULTIPLIER)
+        self.prefetch = max(prefetch or default, concurrency)
         self._adaptive = prefetch is None
         self._pace = _Pace(min(self.prefetch, concurrency * PREFETCH_MULTIPLIER))
         self.shutdown_timeout = shutdown_timeout
