@@ -5,9 +5,10 @@ drained by 1, then by P worker processes of one group running `AsyncLoopConsumer
 defaults; rate = (N - 1) / (last handled - first handled) over every process, and the CPU
 seconds the workers used (user + system, from the kernel's accounting of each child).
 
-`memory`: a backlog of 100,000 messages and one slow worker (each handler sleeps
-`--handler-ms`); after `--seconds`, the resident set size of the process against what it
-was once joined, and the most messages the subscription held (at most its prefetch).
+`memory`: a backlog of 100,000 messages and one slow worker (`AsyncLoopConsumer` at its
+default prefetch, each handler sleeping `--handler-ms`); over `--seconds`, the peak
+resident set size of the process against what it was once joined, and the most messages
+the worker held (at most its prefetch bound).
 
 Prints one JSON document. Runs against whatever QUEUE_BACKEND and its variables name:
 `QUEUE_BACKEND=redis python tools/measure_workers.py scale-out --processes 1,2`.
@@ -116,35 +117,47 @@ async def _delete(key: str) -> None:
         await backend.delete_keys([key])
 
 
-async def memory(messages: int, payload_bytes: int, handler_ms: float, seconds: float) -> Any:
-    """RSS of one slow worker over a large backlog, against its RSS once joined."""
+async def memory(
+    messages: int, payload_bytes: int, handler_ms: float, seconds: float, concurrency: int
+) -> Any:
+    """RSS of one slow worker (AsyncLoopConsumer at its default prefetch) over a large
+    backlog, against its RSS once joined, and the most messages it held."""
     key = f"abe-memory-{secrets.token_hex(4)}"
     await _publish_backlog(key, messages, payload_bytes)
     async with load_backend() as backend:
         most_held = 0
-        subscription = backend.subscribe(group=f"{key}-group", keys=[key])
-        async with subscription:
-            joined_rss = _rss_bytes()
-            stop_at = time.monotonic() + seconds
-            handled = 0
-            async for delivery in subscription:
-                most_held = max(most_held, subscription.held)
-                await asyncio.sleep(handler_ms / 1000)
-                await delivery.ack()
-                handled += 1
-                if time.monotonic() >= stop_at:
-                    break
-            peak_rss = _rss_bytes()
-        prefetch = backend.settings.prefetch
+        handled = 0
+        consumer = AsyncLoopConsumer(backend, f"{key}-group", keys=[key], concurrency=concurrency)
+        joined = asyncio.Event()
+
+        async def handle(payload: dict[str, Any]) -> None:
+            nonlocal most_held, handled
+            joined.set()
+            most_held = max(most_held, backend.held_messages)
+            await asyncio.sleep(handler_ms / 1000)
+            handled += 1
+
+        running = asyncio.ensure_future(consumer.run(handle))
+        await joined.wait()
+        joined_rss = _rss_bytes()
+        peak_rss = joined_rss
+        stop_at = time.monotonic() + seconds
+        while time.monotonic() < stop_at and not running.done():
+            await asyncio.sleep(0.5)  # a sampling period: there is no event to wait for
+            peak_rss = max(peak_rss, _rss_bytes())
+        await consumer.shutdown()
+        await running
         await backend.delete_keys([key])
     return {
         "backlog": messages,
         "payload_bytes": payload_bytes,
+        "handler_ms": handler_ms,
+        "concurrency": concurrency,
         "handled": handled,
-        "prefetch": prefetch,
+        "prefetch_bound": consumer.prefetch,
         "most_held": most_held,
         "rss_joined_mib": joined_rss / 2**20,
-        "rss_after_mib": peak_rss / 2**20,
+        "rss_peak_mib": peak_rss / 2**20,
         "rss_growth_mib": (peak_rss - joined_rss) / 2**20,
         "backlog_mib": messages * payload_bytes / 2**20,
     }
@@ -163,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     held.add_argument("--payload-bytes", type=int, default=256)
     held.add_argument("--handler-ms", type=float, default=10.0)
     held.add_argument("--seconds", type=float, default=10.0)
+    held.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
     backend = os.environ.get("QUEUE_BACKEND", "memory")
     if args.command == "scale-out":
@@ -173,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         report: dict[str, Any] = {"backend": backend, "scale_out": runs}
     else:
         measured = asyncio.run(
-            memory(args.messages, args.payload_bytes, args.handler_ms, args.seconds)
+            memory(
+                args.messages, args.payload_bytes, args.handler_ms, args.seconds, args.concurrency
+            )
         )
         report = {"backend": backend, "memory": measured}
     json.dump(report, sys.stdout, indent=2)

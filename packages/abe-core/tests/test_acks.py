@@ -104,6 +104,21 @@ async def test_add_waits_when_four_batches_are_already_waiting() -> None:
 
 
 @pytest.mark.asyncio
+async def test_add_nowait_queues_until_add_would_wait() -> None:
+    flush = Recorder()
+    flush.gate.clear()
+    batcher = AckBatcher(flush, max_batch=2)
+    assert batcher.add_nowait(0)
+    await flush.next_call()
+    assert all(batcher.add_nowait(item) for item in range(1, 8))  # 7 pending
+    assert not batcher.add_nowait(8), "the 8th would fill four batches: left to add()"
+    assert batcher.pending == 7
+    flush.gate.set()
+    await asyncio.wait_for(batcher.drain(), WAIT)
+    assert flat(flush.batches) == list(range(8))
+
+
+@pytest.mark.asyncio
 async def test_a_failing_flush_is_logged_and_later_items_still_flush(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from abe.backends.message_queue import consumer as consumer_module
 from abe.backends.message_queue.base import Receiver
 from abe.backends.message_queue.base.delivery import Delivery
-from abe.backends.message_queue.consumer import AsyncLoopConsumer, ConsumerStats, current_delivery
+from abe.backends.message_queue.consumer import (
+    HELD_WORK,
+    AsyncLoopConsumer,
+    ConsumerStats,
+    _Pace,
+    current_delivery,
+)
 from abe.backends.message_queue.memory import MemoryBackend, MemoryBroker, MemorySettings
 from abe.errors import AuthenticationError, BackendUnavailableError
 from abe.testing.helpers import next_delivery, receive
@@ -230,7 +238,7 @@ async def test_at_most_concurrency_handlers_run_at_once(backend: MemoryBackend) 
     await spin()
     assert peak == 3
     assert consumer.stats.in_flight == 3
-    assert backend.held_messages <= consumer.prefetch == 12, "the consumer held over its bound"
+    assert backend.held_messages <= 12, "before timing its handlers it holds 4 per slot"
     gate.set()
     await asyncio.wait_for(all_done.wait(), WAIT)
     await stop(consumer, running)
@@ -239,9 +247,66 @@ async def test_at_most_concurrency_handlers_run_at_once(backend: MemoryBackend) 
 
 
 def test_prefetch_is_at_least_concurrency(backend: MemoryBackend) -> None:
-    assert AsyncLoopConsumer(backend, keys=KEY, concurrency=3).prefetch == 12  # 4 per slot
+    assert AsyncLoopConsumer(backend, keys=KEY, concurrency=3).prefetch == 100  # ABE_MQ_PREFETCH
     assert AsyncLoopConsumer(backend, keys=KEY, concurrency=3, prefetch=1).prefetch == 3
     assert AsyncLoopConsumer(backend, keys=KEY, concurrency=3, prefetch=50).prefetch == 50
+    small = MemoryBackend(MemorySettings(prefetch=2), broker=MemoryBroker())
+    assert AsyncLoopConsumer(small, keys=KEY, concurrency=3).prefetch == 12  # 4 per slot
+    assert AsyncLoopConsumer(backend, keys=KEY, concurrency=40).prefetch == 160
+
+
+def test_default_window_holds_about_held_work_seconds_of_handling() -> None:
+    pace = _Pace(start=8)
+    assert pace.window(concurrency=2, bound=100) == 8, "untimed: the starting window"
+    pace.busy, pace.handled = 10 * 1.0, 10  # handlers of a second each: one per slot, +1
+    assert pace.window(concurrency=2, bound=100) == 2 + math.ceil(2 * HELD_WORK / 1.0)
+    pace.busy, pace.handled = 1000 * 1e-5, 1000  # fast handlers: up to the bound
+    assert pace.window(concurrency=2, bound=100) == 100
+    pace.busy, pace.handled = 0.0, 5  # too fast to time
+    assert pace.window(concurrency=2, bound=100) == 100
+
+
+@pytest.mark.asyncio
+async def test_fast_handlers_get_larger_fetches_within_the_bound(
+    backend: MemoryBackend, broker: MemoryBroker
+) -> None:
+    await backend.publish_many(KEY, [{"i": i} for i in range(1000)])
+    most_held = 0
+    counter = Counter(1000)
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal most_held
+        most_held = max(most_held, backend.held_messages)
+        await counter(payload)
+
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=KEY, prefetch=None)
+    running = start(consumer, handler)
+    await asyncio.wait_for(counter.reached.wait(), WAIT)
+    await stop(consumer, running)
+    assert 4 < most_held <= consumer.prefetch == 100
+
+
+@pytest.mark.asyncio
+async def test_slow_handlers_hold_little_more_than_they_run(
+    backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "HELD_WORK", 0.001)  # far below one handler's time
+    await backend.publish_many(KEY, [{"i": i} for i in range(40)])
+    held_late: list[int] = []
+    counter = Counter(20)
+
+    async def handler(payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01)  # the work itself
+        if len(counter.payloads) >= 10:  # timed by then
+            held_late.append(backend.held_messages)
+        await counter(payload)
+
+    consumer = AsyncLoopConsumer(backend, GROUP, keys=KEY, concurrency=2)
+    running = start(consumer, handler)
+    await asyncio.wait_for(counter.reached.wait(), WAIT)
+    await stop(consumer, running)
+    assert held_late, "no message was handled after the handlers were timed"
+    assert max(held_late) <= 2 + 1, f"held {max(held_late)} with 2 slow slots"
 
 
 # ---- shutdown --------------------------------------------------------------------------------

@@ -16,6 +16,14 @@ class Settler:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.room = True
+        self.backend_name = "test"
+        self.group = "workers"
+
+    def _ack_nowait(self, delivery: Delivery) -> bool:
+        if self.room:
+            self.calls.append(("ack_nowait", None))
+        return self.room
 
     async def _settle_ack(self, delivery: Delivery) -> None:
         self.calls.append(("ack", None))
@@ -102,5 +110,26 @@ async def test_a_refused_nack_leaves_the_delivery_unsettled() -> None:
         await item.nack(-0.1)
     assert not item.settled
     assert settler_of(item).calls == []
+    await item.ack()
+    assert settler_of(item).calls == [("ack", None)]
+
+
+@pytest.mark.asyncio
+async def test_ack_nowait_settles_at_once_when_the_settler_has_room() -> None:
+    item = delivery()
+    assert item.ack_nowait()
+    assert (item.settled, item.outcome) == (True, "ack")
+    assert not item.ack_nowait(), "a settled delivery is not acknowledged twice"
+    with pytest.raises(DeliveryStateError):
+        await item.ack()
+    assert settler_of(item).calls == [("ack_nowait", None)]
+
+
+@pytest.mark.asyncio
+async def test_ack_nowait_without_room_leaves_the_delivery_for_ack() -> None:
+    item = delivery()
+    settler_of(item).room = False
+    assert not item.ack_nowait()
+    assert not item.settled
     await item.ack()
     assert settler_of(item).calls == [("ack", None)]

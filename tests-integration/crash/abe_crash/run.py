@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from abe.backends.message_queue.base.settings import BackendSettings
 from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
@@ -42,6 +43,11 @@ _POLL = 0.1
 _STOP_TIMEOUT = 20.0
 _HERE = Path(__file__).resolve().parent.parent
 _LOG_LINE = re.compile(r" (WARNING|ERROR|CRITICAL) ([\w.\-]+): ")
+
+
+def _default_prefetch(concurrency: int) -> int:
+    """AsyncLoopConsumer's default bound on what it holds, with ABE_MQ_PREFETCH unset."""
+    return max(BackendSettings().prefetch, PREFETCH_MULTIPLIER * concurrency)
 
 
 class Crashable(Protocol):
@@ -530,9 +536,10 @@ class CrashRun:
             kills=list(self._kills),
             outages=list(self._outages),
             workers=self.sizes.workers,
-            # what a worker holds (AsyncLoopConsumer's default prefetch) and one round of
-            # its handlers' acknowledgements not yet flushed to the broker
-            window=(PREFETCH_MULTIPLIER + 1) * self.sizes.concurrency,
+            # what a worker holds (AsyncLoopConsumer's default prefetch: ABE_MQ_PREFETCH or
+            # 4 per slot, whichever is more) and one round of its handlers' acknowledgements
+            # not yet flushed to the broker
+            window=_default_prefetch(self.sizes.concurrency) + self.sizes.concurrency,
             stall_after=self.sizes.stall_after,
             started_at=self.started_at,
             published_at=self._published_at,

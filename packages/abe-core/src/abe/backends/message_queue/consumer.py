@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from abe.types import (
 )
 
 __all__ = [
+    "HELD_WORK",
     "PREFETCH_MULTIPLIER",
     "AsyncLoopConsumer",
     "ConsumerProtocol",
@@ -63,7 +65,13 @@ class ConsumerProtocol(Protocol):
 
 
 PREFETCH_MULTIPLIER = 4
-"""A consumer holds at most this many messages per handler slot by default (as Celery does)."""
+"""With the default prefetch, a consumer may hold at least this many messages per handler
+slot (Celery's default multiplier), and starts out so until it has timed its handlers."""
+
+HELD_WORK = 0.1
+"""With the default prefetch, a consumer holds, beyond the messages its handlers are running,
+about this many seconds of their work: fast handlers get large fetches, slow ones take
+little more than they can start, so the other members of the group get the rest."""
 
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar("abe_current_delivery")
 
@@ -107,8 +115,12 @@ class AsyncLoopConsumer:
         retry_delay: seconds before the second attempt; doubles per attempt.
         max_retry_delay: the longest wait between attempts.
         prefetch: most messages held at once, fetched or in handlers (at least
-            `concurrency`; by default `PREFETCH_MULTIPLIER` times it). More is faster
-            (fewer round trips) but a slow member holds messages other members could run.
+            `concurrency`). By default the backend's `ABE_MQ_PREFETCH` (100) or
+            `PREFETCH_MULTIPLIER` per slot, whichever is more, bounds them, and within
+            that the consumer holds what its handlers finish in about
+            `HELD_WORK` seconds: large fetches for fast handlers, and for slow ones little
+            more than they can start, so other members of the group get the rest. A number
+            fixes it: more is faster (fewer round trips), less is fairer.
         shutdown_timeout: how long `shutdown()` lets running handlers finish before it
             cancels them (their messages are then delivered again).
         middleware: run around each handler call, inside the process's and the
@@ -159,7 +171,10 @@ class AsyncLoopConsumer:
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
-        self.prefetch = max(prefetch or concurrency * PREFETCH_MULTIPLIER, concurrency)
+        default = max(backend.settings.prefetch, concurrency * PREFETCH_MULTIPLIER)
+        self.prefetch = max(prefetch or default, concurrency)
+        self._adaptive = prefetch is None
+        self._pace = _Pace(min(self.prefetch, concurrency * PREFETCH_MULTIPLIER))
         self.shutdown_timeout = shutdown_timeout
         self.middleware = list(middleware)
         self.on_settled = on_settled
@@ -201,7 +216,8 @@ class AsyncLoopConsumer:
         if self._stopping:
             self._stop_requested.set()
         self.stats = ConsumerStats()
-        call = self._call(handler)
+        self._pace = _Pace(self._pace.start)
+        chain = _Chain(handler, self._middlewares)
         loop = asyncio.get_running_loop()
         in_hand: dict[int, tuple[Delivery, float]] = {}
         try:
@@ -211,7 +227,7 @@ class AsyncLoopConsumer:
             async with subscription:
                 reading = asyncio.Lock()
                 workers = [
-                    loop.create_task(self._work(index, subscription, reading, call, in_hand))
+                    loop.create_task(self._work(index, subscription, reading, chain, in_hand))
                     for index in range(self.concurrency)
                 ]
                 keeper = loop.create_task(self._keep_alive(subscription, in_hand))
@@ -264,32 +280,46 @@ class AsyncLoopConsumer:
         index: int,
         subscription: Subscription,
         reading: asyncio.Lock,
-        call: HandleNext,
+        chain: _Chain,
         in_hand: dict[int, tuple[Delivery, float]],
     ) -> None:
         """One handler slot: take the next delivery, handle it, until stopped."""
         loop = asyncio.get_running_loop()
-        while self._taking():
+        pace = self._pace
+        while not self._stopping:
             delivery = subscription.take_buffered()
             if delivery is None:
-                async with reading:  # one worker fetches for everyone; the others wait
-                    if not self._taking():  # shutdown() came while this one waited
-                        return
-                    delivery = subscription.take_buffered()
-                    if delivery is None:
-                        try:
-                            delivery = await subscription.__anext__()
-                        except StopAsyncIteration:
-                            return
-            in_hand[index] = (delivery, loop.time())
+                delivery = await self._fetch(subscription, reading)
+                if delivery is None:
+                    return
+            started = loop.time()
+            in_hand[index] = (delivery, started)
             try:
-                await self._handle(delivery, call)
+                await self._handle(delivery, chain)
             finally:
                 del in_hand[index]
+                pace.busy += loop.time() - started
+                pace.handled += 1
 
-    def _taking(self) -> bool:
-        """Whether workers still take new deliveries (until shutdown())."""
-        return not self._stopping
+    async def _fetch(self, subscription: Subscription, reading: asyncio.Lock) -> Delivery | None:
+        """The next delivery for a slot that found none buffered; None once stopped.
+
+        One worker fetches for everyone; the others wait for the lock, then take what it
+        fetched. With the default prefetch, each fetch first resizes the window to what
+        the handlers finish in about `HELD_WORK` seconds.
+        """
+        async with reading:
+            if self._stopping:  # shutdown() came while this one waited
+                return None
+            delivery = subscription.take_buffered()
+            if delivery is not None:
+                return delivery
+            if self._adaptive:
+                subscription.prefetch = self._pace.window(self.concurrency, self.prefetch)
+            try:
+                return await subscription.__anext__()
+            except StopAsyncIteration:
+                return None
 
     async def _until_done(self, workers: list[asyncio.Task[None]]) -> None:
         """Wait until every worker has stopped; after shutdown(), at most shutdown_timeout."""
@@ -378,66 +408,66 @@ class AsyncLoopConsumer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _call(self, handler: Handler) -> HandleNext:
-        """The handler behind every middleware: the process's, the backend's, the consumer's.
+    def _middlewares(self) -> list[Middleware]:
+        """Every middleware around this consumer's handler, outermost first."""
+        return [*installed(), *self.backend.middleware, *self.middleware]
 
-        The chain is built once, and again whenever the process's middleware changes (an
-        instrumentation installed while this consumer runs).
-        """
-
-        async def call(delivery: Delivery) -> None:
-            await handler(delivery.payload)
-
-        built: list[tuple[int, HandleNext]] = []
-
-        def chain() -> HandleNext:
-            middlewares = [*installed(), *self.backend.middleware, *self.middleware]
-            return chain_handle(middlewares, call) if middlewares else call
-
-        async def current(delivery: Delivery) -> None:
-            generation = changes()
-            if not built or built[0][0] != generation:
-                built[:] = [(generation, chain())]
-            await built[0][1](delivery)
-
-        return current
-
-    async def _handle(self, delivery: Delivery, call: HandleNext) -> None:
-        self.stats.in_flight += 1
+    async def _handle(self, delivery: Delivery, chain: _Chain) -> None:
+        stats = self.stats
+        stats.in_flight += 1
         _current.set(delivery)
         try:
-            if delivery.attempt > self.max_attempts:
-                # a handler that never finishes (the worker dies on it) must not loop forever
-                reason = f"delivered {delivery.attempt} times without finishing"
-                log.error(
-                    "message %s of %r was %s (max_attempts %d) and goes to the dead-letter key "
-                    "unhandled: workers holding it died or were stopped before finishing it",
-                    delivery.id,
-                    delivery.key,
-                    reason,
-                    self.max_attempts,
-                )
-                await self._dead_letter(delivery, reason)
+            if delivery.message.attempt > self.max_attempts:
+                await self._dead_letter_unhandled(delivery)
                 return
             try:
-                await call(delivery)
+                call = chain.current()
+                if call is None:  # no middleware: nothing between the consumer and the handler
+                    await chain.handler(delivery.payload)
+                else:
+                    await call(delivery)
             except asyncio.CancelledError:
                 if not delivery.settled:
                     await self._settle_safely(delivery.nack(0.0), delivery, "give back")
                 raise
             except Exception as exc:
-                if delivery.settled:  # the handler decided itself, e.g. dead_letter(exc)
-                    self._count(delivery)
-                else:
-                    await self._failed(delivery, exc)
+                await self._raised(delivery, exc)
             else:
-                if not delivery.settled:
-                    await self._settle_safely(delivery.ack(), delivery, "acknowledge")
-                self._count(delivery)
+                if delivery.ack_nowait():  # the usual case: queued for the next ack batch
+                    stats.processed += 1
+                else:
+                    await self._returned(delivery)
         finally:
-            self.stats.in_flight -= 1
-            if delivery.settled and self.on_settled is not None:
+            stats.in_flight -= 1
+            if self.on_settled is not None and delivery.settled:
                 _report(self.on_settled, delivery)
+
+    async def _raised(self, delivery: Delivery, exc: Exception) -> None:
+        """The handler raised: retry or dead-letter, unless it settled the delivery itself."""
+        if delivery.settled:  # the handler decided itself, e.g. dead_letter(exc)
+            self._count(delivery)
+        else:
+            await self._failed(delivery, exc)
+
+    async def _returned(self, delivery: Delivery) -> None:
+        """The handler returned and the ack could not be queued at once: wait for it."""
+        if not delivery.settled:
+            await self._settle_safely(delivery.ack(), delivery, "acknowledge")
+        self._count(delivery)
+
+    async def _dead_letter_unhandled(self, delivery: Delivery) -> None:
+        """Dead-letter a message delivered more than max_attempts times, without handling it:
+        a handler that never finishes (the worker dies on it) must not loop forever."""
+        reason = f"delivered {delivery.attempt} times without finishing"
+        log.error(
+            "message %s of %r was %s (max_attempts %d) and goes to the dead-letter key "
+            "unhandled: workers holding it died or were stopped before finishing it",
+            delivery.id,
+            delivery.key,
+            reason,
+            self.max_attempts,
+        )
+        await self._dead_letter(delivery, reason)
 
     def _count(self, delivery: Delivery) -> None:
         """Count a delivery the handler returned from (or settled itself) by its outcome."""
@@ -494,6 +524,58 @@ class AsyncLoopConsumer:
             )
             return False
         return True
+
+
+class _Pace:
+    """How long handlers take, for the default prefetch window; a recent average."""
+
+    __slots__ = ("busy", "current", "handled", "start")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.current = start
+        self.busy = 0.0
+        self.handled = 0.0
+
+    def window(self, concurrency: int, bound: int) -> int:
+        """Messages to hold: one per slot plus about HELD_WORK seconds of handling, at most
+        `bound`; older timings count half at each call, so the window follows the handlers."""
+        if self.handled >= 1:
+            mean = self.busy / self.handled
+            ahead = bound if mean <= 0 else math.ceil(concurrency * HELD_WORK / mean)
+            self.current = max(concurrency, min(bound, concurrency + ahead))
+            self.busy /= 2
+            self.handled /= 2
+        return self.current
+
+
+class _Chain:
+    """The handler behind every middleware: the process's, the backend's, the consumer's.
+
+    Built once, and again whenever the process's middleware changes (an instrumentation
+    installed while the consumer runs); with no middleware at all, `current()` is None and
+    the consumer calls the handler directly.
+    """
+
+    __slots__ = ("_built", "_generation", "_middlewares", "handler")
+
+    def __init__(self, handler: Handler, middlewares: Callable[[], list[Middleware]]) -> None:
+        self.handler = handler
+        self._middlewares = middlewares
+        self._generation = -1
+        self._built: HandleNext | None = None
+
+    def current(self) -> HandleNext | None:
+        """The chain to call with a delivery, or None when there is no middleware."""
+        generation = changes()
+        if generation != self._generation:
+            middlewares = self._middlewares()
+            self._built = chain_handle(middlewares, self._call) if middlewares else None
+            self._generation = generation
+        return self._built
+
+    async def _call(self, delivery: Delivery) -> None:
+        await self.handler(delivery.payload)
 
 
 def _report(on_settled: Callable[[Delivery], object], delivery: Delivery) -> None:

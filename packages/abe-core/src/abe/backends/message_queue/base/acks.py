@@ -40,12 +40,22 @@ class AckBatcher(Generic[T]):
         """Items added and not yet handed to `flush`."""
         return len(self._pending)
 
+    def add_nowait(self, item: T) -> bool:
+        """Queue one item unless a full batch is already waiting; False leaves it to `add`."""
+        if self._task is None:
+            self._pending.append(item)
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            return True
+        if len(self._pending) + 1 >= 4 * self._max_batch:  # this one would fill the queue
+            return False
+        self._pending.append(item)
+        return True
+
     async def add(self, item: T) -> None:
         """Queue one item; waits only when a full batch is already waiting (back-pressure)."""
-        self._pending.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        elif len(self._pending) >= 4 * self._max_batch:
+        if not self.add_nowait(item):
+            self._pending.append(item)
+            assert self._task is not None
             await asyncio.shield(self._task)
 
     async def _run(self) -> None:

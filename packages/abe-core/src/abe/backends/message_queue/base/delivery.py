@@ -22,6 +22,7 @@ class _Settler(Protocol):
     @property
     def backend_name(self) -> str: ...
 
+    def _ack_nowait(self, delivery: Delivery) -> bool: ...
     async def _settle_ack(self, delivery: Delivery) -> None: ...
     async def _settle_nack(self, delivery: Delivery, delay: float) -> None: ...
     async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None: ...
@@ -106,6 +107,20 @@ class Delivery:
         """Mark the message done; it is not delivered to this group again."""
         self._claim("ack")
         await self._settler._settle_ack(self)
+
+    def ack_nowait(self) -> bool:
+        """Acknowledge without waiting, if its subscription can queue the ack now.
+
+        False means nothing was done (the subscription is closed, or its acks are backed
+        up): call `await ack()`, which waits or raises. The consumer's fast path.
+        """
+        if self._outcome is not None:
+            return False
+        self._outcome = "ack"
+        if self._settler._ack_nowait(self):
+            return True
+        self._outcome = None
+        return False
 
     async def nack(self, delay: float = 0.0) -> None:
         """Give the message back to be delivered again, no sooner than `delay` seconds."""

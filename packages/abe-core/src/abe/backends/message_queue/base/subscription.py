@@ -271,6 +271,14 @@ class Subscription:
             )
         return self._receiver
 
+    def _ack_nowait(self, delivery: Delivery) -> bool:
+        if self._state == "closed" or self._receiver is None:
+            return False
+        if not self._acks.add_nowait(delivery.message):
+            return False
+        self._release_credit()
+        return True
+
     async def _settle_ack(self, delivery: Delivery) -> None:
         self._check_settleable(delivery)
         self._release_credit()
