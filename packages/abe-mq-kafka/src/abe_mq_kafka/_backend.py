@@ -108,22 +108,18 @@ class KafkaBackend(BaseBackend):
             return
         # One partition per call (like KIP-480's sticky partitioner), in aiokafka's record batches
         partition = random.choice(sorted(await producer.partitions_for(key) or {0}))
-        sent: list[tuple[Any, range]] = []  # each batch's future, and the messages it holds
-        builder, first = producer.create_batch(), 0
-        for index, message in enumerate(messages):
+        futures: list[Any] = []  # for each message, the future of the batch that holds it
+        builder, held = producer.create_batch(), 0
+        for message in messages:
             record = {"value": message.body, "headers": record_headers(message.headers)}
             if builder.append(timestamp=None, key=None, **record) is None:  # full: send it
-                future = await producer.send_batch(builder, key, partition=partition)
-                sent.append((future, range(first, index)))
-                builder, first = producer.create_batch(), index
+                futures += [await producer.send_batch(builder, key, partition=partition)] * held
+                builder, held = producer.create_batch(), 0
                 builder.append(timestamp=None, key=None, **record)
-        future = await producer.send_batch(builder, key, partition=partition)
-        sent.append((future, range(first, len(messages))))
-        results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
-        pairs = zip(sent, results, strict=True)
-        failed = {
-            i: error for (_, span), error in pairs if isinstance(error, Exception) for i in span
-        }
+            held += 1
+        futures += [await producer.send_batch(builder, key, partition=partition)] * held
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = {i: error for i, error in enumerate(results) if isinstance(error, Exception)}
         if len(failed) == len(messages):
             raise next(iter(failed.values()))
         if failed:
