@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -106,8 +105,8 @@ class KafkaBackend(BaseBackend):
             message = messages[0]
             await producer.send_and_wait(key, message.body, headers=record_headers(message.headers))
             return
-        # One partition per call (like KIP-480's sticky partitioner), in aiokafka's record batches
-        partition = random.choice(sorted(await producer.partitions_for(key) or {0}))
+        # One partition per call (like KIP-480's sticky partitioner), the key's next one each time
+        partition = self.client.next_partition(key, await producer.partitions_for(key) or {0})
         futures: list[Any] = []  # for each message, the future of the batch that holds it
         builder, held = producer.create_batch(), 0
         for message in messages:
@@ -127,8 +126,7 @@ class KafkaBackend(BaseBackend):
             raise PublishError(key, reasons, len(messages))
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
-        for key in keys:
-            await self.client.ensure_topic(key)
+        await asyncio.gather(*(self.client.ensure_topic(key) for key in keys))  # at once
         receiver = KafkaReceiver(self.client, group, tuple(keys))
         await receiver.start()
         return receiver

@@ -33,8 +33,6 @@ __all__ = ["KafkaReceiver"]
 
 log = logging.getLogger("abe.kafka")
 
-_STARVED_AFTER = 30.0  # seconds receiving nothing while records wait, before a warning
-
 
 @dataclass(eq=False)
 class _Partition:
@@ -83,7 +81,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._order = itertools.count()
         self._fetching, self._closed = 0, False
         self._last_active = self._received = time.monotonic()
-        self._starved_after, self._fetch_wait = _STARVED_AFTER, settings.fetch_max_wait
+        # seconds receiving nothing while records wait before a warning, and the fetch wait it names
+        self._starved_after, self._fetch_wait = 30.0, settings.fetch_max_wait
         self._joined, self._settled = asyncio.Event(), asyncio.Event()
         self._revoking: asyncio.Event | None = None  # set once a running revoke has committed
         self._commit_lock, self._membership = asyncio.Lock(), asyncio.Lock()
@@ -141,12 +140,10 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             async with self._membership:
                 consumer = self._consumer or await self._start_consumer(wait=False)
         out = self._take_due(max_messages, [])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
         while not out:
-            wait = deadline - loop.time()
-            if self._delayed:
-                wait = min(wait, self._delayed[0][0] - time.monotonic())
+            until = min(deadline, self._delayed[0][0]) if self._delayed else deadline
+            wait = until - time.monotonic()  # at most until the first delayed copy is due
             self._fetching += 1
             try:
                 wait_ms = max(0, int(wait * 1000))
@@ -157,7 +154,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             self._accept(batches)
             if self._take_due(max_messages, out):
                 self._received = time.monotonic()
-            if loop.time() >= deadline or self._consumer is not consumer:
+            if time.monotonic() >= deadline or self._consumer is not consumer:
                 break
         return out
 
@@ -390,8 +387,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _read(topic: str, partition: int, record: Any, entry: _Entry) -> int:
-    """Set `entry.message` to the message `record` carries; return when it is due (ms since the
-    epoch, 0 for at once)."""
+    """Give `entry` the message `record` carries; return its due time (epoch ms, 0: at once)."""
     offset, headers = record.offset, {}
     for name, value in record.headers or ():
         headers[name] = value.decode("utf-8", "replace") if value else ""
