@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from types import SimpleNamespace
@@ -94,6 +95,17 @@ async def test_publish_many_writes_record_batches_to_one_partition() -> None:
     assert [value for values, _ in producer.sent for value in values] == [
         b'{"n":%d}' % n for n in range(5)
     ]
+    await backend.close()
+
+
+async def test_publish_many_calls_take_the_partitions_in_turn() -> None:
+    producer = BatchingProducer()
+    backend = backend_with(producer)
+    for _ in range(6):
+        await backend.publish_many("orders", [{"n": 1}, {"n": 2}])  # one batch each
+    chosen = [partition for _, partition in producer.sent]
+    assert sorted(chosen) == [0, 0, 1, 1, 2, 2]  # evenly, whatever partition came first
+    assert all(later == (earlier + 1) % 3 for earlier, later in itertools.pairwise(chosen))
     await backend.close()
 
 

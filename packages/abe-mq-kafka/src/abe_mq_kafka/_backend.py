@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -106,24 +105,20 @@ class KafkaBackend(BaseBackend):
             message = messages[0]
             await producer.send_and_wait(key, message.body, headers=record_headers(message.headers))
             return
-        # One partition per call (like KIP-480's sticky partitioner), in aiokafka's record batches
-        partition = random.choice(sorted(await producer.partitions_for(key) or {0}))
-        sent: list[tuple[Any, range]] = []  # each batch's future, and the messages it holds
-        builder, first = producer.create_batch(), 0
-        for index, message in enumerate(messages):
+        # One partition per call (like KIP-480's sticky partitioner), the key's next one each time
+        partition = self.client.next_partition(key, await producer.partitions_for(key) or {0})
+        futures: list[Any] = []  # for each message, the future of the batch that holds it
+        builder, held = producer.create_batch(), 0
+        for message in messages:
             record = {"value": message.body, "headers": record_headers(message.headers)}
             if builder.append(timestamp=None, key=None, **record) is None:  # full: send it
-                future = await producer.send_batch(builder, key, partition=partition)
-                sent.append((future, range(first, index)))
-                builder, first = producer.create_batch(), index
+                futures += [await producer.send_batch(builder, key, partition=partition)] * held
+                builder, held = producer.create_batch(), 0
                 builder.append(timestamp=None, key=None, **record)
-        future = await producer.send_batch(builder, key, partition=partition)
-        sent.append((future, range(first, len(messages))))
-        results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
-        pairs = zip(sent, results, strict=True)
-        failed = {
-            i: error for (_, span), error in pairs if isinstance(error, Exception) for i in span
-        }
+            held += 1
+        futures += [await producer.send_batch(builder, key, partition=partition)] * held
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = {i: error for i, error in enumerate(results) if isinstance(error, Exception)}
         if len(failed) == len(messages):
             raise next(iter(failed.values()))
         if failed:
@@ -131,8 +126,7 @@ class KafkaBackend(BaseBackend):
             raise PublishError(key, reasons, len(messages))
 
     async def _open_receiver(self, group: str, keys: Sequence[str]) -> Receiver:
-        for key in keys:
-            await self.client.ensure_topic(key)
+        await asyncio.gather(*(self.client.ensure_topic(key) for key in keys))  # at once
         receiver = KafkaReceiver(self.client, group, tuple(keys))
         await receiver.start()
         return receiver

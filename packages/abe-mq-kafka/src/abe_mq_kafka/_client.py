@@ -7,7 +7,7 @@ import itertools
 import logging
 import random
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
@@ -36,7 +36,8 @@ class KafkaClient:
         self.admin = self._lazy(lambda: AIOKafkaAdminClient(**settings.connection_options()))
         self.topics: set[str] = set()  # topics known to exist (made or seen made)
         self._creating: dict[str, asyncio.Task[None]] = {}
-        self._member_of: dict[Any, tuple[str, str]] = {}
+        self._member_of: dict[Any, tuple[str, str | None]] = {}
+        self._turns: dict[str, int] = {}  # publish_many calls made to each key
 
     def _lazy(self, make: Callable[[], Any]) -> LazyClient[Any]:
         """A client made and started on first use, shared by the backend and its receivers."""
@@ -73,8 +74,7 @@ class KafkaClient:
         member = None if base is None else next(name for name in names if name not in used)
         options = {**self.settings.consumer_options(), "group_instance_id": member}
         consumer = await self.start(AIOKafkaConsumer(group_id=group, **options))
-        if member is not None:
-            self._member_of[consumer] = (group, member)
+        self._member_of[consumer] = (group, member)
         consumer.subscribe(list(keys), listener=listener)
         return consumer
 
@@ -107,7 +107,14 @@ class KafkaClient:
                 raise for_code(code)(*[detail for detail in rest[:1] if detail])
         if len(self.topics) > 10_000:
             self.topics.clear()
+            self._turns.clear()
         self.topics.add(key)
+
+    def next_partition(self, key: str, partitions: Collection[int]) -> int:
+        """The partition after the one `key` was given last (a random one at first), so that
+        publish_many calls spread evenly over the partitions and the members reading them."""
+        turn = self._turns[key] = self._turns.get(key, random.randrange(1 << 16)) + 1
+        return sorted(partitions)[turn % len(partitions)]
 
     async def send_copy(
         self, key: str, body: bytes, headers: Mapping[str, str], *, avoid: frozenset[int]

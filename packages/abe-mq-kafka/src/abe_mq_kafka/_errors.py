@@ -36,8 +36,7 @@ def is_scram_rejection(error: BaseException) -> bool:
 
 def in_sasl_login(error: BaseException) -> bool:
     """Whether aiokafka raised `error` during a SASL login (a broker closing it refuses it)."""
-    frames = walk_tb(error.__traceback__)
-    return any(frame.f_code.co_name == "_do_sasl_handshake" for frame, _ in frames)
+    return any(f.f_code.co_name == "_do_sasl_handshake" for f, _ in walk_tb(error.__traceback__))
 
 
 def tidy(text: str) -> str:
