@@ -27,10 +27,10 @@ _SLACK = 0.005  # seconds past an entry's due time to look for it: the server se
 
 def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     """A stream entry, [id, fields], as a message: `data` is the body, other fields headers."""
-    entry_id, fields = entry[0].decode(), entry[1]
-    pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-    body = pairs.pop(b"data", b"")
-    headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs.items()}
+    entry_id, fields = entry[0].decode(), iter(entry[1])
+    headers = {k.decode("utf-8", "replace"): v for k, v in zip(fields, fields, strict=False)}
+    body = headers.pop("data", b"")  # the rest are headers: their values as text
+    headers = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
     return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
@@ -171,16 +171,16 @@ class RedisReceiver(Receiver):
 
     async def _recreated(self, replies: list[Any]) -> bool:
         """Whether a reply says the group is missing; it is then created again, from the start."""
-        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
-        if missing is not None:
+        missing = [e for e in replies if isinstance(e, Exception) and str(e).startswith("NOGROUP")]
+        if missing:  # only errors are made text: str() of a read's reply would copy its data
             log.warning(
                 "redis: group %r is missing on %s (%s); creating it again from the start of the "
                 "stream (did the server restart without persistence, or was the key deleted?)",
-                *(self.group, ", ".join(self.keys), missing),
+                *(self.group, ", ".join(self.keys), missing[0]),
             )
             await self._client.create_groups(self.group, self.keys)
             self._cursors = dict.fromkeys(self.keys, "0-0")
-        return missing is not None
+        return bool(missing)
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
         """The periodic work: keep held entries, arm delayed ones, reclaim the unfinished."""
