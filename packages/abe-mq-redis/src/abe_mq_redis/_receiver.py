@@ -29,9 +29,9 @@ _SLACK = 0.005  # seconds past an entry's due time to look for it: the server se
 def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     """A stream entry, [id, fields], as a message: `data` is the body, other fields headers."""
     entry_id, fields = entry[0].decode(), iter(entry[1])
-    headers = {k.decode("utf-8", "replace"): v for k, v in zip(fields, fields, strict=False)}
-    body = headers.pop("data", b"")  # the rest are headers: their values as text
-    headers = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
+    pairs = dict(zip(fields, fields, strict=False))
+    body = pairs.pop(b"data", b"")  # the rest are headers, as text
+    headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs.items()}
     return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
