@@ -8,9 +8,11 @@ its own connection pool, the payload bytes abe would send:
     end_to_end    XREADGROUP (COUNT 100, BLOCK 1 s) and one awaited XACK per message,
                   while one publisher XADDs one message at a time
     drain_ack_each  the backlog XADDed first (a pipeline per batch), then XGROUP CREATE
-                  (id 0), XREADGROUP (COUNT 100, BLOCK 1 s) over every key and one awaited
-                  XACK per message
-    drain_batched   the same, with one XACK per stream of each read, naming all its ids
+                  (id 0), XREADGROUP (BLOCK 1 s) over every key for at most 100 entries in
+                  all (COUNT 100 over one key, COUNT 1 over 100: abe's default prefetch, since
+                  COUNT applies to each key) and one awaited XACK per message
+    drain_batched   the same, with one XACK per stream of each read naming all its ids, the
+                  XACKs of one read in one pipeline
 
 It deletes the streams it wrote when closed.
 """
@@ -39,7 +41,7 @@ from abe_mq_redis._settings import RedisSettings
 __all__ = ["RawRedisBaseline"]
 
 _READ_COUNT = 100
-"""Entries one raw XREADGROUP asks for."""
+"""Entries one raw XREADGROUP asks for in all (abe's default prefetch), shared by the keys."""
 
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
@@ -145,18 +147,19 @@ class RawRedisBaseline:
         for key in workload.all_keys:
             await client.xgroup_create(key, group, id="0", mkstream=True)
         streams: dict[Any, Any] = dict.fromkeys(workload.all_keys, ">")
+        count = max(1, _READ_COUNT // len(streams))  # COUNT is per key
         clock = DrainClock(workload, progress)
         while not clock.complete:
-            reply: Any = await client.xreadgroup(
-                group, "raw", streams, count=_READ_COUNT, block=1000
-            )
+            reply: Any = await client.xreadgroup(group, "raw", streams, count=count, block=1000)
+            read: list[tuple[Any, list[Any]]] = []  # (stream, entry ids)
             for stream, entries in _streams(reply):
                 for entry_id, fields in entries:
                     clock.record(json.loads(fields[b"data"]))
                     if ack_each:
                         await client.xack(stream, group, entry_id)
                 if entries and not ack_each:
-                    await client.xack(stream, group, *(entry_id for entry_id, _ in entries))
+                    read.append((stream, [entry_id for entry_id, _ in entries]))
+            await _ack(client, group, read)
         return clock.measurement()
 
     async def close(self) -> None:
@@ -169,6 +172,17 @@ class RawRedisBaseline:
                 await client.delete(*self._keys)
         finally:
             await client.aclose(close_connection_pool=True)
+
+
+async def _ack(client: Redis, group: str, read: list[tuple[Any, list[Any]]]) -> None:
+    """One XACK per stream naming all its ids; several streams' XACKs in one pipeline."""
+    if len(read) == 1:
+        await client.xack(read[0][0], group, *read[0][1])
+    elif read:
+        pipe = client.pipeline(transaction=False)
+        for stream, ids in read:
+            pipe.xack(stream, group, *ids)
+        await pipe.execute()
 
 
 def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:

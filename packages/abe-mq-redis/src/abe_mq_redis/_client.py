@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, cast
 
+from hiredis import pack_command
 from redis.asyncio import ConnectionPool
 from redis.asyncio import connection as connections
 from redis.asyncio.retry import Retry
@@ -49,8 +50,10 @@ async def reply(connection: connections.AbstractConnection) -> Any:
 
 
 async def exchange(connection: connections.AbstractConnection, commands: Sequence[Command]) -> Any:
-    """`commands` in one write on `connection` (packed by hiredis, if installed), their replies."""
-    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    """`commands` in one write on `connection`, their replies; packed by hiredis, as redis-py's
+    pack_commands (which first encodes each argument in Python) takes 9 times as long."""
+    packed = [pack_command(command) for command in commands]  # type: ignore[arg-type]
+    await connection.send_packed_command(packed, check_health=False)
     return [await reply(connection) for _ in commands]
 
 
@@ -87,8 +90,7 @@ class RedisClient:
         self, commands: Sequence[Command], check: Iterable[str] = (), group: str | None = None
     ) -> list[Any]:
         """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
-        replies; a broken connection is replaced once, as redis-py does, a cut call drops it.
-        With `check` (the keys), the first error reply is raised (see `raise_first`)."""
+        replies; a broken one is replaced once, a cut call drops it; `check`: see raise_first."""
         cluster = await self._cluster()
         replies = await (self._send(commands) if cluster is None else cluster.send(commands))
         if check:  # with the slot given back: naming a culprit sends again
@@ -206,9 +208,8 @@ class RedisClient:
         """Close every connection: the kept ones, both pools', the cluster clients'."""
         pools, cluster = (self._pool, self._reads), self.cluster
         self._idle, self._pool, self._reads, self.cluster = [], None, None, None
-        for pool in pools:
-            if pool is not None:
-                await pool.disconnect()
+        for pool in (pool for pool in pools if pool is not None):
+            await pool.disconnect()
         if cluster is not None:
             await cluster.close()
 

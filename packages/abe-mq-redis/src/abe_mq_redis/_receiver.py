@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,9 +28,9 @@ _SLACK = 0.005  # seconds past an entry's due time to look for it: the server se
 
 def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     """A stream entry, [id, fields], as a message: `data` is the body, other fields headers."""
-    entry_id, fields = entry[0].decode(), entry[1]
-    pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-    body = pairs.pop(b"data", b"")
+    entry_id, fields = entry[0].decode(), iter(entry[1])
+    pairs = dict(zip(fields, fields, strict=False))
+    body = pairs.pop(b"data", b"")  # the rest are headers, as text
     headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs.items()}
     return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
@@ -54,19 +55,17 @@ class RedisReceiver(Receiver):
     def __init__(
         self, client: RedisClient, group: str, keys: tuple[str, ...], consumer: str
     ) -> None:
-        settings = client.settings
         self._client, self._read_pool = client, client.read_pool
         self.group, self.keys, self.consumer = group, keys, consumer
-        self._lease = settings.redelivery_timeout
+        self._lease = client.settings.redelivery_timeout
         self._lease_ms = max(1, round(self._lease * 1000))
-        self._idle_limit_ms = round(settings.consumer_idle_timeout * 1000)
+        self._idle_limit_ms = round(client.settings.consumer_idle_timeout * 1000)
         self._tick = min(_MAX_TICK, max(0.05, self._lease / 4))
         self._next_tick = 0.0  # the first fetch reclaims what earlier members left
         self._wakeups: list[float] = []  # a heap: when entries nacked with a delay come due
         self._cursors = dict.fromkeys(keys, "0-0")
         self._held: dict[tuple[str, str], int] = {}  # (key, id): due, in ms since the epoch
-        self._held_refreshed = 0.0
-        self._turn = 0
+        self._held_refreshed, self._turn = 0.0, 0
         self._acks: dict[asyncio.Future[bool], dict[str, list[str]]] = {}  # for a read to carry
         self._connection: AbstractConnection | None = None  # this member's, for blocking reads
         self._client_id: int | None = None  # that connection's, for CLIENT UNBLOCK
@@ -74,10 +73,9 @@ class RedisReceiver(Receiver):
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         now = time.monotonic()
-        if now >= self._next_tick or (self._wakeups and self._wakeups[0] <= now):
-            reclaimed = await self._maintain(max_messages, now)
-            if reclaimed:
-                return reclaimed
+        maintain = now >= self._next_tick or (self._wakeups and self._wakeups[0] <= now)
+        if maintain and (reclaimed := await self._maintain(max_messages, now)):
+            return reclaimed
         due = min([self._next_tick, *self._wakeups[:1]]) - time.monotonic()
         block = min(timeout, self._client.settings.poll_interval, due)
         return await self._read(max_messages, int(block * 1000))
@@ -116,8 +114,8 @@ class RedisReceiver(Receiver):
         if await self._recreated(results):
             return []
         await self._client.raise_first(results, keys)
-        found = (item for result in results for item in result or ())
-        return [_message(as_text(key), entry, 1) for key, entries in found for entry in entries]
+        found = ((as_text(key), entries) for result in results for key, entries in result or ())
+        return [_message(key, entry, 1) for key, entries in found for entry in entries]
 
     async def _cluster_read(self, xacks: list[Command], dones: list[Any], *read: Any) -> Any:
         """In a cluster: the XACKs, then at once one XREADGROUP per hash slot of the keys (one
@@ -145,7 +143,7 @@ class RedisReceiver(Receiver):
                     self._client_id = None
                     await connection.connect()
                 ask: list[Command] = [("CLIENT", "ID")] if self._client_id is None else []
-                packed = connection.pack_commands([*ask, *commands])
+                packed = [pack_command(command) for command in (*ask, *commands)]  # type: ignore[arg-type]
                 await connection.send_packed_command(packed, check_health=False)
                 if ask:  # refused (an ACL user without CLIENT): 0, and never asked again
                     client_id = await reply(connection)
@@ -171,16 +169,16 @@ class RedisReceiver(Receiver):
 
     async def _recreated(self, replies: list[Any]) -> bool:
         """Whether a reply says the group is missing; it is then created again, from the start."""
-        missing = next((item for item in replies if str(item).startswith("NOGROUP")), None)
-        if missing is not None:
+        missing = [e for e in replies if isinstance(e, Exception) and str(e).startswith("NOGROUP")]
+        if missing:  # only errors are made text: str() of a read's reply would copy its data
             log.warning(
                 "redis: group %r is missing on %s (%s); creating it again from the start of the "
                 "stream (did the server restart without persistence, or was the key deleted?)",
-                *(self.group, ", ".join(self.keys), missing),
+                *(self.group, ", ".join(self.keys), missing[0]),
             )
             await self._client.create_groups(self.group, self.keys)
             self._cursors = dict.fromkeys(self.keys, "0-0")
-        return missing is not None
+        return bool(missing)
 
     async def _maintain(self, credit: int, now: float) -> list[IncomingMessage]:
         """The periodic work: keep held entries, arm delayed ones, reclaim the unfinished."""
