@@ -24,9 +24,9 @@ Nothing confirmed may be lost; duplicates must stay within what the restart expl
   raw aiokafka). The broker is held down until three eighths of the run's messages,
   published after the kill, were handled (at most 15 s), so that the move must happen
   while it is down; the test asserts a message published after the kill was handled on
-  every partition
-  within the session timeout plus one redelivery timeout (what the others take to settle
-  their in-flight messages before rejoining) plus 5 s for the join on a loaded machine.
+  every partition within the session timeout plus one redelivery timeout (what the others
+  take to settle their in-flight messages before rejoining) plus 5 s for the join on a
+  loaded machine: 12 s.
 """
 
 from __future__ import annotations
