@@ -140,8 +140,10 @@ class KafkaCluster(_Cluster):
 
     Tansu keeps nothing a client relies on in a broker: records, offsets and group state
     are in the bucket, so any broker serves any partition and one may die at any time.
-    Each broker advertises only itself, and aiokafka keeps to the brokers metadata names
-    (it never goes back to its bootstrap list), so :meth:`bootstrap_from` spreads clients.
+    Each broker advertises only itself, aiokafka keeps to the brokers metadata names (it
+    never goes back to its bootstrap list) and starts from a random one of the brokers it
+    is given (``collect_hosts`` shuffles them), so a client given every broker stays on
+    one chosen by chance: :meth:`bootstrap_at` gives one broker, to place a client on it.
     """
 
     def __init__(
@@ -158,22 +160,22 @@ class KafkaCluster(_Cluster):
 
     @property
     def bootstrap(self) -> str:
-        """``KAFKA_BOOTSTRAP_SERVERS`` listing every broker (clients use the first that answers)."""
-        return self.bootstrap_from(0)
+        """``KAFKA_BOOTSTRAP_SERVERS`` listing every broker (aiokafka uses one at random)."""
+        return ",".join(node.bootstrap for node in self.nodes)
 
-    def bootstrap_from(self, first: int) -> str:
-        """Every broker, starting at broker ``first``: a client given this one uses it."""
-        order = [self.nodes[(first + step) % self.size] for step in range(self.size)]
-        return ",".join(node.bootstrap for node in order)
+    def bootstrap_at(self, index: int) -> str:
+        """``KAFKA_BOOTSTRAP_SERVERS`` naming broker ``index`` alone: a client given it uses it."""
+        return self.nodes[index % self.size].bootstrap
 
-    def env(self, first: int = 0) -> dict[str, str]:
-        """The variables abe-mq-kafka reads: every broker, replication factor, no idempotence.
+    def env(self, at: int | None = None) -> dict[str, str]:
+        """The variables abe-mq-kafka reads: every broker (or broker ``at`` alone),
+        replication factor, no idempotence.
 
         The producer always asks for acks=all; Tansu answers InitProducerId with an error,
         so the idempotent producer is off, as for the single Tansu broker.
         """
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_from(first),
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap if at is None else self.bootstrap_at(at),
             "ABE_KAFKA_REPLICATION_FACTOR": str(self.size),
             "ABE_KAFKA_IDEMPOTENT": "false",
         }

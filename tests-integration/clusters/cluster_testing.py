@@ -9,13 +9,15 @@ test's (abe_crash) and the providers' test folders on sys.path.
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from abe_crash.records import Confirmed, Handled
 from abe_crash.sizes import Sizes
 
-__all__ = ["FAILOVER_SIZES", "hold_down", "load_suite"]
+__all__ = ["FAILOVER_SIZES", "every_partition_resumed", "hold_down", "load_suite"]
 
 _TESTS = Path(__file__).resolve().parent.parent
 
@@ -28,6 +30,34 @@ def hold_down(sizes: Sizes) -> int:
     """Messages published after the kill that the other nodes must carry before the killed
     one comes back: an eighth of the run (187 of 1,500, about 2.5 s of the stream)."""
     return max(1, sizes.messages // 8)
+
+
+def every_partition_resumed(run: Path) -> float | None:
+    """Seconds from the kill until, on every Kafka partition, a message published after it
+    was handled: the slowest partition, the dead broker's member's until the group moves it.
+
+    From a crash run's files (events.log, confirmed.log, placed-kafka.log, handled-w*.log);
+    None if no message was published after the kill.
+    """
+    events = dict(line.split()[:2] for line in _lines(run / "events.log"))
+    killed = float(events["broker-killed"])
+    confirmed = map(Confirmed.parse, _lines(run / "confirmed.log"))
+    after = {c.number for c in confirmed if c.started >= killed}
+    handled: dict[int, float] = {}
+    for path in run.glob("handled-w*.log"):
+        for h in map(Handled.parse, _lines(path)):
+            handled[h.number] = min(handled.get(h.number, math.inf), h.at)
+    resumed: dict[str, float] = {}
+    for line in _lines(run / "placed-kafka.log"):
+        number, _, partition, *_ = line.split()
+        if partition != "-" and int(number) in after:
+            at = handled.get(int(number), math.inf)
+            resumed[partition] = min(resumed.get(partition, math.inf), at)
+    return max(resumed.values()) - killed if resumed else None
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_suite(folder: str, name: str) -> ModuleType:

@@ -37,7 +37,7 @@ class TestKafkaClusterContract(_suite.TestKafkaContract):  # type: ignore[misc,n
     def write_raw(self, kafka_cluster: KafkaCluster) -> RawWriter:
         async def write(key: str, body: bytes) -> None:
             # through another broker than abe's backends use
-            bootstrap = kafka_cluster.bootstrap_from(1)
+            bootstrap = kafka_cluster.bootstrap_at(1)
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
             await producer.start()
             try:
