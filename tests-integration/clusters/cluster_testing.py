@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 from abe_crash.sizes import Sizes
+from abe_crash.verdict import Verdict
 
-__all__ = ["FAILOVER_SIZES", "hold_down", "load_suite"]
+__all__ = ["FAILOVER_SIZES", "Failover", "hold_down", "load_suite"]
+
+Failover = Callable[..., Verdict]
+"""The ``failover`` fixture: ``failover(target, name, key=None)`` runs the crash harness once
+on ``key`` (a fresh one when None) and records its figures."""
 
 _TESTS = Path(__file__).resolve().parent.parent
 

@@ -8,6 +8,9 @@ Nothing confirmed may be lost; duplicates must stay within what the restart expl
 
 - NATS: three nodes, R3 streams; the node killed is the one serving the most abe clients
   (its monitoring port says), which reconnect to the others from NATS_URL.
+- Redis: six nodes, three masters with a replica each, ABE_REDIS_WAIT_REPLICAS=1 (a
+  publish is confirmed once a replica has it); the node killed is the master serving the
+  run's stream, whose replica takes its slots over; started again, it rejoins as a replica.
 - Kafka: three Tansu brokers on one bucket, replication factor 3, acks=all. aiokafka keeps
   to the brokers metadata names and never goes back to its bootstrap list, and a Tansu
   broker names only itself, so each worker bootstraps from a different broker; the one
@@ -18,11 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from abe_brokers import KafkaCluster, NatsCluster, rerun_on_tansu_fault
+from abe_brokers import KafkaCluster, NatsCluster, RedisCluster, rerun_on_tansu_fault, unique_name
 from abe_crash.run import Target
 from abe_crash.sizes import Sizes
-from abe_crash.verdict import Verdict
-from cluster_testing import hold_down
+from cluster_testing import Failover, hold_down
 from kafka_testing import TEST_ENV
 
 
@@ -46,7 +48,7 @@ class _BusiestNode:
 
 def test_nats_cluster_loses_nothing_when_a_node_dies(
     nats_cluster: NatsCluster,
-    failover: Callable[[Target, str], Verdict],
+    failover: Failover,
     failover_sizes: Sizes,
     record_property: Callable[[str, object], None],
 ) -> None:
@@ -82,7 +84,7 @@ class _OneWorkersBroker:
 
 @rerun_on_tansu_fault
 def test_kafka_cluster_loses_nothing_when_a_broker_dies(
-    kafka_cluster: KafkaCluster, failover: Callable[[Target, str], Verdict], failover_sizes: Sizes
+    kafka_cluster: KafkaCluster, failover: Failover, failover_sizes: Sizes
 ) -> None:
     size = kafka_cluster.size
     # the producer uses broker 0; worker n uses broker n % size; broker 1 is killed
@@ -102,3 +104,49 @@ def test_kafka_cluster_loses_nothing_when_a_broker_dies(
     verdict = failover(target, "kafka-cluster")
     assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
     assert verdict.figures["lost"] == 0
+
+
+class _KeysMaster:
+    """The crash a failover run does: kill the master serving `key`'s slot, then start it."""
+
+    def __init__(self, cluster: RedisCluster, key: str) -> None:
+        self.cluster = cluster
+        self.key = key
+        self.index: int | None = None
+        self.promoted: int | None = None
+        self.role_after = ""
+
+    def kill(self) -> None:
+        self.index = self.cluster.master_of(self.key)
+        self.cluster.kill_node(self.index)
+
+    def start(self) -> None:
+        assert self.index is not None
+        self.promoted = self.cluster.master_of(self.key)  # held down: the replica took over
+        self.cluster.start_node(self.index)
+        self.role_after = self.cluster.role(self.index)
+
+
+def test_redis_cluster_loses_nothing_when_a_master_dies(
+    redis_cluster: RedisCluster,
+    failover: Failover,
+    failover_sizes: Sizes,
+    record_property: Callable[[str, object], None],
+) -> None:
+    key = unique_name("failover")
+    crash = _KeysMaster(redis_cluster, key)
+    target = Target(
+        "redis",
+        redis_cluster.env(),
+        crash,
+        redis_cluster.describe(),
+        hold_down=hold_down(failover_sizes),
+    )
+    verdict = failover(target, "redis-cluster", key)
+    record_property("redis_master_killed", str(crash.index))
+    record_property("redis_replica_promoted", str(crash.promoted))
+    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
+    assert verdict.figures["lost"] == 0
+    assert crash.promoted is not None, "the master of the stream's slot was never killed"
+    assert crash.promoted != crash.index, "no replica took the dead master's slot over"
+    assert crash.role_after == "slave", f"the old master came back as {crash.role_after!r}"
