@@ -240,6 +240,8 @@ class RedisCluster(_Cluster):
             extra += ["--cluster-port", str(free_port())]
             # a replica may take over however long it was cut off: the tests kill nodes
             extra += ["--cluster-replica-validity-factor", "0"]
+            # a replica's full sync starts at once, not after 5 s waiting for more replicas
+            extra += ["--repl-diskless-sync-delay", "0"]
             node_dir = directory / f"node-{index}"
             self.nodes.append(RedisServer(node_dir, extra_args=extra, binary=binary))
 
