@@ -118,6 +118,7 @@ class _KeysMaster:
         self.key = key
         self.index: int | None = None
         self.promoted: int | None = None
+        self.killed_at = 0.0
         self.promoted_after = 0.0
         self.role_after = ""
 
