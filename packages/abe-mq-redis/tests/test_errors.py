@@ -93,9 +93,11 @@ def test_every_redis_exception_becomes_an_abe_error(cls: type[Exception]) -> Non
         ),
         (
             redis.exceptions.ResponseError("MOVED 3999 127.0.0.1:6381"),
-            ConfigurationError,
-            "Redis Cluster",
+            BackendUnavailableError,
+            "Redis Cluster is failing over",
         ),
+        (redis.exceptions.ClusterDownError("CLUSTERDOWN"), BackendUnavailableError, "abe retries"),
+        (redis.exceptions.TryAgainError("TRYAGAIN"), BackendUnavailableError, "moving slots"),
         (
             redis.exceptions.MaxConnectionsError("Too many connections"),
             BackendUnavailableError,
@@ -115,6 +117,16 @@ def test_specific_mappings(error: Exception, expected: type[Exception], says: st
     assert isinstance(translated, expected)
     assert says in str(translated)
     assert WHERE in str(translated)
+
+
+def test_a_redirect_with_cluster_mode_off_names_the_setting() -> None:
+    backend = RedisBackend(RedisSettings(url=WHERE, cluster="no"))
+    translated = backend._translate_error(
+        _instance(redis.exceptions.MovedError, "MOVED 3999 127.0.0.1:6381")
+    )
+    assert isinstance(translated, ConfigurationError)
+    assert "ABE_REDIS_CLUSTER" in str(translated)
+    assert "auto or yes" in str(translated)
 
 
 def test_unknown_exceptions_pass_through() -> None:

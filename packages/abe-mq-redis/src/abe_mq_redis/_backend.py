@@ -9,7 +9,7 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from abe.errors import PublishError
+from abe.errors import BackendUnavailableError, PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
 from abe_mq_redis._client import Command, RedisClient, delayed_key
 from abe_mq_redis._errors import ERRORS
@@ -25,6 +25,22 @@ DATA_FIELD = "data"
 """The stream entry field holding the payload's JSON (the message body, byte for byte)."""
 
 _CONSUMERS = itertools.count(1)
+
+
+def _wait(replicas: int, seconds: float) -> Command:
+    return ("WAIT", replicas, max(1, round(seconds * 1000)))
+
+
+def _unconfirmed(key: str, count: int, confirmed: object, wanted: int, seconds: float) -> str:
+    """Why a publish is not confirmed, and what a retry risks."""
+    got = f"only {confirmed} of" if isinstance(confirmed, int) else f"none ({confirmed}) of"
+    return (
+        f"{count} message(s) to {key!r} were stored on the Redis primary, but {got} the "
+        f"{wanted} replicas ABE_REDIS_WAIT_REPLICAS asks for confirmed them within {seconds:g}s. "
+        "They may still be delivered (or be lost if the primary fails now): a retry may "
+        "publish them twice, so retry with the same message_id (publish(..., message_id=...)) "
+        "and let consumers drop the duplicate"
+    )
 
 
 class RedisBackend(BaseBackend):
@@ -60,10 +76,17 @@ class RedisBackend(BaseBackend):
         return ("XADD", key, *self._trim, "*", DATA_FIELD, message.body, *headers)
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        results = await self.client.send([self._xadd(key, message) for message in messages])
+        commands = [self._xadd(key, message) for message in messages]
+        wanted, wait = self.settings.wait_replicas, self.settings.operation_timeout / 2
+        if wanted:  # WAIT on the connection of the XADDs: it counts the replicas that have them
+            *results, confirmed = await self.client.send_to(key, [*commands, _wait(wanted, wait)])
+        else:
+            results = await self.client.send(commands)
         failed = {i: str(error) for i, error in enumerate(results) if isinstance(error, Exception)}
         if len(failed) == len(messages) or "WRONGTYPE" in failed.get(min(failed, default=0), ""):
             await self.client.raise_first(results, (key,))  # none stored, or a key of another type
+        if wanted and not (isinstance(confirmed, int) and confirmed >= wanted):
+            raise BackendUnavailableError(_unconfirmed(key, len(messages), confirmed, wanted, wait))
         if failed:
             raise PublishError(key, failed, len(messages))
 

@@ -4,25 +4,27 @@ commands go in one write on a kept redis-py connection, without redis-py's per-c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ssl
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, cast
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.asyncio import connection as connections
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AskError, MaxConnectionsError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from abe.errors import InvalidKeyError
 from abe.provider import bounded
+from abe_mq_redis._cluster import Cluster
 from abe_mq_redis._settings import RedisSettings
 
-__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "reply"]
+__all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "exchange"]
 
 Command = tuple[str | bytes | int, ...]
 """A Redis command and its arguments (str as UTF-8, int as decimal)."""
@@ -46,23 +48,32 @@ async def reply(connection: connections.AbstractConnection) -> Any:
         return exc
 
 
+async def exchange(connection: connections.AbstractConnection, commands: Sequence[Command]) -> Any:
+    """`commands` in one write on `connection` (packed by hiredis, if installed), their replies."""
+    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    return [await reply(connection) for _ in commands]
+
+
 class RedisClient:
     """The command and reading pools of one backend, made on first use, and the calls on them."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
-        self._commands: Redis | None = None
+        self._pool: ConnectionPool | None = None
         self._reads: ConnectionPool | None = None
         self._slots = asyncio.Semaphore(settings.pool_size)
         self._idle: list[connections.AbstractConnection] = []
+        self.cluster: Cluster | None = None  # set once the server is known to be a cluster node
+        self._in_cluster = {"yes": True, "no": False}.get(settings.cluster)  # None: ask it
+        self._asking = asyncio.Lock()
 
     @property
-    def commands(self) -> Redis:
-        """The redis-py client for commands that do not block (timeout: the operation's)."""
-        if self._commands is None:
+    def pool(self) -> ConnectionPool:
+        """Connections for commands that do not block (timeout: the operation's)."""
+        if self._pool is None:
             options = connection_kwargs(self.settings, self.settings.operation_timeout)
-            self._commands = Redis(connection_pool=ConnectionPool(**options))
-        return self._commands
+            self._pool = ConnectionPool(**options)
+        return self._pool
 
     @property
     def read_pool(self) -> ConnectionPool:
@@ -78,14 +89,19 @@ class RedisClient:
         """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
         replies; a broken connection is replaced once, as redis-py does, a cut call drops it.
         With `check` (the keys), the first error reply is raised (see `raise_first`)."""
-        pool = self.commands.connection_pool
+        cluster = await self._cluster()
+        replies = await (self._send(commands) if cluster is None else cluster.send(commands))
+        if check:  # with the slot given back: naming a culprit sends again
+            await self.raise_first(replies, check, group)
+        return replies
+
+    async def _send(self, commands: Sequence[Command]) -> list[Any]:
+        pool = self.pool
         async with self._slots:
             for attempt in (1, 2):
                 connection = self._idle.pop() if self._idle else await pool.get_connection()  # type: ignore[no-untyped-call]
                 try:
-                    packed = connection.pack_commands(commands)  # with hiredis, by hiredis
-                    await connection.send_packed_command(packed, check_health=False)
-                    replies = [await reply(connection) for _ in commands]
+                    replies: list[Any] = await exchange(connection, commands)
                 except BaseException as exc:
                     await connection.disconnect(nowait=True)
                     await pool.release(connection)
@@ -95,8 +111,54 @@ class RedisClient:
                 else:
                     self._idle.append(connection)
                     break
-        if check:  # with the slot given back: naming a culprit sends again
-            await self.raise_first(replies, check, group)
+        return replies
+
+    async def _cluster(self) -> Cluster | None:
+        """The cluster clients if the server is a Redis Cluster node (ABE_REDIS_CLUSTER, or else
+        INFO cluster, asked once), made the first time they are needed."""
+        if self.cluster is None and self._in_cluster is not False:
+            async with self._asking:
+                if self._in_cluster is None:
+                    info = (await self._send([("INFO", "cluster")]))[0]
+                    if isinstance(info, Exception) and not isinstance(info, NoPermissionError):
+                        raise info  # an ACL user without INFO is taken to be on one server
+                    self._in_cluster = isinstance(info, bytes) and b"cluster_enabled:1" in info
+                if self._in_cluster and self.cluster is None:
+                    reads = self.settings.poll_interval + self.settings.operation_timeout
+                    self.cluster = Cluster(
+                        connection_kwargs(self.settings, self.settings.operation_timeout),
+                        connection_kwargs(self.settings, reads),
+                    )
+        return self.cluster
+
+    @contextlib.asynccontextmanager
+    async def connection(self, key: str) -> AsyncIterator[connections.AbstractConnection]:
+        """A connection of its own to `key`'s primary (WATCH needs one), given back after."""
+        cluster = await self._cluster()
+        if cluster is not None:
+            async with cluster.connection(key) as connection:
+                yield connection
+            return
+        pool = self.pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            yield connection
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def send_to(self, key: str, commands: Sequence[Command]) -> list[Any]:
+        """`commands` on one connection to `key`'s primary, as WAIT needs; a redirect there is
+        an error reply, after which the cluster client finds the slot's primary."""
+        cluster = await self._cluster()
+        if cluster is None:
+            return await self.send(commands)
+        async with cluster.connection(key) as connection:
+            replies: list[Any] = await exchange(connection, commands)
+        if any(isinstance(item, AskError) for item in replies):  # MovedError is an AskError
+            await cluster.reroute(key)
         return replies
 
     async def raise_first(
@@ -142,26 +204,23 @@ class RedisClient:
 
     async def delete_keys(self, keys: Sequence[str]) -> None:
         """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
-        culprit = await self._culprit(tuple(keys), None)
-        if culprit is not None:
-            raise culprit
         found = await self.send([("XINFO", "GROUPS", key) for key in keys])
+        await self.raise_first([item for item in found if "WRONGTYPE" in str(item)], keys)
         doomed = list(keys)
         for key, groups in zip(keys, found, strict=True):  # a missing key: an error reply
             if isinstance(groups, list):  # each group: [b"name", <name>, b"consumers", ...]
                 doomed += [delayed_key(key, as_text(group[1])) for group in groups]
-        await self.commands.delete(*doomed)
+        await self.send([("DEL", name) for name in doomed], keys)
 
     async def close(self) -> None:
-        """Give the connections back and close both pools."""
-        idle, self._idle = self._idle, []
-        commands, reads, self._commands, self._reads = self._commands, self._reads, None, None
-        if commands is not None:
-            for connection in idle:
-                await commands.connection_pool.release(connection)
-            await commands.aclose(close_connection_pool=True)
-        if reads is not None:
-            await reads.disconnect()
+        """Close every connection: the kept ones, both pools', the cluster clients'."""
+        pools, cluster = (self._pool, self._reads), self.cluster
+        self._idle, self._pool, self._reads, self.cluster = [], None, None, None
+        for pool in pools:
+            if pool is not None:
+                await pool.disconnect()
+        if cluster is not None:
+            await cluster.close()
 
 
 class _CancellableSend(connections.AbstractConnection):

@@ -86,10 +86,17 @@ _CREDENTIALS = auth(
     "the server refused the credentials; check REDIS_USERNAME and REDIS_PASSWORD, or the user "
     "name and password in REDIS_URL"
 )
-_CLUSTER = config(
-    "REDIS_URL",
-    "it points at a Redis Cluster node; abe-mq-redis needs a standalone server or a primary",
-)
+_CLUSTER = [
+    config(
+        "ABE_REDIS_CLUSTER",
+        "it is no, but REDIS_URL points at a Redis Cluster node: set it to auto or yes",
+        when=lambda error, settings: settings.cluster == "no",
+    ),
+    unavailable(
+        "the Redis Cluster is failing over or moving slots, or a slot has no primary; abe "
+        "retries, and it passes once the cluster settles (CLUSTER INFO says cluster_state:ok)"
+    ),
+]
 _ANYTHING = unavailable("")
 _RULES: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
     redis_errors.AuthenticationError: _CREDENTIALS,
@@ -100,11 +107,11 @@ _RULES: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
         "sets: ACL SETUSER <user> +@stream +@sortedset +@transaction +@connection +type "
         "~<key pattern> ~abe:{<key pattern>"
     ),
-    redis_errors.RedisClusterException: _CLUSTER,
-    redis_errors.ClusterError: _CLUSTER,
-    redis_errors.AskError: _CLUSTER,  # MovedError too
-    redis_errors.ClusterCrossSlotError: _CLUSTER,
-    redis_errors.TryAgainError: _CLUSTER,
+    **dict.fromkeys(
+        (redis_errors.RedisClusterException, redis_errors.ClusterError, redis_errors.AskError),
+        _CLUSTER,  # AskError: MovedError too
+    ),
+    **dict.fromkeys((redis_errors.ClusterCrossSlotError, redis_errors.TryAgainError), _CLUSTER),
     redis_errors.MaxConnectionsError: unavailable(_EXHAUSTED),
     redis_errors.BusyLoadingError: unavailable(
         "the server is loading its data set after a restart; it answers again once loaded"

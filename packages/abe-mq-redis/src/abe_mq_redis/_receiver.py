@@ -11,10 +11,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from abe.provider import IncomingMessage, Receiver, close_quietly
-from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, reply
+from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key, exchange, reply
 
 __all__ = ["RedisReceiver"]
 
@@ -99,19 +100,38 @@ class RedisReceiver(Receiver):
         keys, count = self._share(credit)
         carried, self._acks = self._acks, {}
         acks = [(done, key, ids) for done, by_key in carried.items() for key, ids in by_key.items()]
-        commands: list[Command] = [("XACK", key, self.group, *ids) for _, key, ids in acks]
-        commands.append(self._xreadgroup(keys, count, block_ms))
+        xacks: list[Command] = [("XACK", key, self.group, *ids) for _, key, ids in acks]
+        dones = [done for done, _, _ in acks]
         self._blocked_until = time.monotonic() + block_ms / 1000 if block_ms > 0 else None
         try:
-            result = await self._roundtrip(commands, [done for done, _, _ in acks])
+            if self._client.cluster is None:
+                read = self._xreadgroup(keys, count, block_ms)
+                results = [await self._roundtrip([*xacks, read], dones)]
+            else:
+                results = await self._cluster_read(xacks, dones, keys, count, block_ms)
         finally:
             self._blocked_until = None
             for done in carried:  # not carried through: ack() sends them itself
                 _settle(done, False)
-        if await self._recreated([result]):
+        if await self._recreated(results):
             return []
-        await self._client.raise_first([result], keys)
-        return [_message(as_text(key), e, 1) for key, entries in result or () for e in entries]
+        await self._client.raise_first(results, keys)
+        found = (item for result in results for item in result or ())
+        return [_message(as_text(key), entry, 1) for key, entries in found for entry in entries]
+
+    async def _cluster_read(self, xacks: list[Command], dones: list[Any], *read: Any) -> Any:
+        """In a cluster: the XACKs, then at once one XREADGROUP per hash slot of the keys (one
+        command's keys must share a slot); the reads' replies."""
+        for done, answer in zip(dones, await self._client.send(xacks), strict=True):
+            _settle(done, not isinstance(answer, Exception))
+        keys, count, block_ms = read
+        slots = {key: key_slot(key.encode()) for key in keys}
+        groups = [
+            tuple(k for k in keys if slots[k] == slot) for slot in dict.fromkeys(slots.values())
+        ]
+        assert self._client.cluster is not None
+        reads = [self._xreadgroup(group, count, block_ms) for group in groups]
+        return await asyncio.gather(*map(self._client.cluster.read, reads), return_exceptions=True)
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
         """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
@@ -312,18 +332,23 @@ class RedisReceiver(Receiver):
         """Delete, under WATCH, consumers that own no pending entry and are idle (this one, when
         `include_self`, at once), so that none races a read; best effort."""
         for key in self.keys:
-            async with self._client.commands.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    found: Any = await pipe.execute_command("XINFO", "CONSUMERS", key, self.group)
-                    doomed = self._doomed(found, include_self)
-                    if doomed:
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        for name in doomed:
-                            pipe.execute_command("XGROUP", "DELCONSUMER", key, self.group, name)
-                        await pipe.execute()
-                except Exception as exc:  # WatchError: changed meanwhile; left for later
-                    log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
+            try:
+                async with self._client.connection(key) as connection:
+                    found = await exchange(
+                        connection, [("WATCH", key), ("XINFO", "CONSUMERS", key, self.group)]
+                    )
+                    if isinstance(found[1], Exception):
+                        raise found[1]
+                    doomed: list[Command] = [
+                        ("XGROUP", "DELCONSUMER", key, self.group, name)
+                        for name in self._doomed(found[1], include_self)
+                    ]
+                    # EXEC does nothing if the key changed meanwhile: left for later
+                    await exchange(
+                        connection, [("MULTI",), *doomed, ("EXEC",)] if doomed else [("UNWATCH",)]
+                    )
+            except Exception as exc:
+                log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
 
     def _doomed(self, consumers: Sequence[Sequence[Any]], include_self: bool) -> list[str]:
         """The consumers to delete: none with pending entries; this one only when leaving."""

@@ -81,6 +81,21 @@ class RedisSettings(BackendSettings):
         minimum=1,
         maximum=512 * 1024 * 1024,
     )
+    cluster: str = setting(
+        "ABE_REDIS_CLUSTER",
+        "auto",
+        "Redis Cluster: `auto` asks the server in REDIS_URL on first use (INFO cluster), `yes` "
+        "or `no` say it; in a cluster, REDIS_URL names any node (redis:// or rediss://, db 0).",
+        choices=("auto", "yes", "no"),
+    )
+    wait_replicas: int = setting(
+        "ABE_REDIS_WAIT_REPLICAS",
+        0,
+        "After each publish, WAIT until this many replicas have it (at most half the operation "
+        "timeout); fewer: BackendUnavailableError. 0: confirmed once the primary has it.",
+        minimum=0,
+        maximum=100,
+    )
     consumer_idle_timeout: float = setting(
         "ABE_REDIS_CONSUMER_IDLE_TIMEOUT",
         3600.0,
@@ -109,6 +124,9 @@ class RedisSettings(BackendSettings):
         for name, path in files.items():
             if path is not None and problem is None and not self.tls:
                 yield f"tls_{name}_file", _NOT_TLS
+        unix = self.url.startswith("unix:")
+        if self.cluster == "yes" and problem is None and (unix or parse_url(self.url).get("db")):
+            yield "cluster", "is yes, but a cluster is reached by redis:// or rediss://, db 0"
         if (files["cert"] is None) != (files["key"] is None):
             given, needed = ("cert", "key") if files["key"] is None else ("key", "cert")
             yield f"tls_{needed}_file", f"is required when REDIS_TLS_{given.upper()}_FILE is set"

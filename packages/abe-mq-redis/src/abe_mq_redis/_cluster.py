@@ -1,0 +1,84 @@
+"""Redis Cluster: abe's commands through redis-py's cluster client, which sends each to the
+primary of its key's hash slot and follows MOVED/ASK redirects and failovers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ResponseError, SlotNotCoveredError
+
+__all__ = ["Cluster"]
+
+_RAW: tuple[str, ...] = ("DEL", "EXISTS", "TYPE", "WAIT", "XACK", "XADD", "XAUTOCLAIM", "XCLAIM")
+_RAW += ("XGROUP", "XINFO", "XPENDING", "XREADGROUP", "ZADD", "ZRANGEBYSCORE", "ZREM", "ZSCORE")
+"""The commands abe sends: their replies are read as the server gives them, as on one node."""
+
+
+def _client(options: dict[str, Any]) -> RedisCluster:
+    """A cluster client with one node's connection options; its retries (3.5 s of backoff, the
+    slot map read again before each) outlast a replica's promotion."""
+    kind = options.pop("connection_class", None)
+    options = {name: value for name, value in options.items() if name not in ("db", "retry")}
+    ssl = kind is not None and issubclass(kind, SSLConnection)
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), 6)
+    client = RedisCluster(**options, ssl=ssl, retry=retry)
+    for name in _RAW:
+        client.response_callbacks.pop(name, None)
+    return client
+
+
+class Cluster:
+    """A backend's two cluster clients: for commands, and for blocking reads (whose socket
+    timeout outlasts the longest block), each connecting on first use."""
+
+    def __init__(self, commands: dict[str, Any], reads: dict[str, Any]) -> None:
+        self.commands, self.reads = _client(commands), _client(reads)
+
+    async def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """`commands` in one pipeline, each to its slot's primary; error replies in place."""
+        pipe = self.commands.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    async def read(self, command: tuple[Any, ...]) -> Any:
+        """One XREADGROUP (its keys in one slot); an error reply is returned, not raised."""
+        try:
+            return await self.reads.execute_command(*command)
+        except ResponseError as exc:
+            return exc
+
+    @contextlib.asynccontextmanager
+    async def connection(self, key: str) -> AsyncIterator[AbstractConnection]:
+        """A connection to `key`'s primary for commands that need one (WAIT, WATCH): there a
+        redirect or a lost node is an error, after which `reroute` finds the slot's primary."""
+        await self.commands.initialize()
+        node = self.commands.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no primary serves the hash slot of {key!r}")
+        connection = node.acquire_connection()
+        try:
+            yield connection
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, Exception):
+                await self.reroute(key)
+            raise
+        finally:
+            node.release(connection)
+
+    async def reroute(self, key: str) -> None:
+        """Send a command for `key` the cluster client's way, which reads the slot map again
+        when the slot moved or its primary is lost; best effort."""
+        with contextlib.suppress(Exception):
+            await self.send([("EXISTS", key)])
+
+    async def close(self) -> None:
+        await self.commands.aclose()
+        await self.reads.aclose()
