@@ -111,24 +111,24 @@ def test_kafka_cluster_loses_nothing_when_a_broker_dies(
 
 
 class _KeysMaster:
-    """The crash a failover run does: kill the master serving `key`'s slot, then start it."""
+    """The crash a failover run does: kill the master serving `key`'s slot, then start it
+    again once its replica took over. The master is found before the run, so the kill is
+    one SIGKILL at the time the harness notes (nothing fails over before it)."""
 
     def __init__(self, cluster: RedisCluster, key: str) -> None:
         self.cluster = cluster
+        self.index = cluster.master_of(key)
         self.key = key
-        self.index: int | None = None
-        self.promoted: int | None = None
         self.killed_at = 0.0
+        self.promoted: int | None = None
         self.promoted_after = 0.0
         self.role_after = ""
 
     def kill(self) -> None:
-        self.index = self.cluster.master_of(self.key)
         self.cluster.kill_node(self.index)
         self.killed_at = time.monotonic()
 
     def start(self) -> None:
-        assert self.index is not None
         self.promoted = self.cluster.wait_master_of(self.key, not_on=self.index)
         self.promoted_after = time.monotonic() - self.killed_at
         self.cluster.start_node(self.index)
