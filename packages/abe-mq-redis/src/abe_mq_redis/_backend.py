@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from abe.errors import BackendUnavailableError, PublishError
 from abe.provider import BaseBackend, Capabilities, ErrorMap, KeyRules, OutgoingMessage, Receiver
-from abe_mq_redis._client import Command, RedisClient, delayed_key
+from abe_mq_redis._client import Command, RedisClient, as_text, delayed_key
 from abe_mq_redis._errors import ERRORS
 from abe_mq_redis._receiver import RedisReceiver
 from abe_mq_redis._settings import RedisSettings
@@ -27,16 +27,12 @@ DATA_FIELD = "data"
 _CONSUMERS = itertools.count(1)
 
 
-def _wait(replicas: int, seconds: float) -> Command:
-    return ("WAIT", replicas, max(1, round(seconds * 1000)))
-
-
-def _unconfirmed(key: str, count: int, confirmed: object, wanted: int, seconds: float) -> str:
-    """Why a publish is not confirmed, and what a retry risks."""
+def _unconfirmed(key: str, count: int, confirmed: object, wait: tuple[str, int, int]) -> str:
+    """Why a publish is not confirmed (`wait`: the WAIT sent), and what a retry risks."""
     got = f"only {confirmed} of" if isinstance(confirmed, int) else f"none ({confirmed}) of"
     return (
         f"{count} message(s) to {key!r} were stored on the Redis primary, but {got} the "
-        f"{wanted} replicas ABE_REDIS_WAIT_REPLICAS asks for confirmed them within {seconds:g}s. "
+        f"{wait[1]} replicas ABE_REDIS_WAIT_REPLICAS asks for confirmed them within {wait[2]} ms. "
         "They may still be delivered (or be lost if the primary fails now): a retry may "
         "publish them twice, so retry with the same message_id (publish(..., message_id=...)) "
         "and let consumers drop the duplicate"
@@ -65,6 +61,7 @@ class RedisBackend(BaseBackend):
         self.settings: RedisSettings = settings
         self.client = RedisClient(settings)  # shared with every receiver this backend opens
         self._trim = ("MAXLEN", "~", settings.maxlen) if settings.maxlen else ()
+        self._wait = ("WAIT", settings.wait_replicas, round(settings.operation_timeout * 500))
 
     @property
     def max_payload_bytes(self) -> int:
@@ -76,17 +73,16 @@ class RedisBackend(BaseBackend):
         return ("XADD", key, *self._trim, "*", DATA_FIELD, message.body, *headers)
 
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
-        commands = [self._xadd(key, message) for message in messages]
-        wanted, wait = self.settings.wait_replicas, self.settings.operation_timeout / 2
+        commands, wanted = [self._xadd(key, message) for message in messages], self._wait[1]
         if wanted:  # WAIT on the connection of the XADDs: it counts the replicas that have them
-            *results, confirmed = await self.client.send_to(key, [*commands, _wait(wanted, wait)])
+            *results, confirmed = await self.client.send_to(key, [*commands, self._wait])
         else:
             results = await self.client.send(commands)
         failed = {i: str(error) for i, error in enumerate(results) if isinstance(error, Exception)}
         if len(failed) == len(messages) or "WRONGTYPE" in failed.get(min(failed, default=0), ""):
             await self.client.raise_first(results, (key,))  # none stored, or a key of another type
         if wanted and not (isinstance(confirmed, int) and confirmed >= wanted):
-            raise BackendUnavailableError(_unconfirmed(key, len(messages), confirmed, wanted, wait))
+            raise BackendUnavailableError(_unconfirmed(key, len(messages), confirmed, self._wait))
         if failed:
             raise PublishError(key, failed, len(messages))
 
@@ -98,12 +94,18 @@ class RedisBackend(BaseBackend):
         return receiver
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        await self.client.delete_keys(keys)
+        """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
+        found = await self.client.send([("XINFO", "GROUPS", key) for key in keys])
+        await self.client.raise_first([item for item in found if "WRONGTYPE" in str(item)], keys)
+        doomed = list(keys)
+        for key, groups in zip(keys, found, strict=True):  # a missing key: an error reply
+            if isinstance(groups, list):  # each group: [b"name", <name>, b"consumers", ...]
+                doomed += [delayed_key(key, as_text(group[1])) for group in groups]
+        await self.client.send([("DEL", name) for name in doomed], keys)
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
         """EXISTS on each key: a lookup, so nothing is created (a non-stream is named later)."""
-        found = await self.client.send([("EXISTS", key) for key in keys])
-        await self.client.raise_first(found, keys)
+        found = await self.client.send([("EXISTS", key) for key in keys], keys)
         return [key for key, exists in zip(keys, found, strict=True) if exists]
 
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:

@@ -202,16 +202,6 @@ class RedisClient:
         found = await self.send([("XGROUP", "CREATE", key, group, "0", "MKSTREAM") for key in keys])
         await self.raise_first([item for item in found if "BUSYGROUP" not in str(item)], keys)
 
-    async def delete_keys(self, keys: Sequence[str]) -> None:
-        """DEL each stream with the delayed-nack sets of its groups; never a key of another type."""
-        found = await self.send([("XINFO", "GROUPS", key) for key in keys])
-        await self.raise_first([item for item in found if "WRONGTYPE" in str(item)], keys)
-        doomed = list(keys)
-        for key, groups in zip(keys, found, strict=True):  # a missing key: an error reply
-            if isinstance(groups, list):  # each group: [b"name", <name>, b"consumers", ...]
-                doomed += [delayed_key(key, as_text(group[1])) for group in groups]
-        await self.send([("DEL", name) for name in doomed], keys)
-
     async def close(self) -> None:
         """Close every connection: the kept ones, both pools', the cluster clients'."""
         pools, cluster = (self._pool, self._reads), self.cluster
