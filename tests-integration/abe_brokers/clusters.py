@@ -207,7 +207,8 @@ SLOTS = 16384
 
 
 class RedisCluster(_Cluster):
-    """Six redis-servers in cluster mode on loopback: three masters with one replica each.
+    """redis-servers in cluster mode on loopback: three masters with one replica each (six
+    nodes) by default, formed by ``redis-cli --cluster create``.
 
     Every node appends each write to its AOF (fsync always) and keeps its cluster identity
     in ``nodes.conf`` in its own directory, so a node killed and started again rejoins with
