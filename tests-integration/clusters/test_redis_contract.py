@@ -10,11 +10,9 @@ own, and its files go with it. The failover run is in test_failover.py.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from abe_brokers import RedisCluster, free_port
-from cluster_testing import load_suite
+from cluster_testing import load_suite, whole_cluster_crash
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
@@ -61,12 +59,8 @@ class TestRedisClusterContract(_suite.TestRedisContract):  # type: ignore[misc,n
     def restartable_broker(self, redis_cluster: RedisCluster) -> RestartableBroker:
         """The whole cluster crashes (every node SIGKILLed) and comes back from its AOFs."""
 
-        async def restart() -> None:
-            await asyncio.to_thread(redis_cluster.kill)
-            await asyncio.to_thread(redis_cluster.start)
-
         factory = _factory(redis_cluster, ABE_MQ_OPERATION_TIMEOUT="2")
-        return RestartableBroker(backend_factory=factory, restart=restart)
+        return RestartableBroker(factory, whole_cluster_crash(redis_cluster))
 
     @pytest.fixture
     def unreachable_backend_factory(self, redis_cluster: RedisCluster) -> BackendFactory:
