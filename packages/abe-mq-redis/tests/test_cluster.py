@@ -196,3 +196,12 @@ async def test_without_wait_replicas_no_wait_is_sent() -> None:
     await backend._send("orders", [OutgoingMessage("m", b"{}", {"abe-id": "m"})])
     assert client.sent == []
     assert [command[0] for command in sent[0]] == ["XADD"]
+
+
+@pytest.mark.parametrize("option", ["ssl_ca_path=/etc/ssl", "retry_on_timeout=1"])
+def test_a_url_option_the_cluster_client_lacks_is_named(option: str) -> None:
+    settings = RedisSettings(url=f"rediss://h:7301/0?{option}")
+    with pytest.raises(ConfigurationError) as refused:
+        Cluster(connection_kwargs(settings, 5.0), connection_kwargs(settings, 6.0))
+    assert refused.value.variables == ("REDIS_URL",)
+    assert option.partition("=")[0] in str(refused.value)

@@ -13,6 +13,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ResponseError, SlotNotCoveredError
 
+from abe.errors import ConfigurationError
+
 __all__ = ["Cluster"]
 
 _RAW: tuple[str, ...] = ("DEL", "EXISTS", "TYPE", "WAIT", "XACK", "XADD", "XAUTOCLAIM", "XCLAIM")
@@ -23,6 +25,10 @@ _RAW += ("XGROUP", "XINFO", "XPENDING", "XREADGROUP", "ZADD", "ZRANGEBYSCORE", "
 def _client(options: dict[str, Any]) -> RedisCluster:
     """A cluster client with one node's connection options; its retries (3.5 s of backoff, the
     slot map read again before each) outlast a replica's promotion."""
+    unknown = sorted({"retry_on_timeout", "ssl_ca_path", "ssl_password"} & set(options))
+    if unknown:  # options of one server's connections that redis-py's cluster client lacks
+        why = f"has {', '.join(unknown)}, which redis-py's cluster client does not take"
+        raise ConfigurationError("redis", {"REDIS_URL": why})
     kind = options.pop("connection_class", None)
     options = {name: value for name, value in options.items() if name not in ("db", "retry")}
     ssl = kind is not None and issubclass(kind, SSLConnection)
