@@ -156,15 +156,17 @@ def crash(session: nox.Session) -> None:
 
 @nox.session(python=MAIN_PYTHON)
 def clusters(session: nox.Session) -> None:
-    """Against a three-node NATS JetStream cluster and three Tansu brokers on one bucket: the
-    contract suite, and a failover run each (a node SIGKILLed and restarted while a producer
-    and worker processes run; nothing confirmed may be lost). A few minutes in all.
+    """Against a Redis Cluster (three masters, a replica each), a three-node NATS JetStream
+    cluster and three Tansu brokers on one bucket: the contract suite, and a failover run
+    each (a node SIGKILLed and restarted while a producer and worker processes run; nothing
+    confirmed may be lost). A few minutes in all.
 
     The failover sizes are the crash test's ABE_CRASH_* variables; arguments go to pytest.
     Two pytest-xdist workers take one file each at a time: the Kafka contract suite waits on
     group rebalances for about four minutes, the rest runs beside it.
     """
-    packages = [_local(CORE, "[testing]"), _local("abe-mq-nats"), _local("abe-mq-kafka")]
+    clustered = ("abe-mq-redis", "abe-mq-nats", "abe-mq-kafka")
+    packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in clustered)]
     session.install(*packages, "-r", "tests-integration/requirements.txt", "pytest-xdist")
     args = ["-n", "2", "--dist", "loadfile", *session.posargs]
     session.run("pytest", "tests-integration/clusters", *args)

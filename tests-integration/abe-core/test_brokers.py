@@ -16,6 +16,7 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
+import redis
 import redis.exceptions
 from abe_brokers import (
     KafkaBroker,
@@ -25,6 +26,7 @@ from abe_brokers import (
     RabbitmqBroker,
     RabbitmqServerFactory,
     RedisBroker,
+    RedisCluster,
     RedisServerFactory,
     RedisUser,
     ServerStartError,
@@ -40,6 +42,8 @@ from aiobotocore.session import get_session  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from redis.asyncio import Redis
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as ClusterClient
 
 PAYLOAD = {"order": 1, "note": "smoke"}
 BODY = json.dumps(PAYLOAD).encode()
@@ -368,6 +372,45 @@ async def test_rabbitmq_node_keeps_quorum_queues_across_restart(
         await connection.close()
 
 
+# --- the Redis cluster: it forms, a master dies, its replica takes over, it rejoins ----
+
+
+def test_redis_cluster_fails_over_and_the_old_master_rejoins(redis_cluster: RedisCluster) -> None:
+    """Six nodes, three masters with a replica each; an entry a replica confirmed (WAIT 1)
+    survives its master's SIGKILL: the replica takes the slot and serves the entry and new
+    writes; the old master, started again, is its replica and has the write it missed."""
+    roles = sorted(redis_cluster.role(index) for index in range(redis_cluster.size))
+    assert roles == ["master"] * 3 + ["slave"] * 3
+    key = unique_name("abe-smoke")
+    old = redis_cluster.master_of(key)
+    master = redis.Redis(port=redis_cluster.nodes[old].port, socket_timeout=10)
+    try:
+        first = master.xadd(key, {"data": BODY})
+        assert master.wait(1, 5000) == 1  # the replica has it
+    finally:
+        master.close()
+
+    redis_cluster.kill_node(old)
+    new = redis_cluster.wait_master_of(key, not_on=old)
+    nodes = [ClusterNode(host, port) for host, port in redis_cluster.startup_nodes]
+    client = ClusterClient(startup_nodes=nodes, socket_timeout=5)  # the first node may be down
+    try:
+        assert client.xrange(key) == [(first, {b"data": BODY})]
+        second = client.xadd(key, {"data": b"2"})
+
+        redis_cluster.start_node(old)  # returns once it is back, in sync with its master
+        assert (redis_cluster.role(old), redis_cluster.master_of(key)) == ("slave", new)
+        rejoined = redis.Redis(port=redis_cluster.nodes[old].port, socket_timeout=5)
+        try:
+            rejoined.execute_command("READONLY")  # a replica answers for its master's slots
+            assert [entry_id for entry_id, _ in rejoined.xrange(key)] == [first, second]
+        finally:
+            rejoined.close()
+        client.delete(key)
+    finally:
+        client.close()
+
+
 # --- the selection logic itself (no brokers needed) --------------------------------
 
 
@@ -375,10 +418,10 @@ def test_required_kinds_parsing() -> None:
     """``ABE_REQUIRE_BROKERS`` takes kinds, distribution names or ``all``; typos are errors."""
     assert required_kinds(None) == frozenset()
     assert required_kinds(" ") == frozenset()
-    every = {"redis", "nats", "kafka", "sqs", "rabbitmq", "nats-cluster", "kafka-cluster"}
-    assert required_kinds("all") == every
+    clusters = {"redis-cluster", "nats-cluster", "kafka-cluster"}
+    assert required_kinds("all") == {"redis", "nats", "kafka", "sqs", "rabbitmq", *clusters}
     assert required_kinds("Redis, abe-mq-kafka,,") == {"redis", "kafka"}
-    assert required_kinds("nats-cluster,Kafka-Cluster") == {"nats-cluster", "kafka-cluster"}
+    assert required_kinds("redis-cluster,nats-cluster,Kafka-Cluster") == clusters
     with pytest.raises(ValueError, match="reddis"):
         required_kinds("reddis")
 

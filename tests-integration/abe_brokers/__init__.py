@@ -5,18 +5,20 @@ Session fixtures (``redis_broker``, ``nats_broker``, ``kafka_broker``, ``sqs_bro
 environment, a broker already on its usual loopback port, a testcontainers container, a
 process of our own. Factory fixtures (``redis_server_factory``, ``nats_server_factory``,
 ``kafka_server_factory``, ``rabbitmq_server_factory``) make restartable servers a failure
-test owns. Cluster fixtures (``nats_cluster``, ``kafka_cluster``) start three nodes of our
-own for the session, any one of which a test may kill and restart. What to install is in
+test owns. Cluster fixtures (``redis_cluster``: six nodes, three masters with a replica
+each; ``nats_cluster``, ``kafka_cluster``: three nodes) start nodes of our own for the
+session, any one of which a test may kill and restart. What to install is in
 ``tests-integration/requirements.txt``; the variables are:
 
 - ``ABE_TEST_REDIS_URL``, ``ABE_TEST_NATS_URL``, ``ABE_TEST_KAFKA_BOOTSTRAP``,
   ``ABE_TEST_SQS_ENDPOINT``, ``ABE_TEST_RABBITMQ_URL``: use this broker; if it does not
   answer, tests fail.
 - ``ABE_REQUIRE_BROKERS``: comma-separated kinds (or ``all``) that must not be skipped,
-  ``nats-cluster`` and ``kafka-cluster`` included.
+  ``redis-cluster``, ``nats-cluster`` and ``kafka-cluster`` included.
 - ``ABE_TEST_BROKER_STEPS``: the steps to try (default ``env,running,container,process``).
 - ``ABE_TEST_CONTAINERS=0``: skip the container step; ``ABE_TEST_<KIND>_IMAGE``: its image.
-- ``ABE_TEST_REDIS_SERVER``, ``ABE_TEST_NATS_SERVER``, ``ABE_TEST_TANSU_BIN``: binaries.
+- ``ABE_TEST_REDIS_SERVER``, ``ABE_TEST_REDIS_CLI``, ``ABE_TEST_NATS_SERVER``,
+  ``ABE_TEST_TANSU_BIN``: binaries.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import uuid
 
 from .cli import OWN_KEY_PREFIXES, run_abe
-from .clusters import KafkaCluster, NatsCluster
+from .clusters import KafkaCluster, NatsCluster, RedisCluster
 from .model import (
     CLUSTER_KINDS,
     KINDS,
@@ -77,6 +79,7 @@ __all__ = [
     "RabbitmqServer",
     "RabbitmqServerFactory",
     "KafkaServerFactory",
+    "RedisCluster",
     "NatsCluster",
     "KafkaCluster",
     "TlsFiles",

@@ -1,24 +1,31 @@
-"""Clusters owned by the tests: three nats-servers with JetStream, Tansu brokers on one bucket.
+"""Clusters owned by the tests: three nats-servers with JetStream, Tansu brokers on one bucket,
+six redis-servers in cluster mode (three masters, one replica each).
 
 Each cluster lives on free loopback ports in its own directory, is started whole by
 ``start()``, and can lose one node (``kill_node``: SIGKILL, as a crash) and get it back
 (``start_node``: same port, same data) while clients keep running. ``env()`` gives the
 variables a provider's ``from_env()`` reads to use the whole cluster, with the settings
-that make it keep messages when a node dies (NATS replicas, Kafka replication factor).
+that make it keep messages when a node dies (NATS replicas, Kafka replication factor,
+Redis's confirmation by a replica).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from .probes import probe_nats
-from .procs import free_port, wait_until
-from .servers import KafkaServer, MotoServer, NatsServer
+from .probes import ProbeError, probe_nats
+from .procs import ServerStartError, find_binary, free_port, wait_until
+from .servers import KafkaServer, MotoServer, NatsServer, RedisServer
 
-__all__ = ["NatsCluster", "KafkaCluster"]
+__all__ = ["NatsCluster", "KafkaCluster", "RedisCluster", "redis_cli_binary"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,7 +33,7 @@ LOOPBACK = "127.0.0.1"
 class _Cluster:
     """What both kinds share: nodes that start, crash and come back one at a time."""
 
-    nodes: list[NatsServer] | list[KafkaServer]
+    nodes: list[NatsServer] | list[KafkaServer] | list[RedisServer]
 
     def kill_node(self, index: int) -> None:
         """SIGKILL node ``index``: whatever it had not persisted or replicated is gone."""
@@ -188,3 +195,194 @@ class KafkaCluster(_Cluster):
     def describe(self) -> str:
         """One line for reports."""
         return f"{self.size} tansu brokers on s3://{self.bucket}/ (moto)"
+
+
+def redis_cli_binary() -> str:
+    """Path of ``redis-cli`` (``ABE_TEST_REDIS_CLI`` overrides): it forms the Redis cluster."""
+    return os.environ.get("ABE_TEST_REDIS_CLI") or find_binary(
+        "redis-cli", "/usr/bin/redis-cli", "/usr/local/bin/redis-cli"
+    )
+
+
+SLOTS = 16384
+"""Hash slots in a Redis cluster: every one must be served for the cluster to be ready."""
+
+
+class RedisCluster(_Cluster):
+    """redis-servers in cluster mode on loopback: three masters with one replica each (six
+    nodes) by default, formed by ``redis-cli --cluster create``.
+
+    Every node appends each write to its AOF (fsync always) and keeps its cluster identity
+    in ``nodes.conf`` in its own directory, so a node killed and started again rejoins with
+    its data: a master whose replica was promoted meanwhile comes back as that one's
+    replica. The node timeout is short (2 s) so a replica takes over soon after its master
+    dies. ``env()`` asks abe-mq-redis to confirm a publish only once a replica has it.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 2000,
+        binary: str | None = None,
+        cli: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.replicas = replicas
+        self.size = masters * (1 + replicas)
+        self.cli = cli or redis_cli_binary()
+        self._formed = False
+        self.nodes: list[RedisServer] = []
+        for index in range(self.size):
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            extra += ["--cluster-node-timeout", str(node_timeout_ms)]
+            # the bus port of its own (Redis 7+): port + 10000 may be taken or above 65535
+            extra += ["--cluster-port", str(free_port())]
+            # a replica may take over however long it was cut off: the tests kill nodes
+            extra += ["--cluster-replica-validity-factor", "0"]
+            # a replica's full sync starts at once, not after 5 s waiting for more replicas
+            extra += ["--repl-diskless-sync-delay", "0"]
+            node_dir = directory / f"node-{index}"
+            self.nodes.append(RedisServer(node_dir, extra_args=extra, binary=binary))
+
+    @property
+    def url(self) -> str:
+        """``REDIS_URL`` of the first node: a cluster client finds the others through it."""
+        return self.nodes[0].url
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every node: a cluster client given them starts with one down."""
+        return [(node.host, node.port) for node in self.nodes]
+
+    def env(self) -> dict[str, str]:
+        """The variables abe-mq-redis reads: a node of the cluster, and a publish confirmed only
+        once a replica has it (``WAIT 1``), so a master's death loses nothing confirmed."""
+        return {"REDIS_URL": self.url, "ABE_REDIS_WAIT_REPLICAS": "1"}
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every node that is down (forming the cluster the first time); return once
+        every slot is served and every replica is in sync with its master."""
+        for node in self.nodes:
+            node.start()
+        if not self._formed:
+            self._create(timeout)
+            self._formed = True
+        self.wait_ready(timeout)
+
+    def start_node(self, index: int) -> None:
+        """Start node ``index`` again with its data; return once it is back in the cluster
+        (a replica once in sync with its master) and every slot is served."""
+        self.nodes[index].start()
+        self.wait_ready(60.0)
+
+    def _create(self, timeout: float) -> None:
+        addresses = [f"{node.host}:{node.port}" for node in self.nodes]
+        argv = [self.cli, "--cluster", "create", *addresses]
+        argv += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            what = f"redis-cli --cluster create: no answer in {timeout:.0f}s"
+            raise ServerStartError(what) from exc
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).strip()[-4000:]
+            raise ServerStartError(
+                f"redis-cli --cluster create exited with code {done.returncode}:\n{output}"
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every running node says cluster_state:ok with all slots served, and
+        every running replica's link to its master is up (so ``WAIT`` can be answered)."""
+        wait_until(self._check_ready, timeout=timeout, what="redis cluster")
+
+    def _check_ready(self) -> None:
+        masters = 0
+        for index, node in enumerate(self.nodes):
+            if not node.running:
+                continue
+            with self._client(index) as client:
+                state = client.cluster("INFO")
+                replication = client.info("replication")
+            if state.get("cluster_state") != "ok" or int(state.get("cluster_slots_ok", 0)) < SLOTS:
+                raise ProbeError(f"node {index} (port {node.port}): cluster {state}")
+            if replication.get("role") == "master":
+                masters += 1
+            elif replication.get("master_link_status") != "up":
+                raise ProbeError(f"node {index} (port {node.port}): replica not in sync yet")
+        if masters < self.masters:
+            raise ProbeError(f"{masters} masters running, {self.masters} wanted")
+
+    @contextlib.contextmanager
+    def _client(self, index: int) -> Iterator[Any]:
+        """A plain redis-py client of node ``index`` alone (no cluster redirections)."""
+        import redis
+
+        node = self.nodes[index]
+        client = redis.Redis(
+            host=node.host, port=node.port, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def index_of(self, host: str, port: int) -> int:
+        """The index of the node listening at ``host:port``."""
+        for index, node in enumerate(self.nodes):
+            if (node.host, node.port) == (host, port):
+                return index
+        raise LookupError(f"no node of this cluster at {host}:{port}")
+
+    def role(self, index: int) -> str:
+        """``master`` or ``slave``, as node ``index`` says of itself (it must be running)."""
+        with self._client(index) as client:
+            return str(client.info("replication")["role"])
+
+    def master_of(self, key: str | bytes) -> int:
+        """The index of the node that serves ``key``'s hash slot now, as the running nodes
+        agree; before a failover ends they may not, and this raises :class:`ProbeError`."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        seen: set[int] = set()
+        for index, node in enumerate(self.nodes):
+            if not node.running:
+                continue
+            with self._client(index) as client:
+                ranges = client.execute_command("CLUSTER", "SLOTS")
+            for first, last, master, *_ in ranges:
+                if first <= slot <= last:
+                    seen.add(self.index_of(master[0].decode(), int(master[1])))
+        if len(seen) != 1:
+            raise ProbeError(f"slot {slot}: the running nodes name masters {sorted(seen)}")
+        owner = seen.pop()
+        if not self.nodes[owner].running:
+            raise ProbeError(f"slot {slot}: its master, node {owner}, is down")
+        return owner
+
+    def wait_master_of(self, key: str | bytes, *, not_on: int, timeout: float = 30.0) -> int:
+        """Wait until a running node other than ``not_on`` serves ``key``'s slot (a replica
+        promoted after its master died); return its index."""
+        found: list[int] = []
+
+        def moved() -> None:
+            owner = self.master_of(key)
+            if owner == not_on:
+                raise ProbeError(f"node {not_on} still serves the slot")
+            found.append(owner)
+
+        wait_until(moved, timeout=timeout, what=f"a new master for {key!r}")
+        return found[-1]
+
+    def describe(self) -> str:
+        """One line for reports."""
+        return (
+            f"{self.size} redis-servers in cluster mode ({self.masters} masters,"
+            f" {self.replicas} replica each), AOF fsync always, WAIT {self.replicas}"
+        )

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-Kind = Literal["redis", "nats", "kafka", "sqs", "rabbitmq", "nats-cluster", "kafka-cluster"]
+Kind = Literal[
+    "redis", "nats", "kafka", "sqs", "rabbitmq", "redis-cluster", "nats-cluster", "kafka-cluster"
+]
 Source = Literal["env", "running", "container", "process"]
 
 KINDS: tuple[Kind, ...] = ("redis", "nats", "kafka", "sqs", "rabbitmq")
 """Every single-broker kind the fixtures know, in the order reports list them."""
 
-CLUSTER_KINDS: tuple[Kind, ...] = ("nats-cluster", "kafka-cluster")
+CLUSTER_KINDS: tuple[Kind, ...] = ("redis-cluster", "nats-cluster", "kafka-cluster")
 """Clusters the fixtures start themselves (never found in the environment): the tests kill
 their nodes. ``ABE_REQUIRE_BROKERS`` names them like the single kinds."""
 

@@ -18,7 +18,7 @@ from typing import NoReturn, TypeVar
 import pytest
 
 from .brokers import STEPS_VAR, LazyMoto, Provisioned, enabled_steps, redact, steps_for
-from .clusters import KafkaCluster, NatsCluster
+from .clusters import KafkaCluster, NatsCluster, RedisCluster, redis_cli_binary
 from .model import (
     ENV_ADDRESS_VARS,
     Broker,
@@ -59,6 +59,7 @@ __all__ = [
     "nats_server_factory",
     "kafka_server_factory",
     "rabbitmq_server_factory",
+    "redis_cluster",
     "nats_cluster",
     "kafka_cluster",
     "tls_files",
@@ -270,7 +271,7 @@ def kafka_server_factory(
         factory.close()
 
 
-C = TypeVar("C", NatsCluster, KafkaCluster)
+C = TypeVar("C", RedisCluster, NatsCluster, KafkaCluster)
 
 
 def _cluster(
@@ -303,6 +304,20 @@ def _cluster(
         for cluster in made:
             cluster.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(request: pytest.FixtureRequest) -> Iterator[RedisCluster]:
+    """Six redis-servers in cluster mode, three masters with a replica each, on loopback;
+    a test may kill and restart nodes (a master's replica takes over in a few seconds)."""
+    config = request.config
+    binary = _tool(config, "redis-cluster", "redis_cluster", redis_server_binary)
+    cli = _tool(config, "redis-cluster", "redis_cluster", redis_cli_binary)
+
+    def make(path: Path) -> RedisCluster:
+        return RedisCluster(path, binary=binary, cli=cli)
+
+    yield from _cluster(request, "redis-cluster", make, "abe-redis-cluster-")
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,31 @@ test's (abe_crash) and the providers' test folders on sys.path.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import math
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 
+from abe_brokers import KafkaCluster, NatsCluster, RedisCluster
 from abe_crash.records import Confirmed, Handled
 from abe_crash.sizes import Sizes
+from abe_crash.verdict import Verdict
 
-__all__ = ["FAILOVER_SIZES", "every_partition_resumed", "hold_down", "load_suite"]
+__all__ = [
+    "FAILOVER_SIZES",
+    "Failover",
+    "every_partition_resumed",
+    "hold_down",
+    "load_suite",
+    "whole_cluster_crash",
+]
+
+Failover = Callable[..., Verdict]
+"""The ``failover`` fixture: ``failover(target, name, key=None)`` runs the crash harness once
+on ``key`` (a fresh one when None) and records its figures."""
 
 _TESTS = Path(__file__).resolve().parent.parent
 
@@ -70,3 +85,16 @@ def load_suite(folder: str, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def whole_cluster_crash(
+    cluster: RedisCluster | NatsCluster | KafkaCluster,
+) -> Callable[[], Awaitable[None]]:
+    """The contract suite's broker restart for a cluster: every node SIGKILLed, then all
+    started again with their data (in a thread, so the test's event loop keeps running)."""
+
+    async def restart() -> None:
+        await asyncio.to_thread(cluster.kill)
+        await asyncio.to_thread(cluster.start)
+
+    return restart

@@ -24,7 +24,7 @@ from abe_brokers import unique_name  # noqa: E402
 from abe_crash.run import CrashRun, Target  # noqa: E402
 from abe_crash.sizes import Sizes  # noqa: E402
 from abe_crash.verdict import Verdict  # noqa: E402
-from cluster_testing import FAILOVER_SIZES  # noqa: E402
+from cluster_testing import FAILOVER_SIZES, Failover  # noqa: E402
 
 SUMMARY_PROPERTY = "failover_line"
 """The JUnit property holding a run's one-line figures; the terminal summary repeats it."""
@@ -51,15 +51,16 @@ def failover(
     tmp_path: Path,
     failover_sizes: Sizes,
     record_property: Callable[[str, object], None],
-) -> Callable[[Target, str], Verdict]:
-    """`failover(target, name)` runs the crash harness once and records its figures."""
+) -> Failover:
+    """`failover(target, name, key=None)` runs the crash harness once and records its figures;
+    `key` is for a target whose crash depends on it (the Redis master serving its slot)."""
 
-    def run(target: Target, name: str) -> Verdict:
+    def run(target: Target, name: str, key: str | None = None) -> Verdict:
         crash_run = CrashRun(
             target,
             failover_sizes,
             tmp_path / "run",
-            key=unique_name("failover"),
+            key=key or unique_name("failover"),
             group=unique_name("failover-group"),
         )
         verdict = crash_run.run()

@@ -8,6 +8,12 @@ Nothing confirmed may be lost; duplicates must stay within what the restart expl
 
 - NATS: three nodes, R3 streams; the node killed is the one serving the most abe clients
   (its monitoring port says), which reconnect to the others from NATS_URL.
+- Redis: six nodes, three masters with a replica each, ABE_REDIS_WAIT_REPLICAS=1 (a
+  publish is confirmed once a replica has it); the node killed is the master serving the
+  run's stream. Its replica takes the slots over, but alone it cannot confirm a publish
+  (WAIT 1 has no replica to wait for) until the killed node rejoins as its replica: so
+  the node is started as soon as the replica was promoted, not held down (held longer,
+  publishes on its slots are refused for as long).
 - Kafka: three Tansu brokers on one bucket, replication factor 3, acks=all. A Tansu
   broker names only itself in metadata (node 111, leader of every partition, coordinator
   of every group), aiokafka keeps to the brokers metadata names and never goes back to its
@@ -31,14 +37,14 @@ Nothing confirmed may be lost; duplicates must stay within what the restart expl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from abe_brokers import KafkaCluster, NatsCluster, rerun_on_tansu_fault
+from abe_brokers import KafkaCluster, NatsCluster, RedisCluster, rerun_on_tansu_fault, unique_name
 from abe_crash.run import Target
 from abe_crash.sizes import Sizes
-from abe_crash.verdict import Verdict
-from cluster_testing import every_partition_resumed, hold_down
+from cluster_testing import Failover, every_partition_resumed, hold_down
 from kafka_testing import SESSION_TIMEOUT, TEST_ENV
 
 
@@ -62,7 +68,7 @@ class _BusiestNode:
 
 def test_nats_cluster_loses_nothing_when_a_node_dies(
     nats_cluster: NatsCluster,
-    failover: Callable[[Target, str], Verdict],
+    failover: Failover,
     failover_sizes: Sizes,
     record_property: Callable[[str, object], None],
 ) -> None:
@@ -104,7 +110,7 @@ class _OneWorkersBroker:
 @rerun_on_tansu_fault
 def test_kafka_cluster_loses_nothing_when_a_broker_dies(
     kafka_cluster: KafkaCluster,
-    failover: Callable[[Target, str], Verdict],
+    failover: Failover,
     failover_sizes: Sizes,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
@@ -137,3 +143,52 @@ def test_kafka_cluster_loses_nothing_when_a_broker_dies(
         f"a partition was read again only {moved:.1f}s after the kill (broker down {down}s): "
         f"the group should have moved the dead broker's worker's partitions within {bound:.0f}s"
     )
+
+
+class _KeysMaster:
+    """The crash a failover run does: kill the master serving `key`'s slot, then start it
+    again once its replica took over. The master is found before the run, so the kill is
+    one SIGKILL at the time the harness notes (nothing fails over before it)."""
+
+    def __init__(self, cluster: RedisCluster, key: str) -> None:
+        self.cluster = cluster
+        self.index = cluster.master_of(key)
+        self.key = key
+        self.killed_at = 0.0
+        self.promoted: int | None = None
+        self.promoted_after = 0.0
+        self.role_after = ""
+
+    def kill(self) -> None:
+        self.cluster.kill_node(self.index)
+        self.killed_at = time.monotonic()
+
+    def start(self) -> None:
+        self.promoted = self.cluster.wait_master_of(self.key, not_on=self.index)
+        self.promoted_after = time.monotonic() - self.killed_at
+        self.cluster.start_node(self.index)
+        self.role_after = self.cluster.role(self.index)
+
+
+def test_redis_cluster_loses_nothing_when_a_master_dies(
+    redis_cluster: RedisCluster,
+    failover: Failover,
+    record_property: Callable[[str, object], None],
+) -> None:
+    key = unique_name("failover")
+    crash = _KeysMaster(redis_cluster, key)
+    target = Target(
+        "redis",
+        redis_cluster.env(),
+        crash,
+        redis_cluster.describe(),
+        hold_down=0,  # started once its replica took over (see above)
+    )
+    verdict = failover(target, "redis-cluster", key)
+    record_property("redis_master_killed", str(crash.index))
+    record_property("redis_replica_promoted", str(crash.promoted))
+    record_property("redis_promoted_after_s", round(crash.promoted_after, 2))
+    assert verdict.ok, "\n".join([verdict.summary(), *verdict.problems])
+    assert verdict.figures["lost"] == 0
+    assert crash.promoted is not None, "the master of the stream's slot was never killed"
+    assert crash.role_after == "slave", f"the old master came back as {crash.role_after!r}"

@@ -7,13 +7,12 @@ test_failover.py.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from abe_brokers import KafkaCluster, rerun_on_tansu_fault
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from cluster_testing import load_suite
+from cluster_testing import load_suite, whole_cluster_crash
 from kafka_testing import backend_factory_for, settings_for
 
 from abe.settings import Secret
@@ -51,11 +50,7 @@ class TestKafkaClusterContract(_suite.TestKafkaContract):  # type: ignore[misc,n
     def restartable_broker(self, kafka_cluster: KafkaCluster) -> RestartableBroker:
         """The whole cluster crashes (every broker SIGKILLed) and comes back on its bucket."""
 
-        async def restart() -> None:
-            await asyncio.to_thread(kafka_cluster.kill)
-            await asyncio.to_thread(kafka_cluster.start)
-
-        return RestartableBroker(_factory(kafka_cluster), restart)
+        return RestartableBroker(_factory(kafka_cluster), whole_cluster_crash(kafka_cluster))
 
     @pytest.fixture
     def tls_mismatch(self, kafka_cluster: KafkaCluster) -> TlsMismatch:

@@ -7,7 +7,6 @@ test_failover.py.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import pytest_asyncio
 from abe_brokers import NatsCluster
 from abe_mq_nats_testing import Janitor, raw_client, settings_for
-from cluster_testing import load_suite
+from cluster_testing import load_suite, whole_cluster_crash
 
 from abe.testing import BackendFactory, RawWriter, RestartableBroker, TlsMismatch
 from abe_mq_nats import NatsBackend
@@ -75,11 +74,7 @@ class TestNatsClusterContract(_suite.TestNatsContract):  # type: ignore[misc,nam
                 overrides["prefetch"] = prefetch
             return NatsBackend(_settings(nats_cluster, **overrides))
 
-        async def restart() -> None:
-            await asyncio.to_thread(nats_cluster.kill)
-            await asyncio.to_thread(nats_cluster.start)
-
-        return RestartableBroker(make, restart)
+        return RestartableBroker(make, whole_cluster_crash(nats_cluster))
 
     @pytest.fixture
     def tls_mismatch(self, nats_cluster: NatsCluster, cluster_janitor: Janitor) -> TlsMismatch:
