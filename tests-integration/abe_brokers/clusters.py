@@ -184,6 +184,7 @@ class KafkaCluster(_Cluster):
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap if at is None else self.bootstrap_at(at),
             "ABE_KAFKA_REPLICATION_FACTOR": str(self.size),
+            "ABE_KAFKA_MIN_INSYNC_REPLICAS": str(min(2, self.size)),
             "ABE_KAFKA_IDEMPOTENT": "false",
         }
 

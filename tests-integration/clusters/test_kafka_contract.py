@@ -10,8 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from abe_brokers import KafkaCluster, rerun_on_tansu_fault
+from abe_brokers import KafkaCluster, rerun_on_tansu_fault, unique_name
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import (  # type: ignore[import-untyped]
+    AIOKafkaAdminClient,
+    ConfigResource,
+    ConfigResourceType,
+)
 from cluster_testing import load_suite, whole_cluster_crash
 from kafka_testing import backend_factory_for, settings_for
 
@@ -20,10 +25,16 @@ from abe.testing import BackendFactory, RawWriter, RestartableBroker, TlsMismatc
 from abe_mq_kafka import KafkaBackend
 
 _suite = load_suite("abe-mq-kafka", "abe_cluster_kafka_contract")
+_MIN_INSYNC = 2
 
 
 def _factory(cluster: KafkaCluster, **overrides: Any) -> BackendFactory:
-    return backend_factory_for(cluster.bootstrap, replication_factor=cluster.size, **overrides)
+    return backend_factory_for(
+        cluster.bootstrap,
+        replication_factor=cluster.size,
+        min_insync_replicas=_MIN_INSYNC,
+        **overrides,
+    )
 
 
 @rerun_on_tansu_fault
@@ -68,3 +79,20 @@ class TestKafkaClusterContract(_suite.TestKafkaContract):  # type: ignore[misc,n
             return KafkaBackend(settings)
 
         return TlsMismatch(backend_at, (node.host, node.port), secret)
+
+
+@pytest.mark.asyncio
+async def test_topics_abe_creates_carry_min_insync_replicas(kafka_cluster: KafkaCluster) -> None:
+    """ABE_KAFKA_MIN_INSYNC_REPLICAS reaches the broker as the topic's min.insync.replicas."""
+    key = unique_name("insync")
+    async with _factory(kafka_cluster)() as backend:
+        await backend.publish(key, {"n": 1})
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_cluster.bootstrap_at(0))
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, key)])
+    finally:
+        await admin.close()
+    [(_, _, _, _, entries)] = response.resources
+    configs = {entry[0]: entry[1] for entry in entries}
+    assert configs.get("min.insync.replicas") == str(_MIN_INSYNC), configs

@@ -96,6 +96,7 @@ def test_all_problems_in_one_error_without_the_secret(monkeypatch: pytest.Monkey
         "KAFKA_SSL_CERTFILE": "/no/such/cert.pem",
         "ABE_KAFKA_PARTITIONS": "many",
         "ABE_KAFKA_REPLICATION_FACTOR": "0",
+        "ABE_KAFKA_MIN_INSYNC_REPLICAS": "0",
         "ABE_KAFKA_SESSION_TIMEOUT": "-1",
         "ABE_MQ_REDELIVERY_TIMEOUT": "never",
     }.items():
@@ -110,6 +111,7 @@ def test_all_problems_in_one_error_without_the_secret(monkeypatch: pytest.Monkey
         "KAFKA_SSL_KEYFILE",
         "ABE_KAFKA_PARTITIONS",
         "ABE_KAFKA_REPLICATION_FACTOR",
+        "ABE_KAFKA_MIN_INSYNC_REPLICAS",
         "ABE_KAFKA_SESSION_TIMEOUT",
         "ABE_MQ_REDELIVERY_TIMEOUT",
     }
@@ -271,3 +273,16 @@ def test_hand_built_settings_keep_the_limits_of_the_environment() -> None:
         KafkaSettings(partitions=10_001)
     with pytest.raises(ValueError, match="sasl_username"):
         KafkaSettings(security_protocol="SASL_SSL", sasl_password=Secret(SECRET))
+
+
+def test_min_insync_replicas_at_most_the_replication_factor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ABE_KAFKA_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("ABE_KAFKA_MIN_INSYNC_REPLICAS", "4")
+    with pytest.raises(ConfigurationError) as refused:
+        KafkaSettings.from_env()
+    assert refused.value.variables == ("ABE_KAFKA_MIN_INSYNC_REPLICAS",)
+    assert "at most ABE_KAFKA_REPLICATION_FACTOR" in str(refused.value)
+    monkeypatch.setenv("ABE_KAFKA_MIN_INSYNC_REPLICAS", "2")
+    assert KafkaSettings.from_env().min_insync_replicas == 2

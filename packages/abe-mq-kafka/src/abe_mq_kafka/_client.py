@@ -100,7 +100,11 @@ class KafkaClient:
 
     async def _create_topic(self, key: str) -> None:
         admin = await self.admin.get()
-        topic = NewTopic(key, self.settings.partitions, self.settings.replication_factor)
+        insync = self.settings.min_insync_replicas
+        configs = {"min.insync.replicas": str(insync)} if insync else None
+        topic = NewTopic(
+            key, self.settings.partitions, self.settings.replication_factor, topic_configs=configs
+        )
         response = await admin.create_topics([topic])
         for _, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):

@@ -118,6 +118,14 @@ class KafkaSettings(BackendSettings):
         minimum=1,
         maximum=100,
     )
+    min_insync_replicas: int | None = setting(
+        "ABE_KAFKA_MIN_INSYNC_REPLICAS",
+        None,
+        "min.insync.replicas of each topic abe creates: replicas that must have a write before "
+        "acks=all confirms it (use 2 with 3 replicas). Unset: the broker's default.",
+        minimum=1,
+        maximum=100,
+    )
     idempotent: bool = setting(
         "ABE_KAFKA_IDEMPOTENT",
         True,
@@ -213,6 +221,8 @@ class KafkaSettings(BackendSettings):
                 yield name, f"{unused}; set it to SSL (or SASL_SSL) to use TLS"
             elif isinstance(value, Path) and not (value.is_file() and os.access(value, os.R_OK)):
                 yield name, f"must name a readable file that exists (got {str(value)!r})"
+        if (self.min_insync_replicas or 0) > self.replication_factor:
+            yield "min_insync_replicas", "must be at most ABE_KAFKA_REPLICATION_FACTOR"
         if (self.heartbeat_interval or 0) >= self.session_timeout:
             yield "heartbeat_interval", "must be less than ABE_KAFKA_SESSION_TIMEOUT"
         if self.group_instance_id is not None and not _NAME.fullmatch(self.group_instance_id):
