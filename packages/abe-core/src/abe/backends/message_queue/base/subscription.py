@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from abe.backends.message_queue.base.acks import AckBatcher
@@ -162,11 +162,18 @@ class Subscription:
             await self._receiver.close()
 
     async def __anext__(self) -> Delivery:
+        buffer = self._buffer
+        if buffer and monotonic() - buffer[0].message.received_at <= self._refresh_after:
+            return buffer.popleft()  # the usual case: fetched already, and fresh
+        return await self._next()
+
+    async def _next(self) -> Delivery:
+        """`__anext__` when the buffer is empty or its head is old: open, extend or fetch."""
         if self._state == "new":
             await self._open()
         while True:
             if self._buffer:
-                if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+                if monotonic() - self._buffer[0].message.received_at > self._refresh_after:
                     await self._extend_buffered()
                 return self._buffer.popleft()
             if self._state != "open":
@@ -212,6 +219,8 @@ class Subscription:
             return
         poison: list[tuple[IncomingMessage, str]] = []
         limit = self._backend.max_payload_bytes
+        append = self._buffer.append
+        taken = len(self._buffer)
         for message in messages:
             try:
                 payload = decode_body(message.body, limit)
@@ -221,8 +230,8 @@ class Subscription:
             except Exception as exc:  # never expected; a body must not stop the consumer
                 poison.append((message, f"undecodable body: {type(exc).__name__}: {exc}"))
                 continue
-            self._buffer.append(Delivery(message, payload, self))
-            self._unsettled += 1
+            append(Delivery(message, payload, self))
+        self._unsettled += len(self._buffer) - taken
         for message, reason in poison:
             await self._dead_letter_undecodable(message, reason)
 
@@ -276,7 +285,9 @@ class Subscription:
             return False
         if not self._acks.add_nowait(delivery.message):
             return False
-        self._release_credit()
+        self._unsettled -= 1  # _release_credit, inlined: this runs once per message
+        if self._credit is not None and not self._credit.done():
+            self._credit.set_result(None)
         return True
 
     async def _settle_ack(self, delivery: Delivery) -> None:
@@ -311,7 +322,7 @@ class Subscription:
         """
         if not self._buffer or self._state not in ("open", "stopped"):
             return None
-        if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+        if monotonic() - self._buffer[0].message.received_at > self._refresh_after:
             return None  # old enough to extend first: __anext__ does that
         return self._buffer.popleft()
 
@@ -325,7 +336,7 @@ class Subscription:
             await self.extend(self._buffer)
         except Exception as exc:
             log.info("could not extend %d buffered message(s): %s", len(self._buffer), exc)
-        now = time.monotonic()
+        now = monotonic()
         for delivery in self._buffer:
             delivery.message.received_at = now
 
