@@ -405,6 +405,7 @@ class Subscription:
     async def _give_back_buffer(self) -> None:
         unread = [delivery.message for delivery in self._buffer]
         self._buffer.clear()
+        self._refused = None
         self._unsettled -= len(unread)
         await self._give_back_messages(unread)
 
