@@ -98,7 +98,9 @@ async def test_add_waits_when_four_batches_are_already_waiting() -> None:
         await asyncio.sleep(0)
     assert not blocked.done(), "add() did not apply back-pressure"
     flush.gate.set()
-    await asyncio.wait_for(blocked, WAIT)
+    await asyncio.wait_for(blocked, WAIT)  # room again: the next batch left the queue
+    assert batcher.pending < 8
+    await asyncio.wait_for(batcher.drain(), WAIT)
     assert batcher.pending == 0
     assert flat(flush.batches) == list(range(9))
 
@@ -218,3 +220,37 @@ async def test_a_full_batch_does_not_wait_for_the_linger() -> None:
         await batcher.add(item)
     await asyncio.wait_for(batcher.drain(), 1.0)
     assert flushed == [[0, 1, 2]]
+
+
+@pytest.mark.asyncio
+async def test_a_batch_filled_during_the_linger_ends_it() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(batch: Sequence[int]) -> None:
+        flushed.append(list(batch))
+
+    batcher: AckBatcher[int] = AckBatcher(flush, max_batch=3, linger=60.0)
+    await batcher.add(0)
+    for _ in range(3):  # the flush task is lingering now
+        await asyncio.sleep(0)
+    assert flushed == []
+    await batcher.add(1)
+    await batcher.add(2)  # a full batch: no reason to wait out the 60 s
+    await asyncio.wait_for(batcher.drain(), 1.0)
+    assert flushed == [[0, 1, 2]]
+
+
+@pytest.mark.asyncio
+async def test_a_fast_adder_under_a_linger_keeps_going_while_batches_flush() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(batch: Sequence[int]) -> None:
+        await asyncio.sleep(0)  # a round trip
+        flushed.append(list(batch))
+
+    batcher: AckBatcher[int] = AckBatcher(flush, max_batch=5, linger=60.0)
+    for item in range(100):  # far more than 4 batches: back-pressure, never the linger
+        await batcher.add(item)
+    await asyncio.wait_for(batcher.drain(), 1.0)
+    assert flat(flushed) == list(range(100))
+    assert all(len(batch) <= 5 for batch in flushed)

@@ -302,3 +302,29 @@ def test_a_self_referencing_dict_is_refused_instead_of_hanging() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("encoding a self-referencing dict did not return within 3s")
     assert finished.stdout.strip() == "refused", finished.stderr
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        b'{"a": 1}',
+        b' {"a": 1}',
+        b'{"a": 1}\n',
+        b'{"a": {"b": [1, 2.5, "\\u00e9", null, true]}, "c": "x"}',
+        '{"é": "ü"}'.encode(),
+    ],
+)
+def test_decode_body_reads_what_json_reads(body: bytes) -> None:
+    assert decode_body(body) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b'{"a": }', b'{"a": 1', b'{"a": 1}x', b'{"a": 1} ]', b"{'a': 1}"]
+)
+def test_decode_body_refuses_a_broken_object_with_jsons_own_reason(body: bytes) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(body)
+    with pytest.raises(UndecodableBody) as refused:
+        decode_body(body)
+    assert str(refused.value) == f"the body is not JSON: {expected.value}"

@@ -392,6 +392,59 @@ async def test_a_hostile_body_never_stops_the_consumer_loop(
 
 
 @pytest.mark.asyncio
+async def test_bodies_are_decoded_when_handed_out_not_when_fetched(
+    backend: MemoryBackend,
+) -> None:
+    await backend.publish_many("k", [{"i": i} for i in range(5)])
+    async with backend.subscribe(group="g", keys="k", prefetch=5) as subscription:
+        first = await next_delivery(subscription, WAIT)
+        assert first.payload == {"i": 0}
+        waiting = subscription.buffered()
+        assert len(waiting) == 4
+        assert all(delivery._payload is None for delivery in waiting)  # not decoded yet
+        assert waiting[0].payload == {"i": 1}  # reading it early decodes it
+        rest = [await next_delivery(subscription, WAIT) for _ in range(4)]
+        assert [delivery.payload for delivery in rest] == [{"i": i} for i in range(1, 5)]
+        assert rest[0] is waiting[0]
+
+
+@pytest.mark.asyncio
+async def test_a_body_between_good_ones_is_dead_lettered_in_its_turn_and_releases_its_slot(
+    backend: MemoryBackend, broker: MemoryBroker
+) -> None:
+    await backend.publish("k", {"before": True})
+    broker.append("k", [OutgoingMessage("raw", b"not json", {})])
+    await backend.publish("k", {"after": True})
+    async with backend.subscribe(group="g", keys="k", prefetch=3) as subscription:
+        before = await next_delivery(subscription, WAIT)
+        assert subscription.held == 3  # the undecodable one is held until its turn
+        assert broker.messages("k-dlq") == []
+        after = await next_delivery(subscription, WAIT)
+        assert after.payload == {"after": True}
+        assert subscription.held == 2  # it went to the dead-letter key and was acknowledged
+        assert broker.messages("k-dlq") == [{"undecodable_body": "not json"}]
+        await before.ack()
+        await after.ack()
+    assert broker.pending("k", "g") == 0
+
+
+@pytest.mark.asyncio
+async def test_an_undecodable_body_at_the_head_is_left_to_anext_by_take_buffered(
+    backend: MemoryBackend, broker: MemoryBroker
+) -> None:
+    await backend.publish("k", {"before": True})
+    broker.append("k", [OutgoingMessage("raw", b"[1]", {})])
+    await backend.publish("k", {"after": True})
+    async with backend.subscribe(group="g", keys="k", prefetch=3) as subscription:
+        await next_delivery(subscription, WAIT)
+        assert subscription.take_buffered() is None  # its dead-lettering needs an await
+        assert len(subscription.buffered()) == 2
+        after = await next_delivery(subscription, WAIT)
+        assert after.payload == {"after": True}
+        assert len(broker.messages("k-dlq")) == 1
+
+
+@pytest.mark.asyncio
 async def test_a_dead_letter_reason_of_any_text_is_written_as_one_valid_line(
     backend: MemoryBackend,
 ) -> None:

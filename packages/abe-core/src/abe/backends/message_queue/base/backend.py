@@ -312,13 +312,21 @@ class BaseBackend(abc.ABC):
         """
         subscription = self.subscribe(group=group, keys=keys)
         async with subscription:
-            async for delivery in subscription:
+            while True:
+                # what is buffered needs no coroutine; __anext__ fetches (or ends) otherwise
+                delivery = subscription.take_buffered()
+                if delivery is None:
+                    try:
+                        delivery = await subscription.__anext__()
+                    except StopAsyncIteration:
+                        return
                 try:
                     yield delivery.payload
                 except BaseException:
                     await subscription._nack_unfinished(delivery)
                     raise
-                await delivery.ack()
+                if not delivery.ack_nowait():  # the usual case queues the ack without awaiting
+                    await delivery.ack()
 
     def subscribe(
         self,

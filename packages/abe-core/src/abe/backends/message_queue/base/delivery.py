@@ -22,6 +22,7 @@ class _Settler(Protocol):
     @property
     def backend_name(self) -> str: ...
 
+    def _decode(self, message: IncomingMessage) -> MessageQueuePayload: ...
     def _ack_nowait(self, delivery: Delivery) -> bool: ...
     async def _settle_ack(self, delivery: Delivery) -> None: ...
     async def _settle_nack(self, delivery: Delivery, delay: float) -> None: ...
@@ -36,15 +37,23 @@ class Delivery:
     delivered again after the backend's redelivery timeout.
     """
 
-    __slots__ = ("_outcome", "_settler", "message", "payload")
+    __slots__ = ("_outcome", "_payload", "_settler", "message")
 
     def __init__(
-        self, message: IncomingMessage, payload: MessageQueuePayload, settler: _Settler
+        self, message: IncomingMessage, payload: MessageQueuePayload | None, settler: _Settler
     ) -> None:
         self.message = message
-        self.payload = payload
+        self._payload = payload  # None: decoded when first needed (when it is handed out)
         self._settler = settler
         self._outcome: str | None = None
+
+    @property
+    def payload(self) -> MessageQueuePayload:
+        """The message's JSON object."""
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = self._settler._decode(self.message)
+        return payload
 
     @property
     def key(self) -> str:

@@ -1,8 +1,11 @@
 """A live subscription: deliveries for one group over some keys, with a bound on what it holds.
 
 It asks the provider's receiver for at most `prefetch` minus the deliveries not yet
-settled, so a slow consumer never piles messages up in memory. Bodies that are not
-JSON objects go to the dead-letter key at once and never reach the caller.
+settled, so a slow consumer never piles messages up in memory. A body is decoded when
+its delivery is handed out, not when it is fetched: only the payloads in the caller's
+hands exist at once, each decoded while its body is fresh in the cache. Bodies that are
+not JSON objects go to the dead-letter key when their turn comes and never reach the
+caller.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from abe.backends.message_queue.base.acks import AckBatcher
@@ -21,6 +24,7 @@ from abe.backends.message_queue.base.deadlines import bounded
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.receiver import Receiver
 from abe.errors import AuthenticationError, BackendUnavailableError, DeliveryStateError
+from abe.types import MessageQueuePayload
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -90,6 +94,7 @@ class Subscription:
         self._fetch: asyncio.Task[Sequence[IncomingMessage]] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._read_failures = 0
+        self._refused: tuple[Delivery, str] | None = None  # the last body found undecodable
         self._acks: AckBatcher[IncomingMessage] = AckBatcher(self._flush_acks, max_batch=500)
 
     @property
@@ -162,13 +167,33 @@ class Subscription:
             await self._receiver.close()
 
     async def __anext__(self) -> Delivery:
+        buffer = self._buffer
+        if (
+            buffer
+            and monotonic() - buffer[0].message.received_at <= self._refresh_after
+            and self._undecodable(buffer[0]) is None
+        ):
+            return buffer.popleft()  # the usual case: fetched already, fresh and decoded
+        return await self._next()
+
+    async def _next(self) -> Delivery:
+        """`__anext__` when the buffer is empty or its head is old: open, extend or fetch."""
         if self._state == "new":
             await self._open()
         while True:
             if self._buffer:
-                if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+                if monotonic() - self._buffer[0].message.received_at > self._refresh_after:
                     await self._extend_buffered()
-                return self._buffer.popleft()
+                if not self._buffer:  # stop() gave the buffer back meanwhile
+                    continue
+                reason = self._undecodable(self._buffer[0])
+                delivery = self._buffer.popleft()
+                if reason is None:
+                    return delivery
+                self._refused = None
+                self._release_credit()
+                await self._dead_letter_undecodable(delivery.message, reason)
+                continue
             if self._state != "open":
                 raise StopAsyncIteration
             credit = self.prefetch - self._unsettled
@@ -210,21 +235,29 @@ class Subscription:
         if self._state != "open":  # stopped while the fetch was returning: give them back
             await self._give_back_messages(messages)
             return
-        poison: list[tuple[IncomingMessage, str]] = []
-        limit = self._backend.max_payload_bytes
-        for message in messages:
-            try:
-                payload = decode_body(message.body, limit)
-            except UndecodableBody as exc:
-                poison.append((message, f"undecodable body: {exc}"))
-                continue
-            except Exception as exc:  # never expected; a body must not stop the consumer
-                poison.append((message, f"undecodable body: {type(exc).__name__}: {exc}"))
-                continue
-            self._buffer.append(Delivery(message, payload, self))
-            self._unsettled += 1
-        for message, reason in poison:
-            await self._dead_letter_undecodable(message, reason)
+        self._buffer.extend([Delivery(message, None, self) for message in messages])
+        self._unsettled += len(messages)
+
+    def _decode(self, message: IncomingMessage) -> MessageQueuePayload:
+        """The payload of `message`'s body, or UndecodableBody (what Delivery.payload calls)."""
+        return decode_body(message.body, self._backend.max_payload_bytes)
+
+    def _undecodable(self, delivery: Delivery) -> str | None:
+        """Decode `delivery`'s body now, unless done already; None, or why it cannot be."""
+        if delivery._payload is not None:
+            return None
+        if self._refused is not None and self._refused[0] is delivery:
+            return self._refused[1]  # asked again on its way to __anext__: decode it once
+        try:
+            delivery._payload = decode_body(delivery.message.body, self._backend.max_payload_bytes)
+        except UndecodableBody as exc:
+            reason = f"undecodable body: {exc}"
+        except Exception as exc:  # never expected; a body must not stop the consumer
+            reason = f"undecodable body: {type(exc).__name__}: {exc}"
+        else:
+            return None
+        self._refused = (delivery, reason)
+        return reason
 
     async def _dead_letter_undecodable(self, message: IncomingMessage, reason: str) -> None:
         """Move a body that cannot become a payload to the dead-letter key and acknowledge it."""
@@ -276,7 +309,9 @@ class Subscription:
             return False
         if not self._acks.add_nowait(delivery.message):
             return False
-        self._release_credit()
+        self._unsettled -= 1  # _release_credit, inlined: this runs once per message
+        if self._credit is not None and not self._credit.done():
+            self._credit.set_result(None)
         return True
 
     async def _settle_ack(self, delivery: Delivery) -> None:
@@ -311,12 +346,19 @@ class Subscription:
         """
         if not self._buffer or self._state not in ("open", "stopped"):
             return None
-        if time.monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+        head = self._buffer[0]
+        if monotonic() - head.message.received_at > self._refresh_after:
             return None  # old enough to extend first: __anext__ does that
+        if self._undecodable(head) is not None:
+            return None  # for the dead-letter key: __anext__ does that
         return self._buffer.popleft()
 
     def buffered(self) -> list[Delivery]:
-        """Deliveries fetched and waiting to be handed out (not yet seen by the application)."""
+        """Deliveries fetched and waiting to be handed out (not yet seen by the application).
+
+        Their bodies are decoded when they are handed out: reading `payload` here decodes
+        one early, and raises UndecodableBody for a body that is headed for the dead letter.
+        """
         return list(self._buffer)
 
     async def _extend_buffered(self) -> None:
@@ -325,7 +367,7 @@ class Subscription:
             await self.extend(self._buffer)
         except Exception as exc:
             log.info("could not extend %d buffered message(s): %s", len(self._buffer), exc)
-        now = time.monotonic()
+        now = monotonic()
         for delivery in self._buffer:
             delivery.message.received_at = now
 
@@ -363,6 +405,7 @@ class Subscription:
     async def _give_back_buffer(self) -> None:
         unread = [delivery.message for delivery in self._buffer]
         self._buffer.clear()
+        self._refused = None
         self._unsettled -= len(unread)
         await self._give_back_messages(unread)
 
