@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from abe_brokers import KafkaCluster, rerun_on_tansu_fault, unique_name
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.admin import (  # type: ignore[import-untyped]
-    AIOKafkaAdminClient,
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
     ConfigResource,
     ConfigResourceType,
 )
