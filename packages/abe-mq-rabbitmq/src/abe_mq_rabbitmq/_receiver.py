@@ -120,11 +120,24 @@ class RabbitmqReceiver(Receiver):
         self._arrived.set()
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
-        for message in messages:
-            held = self._held.pop(id(message.handle), None)
-            if held is not None:
-                with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
-                    await held.delivery.ack()  # a closed channel has requeued it already
+        """One basic.ack (multiple) for those below every delivery still held, one each above.
+
+        `_held` keeps the channel's delivery order, so its first entry bounds what a
+        multiple ack may cover; a requeue's nack is written before a later ack (frames go
+        out in call order), so nothing settled elsewhere is covered twice.
+        """
+        settled = [held.delivery for m in messages if (held := self._held.pop(id(m.handle), None))]
+        if not settled:
+            return
+        oldest = next(iter(self._held.values()), None)
+        bound = _tag(oldest.delivery) if oldest is not None else None
+        below = [d for d in settled if bound is None or _tag(d) < bound]
+        above = [d for d in settled if bound is not None and _tag(d) > bound]
+        with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
+            if below:  # a closed channel has requeued them already
+                await max(below, key=_tag).ack(multiple=True)
+            for delivery in above:
+                await delivery.ack()
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         """Back to the queue no sooner than `delay`: held here until then, unacknowledged."""
@@ -186,6 +199,11 @@ class RabbitmqReceiver(Receiver):
             await self._channel.close()
         self._held.clear()
         self._buffer.clear()
+
+
+def _tag(delivery: AbstractIncomingMessage) -> int:
+    """The delivery's tag on its channel (aio-pika types it optional; a consumed one has it)."""
+    return delivery.delivery_tag or 0
 
 
 def _text(value: object) -> str:
