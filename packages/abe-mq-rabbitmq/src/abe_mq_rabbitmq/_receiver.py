@@ -1,9 +1,11 @@
 """The receiver: one member of a group, consuming the group's queue on each key.
 
 RabbitMQ pushes deliveries (basic.consume) up to the channel's prefetch (basic.qos, sized
-from what the consumer first asks for); `fetch` hands them out. A delivery not acknowledged
-within the redelivery timeout is returned to the queue (basic.nack, requeue), and while
-nobody fetches from this member it also stops consuming, so that another member gets it.
+from the most the consumer asked for at once, shared between the keys: it applies to a
+consumer when it starts, so a larger ask restarts them); `fetch` hands them out. A
+delivery not acknowledged within the redelivery timeout is returned to the queue
+(basic.nack, requeue), and while nobody fetches from this member it also stops consuming,
+so that another member gets it.
 A nack with a delay holds the delivery back here, then returns it to the queue.
 """
 
@@ -70,10 +72,14 @@ class RabbitmqReceiver(Receiver):
         try:
             if self._channel.is_closed:  # the connection was lost: RabbitMQ requeued it all
                 self._consumers, self._held, self._buffer = {}, {}, []
-                self._channel = await self._reopen()
-                await self._channel.set_qos(prefetch_count=self._each)
+                self._channel, self._each = await self._reopen(), 0  # its prefetch: below
+            each = max(1, max_messages // len(self._key_of))
+            if each > self._each:  # asked for more: a larger prefetch (at most what was asked)
+                await self._cancel_consumers()
+                await self._channel.set_qos(prefetch_count=each)
+                self._each = each
             if not self._consumers:
-                await self._consume(max_messages)
+                await self._consume()
             if not self._buffer:
                 self._arrived.clear()
                 await wait_event(self._arrived, timeout)
@@ -88,11 +94,8 @@ class RabbitmqReceiver(Receiver):
             self._fetching -= 1
             self._last_fetch = self._now()
 
-    async def _consume(self, asked: int) -> None:
-        """Start consuming every queue, the prefetch shared between them."""
-        if not self._each:
-            self._each = max(1, asked // len(self._key_of))
-            await self._channel.set_qos(prefetch_count=self._each)
+    async def _consume(self) -> None:
+        """Start consuming every queue, each with the channel's prefetch (basic.qos)."""
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._expire_loop())
         for name, key in self._key_of.items():
