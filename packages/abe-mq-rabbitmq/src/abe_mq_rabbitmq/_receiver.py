@@ -19,7 +19,8 @@ from functools import partial
 
 from abe.provider import IncomingMessage, Receiver, wait_event
 from aio_pika import exceptions as amqp
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
+from aiormq.abc import DeliveredMessage
 
 __all__ = ["MARKER", "RabbitmqReceiver", "group_queue"]
 
@@ -37,7 +38,7 @@ def group_queue(key: str, group: str) -> str:
 class _Held:
     """A delivery this member holds unsettled, and when it goes back to the queue."""
 
-    delivery: AbstractIncomingMessage
+    delivery: DeliveredMessage
     due: float
     handed: bool = False
 
@@ -99,8 +100,8 @@ class RabbitmqReceiver(Receiver):
     async def _gather(self, wanted: int) -> None:
         """Let a burst of deliveries arrive, up to half of `wanted`, while the loop brings some.
 
-        Each delivery reaches `_on_delivery` through a few tasks of aio-pika's, so a fetch
-        woken by the first would hand out 3 or 4 at a time; one fetch per batch is cheaper,
+        Each delivery reaches `_on_delivery` in a task of its own (aiormq's), so a fetch
+        woken by the first would hand out a few at a time; one fetch per batch is cheaper,
         and half the prefetch leaves the other half on its way (as an ack per half does).
         """
         idle = 0
@@ -113,24 +114,27 @@ class RabbitmqReceiver(Receiver):
         """Start consuming every queue, each with the channel's prefetch (basic.qos)."""
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._expire_loop())
-        for name, key in self._key_of.items():
-            queue = await self._channel.get_queue(name, ensure=False)
-            self._consumers[name] = await queue.consume(partial(self._on_delivery, key))
+        channel = await self._channel.get_underlay_channel()
+        for name, key in self._key_of.items():  # aiormq's: aio-pika adds a task per delivery
+            consuming = await channel.basic_consume(name, partial(self._on_delivery, key))
+            self._consumers[name] = consuming.consumer_tag or ""
 
-    async def _on_delivery(self, key: str, delivery: AbstractIncomingMessage) -> None:
-        headers = {name: _text(value) for name, value in delivery.headers.items()}
+    async def _on_delivery(self, key: str, delivery: DeliveredMessage) -> None:
+        properties = delivery.header.properties
+        headers = {name: _text(value) for name, value in (properties.headers or {}).items()}
         if MARKER in headers:  # a record of abe's own copied by a foreign client: drop it
-            await delivery.ack()
+            await delivery.channel.basic_ack(_tag(delivery))
             return
         count = headers.pop("x-delivery-count", "0")
         attempt = 1 + (int(count) if count.isdigit() else 0)
-        headers.setdefault("abe-id", delivery.message_id or f"{key}:{delivery.delivery_tag}")
+        tag = _tag(delivery)
+        headers.setdefault("abe-id", properties.message_id or f"{key}:{tag}")
         message = IncomingMessage(
             key=key,
             body=delivery.body,
             headers=headers,
             attempt=attempt,
-            broker_id=delivery.message_id or str(delivery.delivery_tag),
+            broker_id=properties.message_id or str(tag),
             handle=delivery,
         )
         self._held[id(delivery)] = _Held(delivery, self._now() + self._lease)
@@ -153,9 +157,10 @@ class RabbitmqReceiver(Receiver):
         above = [d for d in settled if bound is not None and _tag(d) > bound]
         with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
             if below:  # a closed channel has requeued them already
-                await max(below, key=_tag).ack(multiple=True)
+                last = max(below, key=_tag)
+                await last.channel.basic_ack(_tag(last), multiple=True)
             for delivery in above:
-                await delivery.ack()
+                await delivery.channel.basic_ack(_tag(delivery))
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         """Back to the queue no sooner than `delay`: held here until then, unacknowledged."""
@@ -183,7 +188,7 @@ class RabbitmqReceiver(Receiver):
     async def _requeue(self, held: _Held) -> None:
         self._held.pop(id(held.delivery), None)
         with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
-            await held.delivery.nack(requeue=True)
+            await held.delivery.channel.basic_nack(_tag(held.delivery), requeue=True)
 
     async def _expire_loop(self) -> None:
         """Return what is due to the queue; while nobody fetches, stop consuming first."""
@@ -202,10 +207,10 @@ class RabbitmqReceiver(Receiver):
 
     async def _cancel_consumers(self) -> None:
         consumers, self._consumers = self._consumers, {}
-        for name, tag in consumers.items():
-            queue = await self._channel.get_queue(name, ensure=False)
+        for tag in consumers.values():
             with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
-                await queue.cancel(tag)
+                channel = await self._channel.get_underlay_channel()
+                await channel.basic_cancel(tag)  # deliveries sent before it still come
 
     async def close(self) -> None:
         """Close the channel: RabbitMQ requeues every delivery this member still holds."""
@@ -219,8 +224,8 @@ class RabbitmqReceiver(Receiver):
         self._buffer.clear()
 
 
-def _tag(delivery: AbstractIncomingMessage) -> int:
-    """The delivery's tag on its channel (aio-pika types it optional; a consumed one has it)."""
+def _tag(delivery: DeliveredMessage) -> int:
+    """The delivery's tag on its channel (aiormq types it optional; a consumed one has it)."""
     return delivery.delivery_tag or 0
 
 
