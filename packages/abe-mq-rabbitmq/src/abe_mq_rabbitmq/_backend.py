@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["RabbitmqBackend"]
 
 _COPY_BATCH = 500  # messages copied from a log per round of confirms
+_COPY_WINDOW = 4  # rounds of confirms awaited behind the copying (a quorum queue's are slow)
+_SCAN_ACK = 100  # a log's messages read per basic.ack (multiple): its credit comes back
 _LOCK_RETRY = 0.02  # seconds between tries for a lock another connection holds
 
 
@@ -247,6 +251,7 @@ class RabbitmqBackend(BaseBackend):
         await exchange.publish(_marker(token), routing_key=key)  # to the log and every group
         await self._drain(client, name, token)
         pending: list[Awaitable[Any]] = []
+        confirming: deque[asyncio.Future[Any]] = deque()  # batches whose confirms are due
 
         async def copy(message: AbstractIncomingMessage) -> None:
             headers = dict(message.headers)
@@ -260,12 +265,20 @@ class RabbitmqBackend(BaseBackend):
                 timestamp=message.timestamp,
             )
             pending.append(channel.default_exchange.publish(copied, routing_key=name))
-            if len(pending) >= _COPY_BATCH:  # confirms pipelined, in order
-                await asyncio.gather(*pending)
+            if len(pending) >= _COPY_BATCH:  # confirms pipelined, a few batches in flight
+                confirming.append(asyncio.gather(*pending))
                 pending.clear()
+                if len(confirming) > _COPY_WINDOW:
+                    await confirming.popleft()
 
-        await self._scan(client, key, copy, token)
-        await asyncio.gather(*pending)
+        try:
+            await self._scan(client, key, copy, token)
+        finally:
+            confirming.append(asyncio.gather(*pending))
+            results = await asyncio.gather(*confirming, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _drain(self, client: _Client, name: str, token: str) -> None:
         """Take out of the new queue what reached it up to the marker `token` (basic.get)."""
@@ -307,7 +320,7 @@ class RabbitmqBackend(BaseBackend):
                 arrived.put_nowait(message)  # each callback is a task: visit them in order
 
             await log.consume(queue, arguments={"x-stream-offset": "first"})
-            while True:
+            for read in itertools.count(1):
                 message = await bounded(arrived.get(), self.settings.operation_timeout)
                 mark = message.headers.get(MARKER)
                 if mark is None:
@@ -316,7 +329,8 @@ class RabbitmqBackend(BaseBackend):
                     break
                 elif str(mark).startswith("join "):
                     groups.append(str(mark)[5:])
-                await message.ack()
+                if read % _SCAN_ACK == 0:
+                    await message.ack(multiple=True)
         finally:
             await reader.close()
         return groups

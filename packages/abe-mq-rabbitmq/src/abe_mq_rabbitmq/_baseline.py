@@ -9,7 +9,9 @@ the payload bytes abe would send, as persistent messages with publisher confirms
     end_to_end        basic.consume (prefetch 100) and one basic.ack per message, while one
                       publisher sends one message at a time
     drain_ack_each    the backlog consumed with one awaited basic.ack per message
-    drain_batched     the backlog consumed with one basic.ack (multiple) per 100 messages
+    drain_batched     the backlog consumed with one basic.ack (multiple) per 50 messages, half
+                      the prefetch of 100 (abe's consume() asks for 100 per fetch), so the
+                      other half keeps coming while a batch is handled
 
 It deletes the exchanges and queues it made when closed.
 """

@@ -1,9 +1,11 @@
 """The receiver: one member of a group, consuming the group's queue on each key.
 
 RabbitMQ pushes deliveries (basic.consume) up to the channel's prefetch (basic.qos, sized
-from what the consumer first asks for); `fetch` hands them out. A delivery not acknowledged
-within the redelivery timeout is returned to the queue (basic.nack, requeue), and while
-nobody fetches from this member it also stops consuming, so that another member gets it.
+from the most the consumer asked for at once, shared between the keys: it applies to a
+consumer when it starts, so a larger ask restarts them); `fetch` hands them out. A
+delivery not acknowledged within the redelivery timeout is returned to the queue
+(basic.nack, requeue), and while nobody fetches from this member it also stops consuming,
+so that another member gets it.
 A nack with a delay holds the delivery back here, then returns it to the queue.
 """
 
@@ -17,12 +19,14 @@ from functools import partial
 
 from abe.provider import IncomingMessage, Receiver, wait_event
 from aio_pika import exceptions as amqp
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
+from aiormq.abc import DeliveredMessage
 
 __all__ = ["MARKER", "RabbitmqReceiver", "group_queue"]
 
 MARKER = "x-abe-marker"
 """Header of the records abe writes into a key's log (scan ends, group joins); never delivered."""
+_IDLE_TURNS = 3  # turns of the loop a fetch waits for the next delivery of a burst
 
 
 def group_queue(key: str, group: str) -> str:
@@ -34,7 +38,7 @@ def group_queue(key: str, group: str) -> str:
 class _Held:
     """A delivery this member holds unsettled, and when it goes back to the queue."""
 
-    delivery: AbstractIncomingMessage
+    delivery: DeliveredMessage
     due: float
     handed: bool = False
 
@@ -70,13 +74,18 @@ class RabbitmqReceiver(Receiver):
         try:
             if self._channel.is_closed:  # the connection was lost: RabbitMQ requeued it all
                 self._consumers, self._held, self._buffer = {}, {}, []
-                self._channel = await self._reopen()
-                await self._channel.set_qos(prefetch_count=self._each)
+                self._channel, self._each = await self._reopen(), 0  # its prefetch: below
+            each = max(1, max_messages // len(self._key_of))
+            if each > self._each:  # asked for more: a larger prefetch (at most what was asked)
+                await self._cancel_consumers()
+                await self._channel.set_qos(prefetch_count=each)
+                self._each = each
             if not self._consumers:
-                await self._consume(max_messages)
+                await self._consume()
             if not self._buffer:
                 self._arrived.clear()
                 await wait_event(self._arrived, timeout)
+            await self._gather(max_messages)
             taken, self._buffer = self._buffer[:max_messages], self._buffer[max_messages:]
             due = self._now() + self._lease
             for message in taken:
@@ -88,31 +97,44 @@ class RabbitmqReceiver(Receiver):
             self._fetching -= 1
             self._last_fetch = self._now()
 
-    async def _consume(self, asked: int) -> None:
-        """Start consuming every queue, the prefetch shared between them."""
-        if not self._each:
-            self._each = max(1, asked // len(self._key_of))
-            await self._channel.set_qos(prefetch_count=self._each)
+    async def _gather(self, wanted: int) -> None:
+        """Let a burst of deliveries arrive, up to half of `wanted`, while the loop brings some.
+
+        Each delivery reaches `_on_delivery` in a task of its own (aiormq's), so a fetch
+        woken by the first would hand out a few at a time; one fetch per batch is cheaper,
+        and half the prefetch leaves the other half on its way (as an ack per half does).
+        """
+        idle = 0
+        while 0 < len(self._buffer) < (wanted + 1) // 2 and idle < _IDLE_TURNS:
+            before = len(self._buffer)
+            await asyncio.sleep(0)
+            idle = idle + 1 if len(self._buffer) == before else 0
+
+    async def _consume(self) -> None:
+        """Start consuming every queue, each with the channel's prefetch (basic.qos)."""
         if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._expire_loop())
-        for name, key in self._key_of.items():
-            queue = await self._channel.get_queue(name, ensure=False)
-            self._consumers[name] = await queue.consume(partial(self._on_delivery, key))
+        channel = await self._channel.get_underlay_channel()
+        for name, key in self._key_of.items():  # aiormq's: aio-pika adds a task per delivery
+            consuming = await channel.basic_consume(name, partial(self._on_delivery, key))
+            self._consumers[name] = consuming.consumer_tag or ""
 
-    async def _on_delivery(self, key: str, delivery: AbstractIncomingMessage) -> None:
-        headers = {name: _text(value) for name, value in delivery.headers.items()}
+    async def _on_delivery(self, key: str, delivery: DeliveredMessage) -> None:
+        properties = delivery.header.properties
+        headers = {name: _text(value) for name, value in (properties.headers or {}).items()}
         if MARKER in headers:  # a record of abe's own copied by a foreign client: drop it
-            await delivery.ack()
+            await delivery.channel.basic_ack(_tag(delivery))
             return
         count = headers.pop("x-delivery-count", "0")
         attempt = 1 + (int(count) if count.isdigit() else 0)
-        headers.setdefault("abe-id", delivery.message_id or f"{key}:{delivery.delivery_tag}")
+        tag = _tag(delivery)
+        headers.setdefault("abe-id", properties.message_id or f"{key}:{tag}")
         message = IncomingMessage(
             key=key,
             body=delivery.body,
             headers=headers,
             attempt=attempt,
-            broker_id=delivery.message_id or str(delivery.delivery_tag),
+            broker_id=properties.message_id or str(tag),
             handle=delivery,
         )
         self._held[id(delivery)] = _Held(delivery, self._now() + self._lease)
@@ -120,11 +142,25 @@ class RabbitmqReceiver(Receiver):
         self._arrived.set()
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
-        for message in messages:
-            held = self._held.pop(id(message.handle), None)
-            if held is not None:
-                with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
-                    await held.delivery.ack()  # a closed channel has requeued it already
+        """One basic.ack (multiple) for those below every delivery still held, one each above.
+
+        `_held` keeps the channel's delivery order, so its first entry bounds what a
+        multiple ack may cover; a requeue's nack is written before a later ack (frames go
+        out in call order), so nothing settled elsewhere is covered twice.
+        """
+        settled = [held.delivery for m in messages if (held := self._held.pop(id(m.handle), None))]
+        if not settled:
+            return
+        oldest = next(iter(self._held.values()), None)
+        bound = _tag(oldest.delivery) if oldest is not None else None
+        below = [d for d in settled if bound is None or _tag(d) < bound]
+        above = [d for d in settled if bound is not None and _tag(d) > bound]
+        with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
+            if below:  # a closed channel has requeued them already
+                last = max(below, key=_tag)
+                await last.channel.basic_ack(_tag(last), multiple=True)
+            for delivery in above:
+                await delivery.channel.basic_ack(_tag(delivery))
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         """Back to the queue no sooner than `delay`: held here until then, unacknowledged."""
@@ -152,7 +188,7 @@ class RabbitmqReceiver(Receiver):
     async def _requeue(self, held: _Held) -> None:
         self._held.pop(id(held.delivery), None)
         with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
-            await held.delivery.nack(requeue=True)
+            await held.delivery.channel.basic_nack(_tag(held.delivery), requeue=True)
 
     async def _expire_loop(self) -> None:
         """Return what is due to the queue; while nobody fetches, stop consuming first."""
@@ -171,10 +207,10 @@ class RabbitmqReceiver(Receiver):
 
     async def _cancel_consumers(self) -> None:
         consumers, self._consumers = self._consumers, {}
-        for name, tag in consumers.items():
-            queue = await self._channel.get_queue(name, ensure=False)
+        for tag in consumers.values():
             with contextlib.suppress(amqp.ChannelInvalidStateError, amqp.AMQPError):
-                await queue.cancel(tag)
+                channel = await self._channel.get_underlay_channel()
+                await channel.basic_cancel(tag)  # deliveries sent before it still come
 
     async def close(self) -> None:
         """Close the channel: RabbitMQ requeues every delivery this member still holds."""
@@ -186,6 +222,11 @@ class RabbitmqReceiver(Receiver):
             await self._channel.close()
         self._held.clear()
         self._buffer.clear()
+
+
+def _tag(delivery: DeliveredMessage) -> int:
+    """The delivery's tag on its channel (aiormq types it optional; a consumed one has it)."""
+    return delivery.delivery_tag or 0
 
 
 def _text(value: object) -> str:
