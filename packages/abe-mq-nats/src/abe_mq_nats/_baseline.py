@@ -10,7 +10,9 @@ the same deduplication work for both sides:
                   publisher sends with awaited `js.publish()`
     drain_ack_each  the backlog published first (`publish_async()`, a batch's acks
                   gathered), then a durable pull consumer per key (explicit acks):
-                  `fetch(batch=100)` and `await msg.ack()` for each message
+                  `fetch()` and `await msg.ack()` for each message; the fetches of all
+                  keys together ask for at most 100 messages (abe's default prefetch:
+                  `fetch(batch=100)` over one key, `fetch(batch=1)` each over 100)
     drain_batched   the same with `AckPolicy.ALL`: one ack, of each batch's last message
 
 It connects with the backend's own settings (same servers, credentials and TLS) before
@@ -184,11 +186,12 @@ class RawNatsBaseline:
             for key in workload.all_keys
         ]
         clock = DrainClock(workload, progress)
+        batch = max(1, FETCH_BATCH // len(subscriptions))  # held in all: at most abe's bound
 
         async def drain(subscription: JetStreamContext.PullSubscription) -> None:
             while not clock.complete:
                 try:
-                    messages = await subscription.fetch(FETCH_BATCH, timeout=_FETCH_TIMEOUT)
+                    messages = await subscription.fetch(batch, timeout=_FETCH_TIMEOUT)
                 except nats.errors.TimeoutError:
                     continue
                 for message in messages:
