@@ -28,18 +28,20 @@ _SLACK = 0.005  # seconds past an entry's due time to look for it: the server se
 
 def _message(key: str, entry: Sequence[Any], attempt: int) -> IncomingMessage:
     """A stream entry, [id, fields], as a message: `data` is the body, other fields headers."""
-    entry_id, fields = entry[0].decode(), iter(entry[1])
-    pairs = dict(zip(fields, fields, strict=False))
-    body = pairs.pop(b"data", b"")  # the rest are headers, as text
-    headers = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in pairs.items()}
+    fields, body, headers = iter(entry[1]), b"", {}
+    for name, value in zip(fields, fields, strict=False):  # once per message: a plain loop
+        if name == b"data":
+            body = value
+        else:  # as text
+            headers[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    entry_id = entry[0].decode()
     return IncomingMessage(key, body, headers, attempt, entry_id, entry_id)
 
 
 def _grouped(entries: Iterable[tuple[str, str] | IncomingMessage]) -> dict[str, list[str]]:
     """Entry ids by key, from (key, entry id) pairs or messages."""
     grouped: dict[str, list[str]] = {}
-    for entry in entries:
-        key, entry_id = entry if isinstance(entry, tuple) else (entry.key, entry.broker_id)
+    for key, entry_id in (e if isinstance(e, tuple) else (e.key, e.broker_id) for e in entries):
         grouped.setdefault(key, []).append(entry_id)
     return grouped
 
@@ -124,9 +126,7 @@ class RedisReceiver(Receiver):
             _settle(done, not isinstance(answer, Exception))
         keys, count, block_ms = read
         slots = {key: key_slot(key.encode()) for key in keys}
-        groups = [
-            tuple(k for k in keys if slots[k] == slot) for slot in dict.fromkeys(slots.values())
-        ]
+        groups = (tuple(k for k in keys if slots[k] == s) for s in dict.fromkeys(slots.values()))
         assert self._client.cluster is not None
         reads = [self._xreadgroup(group, count, block_ms) for group in groups]
         return await asyncio.gather(*map(self._client.cluster.read, reads), return_exceptions=True)

@@ -16,6 +16,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from time import monotonic
 from typing import Protocol, cast
 
 from abe.backends.message_queue.base.backend import BaseBackend
@@ -284,7 +285,6 @@ class AsyncLoopConsumer:
         in_hand: dict[int, tuple[Delivery, float]],
     ) -> None:
         """One handler slot: take the next delivery, handle it, until stopped."""
-        loop = asyncio.get_running_loop()
         pace = self._pace
         while not self._stopping:
             delivery = subscription.take_buffered()
@@ -292,13 +292,13 @@ class AsyncLoopConsumer:
                 delivery = await self._fetch(subscription, reading)
                 if delivery is None:
                     return
-            started = loop.time()
+            started = monotonic()  # the clock of received_at
             in_hand[index] = (delivery, started)
             try:
                 await self._handle(delivery, chain)
             finally:
                 del in_hand[index]
-                pace.busy += loop.time() - started
+                pace.busy += monotonic() - started
                 pace.handled += 1
 
     async def _fetch(self, subscription: Subscription, reading: asyncio.Lock) -> Delivery | None:
@@ -352,10 +352,9 @@ class AsyncLoopConsumer:
         long are extended on the broker (a periodic timer: there is no event to wait for).
         """
         interval = max(0.05, self.backend.redelivery_timeout / 3)
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            now = loop.time()
+            now = monotonic()
             running = [
                 delivery for delivery, started in in_hand.values() if now - started >= interval
             ]

@@ -84,6 +84,7 @@ class Subscription:
         self.keys = keys
         self.prefetch = prefetch
         self._backend = backend
+        self._max_bytes = backend.max_payload_bytes  # read once: decoding runs per message
         self._poll_interval = poll_interval
         self._refresh_after = backend.redelivery_timeout / 3
         self._receiver: Receiver | None = None
@@ -240,7 +241,7 @@ class Subscription:
 
     def _decode(self, message: IncomingMessage) -> MessageQueuePayload:
         """The payload of `message`'s body, or UndecodableBody (what Delivery.payload calls)."""
-        return decode_body(message.body, self._backend.max_payload_bytes)
+        return decode_body(message.body, self._max_bytes)
 
     def _undecodable(self, delivery: Delivery) -> str | None:
         """Decode `delivery`'s body now, unless done already; None, or why it cannot be."""
@@ -249,7 +250,7 @@ class Subscription:
         if self._refused is not None and self._refused[0] is delivery:
             return self._refused[1]  # asked again on its way to __anext__: decode it once
         try:
-            delivery._payload = decode_body(delivery.message.body, self._backend.max_payload_bytes)
+            delivery._payload = decode_body(delivery.message.body, self._max_bytes)
         except UndecodableBody as exc:
             reason = f"undecodable body: {exc}"
         except Exception as exc:  # never expected; a body must not stop the consumer
