@@ -23,7 +23,13 @@ from abe_mq_nats._client import stream_name
 _suite = load_suite("abe-mq-nats", "abe_cluster_nats_contract")
 
 
+_OPERATION_TIMEOUT = 15.0
+"""Creating an R3 stream or consumer needs the three nodes to agree: under CI's load (three
+clusters on two cores) a JetStream API call once took longer than the single node's 5 s."""
+
+
 def _settings(cluster: NatsCluster, **overrides: Any) -> Any:
+    overrides.setdefault("operation_timeout", _OPERATION_TIMEOUT)
     return settings_for(cluster.url, replicas=cluster.size, **overrides)
 
 
