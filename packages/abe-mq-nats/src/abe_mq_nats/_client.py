@@ -39,6 +39,7 @@ _NAK = b"-NAK"
 _LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
 _LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
 _MIN_BATCH = 10  # a backlog is pulled in requests of at least this many, when the credit allows
+_CREATE_WAIT = 0.5  # the shortest wait for the answer to a stream create before looking it up
 
 
 class _TlsOnlyClient(NatsClient):
@@ -89,6 +90,7 @@ class JetStream:
         self.epoch = 0
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self.streams: dict[str, StreamRef] = {}
+        self._finding: dict[str, asyncio.Lock] = {}  # one lookup or create per key at a time
         self.stopped = asyncio.Event()  # set by close(): waits bounded by it end
         self.wakers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()  # set on any change
         self._changed, self._lock = asyncio.Event(), asyncio.Lock()
@@ -220,15 +222,20 @@ class JetStream:
         """The stream storing `key`: the one covering it (ABE_NATS_STREAM's or another), or new."""
         if (known := self.streams.get(key)) is not None and not refresh:
             return known
-        await self.ready(deadline)
-        if (configured := self.settings.stream) is not None:  # it must exist
-            try:
-                await self.api.stream_info(configured)
-            except nats.js.errors.NotFoundError:
-                problem = f"names {configured!r}, a stream that does not exist"
-                raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
-        ref = self.streams[key] = await self.existing_stream(key) or await self._create(key)
-        return ref
+        async with self._finding.setdefault(key, asyncio.Lock()):
+            latest = self.streams.get(key)
+            if latest is not None and (not refresh or latest is not known):
+                return latest  # found (or found again) by the caller this one waited for
+            await self.ready(deadline)
+            if (configured := self.settings.stream) is not None:  # it must exist
+                try:
+                    await self.api.stream_info(configured)
+                except nats.js.errors.NotFoundError:
+                    problem = f"names {configured!r}, a stream that does not exist"
+                    raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
+            ref = await self.existing_stream(key) or await self._create(key, deadline)
+            self.streams[key] = ref
+            return ref
 
     async def existing_stream(self, key: str) -> StreamRef | None:
         """The stream covering `key`, or None (a lookup: it creates nothing)."""
@@ -240,7 +247,7 @@ class JetStream:
         own = config.description == STREAM_DESCRIPTION.format(key=key)
         return StreamRef(name, dedicated=list(config.subjects or []) == [key], own=own)
 
-    async def _create(self, key: str) -> StreamRef:
+    async def _create(self, key: str, deadline: Deadline) -> StreamRef:
         settings = self.settings
         config = api.StreamConfig(
             description=STREAM_DESCRIPTION.format(key=key),
@@ -256,7 +263,9 @@ class JetStream:
         names = (stream_name(key), stream_name(key, hashed=True))
         for name in names:
             try:
-                await self.api.add_stream(config.evolve(name=name))
+                found = await self._add_stream(config.evolve(name=name), key, deadline)
+                if found is not None:
+                    return found
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code == _NO_CLUSTER:
                     problem = f"is {settings.replicas}, but {exc.description}"
@@ -277,6 +286,27 @@ class JetStream:
             f"nats: cannot create a stream for key {key!r}: the names {names[0]!r} and "
             f"{names[1]!r} are taken by streams for other subjects"
         )
+
+    async def _add_stream(
+        self, config: nats.js.api.StreamConfig, key: str, deadline: Deadline
+    ) -> StreamRef | None:
+        """Create the stream; or, if a request goes unanswered, the stream found for its key.
+
+        A nats-server 2.9 cluster may never answer one of several simultaneous creates of one
+        stream (nats-io/nats-server#3677), so each request waits a third of what is left (at
+        least _CREATE_WAIT) and a lookup decides between using the stream and asking again.
+        """
+        while True:
+            wait = max(_CREATE_WAIT, deadline.remaining / 3)
+            try:
+                client = await self.ready(deadline)
+                await client.jetstream(timeout=wait).add_stream(config)
+                return None
+            except nats.errors.TimeoutError:
+                if deadline.expired:
+                    raise
+            if (existing := await self.existing_stream(key)) is not None:
+                return existing
 
     async def delete_consumer(self, group: str, key: str) -> None:
         """Delete the durable consumer of `group` on `key`'s stream, if both exist."""
