@@ -290,12 +290,8 @@ class JetStream:
     async def _add_stream(
         self, config: nats.js.api.StreamConfig, key: str, deadline: Deadline
     ) -> StreamRef | None:
-        """Create the stream; or, if a request goes unanswered, the stream found for its key.
-
-        A nats-server 2.9 cluster may never answer one of several simultaneous creates of one
-        stream (nats-io/nats-server#3677), so each request waits a third of what is left (at
-        least _CREATE_WAIT) and a lookup decides between using the stream and asking again.
-        """
+        """Create the stream (None), or find it: a 2.9 cluster may never answer one of several
+        simultaneous creates (nats-io/nats-server#3677), so a lookup follows each silence."""
         while True:
             wait = max(_CREATE_WAIT, deadline.remaining / 3)
             try:
