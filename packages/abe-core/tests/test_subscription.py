@@ -429,6 +429,29 @@ async def test_a_body_between_good_ones_is_dead_lettered_in_its_turn_and_release
 
 
 @pytest.mark.asyncio
+async def test_stop_dead_letters_an_undecodable_body_it_buffered_and_gives_back_the_rest(
+    backend: MemoryBackend, broker: MemoryBroker
+) -> None:
+    # Kafka fetches several partitions at once: a poison body can sit behind the last message
+    # a reader takes before it stops. It must not go back for another member to trip on.
+    await backend.publish("k", {"before": True})
+    broker.append("k", [OutgoingMessage("raw", b"not json", {})])
+    await backend.publish("k", {"after": True})
+    subscription = backend.subscribe(group="g", keys="k", prefetch=3)
+    before = await next_delivery(subscription, WAIT)
+    assert broker.messages("k-dlq") == []
+    await subscription.stop()
+    assert broker.messages("k-dlq") == [{"undecodable_body": "not json"}]
+    assert subscription.held == 1  # only the one handed out
+    await before.ack()
+    await subscription.aclose()
+    async with backend.subscribe(group="g", keys="k") as second:
+        [given_back] = await receive(second, 1, WAIT)
+        assert given_back.payload == {"after": True}
+    assert broker.pending("k", "g") == 0  # the poison was acknowledged when dead-lettered
+
+
+@pytest.mark.asyncio
 async def test_an_undecodable_body_at_the_head_is_left_to_anext_by_take_buffered(
     backend: MemoryBackend, broker: MemoryBroker
 ) -> None:

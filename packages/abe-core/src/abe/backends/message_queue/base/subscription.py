@@ -404,11 +404,22 @@ class Subscription:
         await self._give_back_buffer()
 
     async def _give_back_buffer(self) -> None:
-        unread = [delivery.message for delivery in self._buffer]
+        """Give back what was fetched and never handed out; a body that can never become a
+        payload goes to the dead-letter key instead, as `__anext__` would have sent it."""
+        buffered = list(self._buffer)
         self._buffer.clear()
+        self._unsettled -= len(buffered)
+        unread: list[IncomingMessage] = []
+        poison: list[tuple[IncomingMessage, str]] = []
+        for delivery in buffered:
+            if (reason := self._undecodable(delivery)) is None:
+                unread.append(delivery.message)
+            else:
+                poison.append((delivery.message, reason))
         self._refused = None
-        self._unsettled -= len(unread)
         await self._give_back_messages(unread)
+        for message, reason in poison:
+            await self._dead_letter_undecodable(message, reason)
 
     async def _give_back_messages(self, messages: Sequence[IncomingMessage]) -> None:
         receiver = self._receiver
