@@ -8,6 +8,9 @@ Kafka's UnknownError. moto with atomic PutObject (atomic_moto.py) made it rarer,
 gone; docs/faults.md has the evidence. abe cannot tell it from a lost message, and a
 Kafka broker never does it, so a Kafka-on-Tansu test runs again, at most twice, when
 its failure shows one of these signs, and fails like any other test otherwise.
+
+"received N of M messages" is not a sign: it can hide an abe bug (as a poison body given
+back on stop, fixed in abe-core), and with PutObject atomic no confirmed record was lost.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ __all__ = ["TANSU_FAULT_SIGNS", "rerun_on_tansu_fault"]
 TANSU_FAULT_SIGNS = [
     "for two different messages",  # the crash verdict: one offset confirmed for two messages
     "UnknownError",  # the losing produce request, as aiokafka reports Tansu's AlreadyExists
-    r"received \d+ of \d+ messages",  # the contract suite: a record no consumer can read
 ]
 
 rerun_on_tansu_fault = pytest.mark.flaky(reruns=2, only_rerun=TANSU_FAULT_SIGNS)
