@@ -10,7 +10,15 @@ import asyncio
 
 import pytest
 
-from abe.provider import Deadline, Stopped, bounded, close_quietly, until_stopped, wait_event
+from abe.provider import (
+    Deadline,
+    Stopped,
+    bounded,
+    close_quietly,
+    settle,
+    until_stopped,
+    wait_event,
+)
 
 
 async def _cancel_as_it_finishes(make: object) -> asyncio.Task[object]:
@@ -55,6 +63,31 @@ async def test_wait_event_keeps_a_cancellation() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_settle_keeps_each_outcome_and_fails_what_is_late() -> None:
+    loop = asyncio.get_running_loop()
+    answered, refused, late = (loop.create_future() for _ in range(3))
+    loop.call_soon(answered.set_result, "stored")
+    loop.call_soon(refused.set_exception, ValueError("refused"))
+    started = loop.time()
+    await settle([answered, refused, late], 0.1, lambda: TimeoutError("no answer"))
+    assert loop.time() - started < 5  # the late one failed at its deadline, not never
+    assert answered.result() == "stored"
+    assert isinstance(refused.exception(), ValueError)
+    assert isinstance(late.exception(), TimeoutError)
+
+
+@pytest.mark.asyncio
+async def test_settle_keeps_a_cancellation() -> None:
+    pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(settle([pending], 0.05, lambda: TimeoutError("late")))
+    await asyncio.sleep(0)  # the task now awaits `pending`
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert pending.cancelled()  # with the task that awaited it, as a bare await would
 
 
 @pytest.mark.asyncio

@@ -129,3 +129,15 @@ async def test_one_message_at_a_time() -> None:
     assert asyncio.get_running_loop().time() - started < 1.0
     assert not publisher._pending, "nothing is left waiting"
     assert len(client.sent) == 4
+
+
+async def test_cancelled_while_awaiting_acknowledgements_leaves_nothing_waiting() -> None:
+    publisher = _Publisher()
+    all_sent = asyncio.Event()
+    client = FakeClient(lambda index: all_sent.set() if index == 2 else None)  # never answered
+    task = asyncio.get_running_loop().create_task(run(client, 3, timeout=30.0, publisher=publisher))
+    await all_sent.wait()  # the task now awaits acknowledgements
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not publisher._pending, "nothing is left waiting"

@@ -17,6 +17,7 @@ from abe.backends.message_queue.base.deadlines import (
     Stopped,
     bounded,
     close_quietly,
+    settle,
     until_stopped,
     wait_event,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "payload",
     "redact_url",
     "setting",
+    "settle",
     "unavailable",
     "until_stopped",
     "wait_event",

@@ -25,6 +25,7 @@ from abe.provider import (
     Receiver,
     Stopped,
     redact_url,
+    settle,
     until_stopped,
 )
 from abe_mq_nats._baseline import RawNatsBaseline
@@ -216,17 +217,12 @@ class _Publisher:
                         sent[token].set_exception(exc)
                         failed.update(dict.fromkeys(range(index + 1, end), exc))
                         break
-                await asyncio.wait(sent.values(), timeout=deadline.remaining)
+                await settle(sent.values(), deadline.remaining, _unacknowledged)
             finally:
                 for token in sent:
                     self._pending.pop(token, None)
             for index, future in enumerate(sent.values(), start):
-                if not future.done():
-                    future.cancel()
-                    failed[index] = BackendUnavailableError(
-                        "nats: JetStream did not acknowledge the message in time"
-                    )
-                elif isinstance(error := future.exception(), Exception):
+                if isinstance(error := future.exception(), Exception):
                     failed[index] = error
         return failed
 
@@ -245,3 +241,7 @@ class _Publisher:
         except (ValueError, AttributeError):
             odd = BackendUnavailableError("nats: JetStream answered a publish with something odd")
             future.set_exception(odd)
+
+
+def _unacknowledged() -> BackendUnavailableError:
+    return BackendUnavailableError("nats: JetStream did not acknowledge the message in time")

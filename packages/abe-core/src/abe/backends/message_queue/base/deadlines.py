@@ -8,6 +8,7 @@ for ever. Everything here waits with `asyncio.timeout` where it is sound (3.11+)
 - `bounded(awaitable, seconds)`: the result, or asyncio.TimeoutError;
 - `Deadline(seconds)`: one limit for several steps (`remaining`, `await deadline.run(step)`);
 - `wait_event(event, seconds)`: whether an event was set in time (no exception);
+- `settle(futures, seconds, late)`: await every future; those pending after `seconds` fail;
 - `until_stopped(awaitable, stop)`: the result, or `Stopped` as soon as `stop` is set;
 - `close_quietly(closers, seconds, log)`: close several things, each bounded, errors logged.
 """
@@ -15,12 +16,21 @@ for ever. Everything here waits with `asyncio.timeout` where it is sound (3.11+)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Any, TypeVar
 
-__all__ = ["Deadline", "Stopped", "bounded", "close_quietly", "until_stopped", "wait_event"]
+__all__ = [
+    "Deadline",
+    "Stopped",
+    "bounded",
+    "close_quietly",
+    "settle",
+    "until_stopped",
+    "wait_event",
+]
 
 T = TypeVar("T")
 
@@ -76,6 +86,34 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     except asyncio.TimeoutError:
         return False
     return True
+
+
+async def settle(
+    futures: Collection[asyncio.Future[Any]], seconds: float, late: Callable[[], BaseException]
+) -> None:
+    """Await every one of `futures`; those still pending after `seconds` fail with `late()`.
+
+    Each is awaited as it is, under one timer: a broker's acknowledgements reach the caller a
+    turn of the event loop sooner than through `asyncio.wait`, which matters one message at
+    a time. Outcomes stay on the futures (read them with `exception()`); nothing is raised
+    but a cancellation, which leaves the futures as they are.
+    """
+    expiry = asyncio.get_running_loop().call_later(max(0.0, seconds), _fail_pending, futures, late)
+    try:
+        for future in futures:
+            if not future.done():
+                with contextlib.suppress(Exception):
+                    await future
+    finally:
+        expiry.cancel()
+
+
+def _fail_pending(
+    futures: Iterable[asyncio.Future[Any]], late: Callable[[], BaseException]
+) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(late())
 
 
 class Stopped(Exception):
