@@ -29,9 +29,11 @@ and on the same broker. It returns one from its backend's `raw_baseline()` (whic
 A raw baseline satisfies the `RawBaseline` protocol: a `name`, one async method per
 workload taking a `Workload` and a progress callback and returning a `Measurement`, and
 `close()`. It uses only the key and group the `Workload` names (fresh ones, never abe's),
-connects before it starts the clock, builds payloads with `bench_payload()` so both
-sides send the same bytes, calls `progress(done)` as messages complete (`abe bench`
-cancels a workload whose progress stalls), and builds its result with
+connects (and creates the keys' topics or streams, where the broker has them) before it
+starts the clock, as abe's side publishes to each key once before its own; builds
+payloads with `bench_payload()` so both sides send the same bytes, calls
+`progress(done)` as messages complete (`abe bench` cancels a workload whose progress
+stalls), and builds its result with
 `Measurement.from_latencies()`; for end_to_end, `Arrivals` does the timing and the
 counting. `AbeWorkloads` below is abe's side and the reference.
 """
@@ -201,8 +203,15 @@ class AbeWorkloads:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
+    async def _create_keys(self, workload: Workload) -> None:
+        """One message to each key before the clock starts: a broker's topic or stream is made
+        on first use, which a raw baseline does before its clock (as the workloads require)."""
+        for key in workload.all_keys:
+            await self.backend.publish(key, {"warmup": True})
+
     async def publish(self, workload: Workload, progress: Progress) -> Measurement:
         """`workload.messages` awaited `publish()` calls; latency per call."""
+        await self._create_keys(workload)
         latencies: list[float] = []
         clock = time.perf_counter
         started = clock()
@@ -216,6 +225,7 @@ class AbeWorkloads:
 
     async def publish_many(self, workload: Workload, progress: Progress) -> Measurement:
         """The messages through `publish_many()` in batches of `batch_size`; latency per batch."""
+        await self._create_keys(workload)
         latencies: list[float] = []
         clock = time.perf_counter
         started = clock()

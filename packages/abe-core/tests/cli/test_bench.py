@@ -99,7 +99,10 @@ async def test_every_workload_goes_round_the_keys(name: str) -> None:
     keys = ("k0", "k1", "k2")
     workload = Workload(messages=12, payload_bytes=64, batch_size=2, key="k0", group="g", keys=keys)
     await getattr(AbeWorkloads(backend), name)(workload, lambda count: None)
-    assert [len(backend.broker.messages(key)) for key in keys] == [4, 4, 4]
+    # The publish workloads first make each key with one message, as a raw baseline makes
+    # its topics or streams, before their clock starts.
+    made_first = 1 if name.startswith("publish") else 0
+    assert [len(backend.broker.messages(key)) for key in keys] == [4 + made_first] * 3
 
 
 @pytest.mark.asyncio
