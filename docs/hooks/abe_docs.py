@@ -10,11 +10,14 @@ Markdown pages while the site builds:
     <!-- abe:public-names abe -->            a module's `__all__`, linked to the API pages
     <!-- abe:bench-table -->                 the results in docs/benchmarks/*.json
     <!-- abe:bench-about -->                 where and how those results were measured
+    <!-- abe:bench-shapes -->                abe / raw per payload size and key count, from
+                                             docs/benchmarks/shapes/*.json
 
 Backends are found the way `load_backend()` finds them (entry points), so the docs build
 needs abe-core and every provider installed (`nox -s docs` does that). The benchmark
 chart is drawn with matplotlib from the same JSON files (the `abe bench --json` output)
-and added to the site as `benchmarks/throughput.svg`.
+and added to the site as `benchmarks/throughput.svg`; the sweeps over payload sizes and key
+counts in docs/benchmarks/shapes/ as `benchmarks/shapes.svg`.
 
 Two checks keep the site complete: every installed backend needs a page under
 providers/, and the contract-suite page must name every test of
@@ -56,6 +59,11 @@ except ImportError as exc:
 MARKER = re.compile(r"<!--\s*abe:([a-z-]+)((?:\s+[\w.:-]+)*)\s*-->")
 BENCH_DIR = "benchmarks"
 CHART = f"{BENCH_DIR}/throughput.svg"
+SHAPES_DIR = f"{BENCH_DIR}/shapes"
+SHAPES_CHART = f"{BENCH_DIR}/shapes.svg"
+TARGETS = {"publish": 0.95, "publish_many": 0.95}  # abe / raw wanted; drains: DRAIN_TARGET
+DRAIN_TARGET = 0.9
+UNCHARTED = {"drain_consumer"}  # against the ack-each loop: 2 to 40 times, off any shared scale
 CONTRACT_PAGE = "contract-suite.md"
 NONE = "\N{EN DASH}"
 BACKEND_ORDER = ("memory", "redis", "nats", "kafka", "sqs")
@@ -228,8 +236,8 @@ def public_names(module_name: str) -> str:
 # ---- benchmarks -----------------------------------------------------------------------
 
 
-def _bench_reports(config: MkDocsConfig) -> list[dict[str, Any]]:
-    folder = Path(config["docs_dir"]) / BENCH_DIR
+def _bench_reports(config: MkDocsConfig, subfolder: str = BENCH_DIR) -> list[dict[str, Any]]:
+    folder = Path(config["docs_dir"]) / subfolder
     reports = []
     for path in sorted(folder.glob("*.json")):
         try:
@@ -359,6 +367,85 @@ def bench_chart(config: MkDocsConfig, image_format: str = "svg") -> bytes:
     return buffer.getvalue()
 
 
+def _size(payload_bytes: int) -> str:
+    return f"{payload_bytes // 1024} KiB" if payload_bytes >= 1024 else f"{payload_bytes} B"
+
+
+def _shapes(report: dict[str, Any]) -> tuple[list[int], list[dict[str, Any]]]:
+    """A sweep's payload sizes (runs on one key, in order) and its runs on several keys."""
+    runs = report["runs"]
+    sizes = sorted({run["payload_bytes"] for run in runs if run["keys"] == 1})
+    return sizes, [run for run in runs if run["keys"] > 1]
+
+
+def _ratio(run: dict[str, Any] | None, workload: str) -> float | None:
+    entry = (run or {}).get("workloads", {}).get(workload) or {}
+    ratio = entry.get("abe_over_raw")
+    return ratio["msgs_per_s"] if ratio else None
+
+
+def bench_shapes(config: MkDocsConfig) -> str:
+    """For each sweep file, abe / raw per workload at each payload size and key count; a
+    ratio under its target (0.95 publishing, 0.9 draining) is in bold."""
+    parts = []
+    for report in _bench_reports(config, SHAPES_DIR):
+        sizes, spread = _shapes(report)
+        columns = [_size(size) for size in sizes] + [f"{run['keys']} keys" for run in spread]
+        by_size = {run["payload_bytes"]: run for run in report["runs"] if run["keys"] == 1}
+        name, file = report["backend"]["name"], report["_file"]
+        rows = [
+            f"**{name}** ([{file}]({SHAPES_DIR}/{file}))",
+            "",
+            "| workload | " + " | ".join(columns) + " |",
+            "|---|" + "--:|" * len(columns),
+        ]
+        for workload, title in WORKLOAD_TITLES.items():
+            ratios = [_ratio(by_size[size], workload) for size in sizes]
+            ratios += [_ratio(run, workload) for run in spread]
+            if all(ratio is None for ratio in ratios):
+                continue
+            target = TARGETS.get(workload, DRAIN_TARGET)
+            cells = [
+                NONE if ratio is None else f"**{ratio:.2f}**" if ratio < target else f"{ratio:.2f}"
+                for ratio in ratios
+            ]
+            rows.append(f"| {title} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def shapes_chart(config: MkDocsConfig) -> bytes:
+    """abe / raw against payload size, one panel per broker, one line per workload (but the
+    defaults' drain, measured against the plainest loop: the table has it)."""
+    reports = _bench_reports(config, SHAPES_DIR)
+    colors = matplotlib.colormaps["tab10"].colors
+    style = {"svg.hashsalt": "abe-docs", "svg.fonttype": "none", "font.size": 10}
+    with matplotlib.rc_context(style):
+        figure = Figure(figsize=(8.5, 3.2), layout="constrained")
+        panels = figure.subplots(1, len(reports), sharey=True, squeeze=False)[0]
+        for axes, report in zip(panels, reports, strict=True):
+            sizes, _ = _shapes(report)
+            by_size = {run["payload_bytes"]: run for run in report["runs"] if run["keys"] == 1}
+            for number, (workload, title) in enumerate(WORKLOAD_TITLES.items()):
+                if workload in UNCHARTED:
+                    continue
+                points = [(at, _ratio(by_size[size], workload)) for at, size in enumerate(sizes)]
+                shown = [(at, ratio) for at, ratio in points if ratio is not None]
+                if shown:
+                    xs, ys = zip(*shown, strict=True)
+                    axes.plot(xs, ys, marker="o", color=colors[number], label=title)
+            axes.axhline(1.0, color="grey", linewidth=0.8)
+            axes.axhline(0.95, color="grey", linewidth=0.8, linestyle="--")
+            axes.set_xticks(range(len(sizes)), [_size(size) for size in sizes], fontsize=8)
+            axes.set_title(report["backend"]["name"])
+            axes.set_xlabel("payload size")
+        panels[0].set_ylabel("abe / raw client (msgs/s)")
+        panels[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return buffer.getvalue()
+
+
 # ---- the contract suite page ------------------------------------------------------------
 
 
@@ -393,6 +480,7 @@ def on_files(files: Files, /, *, config: MkDocsConfig) -> Files:
             f"docs/providers/<name>.md (see docs/providers/redis.md) and list it in mkdocs.yml"
         )
     files.append(File.generated(config, CHART, content=bench_chart(config)))
+    files.append(File.generated(config, SHAPES_CHART, content=shapes_chart(config)))
     return files
 
 
@@ -415,6 +503,8 @@ def on_page_markdown(markdown: str, /, *, page: Page, config: MkDocsConfig, file
             return bench_table(config)
         if kind == "bench-about" and not arguments:
             return bench_about(config)
+        if kind == "bench-shapes" and not arguments:
+            return bench_shapes(config)
         raise PluginError(f"abe docs: {page.file.src_uri}: unknown marker {match.group(0)!r}")
 
     return MARKER.sub(replace, markdown)
