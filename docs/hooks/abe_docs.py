@@ -371,11 +371,13 @@ def _size(payload_bytes: int) -> str:
     return f"{payload_bytes // 1024} KiB" if payload_bytes >= 1024 else f"{payload_bytes} B"
 
 
-def _shapes(report: dict[str, Any]) -> tuple[list[int], list[dict[str, Any]]]:
-    """A sweep's payload sizes (runs on one key, in order) and its runs on several keys."""
+def _shapes(
+    report: dict[str, Any],
+) -> tuple[list[int], dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """A sweep's payload sizes in order, its run on one key for each, its runs on several."""
     runs = report["runs"]
-    sizes = sorted({run["payload_bytes"] for run in runs if run["keys"] == 1})
-    return sizes, [run for run in runs if run["keys"] > 1]
+    by_size = {run["payload_bytes"]: run for run in runs if run["keys"] == 1}
+    return sorted(by_size), by_size, [run for run in runs if run["keys"] > 1]
 
 
 def _ratio(run: dict[str, Any] | None, workload: str) -> float | None:
@@ -389,9 +391,8 @@ def bench_shapes(config: MkDocsConfig) -> str:
     ratio under its target (0.95 publishing, 0.9 draining) is in bold."""
     parts = []
     for report in _bench_reports(config, SHAPES_DIR):
-        sizes, spread = _shapes(report)
+        sizes, by_size, spread = _shapes(report)
         columns = [_size(size) for size in sizes] + [f"{run['keys']} keys" for run in spread]
-        by_size = {run["payload_bytes"]: run for run in report["runs"] if run["keys"] == 1}
         name, file = report["backend"]["name"], report["_file"]
         rows = [
             f"**{name}** ([{file}]({SHAPES_DIR}/{file}))",
@@ -424,8 +425,7 @@ def shapes_chart(config: MkDocsConfig) -> bytes:
         figure = Figure(figsize=(8.5, 3.2), layout="constrained")
         panels = figure.subplots(1, len(reports), sharey=True, squeeze=False)[0]
         for axes, report in zip(panels, reports, strict=True):
-            sizes, _ = _shapes(report)
-            by_size = {run["payload_bytes"]: run for run in report["runs"] if run["keys"] == 1}
+            sizes, by_size, _ = _shapes(report)
             for number, (workload, title) in enumerate(WORKLOAD_TITLES.items()):
                 if workload in UNCHARTED:
                     continue
