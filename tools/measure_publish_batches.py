@@ -1,9 +1,9 @@
 """Where `publish_many` of large payloads spends its time, abe against the raw client.
 
-For each side in turn (abe's `publish_many` workload, then the provider's raw baseline,
-`--rounds` times on new keys), the rate and two counts from the kernel over the timed
-region: page faults per batch (`ru_minflt`) and the share of the wall time the process was
-on the CPU (`process_time() / wall`). A side that faults far more is paying the C
+For each side in turn (abe's `publish_many` workload and the provider's raw baseline, the
+raw one first in every second round, `--rounds` times on new keys), the rate and two counts
+from the kernel over the timed region: page faults per batch (`ru_minflt`) and the share of
+the wall time the process was on the CPU (`process_time() / wall`). A side that faults far more is paying the C
 allocator; one that is off the CPU more is waiting on the broker instead of overlapping
 with it. Issue 20 and docs/benchmarks.md ("Payload sizes and key counts") cite it:
 
@@ -60,7 +60,7 @@ async def main(payload_bytes: int, messages: int, batch_size: int, rounds: int) 
         batches = -(-messages // batch_size)
         try:
             for number in range(rounds):
-                for side, work in sides:
+                for side, work in sides if number % 2 == 0 else sides[::-1]:
                     key = f"{run_id}-{number}-{'abe' if side == 'abe' else 'raw'}"
                     keys.append(key)
                     run = Workload(

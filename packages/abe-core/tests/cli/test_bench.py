@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from typing import Any
 
 import pytest
 
 import abe
-from abe import MemoryBackend
+from abe import MemoryBackend, MessageQueuePayload
 from abe.benchmarking import (
     AbeWorkloads,
     Measurement,
@@ -232,11 +233,27 @@ def test_repeat_takes_turns_and_reports_medians(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     baseline = _RecordingBaseline()
-    _use(monkeypatch, baseline)
+    backend = _use(monkeypatch, baseline)
+    order: list[str] = []  # "<side>-<run>" as each side's run starts, abe's seen by its publishes
+    publish, raw_publish = backend.publish, baseline.publish
+
+    async def abe_publish(key: str, payload: MessageQueuePayload, **options: Any) -> None:
+        if "-abe-publish-" in key and (run := f"abe-{key.split('-')[-2]}") not in order:
+            order.append(run)
+        await publish(key, payload, **options)
+
+    async def raw_side(workload: Workload, progress: Progress) -> Measurement:
+        order.append(f"raw-{workload.key.split('-')[-2]}")
+        return await raw_publish(workload, progress)
+
+    monkeypatch.setattr(backend, "publish", abe_publish)
+    monkeypatch.setattr(baseline, "publish", raw_side)
     argv = ["bench", "--json", "--messages", "30", "--repeat", "3", "--workloads", "publish"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["repeat"] == 3
+    # the raw client goes first in every second run
+    assert order == ["abe-0", "raw-0", "raw-1", "abe-1", "abe-2", "raw-2"]
     entry = report["runs"][0]["workloads"]["publish"]
     runs = entry["runs"]
     assert len(runs) == 3

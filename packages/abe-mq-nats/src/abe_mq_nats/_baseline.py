@@ -5,7 +5,11 @@ timed region as abe's `publish` does) with a `Nats-Msg-Id` header, so the server
 the same deduplication work for both sides:
 
     publish       awaited `js.publish()` per message
-    publish_many  `js.publish_async()` for every message of a batch, then the acks gathered
+    publish_many  the batch encoded, then `js.publish_async()` for each of its messages and
+                  the acks gathered: like abe, which checks a whole batch before sending any
+                  of it so that a bad payload publishes none (contract item 16), and like
+                  the other providers' baselines (a loop sending each message as it encodes
+                  it overlaps encoding with the server's storing, and leaves a partial batch)
     end_to_end    a durable pull consumer: `fetch(batch=100)` + `msg.ack()`, while one
                   publisher sends with awaited `js.publish()`
     drain_ack_each  the backlog published first (`publish_async()`, a batch's acks
@@ -116,9 +120,10 @@ class RawNatsBaseline:
             last = min(first + workload.batch_size, workload.messages)
             batch = [bench_payload(seq, size) for seq in range(first, last)]
             before = clock()
+            bodies = [_encode(payload) for payload in batch]  # all, before any is sent (as abe)
             acks = [
-                await js.publish_async(key, _encode(payload), headers={"Nats-Msg-Id": f"raw-{seq}"})
-                for seq, payload in zip(range(first, last), batch, strict=True)
+                await js.publish_async(key, body, headers={"Nats-Msg-Id": f"raw-{seq}"})
+                for seq, body in zip(range(first, last), bodies, strict=True)
             ]
             await asyncio.gather(*acks)
             latencies.append(clock() - before)

@@ -32,7 +32,8 @@ deleted at the end. Progress goes to stderr; the result to stdout as tables or, 
                   "p50_ms": float, "p99_ms": float
     RATIOS      = {"msgs_per_s": float, "p50_ms": float, "p99_ms": float}   (abe value / raw value)
 
-With `--repeat N` (N > 1), abe and the raw client take turns N times per workload; each
+With `--repeat N` (N > 1), abe and the raw client take turns N times per workload (the raw
+client going first in every second run, so neither side always meets a fresher broker); each
 side reports its median run, the msgs_per_s ratio is the median of the N runs' ratios,
 and the entry adds "runs": [{"msgs_per_s": float, "raw_msgs_per_s": float | null}, ...].
 
@@ -220,16 +221,14 @@ async def _run_shape(
             run_keys.extend(keys)
             label = f"{name} (abe, {shape.label()}{_nth(repeat, options.repeat)})"
             workload = options.workload(keys, group, shape.payload_bytes)
-            measured = await _measure(
-                getattr(abe_side, name), workload, label, options.timeout, progress
-            )
-            raw = None
+            abe_run = _measure(getattr(abe_side, name), workload, label, options.timeout, progress)
+            raw_run = None
             if baseline is not None and raw_side is not None:
                 raw_keys = shape.keys_for("raw", name, repeat)
                 run_keys.extend(raw_keys)
                 workload = options.workload(raw_keys, f"{group}-raw", shape.payload_bytes)
                 label = f"{shape.label()}{_nth(repeat, options.repeat)}"
-                raw = await _measure_raw(
+                raw_run = _measure_raw(
                     baseline,
                     name,
                     raw_side,
@@ -238,9 +237,30 @@ async def _run_shape(
                     timeout=options.timeout,
                     stream=progress,
                 )
+            measured, raw = await _in_turn(abe_run, raw_run, raw_first=repeat % 2 == 1)
             pairs.append((measured, raw))
         workloads[name] = _entry(pairs)
     return workloads
+
+
+async def _in_turn(
+    abe_run: Coroutine[Any, Any, Measurement],
+    raw_run: Coroutine[Any, Any, Measurement] | None,
+    *,
+    raw_first: bool,
+) -> tuple[Measurement, Measurement | None]:
+    """Run both sides one after the other, the raw client first when `raw_first`: a broker
+    that slows (or warms) as a run goes on then favours neither side over the repeats."""
+    if raw_run is None:
+        return await abe_run, None
+    first, second = (raw_run, abe_run) if raw_first else (abe_run, raw_run)
+    try:
+        done = await first
+    except BaseException:
+        second.close()  # never started: nothing to wait for
+        raise
+    other = await second
+    return (other, done) if raw_first else (done, other)
 
 
 def _nth(repeat: int, repeats: int) -> str:
