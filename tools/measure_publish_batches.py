@@ -3,9 +3,10 @@
 For each side in turn (abe's `publish_many` workload and the provider's raw baseline, the
 raw one first in every second round, `--rounds` times on new keys), the rate and two counts
 from the kernel over the timed region: page faults per batch (`ru_minflt`) and the share of
-the wall time the process was on the CPU (`process_time() / wall`). A side that faults far more is paying the C
-allocator; one that is off the CPU more is waiting on the broker instead of overlapping
-with it. Issue 20 and docs/benchmarks.md ("Payload sizes and key counts") cite it:
+the wall time the process was on the CPU (`process_time() / wall`). A side that faults far
+more is paying the C allocator; one that is off the CPU more is waiting on the broker
+instead of overlapping with it. Issue 20 and docs/benchmarks.md ("Payload sizes and key
+counts") cite it:
 
     QUEUE_BACKEND=kafka ABE_KAFKA_IDEMPOTENT=false python tools/measure_publish_batches.py
     QUEUE_BACKEND=nats python tools/measure_publish_batches.py --payload-bytes 65536
