@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
@@ -77,7 +78,7 @@ async def make(*keys: str, redelivery: float = 2.0) -> tuple[NatsReceiver, FakeC
     async def stream_for(key: str, deadline: Deadline, *, refresh: bool = False) -> StreamRef:
         return StreamRef(f"S-{key}", dedicated=True)
 
-    async def consumer_for(stream: StreamRef, key: str, group: str) -> str:
+    async def consumer_for(stream: StreamRef, key: str, group: str, deadline: Deadline) -> str:
         return "g"
 
     jetstream.stream_for = stream_for  # type: ignore[method-assign]
@@ -189,7 +190,7 @@ async def test_unanswered_requests_lead_to_setup() -> None:
         calls.append(f"stream {key} {refresh}")
         return StreamRef("S2-orders", dedicated=True)
 
-    async def consumer_for(stream: StreamRef, key: str, group: str) -> str:
+    async def consumer_for(stream: StreamRef, key: str, group: str, deadline: Deadline) -> str:
         calls.append(f"consumer {stream.name} {group}")
         return "g2"
 
@@ -213,7 +214,7 @@ async def test_a_new_connection_epoch_forgets_open_requests() -> None:
         calls.append(f"{key} {refresh}")
         return StreamRef("S-orders", dedicated=True)
 
-    async def consumer_for(stream: StreamRef, key: str, group: str) -> str:
+    async def consumer_for(stream: StreamRef, key: str, group: str, deadline: Deadline) -> str:
         return "g"
 
     jetstream.stream_for = stream_for  # type: ignore[method-assign]
@@ -286,3 +287,39 @@ async def test_status_409_for_a_deleted_consumer_leads_to_setup() -> None:
     assert calls == ["orders True"], "the stream and consumer were looked up again"
     fetching.cancel()
     await asyncio.gather(fetching, return_exceptions=True)
+
+
+class SilentAtFirst:
+    """A JetStream context whose server leaves the first `silent` API requests unanswered."""
+
+    asked: ClassVar[list[float]] = []
+    silent = 1
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    async def stream_info(self, name: str) -> str:
+        self.asked.append(self.timeout)
+        if len(self.asked) <= self.silent:
+            await asyncio.sleep(0.01)  # how long nats-py waited for the answer, shortened
+            raise nats.errors.TimeoutError
+        return f"info of {name}"
+
+
+async def test_an_api_request_left_unanswered_is_asked_again_within_the_deadline() -> None:
+    """A 2.9 cluster may leave one unanswered while it elects a stream's leader: a lookup is
+    asked again, each time waiting a third of what is left, instead of failing the call."""
+    jetstream = NatsBackend(NatsSettings())._jetstream
+    client = FakeClient()
+    client.jetstream = SilentAtFirst  # type: ignore[attr-defined]
+    jetstream.client = client  # type: ignore[assignment]
+    SilentAtFirst.asked, SilentAtFirst.silent = [], 2
+    request = SilentAtFirst.stream_info
+    assert await jetstream.ask(Deadline(6.0), request, "S") == "info of S"
+    first, second, third = SilentAtFirst.asked
+    assert 1.9 < first <= 2.0
+    assert third < second < first
+    SilentAtFirst.asked, SilentAtFirst.silent = [], 1000
+    with pytest.raises(nats.errors.TimeoutError):
+        await jetstream.ask(Deadline(0.1), request, "S")
+    assert 2 < len(SilentAtFirst.asked) < 20, "asked again until the deadline, then raised"

@@ -13,7 +13,7 @@ from typing import ClassVar
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from abe.errors import BackendUnavailableError, PayloadError, PublishError
 from abe.provider import (
@@ -117,32 +117,34 @@ class NatsBackend(BaseBackend):
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
         """Delete the streams abe made for `keys`; purge other streams of just those keys."""
-        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
-        js = self._jetstream.api
-        for key in keys:
+        ask, js = self._jetstream.ask, JetStreamContext  # js: its methods are the requests
+        gone = contextlib.suppress(nats.js.errors.NotFoundError)
+        for key in keys:  # a delete asked again may find it done: not found is what it wants
             self._jetstream.streams.pop(key, None)
             stream = await self._jetstream.existing_stream(key)
             if stream is not None and stream.own:
-                await js.delete_stream(stream.name)
+                with gone:
+                    await ask(None, js.delete_stream, stream.name)
                 log.info("nats: deleted stream %r of key %r", stream.name, key)
             elif stream is not None:
                 consumers: list[api.ConsumerInfo] = []  # the server lists them a page at a time
-                while page := await js.consumers_info(stream.name, offset=len(consumers) or None):
+                while page := await ask(
+                    None, js.consumers_info, stream.name, offset=len(consumers) or None
+                ):
                     consumers += page
                 for consumer in consumers:
                     config = consumer.config
                     if (config.filter_subjects or [config.filter_subject or ">"]) == [key]:
-                        await js.delete_consumer(stream.name, consumer.name)
-                await js.purge_stream(stream.name, subject=key)
+                        with gone:
+                            await ask(None, js.delete_consumer, stream.name, consumer.name)
+                await ask(None, js.purge_stream, stream.name, subject=key)
 
     async def _existing_keys(self, keys: Sequence[str]) -> Sequence[str]:
         """The keys a stream covers now (a lookup: no stream is created)."""
-        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
         return [key for key in keys if await self._jetstream.existing_stream(key)]
 
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
         """Delete the durable consumer of `group` on each key's stream; the messages stay."""
-        await self._jetstream.ready(Deadline(self.settings.operation_timeout))
         for key in keys:
             await self._jetstream.delete_consumer(group, key)
 

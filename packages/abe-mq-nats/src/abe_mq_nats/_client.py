@@ -10,10 +10,10 @@ import logging
 import random
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -30,6 +30,7 @@ from abe_mq_nats._settings import NatsSettings
 __all__ = ["DEFAULT_MAX_PAYLOAD", "JetStream", "NatsReceiver", "StreamRef", "stream_name"]
 
 log = logging.getLogger("abe.nats")
+T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD = 1_048_576  # nats-server's default, assumed until a server says otherwise
 STREAM_DESCRIPTION = "abe key {key}"  # of the streams abe creates, which are abe's to delete
@@ -39,7 +40,7 @@ _NAK = b"-NAK"
 _LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
 _LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
 _MIN_BATCH = 10  # a backlog is pulled in requests of at least this many, when the credit allows
-_CREATE_WAIT = 0.5  # the shortest wait for the answer to a stream create before looking it up
+_ASK_WAIT = 0.5  # the shortest wait for an API answer before asking (or looking) again
 
 
 class _TlsOnlyClient(NatsClient):
@@ -86,7 +87,6 @@ class JetStream:
     def __init__(self, settings: NatsSettings, where: str, scrub: Callable[[str], str]) -> None:
         self.settings, self.where, self._scrub = settings, where, scrub
         self.client: NatsClient | None = None
-        self.js: JetStreamContext | None = None
         self.epoch = 0
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self.streams: dict[str, StreamRef] = {}
@@ -98,12 +98,26 @@ class JetStream:
         self._last_error: BaseException | None = None
         self._warned_plain = False
 
-    @property
-    def api(self) -> JetStreamContext:
-        """The JetStream context of the live client (BackendUnavailableError once closed)."""
-        if self.js is None:
-            raise BackendUnavailableError("nats: not connected")
-        return self.js
+    async def ask(
+        self,
+        deadline: Deadline | None,
+        request: Callable[..., Awaitable[T]],  # a JetStreamContext method
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """A JetStream API request that is safe to repeat, asked again while `deadline` allows when
+        unanswered: a 2.9 cluster may leave one unanswered while it elects a stream's leader, or
+        one of several simultaneous creates of a stream (nats-io/nats-server#3677; a create
+        asked again with the same settings is answered as a lookup)."""
+        deadline = deadline or Deadline(self.settings.operation_timeout)
+        while True:
+            wait = max(_ASK_WAIT, deadline.remaining / 3)
+            client = await self.ready(deadline)
+            try:
+                return await request(client.jetstream(timeout=wait), *args, **kwargs)
+            except nats.errors.TimeoutError:
+                if deadline.expired:
+                    raise
 
     def _bump(self) -> None:
         """The connection dropped, came back or was replaced: wake whoever waits on it."""
@@ -168,7 +182,6 @@ class JetStream:
             raise self._unavailable(f"could not be opened{late}")
         client.options["max_reconnect_attempts"] = -1
         self.client, self._last_error = client, None
-        self.js = client.jetstream(timeout=self.settings.operation_timeout)
         self.max_payload = client.max_payload or DEFAULT_MAX_PAYLOAD
         self._bump()
 
@@ -214,7 +227,7 @@ class JetStream:
         self.stopped.set()
         if self._connecting is not None:
             self._connecting.cancel()
-        client, self.client, self.js = self.client, None, None
+        client, self.client = self.client, None
         if client is not None and not client.is_closed:
             await close_quietly([client.close()], self.settings.operation_timeout, log, "nats")
 
@@ -226,24 +239,23 @@ class JetStream:
             latest = self.streams.get(key)
             if latest is not None and (not refresh or latest is not known):
                 return latest  # found (or found again) by the caller this one waited for
-            await self.ready(deadline)
             if (configured := self.settings.stream) is not None:  # it must exist
                 try:
-                    await self.api.stream_info(configured)
+                    await self.ask(deadline, JetStreamContext.stream_info, configured)
                 except nats.js.errors.NotFoundError:
                     problem = f"names {configured!r}, a stream that does not exist"
                     raise ConfigurationError("nats", {"ABE_NATS_STREAM": problem}) from None
-            ref = await self.existing_stream(key) or await self._create(key, deadline)
+            ref = await self.existing_stream(key, deadline) or await self._create(key, deadline)
             self.streams[key] = ref
             return ref
 
-    async def existing_stream(self, key: str) -> StreamRef | None:
+    async def existing_stream(self, key: str, deadline: Deadline | None = None) -> StreamRef | None:
         """The stream covering `key`, or None (a lookup: it creates nothing)."""
         try:
-            name = await self.api.find_stream_name_by_subject(key)
+            name = await self.ask(deadline, JetStreamContext.find_stream_name_by_subject, key)
         except nats.js.errors.NotFoundError:
             return None
-        config = (await self.api.stream_info(name)).config
+        config = (await self.ask(deadline, JetStreamContext.stream_info, name)).config
         own = config.description == STREAM_DESCRIPTION.format(key=key)
         return StreamRef(name, dedicated=list(config.subjects or []) == [key], own=own)
 
@@ -263,9 +275,7 @@ class JetStream:
         names = (stream_name(key), stream_name(key, hashed=True))
         for name in names:
             try:
-                found = await self._add_stream(config.evolve(name=name), key, deadline)
-                if found is not None:
-                    return found
+                await self.ask(deadline, JetStreamContext.add_stream, config.evolve(name=name))
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code == _NO_CLUSTER:
                     problem = f"is {settings.replicas}, but {exc.description}"
@@ -277,7 +287,7 @@ class JetStream:
                         f"stream settings"
                     ) from exc
                 # Someone created a stream for this key meanwhile, or the name is taken.
-                if (existing := await self.existing_stream(key)) is not None:
+                if (existing := await self.existing_stream(key, deadline)) is not None:
                     return existing
                 continue
             log.info("nats: created stream %r for key %r", name, key)
@@ -287,33 +297,16 @@ class JetStream:
             f"{names[1]!r} are taken by streams for other subjects"
         )
 
-    async def _add_stream(
-        self, config: nats.js.api.StreamConfig, key: str, deadline: Deadline
-    ) -> StreamRef | None:
-        """Create the stream (None), or find it: a 2.9 cluster may never answer one of several
-        simultaneous creates (nats-io/nats-server#3677), so a lookup follows each silence."""
-        while True:
-            wait = max(_CREATE_WAIT, deadline.remaining / 3)
-            try:
-                client = await self.ready(deadline)
-                await client.jetstream(timeout=wait).add_stream(config)
-                return None
-            except nats.errors.TimeoutError:
-                if deadline.expired:
-                    raise
-            if (existing := await self.existing_stream(key)) is not None:
-                return existing
-
     async def delete_consumer(self, group: str, key: str) -> None:
         """Delete the durable consumer of `group` on `key`'s stream, if both exist."""
         if stream := await self.existing_stream(key):
             durable = consumer_name(group, key, dedicated=stream.dedicated)
             with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.api.delete_consumer(stream.name, durable)
+                await self.ask(None, JetStreamContext.delete_consumer, stream.name, durable)
 
-    async def consumer_for(self, stream: StreamRef, key: str, group: str) -> str:
+    async def consumer_for(self, ref: StreamRef, key: str, group: str, deadline: Deadline) -> str:
         """Create (or update, or adopt) the durable pull consumer of `group` on `key`."""
-        durable = consumer_name(group, key, dedicated=stream.dedicated)
+        durable = consumer_name(group, key, dedicated=ref.dedicated)
         config = api.ConsumerConfig(
             name=durable,
             durable_name=durable,
@@ -325,19 +318,19 @@ class JetStream:
             max_ack_pending=-1,
         )
         try:
-            await self.api.add_consumer(stream.name, config)
+            await self.ask(deadline, JetStreamContext.add_consumer, ref.name, config)
         except nats.js.errors.BadRequestError as exc:
             # It exists with settings that cannot be changed in place: use it as it is.
             try:
-                info = await self.api.consumer_info(stream.name, durable)
+                info = await self.ask(deadline, JetStreamContext.consumer_info, ref.name, durable)
             except nats.js.errors.NotFoundError:
                 raise exc from None
             if info.config.deliver_subject:
                 raise AbeError(
-                    f"nats: consumer {durable!r} on stream {stream.name!r} is a push consumer; "
+                    f"nats: consumer {durable!r} on stream {ref.name!r} is a push consumer; "
                     f"abe groups are pull consumers. Delete it or use another group name"
                 ) from exc
-            log.info("nats: using the existing consumer %r on %r as it is", durable, stream.name)
+            log.info("nats: using the existing consumer %r on %r as it is", durable, ref.name)
         return durable
 
 
@@ -394,10 +387,10 @@ class NatsReceiver(Receiver):
         for binding in [binding for binding in self._bindings if binding.needs_setup]:
             refresh = bool(binding.stream)  # set up before: look again, it may have gone
             stream = await self._jetstream.stream_for(binding.key, deadline, refresh=refresh)
-            consumer = await self._jetstream.consumer_for(stream, binding.key, self._group)
+            durable = await self._jetstream.consumer_for(stream, binding.key, self._group, deadline)
             self._by_consumer.pop((binding.stream, binding.consumer), None)
-            self._by_consumer[stream.name, consumer] = binding
-            binding.stream, binding.consumer = stream.name, consumer
+            self._by_consumer[stream.name, durable] = binding
+            binding.stream, binding.consumer = stream.name, durable
             binding.needs_setup, binding.maybe_pending = False, True
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
