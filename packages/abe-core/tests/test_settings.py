@@ -657,7 +657,42 @@ def test_declared_settings_gather_every_problem_rules_included_and_never_echo_a_
 def test_hand_built_settings_meet_the_same_limits_and_rules(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as refused:
         _Declared(retries=11, mode="turbo", cert_file=tmp_path)
-    assert list(refused.value.problems) == ["mode", "retries", "ca_file"]
+    assert list(refused.value.problems) == ["mode", "retries", "ca_file", "cert_file"]
+    assert refused.value.problems["cert_file"] == (
+        f"must name a readable file that exists (got {str(tmp_path)!r})"  # a folder
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Paired(BackendSettings):
+    cert: Path | None = setting("EX_CERT", None, "Certificate.", pair="key")
+    key: Path | None = setting("EX_KEY", None, "Its private key.")
+
+
+@pytest.mark.parametrize(("given", "blamed"), [("EX_CERT", "EX_KEY"), ("EX_KEY", "EX_CERT")])
+def test_half_of_a_declared_pair_is_refused_naming_the_missing_half(
+    tmp_path: Path, given: str, blamed: str
+) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    with pytest.raises(ConfigurationError) as refused:
+        _Paired.from_env({given: str(pem)})
+    assert refused.value.problems == {blamed: f"is required when {given} is set (they go together)"}
+    both = _Paired.from_env({"EX_CERT": str(pem), "EX_KEY": str(pem)})
+    assert (both.cert, both.key) == (pem, pem)
+
+
+def test_a_missing_file_and_the_missing_half_of_its_pair_are_named_at_once(tmp_path: Path) -> None:
+    """A file is checked with the other rules, not on reading, so one error names both."""
+    missing = str(tmp_path / "nope.pem")
+    with pytest.raises(ConfigurationError) as refused:
+        _Paired.from_env({"EX_CERT": missing})
+    assert refused.value.problems == {
+        "EX_KEY": "is required when EX_CERT is set (they go together)",
+        "EX_CERT": f"must name a readable file that exists (got {missing!r})",
+    }
+    with pytest.raises(SettingsError, match=r"^key is required when EX_CERT is set"):
+        _Paired(cert=Path(missing))  # in code too
 
 
 @pytest.mark.parametrize(

@@ -188,6 +188,8 @@ def test_connection_options_tcp() -> None:
 
 def test_connection_options_tls(tmp_path: Path) -> None:
     base = tmp_path
+    for name in ("ca.pem", "c.pem", "k.pem"):  # read by redis-py only when it connects
+        (base / name).write_text("x")
     settings = RedisSettings(
         url="rediss://cache:6380/0",
         tls_ca_file=base / "ca.pem",

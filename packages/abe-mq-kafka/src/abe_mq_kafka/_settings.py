@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -47,11 +46,6 @@ def parse_bootstrap(text: str) -> tuple[str, ...]:
     return servers
 
 
-def _path(text: str) -> Path:
-    """A file's path, checked by `check()` (which also blames the missing half of a pair)."""
-    return Path(text).expanduser()
-
-
 @dataclass(frozen=True, kw_only=True)
 class KafkaSettings(BackendSettings):
     """Where the brokers are, how to authenticate, and how abe creates topics and joins groups."""
@@ -84,16 +78,15 @@ class KafkaSettings(BackendSettings):
         "KAFKA_SSL_CAFILE",
         None,
         "PEM file of the CA that signed the brokers' certificates (default: the system's CAs).",
-        parse=_path,
     )
     ssl_certfile: Path | None = setting(
         "KAFKA_SSL_CERTFILE",
         None,
         "PEM client certificate, for brokers that require one (mTLS).",
-        parse=_path,
+        pair="ssl_keyfile",
     )
     ssl_keyfile: Path | None = setting(
-        "KAFKA_SSL_KEYFILE", None, "PEM private key of KAFKA_SSL_CERTFILE.", parse=_path
+        "KAFKA_SSL_KEYFILE", None, "PEM private key of KAFKA_SSL_CERTFILE."
     )
     ssl_key_password: Secret | None = setting(
         "KAFKA_SSL_KEY_PASSWORD", None, "Password of KAFKA_SSL_KEYFILE; never shown.", secret=True
@@ -219,17 +212,12 @@ class KafkaSettings(BackendSettings):
             value = getattr(self, name)
             if value is not None and not protocol.endswith("SSL"):
                 yield name, f"{unused}; set it to SSL (or SASL_SSL) to use TLS"
-            elif isinstance(value, Path) and not (value.is_file() and os.access(value, os.R_OK)):
-                yield name, f"must name a readable file that exists (got {str(value)!r})"
         if (self.min_insync_replicas or 0) > self.replication_factor:
             yield "min_insync_replicas", "must be at most ABE_KAFKA_REPLICATION_FACTOR"
         if (self.heartbeat_interval or 0) >= self.session_timeout:
             yield "heartbeat_interval", "must be less than ABE_KAFKA_SESSION_TIMEOUT"
         if self.group_instance_id is not None and not _NAME.fullmatch(self.group_instance_id):
             yield "group_instance_id", "must be 1 to 200 letters, digits, '.', '_' or '-'"
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            missing = "ssl_keyfile" if self.ssl_keyfile is None else "ssl_certfile"
-            yield missing, "is required when the other half of the client pair is set"
 
     def connection_options(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client takes: brokers, identity, security, timeouts."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from collections.abc import Iterator
@@ -70,11 +69,6 @@ def _seed(text: str) -> Secret | Path:
     raise ValueError("must be an NKey seed (SU...) or a readable seed file; the value is not shown")
 
 
-def _path(text: str) -> Path:
-    """A TLS file's path, checked by `check()`, which also blames the missing half of a pair."""
-    return Path(text).expanduser()
-
-
 def _retention(text: str) -> str:
     """The retention, lower-cased (`choices` refuses others), or why not a work queue."""
     if text.lower() == "workqueue":
@@ -101,7 +95,9 @@ class NatsSettings(BackendSettings):
     token: Secret | None = setting(
         "NATS_TOKEN", None, "Token for token authentication.", secret=True
     )
-    user: str | None = setting("NATS_USER", None, "User name for user/password authentication.")
+    user: str | None = setting(
+        "NATS_USER", None, "User name for user/password authentication.", pair="password"
+    )
     password: Secret | None = setting(
         "NATS_PASSWORD", None, "Password for user/password authentication.", secret=True
     )
@@ -123,10 +119,10 @@ class NatsSettings(BackendSettings):
         "NATS_TLS_CERT",
         None,
         "Path of the client's certificate (PEM), for mutual TLS.",
-        parse=_path,
+        pair="tls_key",
     )
     tls_key: Path | None = setting(
-        "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT.", parse=_path
+        "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT."
     )
     connect_timeout: float = setting(
         "ABE_NATS_CONNECT_TIMEOUT",
@@ -220,9 +216,6 @@ class NatsSettings(BackendSettings):
             yield "servers", _NOT_PLAIN  # they are shown, and NATS reads no ?options
         if self.token is not None and (self.user is not None or self.password is not None):
             yield "token", "cannot be used together with NATS_USER/NATS_PASSWORD; choose one"
-        if (self.user is None) != (self.password is None):
-            blamed, given = ("password", "USER") if self.password is None else ("user", "PASSWORD")
-            yield blamed, f"is required when NATS_{given} is set"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
         yield from self._tls_problems()
@@ -235,18 +228,9 @@ class NatsSettings(BackendSettings):
             yield "duplicate_window", problem
 
     def _tls_problems(self) -> Iterator[tuple[str, str]]:
-        """TLS files that are missing, unpaired or not PEM."""
-        unreadable = [
-            name
-            for name in ("tls_cert", "tls_key")
-            if (path := getattr(self, name)) and not (path.is_file() and os.access(path, os.R_OK))
-        ]
-        for name in unreadable:
-            yield name, f"must name a readable file that exists (got {str(getattr(self, name))!r})"
-        if (self.tls_cert is None) != (self.tls_key is None):
-            blamed, given = ("tls_key", "CERT") if self.tls_key is None else ("tls_cert", "KEY")
-            yield blamed, f"is required when NATS_TLS_{given} is set (they go together)"
-        elif not unreadable and (self.tls_ca or self.tls_cert):
+        """TLS files that do not load as PEM (core checks that they exist and are paired)."""
+        files = (self.tls_ca, self.tls_cert, self.tls_key)
+        if all(path is None or path.is_file() for path in files) and (self.tls_ca or self.tls_cert):
             try:
                 self.tls_context()
             except (ssl.SSLError, OSError, ValueError) as exc:

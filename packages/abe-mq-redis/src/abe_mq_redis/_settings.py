@@ -48,6 +48,7 @@ class RedisSettings(BackendSettings):
         "REDIS_TLS_CERT_FILE",
         None,
         "PEM client certificate, for servers that require one (rediss:// only; needs the key).",
+        pair="tls_key_file",
     )
     tls_key_file: Path | None = setting(
         "REDIS_TLS_KEY_FILE", None, "PEM private key of the client certificate (unencrypted)."
@@ -127,9 +128,6 @@ class RedisSettings(BackendSettings):
         unix = self.url.startswith("unix:")
         if self.cluster == "yes" and problem is None and (unix or parse_url(self.url).get("db")):
             yield "cluster", "is yes, but a cluster is reached by redis:// or rediss://, db 0"
-        if (files["cert"] is None) != (files["key"] is None):
-            given, needed = ("cert", "key") if files["key"] is None else ("key", "cert")
-            yield f"tls_{needed}_file", f"is required when REDIS_TLS_{given.upper()}_FILE is set"
 
     def secrets(self) -> tuple[str, ...]:
         """The password and a secret query option of the URL (`ssl_password`), for scrubbing."""

@@ -43,7 +43,11 @@ class SqsSettings(BackendSettings):
         "AWS_DEFAULT_REGION", None, "AWS region, when AWS_REGION is unset."
     )
     access_key_id: Secret | None = setting(
-        "AWS_ACCESS_KEY_ID", None, "Access key id (with AWS_SECRET_ACCESS_KEY).", secret=True
+        "AWS_ACCESS_KEY_ID",
+        None,
+        "Access key id (with AWS_SECRET_ACCESS_KEY).",
+        secret=True,
+        pair="secret_access_key",
     )
     secret_access_key: Secret | None = setting(
         "AWS_SECRET_ACCESS_KEY", None, "Secret access key (with AWS_ACCESS_KEY_ID).", secret=True
@@ -106,11 +110,7 @@ class SqsSettings(BackendSettings):
         super().__post_init__()
 
     def check(self) -> Iterator[tuple[str, str]]:
-        """Keys come in pairs; region, prefix and endpoint are ones SQS and botocore take."""
-        if self.access_key_id and not self.secret_access_key:
-            yield "secret_access_key", "is required when AWS_ACCESS_KEY_ID is set"
-        if self.secret_access_key and not self.access_key_id:
-            yield "access_key_id", "is required when AWS_SECRET_ACCESS_KEY is set"
+        """A session token needs keys; region, prefix and endpoint must be ones SQS accepts."""
         if self.session_token and not (self.access_key_id and self.secret_access_key):
             yield "session_token", "needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY beside it"
         name = "region" if self.region else "default_region"

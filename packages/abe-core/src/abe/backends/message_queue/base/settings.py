@@ -12,20 +12,23 @@ naming each bad variable; a hand-built instance is held to the same limits and r
                            parse=parse_url)
         password: Secret | None = setting("REDIS_PASSWORD", None, "Password.", secret=True)
         pool_size: int = setting("ABE_REDIS_POOL_SIZE", 100, "Connections.", minimum=1)
+        cert: Path | None = setting("REDIS_TLS_CERT_FILE", None, "Certificate.", pair="key")
+        key: Path | None = setting("REDIS_TLS_KEY_FILE", None, "Its private key.")
 
-        def check(self) -> Iterator[tuple[str, str]]:   # cross-field rules, optional
-            if self.tls_cert_file and not self.tls_key_file:
-                yield "tls_key_file", "is required when REDIS_TLS_CERT_FILE is set"
+        def check(self) -> Iterator[tuple[str, str]]:   # other cross-field rules, optional
+            if self.cert and not self.url.startswith("rediss://"):
+                yield "cert", "needs a rediss:// REDIS_URL"
 
-Types read from the environment: str, int, float (seconds), bool, Path (a readable file),
-Secret (never echoed), tuple[str, ...] (comma-separated), each optionally `| None`;
-anything else through `parse=`. Why not pydantic-settings: abe-core has no runtime
-dependency, and this is the small part of it abe needs.
+Types read from the environment: str, int, float (seconds), bool, Path (a file, checked to
+be readable with the other rules), Secret (never echoed), tuple[str, ...] (comma-separated),
+each optionally `| None`; anything else through `parse=`. Why not pydantic-settings: abe-core
+has no runtime dependency, and this is the small part of it abe needs.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -58,6 +61,8 @@ class Setting:
     """Text to value for types the reader does not know; ValueError("must be ...") refuses."""
     url: bool = False
     """The value is URLs: shown with `redact_url`, its credentials counted as secrets."""
+    pair: str | None = None
+    """The field given with this one, or neither (a certificate and its key)."""
 
 
 class Url(str):
@@ -84,14 +89,16 @@ def setting(
     choices: tuple[str, ...] = (),
     parse: Callable[[str], Any] | None = None,
     url: bool = False,
+    pair: str | None = None,
 ) -> Any:
     """A settings field read from `variable` (None: not read from the environment).
 
     `minimum`/`maximum` bound numbers, `choices` lists the accepted words (matched without
     regard to case), `secret` keeps the value out of every message and display, `url`
-    shows the value through `redact_url` and counts the secrets in it.
+    shows the value through `redact_url` and counts the secrets in it, `pair` names the field
+    that must be given with this one (the half that is missing is blamed).
     """
-    spec = Setting(variable, meaning, secret, minimum, maximum, choices, parse, url)
+    spec = Setting(variable, meaning, secret, minimum, maximum, choices, parse, url, pair)
     return field(default=default, metadata={_SETTING: spec})
 
 
@@ -145,7 +152,7 @@ class BackendSettings:
             if spec.url and isinstance(value, str) and not isinstance(value, Url):
                 object.__setattr__(self, item.name, Url(value))
         problems = dict(_limit_problems(self))
-        for name, reason in self.check():
+        for name, reason in (*self.check(), *_declared_rule_problems(self)):
             problems.setdefault(name, reason)
         if problems:
             raise SettingsError(problems)
@@ -238,8 +245,8 @@ def _read(env: Environment, spec: Setting, hint: Any) -> Any:
         value = env.integer(variable, minimum=_int(spec.minimum), maximum=_int(spec.maximum))
     elif kind is float:
         value = env.seconds(variable, minimum=spec.minimum, maximum=spec.maximum)
-    elif kind is Path:
-        value = env.path(variable)
+    elif kind is Path:  # checked with the instance, so the other half of a pair is blamed too
+        value = Path(text).expanduser() if (text := env.string(variable)) else None
     elif kind is Secret:
         value = env.secret(variable)
     elif kind is tuple:
@@ -265,6 +272,21 @@ def _limit_problems(settings: BackendSettings) -> Iterator[tuple[str, str]]:
             or (high is not None and value > high)
         ):
             yield item.name, f"must be a number{_bounds(low, high)}, got {value!r}"
+
+
+def _declared_rule_problems(settings: BackendSettings) -> Iterator[tuple[str, str]]:
+    """Half of a declared pair given without the other; a file that is not there to read."""
+    declared = list(type(settings).declared())
+    variables = {item.name: spec.variable or item.name for item, spec in declared}
+    for item, spec in declared:
+        value = getattr(settings, item.name)
+        if spec.pair is not None and (value is None) != (getattr(settings, spec.pair) is None):
+            given, missing = (item.name, spec.pair) if value is not None else (spec.pair, item.name)
+            yield missing, f"is required when {variables[given]} is set (they go together)"
+        if isinstance(value, Path) and not value.is_file():
+            yield item.name, f"must name a readable file that exists (got {str(value)!r})"
+        elif isinstance(value, Path) and not os.access(value, os.R_OK):
+            yield item.name, f"must name a file this process can read (got {str(value)!r})"
 
 
 def _bounds(low: float | None, high: float | None) -> str:
