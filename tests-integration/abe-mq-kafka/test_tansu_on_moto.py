@@ -24,6 +24,7 @@ from abe_brokers.atomic_moto import make_put_object_atomic
 from abe_brokers.probes import botocore_client
 from abe_brokers.procs import free_port
 from abe_brokers.servers import KafkaServer, tansu_binary
+from abe_brokers.tansu_fault import confirmed_overlaps, watch_confirmations
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from moto.s3.models import S3Backend
@@ -132,14 +133,19 @@ def _lost(confirmed: dict[bytes, Any], read: dict[bytes, int]) -> list[bytes]:
 async def test_on_stock_moto_tansu_confirms_records_no_consumer_reads(
     tansu_on_slow_moto: str,
 ) -> None:
+    watch_confirmations()
     confirmed, read = await _first_produces_at_once(tansu_on_slow_moto)
     assert _lost(confirmed, read), (confirmed, read)
+    # what a marked test that failed after it is told (tansu_fault.pytest_runtest_call)
+    assert any("for two different messages" in text for text in confirmed_overlaps())
 
 
 async def test_on_atomic_moto_every_confirmed_record_is_read(tansu_on_slow_moto: str) -> None:
     make_put_object_atomic()
+    watch_confirmations()
     for _ in range(2):
         confirmed, read = await _first_produces_at_once(tansu_on_slow_moto)
         assert not _lost(confirmed, read), (confirmed, read)
         offsets = [o for o in confirmed.values() if isinstance(o, int)]
         assert len(offsets) == len(set(offsets)), confirmed
+    assert confirmed_overlaps() == []

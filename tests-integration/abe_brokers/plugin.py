@@ -43,10 +43,12 @@ from .servers import (
     redis_server_binary,
     tansu_binary,
 )
+from .tansu_fault import pytest_runtest_call
 from .tls import TlsFiles, make_tls_files
 
 __all__ = [
     "pytest_configure",
+    "pytest_runtest_call",
     "pytest_report_header",
     "pytest_terminal_summary",
     "abe_moto",
