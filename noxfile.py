@@ -168,7 +168,8 @@ def clusters(session: nox.Session) -> None:
     clustered = ("abe-mq-redis", "abe-mq-nats", "abe-mq-kafka")
     packages = [_local(CORE, "[testing]"), *(_local(provider) for provider in clustered)]
     session.install(*packages, "-r", "tests-integration/requirements.txt", "pytest-xdist")
-    args = ["-n", "2", "--dist", "loadfile", *session.posargs]
+    # a failure shows the clients' INFO records too (joins, rebalances, redeliveries)
+    args = ["-n", "2", "--dist", "loadfile", "--log-level=INFO", *session.posargs]
     session.run("pytest", "tests-integration/clusters", *args)
 
 

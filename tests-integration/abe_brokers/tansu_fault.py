@@ -14,21 +14,35 @@ body given back on stop, fixed in abe-core). But a test that waits in vain for a
 whose offset Tansu also confirmed for another produce request met the fault: the record
 stored second is skipped by every reader. So every produce request this process makes is
 watched (aiokafka resolves each confirmed batch in ``MessageBatch.done``), and a marked
-test that fails after two confirmed batches overlapped fails with ``TansuOffsetRace``,
+test that fails after two confirmed batches overlapped fails with ``TansuFault``,
 its own error chained to it, and runs again; one that fails without such an overlap
 fails as it is.
+
+The same holds for a partition Tansu cannot serve to its end: its log end offset says
+records are there, and fetches at a position before it answer empty however long one
+waits (the cluster's contract suite: a member "holds 1 partition(s) with 1 message(s)
+waiting but has received none for 30s"). A Kafka broker serves every offset below its
+high watermark. When a marked test fails, each partition its producers wrote to is read
+from its start by a plain aiokafka consumer; one that makes no progress for
+``_PATIENCE`` seconds before its end is named, and the test runs again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import asyncio
+import re
+import sys
+import time
+from collections.abc import Generator, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 __all__ = [
     "TANSU_FAULT_SIGNS",
-    "TansuOffsetRace",
+    "TansuFault",
+    "unreadable_partitions",
     "confirmed_overlaps",
     "pytest_runtest_call",
     "rerun_on_tansu_fault",
@@ -38,11 +52,15 @@ __all__ = [
 TANSU_FAULT_SIGNS = [
     "for two different messages",  # one offset confirmed for two messages (crash verdict, here)
     "UnknownError",  # the losing produce request, as aiokafka reports Tansu's AlreadyExists
+    "cannot be read past offset",  # a partition Tansu does not serve to its end
 ]
+_PATIENCE = 5.0  # seconds without progress before a partition counts as unreadable
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class TansuOffsetRace(AssertionError):
-    """A test failed after the broker confirmed one offset for two produce requests."""
+class TansuFault(AssertionError):
+    """A test failed after the broker confirmed one offset for two produce requests, or
+    with a partition it does not serve to its end."""
 
 
 _confirmed: dict[tuple[str, int], list[tuple[int, int]]] = {}
@@ -83,6 +101,73 @@ def watch_confirmations() -> None:
     MessageBatch.done = noting_done
 
 
+async def unreadable_partitions(
+    bootstrap: str, partitions: Iterable[tuple[str, int]], patience: float = _PATIENCE
+) -> list[str]:
+    """Each of `partitions` that a plain consumer, reading from its start, cannot read to its
+    log end offset: no record for `patience` seconds while its position is short of the end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    found: list[str] = []
+    try:
+        tps = [TopicPartition(topic, partition) for topic, partition in partitions]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            await consumer.seek_to_beginning(tp)
+            progress = time.monotonic()
+            while (position := await consumer.position(tp)) < ends[tp]:
+                if (await consumer.getmany(tp, timeout_ms=500)).get(tp):
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > patience:
+                    found.append(
+                        f"{tp.topic}[{tp.partition}] cannot be read past offset {position} "
+                        f"though its log ends at {ends[tp]} (nothing for {patience:g}s)"
+                    )
+                    break
+    finally:
+        await consumer.stop()
+    return found
+
+
+def _broker_of(item: pytest.Item) -> Any:
+    """The Kafka broker or cluster fixture the test uses, if any."""
+    names = [name for name in ("kafka_cluster", "kafka_broker") if name in item.funcargs]
+    return item.funcargs[names[0]] if names else None
+
+
+def _log_ends(broker: Any) -> dict[Path, int]:
+    """How long each Tansu log of `broker` is now (a cluster's nodes, or the broker itself)."""
+    paths = [getattr(node, "log_path", None) for node in getattr(broker, "nodes", [broker])]
+    return {path: path.stat().st_size for path in paths if path is not None and path.exists()}
+
+
+def _errors_since(ends: dict[Path, int], most: int = 20) -> list[str]:
+    """Tansu's ERROR lines written since `ends` (at most `most`), without colour codes."""
+    lines: list[str] = []
+    for path, end in ends.items():
+        with path.open("rb") as log:
+            log.seek(end)
+            text = log.read().decode("utf-8", "replace")
+        for line in text.splitlines():
+            if "ERROR" in line:
+                lines.append(f"{path.parent.name}: {_COLOUR.sub('', line)[:400]}")
+    return lines[:most]
+
+
+def _diagnose(item: pytest.Item, broker: Any) -> list[str]:
+    """The signs of Tansu's faults since the test began (see the module's docstring)."""
+    signs = list(_overlaps)
+    if broker is not None and _confirmed:
+        try:
+            signs += asyncio.run(unreadable_partitions(broker.bootstrap, sorted(_confirmed)))
+        except Exception as exc:  # only a diagnosis: the test's own failure stands
+            signs.append(f"(reading the partitions back failed: {type(exc).__name__}: {exc})")
+    return signs
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """In a test marked ``rerun_on_tansu_fault``, name the fault when the failure follows it."""
@@ -90,11 +175,19 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if marker is None or marker.kwargs.get("only_rerun") is not TANSU_FAULT_SIGNS:
         return (yield)
     watch_confirmations()
+    broker = _broker_of(item)
+    ends = _log_ends(broker) if broker is not None else {}
     try:
         return (yield)
     except Exception as exc:
-        if _overlaps:
-            raise TansuOffsetRace("; ".join(_overlaps)) from exc
+        signs = _diagnose(item, broker)
+        if any(sign in text for text in signs for sign in TANSU_FAULT_SIGNS):
+            raise TansuFault("; ".join(signs)) from exc
+        errors = _errors_since(ends)
+        if sys.version_info >= (3, 11):  # what was looked at, for whoever reads the failure
+            exc.add_note("\n".join(signs or ["no sign of Tansu's known faults"]))
+            if errors:
+                exc.add_note("\n".join(["Tansu's errors meanwhile:", *errors]))
         raise
 
 
