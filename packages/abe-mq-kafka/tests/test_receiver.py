@@ -44,7 +44,7 @@ class FakeConsumer:
     ends: dict[Any, int] = field(default_factory=dict)
     positions: dict[Any, int] = field(default_factory=dict)
 
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Record]]:
+    async def getmany(self, *, timeout_ms: int) -> dict[Any, list[Record]]:
         if self.batches:
             return self.batches.pop(0)
         await asyncio.sleep(timeout_ms / 1000)

@@ -147,7 +147,9 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             self._fetching += 1
             try:
                 wait_ms = max(0, int((until - time.monotonic()) * 1000))  # or a delayed copy is due
-                batches = await consumer.getmany(timeout_ms=wait_ms, max_records=max_messages)
+                # All aiokafka holds: taken a few at a time, partitions run dry one by one, and the
+                # fetch of one read to its end is held by its broker while the others' wait.
+                batches = await consumer.getmany(timeout_ms=wait_ms)
             finally:
                 self._fetching -= 1
                 self._last_active = time.monotonic()
@@ -171,7 +173,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                     continue  # read again after a seek: already known
                 partition.position = record.offset + 1
                 entry = _Entry(partition, record.offset)
-                not_before = _read(topic, tp.partition, record, entry)
+                not_before = _read(topic, tp.partition, record, entry, now)
                 entries.append(entry)
                 if not_before > wall:
                     due = now + (not_before - wall) / 1000
@@ -386,18 +388,16 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             await self._commit(touched)
 
 
-def _read(topic: str, partition: int, record: Any, entry: _Entry) -> int:
+def _read(topic: str, partition: int, record: Any, entry: _Entry, now: float) -> int:
     """Give `entry` the message `record` carries; return its due time (epoch ms, 0: at once)."""
-    offset, headers = record.offset, {}
-    for name, value in record.headers or ():
-        headers[name] = value.decode("utf-8", "replace") if value else ""
+    headers = {n: v.decode("utf-8", "replace") if v else "" for n, v in record.headers or ()}
     attempt, not_before = headers.pop(HEADER_ATTEMPT, ""), headers.pop(HEADER_NOT_BEFORE, "")
     # A record without these (a foreign producer's) is named by its position and time.
     if HEADER_ID not in headers:
-        headers[HEADER_ID] = f"{topic}:{partition}:{offset}"
+        headers[HEADER_ID] = f"{topic}:{partition}:{record.offset}"
     if HEADER_PUBLISHED_AT not in headers and record.timestamp is not None:
         headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
-    body = record.value if record.value is not None else b""
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
-    entry.message = IncomingMessage(topic, body, headers, tries, f"{partition}@{offset}", entry)
+    where, body = f"{partition}@{record.offset}", record.value or b""
+    entry.message = IncomingMessage(topic, body, headers, tries, where, entry, now)
     return int(not_before) if not_before.isdigit() else 0
