@@ -146,6 +146,20 @@ async def test_revoke_waits_for_deliveries_that_finish() -> None:
     assert consumer.commits[-1] == {TP0: 1}
 
 
+async def test_a_partition_being_revoked_hands_out_nothing_more() -> None:
+    receiver, consumer, backend = await make(lease=5.0)
+    consumer.batches.append({TP0: [Record(0), Record(1), Record(2)], TP1: [Record(7)]})
+    (held,) = await fetch(receiver, 1)  # offsets 1 and 2 and TP1's 7 stay queued
+    revoke = asyncio.ensure_future(receiver.on_partitions_revoked({TP0}))
+    await asyncio.sleep(0)  # the revoke now waits for the held delivery
+    during = await fetch(receiver)
+    assert [m.broker_id for m in during] == ["1@7"]  # TP0's queue is left to the next owner
+    await receiver.ack([held, *during])
+    await revoke
+    assert backend.copies == []
+    assert consumer.commits[-1][TP0] == 1  # the next owner reads offsets 1 and 2
+
+
 async def test_nack_writes_a_copy_with_the_next_attempt_and_its_time() -> None:
     receiver, consumer, backend = await make()
     consumer.batches.append(

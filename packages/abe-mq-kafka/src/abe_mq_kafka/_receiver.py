@@ -42,7 +42,8 @@ class _Partition:
     entries: deque[_Entry] = field(default_factory=deque)
     position: int | None = None
     committed: int = -1
-    current: bool = True
+    current: bool = True  # still ours: its acks commit
+    handing_out: bool = True  # not being revoked: its records may be handed out
 
     def commit_point(self) -> int | None:
         """The offset to commit: the first unfinished record's, or past the last one read."""
@@ -189,7 +190,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         deadline, held = now + self._lease, self._held
         while ready and len(out) < limit:
             entry = ready.popleft()
-            if not entry.settled and entry.partition.current:
+            if not entry.settled and entry.partition.handing_out:
                 entry.deadline = deadline
                 held[entry] = None
                 out.append(entry.message)
@@ -285,6 +286,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             return
         consumer = self._consumer
         done = self._revoking = asyncio.Event()
+        for partition in partitions:  # what is queued stays for the next owner to read
+            partition.handing_out = False
         try:
             await self._wait_for_settlement(set(partitions))
             await self._release(partitions, "rebalance", consumer)
@@ -324,7 +327,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     def _drop(self, partitions: list[_Partition]) -> None:
         """Forget partitions that are no longer ours: later acks of their messages commit none."""
         for partition in partitions:
-            partition.current = False
+            partition.current = partition.handing_out = False
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
         self._held = {entry: None for entry in self._held if entry.partition.current}
