@@ -54,11 +54,13 @@ class _Partition:
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    """One record read from a partition: settled once finished or handed on as a copy."""
+    """One record read from a partition: settled once finished or handed on as a copy.
+
+    Its message holds it as the handle; it holds no message, so the two are freed by
+    reference counting once settled, not left for the cyclic garbage collector."""
 
     partition: _Partition
     offset: int
-    message: IncomingMessage = field(init=False)
     settled: bool = False
     deadline: float = 0.0
     moving: asyncio.Task[None] | None = None  # the copy of it being written, if one is
@@ -78,9 +80,9 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._revoke_wait = max(0.0, settings.rebalance_wait - settings.session_timeout)
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
-        self._held: dict[_Entry, None] = {}
-        self._ready: deque[_Entry] = deque()  # due now, in the order read
-        self._delayed: list[tuple[float, int, _Entry]] = []  # delayed copies, by due time
+        self._held: dict[_Entry, IncomingMessage] = {}  # handed out, not settled
+        self._ready: deque[IncomingMessage] = deque()  # due now, in the order read
+        self._delayed: list[tuple[float, int, IncomingMessage]] = []  # delayed copies, by due
         self._order = itertools.count()
         self._fetching, self._closed = 0, False
         self._last_active = self._received = time.monotonic()
@@ -174,13 +176,13 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                     continue  # read again after a seek: already known
                 partition.position = record.offset + 1
                 entry = _Entry(partition, record.offset)
-                not_before = _read(topic, tp.partition, record, entry, now)
+                message, not_before = _read(topic, tp.partition, record, entry, now)
                 entries.append(entry)
                 if not_before > wall:
                     due = now + (not_before - wall) / 1000
-                    heapq.heappush(self._delayed, (due, next(self._order), entry))
+                    heapq.heappush(self._delayed, (due, next(self._order), message))
                 else:
-                    ready.append(entry)
+                    ready.append(message)
 
     def _take_due(self, limit: int, out: list[IncomingMessage]) -> list[IncomingMessage]:
         """Move queued messages whose time has come into `out` (at most `limit`)."""
@@ -189,11 +191,12 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             ready.append(heapq.heappop(delayed)[2])
         deadline, held = now + self._lease, self._held
         while ready and len(out) < limit:
-            entry = ready.popleft()
+            message = ready.popleft()
+            entry = message.handle
             if not entry.settled and entry.partition.handing_out:
                 entry.deadline = deadline
-                held[entry] = None
-                out.append(entry.message)
+                held[entry] = message
+                out.append(message)
         return out
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
@@ -206,7 +209,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._last_active = time.monotonic()
         entry: _Entry = message.handle
         if not entry.settled and entry.moving is None:  # else handed on already
-            await asyncio.shield(self._hand_on(entry, delay=delay))
+            await asyncio.shield(self._hand_on(message, delay=delay))
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = now = time.monotonic()
@@ -225,23 +228,29 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._settled.set()
         return touched
 
-    def _hand_on(self, entry: _Entry, delay: float = 0, away: bool = False) -> asyncio.Task[None]:
-        """The one copy of `entry` in flight, which all who hand it on await (so a partition is
-        never let go while a copy of its record is written)."""
+    def _hand_on(
+        self, message: IncomingMessage, delay: float = 0, away: bool = False
+    ) -> asyncio.Task[None]:
+        """The one copy of `message` in flight, which all who hand it on await (so a partition
+        is never let go while a copy of its record is written)."""
+        entry: _Entry = message.handle
         if entry.moving is None:
-            entry.moving = asyncio.get_running_loop().create_task(self._copy(entry, delay, away))
+            copy = self._copy(message, delay, away)
+            entry.moving = asyncio.get_running_loop().create_task(copy)
         return entry.moving
 
-    async def _hand_on_all(self, entries: list[_Entry], away: bool) -> list[tuple[_Entry, Any]]:
-        """Hand each entry on (their copies written at once); the ones that failed, and why."""
-        copies = (asyncio.shield(self._hand_on(entry, away=away)) for entry in entries)
+    async def _hand_on_all(
+        self, messages: list[IncomingMessage], away: bool
+    ) -> list[tuple[IncomingMessage, Any]]:
+        """Hand each message on (their copies written at once); the ones that failed, and why."""
+        copies = (asyncio.shield(self._hand_on(message, away=away)) for message in messages)
         results = await asyncio.gather(*copies, return_exceptions=True)
-        failed = zip(entries, results, strict=True)
-        return [(entry, error) for entry, error in failed if isinstance(error, BaseException)]
+        failed = zip(messages, results, strict=True)
+        return [(message, error) for message, error in failed if isinstance(error, BaseException)]
 
-    async def _copy(self, entry: _Entry, delay: float, away: bool) -> None:
-        """Write `entry` again as its next attempt (`away` from this member's partitions)."""
-        message = entry.message
+    async def _copy(self, message: IncomingMessage, delay: float, away: bool) -> None:
+        """Write `message` again as its next attempt (`away` from this member's partitions)."""
+        entry: _Entry = message.handle
         headers = {**message.headers, HEADER_ATTEMPT: str(message.attempt + 1)}
         if delay > 0:
             headers[HEADER_NOT_BEFORE] = str(int(time.time() * 1000 + delay * 1000))
@@ -316,7 +325,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     async def _release(self, partitions: list[_Partition], why: str, consumer: Any) -> None:
         """Hand on the deliveries still held on `partitions` as copies, then commit them."""
         chosen = set(partitions)
-        held = [e for e in self._held if e.partition in chosen]  # copies in flight included
+        held = [m for e, m in self._held.items() if e.partition in chosen]  # copies in flight too
         if failed := len(await self._hand_on_all(held, away=False)):
             log.info(
                 f"kafka: {failed} unfinished message(s) of group {self._group!r} could not be "
@@ -330,9 +339,9 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             partition.current = partition.handing_out = False
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
-        self._held = {entry: None for entry in self._held if entry.partition.current}
-        self._ready = deque(entry for entry in self._ready if entry.partition.current)
-        self._delayed = [item for item in self._delayed if item[2].partition.current]
+        self._held = {e: m for e, m in self._held.items() if e.partition.current}
+        self._ready = deque(m for m in self._ready if m.handle.partition.current)
+        self._delayed = [item for item in self._delayed if item[2].handle.partition.current]
         heapq.heapify(self._delayed)
 
     def _stalled(self) -> bool:
@@ -383,16 +392,20 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _expire(self) -> None:
         now = time.monotonic()
-        expired = [e for e in self._held if e.deadline <= now and e.moving is None]
-        for entry, failure in await self._hand_on_all(expired, away=True):
-            log.info(f"kafka: redelivering {entry.message} failed ({failure}); retrying")
-        touched = {e.partition for e in expired if e.settled and e.partition.current}
+        expired = [m for e, m in self._held.items() if e.deadline <= now and e.moving is None]
+        for message, failure in await self._hand_on_all(expired, away=True):
+            log.info(f"kafka: redelivering {message} failed ({failure}); retrying")
+        settled = (m.handle for m in expired if m.handle.settled)
+        touched = {e.partition for e in settled if e.partition.current}
         if touched:
             await self._commit(touched)
 
 
-def _read(topic: str, partition: int, record: Any, entry: _Entry, now: float) -> int:
-    """Give `entry` the message `record` carries; return its due time (epoch ms, 0: at once)."""
+def _read(
+    topic: str, partition: int, record: Any, entry: _Entry, now: float
+) -> tuple[IncomingMessage, int]:
+    """The message `record` carries, with `entry` its handle, and its due time (epoch ms, 0:
+    at once)."""
     headers = {n: v.decode("utf-8", "replace") if v else "" for n, v in record.headers or ()}
     attempt, not_before = headers.pop(HEADER_ATTEMPT, ""), headers.pop(HEADER_NOT_BEFORE, "")
     # A record without these (a foreign producer's) is named by its position and time.
@@ -402,5 +415,5 @@ def _read(topic: str, partition: int, record: Any, entry: _Entry, now: float) ->
         headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
     where, body = f"{partition}@{record.offset}", record.value or b""
-    entry.message = IncomingMessage(topic, body, headers, tries, where, entry, now)
-    return int(not_before) if not_before.isdigit() else 0
+    message = IncomingMessage(topic, body, headers, tries, where, entry, now)
+    return message, int(not_before) if not_before.isdigit() else 0
