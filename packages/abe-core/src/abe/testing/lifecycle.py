@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.keys import dead_letter_key
+from abe.backends.message_queue.base.receiver import IncomingMessage
 from abe.testing.fixtures import (
     BackendFactory,
     Backends,
@@ -117,6 +119,33 @@ class LifecycleContract(ContractFixtures):
                 await delivery.ack()
         assert most_held <= prefetch, f"held {most_held} messages with prefetch {prefetch}"
         assert most_held >= 1
+
+    async def test_consumed_messages_are_freed_at_once(self, backends: Backends) -> None:
+        """A message consumed and acknowledged is freed by reference counting: none is left in
+        a reference cycle for the garbage collector (a drain of millions would carry them)."""
+        backend, key, total, warm_up = backends.new(), unique("freed"), 300, 50
+        await backend.publish_many(key, [{"n": n} for n in range(total)])
+        stream = backend.consume(group=unique("group"), keys=[key])
+        consumed, was_enabled, kept = 0, gc.isenabled(), len(gc.garbage)
+        try:
+            async for _ in stream:
+                consumed += 1
+                if consumed == warm_up:  # connected and joined: only the messages from here
+                    gc.collect()
+                    gc.disable()
+                if consumed == total:
+                    break
+            await stream.aclose()  # acknowledged and let go: nothing of them is reachable
+            gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage
+            gc.collect()
+            cycled = [o for o in gc.garbage[kept:] if isinstance(o, IncomingMessage | Delivery)]
+        finally:
+            gc.set_debug(0)
+            del gc.garbage[kept:]
+            if was_enabled:
+                gc.enable()
+            await stream.aclose()
+        assert not cycled, f"{len(cycled)} messages were freed only by the garbage collector"
 
     async def test_delete_keys_starts_them_afresh(self, backends: Backends) -> None:
         backend = backends.new()
