@@ -146,6 +146,15 @@ async def test_revoke_waits_for_deliveries_that_finish() -> None:
     assert consumer.commits[-1] == {TP0: 1}
 
 
+async def test_a_queued_record_is_received_when_handed_out() -> None:
+    receiver, consumer, _ = await make()
+    consumer.batches.append({TP0: [Record(0), Record(1)]})
+    await fetch(receiver, 1)  # offset 1 waits in the queue
+    handed_out_after = time.monotonic()
+    (queued,) = await fetch(receiver, 1)
+    assert queued.received_at >= handed_out_after  # core refreshes leases from this time
+
+
 async def test_a_partition_being_revoked_hands_out_nothing_more() -> None:
     receiver, consumer, backend = await make(lease=5.0)
     consumer.batches.append({TP0: [Record(0), Record(1), Record(2)], TP1: [Record(7)]})

@@ -194,7 +194,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             message = ready.popleft()
             entry = message.handle
             if not entry.settled and entry.partition.handing_out:
-                entry.deadline = deadline
+                entry.deadline, message.received_at = deadline, now  # its lease starts now
                 held[entry] = message
                 out.append(message)
         return out
