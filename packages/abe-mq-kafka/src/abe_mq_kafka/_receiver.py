@@ -32,6 +32,7 @@ from abe_mq_kafka._client import KafkaClient
 __all__ = ["KafkaReceiver"]
 
 log = logging.getLogger("abe.kafka")
+_Failures = list[tuple[IncomingMessage, BaseException]]
 
 
 @dataclass(eq=False)
@@ -54,10 +55,7 @@ class _Partition:
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    """One record read from a partition: settled once finished or handed on as a copy.
-
-    Its message holds it as the handle; it holds no message, so the two are freed by
-    reference counting once settled, not left for the cyclic garbage collector."""
+    """A record read: settled once finished or handed on; its message holds it, not the reverse."""
 
     partition: _Partition
     offset: int
@@ -150,9 +148,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             self._fetching += 1
             try:
                 wait_ms = max(0, int((until - time.monotonic()) * 1000))  # or a delayed copy is due
-                # All aiokafka holds: taken a few at a time, partitions run dry one by one, and the
-                # fetch of one read to its end is held by its broker while the others' wait.
-                batches = await consumer.getmany(timeout_ms=wait_ms)
+                batches = await consumer.getmany(timeout_ms=wait_ms)  # all it holds (README)
             finally:
                 self._fetching -= 1
                 self._last_active = time.monotonic()
@@ -168,7 +164,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         now, wall, ready = time.monotonic(), time.time() * 1000, self._ready
         for tp, records in batches.items():
             partition = self._partitions.setdefault(tp, _Partition(tp))
-            entries, topic = partition.entries, tp.topic
+            entries = partition.entries
             for record in records:
                 if partition.position is None:
                     partition.committed = record.offset  # where the group's offset stands
@@ -176,7 +172,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                     continue  # read again after a seek: already known
                 partition.position = record.offset + 1
                 entry = _Entry(partition, record.offset)
-                message, not_before = _read(topic, tp.partition, record, entry, now)
+                message, not_before = _read(tp, record, entry, now)
                 entries.append(entry)
                 if not_before > wall:
                     due = now + (not_before - wall) / 1000
@@ -207,9 +203,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._last_active = time.monotonic()
-        entry: _Entry = message.handle
-        if not entry.settled and entry.moving is None:  # else handed on already
-            await asyncio.shield(self._hand_on(message, delay=delay))
+        if not message.handle.settled and message.handle.moving is None:  # else handed on already
+            await asyncio.shield(self._hand_on(message, delay, False))
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = now = time.monotonic()
@@ -228,29 +223,22 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._settled.set()
         return touched
 
-    def _hand_on(
-        self, message: IncomingMessage, delay: float = 0, away: bool = False
-    ) -> asyncio.Task[None]:
-        """The one copy of `message` in flight, which all who hand it on await (so a partition
-        is never let go while a copy of its record is written)."""
+    def _hand_on(self, message: IncomingMessage, delay: float, away: bool) -> asyncio.Task[None]:
+        """The one copy of `message` being written; all who hand it on await it (a revoke too)."""
         entry: _Entry = message.handle
         if entry.moving is None:
-            copy = self._copy(message, delay, away)
-            entry.moving = asyncio.get_running_loop().create_task(copy)
+            entry.moving = asyncio.get_running_loop().create_task(self._copy(message, delay, away))
         return entry.moving
 
-    async def _hand_on_all(
-        self, messages: list[IncomingMessage], away: bool
-    ) -> list[tuple[IncomingMessage, Any]]:
+    async def _hand_on_all(self, messages: list[IncomingMessage], away: bool) -> _Failures:
         """Hand each message on (their copies written at once); the ones that failed, and why."""
-        copies = (asyncio.shield(self._hand_on(message, away=away)) for message in messages)
+        copies = (asyncio.shield(self._hand_on(message, 0, away)) for message in messages)
         results = await asyncio.gather(*copies, return_exceptions=True)
         failed = zip(messages, results, strict=True)
         return [(message, error) for message, error in failed if isinstance(error, BaseException)]
 
     async def _copy(self, message: IncomingMessage, delay: float, away: bool) -> None:
         """Write `message` again as its next attempt (`away` from this member's partitions)."""
-        entry: _Entry = message.handle
         headers = {**message.headers, HEADER_ATTEMPT: str(message.attempt + 1)}
         if delay > 0:
             headers[HEADER_NOT_BEFORE] = str(int(time.time() * 1000 + delay * 1000))
@@ -261,8 +249,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await bounded(copy, self._timeout)
         finally:
-            entry.moving = None
-        self._settle((entry,))
+            message.handle.moving = None
+        self._settle((message.handle,))
 
     async def _commit(self, partitions: Iterable[_Partition], consumer: Any = None) -> None:
         """Commit each partition's commit point if it moved; only while the partition is ours."""
@@ -395,25 +383,21 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         expired = [m for e, m in self._held.items() if e.deadline <= now and e.moving is None]
         for message, failure in await self._hand_on_all(expired, away=True):
             log.info(f"kafka: redelivering {message} failed ({failure}); retrying")
-        settled = (m.handle for m in expired if m.handle.settled)
-        touched = {e.partition for e in settled if e.partition.current}
+        touched = {m.handle.partition for m in expired if m.handle.settled}  # _commit: if current
         if touched:
             await self._commit(touched)
 
 
-def _read(
-    topic: str, partition: int, record: Any, entry: _Entry, now: float
-) -> tuple[IncomingMessage, int]:
-    """The message `record` carries, with `entry` its handle, and its due time (epoch ms, 0:
-    at once)."""
+def _read(tp: Any, record: Any, entry: _Entry, now: float) -> tuple[IncomingMessage, int]:
+    """`record`'s message (`entry` its handle) and when it is due (epoch ms; 0: at once)."""
     headers = {n: v.decode("utf-8", "replace") if v else "" for n, v in record.headers or ()}
     attempt, not_before = headers.pop(HEADER_ATTEMPT, ""), headers.pop(HEADER_NOT_BEFORE, "")
     # A record without these (a foreign producer's) is named by its position and time.
     if HEADER_ID not in headers:
-        headers[HEADER_ID] = f"{topic}:{partition}:{record.offset}"
+        headers[HEADER_ID] = f"{tp.topic}:{tp.partition}:{record.offset}"
     if HEADER_PUBLISHED_AT not in headers and record.timestamp is not None:
         headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
-    where, body = f"{partition}@{record.offset}", record.value or b""
-    message = IncomingMessage(topic, body, headers, tries, where, entry, now)
+    where, body = f"{tp.partition}@{record.offset}", record.value or b""
+    message = IncomingMessage(tp.topic, body, headers, tries, where, entry, now)
     return message, int(not_before) if not_before.isdigit() else 0
