@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from abe.backends.message_queue.base.backend import BaseBackend
+from abe.backends.message_queue.base.codec import IncomingMessage
 from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.keys import dead_letter_key
-from abe.backends.message_queue.base.receiver import IncomingMessage
 from abe.testing.fixtures import (
     BackendFactory,
     Backends,
