@@ -157,7 +157,7 @@ def _errors_since(ends: dict[Path, int], most: int = 20) -> list[str]:
     return lines[:most]
 
 
-def _diagnose(item: pytest.Item, broker: Any) -> list[str]:
+def _diagnose(broker: Any) -> list[str]:
     """The signs of Tansu's faults since the test began (see the module's docstring)."""
     signs = list(_overlaps)
     if broker is not None and _confirmed:
@@ -180,7 +180,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     try:
         return (yield)
     except Exception as exc:
-        signs = _diagnose(item, broker)
+        signs = _diagnose(broker)
         if any(sign in text for text in signs for sign in TANSU_FAULT_SIGNS):
             raise TansuFault("; ".join(signs)) from exc
         errors = _errors_since(ends)

@@ -383,7 +383,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         expired = [m for e, m in self._held.items() if e.deadline <= now and e.moving is None]
         for message, failure in await self._hand_on_all(expired, away=True):
             log.info(f"kafka: redelivering {message} failed ({failure}); retrying")
-        touched = {m.handle.partition for m in expired if m.handle.settled}  # _commit: if current
+        touched = {m.handle.partition for m in expired if m.handle.settled}  # ours: _commit says
         if touched:
             await self._commit(touched)
 
