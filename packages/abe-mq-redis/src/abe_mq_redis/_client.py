@@ -1,5 +1,4 @@
-"""The connections to one Redis, shared by a backend and its receivers, and the calls on them:
-commands go in one write on a kept redis-py connection, without redis-py's per-call work."""
+"""The connections to one Redis, shared by a backend and its receivers, and the calls on them."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import functools
 import ssl
 import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from hiredis import pack_command
 from redis.asyncio import ConnectionPool
@@ -32,8 +31,7 @@ Command = tuple[str | bytes | int, ...]
 
 
 def delayed_key(key: str, group: str) -> str:
-    """The sorted set of `group`'s entries of `key` nacked for longer than the timeout: no key
-    can take its name (keys have no `{`), and the hash tag keeps it in the stream's slot."""
+    """The zset of `group`'s long-delayed nacks of `key`: no key has a `{`; in the stream's slot."""
     return f"abe:{{{key}}}:delayed:{group}"
 
 
@@ -50,8 +48,7 @@ async def reply(connection: connections.AbstractConnection) -> Any:
 
 
 async def exchange(connection: connections.AbstractConnection, commands: Sequence[Command]) -> Any:
-    """`commands` in one write on `connection`, their replies; packed by hiredis, as redis-py's
-    pack_commands (which first encodes each argument in Python) takes 9 times as long."""
+    """`commands` in one write on `connection`, their replies; hiredis packs 9 times as fast."""
     packed = [pack_command(command) for command in commands]  # type: ignore[arg-type]
     await connection.send_packed_command(packed, check_health=False)
     return [await reply(connection) for _ in commands]
@@ -74,23 +71,25 @@ class RedisClient:
     def pool(self) -> ConnectionPool:
         """Connections for commands that do not block (timeout: the operation's)."""
         if self._pool is None:
-            options = connection_kwargs(self.settings, self.settings.operation_timeout)
-            self._pool = ConnectionPool(**options)
+            self._pool = ConnectionPool(**self._options(reads=False))
         return self._pool
 
     @property
     def read_pool(self) -> ConnectionPool:
         """Connections for XREADGROUP BLOCK: their socket timeout outlasts the longest block."""
         if self._reads is None:
-            timeout = self.settings.poll_interval + self.settings.operation_timeout
-            self._reads = ConnectionPool(**connection_kwargs(self.settings, timeout))
+            self._reads = ConnectionPool(**self._options(reads=True))
         return self._reads
+
+    def _options(self, reads: bool) -> dict[str, Any]:
+        """Connection options; a blocking read's socket timeout outlasts its longest block."""
+        block = self.settings.poll_interval if reads else 0.0
+        return connection_kwargs(self.settings, block + self.settings.operation_timeout)
 
     async def send(
         self, commands: Sequence[Command], check: Iterable[str] = (), group: str | None = None
     ) -> list[Any]:
-        """`commands` in one write on a kept connection (ABE_REDIS_POOL_SIZE at most), their
-        replies; a broken one is replaced once, a cut call drops it; `check`: see raise_first."""
+        """`commands` in one write on a kept connection, their replies; `check`: see raise_first."""
         cluster = await self._cluster()
         replies = await (self._send(commands) if cluster is None else cluster.send(commands))
         if check:  # with the slot given back: naming a culprit sends again
@@ -98,6 +97,7 @@ class RedisClient:
         return replies
 
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
+        """ABE_REDIS_POOL_SIZE at most; a broken connection is replaced once, a cut one dropped."""
         pool = self.pool
         async with self._slots:
             for attempt in (1, 2):
@@ -116,8 +116,7 @@ class RedisClient:
         return replies
 
     async def _cluster(self) -> Cluster | None:
-        """The cluster clients if the server is a Redis Cluster node (ABE_REDIS_CLUSTER, or else
-        INFO cluster, asked once), made the first time they are needed."""
+        """The cluster clients, made on first use, if ABE_REDIS_CLUSTER or INFO cluster says so."""
         if self.cluster is None and self._in_cluster is not False:
             async with self._asking:
                 if self._in_cluster is None:
@@ -126,11 +125,7 @@ class RedisClient:
                         raise info  # an ACL user without INFO is taken to be on one server
                     self._in_cluster = isinstance(info, bytes) and b"cluster_enabled:1" in info
                 if self._in_cluster and self.cluster is None:
-                    reads = self.settings.poll_interval + self.settings.operation_timeout
-                    self.cluster = Cluster(
-                        connection_kwargs(self.settings, self.settings.operation_timeout),
-                        connection_kwargs(self.settings, reads),
-                    )
+                    self.cluster = Cluster(self._options(reads=False), self._options(reads=True))
         return self.cluster
 
     @contextlib.asynccontextmanager
@@ -152,8 +147,7 @@ class RedisClient:
             await pool.release(connection)
 
     async def send_to(self, key: str, commands: Sequence[Command]) -> list[Any]:
-        """`commands` on one connection to `key`'s primary, as WAIT needs; a redirect there is
-        an error reply, after which the cluster client finds the slot's primary."""
+        """`commands` on one connection to `key`'s primary, as WAIT needs; a redirect: reroute."""
         cluster = await self._cluster()
         if cluster is None:
             return await self.send(commands)
@@ -235,16 +229,13 @@ class _CancellableSend(connections.AbstractConnection):
 
 
 @functools.cache
-def cancellable(base: type[connections.AbstractConnection]) -> type[connections.AbstractConnection]:
+def cancellable(base: type[connections.AbstractConnection]) -> type[Any]:
     """`base`, a redis-py connection class, with cancellable writes: used before Python 3.12."""
-    return cast(
-        "type[connections.AbstractConnection]", type(base.__name__, (_CancellableSend, base), {})
-    )
+    return type(base.__name__, (_CancellableSend, base), {})
 
 
 def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[str, Any]:
-    """ConnectionPool options for `settings`: RESP2, TLS checking the host name too (5.x does not
-    by default), connection errors retried 3 times on a fresh connection, timeouts never."""
+    """Pool options: RESP2, TLS checking host names (5.x does not), 3 reconnects, timeouts never."""
     retry = Retry(
         ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
     )
@@ -263,8 +254,7 @@ def connection_kwargs(settings: RedisSettings, socket_timeout: float) -> dict[st
         kwargs.setdefault("ssl_check_hostname", cert_reqs not in ("none", ssl.CERT_NONE))
         if settings.tls_ca_file is not None:
             kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
-        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-            kwargs.update(
-                ssl_certfile=str(settings.tls_cert_file), ssl_keyfile=str(settings.tls_key_file)
-            )
+        cert, key = settings.tls_cert_file, settings.tls_key_file
+        if cert is not None and key is not None:
+            kwargs.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
     return kwargs

@@ -1,5 +1,4 @@
-"""Redis Cluster: abe's commands through redis-py's cluster client, which sends each to the
-primary of its key's hash slot and follows MOVED/ASK redirects and failovers."""
+"""Redis Cluster through redis-py's cluster client: each command to its slot's primary."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ _RAW += ("XGROUP", "XINFO", "XPENDING", "XREADGROUP", "ZADD", "ZRANGEBYSCORE", "
 
 
 def _client(options: dict[str, Any]) -> RedisCluster:
-    """A cluster client with one node's connection options; its retries (3.5 s of backoff, the
-    slot map read again before each) outlast a replica's promotion."""
+    """A cluster client with one node's options; its 3.5 s of retries outlast a failover."""
     unknown = sorted({"retry_on_timeout", "ssl_ca_path", "ssl_password"} & set(options))
     if unknown:  # options of one server's connections that redis-py's cluster client lacks
         why = f"has {', '.join(unknown)}, which redis-py's cluster client does not take"
@@ -40,8 +38,7 @@ def _client(options: dict[str, Any]) -> RedisCluster:
 
 
 class Cluster:
-    """A backend's two cluster clients: for commands, and for blocking reads (whose socket
-    timeout outlasts the longest block), each connecting on first use."""
+    """A backend's two cluster clients (commands, blocking reads), connecting on first use."""
 
     def __init__(self, commands: dict[str, Any], reads: dict[str, Any]) -> None:
         self.commands, self.reads = _client(commands), _client(reads)
@@ -62,8 +59,7 @@ class Cluster:
 
     @contextlib.asynccontextmanager
     async def connection(self, key: str) -> AsyncIterator[AbstractConnection]:
-        """A connection to `key`'s primary for commands that need one (WAIT, WATCH): there a
-        redirect or a lost node is an error, after which `reroute` finds the slot's primary."""
+        """A connection to `key`'s primary (for WAIT, WATCH); after an error, `reroute` runs."""
         await self.commands.initialize()
         node = self.commands.get_node_from_key(key)
         if node is None:
@@ -80,8 +76,7 @@ class Cluster:
             node.release(connection)
 
     async def reroute(self, key: str) -> None:
-        """Send a command for `key` the cluster client's way, which reads the slot map again
-        when the slot moved or its primary is lost; best effort."""
+        """EXISTS `key` the cluster client's way, which reads a changed slot map; best effort."""
         with contextlib.suppress(Exception):
             await self.send([("EXISTS", key)])
 

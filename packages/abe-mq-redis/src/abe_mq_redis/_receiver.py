@@ -1,5 +1,4 @@
-"""The reader of one consumer group over some streams; README "Operating notes" says how it
-reclaims (XAUTOCLAIM), acknowledges (XACKs ride with the next XREADGROUP) and delays nacks."""
+"""One consumer group's reader over some streams (README "Operating notes": reclaim, ack, delay)."""
 
 from __future__ import annotations
 
@@ -120,8 +119,7 @@ class RedisReceiver(Receiver):
         return [_message(key, entry, 1) for key, entries in found for entry in entries]
 
     async def _cluster_read(self, xacks: list[Command], dones: list[Any], *read: Any) -> Any:
-        """In a cluster: the XACKs, then at once one XREADGROUP per hash slot of the keys (one
-        command's keys must share a slot); the reads' replies."""
+        """In a cluster: the XACKs, then one XREADGROUP per hash slot of the keys, at once."""
         for done, answer in zip(dones, await self._client.send(xacks), strict=True):
             _settle(done, not isinstance(answer, Exception))
         keys, count, block_ms = read
@@ -132,8 +130,7 @@ class RedisReceiver(Receiver):
         return await asyncio.gather(*map(self._client.cluster.read, reads), return_exceptions=True)
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
-        """The XACKs (each future settled as its reply comes) and the XREADGROUP on this member's
-        connection, after CLIENT ID on a new one (`_wake()` needs it); the read's reply."""
+        """XACKs (settling `acks`) and the read on this member's connection, CLIENT ID first."""
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = await self._read_pool.get_connection()  # type: ignore[no-untyped-call]
@@ -220,8 +217,7 @@ class RedisReceiver(Receiver):
     async def _arm(
         self, due: list[tuple[str, str, int]], gone: list[tuple[str, str]], now: float, now_ms: int
     ) -> set[tuple[str, str]]:
-        """Make delayed entries claimable exactly when due and forget the gone; the entries armed,
-        which a reclaim of the same round must not deliver."""
+        """Make delayed entries claimable when due, forget the gone; the armed (not to deliver)."""
         commands: list[Command] = []
         group, me = self.group, self.consumer
         for key, entry_id, due_ms in due:
@@ -239,8 +235,7 @@ class RedisReceiver(Receiver):
     async def _settle_claimed(
         self, claimed: list[IncomingMessage], now: float, now_ms: int
     ) -> list[IncomingMessage]:
-        """Attempt numbers for reclaimed entries; an entry still in the delayed set (its holder
-        died before it came due) is held, or armed, instead."""
+        """Attempt numbers for reclaimed entries; one still in the delayed set is held or armed."""
         group = self.group
         commands: list[Command] = []
         for message in claimed:
@@ -327,8 +322,7 @@ class RedisReceiver(Receiver):
         await close_quietly([tidy], timeout, log, f"redis: tidying group {self.group!r}")
 
     async def tidy(self, *, include_self: bool) -> None:
-        """Delete, under WATCH, consumers that own no pending entry and are idle (this one, when
-        `include_self`, at once), so that none races a read; best effort."""
+        """Delete idle consumers that own nothing (this one if `include_self`); best effort."""
         for key in self.keys:
             try:
                 async with self._client.connection(key) as connection:
@@ -337,25 +331,22 @@ class RedisReceiver(Receiver):
                     )
                     if isinstance(found[1], Exception):
                         raise found[1]
-                    doomed: list[Command] = [
-                        ("XGROUP", "DELCONSUMER", key, self.group, name)
-                        for name in self._doomed(found[1], include_self)
-                    ]
-                    # EXEC does nothing if the key changed meanwhile: left for later
+                    doomed = self._doomed(key, found[1], include_self)
+                    # under WATCH, EXEC does nothing if a read changed the key: left for later
                     await exchange(
                         connection, [("MULTI",), *doomed, ("EXEC",)] if doomed else [("UNWATCH",)]
                     )
             except Exception as exc:
                 log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
 
-    def _doomed(self, consumers: Sequence[Sequence[Any]], include_self: bool) -> list[str]:
-        """The consumers to delete: none with pending entries; this one only when leaving."""
-        names = []
+    def _doomed(self, key: str, consumers: Sequence[Any], include_self: bool) -> list[Command]:
+        """XGROUP DELCONSUMER for the idle without pending entries; this one only when leaving."""
+        doomed: list[Command] = []
         for consumer in consumers:
             info = {as_text(k): v for k, v in zip(consumer[::2], consumer[1::2], strict=True)}
             name = as_text(info.get("name", b""))
             idle = int(info.get("idle", 0)) >= self._idle_limit_ms
             free = int(info.get("pending", 1)) == 0
             if free and (include_self if name == self.consumer else idle):
-                names.append(name)
-        return names
+                doomed.append(("XGROUP", "DELCONSUMER", key, self.group, name))
+        return doomed
