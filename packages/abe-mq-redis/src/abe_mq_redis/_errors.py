@@ -1,5 +1,4 @@
-"""redis-py's exceptions and the abe errors they become, each with what to do about it; some
-hints name the backend's settings (its operation timeout, whether its URL uses TLS)."""
+"""redis-py's exceptions and the abe errors they become, each with what to do about it."""
 
 from __future__ import annotations
 
@@ -97,7 +96,7 @@ _CLUSTER = [
         "retries, and it passes once the cluster settles (CLUSTER INFO says cluster_state:ok)"
     ),
 ]
-_ANYTHING = unavailable("")
+_ANYTHING = unavailable("")  # any other: the server's own words say it
 _RULES: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
     redis_errors.AuthenticationError: _CREDENTIALS,
     redis_errors.AuthenticationWrongNumberOfArgsError: _CREDENTIALS,
@@ -107,11 +106,9 @@ _RULES: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
         "sets: ACL SETUSER <user> +@stream +@sortedset +@transaction +@connection +type "
         "~<key pattern> ~abe:{<key pattern>"
     ),
-    **dict.fromkeys(
-        (redis_errors.RedisClusterException, redis_errors.ClusterError, redis_errors.AskError),
-        _CLUSTER,  # AskError: MovedError too
-    ),
-    **dict.fromkeys((redis_errors.ClusterCrossSlotError, redis_errors.TryAgainError), _CLUSTER),
+    # AskError: MovedError too
+    **dict.fromkeys(_classes("RedisClusterException", "ClusterError", "AskError"), _CLUSTER),
+    **dict.fromkeys(_classes("ClusterCrossSlotError", "TryAgainError"), _CLUSTER),
     redis_errors.MaxConnectionsError: unavailable(_EXHAUSTED),
     redis_errors.BusyLoadingError: unavailable(
         "the server is loading its data set after a restart; it answers again once loaded"
@@ -149,8 +146,7 @@ _RULES: dict[type[BaseException], ErrorRule | list[ErrorRule]] = {
         unavailable("the server refused a command"),
     ],
     redis_errors.RedisError: _ANYTHING,
-    redis_errors.ChildDeadlockedError: _ANYTHING,
-    **dict.fromkeys(_classes("IncorrectPolicyType"), _ANYTHING),
+    **dict.fromkeys(_classes("ChildDeadlockedError", "IncorrectPolicyType"), _ANYTHING),
 }
 ERRORS = ErrorMap("redis", _RULES)
-"""The one table; hints that name the timeout or the scheme read the backend's settings."""
+"""The one table; some hints read the backend's settings (its timeout, whether it uses TLS)."""

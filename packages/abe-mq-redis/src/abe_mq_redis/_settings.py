@@ -121,12 +121,12 @@ class RedisSettings(BackendSettings):
         problem = url_problem(self.url)
         if problem is not None:
             yield "url", problem
-        files = {"ca": self.tls_ca_file, "cert": self.tls_cert_file, "key": self.tls_key_file}
-        for name, path in files.items():
-            if path is not None and problem is None and not self.tls:
-                yield f"tls_{name}_file", _NOT_TLS
+            return
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            if getattr(self, name) is not None and not self.tls:
+                yield name, _NOT_TLS
         unix = self.url.startswith("unix:")
-        if self.cluster == "yes" and problem is None and (unix or parse_url(self.url).get("db")):
+        if self.cluster == "yes" and (unix or parse_url(self.url).get("db")):
             yield "cluster", "is yes, but a cluster is reached by redis:// or rediss://, db 0"
 
     def secrets(self) -> tuple[str, ...]:
