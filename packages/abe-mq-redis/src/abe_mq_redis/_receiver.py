@@ -67,7 +67,7 @@ class RedisReceiver(Receiver):
         self._cursors = dict.fromkeys(keys, "0-0")
         self._held: dict[tuple[str, str], int] = {}  # (key, id): due, in ms since the epoch
         self._held_refreshed, self._turn = 0.0, 0
-        self._acks: dict[asyncio.Future[bool], dict[str, list[str]]] = {}  # for a read to carry
+        self._acks: dict[asyncio.Future[bool], list[Command]] = {}  # XACKs for a read to carry
         self._connection: AbstractConnection | None = None  # this member's, for blocking reads
         self._client_id: int | None = None  # that connection's, for CLIENT UNBLOCK
         self._blocked_until: float | None = None  # while a blocking read is on the wire
@@ -98,9 +98,8 @@ class RedisReceiver(Receiver):
     async def _read(self, credit: int, block_ms: int) -> list[IncomingMessage]:
         keys, count = self._share(credit)
         carried, self._acks = self._acks, {}
-        acks = [(done, key, ids) for done, by_key in carried.items() for key, ids in by_key.items()]
-        xacks: list[Command] = [("XACK", key, self.group, *ids) for _, key, ids in acks]
-        dones = [done for done, _, _ in acks]
+        xacks = [xack for commands in carried.values() for xack in commands]
+        dones = [done for done, commands in carried.items() for _ in commands]
         self._blocked_until = time.monotonic() + block_ms / 1000 if block_ms > 0 else None
         try:
             if self._client.cluster is None:
@@ -267,29 +266,27 @@ class RedisReceiver(Receiver):
     async def _keep_held(self, now: float, now_ms: int) -> None:
         """Reset the idle time of entries nacked until later than one timeout from now."""
         if now - self._held_refreshed >= self._lease / 3:
-            self._held_refreshed = now
-            for entry, due_ms in list(self._held.items()):
-                if due_ms - now_ms <= self._lease_ms:
-                    del self._held[entry]  # within reach: the sorted set arms it now
+            self._held_refreshed = now  # those within reach go: the sorted set arms them now
+            self._held = {e: due for e, due in self._held.items() if due - now_ms > self._lease_ms}
             if self._held:
                 await self._claim(_grouped(self._held))
 
     async def _claim(self, by_key: dict[str, list[str]], *options: str | int) -> None:
         """XCLAIM to this consumer with JUSTID: resets idle time, leaves the count alone."""
-        me, group = self.consumer, self.group
         claims: list[Command] = [
-            ("XCLAIM", key, group, me, 0, *ids, *options, "JUSTID") for key, ids in by_key.items()
+            ("XCLAIM", key, self.group, self.consumer, 0, *ids, *options, "JUSTID")
+            for key, ids in by_key.items()
         ]
-        await self._client.send(claims, by_key, group)
+        await self._client.send(claims, by_key, self.group)
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        by_key = self._acks[done] = _grouped(messages)
+        by_key = _grouped(messages)
+        xacks = self._acks[done] = [("XACK", key, self.group, *ids) for key, ids in by_key.items()]
         await asyncio.sleep(0)  # one turn: a fetch starting now carries them
         if self._acks.pop(done, None) is None and await done:
             return
-        commands: list[Command] = [("XACK", key, self.group, *ids) for key, ids in by_key.items()]
-        await self._client.send(commands, by_key, self.group)
+        await self._client.send(xacks, by_key, self.group)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         key, entry_id = message.key, message.broker_id
