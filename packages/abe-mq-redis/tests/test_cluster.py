@@ -14,8 +14,7 @@ from redis.exceptions import NoPermissionError
 from abe.errors import BackendUnavailableError, ConfigurationError
 from abe.provider import OutgoingMessage
 from abe_mq_redis import RedisBackend, RedisSettings
-from abe_mq_redis._client import Command, RedisClient, connection_kwargs
-from abe_mq_redis._cluster import _RAW, Cluster
+from abe_mq_redis._client import _RAW, Cluster, Command, RedisClient, connection_kwargs
 from abe_mq_redis._receiver import RedisReceiver
 
 

@@ -1,4 +1,5 @@
-"""The connections to one Redis, shared by a backend and its receivers, and the calls on them."""
+"""The connections to one Redis, shared by a backend and its receivers, and the calls on them;
+in a Redis Cluster, through redis-py's cluster client (each command to its slot's primary)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from hiredis import pack_command
+from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool
 from redis.asyncio import connection as connections
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AskError, MaxConnectionsError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from abe.errors import InvalidKeyError
+from abe.errors import ConfigurationError, InvalidKeyError
 from abe.provider import bounded
-from abe_mq_redis._cluster import Cluster
 from abe_mq_redis._settings import RedisSettings
 
 __all__ = ["Command", "RedisClient", "as_text", "connection_kwargs", "delayed_key", "exchange"]
@@ -52,6 +54,75 @@ async def exchange(connection: connections.AbstractConnection, commands: Sequenc
     packed = [pack_command(command) for command in commands]  # type: ignore[arg-type]
     await connection.send_packed_command(packed, check_health=False)
     return [await reply(connection) for _ in commands]
+
+
+_RAW: tuple[str, ...] = ("DEL", "EXISTS", "TYPE", "WAIT", "XACK", "XADD", "XAUTOCLAIM", "XCLAIM")
+_RAW += ("XGROUP", "XINFO", "XPENDING", "XREADGROUP", "ZADD", "ZRANGEBYSCORE", "ZREM", "ZSCORE")
+"""The commands abe sends: their replies are read as the server gives them, as on one node."""
+
+
+def _cluster_client(options: dict[str, Any]) -> RedisCluster:
+    """A cluster client with one node's options; its 3.5 s of retries outlast a failover."""
+    unknown = sorted({"retry_on_timeout", "ssl_ca_path", "ssl_password"} & set(options))
+    if unknown:  # options of one server's connections that redis-py's cluster client lacks
+        why = f"has {', '.join(unknown)}, which redis-py's cluster client does not take"
+        raise ConfigurationError("redis", {"REDIS_URL": why})
+    kind = options.pop("connection_class", None)
+    options = {name: value for name, value in options.items() if name not in ("db", "retry")}
+    tls = kind is not None and issubclass(kind, connections.SSLConnection)
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), 6)
+    client = RedisCluster(**options, ssl=tls, retry=retry)
+    for name in _RAW:
+        client.response_callbacks.pop(name, None)
+    return client
+
+
+class Cluster:
+    """A backend's two cluster clients (commands, blocking reads), connecting on first use."""
+
+    def __init__(self, commands: dict[str, Any], reads: dict[str, Any]) -> None:
+        self.commands, self.reads = _cluster_client(commands), _cluster_client(reads)
+
+    async def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """`commands` in one pipeline, each to its slot's primary; error replies in place."""
+        pipe = self.commands.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
+    async def read(self, command: tuple[Any, ...]) -> Any:
+        """One XREADGROUP (its keys in one slot); an error reply is returned, not raised."""
+        try:
+            return await self.reads.execute_command(*command)
+        except ResponseError as exc:
+            return exc
+
+    @contextlib.asynccontextmanager
+    async def connection(self, key: str) -> AsyncIterator[connections.AbstractConnection]:
+        """A connection to `key`'s primary (for WAIT, WATCH); after an error, `reroute` runs."""
+        await self.commands.initialize()
+        node = self.commands.get_node_from_key(key)
+        if node is None:
+            raise redis_errors.SlotNotCoveredError(f"no primary serves the hash slot of {key!r}")
+        connection = node.acquire_connection()
+        try:
+            yield connection
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, Exception):
+                await self.reroute(key)
+            raise
+        finally:
+            node.release(connection)
+
+    async def reroute(self, key: str) -> None:
+        """EXISTS `key` the cluster client's way, which reads a changed slot map; best effort."""
+        with contextlib.suppress(Exception):
+            await self.send([("EXISTS", key)])
+
+    async def close(self) -> None:
+        await self.commands.aclose()
+        await self.reads.aclose()
 
 
 class RedisClient:

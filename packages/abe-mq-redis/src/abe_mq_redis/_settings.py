@@ -162,10 +162,10 @@ def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
     if "@" not in parts.netloc:
         return url, None, None
     userinfo = parts.netloc.rpartition("@")[0]
-    user, has_password, password = userinfo.partition(":")
+    user, _, password = userinfo.partition(":")
     start = url.index("//") + 2  # the user-info follows the scheme's "//"
     clean = url[:start] + url[start + len(userinfo) + 1 :]
-    return clean, unquote(user) or None, unquote(password) if has_password and password else None
+    return clean, unquote(user) or None, unquote(password) if password else None
 
 
 _URL_OPTIONS = (frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
@@ -246,9 +246,8 @@ def _names_problem(scheme: str, options: dict[str, list[str]]) -> str | None:
             return "has a query option whose name is not one redis-py takes from a URL"
         if name not in _URL_OPTIONS:
             takes = ", ".join(sorted(_URL_OPTIONS - {"username", "password"}))
-            return f"has the query option {name!r}, which abe does not pass on to {_VERSION}; " + (
-                f"it takes: {takes}"
-            )
+            why = f"which abe does not pass on to {_VERSION}; it takes: {takes}"
+            return f"has the query option {name!r}, {why}"
         if name.startswith("ssl_") and scheme != "rediss":
             return f"has the TLS option {name!r}: use rediss:// for TLS, or remove the option"
         if len(values) > 1:
