@@ -45,20 +45,17 @@ def _classes(*names: str) -> list[type[BaseException]]:
 
 
 def _dropped(settings: Any) -> str:
-    if settings.tls:
-        return (
-            "if this happens on every connection, the server may refuse this client's TLS "
-            f"certificate, or want one: set {_CLIENT_CERTIFICATE}"
-        )
-    return "if this happens on every connection, the server may expect TLS: use rediss://"
+    refused = f"refuse this client's TLS certificate, or want one: set {_CLIENT_CERTIFICATE}"
+    return "if this happens on every connection, the server may " + (
+        refused if settings.tls else "expect TLS: use rediss://"
+    )
 
 
 _UNREACHABLE = [
     unavailable(
         f"{_TLS_FAILED}the server's certificate is valid, but not for the host name (or address) "
-        "in REDIS_URL, so it may not be this server. Write in REDIS_URL a name the certificate "
-        "lists, or have the certificate issued for this name; REDIS_TLS_CA_FILE only chooses "
-        "which CA is trusted and cannot fix this",
+        "in REDIS_URL, so it may not be this server: write a name the certificate lists, or have "
+        "it issued for this name (REDIS_TLS_CA_FILE, which only picks the CA, cannot fix this)",
         when=TLS_HOST_MISMATCH,
     ),
     unavailable(

@@ -321,18 +321,16 @@ class RedisReceiver(Receiver):
     async def tidy(self, *, include_self: bool) -> None:
         """Delete idle consumers that own nothing (this one if `include_self`); best effort."""
         for key in self.keys:
+            xinfo: Command = ("XINFO", "CONSUMERS", key, self.group)
             try:
                 async with self._client.connection(key) as connection:
-                    found = await exchange(
-                        connection, [("WATCH", key), ("XINFO", "CONSUMERS", key, self.group)]
-                    )
-                    if isinstance(found[1], Exception):
-                        raise found[1]
-                    doomed = self._doomed(key, found[1], include_self)
+                    _, consumers = await exchange(connection, [("WATCH", key), xinfo])
+                    if isinstance(consumers, Exception):
+                        raise consumers
+                    doomed = self._doomed(key, consumers, include_self)
                     # under WATCH, EXEC does nothing if a read changed the key: left for later
-                    await exchange(
-                        connection, [("MULTI",), *doomed, ("EXEC",)] if doomed else [("UNWATCH",)]
-                    )
+                    end = [("MULTI",), *doomed, ("EXEC",)] if doomed else [("UNWATCH",)]
+                    await exchange(connection, end)
             except Exception as exc:
                 log.debug("redis: tidying the consumers of %r failed: %r", key, exc)
 
