@@ -109,8 +109,7 @@ class RedisBackend(BaseBackend):
         return [key for key, exists in zip(keys, found, strict=True) if exists]
 
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
-        """XGROUP DESTROY (position, consumers, pending entries) and the delayed-nack set of
-        each key; the entries stay, and a missing key or group is no error."""
+        """XGROUP DESTROY and DEL its delayed-nack sets; entries stay, a missing key is no error."""
         commands: list[Command] = [("XGROUP", "DESTROY", key, group) for key in keys]
         replies = await self.client.send(commands + [("DEL", delayed_key(k, group)) for k in keys])
         missing = "requires the key to exist"

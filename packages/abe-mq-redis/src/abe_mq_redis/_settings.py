@@ -257,9 +257,8 @@ def _names_problem(scheme: str, options: dict[str, list[str]]) -> str | None:
 
 def _values_problem(url: str, options: dict[str, list[str]]) -> str | None:
     """A value redis-py cannot read, or would take for something it does not mean."""
-    password = _split_credentials(url)[2]
     secrets = [value for values in options.values() for value in values]
-    scrub = SecretFilter([*secrets, password] if password else secrets).scrub
+    scrub = SecretFilter([*secrets, _split_credentials(url)[2] or ""]).scrub  # "" is skipped
     try:
         kwargs: dict[str, object] = dict(parse_url(url))
     except ValueError as exc:
