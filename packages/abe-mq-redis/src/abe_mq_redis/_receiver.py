@@ -129,7 +129,7 @@ class RedisReceiver(Receiver):
         return await asyncio.gather(*map(self._client.cluster.read, reads), return_exceptions=True)
 
     async def _roundtrip(self, commands: list[Command], acks: list[asyncio.Future[bool]]) -> Any:
-        """XACKs (settling `acks`) and the read on this member's connection, CLIENT ID first."""
+        """XACKs (settling `acks`) and the read on this member's connection (CLIENT ID if new)."""
         for attempt in (1, 2):
             if self._connection is None:
                 self._connection = await self._read_pool.get_connection()  # type: ignore[no-untyped-call]
