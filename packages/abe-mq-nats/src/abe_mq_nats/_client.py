@@ -481,8 +481,8 @@ class NatsReceiver(Receiver):
         if msg.reply:
             await self._on_delivery(msg, msg.reply)
             return
-        head, token = msg.subject.rsplit(".", 1)
-        binding = self._bindings[int(head.rsplit(".", 1)[1])]
+        _, index, token = msg.subject.rsplit(".", 2)
+        binding = self._bindings[int(index)]
         headers = msg.headers or _EMPTY
         status = headers.get("Status")
         if token != binding.token or status == "100":  # an old request, or an idle heartbeat
