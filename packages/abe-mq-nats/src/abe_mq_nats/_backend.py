@@ -205,7 +205,7 @@ class _Publisher:
             end = min(start + WINDOW, len(messages))
             if failed:  # something is wrong (refusals, or no answer): do not send the rest
                 later = BackendUnavailableError("nats: not sent after earlier failures")
-                failed.update({i: failed.get(i, later) for i in range(start, len(messages))})
+                failed.update(dict.fromkeys(range(start, len(messages)), later))
                 break
             sent: dict[str, asyncio.Future[None]] = {}
             try:
