@@ -222,7 +222,6 @@ class KafkaSettings(BackendSettings):
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "request_timeout_ms": int(self.request_timeout * 1000),
-            "retry_backoff_ms": 100,
             "security_protocol": self.security_protocol,
         }
         if self.security_protocol.endswith("SSL"):
