@@ -42,15 +42,13 @@ class _TopicRules(KeyRules):
 
 
 def record_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
-    """A record's headers: all but the publish time (the record's timestamp), but a dead letter
-    keeps all; `abe-id` always travels, so copies and dead letters keep their id."""
+    """A record's headers: all but the publish time (the timestamp), which a dead letter keeps."""
     keep = HEADER_ERROR in headers
     return [(n, v.encode()) for n, v in headers.items() if keep or n != HEADER_PUBLISHED_AT]
 
 
 class KafkaBackend(BaseBackend):
-    """abe on Kafka (aiokafka): each key is a topic (made on first use), each group a consumer
-    group; offsets are committed only below messages that are finished."""
+    """abe on Kafka (aiokafka): keys are topics (made on first use), groups consumer groups."""
 
     name: ClassVar[str] = "kafka"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -144,8 +142,7 @@ class KafkaBackend(BaseBackend):
         return [key for key in keys if key in topics]
 
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
-        """DeleteGroups at the group's coordinator: Kafka drops the group's offsets on every
-        topic, not only `keys` (aiokafka 0.14 has no call for it, hence the raw request)."""
+        """Raw DeleteGroups (aiokafka 0.14 has none) drops offsets on all topics, not just keys."""
         admin = await self.client.admin.get()
         coordinator = await admin.find_coordinator(group)
         response = await admin._send_request(DeleteGroupsRequest([group]), coordinator)

@@ -24,6 +24,7 @@ log = logging.getLogger("abe.kafka")
 _TOPIC_ALREADY_EXISTS = 36
 _CLOSE_TIMEOUT = 5.0
 _BOOTSTRAP_LOG = logging.getLogger("aiokafka")  # where aiokafka.client logs
+_TELLING = (KafkaError, KeyError, ValueError, ssl.SSLError)  # bootstrap errors worth raising
 
 
 class KafkaClient:
@@ -45,8 +46,7 @@ class KafkaClient:
         return LazyClient(lambda: self.start(make()), _stop, timeout=timeout, what=what)
 
     async def start(self, client: Any) -> Any:
-        """Start an aiokafka client (stopped again if that fails), raising the error aiokafka's
-        bootstrap only logged (a refused login, a failed TLS handshake) for the map to word."""
+        """Start an aiokafka client; raise the error its bootstrap only logged (a refused login)."""
         swallowed = _Swallowed()
         _BOOTSTRAP_LOG.filters.insert(0, swallowed)  # before core's filters, which may drop it
         try:
@@ -54,9 +54,7 @@ class KafkaClient:
         except BaseException as exc:
             await close_quietly([_stop(client)], _CLOSE_TIMEOUT, log, "kafka")
             cause, tls = swallowed.error, self.settings.security_protocol.endswith("SSL")
-            telling = (KafkaError, KeyError, ValueError, ssl.SSLError) + (
-                (asyncio.TimeoutError,) if tls else ()
-            )
+            telling = (*_TELLING, asyncio.TimeoutError) if tls else _TELLING  # TLS may hang
             if isinstance(exc, KafkaConnectionError) and isinstance(cause, telling):
                 raise cause from exc
             raise
@@ -66,8 +64,7 @@ class KafkaClient:
         return client
 
     async def consumer(self, group: str, keys: Sequence[str], listener: Any) -> Any:
-        """A started consumer of `group` on `keys`; with ABE_KAFKA_GROUP_INSTANCE_ID, a static
-        member name of its own in this process (`name`, `name-2`, ...), the same after a restart."""
+        """A started consumer of `group`; a static member is `name`, `name-2`, ... in a process."""
         base = self.settings.group_instance_id
         used = {name for owner, name in self._member_of.values() if owner == group}
         names = (base if n == 1 else f"{base}-{n}" for n in itertools.count(1))
@@ -115,8 +112,7 @@ class KafkaClient:
         self.topics.add(key)
 
     def next_partition(self, key: str, partitions: Collection[int]) -> int:
-        """The partition after the one `key` was given last (a random one at first), so that
-        publish_many calls spread evenly over the partitions and the members reading them."""
+        """The partition after the one `key` had last (at first a random one): an even spread."""
         turn = self._turns[key] = self._turns.get(key, random.randrange(1 << 16)) + 1
         return sorted(partitions)[turn % len(partitions)]
 

@@ -28,8 +28,7 @@ _ERROR_CODE = re.compile(r"^(\w+): \[Error -?\d+\] \1(: )?")
 
 
 def is_scram_rejection(error: BaseException) -> bool:
-    """Whether aiokafka failed in its SCRAM exchange: how it reports refused credentials, as it
-    does not read the broker's `e=` error (KeyError on the missing `v=`, or ValueError)."""
+    """Whether aiokafka's SCRAM exchange failed: a refused login, as it ignores the broker's e=."""
     last = [frame.f_code for frame, _ in walk_tb(error.__traceback__)][-1:]
     return any(c.co_name in _SCRAM_STEPS and c.co_filename.endswith("conn.py") for c in last)
 

@@ -135,8 +135,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def fetch(self, max_messages: int, timeout: float) -> Sequence[IncomingMessage]:
         self._last_active = time.monotonic()
-        consumer = self._consumer
-        if consumer is None:
+        if (consumer := self._consumer) is None:
             if self._closed:
                 raise BackendUnavailableError("kafka: fetch: this receiver is closed")
             async with self._membership:
@@ -164,7 +163,6 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         now, wall, ready = time.monotonic(), time.time() * 1000, self._ready
         for tp, records in batches.items():
             partition = self._partitions.setdefault(tp, _Partition(tp))
-            entries = partition.entries
             for record in records:
                 if partition.position is None:
                     partition.committed = record.offset  # where the group's offset stands
@@ -173,7 +171,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                 partition.position = record.offset + 1
                 entry = _Entry(partition, record.offset)
                 message, not_before = _read(tp, record, entry, now)
-                entries.append(entry)
+                partition.entries.append(entry)
                 if not_before > wall:
                     due = now + (not_before - wall) / 1000
                     heapq.heappush(self._delayed, (due, next(self._order), message))
@@ -197,8 +195,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = time.monotonic()
-        touched = self._settle(message.handle for message in messages)
-        if touched:
+        if touched := self._settle(message.handle for message in messages):
             await self._commit(touched)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
@@ -373,9 +370,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning(
                 f"kafka: group {self._group!r}: this member holds {sum(map(bool, waiting))} "
                 f"partition(s) with {sum(waiting)} message(s) waiting but has received none for "
-                f"{self._starved_after:.0f}s; a broker that needs longer than the fetch wait to "
-                f"read a long partition answers empty: raise ABE_KAFKA_FETCH_MAX_WAIT (now "
-                f"{self._fetch_wait:g}s)"
+                f"{self._starved_after:.0f}s; raise ABE_KAFKA_FETCH_MAX_WAIT (now "
+                f"{self._fetch_wait:g}s): brokers slower to read a long partition answer empty"
             )
 
     async def _expire(self) -> None:

@@ -16,8 +16,6 @@ from abe.provider import BackendSettings, Secret, setting
 
 __all__ = ["KafkaSettings"]
 
-PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _RECORD_OVERHEAD = 64 * 1024  # room above the largest body for headers and batch framing
@@ -60,13 +58,13 @@ class KafkaSettings(BackendSettings):
         "KAFKA_SECURITY_PROTOCOL",
         "PLAINTEXT",
         "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
-        choices=PROTOCOLS,
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     )
     sasl_mechanism: str = setting(
         "KAFKA_SASL_MECHANISM",
         "PLAIN",
         "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a SASL_* security protocol).",
-        choices=MECHANISMS,
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     )
     sasl_username: str | None = setting(
         "KAFKA_SASL_USERNAME", None, "SASL user name (SASL_* protocols)."
@@ -209,8 +207,7 @@ class KafkaSettings(BackendSettings):
             elif not sasl and getattr(self, name) is not None:
                 yield name, f"{unused}; set it to SASL_SSL (or SASL_PLAINTEXT) to authenticate"
         for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password"):
-            value = getattr(self, name)
-            if value is not None and not protocol.endswith("SSL"):
+            if getattr(self, name) is not None and not protocol.endswith("SSL"):
                 yield name, f"{unused}; set it to SSL (or SASL_SSL) to use TLS"
         if (self.min_insync_replicas or 0) > self.replication_factor:
             yield "min_insync_replicas", "must be at most ABE_KAFKA_REPLICATION_FACTOR"
@@ -225,7 +222,6 @@ class KafkaSettings(BackendSettings):
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
             "request_timeout_ms": int(self.request_timeout * 1000),
-            "retry_backoff_ms": 100,
             "security_protocol": self.security_protocol,
         }
         if self.security_protocol.endswith("SSL"):
@@ -238,8 +234,7 @@ class KafkaSettings(BackendSettings):
         return options
 
     def ssl_context(self) -> Any:
-        """The TLS context (CA file or system CAs, client pair); a file that does not load is a
-        ConfigurationError naming the variables, never the password."""
+        """The TLS context; a file that does not load is a ConfigurationError naming it."""
         try:
             context = create_ssl_context(
                 cafile=str(self.ssl_cafile) if self.ssl_cafile else None,

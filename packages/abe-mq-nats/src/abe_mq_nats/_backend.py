@@ -29,7 +29,7 @@ from abe.provider import (
     until_stopped,
 )
 from abe_mq_nats._baseline import RawNatsBaseline
-from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, JetStream, NatsReceiver
+from abe_mq_nats._client import DEFAULT_MAX_PAYLOAD, JetStream, NatsReceiver, consumer_name
 from abe_mq_nats._errors import ERRORS
 from abe_mq_nats._settings import NatsSettings
 
@@ -41,6 +41,7 @@ MSG_ID = "Nats-Msg-Id"  # JetStream deduplicates on it: a retried publish is sto
 HEADER_ROOM = 8192  # bytes of max_payload kept for headers (an eighth at most, on small servers)
 MAX_HEADERS = 65535  # the largest header block JetStream stores (err_code 10097 beyond)
 WINDOW = 1000  # most publishes awaiting their acknowledgement at once
+_Message = tuple[bytes, dict[str, str]]  # a body and its NATS headers
 
 
 class NatsBackend(BaseBackend):
@@ -146,7 +147,12 @@ class NatsBackend(BaseBackend):
     async def _delete_group(self, group: str, keys: Sequence[str]) -> None:
         """Delete the durable consumer of `group` on each key's stream; the messages stay."""
         for key in keys:
-            await self._jetstream.delete_consumer(group, key)
+            if stream := await self._jetstream.existing_stream(key):
+                durable = consumer_name(group, key, dedicated=stream.dedicated)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self._jetstream.ask(
+                        None, JetStreamContext.delete_consumer, stream.name, durable
+                    )
 
     async def _close(self) -> None:
         await self._jetstream.close()
@@ -186,11 +192,7 @@ class _Publisher:
         self._counter = 0
 
     async def publish(
-        self,
-        client: NatsClient,
-        subject: str,
-        messages: Sequence[tuple[bytes, dict[str, str]]],
-        deadline: Deadline,
+        self, client: NatsClient, subject: str, messages: Sequence[_Message], deadline: Deadline
     ) -> dict[int, Exception]:
         """Publish `(body, headers)` pairs in order, a window of them awaiting acknowledgements
         at a time; the failures by index (empty: all stored)."""
@@ -203,7 +205,7 @@ class _Publisher:
             end = min(start + WINDOW, len(messages))
             if failed:  # something is wrong (refusals, or no answer): do not send the rest
                 later = BackendUnavailableError("nats: not sent after earlier failures")
-                failed.update({i: failed.get(i, later) for i in range(start, len(messages))})
+                failed.update(dict.fromkeys(range(start, len(messages)), later))
                 break
             sent: dict[str, asyncio.Future[None]] = {}
             try:

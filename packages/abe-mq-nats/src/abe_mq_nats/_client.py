@@ -41,6 +41,7 @@ _LONGEST_WAIT = 5.0  # longest a single-message request waits on the server
 _LATE_STATUS = 1.0  # how late after its expiry a request's 408 may come before it counts as lost
 _MIN_BATCH = 10  # a backlog is pulled in requests of at least this many, when the credit allows
 _ASK_WAIT = 0.5  # the shortest wait for an API answer before asking (or looking) again
+_CHECK = "Check that the server is up and reachable, or raise ABE_MQ_OPERATION_TIMEOUT if slow"
 
 
 class _TlsOnlyClient(NatsClient):
@@ -105,10 +106,8 @@ class JetStream:
         *args: Any,
         **kwargs: Any,
     ) -> T:
-        """A JetStream API request that is safe to repeat, asked again while `deadline` allows when
-        unanswered: a 2.9 cluster may leave one unanswered while it elects a stream's leader, or
-        one of several simultaneous creates of a stream (nats-io/nats-server#3677; a create
-        asked again with the same settings is answered as a lookup)."""
+        """A repeatable JetStream API request, asked again while `deadline` allows if unanswered
+        (a 2.9 cluster electing a leader, or racing creates: nats-io/nats-server#3677)."""
         deadline = deadline or Deadline(self.settings.operation_timeout)
         while True:
             wait = max(_ASK_WAIT, deadline.remaining / 3)
@@ -146,12 +145,8 @@ class JetStream:
         if error is not None and _refusal(error):
             return error
         cause = f"; last error: {type(error).__name__}: {error}" if error is not None else ""
-        unavailable = BackendUnavailableError(
-            self._scrub(
-                f"nats: the connection to {self.where} {what}{cause}. Check that the server is "
-                f"up and reachable, or raise ABE_MQ_OPERATION_TIMEOUT if it is only slow"
-            )
-        )
+        text = f"nats: the connection to {self.where} {what}{cause}. {_CHECK}"
+        unavailable = BackendUnavailableError(self._scrub(text))
         unavailable.__cause__ = error
         return unavailable
 
@@ -196,11 +191,7 @@ class JetStream:
             plain = isinstance(error, nats.errors.SecureConnWantedError)
             if plain and client is self.client and not self._warned_plain:
                 self._warned_plain = True
-                log.warning(
-                    "nats: a server of %s did not offer TLS on reconnection; nothing was sent "
-                    "to it, trying again",
-                    self.where,
-                )
+                log.warning("nats: %s did not offer TLS on reconnection; nothing sent", self.where)
 
         async def on_change() -> None:  # disconnected, reconnected or closed
             if client.is_connected:
@@ -297,13 +288,6 @@ class JetStream:
             f"{names[1]!r} are taken by streams for other subjects"
         )
 
-    async def delete_consumer(self, group: str, key: str) -> None:
-        """Delete the durable consumer of `group` on `key`'s stream, if both exist."""
-        if stream := await self.existing_stream(key):
-            durable = consumer_name(group, key, dedicated=stream.dedicated)
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await self.ask(None, JetStreamContext.delete_consumer, stream.name, durable)
-
     async def consumer_for(self, ref: StreamRef, key: str, group: str, deadline: Deadline) -> str:
         """Create (or update, or adopt) the durable pull consumer of `group` on `key`."""
         durable = consumer_name(group, key, dedicated=ref.dedicated)
@@ -358,12 +342,8 @@ class _Binding:
 
 
 class NatsReceiver(Receiver):
-    """Reads `group` on `keys`, each key with a pull request of its own.
-
-    A request waiting on the server would take messages after `fetch()` returned, holding them
-    back from other members: a consumer that may hold messages gets a `no_wait` request for its
-    share of the credit, an idle one a request for one message that waits a few seconds.
-    """
+    """Reads `group` on `keys` with a pull request per key: `no_wait` batches while a key may hold
+    messages, else one message that waits a few seconds (so none is held from other members)."""
 
     def __init__(self, jetstream: JetStream, group: str, keys: Sequence[str]) -> None:
         self._jetstream, self._group = jetstream, group
@@ -380,7 +360,6 @@ class NatsReceiver(Receiver):
         settings = jetstream.settings
         self._longest_wait = max(0.05, min(settings.redelivery_timeout / 2, _LONGEST_WAIT))
         self._answer_grace = max(1.0, min(settings.operation_timeout, 5.0))
-        self._random = random.Random()
 
     async def setup(self, deadline: Deadline) -> None:
         """Find (or re-create) the stream and consumer of each key that may lack them."""
@@ -419,9 +398,8 @@ class NatsReceiver(Receiver):
         await self._settle(messages, b"+ACK")
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
-        await self._settle(
-            [message], b'-NAK {"delay":%d}' % int(delay * 1e9) if delay > 0 else _NAK
-        )
+        later = b'-NAK {"delay":%d}' % int(delay * 1e9)
+        await self._settle([message], later if delay > 0 else _NAK)
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         await self._settle(messages, b"+WPI")
@@ -465,8 +443,8 @@ class NatsReceiver(Receiver):
     async def _request(self, max_messages: int, now: float) -> None:
         """Send pull requests for the credit left: keys with a backlog share it in batches of
         `_MIN_BATCH` or more, keys without one get one message each from half of it at most."""
-        open_ = [binding for binding in self._bindings if binding.token is not None]
-        budget = max_messages - len(self._buffer) - sum(binding.remaining for binding in open_)
+        held = sum(binding.remaining for binding in self._bindings if binding.token is not None)
+        budget = max_messages - len(self._buffer) - held
         idle = [b for b in self._bindings if b.token is None and not b.needs_setup]
         if budget <= 0 or not idle:
             return
@@ -488,7 +466,7 @@ class NatsReceiver(Receiver):
             else:
                 # Random length: nats-server 2.9 loses a redelivery falling due as a waiting
                 # request expires, so expiries must not fall into step with redeliveries.
-                wait = self._longest_wait * self._random.uniform(0.5, 1.0)
+                wait = self._longest_wait * random.uniform(0.5, 1.0)
                 batch, request = 1, b'{"batch":1,"expires":%d}' % int(wait * 1e9)
                 lost_at = now + wait + _LATE_STATUS
             self._counter += 1
@@ -503,8 +481,8 @@ class NatsReceiver(Receiver):
         if msg.reply:
             await self._on_delivery(msg, msg.reply)
             return
-        head, token = msg.subject.rsplit(".", 1)
-        binding = self._bindings[int(head.rsplit(".", 1)[1])]
+        _, index, token = msg.subject.rsplit(".", 2)
+        binding = self._bindings[int(index)]
         headers = msg.headers or _EMPTY
         status = headers.get("Status")
         if token != binding.token or status == "100":  # an old request, or an idle heartbeat

@@ -23,6 +23,8 @@ _NOT_PLAIN = "must not carry credentials or ?options (scheme://host:port); pass 
 _NOT_PLAIN += "and password="
 _STREAM_RULE = "no spaces, '.', '*', '>', '/' or '\\'"
 _IDS = "JetStream keeps message ids only as long as the messages"
+_WORK_QUEUE = "must be limits or interest: a work-queue stream allows one group per subject, and "
+_WORK_QUEUE += "abe groups fan out"
 
 
 class _Servers(tuple[str, ...]):
@@ -52,11 +54,9 @@ def _servers(text: str) -> tuple[str, ...]:
     if not found:
         return tuple(servers)
     result, (name, password) = _Servers(servers), found.pop()
-    result.credentials = (  # nats://token@host or nats://user:password@host
-        {"token": Secret(name)}
-        if password is None
-        else {"user": name, "password": Secret(unquote(password))}
-    )
+    result.credentials = {"token": Secret(name)}  # nats://token@host
+    if password is not None:  # nats://user:password@host
+        result.credentials = {"user": name, "password": Secret(unquote(password))}
     return result
 
 
@@ -72,10 +72,7 @@ def _seed(text: str) -> Secret | Path:
 def _retention(text: str) -> str:
     """The retention, lower-cased (`choices` refuses others), or why not a work queue."""
     if text.lower() == "workqueue":
-        raise ValueError(
-            "must be limits or interest: a work-queue stream allows one group per subject, and "
-            "abe groups fan out"
-        )
+        raise ValueError(_WORK_QUEUE)
     return text.lower()
 
 
