@@ -100,6 +100,12 @@ def test_secrets_are_scrubbed_from_the_clients_text() -> None:
     assert "hunter22" not in str(translated)
 
 
+def test_tidy_rewords_the_clients_text_before_it_is_scrubbed() -> None:
+    tidied = ErrorMap("example", {ClientError: unavailable("")}, tidy=lambda t: t.upper())
+    translated = tidied.translate(Busy("key s3cret busy"), scrub=lambda t: t.replace("S3CRET", "*"))
+    assert str(translated) == "example: BUSY: KEY * BUSY"
+
+
 def test_the_coverage_check_names_what_is_missing() -> None:
     module = types.ModuleType("fake_client")
     sys.modules["fake_client"] = module

@@ -94,6 +94,11 @@ def test_an_unknown_error_names_the_idempotence_setting_only_when_it_is_on() -> 
     assert "IDEMPOTENT" not in str(BACKEND._translate_error(kafka_errors.UnknownError()))
 
 
+def test_aiokafka_error_codes_are_said_once() -> None:
+    error = kafka_errors.UnknownTopicOrPartitionError("no such topic")
+    assert "[Error" not in str(BACKEND._translate_error(error))
+
+
 @pytest.mark.asyncio
 async def test_backend_translates_with_its_brokers_and_no_secret() -> None:
     backend = KafkaBackend(
@@ -110,4 +115,10 @@ async def test_backend_translates_with_its_brokers_and_no_secret() -> None:
     assert isinstance(translated, AuthenticationError)
     assert "a:1,b:2" in str(translated)
     assert "hunter2" not in str(translated) + repr(backend)
+    # the cause prints in tracebacks: scrubbed in place, down its whole chain
+    assert "hunter2" not in repr(translated.__cause__)
+    chained = kafka_errors.KafkaConnectionError("lost")
+    chained.__cause__ = OSError("login as u with hunter2-hunter2 failed")
+    backend._translate_error(chained)
+    assert "hunter2" not in repr(chained.__cause__)
     await backend.close()

@@ -22,7 +22,7 @@ from abe.provider import (
 )
 from abe_mq_kafka._baseline import RawKafkaBaseline
 from abe_mq_kafka._client import KafkaClient
-from abe_mq_kafka._errors import ERRORS, no_tls, tidy
+from abe_mq_kafka._errors import ERRORS, no_tls
 from abe_mq_kafka._receiver import KafkaReceiver
 from abe_mq_kafka._settings import KafkaSettings
 
@@ -77,10 +77,6 @@ class KafkaBackend(BaseBackend):
         self.settings: KafkaSettings = settings
         self.client = KafkaClient(settings)
 
-    @property
-    def max_payload_bytes(self) -> int:
-        return self.settings.max_payload_bytes
-
     def _describe(self) -> str:
         return f"bootstrap={','.join(self.settings.bootstrap_servers)}"
 
@@ -88,10 +84,7 @@ class KafkaBackend(BaseBackend):
         hung = isinstance(error, asyncio.TimeoutError) and not self.client.connected
         if hung and self.settings.security_protocol.endswith("SSL"):  # as a plaintext listener
             return BackendUnavailableError(f"kafka ({self._describe()}): {no_tls(self.settings)}")
-        scrub = self.secret_filter.scrub
-        return ERRORS.translate(
-            error, self._describe(), scrub=lambda text: scrub(tidy(text)), settings=self.settings
-        )
+        return super()._translate_error(error)
 
     def raw_baseline(self) -> RawKafkaBaseline:
         return RawKafkaBaseline(self.settings)

@@ -21,7 +21,7 @@ from abe.provider import (
     unavailable,
 )
 
-__all__ = ["ERRORS", "is_scram_rejection", "no_tls", "tidy"]
+__all__ = ["ERRORS", "is_scram_rejection", "no_tls"]
 
 _SCRAM_STEPS = frozenset({"process_server_first_message", "process_server_final_message"})
 _ERROR_CODE = re.compile(r"^(\w+): \[Error -?\d+\] \1(: )?")
@@ -131,5 +131,6 @@ ERRORS = ErrorMap(
         E.KafkaError: unavailable("check that the brokers in KAFKA_BOOTSTRAP_SERVERS are up"),
         E.ConsumerStoppedError: unavailable("the consumer stopped; it restarts on the next read"),
     },
+    tidy=tidy,
 )
 """What each aiokafka exception becomes (asyncio.TimeoutError is core's to word)."""

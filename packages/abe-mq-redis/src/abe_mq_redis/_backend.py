@@ -63,10 +63,6 @@ class RedisBackend(BaseBackend):
         self._trim = ("MAXLEN", "~", settings.maxlen) if settings.maxlen else ()
         self._wait = ("WAIT", settings.wait_replicas, round(settings.operation_timeout * 500))
 
-    @property
-    def max_payload_bytes(self) -> int:
-        return self.settings.max_payload_bytes
-
     def _xadd(self, key: str, message: OutgoingMessage) -> Command:
         """XADD <key> [MAXLEN ~ n] * data <body> <header> <value> ..."""
         headers = (text for header in message.headers.items() for text in header)

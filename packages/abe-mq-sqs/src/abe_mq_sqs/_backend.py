@@ -65,10 +65,6 @@ class SqsBackend(BaseBackend):
         protect = functools.partial(self.secret_filter.install, *self.client_loggers)
         self._sqs = SqsClient(settings, self._describe(), protect)
 
-    @property
-    def max_payload_bytes(self) -> int:
-        return self.settings.max_payload_bytes
-
     def raw_baseline(self) -> RawBaseline:
         return RawSqsBaseline(self.settings)
 

@@ -403,8 +403,10 @@ class BaseBackend(abc.ABC):
 
     @property
     def max_payload_bytes(self) -> int:
-        """The largest JSON body `publish` accepts."""
-        return self.capabilities.max_payload_bytes
+        """The largest JSON body `publish` accepts: the settings' `max_payload_bytes` when
+        they declare one (a provider's limit variable), else the capabilities' figure."""
+        limit = getattr(self.settings, "max_payload_bytes", None)
+        return limit if isinstance(limit, int) else self.capabilities.max_payload_bytes
 
     @property
     def redelivery_timeout(self) -> float:

@@ -136,8 +136,11 @@ class ErrorMap:
         self,
         backend: str,
         rules: Mapping[type[BaseException], ErrorRule | Sequence[ErrorRule]],
+        *,
+        tidy: Callable[[str], str] = str,
     ) -> None:
         self.backend = backend
+        self.tidy = tidy  # the client's wording made readable, before secrets are scrubbed
         self._rules = {
             klass: (entry,) if isinstance(entry, ErrorRule) else tuple(entry)
             for klass, entry in rules.items()
@@ -179,7 +182,7 @@ class ErrorMap:
         rule = self.rule_for(error, settings)
         if rule is None or rule.error is None:
             return error
-        text = scrub(describe(error))
+        text = scrub(self.tidy(describe(error)))
         place = f" ({where})" if where else ""
         said = rule.hint_for(settings)
         if rule.error is ConfigurationError:

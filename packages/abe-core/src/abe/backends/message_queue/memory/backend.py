@@ -83,10 +83,6 @@ class MemoryBackend(BaseBackend):
         settings = MemorySettings.from_env()
         return cls(settings, broker=MemoryBroker.named(settings.broker))
 
-    @property
-    def max_payload_bytes(self) -> int:
-        return self.settings.max_payload_bytes
-
     async def _send(self, key: str, messages: Sequence[OutgoingMessage]) -> None:
         self.broker.append(key, messages)
 
