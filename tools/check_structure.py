@@ -25,7 +25,7 @@ ALLOWED_CORE = ("abe.provider", "abe.errors", "abe.types", "abe.settings", "abe.
 BASELINE_ONLY = ("abe.benchmarking", "abe.testing")
 PROVIDER_LIMIT = 1000
 TEMPLATE_LIMIT = 250
-NOT_YET_SMALL = {"abe_mq_kafka": 1134, "abe_mq_nats": 1127, "abe_mq_redis": 1259}
+NOT_YET_SMALL = {"abe_mq_kafka": 1131, "abe_mq_nats": 1127, "abe_mq_redis": 1258}
 """Providers still over PROVIDER_LIMIT (issue 11 stays open for them): their size today, a
 ceiling that keeps them from growing while they are cut down to the limit."""
 
