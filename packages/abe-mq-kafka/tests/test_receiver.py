@@ -242,6 +242,20 @@ async def test_a_new_record_gets_its_id_and_time_from_its_position_and_timestamp
     assert message.headers["abe-published-at"] == "1764300000123"
 
 
+async def test_a_foreign_records_headers_are_read_whatever_their_bytes() -> None:
+    receiver, consumer, _ = await make()
+    odd = (("latin", b"caf\xe9"), ("none", None), ("empty", b""))
+    consumer.batches.append({TP0: [Record(0, headers=odd), Record(1, headers=None)]})  # type: ignore[arg-type]
+    first, second = await fetch(receiver)
+    assert {n: first.headers[n] for n in ("latin", "none", "empty")} == {
+        "latin": "caf\ufffd",
+        "none": "",
+        "empty": "",
+    }
+    assert second.headers["abe-id"] == "orders:0:1"
+    await receiver.close()
+
+
 async def test_core_gathers_acks_for_the_commit_interval() -> None:
     settings = KafkaSettings(commit_interval=0.25)
     receiver = KafkaReceiver(FakeClient(settings), "group", ("orders",))  # type: ignore[arg-type]

@@ -327,7 +327,7 @@ class SqsReceiver(Receiver):
     While it holds a FIFO key's messages (SQS sends no more meanwhile) it polls briefly."""
 
     ack_batch_size: ClassVar[int] = BATCH_ENTRIES  # DeleteMessageBatch takes 10 handles
-    ack_linger: ClassVar[float] = 0.005  # SQS charges per request: one delete per batch read
+    ack_linger = 0.005  # SQS charges per request: one delete per batch read
 
     def keeps_order(self, key: str) -> bool:
         return is_fifo(key)

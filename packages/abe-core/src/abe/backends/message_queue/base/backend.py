@@ -283,11 +283,12 @@ class BaseBackend(abc.ABC):
             return
         messages = []
         published_at = str(int(time.time() * 1000))
+        limit = self.max_payload_bytes  # read once: the loop runs per message
         for index, (payload, message_id) in enumerate(
             zip(publication.payloads, publication.message_ids, strict=True)
         ):
             try:
-                messages.append(self._prepare(payload, checked, message_id, published_at))
+                messages.append(self._prepare(payload, checked, message_id, published_at, limit))
             except PayloadError as exc:
                 raise PayloadError(f"payloads[{index}]: {exc}; nothing was published") from None
         if messages:
@@ -500,9 +501,10 @@ class BaseBackend(abc.ABC):
         headers: dict[str, str] | None,
         message_id: str,
         published_at: str | None = None,
+        limit: int | None = None,
     ) -> OutgoingMessage:
         """The encoded message for `payload`; `headers` were checked by `_check_headers`."""
-        body = encode_payload(payload, self.max_payload_bytes)
+        body = encode_payload(payload, self.max_payload_bytes if limit is None else limit)
         wire = {
             HEADER_ID: message_id,
             HEADER_PUBLISHED_AT: published_at or str(int(time.time() * 1000)),

@@ -22,12 +22,12 @@ class Receiver(abc.ABC):
 
     ack_batch_size: ClassVar[int] = 500
     """Most messages core hands to one `ack()` call (the broker's batch limit, if it has one)."""
-    ack_linger: ClassVar[float] = 0.0
+    ack_linger: float = 0.0
     """Seconds core waits for more acks before calling `ack()` with fewer than a full batch.
 
     0 acknowledges as soon as nothing else is on the wire (lowest latency); a few
     milliseconds suit brokers that charge per request, so one received batch is
-    acknowledged in one call.
+    acknowledged in one call. A receiver may set its own in `__init__` (from settings).
     """
 
     @abc.abstractmethod
