@@ -191,7 +191,7 @@ class JetStream:
             plain = isinstance(error, nats.errors.SecureConnWantedError)
             if plain and client is self.client and not self._warned_plain:
                 self._warned_plain = True
-                log.warning("nats: %s did not offer TLS on reconnection; nothing sent", self.where)
+                log.warning("nats: %s did not offer TLS on reconnection; retrying", self.where)
 
         async def on_change() -> None:  # disconnected, reconnected or closed
             if client.is_connected:
