@@ -13,6 +13,7 @@ every confirmed record is read back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,13 @@ from abe_brokers.atomic_moto import make_put_object_atomic
 from abe_brokers.probes import botocore_client
 from abe_brokers.procs import free_port
 from abe_brokers.servers import KafkaServer, tansu_binary
-from abe_brokers.tansu_fault import confirmed_overlaps, watch_confirmations
+from abe_brokers.tansu_fault import (
+    TANSU_FAULT_SIGNS,
+    confirmed_overlaps,
+    forgotten_members,
+    watch_confirmations,
+    watch_members,
+)
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from moto.s3.models import S3Backend
@@ -149,3 +156,23 @@ async def test_on_atomic_moto_every_confirmed_record_is_read(tansu_on_slow_moto:
         offsets = [o for o in confirmed.values() if isinstance(o, int)]
         assert len(offsets) == len(set(offsets)), confirmed
     assert confirmed_overlaps() == []
+
+
+async def test_the_coordinator_forgetting_a_member_is_a_sign_while_watched() -> None:
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    stop = watch_members()
+    try:
+        coordinator.debug("Received successful heartbeat response for group g")
+        assert forgotten_members() == []
+        # as aiokafka words the two answers (a heartbeat's, at DEBUG in some versions)
+        coordinator.debug("Heartbeat failed: local member_id was not recognized; resetting")
+        coordinator.debug(
+            "OffsetCommit failed for group g due to group error (UnknownMemberIdError)"
+        )
+    finally:
+        stop()
+    coordinator.debug("Heartbeat failed: local member_id was not recognized; resetting")
+    [sign] = forgotten_members()
+    assert "answered 2 request(s)" in sign
+    assert any(mark in sign for mark in TANSU_FAULT_SIGNS)
+    assert coordinator.level == logging.NOTSET  # as it was

@@ -18,6 +18,16 @@ test that fails after two confirmed batches overlapped fails with ``TansuFault``
 its own error chained to it, and runs again; one that fails without such an overlap
 fails as it is.
 
+A third sign is the group coordinator forgetting live members. On the three brokers
+sharing one bucket, a member leaving the group (abe's receiver leaves when nobody reads)
+was followed at once by UnknownMemberId answers to the other members' heartbeats and
+commits, though they had heartbeated a moment before; each then rejoined under a new id,
+and the group rebalanced for the rest of the test (40 generations in 65 s) while no
+member kept its partitions long enough to read them. A Kafka broker answers a member it
+knows with RebalanceInProgress; it forgets one only after its session timeout without a
+heartbeat. So while a marked test runs, aiokafka's group coordinator log is watched for
+those answers.
+
 The same holds for a partition Tansu cannot serve to its end: its log end offset says
 records are there, and fetches at a position before it answer empty however long one
 waits (the cluster's contract suite: a member "holds 1 partition(s) with 1 message(s)
@@ -30,10 +40,11 @@ from its start by a plain aiokafka consumer; one that makes no progress for
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sys
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +55,68 @@ __all__ = [
     "TansuFault",
     "unreadable_partitions",
     "confirmed_overlaps",
+    "forgotten_members",
     "pytest_runtest_call",
     "rerun_on_tansu_fault",
     "watch_confirmations",
+    "watch_members",
 ]
 
 TANSU_FAULT_SIGNS = [
     "for two different messages",  # one offset confirmed for two messages (crash verdict, here)
     "UnknownError",  # the losing produce request, as aiokafka reports Tansu's AlreadyExists
     "cannot be read past offset",  # a partition Tansu does not serve to its end
+    "as from an unknown member",  # the coordinator forgot live members (UnknownMemberId)
 ]
 _PATIENCE = 5.0  # seconds without progress before a partition counts as unreadable
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class TansuFault(AssertionError):
-    """A test failed after the broker confirmed one offset for two produce requests, or
-    with a partition it does not serve to its end."""
+    """A test failed after the broker confirmed one offset for two produce requests, with a
+    partition it does not serve to its end, or after it forgot live members of a group."""
 
 
 _confirmed: dict[tuple[str, int], list[tuple[int, int]]] = {}
 _overlaps: list[str] = []
+_forgotten: list[str] = []
+_UNKNOWN_MEMBER = ("member_id was not recognized", "UnknownMemberIdError")
+_COORDINATOR_LOG = "aiokafka.consumer.group_coordinator"
+
+
+class _ForgottenMembers(logging.Handler):
+    """Notes each answer of the group coordinator that took a member of this process for
+    an unknown one (aiokafka logs them, some at DEBUG only)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(mark in text for mark in _UNKNOWN_MEMBER):
+            _forgotten.append(text.splitlines()[0][:200])
+
+
+def watch_members() -> Callable[[], None]:
+    """From now on note the coordinator's UnknownMemberId answers; the call that stops it."""
+    _forgotten.clear()
+    logger, handler = logging.getLogger(_COORDINATOR_LOG), _ForgottenMembers(logging.DEBUG)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)  # pytest's own handlers keep their levels
+    logger.addHandler(handler)
+
+    def stop() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return stop
+
+
+def forgotten_members() -> list[str]:
+    """The sign, if the coordinator answered members of this process as unknown ones."""
+    if not _forgotten:
+        return []
+    return [
+        f"Tansu's group coordinator answered {len(_forgotten)} request(s) of this process's "
+        f"members as from an unknown member, e.g. {_forgotten[0]!r}"
+    ]
 
 
 def confirmed_overlaps() -> list[str]:
@@ -159,7 +211,7 @@ def _errors_since(ends: dict[Path, int], most: int = 20) -> list[str]:
 
 def _diagnose(broker: Any) -> list[str]:
     """The signs of Tansu's faults since the test began (see the module's docstring)."""
-    signs = list(_overlaps)
+    signs = [*_overlaps, *forgotten_members()]
     if broker is not None and _confirmed:
         try:
             signs += asyncio.run(unreadable_partitions(broker.bootstrap, sorted(_confirmed)))
@@ -175,6 +227,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if marker is None or marker.kwargs.get("only_rerun") is not TANSU_FAULT_SIGNS:
         return (yield)
     watch_confirmations()
+    stop_watching = watch_members()
     broker = _broker_of(item)
     ends = _log_ends(broker) if broker is not None else {}
     try:
@@ -189,6 +242,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             if errors:
                 exc.add_note("\n".join(["Tansu's errors meanwhile:", *errors]))
         raise
+    finally:
+        stop_watching()
 
 
 rerun_on_tansu_fault = pytest.mark.flaky(reruns=2, only_rerun=TANSU_FAULT_SIGNS)
