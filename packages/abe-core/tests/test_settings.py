@@ -10,7 +10,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, setting
+from abe.backends.message_queue.base.settings import (
+    BackendSettings,
+    SettingsError,
+    setting,
+    split_url_credentials,
+)
 from abe.errors import ConfigurationError
 from abe.settings import (
     COMMON_VARIABLES,
@@ -834,3 +839,23 @@ def test_a_url_setting_shows_without_its_credentials_and_counts_them_as_secrets(
         assert "host:1" in shown
     assert set(settings.secrets()) == {"user", "pa55w0rd", "t0k3n"}
     assert "pa55w0rd" not in repr(WithUrl(url="ex://:pa55w0rd@h"))  # built in code too
+
+
+@pytest.mark.parametrize(
+    ("url", "split"),
+    [
+        ("redis://h:6379/0", ("redis://h:6379/0", None, None)),
+        ("redis://alice:pw@h:6379/0", ("redis://h:6379/0", "alice", "pw")),
+        ("redis://a%40b:p%40ss%3Aw%2Frd@h/1?x=1", ("redis://h/1?x=1", "a@b", "p@ss:w/rd")),
+        ("redis://:pw@h", ("redis://h", "", "pw")),  # a password alone
+        ("nats://t0ken@h:4222", ("nats://h:4222", "t0ken", None)),  # no ':': no password
+        ("nats://user:@h", ("nats://h", "user", "")),  # an empty password is written
+        ("redis://@h", ("redis://h", "", None)),
+        ("redis://u:p@s@h", ("redis://h", "u", "p@s")),  # the last '@' ends the user-info
+        ("unix://:hunter2@/run/redis.sock?db=2", ("unix:///run/redis.sock?db=2", "", "hunter2")),
+    ],
+)
+def test_split_url_credentials_takes_the_user_info_out_decoded(
+    url: str, split: tuple[str, str | None, str | None]
+) -> None:
+    assert split_url_credentials(url) == split

@@ -53,7 +53,13 @@ from abe.backends.message_queue.base.keys import DEAD_LETTER_SUFFIX, KeyRules, d
 from abe.backends.message_queue.base.lazy_client import LazyClient
 from abe.backends.message_queue.base.once import OncePerKey
 from abe.backends.message_queue.base.receiver import Receiver
-from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, Url, setting
+from abe.backends.message_queue.base.settings import (
+    BackendSettings,
+    SettingsError,
+    Url,
+    setting,
+    split_url_credentials,
+)
 from abe.redaction import SecretFilter, redact_url, url_secrets
 from abe.settings import Secret
 
@@ -104,6 +110,7 @@ __all__ = [
     "redact_url",
     "setting",
     "settle",
+    "split_url_credentials",
     "unavailable",
     "until_stopped",
     "wait_event",
