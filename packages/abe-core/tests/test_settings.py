@@ -859,3 +859,28 @@ def test_split_url_credentials_takes_the_user_info_out_decoded(
     url: str, split: tuple[str, str | None, str | None]
 ) -> None:
     assert split_url_credentials(url) == split
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Credentials(BackendSettings):
+    url: str = setting("EX_URL", "ex://localhost", "Where; credentials in it move out.")
+    user: str | None = setting("EX_USER", None, "User; overrides one in EX_URL.")
+    password: Secret | None = setting("EX_PASSWORD", None, "Password.", secret=True)
+
+    def __post_init__(self) -> None:
+        clean, user, password = split_url_credentials(self.url)
+        object.__setattr__(self, "url", clean)
+        self.fill_unset(user=user, password=Secret(password) if password else None)
+        super().__post_init__()
+
+
+def test_credentials_from_a_url_fill_only_the_fields_left_unset() -> None:
+    moved = _Credentials.from_env({"EX_URL": "ex://alice:pw@h"})
+    assert (moved.url, moved.user, moved.password) == ("ex://h", "alice", Secret("pw"))
+    given = {"EX_URL": "ex://alice:pw@h", "EX_USER": "bob", "EX_PASSWORD": "own"}
+    kept = _Credentials.from_env(given)
+    assert (kept.url, kept.user, kept.password) == ("ex://h", "bob", Secret("own"))
+    partly = _Credentials(url="ex://carol@h", password=Secret("own"))  # hand-built too
+    assert (partly.url, partly.user, partly.password) == ("ex://h", "carol", Secret("own"))
+    none = _Credentials(url="ex://h")
+    assert (none.user, none.password) == (None, None)

@@ -183,6 +183,13 @@ class BackendSettings:
         """Cross-field rules: yield (field name, what is wrong) for each one broken."""
         return iter(())
 
+    def fill_unset(self, **values: Any) -> None:
+        """Give each named field that is None its value here (None values are skipped): for
+        `__post_init__`, where credentials found in a URL yield to those set on their own."""
+        for name, value in values.items():
+            if getattr(self, name) is None and value is not None:
+                object.__setattr__(self, name, value)
+
     @classmethod
     def declared(cls) -> Iterator[tuple[Field[Any], Setting]]:
         """Every field made with `setting()`, the provider's own first, then the common ones."""
