@@ -195,9 +195,7 @@ class NatsSettings(BackendSettings):
             object.__setattr__(self, "nkey_seed", None)
         if isinstance(self.servers, _Servers):  # NATS_URL carried credentials
             given = (self.token, self.user, self.password) != (None, None, None)
-            for name, value in self.servers.credentials.items():
-                if getattr(self, name) is None:
-                    object.__setattr__(self, name, value)
+            self.fill_unset(**self.servers.credentials)
             if not given:  # else check() reports the clash
                 object.__setattr__(self, "servers", tuple(self.servers))
         if self.max_age and self.duplicate_window is _WINDOW:

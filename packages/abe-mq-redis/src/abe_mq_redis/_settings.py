@@ -117,10 +117,7 @@ class RedisSettings(BackendSettings):
         if url_problem(self.url) is None:  # a bad URL stays as given, for check() to name
             clean, user, password = split_url_credentials(self.url)
             object.__setattr__(self, "url", clean)
-            if self.username is None:
-                object.__setattr__(self, "username", user or None)
-            if self.password is None and password:
-                object.__setattr__(self, "password", Secret(password))
+            self.fill_unset(username=user or None, password=Secret(password) if password else None)
         super().__post_init__()
 
     def check(self) -> Iterator[tuple[str, str]]:
