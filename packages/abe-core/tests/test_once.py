@@ -13,12 +13,14 @@ from abe.provider import OncePerKey
 class Maker:
     """Makes `key-<n>` for the n-th run of a key, when `release` is set; may fail first."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, *, released: bool = False) -> None:
         self.runs: list[str] = []
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.ended = asyncio.Event()
         self.failures = failures
+        if released:
+            self.release.set()
 
     async def __call__(self, key: str) -> str:
         self.runs.append(key)
@@ -30,6 +32,13 @@ class Maker:
             return f"{key}-{len(self.runs)}"
         finally:
             self.ended.set()
+
+
+async def cancel(waiter: asyncio.Future[str]) -> None:
+    """Cancel a waiter and see it end."""
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
 
 
 @pytest.mark.asyncio
@@ -49,8 +58,7 @@ async def test_one_run_however_many_wait_then_the_value_is_remembered() -> None:
 
 @pytest.mark.asyncio
 async def test_keys_run_apart() -> None:
-    maker = Maker()
-    maker.release.set()
+    maker = Maker(released=True)
     once: OncePerKey[str, str] = OncePerKey(maker)
     assert await asyncio.gather(once.get("a"), once.get("b")) == ["a-1", "b-2"]
 
@@ -76,9 +84,7 @@ async def test_a_cancelled_waiter_leaves_the_run_to_the_others() -> None:
     cancelled = asyncio.ensure_future(once.get("orders"))
     other = asyncio.ensure_future(once.get("orders"))
     await maker.started.wait()
-    cancelled.cancel()
-    await asyncio.gather(cancelled, return_exceptions=True)
-    assert cancelled.cancelled()
+    await cancel(cancelled)
     maker.release.set()
     assert await other == "orders-1"
     assert maker.runs == ["orders"]
@@ -90,8 +96,7 @@ async def test_a_run_every_waiter_left_still_ends_and_is_remembered() -> None:
     once: OncePerKey[str, str] = OncePerKey(maker)
     waiter = asyncio.ensure_future(once.get("orders"))
     await maker.started.wait()
-    waiter.cancel()
-    await asyncio.gather(waiter, return_exceptions=True)
+    await cancel(waiter)
     maker.release.set()
     assert await once.get("orders") == "orders-1"  # joins the run still in flight
     assert maker.runs == ["orders"]
@@ -105,8 +110,7 @@ async def test_a_failure_nobody_awaited_is_not_reported_as_lost() -> None:
     once: OncePerKey[str, str] = OncePerKey(maker)
     waiter = asyncio.ensure_future(once.get("orders"))
     await maker.started.wait()
-    waiter.cancel()
-    await asyncio.gather(waiter, return_exceptions=True)
+    await cancel(waiter)
     maker.release.set()
     await maker.ended.wait()
     await asyncio.sleep(0)  # the run's done callbacks are called one turn after it ends
@@ -117,8 +121,7 @@ async def test_a_failure_nobody_awaited_is_not_reported_as_lost() -> None:
 
 @pytest.mark.asyncio
 async def test_forget_drops_a_key_and_only_the_stale_value_when_given() -> None:
-    maker = Maker()
-    maker.release.set()
+    maker = Maker(released=True)
     once: OncePerKey[str, str] = OncePerKey(maker)
     await once.get("orders")
     once.forget("orders", "orders-0")  # not the value it has: kept
@@ -133,8 +136,7 @@ async def test_forget_drops_a_key_and_only_the_stale_value_when_given() -> None:
 
 @pytest.mark.asyncio
 async def test_remember_and_clear() -> None:
-    maker = Maker()
-    maker.release.set()
+    maker = Maker(released=True)
     once: OncePerKey[str, str] = OncePerKey(maker)
     once.remember("orders", "known")
     assert await once.get("orders") == "known"
