@@ -10,7 +10,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, setting
+from abe.backends.message_queue.base.settings import (
+    BackendSettings,
+    SettingsError,
+    setting,
+    split_url_credentials,
+)
 from abe.errors import ConfigurationError
 from abe.settings import (
     COMMON_VARIABLES,
@@ -834,3 +839,48 @@ def test_a_url_setting_shows_without_its_credentials_and_counts_them_as_secrets(
         assert "host:1" in shown
     assert set(settings.secrets()) == {"user", "pa55w0rd", "t0k3n"}
     assert "pa55w0rd" not in repr(WithUrl(url="ex://:pa55w0rd@h"))  # built in code too
+
+
+@pytest.mark.parametrize(
+    ("url", "split"),
+    [
+        ("redis://h:6379/0", ("redis://h:6379/0", None, None)),
+        ("redis://alice:pw@h:6379/0", ("redis://h:6379/0", "alice", "pw")),
+        ("redis://a%40b:p%40ss%3Aw%2Frd@h/1?x=1", ("redis://h/1?x=1", "a@b", "p@ss:w/rd")),
+        ("redis://:pw@h", ("redis://h", "", "pw")),  # a password alone
+        ("nats://t0ken@h:4222", ("nats://h:4222", "t0ken", None)),  # no ':': no password
+        ("nats://user:@h", ("nats://h", "user", "")),  # an empty password is written
+        ("redis://@h", ("redis://h", "", None)),
+        ("redis://u:p@s@h", ("redis://h", "u", "p@s")),  # the last '@' ends the user-info
+        ("unix://:hunter2@/run/redis.sock?db=2", ("unix:///run/redis.sock?db=2", "", "hunter2")),
+    ],
+)
+def test_split_url_credentials_takes_the_user_info_out_decoded(
+    url: str, split: tuple[str, str | None, str | None]
+) -> None:
+    assert split_url_credentials(url) == split
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Credentials(BackendSettings):
+    url: str = setting("EX_URL", "ex://localhost", "Where; credentials in it move out.")
+    user: str | None = setting("EX_USER", None, "User; overrides one in EX_URL.")
+    password: Secret | None = setting("EX_PASSWORD", None, "Password.", secret=True)
+
+    def __post_init__(self) -> None:
+        clean, user, password = split_url_credentials(self.url)
+        object.__setattr__(self, "url", clean)
+        self.fill_unset(user=user, password=Secret(password) if password else None)
+        super().__post_init__()
+
+
+def test_credentials_from_a_url_fill_only_the_fields_left_unset() -> None:
+    moved = _Credentials.from_env({"EX_URL": "ex://alice:pw@h"})
+    assert (moved.url, moved.user, moved.password) == ("ex://h", "alice", Secret("pw"))
+    given = {"EX_URL": "ex://alice:pw@h", "EX_USER": "bob", "EX_PASSWORD": "own"}
+    kept = _Credentials.from_env(given)
+    assert (kept.url, kept.user, kept.password) == ("ex://h", "bob", Secret("own"))
+    partly = _Credentials(url="ex://carol@h", password=Secret("own"))  # hand-built too
+    assert (partly.url, partly.user, partly.password) == ("ex://h", "carol", Secret("own"))
+    none = _Credentials(url="ex://h")
+    assert (none.user, none.password) == (None, None)

@@ -62,7 +62,7 @@ class BatchingProducer:
 def backend_with(producer: object, *, timeout: float = 10.0) -> KafkaBackend:
     backend = KafkaBackend(KafkaSettings(operation_timeout=timeout))
     backend.client.producer._client = producer  # as if connected
-    backend.client.topics.add("orders")
+    backend.client.topics.remember("orders", None)
     return backend
 
 

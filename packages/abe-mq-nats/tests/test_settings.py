@@ -71,6 +71,11 @@ def test_user_and_password_in_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "pa55" not in repr(settings)
 
 
+def test_credentials_written_two_ways_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://abe:p%40ss@h1:4222,nats://abe:p@ss@h2:4222")
+    assert NatsSettings.from_env().password == Secret("p@ss")  # compared decoded
+
+
 def test_variables_for_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NATS_USER", "abe")
     monkeypatch.setenv("NATS_PASSWORD", "pa55")

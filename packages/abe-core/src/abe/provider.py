@@ -5,8 +5,9 @@
 A provider subclasses `BaseBackend` (publishing, validation, ack-on-next, retries and
 dead letters are core's), declares its settings with `setting()` on a `BackendSettings`
 dataclass, maps its client library's exceptions in an `ErrorMap`, reads with a
-`Receiver`, shares one `LazyClient` between backend and receivers, and waits with the
-helpers of `deadlines` (never `asyncio.wait_for`). Applications import `abe` instead.
+`Receiver`, shares one `LazyClient` between backend and receivers (and a `OncePerKey` of
+the topics or queues it made), and waits with the helpers of `deadlines` (never
+`asyncio.wait_for`). Applications import `abe` instead.
 """
 
 from abe.backends.message_queue.base.backend import DEFAULT_GROUP, BaseBackend
@@ -50,8 +51,15 @@ from abe.backends.message_queue.base.headers import (
 )
 from abe.backends.message_queue.base.keys import DEAD_LETTER_SUFFIX, KeyRules, dead_letter_key
 from abe.backends.message_queue.base.lazy_client import LazyClient
+from abe.backends.message_queue.base.once import OncePerKey
 from abe.backends.message_queue.base.receiver import Receiver
-from abe.backends.message_queue.base.settings import BackendSettings, SettingsError, Url, setting
+from abe.backends.message_queue.base.settings import (
+    BackendSettings,
+    SettingsError,
+    Url,
+    setting,
+    split_url_credentials,
+)
 from abe.redaction import SecretFilter, redact_url, url_secrets
 from abe.settings import Secret
 
@@ -83,6 +91,7 @@ __all__ = [
     "IncomingMessage",
     "KeyRules",
     "LazyClient",
+    "OncePerKey",
     "OutgoingMessage",
     "Receiver",
     "Secret",
@@ -101,6 +110,7 @@ __all__ = [
     "redact_url",
     "setting",
     "settle",
+    "split_url_credentials",
     "unavailable",
     "until_stopped",
     "wait_event",

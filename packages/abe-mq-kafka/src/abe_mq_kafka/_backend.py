@@ -123,7 +123,8 @@ class KafkaBackend(BaseBackend):
         return receiver
 
     async def _delete_keys(self, keys: Sequence[str]) -> None:
-        self.client.topics.difference_update(keys)  # a topic that does not exist is skipped
+        for key in keys:
+            self.client.topics.forget(key)  # a topic that does not exist is skipped
         response = await (await self.client.admin.get()).delete_topics(list(keys))
         for name, code in response.topic_error_codes:
             if code not in (0, _UNKNOWN_TOPIC):

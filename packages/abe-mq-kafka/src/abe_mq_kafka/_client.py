@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaConnectionError, KafkaError, for_code  # type: ignore[import-untyped]
 
-from abe.provider import LazyClient, close_quietly
+from abe.provider import LazyClient, OncePerKey, close_quietly
 from abe_mq_kafka._settings import KafkaSettings
 
 __all__ = ["KafkaClient"]
@@ -35,8 +35,7 @@ class KafkaClient:
         self.connected = False  # whether any client ever started (tells a hung TLS handshake)
         self.producer = self._lazy(lambda: AIOKafkaProducer(**settings.producer_options()))
         self.admin = self._lazy(lambda: AIOKafkaAdminClient(**settings.connection_options()))
-        self.topics: set[str] = set()  # topics known to exist (made or seen made)
-        self._creating: dict[str, asyncio.Task[None]] = {}
+        self.topics: OncePerKey[str, None] = OncePerKey(self._create_topic)  # known to exist
         self._member_of: dict[Any, tuple[str, str | None]] = {}
         self._turns: dict[str, int] = {}  # publish_many calls made to each key
 
@@ -82,18 +81,7 @@ class KafkaClient:
 
     async def ensure_topic(self, key: str) -> None:
         """Create topic `key` with the configured partitions unless it exists (cached)."""
-        creating = self._creating.get(key)
-        if key not in self.topics and creating is None:  # one creation, however many wait
-            creating = self._creating[key] = asyncio.ensure_future(self._create_topic(key))
-            creating.add_done_callback(lambda done: self._forget(key, done))
-        if creating is not None:
-            await asyncio.shield(creating)
-
-    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
-        """A creation ended: the next call may try again (its waiters raised its error)."""
-        del self._creating[key]
-        if not task.cancelled():
-            task.exception()
+        await self.topics.get(key)
 
     async def _create_topic(self, key: str) -> None:
         admin = await self.admin.get()
@@ -109,7 +97,6 @@ class KafkaClient:
         if len(self.topics) > 10_000:
             self.topics.clear()
             self._turns.clear()
-        self.topics.add(key)
 
     def next_partition(self, key: str, partitions: Collection[int]) -> int:
         """The partition after the one `key` had last (at first a random one): an even spread."""

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from abe.provider import BackendSettings, Secret, setting
+from abe.provider import BackendSettings, Secret, setting, split_url_credentials
 
 __all__ = ["NatsSettings"]
 
@@ -47,8 +47,9 @@ def _servers(text: str) -> tuple[str, ...]:
             raise ValueError("must be nats:// or tls:// URLs with a host: nats://127.0.0.1:4222")
         host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
         servers.append(f"{parsed.scheme}://{host}:{port}")
-        if parsed.username is not None or parsed.password is not None:
-            found.add((unquote(parsed.username or ""), parsed.password))
+        _, name, password = split_url_credentials(part.strip())
+        if name is not None:
+            found.add((name, password))
     if len(found) > 1:
         raise ValueError("its servers carry different credentials; give them once")
     if not found:
@@ -56,7 +57,7 @@ def _servers(text: str) -> tuple[str, ...]:
     result, (name, password) = _Servers(servers), found.pop()
     result.credentials = {"token": Secret(name)}  # nats://token@host
     if password is not None:  # nats://user:password@host
-        result.credentials = {"user": name, "password": Secret(unquote(password))}
+        result.credentials = {"user": name, "password": Secret(password)}
     return result
 
 
@@ -194,9 +195,7 @@ class NatsSettings(BackendSettings):
             object.__setattr__(self, "nkey_seed", None)
         if isinstance(self.servers, _Servers):  # NATS_URL carried credentials
             given = (self.token, self.user, self.password) != (None, None, None)
-            for name, value in self.servers.credentials.items():
-                if getattr(self, name) is None:
-                    object.__setattr__(self, name, value)
+            self.fill_unset(**self.servers.credentials)
             if not given:  # else check() reports the clash
                 object.__setattr__(self, "servers", tuple(self.servers))
         if self.max_age and self.duplicate_window is _WINDOW:

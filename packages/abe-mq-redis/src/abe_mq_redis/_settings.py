@@ -15,7 +15,14 @@ from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlencode, u
 import redis
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, Connection, parse_url
 
-from abe.provider import BackendSettings, Secret, SecretFilter, redact_url, setting
+from abe.provider import (
+    BackendSettings,
+    Secret,
+    SecretFilter,
+    redact_url,
+    setting,
+    split_url_credentials,
+)
 
 __all__ = ["RedisSettings", "url_problem"]
 
@@ -108,12 +115,9 @@ class RedisSettings(BackendSettings):
 
     def __post_init__(self) -> None:
         if url_problem(self.url) is None:  # a bad URL stays as given, for check() to name
-            clean, user, password = _split_credentials(self.url)
+            clean, user, password = split_url_credentials(self.url)
             object.__setattr__(self, "url", clean)
-            if self.username is None:
-                object.__setattr__(self, "username", user)
-            if self.password is None and password:
-                object.__setattr__(self, "password", Secret(password))
+            self.fill_unset(username=user or None, password=Secret(password) if password else None)
         super().__post_init__()
 
     def check(self) -> Iterator[tuple[str, str]]:
@@ -154,18 +158,6 @@ class RedisSettings(BackendSettings):
     def tls(self) -> bool:
         """Whether connections use TLS (a rediss:// URL)."""
         return self.url.startswith("rediss://")
-
-
-def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """The URL without its user name and password, and the two (percent-decoded) apart."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, None, None
-    userinfo = parts.netloc.rpartition("@")[0]
-    user, _, password = userinfo.partition(":")
-    start = url.index("//") + 2  # the user-info follows the scheme's "//"
-    clean = url[:start] + url[start + len(userinfo) + 1 :]
-    return clean, unquote(user) or None, unquote(password) if password else None
 
 
 _URL_OPTIONS = (frozenset(URL_QUERY_ARGUMENT_PARSERS) - {"timeout"}) | {
@@ -258,7 +250,7 @@ def _names_problem(scheme: str, options: dict[str, list[str]]) -> str | None:
 def _values_problem(url: str, options: dict[str, list[str]]) -> str | None:
     """A value redis-py cannot read, or would take for something it does not mean."""
     secrets = [value for values in options.values() for value in values]
-    scrub = SecretFilter([*secrets, _split_credentials(url)[2] or ""]).scrub  # "" is skipped
+    scrub = SecretFilter([*secrets, split_url_credentials(url)[2] or ""]).scrub  # "" is skipped
     try:
         kwargs: dict[str, object] = dict(parse_url(url))
     except ValueError as exc:

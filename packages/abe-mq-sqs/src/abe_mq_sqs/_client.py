@@ -36,6 +36,7 @@ from abe.provider import (
     HEADER_PUBLISHED_AT,
     IncomingMessage,
     LazyClient,
+    OncePerKey,
     OutgoingMessage,
     Receiver,
     bounded,
@@ -206,8 +207,7 @@ class SqsClient:
         close = lambda client: client.__aexit__(None, None, None)  # noqa: E731
         timeout = settings.operation_timeout
         self._client = LazyClient(self._connect, close, timeout=timeout, what="the SQS client")
-        self._urls: dict[str, str] = {}
-        self._resolving: dict[str, asyncio.Lock] = {}
+        self._urls: OncePerKey[str, str] = OncePerKey(self._resolve)
 
     async def _connect(self) -> Any:
         client = await connect(self.settings, f"abe-mq-sqs/{__version__}")
@@ -219,11 +219,7 @@ class SqsClient:
 
     async def url(self, key: str) -> str:
         """The URL of the key's queue, resolved (and the queue created, if allowed) on first use."""
-        if key not in self._urls:
-            async with self._resolving.setdefault(key, asyncio.Lock()):
-                if key not in self._urls:
-                    self._urls[key] = await self._resolve(key)
-        return self._urls[key]
+        return await self._urls.get(key)
 
     async def exists(self, key: str) -> bool:
         """Whether the key's queue exists now, by GetQueueUrl: never creates it."""
@@ -268,14 +264,13 @@ class SqsClient:
         except ClientError as exc:
             if not again or error_code(exc) not in NONEXISTENT_QUEUE:
                 raise
-            if self._urls.get(key) == url:
-                del self._urls[key]
+            self._urls.forget(key, url)  # unless resolved again meanwhile
             log.warning("sqs: the queue of %s no longer exists; resolving it again", key)
             return await getattr(client, method)(QueueUrl=await self.url(key), **params)
 
     async def delete_queue(self, key: str) -> None:
         """DeleteQueue for the key's queue if it exists (AWS keeps the name for 60 s after)."""
-        self._urls.pop(key, None)
+        self._urls.forget(key)
         name = queue_name(key, self.settings.queue_prefix)
         if (url := await self._lookup(name)) is not None:
             await (await self._client.get()).delete_queue(QueueUrl=url)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
 
 from abe.redaction import redact_url, url_secrets
 from abe.settings import Environment, Secret, Variable, number_text
@@ -42,7 +43,14 @@ from abe.settings import Environment, Secret, Variable, number_text
 if typing.TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BackendSettings", "Setting", "SettingsError", "Url", "setting"]
+__all__ = [
+    "BackendSettings",
+    "Setting",
+    "SettingsError",
+    "Url",
+    "setting",
+    "split_url_credentials",
+]
 
 _SETTING = "abe.setting"
 
@@ -76,6 +84,20 @@ class Url(str):
 
     def __repr__(self) -> str:
         return repr(redact_url(str(self)))
+
+
+def split_url_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """The URL without its user-info, and the user name and password written there, for
+    settings that move them to fields of their own: percent-decoded, None when not written
+    (no '@'; for the password, no ':'). urlsplit's ValueError for a bad URL passes through."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, colon, password = userinfo.partition(":")
+    start = url.index("//") + 2  # the user-info follows the scheme's "//"
+    clean = url[:start] + url[start + len(userinfo) + 1 :]
+    return clean, unquote(user), unquote(password) if colon else None
 
 
 def setting(
@@ -160,6 +182,13 @@ class BackendSettings:
     def check(self) -> Iterator[tuple[str, str]]:
         """Cross-field rules: yield (field name, what is wrong) for each one broken."""
         return iter(())
+
+    def fill_unset(self, **values: Any) -> None:
+        """Give each named field that is None its value here (None values are skipped): for
+        `__post_init__`, where credentials found in a URL yield to those set on their own."""
+        for name, value in values.items():
+            if getattr(self, name) is None and value is not None:
+                object.__setattr__(self, name, value)
 
     @classmethod
     def declared(cls) -> Iterator[tuple[Field[Any], Setting]]:
