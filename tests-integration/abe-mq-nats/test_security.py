@@ -26,10 +26,15 @@ from abe_brokers import NatsServerFactory, TlsFiles
 from abe_mq_nats_testing import Janitor, environment, raw_client, settings_for
 from nats.aio.msg import Msg
 
-from abe.errors import AuthenticationError, BackendUnavailableError, PayloadError
+from abe.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ConfigurationError,
+    PayloadError,
+)
 from abe.testing import RecordingProxy, unique
 from abe.testing.helpers import eventually, next_delivery, receive_payloads
-from abe_mq_nats import NatsBackend
+from abe_mq_nats import NatsBackend, NatsSettings
 
 pytestmark = pytest.mark.asyncio
 
@@ -417,3 +422,34 @@ async def test_a_refused_secret_shows_nowhere(
         for secret in secrets:
             assert secret not in text, f"{where} shows the secret: {text[:500]}"
     assert address in str(failed.value), "the error still says which server"
+
+
+async def test_an_encrypted_client_key_loads_with_its_password_and_never_prompts(
+    tls_files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without NATS_TLS_KEY_PASSWORD, OpenSSL's default would ask for it on the terminal."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(tls_files.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "client-key-encrypted.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"k3y-s3cret"),
+        )
+    )
+    monkeypatch.setenv("NATS_TLS_CA", str(tls_files.ca_cert))
+    monkeypatch.setenv("NATS_TLS_CERT", str(tls_files.client_cert))
+    monkeypatch.setenv("NATS_TLS_KEY", str(encrypted))
+    with pytest.raises(ConfigurationError) as refused:
+        NatsSettings.from_env()
+    assert refused.value.variables == ("NATS_TLS_CERT",)
+    assert "NATS_TLS_KEY_PASSWORD" in str(refused.value)
+    monkeypatch.setenv("NATS_TLS_KEY_PASSWORD", "wrong")
+    with pytest.raises(ConfigurationError):
+        NatsSettings.from_env()
+    monkeypatch.setenv("NATS_TLS_KEY_PASSWORD", "k3y-s3cret")
+    settings = NatsSettings.from_env()
+    assert settings.tls_context() is not None
+    assert "k3y-s3cret" not in repr(settings)

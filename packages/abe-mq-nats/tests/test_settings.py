@@ -144,7 +144,13 @@ def test_secrets_are_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert {"NATS_URL", "NATS_NKEY_SEED"} <= set(error.variables)
     secret = {variable.name for variable in NatsBackend.variables if variable.secret}
-    assert secret == {"NATS_URL", "NATS_TOKEN", "NATS_PASSWORD", "NATS_NKEY_SEED"}
+    assert secret == {
+        "NATS_URL",
+        "NATS_TOKEN",
+        "NATS_PASSWORD",
+        "NATS_NKEY_SEED",
+        "NATS_TLS_KEY_PASSWORD",
+    }
     assert "hunter2" not in str(error)
     assert "hunter3" not in str(error)
 

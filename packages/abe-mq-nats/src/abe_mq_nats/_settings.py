@@ -122,6 +122,12 @@ class NatsSettings(BackendSettings):
     tls_key: Path | None = setting(
         "NATS_TLS_KEY", None, "Path of the private key (PEM) of NATS_TLS_CERT."
     )
+    tls_key_password: Secret | None = setting(
+        "NATS_TLS_KEY_PASSWORD",
+        None,
+        "Password of NATS_TLS_KEY (if encrypted); never shown.",
+        secret=True,
+    )
     connect_timeout: float = setting(
         "ABE_NATS_CONNECT_TIMEOUT",
         5.0,
@@ -214,6 +220,8 @@ class NatsSettings(BackendSettings):
             yield "token", "cannot be used together with NATS_USER/NATS_PASSWORD; choose one"
         if self.creds_file is not None and (self.nkey_seed or self.nkey_seed_file):
             yield "creds_file", "cannot be used together with NATS_NKEY_SEED; choose one"
+        if self.tls_key_password is not None and self.tls_key is None:
+            yield "tls_key_password", "is set but NATS_TLS_KEY is not; unset it, or give the key"
         yield from self._tls_problems()
         if self.stream is not None and _STREAM_NAME.fullmatch(self.stream) is None:
             yield "stream", f"must be a stream name: {_STREAM_RULE} (got {self.stream!r})"
@@ -231,7 +239,11 @@ class NatsSettings(BackendSettings):
                 self.tls_context()
             except (ssl.SSLError, OSError, ValueError) as exc:
                 blamed = "tls_cert" if self.tls_cert is not None else "tls_ca"
-                yield blamed, f"could not be loaded as PEM ({type(exc).__name__}: {exc})"
+                problem = f"could not be loaded as PEM ({type(exc).__name__}: {exc})"
+                if blamed == "tls_cert":
+                    problem += ": check that NATS_TLS_KEY is its key and, for an encrypted key, "
+                    problem += "that NATS_TLS_KEY_PASSWORD is its password"
+                yield blamed, problem
 
     @property
     def tls(self) -> bool:
@@ -255,5 +267,8 @@ class NatsSettings(BackendSettings):
             ssl.Purpose.SERVER_AUTH, cafile=str(self.tls_ca) if self.tls_ca else None
         )
         if self.tls_cert is not None and self.tls_key is not None:
-            context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+            password = self.tls_key_password
+            # Never None: OpenSSL would prompt on the terminal for an encrypted key's password.
+            secret = password.reveal() if password is not None else str
+            context.load_cert_chain(str(self.tls_cert), str(self.tls_key), password=secret)
         return context
