@@ -83,20 +83,9 @@ def every_record(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 @pytest.fixture
-def encrypted_key(tls_files: TlsFiles, tmp_path: Path) -> Path:
+def encrypted_key(tls_files: TlsFiles) -> Path:
     """The client key of tls_files, encrypted with KEY_PASSWORD (for KAFKA_SSL_KEY_PASSWORD)."""
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(tls_files.client_key.read_bytes(), password=None)
-    path = tmp_path / "client-key-encrypted.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(KEY_PASSWORD.encode()),
-        )
-    )
-    return path
+    return tls_files.encrypted_client_key(KEY_PASSWORD)
 
 
 @pytest.fixture

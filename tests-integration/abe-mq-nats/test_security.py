@@ -425,20 +425,10 @@ async def test_a_refused_secret_shows_nowhere(
 
 
 async def test_an_encrypted_client_key_loads_with_its_password_and_never_prompts(
-    tls_files: TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without NATS_TLS_KEY_PASSWORD, OpenSSL's default would ask for it on the terminal."""
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(tls_files.client_key.read_bytes(), password=None)
-    encrypted = tmp_path / "client-key-encrypted.pem"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"k3y-s3cret"),
-        )
-    )
+    encrypted = tls_files.encrypted_client_key("k3y-s3cret")
     monkeypatch.setenv("NATS_TLS_CA", str(tls_files.ca_cert))
     monkeypatch.setenv("NATS_TLS_CERT", str(tls_files.client_cert))
     monkeypatch.setenv("NATS_TLS_KEY", str(encrypted))

@@ -33,6 +33,21 @@ class TlsFiles:
             context.load_cert_chain(str(self.client_cert), str(self.client_key))
         return context
 
+    def encrypted_client_key(self, password: str) -> Path:
+        """The client key encrypted with `password`, beside it (for the key-password settings)."""
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(self.client_key.read_bytes(), password=None)
+        path = self.client_key.with_name("client-key-encrypted.pem")
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(password.encode()),
+            )
+        )
+        return path
+
     def server_context(self, *, require_client_cert: bool = False) -> ssl.SSLContext:
         """A server context with the server pair, optionally requiring a CA-signed client cert."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_cert))

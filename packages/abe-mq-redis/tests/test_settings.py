@@ -32,6 +32,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", no_network)
 
 
+PKI = Path(__file__).parent / "pki"  # a throwaway certificate and its key, loaded by checks
+
+
 def test_defaults() -> None:
     settings = RedisSettings.from_env()
     assert settings.url == "redis://localhost:6379/0"
@@ -49,9 +52,8 @@ def test_defaults() -> None:
 
 
 def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client-key.pem"))
-    for path in (ca, cert, key):
-        path.write_text("-----BEGIN CERTIFICATE-----\n")
+    ca, cert, key = tmp_path / "ca.pem", PKI / "client.pem", PKI / "client-key.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # read by redis-py only when it connects
     environ = {
         "REDIS_URL": "rediss://cache.internal:6380/3",
         "REDIS_USERNAME": "worker",

@@ -187,20 +187,19 @@ def test_connection_options_tcp() -> None:
 
 
 def test_connection_options_tls(tmp_path: Path) -> None:
-    base = tmp_path
-    for name in ("ca.pem", "c.pem", "k.pem"):  # read by redis-py only when it connects
-        (base / name).write_text("x")
+    ca, pki = tmp_path / "ca.pem", Path(__file__).parent / "pki"
+    ca.write_text("x")  # read by redis-py only when it connects
     settings = RedisSettings(
         url="rediss://cache:6380/0",
-        tls_ca_file=base / "ca.pem",
-        tls_cert_file=base / "c.pem",
-        tls_key_file=base / "k.pem",
+        tls_ca_file=ca,
+        tls_cert_file=pki / "client.pem",  # loaded with its key when the settings are checked
+        tls_key_file=pki / "client-key.pem",
     )
     kwargs = connection_kwargs(settings, socket_timeout=1.0)
     assert issubclass(kwargs["connection_class"], SSLConnection)
-    assert kwargs["ssl_ca_certs"] == str(base / "ca.pem")
-    assert kwargs["ssl_certfile"] == str(base / "c.pem")
-    assert kwargs["ssl_keyfile"] == str(base / "k.pem")
+    assert kwargs["ssl_ca_certs"] == str(ca)
+    assert kwargs["ssl_certfile"] == str(pki / "client.pem")
+    assert kwargs["ssl_keyfile"] == str(pki / "client-key.pem")
 
 
 @pytest.mark.parametrize("url", ["rediss://cache:6380/0", "rediss://cache:6380/0?client_name=s"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import ssl
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ class RedisSettings(BackendSettings):
         pair="tls_key_file",
     )
     tls_key_file: Path | None = setting(
-        "REDIS_TLS_KEY_FILE", None, "PEM private key of the client certificate (unencrypted)."
+        "REDIS_TLS_KEY_FILE",
+        None,
+        "PEM private key of the client certificate (if encrypted: ?ssl_password= in REDIS_URL).",
     )
     pool_size: int = setting(
         "ABE_REDIS_POOL_SIZE",
@@ -129,9 +132,22 @@ class RedisSettings(BackendSettings):
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
             if getattr(self, name) is not None and not self.tls:
                 yield name, _NOT_TLS
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if self.tls and cert is not None and key is not None and cert.is_file() and key.is_file():
+            yield from self._client_pair_problem(cert, key)
         unix = self.url.startswith("unix:")
         if self.cluster == "yes" and (unix or parse_url(self.url).get("db")):
             yield "cluster", "is yes, but a cluster is reached by redis:// or rediss://, db 0"
+
+    def _client_pair_problem(self, cert: Path, key: Path) -> Iterator[tuple[str, str]]:
+        """A client certificate and key that do not load; never an OpenSSL password prompt."""
+        password = parse_qs(urlsplit(self.url).query).get("ssl_password", [""])[0]
+        try:
+            ssl.create_default_context().load_cert_chain(cert, key, password=password)
+        except (ssl.SSLError, OSError) as exc:
+            problem = f"does not load with REDIS_TLS_KEY_FILE ({type(exc).__name__}: {exc}): "
+            problem += "check that the key is its key and, for an encrypted key, write its "
+            yield "tls_cert_file", problem + "password in REDIS_URL as ?ssl_password=..."
 
     def secrets(self) -> tuple[str, ...]:
         """The password and a secret query option of the URL (`ssl_password`), for scrubbing."""
