@@ -145,6 +145,7 @@ class SqsBackend(BaseBackend):
                 failed[int(item["Id"])] = f"{item.get('Code', 'Failed')}: {item.get('Message', '')}"
             return len(batch) - len(refused)
 
+        await self._sqs.url(key)  # looked up (or made) first, so the batches leave in their order
         sent = [await one(b) for b in batches] if fifo else await asyncio.gather(*map(one, batches))
         if sum(sent) == 0 and errors:
             raise errors[0]  # nothing was published: the plain error says why
