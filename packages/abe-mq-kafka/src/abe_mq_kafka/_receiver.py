@@ -40,17 +40,41 @@ class _Partition:
     """What this member read from one assigned partition and has not yet committed past."""
 
     tp: Any
-    entries: deque[_Entry] = field(default_factory=deque)
+    entries: deque[_Entry] = field(default_factory=deque)  # records read into messages
+    queued: deque[_Chunk] = field(default_factory=deque)  # records waiting to be read
     position: int | None = None
     committed: int = -1
     current: bool = True  # still ours: its acks commit
     handing_out: bool = True  # not being revoked: its records may be handed out
 
     def commit_point(self) -> int | None:
-        """The offset to commit: the first unfinished record's, or past the last one read."""
+        """The offset to commit: the first unfinished record's, the first queued one's, or past
+        the last one read (a queued record is later than every one read before it)."""
         while self.entries and self.entries[0].settled:
             self.entries.popleft()
-        return self.entries[0].offset if self.entries else self.position
+        if self.entries:
+            return self.entries[0].offset
+        while self.queued and self.queued[0].next == len(self.queued[0].records):
+            self.queued.popleft()
+        return self.queued[0].records[self.queued[0].next].offset if self.queued else self.position
+
+
+@dataclass(eq=False, slots=True)
+class _Chunk:
+    """A partition's records as getmany returned them, each read into a message only when handed
+    out: a backlog waits as aiokafka's records, not as messages the garbage collector walks."""
+
+    partition: _Partition
+    records: list[Any]
+    next: int = 0  # the first record not yet read
+
+    def read(self, now: float) -> tuple[IncomingMessage, int]:
+        """The next record's message (its entry now the partition's last) and when it is due."""
+        record, partition = self.records[self.next], self.partition
+        self.next += 1
+        entry = _Entry(partition, record.offset)
+        partition.entries.append(entry)
+        return _read(partition.tp, record, entry, now)
 
 
 @dataclass(eq=False, slots=True)
@@ -78,7 +102,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
         self._held: dict[_Entry, IncomingMessage] = {}  # handed out, not settled
-        self._ready: deque[IncomingMessage] = deque()  # due now, in the order read
+        self._ready: deque[_Chunk | IncomingMessage] = deque()  # due now, in the order read
         self._delayed: list[tuple[float, int, IncomingMessage]] = []  # delayed copies, by due
         self._order = itertools.count()
         self._fetching, self._closed = 0, False
@@ -158,33 +182,40 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         return out
 
     def _accept(self, batches: dict[Any, list[Any]]) -> None:
-        """Record what getmany returned: due at once, but delayed copies wait in a heap."""
-        now, wall, ready = time.monotonic(), time.time() * 1000, self._ready
+        """Queue what getmany returned as it returned it, without records read before a seek."""
         for tp, records in batches.items():
             partition = self._partitions.setdefault(tp, _Partition(tp))
-            for record in records:
-                if partition.position is None:
-                    partition.committed = record.offset  # where the group's offset stands
-                elif record.offset < partition.position:
-                    continue  # read again after a seek: already known
-                partition.position = record.offset + 1
-                entry = _Entry(partition, record.offset)
-                message, not_before = _read(tp, record, entry, now)
-                partition.entries.append(entry)
-                if not_before > wall:
-                    due = now + (not_before - wall) / 1000
-                    heapq.heappush(self._delayed, (due, next(self._order), message))
-                else:
-                    ready.append(message)
+            if not records:
+                continue
+            if partition.position is None:  # where the group's offset stands
+                partition.committed = partition.position = records[0].offset
+            fresh = [record for record in records if record.offset >= partition.position]
+            if fresh:  # else all read again after a seek: already known
+                partition.position = fresh[-1].offset + 1
+                chunk = _Chunk(partition, fresh)
+                partition.queued.append(chunk)
+                self._ready.append(chunk)
 
     def _take_due(self, limit: int, out: list[IncomingMessage]) -> list[IncomingMessage]:
-        """Move queued messages whose time has come into `out` (at most `limit`)."""
-        delayed, ready, now = self._delayed, self._ready, time.monotonic()
+        """Move messages whose time has come into `out` (at most `limit`), reading queued records
+        now; a record read early (a delayed copy) waits in a heap, then behind what is queued."""
+        delayed, ready, now, wall = self._delayed, self._ready, time.monotonic(), time.time() * 1000
         while delayed and delayed[0][0] <= now:
             ready.append(heapq.heappop(delayed)[2])
         deadline, held = now + self._lease, self._held
         while ready and len(out) < limit:
-            message = ready.popleft()
+            message = ready[0]
+            if isinstance(message, IncomingMessage):  # a delayed copy come due
+                ready.popleft()
+            elif message.next == len(message.records) or not message.partition.handing_out:
+                ready.popleft()  # read, or left to the partition's next owner
+                continue
+            else:
+                message, not_before = message.read(now)
+                if not_before > wall:
+                    due = now + (not_before - wall) / 1000
+                    heapq.heappush(delayed, (due, next(self._order), message))
+                    continue
             entry = message.handle
             if not entry.settled and entry.partition.handing_out:
                 entry.deadline, message.received_at = deadline, now  # its lease starts now
@@ -324,7 +355,11 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
         self._held = {e: m for e, m in self._held.items() if e.partition.current}
-        self._ready = deque(m for m in self._ready if m.handle.partition.current)
+        self._ready = deque(
+            item
+            for item in self._ready
+            if (item.partition if isinstance(item, _Chunk) else item.handle.partition).current
+        )
         self._delayed = [item for item in self._delayed if item[2].handle.partition.current]
         heapq.heapify(self._delayed)
 
