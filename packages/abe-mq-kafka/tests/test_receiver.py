@@ -155,6 +155,62 @@ async def test_a_queued_record_is_received_when_handed_out() -> None:
     assert queued.received_at >= handed_out_after  # core refreshes leases from this time
 
 
+async def test_records_still_queued_hold_the_commit_point() -> None:
+    receiver, consumer, _ = await make()
+    consumer.batches.append({TP0: [Record(0), Record(1), Record(2), Record(3)]})
+    consumer.batches.append({TP0: [Record(4)]})
+    first, second = await fetch(receiver, 2)  # offsets 2 and 3 wait unread
+    await receiver.ack([second, first])
+    assert consumer.commits == [{TP0: 2}]  # not past the queued ones
+    third, fourth = await fetch(receiver, 2)
+    await receiver.ack([fourth])
+    assert consumer.commits == [{TP0: 2}]  # offset 2 is out and unfinished
+    await receiver.ack([third])
+    assert consumer.commits[-1] == {TP0: 4}  # everything read is finished
+    (fifth,) = await fetch(receiver)
+    await receiver.ack([fifth])
+    assert consumer.commits[-1] == {TP0: 5}
+
+
+async def test_records_read_again_after_a_seek_are_skipped() -> None:
+    receiver, consumer, _ = await make()
+    consumer.batches.append({TP0: [Record(3), Record(4)]})
+    consumer.batches.append({TP0: [Record(3), Record(4), Record(5)], TP1: [Record(0)]})
+    consumer.batches.append({TP0: [Record(4)]})
+    first = await fetch(receiver)
+    again = await fetch(receiver)
+    assert [m.broker_id for m in [*first, *again]] == ["0@3", "0@4", "0@5", "1@0"]
+    assert await fetch(receiver) == []  # all of it known: nothing queued
+    await receiver.ack([*first, *again])
+    assert consumer.commits[-1] == {TP0: 6, TP1: 1}
+
+
+async def test_a_copy_due_later_in_the_queue_waits_and_holds_the_commit_point() -> None:
+    receiver, consumer, _ = await make()
+    due = str(int(time.time() * 1000) + 200).encode()
+    consumer.batches.append({TP0: [Record(0), Record(1, headers=((HEADER_NOT_BEFORE, due),))]})
+    consumer.batches[0][TP0].append(Record(2))
+    first, third = await fetch(receiver)  # offset 1 waits in the heap
+    await receiver.ack([first, third])
+    assert consumer.commits == [{TP0: 1}]
+    (second,) = await receiver.fetch(10, 1.0)
+    assert second.broker_id == "0@1"
+    await receiver.ack([second])
+    assert consumer.commits[-1] == {TP0: 3}
+
+
+async def test_a_partition_dropped_forgets_its_queued_records() -> None:
+    receiver, consumer, _ = await make()
+    consumer.batches.append({TP0: [Record(0), Record(1)], TP1: [Record(5), Record(6)]})
+    (held,) = await fetch(receiver, 1)  # TP0's offset 1 and all of TP1 wait unread
+    await receiver.ack([held])
+    await receiver.on_partitions_revoked({TP1})
+    assert consumer.commits == [{TP0: 1}]  # TP1 stays at 5: the next owner reads from there
+    assert [partition.tp for partition in receiver._ready] == [TP0]
+    assert [m.broker_id for m in await fetch(receiver)] == ["0@1"]
+    assert not receiver._ready
+
+
 async def test_a_partition_being_revoked_hands_out_nothing_more() -> None:
     receiver, consumer, backend = await make(lease=5.0)
     consumer.batches.append({TP0: [Record(0), Record(1), Record(2)], TP1: [Record(7)]})

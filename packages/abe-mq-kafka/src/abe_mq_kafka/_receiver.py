@@ -40,17 +40,19 @@ class _Partition:
     """What this member read from one assigned partition and has not yet committed past."""
 
     tp: Any
-    entries: deque[_Entry] = field(default_factory=deque)
+    entries: deque[_Entry] = field(default_factory=deque)  # records read into messages
+    queued: deque[Any] = field(default_factory=deque)  # records unread, delayed copies come due
     position: int | None = None
     committed: int = -1
     current: bool = True  # still ours: its acks commit
     handing_out: bool = True  # not being revoked: its records may be handed out
 
     def commit_point(self) -> int | None:
-        """The offset to commit: the first unfinished record's, or past the last one read."""
+        """The offset to commit: the first unfinished record's, the first unread one's, or next."""
         while self.entries and self.entries[0].settled:
             self.entries.popleft()
-        return self.entries[0].offset if self.entries else self.position
+        first = self.entries or self.queued  # (a copy queued again is unfinished: in entries)
+        return first[0].offset if first else self.position
 
 
 @dataclass(eq=False, slots=True)
@@ -78,7 +80,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
         self._held: dict[_Entry, IncomingMessage] = {}  # handed out, not settled
-        self._ready: deque[IncomingMessage] = deque()  # due now, in the order read
+        self._ready: deque[_Partition] = deque()  # whose queued record or copy is next, in turn
         self._delayed: list[tuple[float, int, IncomingMessage]] = []  # delayed copies, by due
         self._order = itertools.count()
         self._fetching, self._closed = 0, False
@@ -158,37 +160,36 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         return out
 
     def _accept(self, batches: dict[Any, list[Any]]) -> None:
-        """Record what getmany returned: due at once, but delayed copies wait in a heap."""
-        now, wall, ready = time.monotonic(), time.time() * 1000, self._ready
-        for tp, records in batches.items():
+        """Queue the records getmany returned, unread, but not those read again after a seek."""
+        for tp, records in batches.items():  # never an empty list
             partition = self._partitions.setdefault(tp, _Partition(tp))
-            for record in records:
-                if partition.position is None:
-                    partition.committed = record.offset  # where the group's offset stands
-                elif record.offset < partition.position:
-                    continue  # read again after a seek: already known
-                partition.position = record.offset + 1
-                entry = _Entry(partition, record.offset)
-                message, not_before = _read(tp, record, entry, now)
-                partition.entries.append(entry)
-                if not_before > wall:
-                    due = now + (not_before - wall) / 1000
-                    heapq.heappush(self._delayed, (due, next(self._order), message))
-                else:
-                    ready.append(message)
+            if partition.position is None:  # where the group's offset stands
+                partition.committed = partition.position = records[0].offset
+            fresh = [record for record in records if record.offset >= partition.position]
+            partition.position = max(partition.position, records[-1].offset + 1)
+            partition.queued.extend(fresh)
+            self._ready.extend(itertools.repeat(partition, len(fresh)))
 
     def _take_due(self, limit: int, out: list[IncomingMessage]) -> list[IncomingMessage]:
-        """Move queued messages whose time has come into `out` (at most `limit`)."""
-        delayed, ready, now = self._delayed, self._ready, time.monotonic()
-        while delayed and delayed[0][0] <= now:
-            ready.append(heapq.heappop(delayed)[2])
-        deadline, held = now + self._lease, self._held
+        """Move what is due into `out` (at most `limit`), reading records only now (shorter GCs)."""
+        delayed, ready, held, now = self._delayed, self._ready, self._held, time.monotonic()
+        while delayed and delayed[0][0] <= now:  # a delayed copy come due: behind the queue
+            copy = heapq.heappop(delayed)[2]
+            copy.handle.partition.queued.append(copy)
+            ready.append(copy.handle.partition)
         while ready and len(out) < limit:
-            message = ready.popleft()
-            entry = message.handle
-            if not entry.settled and entry.partition.handing_out:
-                entry.deadline, message.received_at = deadline, now  # its lease starts now
-                held[entry] = message
+            partition = ready.popleft()
+            message = partition.queued.popleft()
+            if not isinstance(message, IncomingMessage):  # a record, read now
+                entry = _Entry(partition, message.offset)
+                partition.entries.append(entry)
+                message, wait = _read(partition.tp, message, entry, now)
+                if wait > 0:  # a copy read early: it waits in the heap
+                    heapq.heappush(delayed, (now + wait, next(self._order), message))
+                    continue
+            if partition.handing_out:  # else unfinished, for the next owner (never settled here)
+                message.handle.deadline, message.received_at = now + self._lease, now  # lease: now
+                held[message.handle] = message
                 out.append(message)
         return out
 
@@ -238,8 +239,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         headers = {**message.headers, HEADER_ATTEMPT: str(message.attempt + 1)}
         if delay > 0:
             headers[HEADER_NOT_BEFORE] = str(int(time.time() * 1000 + delay * 1000))
-        consumer = self._consumer
-        assigned = consumer.assignment() if away and consumer is not None else ()
+        assigned = self._consumer.assignment() if away and self._consumer is not None else ()
         avoid = frozenset(tp.partition for tp in assigned if tp.topic == message.key)
         copy = self._client.send_copy(message.key, message.body, headers, avoid=avoid)
         try:
@@ -324,7 +324,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
         self._held = {e: m for e, m in self._held.items() if e.partition.current}
-        self._ready = deque(m for m in self._ready if m.handle.partition.current)
+        self._ready = deque(partition for partition in self._ready if partition.current)
         self._delayed = [item for item in self._delayed if item[2].handle.partition.current]
         heapq.heapify(self._delayed)
 
@@ -382,8 +382,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             await self._commit(touched)
 
 
-def _read(tp: Any, record: Any, entry: _Entry, now: float) -> tuple[IncomingMessage, int]:
-    """`record`'s message (`entry` its handle) and when it is due (epoch ms; 0: at once)."""
+def _read(tp: Any, record: Any, entry: _Entry, now: float) -> tuple[IncomingMessage, float]:
+    """`record`'s message (`entry` its handle) and the seconds until it is due (0: at once)."""
     try:  # the usual record: every header value UTF-8, as abe's own are (twice as fast)
         headers = {name: value.decode() for name, value in record.headers}
     except (UnicodeDecodeError, AttributeError, TypeError):  # a foreign producer's bytes, None
@@ -396,4 +396,4 @@ def _read(tp: Any, record: Any, entry: _Entry, now: float) -> tuple[IncomingMess
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
     where, body = f"{tp.partition}@{record.offset}", record.value or b""
     message = IncomingMessage(tp.topic, body, headers, tries, where, entry, now)
-    return message, int(not_before) if not_before.isdigit() else 0
+    return message, int(not_before) / 1000 - time.time() if not_before.isdigit() else 0.0
