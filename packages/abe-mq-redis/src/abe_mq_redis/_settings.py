@@ -143,7 +143,7 @@ class RedisSettings(BackendSettings):
         """A client certificate and key that do not load; never an OpenSSL password prompt."""
         password = parse_qs(urlsplit(self.url).query).get("ssl_password", [""])[0]
         try:
-            ssl.create_default_context().load_cert_chain(cert, key, password=password)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=password)
         except (ssl.SSLError, OSError) as exc:
             problem = f"does not load with REDIS_TLS_KEY_FILE ({type(exc).__name__}: {exc}): "
             problem += "check that the key is its key and, for an encrypted key, write its "
