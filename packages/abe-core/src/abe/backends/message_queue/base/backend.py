@@ -32,6 +32,7 @@ from abe.backends.message_queue.base.codec import (
     wrap_undecodable,
 )
 from abe.backends.message_queue.base.deadlines import bounded
+from abe.backends.message_queue.base.delivery import Delivery
 from abe.backends.message_queue.base.error_map import ErrorMap
 from abe.backends.message_queue.base.headers import check_user_headers, header_text
 from abe.backends.message_queue.base.keys import KeyRules, dead_letter_key
@@ -312,22 +313,25 @@ class BaseBackend(abc.ABC):
         closes the iterator) is delivered again. `keys=None` reads `ABE_MQ_KEYS`.
         """
         subscription = self.subscribe(group=group, keys=keys)
+        take = subscription._take_payload
         async with subscription:
             while True:
-                # what is buffered needs no coroutine; __anext__ fetches (or ends) otherwise
-                delivery = subscription.take_buffered()
-                if delivery is None:
+                # what is buffered needs no coroutine nor Delivery; __anext__ fetches (or ends)
+                taken = take()
+                if taken is None:
                     try:
                         delivery = await subscription.__anext__()
                     except StopAsyncIteration:
                         return
+                    taken = delivery.message, delivery.payload
+                message, payload = taken
                 try:
-                    yield delivery.payload
+                    yield payload
                 except BaseException:
-                    await subscription._nack_unfinished(delivery)
+                    await subscription._nack_unfinished(Delivery(message, payload, subscription))
                     raise
-                if not delivery.ack_nowait():  # the usual case queues the ack without awaiting
-                    await delivery.ack()
+                if not subscription._ack_message_nowait(message):  # the usual case: queued
+                    await Delivery(message, payload, subscription).ack()
 
     def subscribe(
         self,

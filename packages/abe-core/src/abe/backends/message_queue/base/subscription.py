@@ -88,14 +88,15 @@ class Subscription:
         self._poll_interval = poll_interval
         self._refresh_after = backend.redelivery_timeout / 3
         self._receiver: Receiver | None = None
-        self._buffer: deque[Delivery] = deque()
+        self._buffer: deque[IncomingMessage] = deque()  # a Delivery is made at hand-out
+        self._viewed: dict[int, Delivery] = {}  # by id(message): what buffered() showed
         self._unsettled = 0
         self._state = "new"
         self._credit: asyncio.Future[None] | None = None
         self._fetch: asyncio.Task[Sequence[IncomingMessage]] | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._read_failures = 0
-        self._refused: tuple[Delivery, str] | None = None  # the last body found undecodable
+        self._refused: tuple[IncomingMessage, str] | None = None  # the last undecodable body
         self._acks: AckBatcher[IncomingMessage] = AckBatcher(self._flush_acks, max_batch=500)
 
     @property
@@ -168,14 +169,8 @@ class Subscription:
             await self._receiver.close()
 
     async def __anext__(self) -> Delivery:
-        buffer = self._buffer
-        if (
-            buffer
-            and monotonic() - buffer[0].message.received_at <= self._refresh_after
-            and self._undecodable(buffer[0]) is None
-        ):
-            return buffer.popleft()  # the usual case: fetched already, fresh and decoded
-        return await self._next()
+        delivery = self.take_buffered()  # the usual case: fetched already, fresh and decodable
+        return delivery if delivery is not None else await self._next()
 
     async def _next(self) -> Delivery:
         """`__anext__` when the buffer is empty or its head is old: open, extend or fetch."""
@@ -183,17 +178,15 @@ class Subscription:
             await self._open()
         while True:
             if self._buffer:
-                if monotonic() - self._buffer[0].message.received_at > self._refresh_after:
+                if monotonic() - self._buffer[0].received_at > self._refresh_after:
                     await self._extend_buffered()
                 if not self._buffer:  # stop() gave the buffer back meanwhile
                     continue
-                reason = self._undecodable(self._buffer[0])
-                delivery = self._buffer.popleft()
-                if reason is None:
-                    return delivery
-                self._refused = None
-                self._release_credit()
-                await self._dead_letter_undecodable(delivery.message, reason)
+                message = self._buffer.popleft()
+                payload = self._payload_or_none(message)
+                if payload is not None:
+                    return self._hand_out(message, payload)
+                await self._dead_letter_refused(message)
                 continue
             if self._state != "open":
                 raise StopAsyncIteration
@@ -236,29 +229,45 @@ class Subscription:
         if self._state != "open":  # stopped while the fetch was returning: give them back
             await self._give_back_messages(messages)
             return
-        self._buffer.extend([Delivery(message, None, self) for message in messages])
+        self._buffer.extend(messages)
         self._unsettled += len(messages)
 
     def _decode(self, message: IncomingMessage) -> MessageQueuePayload:
         """The payload of `message`'s body, or UndecodableBody (what Delivery.payload calls)."""
         return decode_body(message.body, self._max_bytes)
 
-    def _undecodable(self, delivery: Delivery) -> str | None:
-        """Decode `delivery`'s body now, unless done already; None, or why it cannot be."""
-        if delivery._payload is not None:
+    def _payload_or_none(self, message: IncomingMessage) -> MessageQueuePayload | None:
+        """`message`'s payload, or None once its body is found undecodable (`_refused` says why).
+
+        A body refused is remembered, so that asking again on its way to `__anext__`,
+        which dead-letters it, does not decode it twice.
+        """
+        refused = self._refused
+        if refused is not None and refused[0] is message:
             return None
-        if self._refused is not None and self._refused[0] is delivery:
-            return self._refused[1]  # asked again on its way to __anext__: decode it once
         try:
-            delivery._payload = decode_body(delivery.message.body, self._max_bytes)
+            return decode_body(message.body, self._max_bytes)
         except UndecodableBody as exc:
             reason = f"undecodable body: {exc}"
         except Exception as exc:  # never expected; a body must not stop the consumer
             reason = f"undecodable body: {type(exc).__name__}: {exc}"
-        else:
-            return None
-        self._refused = (delivery, reason)
-        return reason
+        self._refused = (message, reason)
+        return None
+
+    def _hand_out(self, message: IncomingMessage, payload: MessageQueuePayload) -> Delivery:
+        """The delivery of a message taken from the buffer (the one `buffered()` showed, if so)."""
+        if self._viewed and (shown := self._viewed.pop(id(message), None)) is not None:
+            shown._payload = payload  # (it holds the message: its id cannot have been reused)
+            return shown
+        return Delivery(message, payload, self)
+
+    async def _dead_letter_refused(self, message: IncomingMessage) -> None:
+        """Dead-letter a message taken from the buffer whose body `_payload_or_none` refused."""
+        assert self._refused is not None
+        reason, self._refused = self._refused[1], None
+        self._viewed.pop(id(message), None)
+        self._release_credit()
+        await self._dead_letter_undecodable(message, reason)
 
     async def _dead_letter_undecodable(self, message: IncomingMessage, reason: str) -> None:
         """Move a body that cannot become a payload to the dead-letter key and acknowledge it."""
@@ -306,9 +315,13 @@ class Subscription:
         return self._receiver
 
     def _ack_nowait(self, delivery: Delivery) -> bool:
+        return self._ack_message_nowait(delivery.message)
+
+    def _ack_message_nowait(self, message: IncomingMessage) -> bool:
+        """Queue `message`'s ack without waiting; False when it cannot be now (`ack()` then)."""
         if self._state == "closed" or self._receiver is None:
             return False
-        if not self._acks.add_nowait(delivery.message):
+        if not self._acks.add_nowait(message):
             return False
         self._unsettled -= 1  # _release_credit, inlined: this runs once per message
         if self._credit is not None and not self._credit.done():
@@ -331,7 +344,9 @@ class Subscription:
                     queued for queued in self._buffer if queued.key != delivery.key
                 )
                 self._unsettled -= len(later)
-                await self._give_back_messages([queued.message for queued in later])
+                for message in later:
+                    self._viewed.pop(id(message), None)
+                await self._give_back_messages(later)
 
     async def _settle_dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._check_settleable(delivery)
@@ -345,38 +360,58 @@ class Subscription:
         For several readers of one subscription: they take what is buffered without a
         round trip and leave fetching to `__anext__` (one caller at a time).
         """
-        if not self._buffer or self._state not in ("open", "stopped"):
+        taken = self._take_payload()
+        return None if taken is None else self._hand_out(*taken)
+
+    def _take_payload(self) -> tuple[IncomingMessage, MessageQueuePayload] | None:
+        """The next buffered message and its payload, without waiting; None when there is none.
+
+        `take_buffered` without the Delivery, for `consume()`, which hands out payloads
+        (its subscription is its own: `buffered()` never shows one of them).
+        """
+        buffer = self._buffer
+        if not buffer or self._state not in ("open", "stopped"):
             return None
-        head = self._buffer[0]
-        if monotonic() - head.message.received_at > self._refresh_after:
+        head = buffer[0]
+        if monotonic() - head.received_at > self._refresh_after:
             return None  # old enough to extend first: __anext__ does that
-        if self._undecodable(head) is not None:
+        payload = self._payload_or_none(head)
+        if payload is None:
             return None  # for the dead-letter key: __anext__ does that
-        return self._buffer.popleft()
+        return buffer.popleft(), payload
 
     def buffered(self) -> list[Delivery]:
         """Deliveries fetched and waiting to be handed out (not yet seen by the application).
 
         Their bodies are decoded when they are handed out: reading `payload` here decodes
         one early, and raises UndecodableBody for a body that is headed for the dead letter.
+        Each is the very delivery that will be handed out.
         """
-        return list(self._buffer)
+        viewed = self._viewed
+        for message in self._buffer:
+            if id(message) not in viewed:
+                viewed[id(message)] = Delivery(message, None, self)
+        return [viewed[id(message)] for message in self._buffer]
 
     async def _extend_buffered(self) -> None:
         """Keep messages waiting in the buffer from being redelivered to other members."""
         try:
-            await self.extend(self._buffer)
+            await self._extend_messages(list(self._buffer))
         except Exception as exc:
             log.info("could not extend %d buffered message(s): %s", len(self._buffer), exc)
         now = monotonic()
-        for delivery in self._buffer:
-            delivery.message.received_at = now
+        for message in self._buffer:
+            message.received_at = now
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Tell the broker these deliveries are still being worked on: do not redeliver them yet."""
-        unsettled = [delivery.message for delivery in deliveries if not delivery.settled]
-        if unsettled and self._receiver is not None and self._state != "closed":
-            await self._backend._guard(self._receiver.extend(unsettled), "extend")
+        await self._extend_messages(
+            [delivery.message for delivery in deliveries if not delivery.settled]
+        )
+
+    async def _extend_messages(self, messages: Sequence[IncomingMessage]) -> None:
+        if messages and self._receiver is not None and self._state != "closed":
+            await self._backend._guard(self._receiver.extend(messages), "extend")
 
     async def _flush_acks(self, messages: Sequence[IncomingMessage]) -> None:
         assert self._receiver is not None
@@ -408,14 +443,16 @@ class Subscription:
         payload goes to the dead-letter key instead, as `__anext__` would have sent it."""
         buffered = list(self._buffer)
         self._buffer.clear()
+        self._viewed.clear()
         self._unsettled -= len(buffered)
         unread: list[IncomingMessage] = []
         poison: list[tuple[IncomingMessage, str]] = []
-        for delivery in buffered:
-            if (reason := self._undecodable(delivery)) is None:
-                unread.append(delivery.message)
+        for message in buffered:
+            if self._payload_or_none(message) is not None:
+                unread.append(message)
             else:
-                poison.append((delivery.message, reason))
+                assert self._refused is not None
+                poison.append((message, self._refused[1]))
         self._refused = None
         await self._give_back_messages(unread)
         for message, reason in poison:
