@@ -20,7 +20,7 @@ class Settler:
         self.backend_name = "test"
         self.group = "workers"
 
-    def _ack_nowait(self, delivery: Delivery) -> bool:
+    def _ack_message_nowait(self, message: IncomingMessage) -> bool:
         if self.room:
             self.calls.append(("ack_nowait", None))
         return self.room

@@ -38,6 +38,7 @@ log = logging.getLogger("abe.subscription")
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 5.0
 _RELEASE_TIMEOUT = 5.0
+_TAKING = frozenset({"open", "stopped"})  # states in which buffered deliveries are handed out
 
 
 class SubscriptionHost(Protocol):
@@ -256,7 +257,7 @@ class Subscription:
 
     def _hand_out(self, message: IncomingMessage, payload: MessageQueuePayload) -> Delivery:
         """The delivery of a message taken from the buffer (the one `buffered()` showed, if so)."""
-        if self._viewed and (shown := self._viewed.pop(id(message), None)) is not None:
+        if (shown := self._viewed.pop(id(message), None)) is not None:
             shown._payload = payload  # (it holds the message: its id cannot have been reused)
             return shown
         return Delivery(message, payload, self)
@@ -314,9 +315,6 @@ class Subscription:
             )
         return self._receiver
 
-    def _ack_nowait(self, delivery: Delivery) -> bool:
-        return self._ack_message_nowait(delivery.message)
-
     def _ack_message_nowait(self, message: IncomingMessage) -> bool:
         """Queue `message`'s ack without waiting; False when it cannot be now (`ack()` then)."""
         if self._state == "closed" or self._receiver is None:
@@ -360,8 +358,17 @@ class Subscription:
         For several readers of one subscription: they take what is buffered without a
         round trip and leave fetching to `__anext__` (one caller at a time).
         """
-        taken = self._take_payload()
-        return None if taken is None else self._hand_out(*taken)
+        buffer = self._buffer  # (as _take_payload, inlined: this runs once per message)
+        if not buffer or self._state not in _TAKING:
+            return None
+        head = buffer[0]
+        if monotonic() - head.received_at > self._refresh_after:
+            return None  # old enough to extend first: __anext__ does that
+        payload = self._payload_or_none(head)
+        if payload is None:
+            return None  # for the dead-letter key: __anext__ does that
+        buffer.popleft()
+        return self._hand_out(head, payload) if self._viewed else Delivery(head, payload, self)
 
     def _take_payload(self) -> tuple[IncomingMessage, MessageQueuePayload] | None:
         """The next buffered message and its payload, without waiting; None when there is none.
@@ -370,7 +377,7 @@ class Subscription:
         (its subscription is its own: `buffered()` never shows one of them).
         """
         buffer = self._buffer
-        if not buffer or self._state not in ("open", "stopped"):
+        if not buffer or self._state not in _TAKING:
             return None
         head = buffer[0]
         if monotonic() - head.received_at > self._refresh_after:
