@@ -10,7 +10,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 from aiokafka import ConsumerRebalanceListener, OffsetAndMetadata  # type: ignore[import-untyped]
@@ -57,9 +57,8 @@ class _Partition:
 class _Message(IncomingMessage):
     """A record read, its own handle; its partition holds it only while unsettled (no cycle)."""
 
-    _: KW_ONLY
-    partition: _Partition = field(repr=False)
-    offset: int
+    partition: _Partition = field(default=cast(_Partition, None), repr=False)  # (always given)
+    offset: int = 0
     deadline: float = 0.0  # the lease's end once handed out (0: not yet handed out)
     settled: bool = False  # finished or handed on
     moving: asyncio.Task[None] | None = field(default=None, repr=False)  # its copy being written
@@ -393,7 +392,5 @@ def _read(partition: _Partition, record: Any, now: float) -> tuple[_Message, flo
         headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
     where, body = f"{tp.partition}@{record.offset}", record.value or b""
-    message = _Message(
-        tp.topic, body, headers, tries, where, None, now, partition=partition, offset=record.offset
-    )
+    message = _Message(tp.topic, body, headers, tries, where, None, now, partition, record.offset)
     return message, int(not_before) / 1000 - time.time() if not_before.isdigit() else 0.0
