@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from aiokafka import ConsumerRebalanceListener, OffsetAndMetadata  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, IllegalStateError  # type: ignore[import-untyped]
@@ -32,7 +32,7 @@ from abe_mq_kafka._client import KafkaClient
 __all__ = ["KafkaReceiver"]
 
 log = logging.getLogger("abe.kafka")
-_Failures = list[tuple[IncomingMessage, BaseException]]
+_Failures = list[tuple["_Message", BaseException]]
 
 
 @dataclass(eq=False)
@@ -40,7 +40,7 @@ class _Partition:
     """What this member read from one assigned partition and has not yet committed past."""
 
     tp: Any
-    entries: deque[_Entry] = field(default_factory=deque)  # records read into messages
+    unsettled: dict[int, _Message] = field(default_factory=dict)  # read, not settled: by offset
     queued: deque[Any] = field(default_factory=deque)  # records unread, delayed copies come due
     position: int | None = None
     committed: int = -1
@@ -49,21 +49,19 @@ class _Partition:
 
     def commit_point(self) -> int | None:
         """The offset to commit: the first unfinished record's, the first unread one's, or next."""
-        while self.entries and self.entries[0].settled:
-            self.entries.popleft()
-        first = self.entries or self.queued  # (a copy queued again is unfinished: in entries)
-        return first[0].offset if first else self.position
+        unread = self.queued[0].offset if self.queued else self.position  # (copies: unsettled)
+        return next(iter(self.unsettled), unread)  # read in offset order, so the first is least
 
 
-@dataclass(eq=False, slots=True)
-class _Entry:
-    """A record read: settled once finished or handed on; its message holds it, not the reverse."""
+@dataclass(slots=True, eq=False)
+class _Message(IncomingMessage):
+    """A record read, its own handle; its partition holds it only while unsettled (no cycle)."""
 
-    partition: _Partition
-    offset: int
-    settled: bool = False
-    deadline: float = 0.0
-    moving: asyncio.Task[None] | None = None  # the copy of it being written, if one is
+    partition: _Partition = field(default=cast(_Partition, None), repr=False)  # (always given)
+    offset: int = 0
+    deadline: float = 0.0  # the lease's end once handed out (0: not yet handed out)
+    settled: bool = False  # finished or handed on
+    moving: asyncio.Task[None] | None = field(default=None, repr=False)  # its copy being written
 
 
 class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
@@ -79,9 +77,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         self._revoke_wait = max(0.0, settings.rebalance_wait - settings.session_timeout)
         self._consumer: Any = None
         self._partitions: dict[Any, _Partition] = {}
-        self._held: dict[_Entry, IncomingMessage] = {}  # handed out, not settled
         self._ready: deque[_Partition] = deque()  # whose queued record or copy is next, in turn
-        self._delayed: list[tuple[float, int, IncomingMessage]] = []  # delayed copies, by due
+        self._delayed: list[tuple[float, int, _Message]] = []  # delayed copies, by due
         self._order = itertools.count()
         self._fetching, self._closed = 0, False
         self._last_active = self._received = time.monotonic()
@@ -172,69 +169,68 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _take_due(self, limit: int, out: list[IncomingMessage]) -> list[IncomingMessage]:
         """Move what is due into `out` (at most `limit`), reading records only now (shorter GCs)."""
-        delayed, ready, held, now = self._delayed, self._ready, self._held, time.monotonic()
+        delayed, ready, now = self._delayed, self._ready, time.monotonic()
         while delayed and delayed[0][0] <= now:  # a delayed copy come due: behind the queue
             copy = heapq.heappop(delayed)[2]
-            copy.handle.partition.queued.append(copy)
-            ready.append(copy.handle.partition)
+            copy.partition.queued.append(copy)
+            ready.append(copy.partition)
         while ready and len(out) < limit:
             partition = ready.popleft()
             message = partition.queued.popleft()
-            if not isinstance(message, IncomingMessage):  # a record, read now
-                entry = _Entry(partition, message.offset)
-                partition.entries.append(entry)
-                message, wait = _read(partition.tp, message, entry, now)
+            if not isinstance(message, _Message):  # a record, read now
+                message, wait = _read(partition, message, now)
+                partition.unsettled[message.offset] = message
                 if wait > 0:  # a copy read early: it waits in the heap
                     heapq.heappush(delayed, (now + wait, next(self._order), message))
                     continue
             if partition.handing_out:  # else unfinished, for the next owner (never settled here)
-                message.handle.deadline, message.received_at = now + self._lease, now  # lease: now
-                held[message.handle] = message
+                message.deadline, message.received_at = now + self._lease, now  # lease: now
                 out.append(message)
         return out
 
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = time.monotonic()
-        if touched := self._settle(message.handle for message in messages):
+        if touched := self._settle(cast("Sequence[_Message]", messages)):
             await self._commit(touched)
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._last_active = time.monotonic()
-        if not message.handle.settled and message.handle.moving is None:  # else handed on already
-            await asyncio.shield(self._hand_on(message, delay, False))
+        if not (held := cast(_Message, message)).settled and held.moving is None:  # else handed on
+            await asyncio.shield(self._hand_on(held, delay, False))
 
     async def extend(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = now = time.monotonic()
-        for message in messages:
-            if message.handle in self._held:
-                message.handle.deadline = now + self._lease
+        for message in cast("Sequence[_Message]", messages):
+            if not message.settled and message.partition.current:  # still held
+                message.deadline = now + self._lease
 
-    def _settle(self, entries: Iterable[_Entry]) -> set[_Partition]:
+    def _settle(self, messages: Iterable[_Message]) -> set[_Partition]:
         touched: set[_Partition] = set()
-        for entry in entries:
-            if not entry.settled:
-                entry.settled = True
-                self._held.pop(entry, None)
-                if entry.partition.current:
-                    touched.add(entry.partition)
+        for message in messages:
+            if not message.settled:
+                message.settled = True
+                message.partition.unsettled.pop(message.offset, None)  # (dropped: cleared)
+                if message.partition.current:
+                    touched.add(message.partition)
         self._settled.set()
         return touched
 
-    def _hand_on(self, message: IncomingMessage, delay: float, away: bool) -> asyncio.Task[None]:
+    def _hand_on(self, message: _Message, delay: float, away: bool) -> asyncio.Task[None]:
         """The one copy of `message` being written; all who hand it on await it (a revoke too)."""
-        entry: _Entry = message.handle
-        if entry.moving is None:
-            entry.moving = asyncio.get_running_loop().create_task(self._copy(message, delay, away))
-        return entry.moving
+        if message.moving is None:
+            message.moving = asyncio.get_running_loop().create_task(
+                self._copy(message, delay, away)
+            )
+        return message.moving
 
-    async def _hand_on_all(self, messages: list[IncomingMessage], away: bool) -> _Failures:
+    async def _hand_on_all(self, messages: list[_Message], away: bool) -> _Failures:
         """Hand each message on (their copies written at once); the ones that failed, and why."""
         copies = (asyncio.shield(self._hand_on(message, 0, away)) for message in messages)
         results = await asyncio.gather(*copies, return_exceptions=True)
         failed = zip(messages, results, strict=True)
         return [(message, error) for message, error in failed if isinstance(error, BaseException)]
 
-    async def _copy(self, message: IncomingMessage, delay: float, away: bool) -> None:
+    async def _copy(self, message: _Message, delay: float, away: bool) -> None:
         """Write `message` again as its next attempt (`away` from this member's partitions)."""
         headers = {**message.headers, HEADER_ATTEMPT: str(message.attempt + 1)}
         if delay > 0:
@@ -245,8 +241,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await bounded(copy, self._timeout)
         finally:
-            message.handle.moving = None
-        self._settle((message.handle,))
+            message.moving = None
+        self._settle((message,))
 
     async def _commit(self, partitions: Iterable[_Partition], consumer: Any = None) -> None:
         """Commit each partition's commit point if it moved; only while the partition is ours."""
@@ -282,7 +278,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         for partition in partitions:  # what is queued stays for the next owner to read
             partition.handing_out = False
         try:
-            await self._wait_for_settlement(set(partitions))
+            await self._wait_for_settlement(partitions)
             await self._release(partitions, "rebalance", consumer)
         except Exception as exc:
             log.warning(
@@ -295,12 +291,12 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
             if self._revoking is done:
                 self._revoking = None
 
-    async def _wait_for_settlement(self, chosen: set[_Partition]) -> None:
+    async def _wait_for_settlement(self, chosen: list[_Partition]) -> None:
         """Give deliveries in progress on revoked partitions time to finish (or their lease end)."""
         give_up = time.monotonic() + self._revoke_wait
         while not self._closed and not self._stalled():
             now = time.monotonic()
-            live = [e.deadline for e in self._held if e.partition in chosen and e.deadline > now]
+            live = [m.deadline for p in chosen for m in p.unsettled.values() if m.deadline > now]
             if not live or now >= give_up:
                 return
             self._settled = asyncio.Event()
@@ -308,8 +304,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _release(self, partitions: list[_Partition], why: str, consumer: Any) -> None:
         """Hand on the deliveries still held on `partitions` as copies, then commit them."""
-        chosen = set(partitions)
-        held = [m for e, m in self._held.items() if e.partition in chosen]  # copies in flight too
+        held = [m for p in partitions for m in p.unsettled.values() if m.deadline]  # moving too
         if failed := len(await self._hand_on_all(held, away=False)):
             log.info(
                 f"kafka: {failed} unfinished message(s) of group {self._group!r} could not be "
@@ -321,11 +316,11 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         """Forget partitions that are no longer ours: later acks of their messages commit none."""
         for partition in partitions:
             partition.current = partition.handing_out = False
+            partition.unsettled.clear()  # what is held of it no longer counts (nor is a cycle)
             if self._partitions.get(partition.tp) is partition:
                 del self._partitions[partition.tp]
-        self._held = {e: m for e, m in self._held.items() if e.partition.current}
         self._ready = deque(partition for partition in self._ready if partition.current)
-        self._delayed = [item for item in self._delayed if item[2].handle.partition.current]
+        self._delayed = [item for item in self._delayed if item[2].partition.current]
         heapq.heapify(self._delayed)
 
     def _stalled(self) -> bool:
@@ -375,15 +370,17 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _expire(self) -> None:
         now = time.monotonic()
-        expired = [m for e, m in self._held.items() if e.deadline <= now and e.moving is None]
+        held = (m for p in self._partitions.values() for m in p.unsettled.values() if m.deadline)
+        expired = [m for m in held if m.deadline <= now and m.moving is None]
         for message, failure in await self._hand_on_all(expired, away=True):
             log.info(f"kafka: redelivering {message} failed ({failure}); retrying")
-        if touched := {m.handle.partition for m in expired if m.handle.settled}:  # _commit checks
+        if touched := {m.partition for m in expired if m.settled}:  # _commit checks
             await self._commit(touched)
 
 
-def _read(tp: Any, record: Any, entry: _Entry, now: float) -> tuple[IncomingMessage, float]:
-    """`record`'s message (`entry` its handle) and the seconds until it is due (0: at once)."""
+def _read(partition: _Partition, record: Any, now: float) -> tuple[_Message, float]:
+    """`record`'s message and the seconds until it is due (0: at once)."""
+    tp = partition.tp
     try:  # the usual record: every header value UTF-8, as abe's own are (twice as fast)
         headers = {name: value.decode() for name, value in record.headers}
     except (UnicodeDecodeError, AttributeError, TypeError):  # a foreign producer's bytes, None
@@ -395,5 +392,5 @@ def _read(tp: Any, record: Any, entry: _Entry, now: float) -> tuple[IncomingMess
         headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
     where, body = f"{tp.partition}@{record.offset}", record.value or b""
-    message = IncomingMessage(tp.topic, body, headers, tries, where, entry, now)
+    message = _Message(tp.topic, body, headers, tries, where, None, now, partition, record.offset)
     return message, int(not_before) / 1000 - time.time() if not_before.isdigit() else 0.0
