@@ -312,11 +312,25 @@ async def test_a_foreign_records_headers_are_read_whatever_their_bytes() -> None
     await receiver.close()
 
 
-async def test_core_gathers_acks_for_the_commit_interval() -> None:
-    settings = KafkaSettings(commit_interval=0.25)
+async def test_acks_settle_at_once_and_one_commit_covers_the_interval() -> None:
+    settings = KafkaSettings(session_timeout=1.0, commit_interval=0.05)
     receiver = KafkaReceiver(FakeClient(settings), "group", ("orders",))  # type: ignore[arg-type]
-    assert receiver.ack_linger == 0.25
-    assert KafkaReceiver.ack_linger == 0.0  # the class default is untouched
+    assert receiver.ack_linger == 0.0  # core hands acks over at once: it holds no acked message
+    consumer = receiver._consumer = FakeConsumer()
+    await receiver.on_partitions_assigned({TP0, TP1})
+    consumer.batches.append({TP0: [Record(0), Record(1), Record(2)]})
+    first, second, third = await fetch(receiver)
+    await receiver.ack([first])
+    await receiver.ack([second])
+    assert consumer.commits == []  # settled; the commit waits for the interval
+    assert receiver._partitions[TP0].commit_point() == 2
+    saving = receiver._saving
+    assert saving is not None
+    await saving
+    assert consumer.commits == [{TP0: 2}]  # one commit for both acks
+    await receiver.ack([third])
+    await receiver.close()  # closing commits at once, without waiting for the interval
+    assert consumer.commits == [{TP0: 2}, {TP0: 3}]
 
 
 async def test_close_commits_what_acks_could_not() -> None:

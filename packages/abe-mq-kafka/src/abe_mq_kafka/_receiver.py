@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 from aiokafka import ConsumerRebalanceListener, OffsetAndMetadata  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, IllegalStateError  # type: ignore[import-untyped]
@@ -67,12 +67,11 @@ class _Message(IncomingMessage):
 class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     """A member of consumer group `group` reading `keys` (topics); its own rebalance listener."""
 
-    ack_batch_size: ClassVar[int] = 10_000  # one commit covers all (500 throttled acks at 20k/s)
-
     def __init__(self, client: KafkaClient, group: str, keys: tuple[str, ...]) -> None:
         settings = client.settings
-        self.ack_linger = settings.commit_interval  # core gathers acks for one commit this long
         self._client, self._group, self._keys = client, group, keys
+        self._commit_interval = settings.commit_interval  # acks settle at once, commit this often
+        self._saving: asyncio.Task[None] | None = None  # the commit waiting for the interval
         self._lease, self._timeout = settings.redelivery_timeout, settings.operation_timeout
         self._revoke_wait = max(0.0, settings.rebalance_wait - settings.session_timeout)
         self._consumer: Any = None
@@ -111,9 +110,10 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         if self._closed:
             return
         self._closed = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
+        for task in (self._watchdog, self._saving):  # leaving commits what is finished
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         async with self._membership:
             await self._leave("closing")
 
@@ -191,7 +191,19 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     async def ack(self, messages: Sequence[IncomingMessage]) -> None:
         self._last_active = time.monotonic()
         if touched := self._settle(cast("Sequence[_Message]", messages)):
-            await self._commit(touched)
+            if self._commit_interval <= 0:
+                await self._commit(touched)
+            elif self._saving is None:  # core need not hold acked messages (GC work) until then
+                self._saving = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        """One commit for the acks of a commit interval (a failed one: the next covers them)."""
+        await asyncio.sleep(self._commit_interval)
+        self._saving = None
+        try:
+            await self._commit(list(self._partitions.values()))
+        except Exception as exc:
+            log.warning(f"kafka: committing the offsets of group {self._group!r} failed ({exc})")
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._last_active = time.monotonic()
@@ -218,9 +230,8 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     def _hand_on(self, message: _Message, delay: float, away: bool) -> asyncio.Task[None]:
         """The one copy of `message` being written; all who hand it on await it (a revoke too)."""
         if message.moving is None:
-            message.moving = asyncio.get_running_loop().create_task(
-                self._copy(message, delay, away)
-            )
+            copy = self._copy(message, delay, away)
+            message.moving = asyncio.get_running_loop().create_task(copy)
         return message.moving
 
     async def _hand_on_all(self, messages: list[_Message], away: bool) -> _Failures:
