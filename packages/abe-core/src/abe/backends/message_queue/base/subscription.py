@@ -358,16 +358,10 @@ class Subscription:
         For several readers of one subscription: they take what is buffered without a
         round trip and leave fetching to `__anext__` (one caller at a time).
         """
-        buffer = self._buffer  # (as _take_payload, inlined: this runs once per message)
-        if not buffer or self._state not in _TAKING:
-            return None
-        head = buffer[0]
-        if monotonic() - head.received_at > self._refresh_after:
-            return None  # old enough to extend first: __anext__ does that
-        payload = self._payload_or_none(head)
+        payload = self._head_payload()
         if payload is None:
-            return None  # for the dead-letter key: __anext__ does that
-        buffer.popleft()
+            return None
+        head = self._buffer.popleft()
         return self._hand_out(head, payload) if self._viewed else Delivery(head, payload, self)
 
     def _take_payload(self) -> tuple[IncomingMessage, MessageQueuePayload] | None:
@@ -376,16 +370,18 @@ class Subscription:
         `take_buffered` without the Delivery, for `consume()`, which hands out payloads
         (its subscription is its own: `buffered()` never shows one of them).
         """
+        payload = self._head_payload()
+        return None if payload is None else (self._buffer.popleft(), payload)
+
+    def _head_payload(self) -> MessageQueuePayload | None:
+        """The payload of the buffer's head if it can be handed out now, without waiting."""
         buffer = self._buffer
         if not buffer or self._state not in _TAKING:
             return None
         head = buffer[0]
         if monotonic() - head.received_at > self._refresh_after:
             return None  # old enough to extend first: __anext__ does that
-        payload = self._payload_or_none(head)
-        if payload is None:
-            return None  # for the dead-letter key: __anext__ does that
-        return buffer.popleft(), payload
+        return self._payload_or_none(head)  # None: for the dead-letter key, which __anext__ does
 
     def buffered(self) -> list[Delivery]:
         """Deliveries fetched and waiting to be handed out (not yet seen by the application).
