@@ -203,7 +203,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await self._commit(list(self._partitions.values()))
         except Exception as exc:
-            log.warning(f"kafka: committing the offsets of group {self._group!r} failed ({exc})")
+            log.warning(f"kafka: committing group {self._group!r}'s offsets failed ({exc!r})")
 
     async def nack(self, message: IncomingMessage, delay: float) -> None:
         self._last_active = time.monotonic()
