@@ -220,7 +220,7 @@ class AsyncLoopConsumer:
         self._pace = _Pace(self._pace.start)
         chain = _Chain(handler, self._middlewares)
         loop = asyncio.get_running_loop()
-        in_hand: dict[int, tuple[Delivery, float]] = {}
+        in_hand: list[Delivery | None] = [None] * self.concurrency  # what each slot runs
         try:
             subscription = await self._join()
             if subscription is None:  # shut down before the broker answered
@@ -282,24 +282,36 @@ class AsyncLoopConsumer:
         subscription: Subscription,
         reading: asyncio.Lock,
         chain: _Chain,
-        in_hand: dict[int, tuple[Delivery, float]],
+        in_hand: list[Delivery | None],
     ) -> None:
-        """One handler slot: take the next delivery, handle it, until stopped."""
-        pace = self._pace
+        """One handler slot: take the next delivery, handle it, until stopped.
+
+        A slot handles runs: what it finds buffered when it is free, one delivery after
+        another. Its counts and timing are kept once a run, not once a message: in a
+        drain, a run is a whole fetch.
+        """
+        pace, stats = self._pace, self.stats
+        take = subscription.take_buffered
         while not self._stopping:
-            delivery = subscription.take_buffered()
+            delivery = take()
             if delivery is None:
                 delivery = await self._fetch(subscription, reading)
                 if delivery is None:
                     return
-            started = monotonic()  # the clock of received_at
-            in_hand[index] = (delivery, started)
+            started = monotonic()
+            handled = 0
+            stats.in_flight += 1
             try:
-                await self._handle(delivery, chain)
+                while delivery is not None:
+                    in_hand[index] = delivery
+                    handled += 1
+                    await self._handle(delivery, chain)
+                    delivery = None if self._stopping else take()
             finally:
-                del in_hand[index]
+                in_hand[index] = None
+                stats.in_flight -= 1
                 pace.busy += monotonic() - started
-                pace.handled += 1
+                pace.handled += handled
 
     async def _fetch(self, subscription: Subscription, reading: asyncio.Lock) -> Delivery | None:
         """The next delivery for a slot that found none buffered; None once stopped.
@@ -343,22 +355,26 @@ class AsyncLoopConsumer:
         finally:
             stop.cancel()
 
-    async def _keep_alive(
-        self, subscription: Subscription, in_hand: dict[int, tuple[Delivery, float]]
-    ) -> None:
+    async def _keep_alive(self, subscription: Subscription, in_hand: list[Delivery | None]) -> None:
         """While a handler still runs, keep its message from being delivered to someone else.
 
-        Every third of the redelivery timeout, deliveries whose handlers have run that
-        long are extended on the broker (a periodic timer: there is no event to wait for).
+        Every third of the redelivery timeout, the deliveries whose handlers were already
+        running at the last look (so have run at least that long) are extended on the
+        broker, with those fetched as long ago and still waiting for a free handler slot
+        (a periodic timer: there is no event to wait for).
         """
         interval = max(0.05, self.backend.redelivery_timeout / 3)
+        last_look: list[Delivery | None] = [None] * len(in_hand)
         while True:
             await asyncio.sleep(interval)
-            now = monotonic()
             running = [
-                delivery for delivery, started in in_hand.values() if now - started >= interval
+                delivery
+                for delivery, before in zip(in_hand, last_look, strict=True)
+                if delivery is not None and delivery is before
             ]
-            running += [  # fetched and still waiting for a free handler slot
+            last_look[:] = in_hand
+            now = monotonic()
+            running += [
                 delivery
                 for delivery in subscription.buffered()
                 if now - delivery.message.received_at >= interval
@@ -412,19 +428,15 @@ class AsyncLoopConsumer:
         return [*installed(), *self.backend.middleware, *self.middleware]
 
     async def _handle(self, delivery: Delivery, chain: _Chain) -> None:
-        stats = self.stats
-        stats.in_flight += 1
+        """Run the handler on `delivery` and settle it by what the handler did."""
         _current.set(delivery)
         try:
             if delivery.message.attempt > self.max_attempts:
                 await self._dead_letter_unhandled(delivery)
                 return
+            call = chain.current()  # None: no middleware between the consumer and the handler
             try:
-                call = chain.current()
-                if call is None:  # no middleware: nothing between the consumer and the handler
-                    await chain.handler(delivery.payload)
-                else:
-                    await call(delivery)
+                await (chain.handler(delivery.payload) if call is None else call(delivery))
             except asyncio.CancelledError:
                 if not delivery.settled:
                     await self._settle_safely(delivery.nack(0.0), delivery, "give back")
@@ -433,11 +445,10 @@ class AsyncLoopConsumer:
                 await self._raised(delivery, exc)
             else:
                 if delivery.ack_nowait():  # the usual case: queued for the next ack batch
-                    stats.processed += 1
+                    self.stats.processed += 1
                 else:
                     await self._returned(delivery)
         finally:
-            stats.in_flight -= 1
             if self.on_settled is not None and delivery.settled:
                 _report(self.on_settled, delivery)
 
