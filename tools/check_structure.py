@@ -26,7 +26,10 @@ BASELINE_ONLY = ("abe.benchmarking", "abe.testing")
 PROVIDER_LIMIT = 1000
 TEMPLATE_LIMIT = 250
 BROKER_BUDGETS = {
-    "abe_mq_kafka": (1127, "group membership with acks, leases and paced commits, SASL and TLS"),
+    "abe_mq_kafka": (
+        1136,
+        "group membership with acks, leases and paced commits, SASL and TLS, its own prefetch",
+    ),
     "abe_mq_nats": (1141, "JetStream streams and pull consumers, reconnection, five auth ways"),
     "abe_mq_redis": (1266, "redis-py's URL checked as it reads it, and Redis Cluster"),
 }

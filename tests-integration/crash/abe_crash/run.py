@@ -27,12 +27,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from abe.backends.message_queue.base.settings import BackendSettings
 from abe.backends.message_queue.consumer import PREFETCH_MULTIPLIER
+from abe.backends.message_queue.loader import load_backend_class
 from abe_crash.records import Confirmed, Handled, Tail, message_id
 from abe_crash.sizes import Sizes
 from abe_crash.verdict import Commit, Evidence, Kill, Outage, Placed, Verdict, judge
@@ -45,9 +46,12 @@ _HERE = Path(__file__).resolve().parent.parent
 _LOG_LINE = re.compile(r" (WARNING|ERROR|CRITICAL) ([\w.\-]+): ")
 
 
-def _default_prefetch(concurrency: int) -> int:
-    """AsyncLoopConsumer's default bound on what it holds, with ABE_MQ_PREFETCH unset."""
-    return max(BackendSettings().prefetch, PREFETCH_MULTIPLIER * concurrency)
+def _default_prefetch(backend: str, concurrency: int) -> int:
+    """AsyncLoopConsumer's default bound on what it holds, with ABE_MQ_PREFETCH unset (the
+    backend's own default: Kafka's is larger)."""
+    settings_class = getattr(load_backend_class(backend), "settings_class", BackendSettings)
+    default = next(f.default for f in fields(settings_class) if f.name == "prefetch")
+    return max(int(default), PREFETCH_MULTIPLIER * concurrency)
 
 
 class Crashable(Protocol):
@@ -539,7 +543,8 @@ class CrashRun:
             # what a worker holds (AsyncLoopConsumer's default prefetch: ABE_MQ_PREFETCH or
             # 4 per slot, whichever is more) and one round of its handlers' acknowledgements
             # not yet flushed to the broker
-            window=_default_prefetch(self.sizes.concurrency) + self.sizes.concurrency,
+            window=_default_prefetch(self.target.backend, self.sizes.concurrency)
+            + self.sizes.concurrency,
             stall_after=self.sizes.stall_after,
             started_at=self.started_at,
             published_at=self._published_at,

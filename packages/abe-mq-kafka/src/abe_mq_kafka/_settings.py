@@ -95,6 +95,15 @@ class KafkaSettings(BackendSettings):
     client_id: str = setting(
         "KAFKA_CLIENT_ID", "abe", "Client id the brokers see in logs and quotas."
     )
+    prefetch: int = setting(
+        "ABE_MQ_PREFETCH",
+        500,
+        "Most messages a consumer holds unacknowledged at once (Kafka's own max.poll.records; "
+        "aiokafka holds what it fetched either way, and partitions, not prefetch, share a "
+        "key between members).",
+        minimum=1,
+        maximum=100_000,
+    )
     partitions: int = setting(
         "ABE_KAFKA_PARTITIONS",
         6,
