@@ -27,8 +27,9 @@ PROVIDER_LIMIT = 1000
 TEMPLATE_LIMIT = 250
 BROKER_BUDGETS = {
     "abe_mq_kafka": (
-        1136,
-        "group membership with acks, leases and paced commits, SASL and TLS, its own prefetch",
+        1141,
+        "group membership with acks, leases and paced commits, SASL and TLS, its own prefetch; "
+        "reading 100,000s of records a second",
     ),
     "abe_mq_nats": (1141, "JetStream streams and pull consumers, reconnection, five auth ways"),
     "abe_mq_redis": (1266, "redis-py's URL checked as it reads it, and Redis Cluster"),

@@ -46,6 +46,10 @@ class _Partition:
     committed: int = -1
     current: bool = True  # still ours: its acks commit
     handing_out: bool = True  # not being revoked: its records may be handed out
+    where: str = field(init=False)  # its messages' broker id, less the offset: "3@"
+
+    def __post_init__(self) -> None:
+        self.where = f"{self.tp.partition}@"
 
     def commit_point(self) -> int | None:
         """The offset to commit: the first unfinished record's, the first unread one's, or next."""
@@ -170,6 +174,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
     def _take_due(self, limit: int, out: list[IncomingMessage]) -> list[IncomingMessage]:
         """Move what is due into `out` (at most `limit`), reading records only now (shorter GCs)."""
         delayed, ready, now = self._delayed, self._ready, time.monotonic()
+        deadline = now + self._lease  # the lease of what is handed out now
         while delayed and delayed[0][0] <= now:  # a delayed copy come due: behind the queue
             copy = heapq.heappop(delayed)[2]
             copy.partition.queued.append(copy)
@@ -184,7 +189,7 @@ class KafkaReceiver(Receiver, ConsumerRebalanceListener):  # type: ignore[misc]
                     heapq.heappush(delayed, (now + wait, next(self._order), message))
                     continue
             if partition.handing_out:  # else unfinished, for the next owner (never settled here)
-                message.deadline, message.received_at = now + self._lease, now  # lease: now
+                message.deadline, message.received_at = deadline, now
                 out.append(message)
         return out
 
@@ -402,6 +407,6 @@ def _read(partition: _Partition, record: Any, now: float) -> tuple[_Message, flo
     if HEADER_PUBLISHED_AT not in headers and record.timestamp is not None:
         headers[HEADER_PUBLISHED_AT] = str(record.timestamp)
     tries = max(1, int(attempt)) if attempt.isdigit() else 1
-    where, body = f"{tp.partition}@{record.offset}", record.value or b""
+    where, body = partition.where + str(record.offset), record.value or b""
     message = _Message(tp.topic, body, headers, tries, where, None, now, partition, record.offset)
     return message, int(not_before) / 1000 - time.time() if not_before.isdigit() else 0.0
