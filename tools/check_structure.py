@@ -27,7 +27,7 @@ PROVIDER_LIMIT = 1000
 TEMPLATE_LIMIT = 250
 BROKER_BUDGETS = {
     "abe_mq_kafka": (
-        1141,
+        1138,
         "group membership with acks, leases and paced commits, SASL and TLS, its own prefetch; "
         "reading 100,000s of records a second",
     ),

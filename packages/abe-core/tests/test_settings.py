@@ -13,6 +13,7 @@ import pytest
 from abe.backends.message_queue.base.settings import (
     BackendSettings,
     SettingsError,
+    common_setting,
     setting,
     split_url_credentials,
 )
@@ -523,6 +524,25 @@ def test_backend_settings_are_keyword_only_and_frozen() -> None:
     settings = BackendSettings(prefetch=5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.prefetch = 6  # type: ignore[misc]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _OwnPrefetch(BackendSettings):
+    prefetch: int = common_setting("prefetch", 500, "the broker's own batch")
+
+
+def test_a_common_setting_with_a_providers_own_default_keeps_its_variable_and_limits() -> None:
+    assert _OwnPrefetch().prefetch == 500
+    assert _OwnPrefetch.from_env({"ABE_MQ_PREFETCH": "7"}).prefetch == 7
+    with pytest.raises(ConfigurationError, match="ABE_MQ_PREFETCH"):
+        _OwnPrefetch.from_env({"ABE_MQ_PREFETCH": "0"})
+    with pytest.raises(SettingsError, match="from 1 to 100000"):
+        _OwnPrefetch(prefetch=100_001)
+    (declared,) = [v for v in _OwnPrefetch.variables() if v.name == "ABE_MQ_PREFETCH"]
+    assert declared.default == "500"
+    assert declared.meaning == (
+        "Most messages a consumer holds unacknowledged at once (the broker's own batch)."
+    )
 
 
 def test_backend_settings_describe_lists_every_field() -> None:

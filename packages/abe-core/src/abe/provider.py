@@ -57,6 +57,7 @@ from abe.backends.message_queue.base.settings import (
     BackendSettings,
     SettingsError,
     Url,
+    common_setting,
     setting,
     split_url_credentials,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "auth",
     "bounded",
     "close_quietly",
+    "common_setting",
     "config",
     "dead_letter_key",
     "header_text",

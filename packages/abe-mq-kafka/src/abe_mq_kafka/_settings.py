@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
 
 from abe.errors import ConfigurationError
-from abe.provider import BackendSettings, Secret, setting
+from abe.provider import BackendSettings, Secret, common_setting, setting
 
 __all__ = ["KafkaSettings"]
 
@@ -95,14 +95,11 @@ class KafkaSettings(BackendSettings):
     client_id: str = setting(
         "KAFKA_CLIENT_ID", "abe", "Client id the brokers see in logs and quotas."
     )
-    prefetch: int = setting(
-        "ABE_MQ_PREFETCH",
+    prefetch: int = common_setting(
+        "prefetch",
         500,
-        "Most messages a consumer holds unacknowledged at once (Kafka's own max.poll.records; "
-        "aiokafka holds what it fetched either way, and partitions, not prefetch, share a "
-        "key between members).",
-        minimum=1,
-        maximum=100_000,
+        "Kafka's own max.poll.records; aiokafka holds what it fetched either way, and "
+        "partitions, not prefetch, share a key between members",
     )
     partitions: int = setting(
         "ABE_KAFKA_PARTITIONS",

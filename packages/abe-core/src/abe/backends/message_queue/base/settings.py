@@ -32,7 +32,7 @@ import os
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -48,6 +48,7 @@ __all__ = [
     "Setting",
     "SettingsError",
     "Url",
+    "common_setting",
     "setting",
     "split_url_credentials",
 ]
@@ -122,6 +123,15 @@ def setting(
     """
     spec = Setting(variable, meaning, secret, minimum, maximum, choices, parse, url, pair)
     return field(default=default, metadata={_SETTING: spec})
+
+
+def common_setting(name: str, default: Any, why: str) -> Any:
+    """One of `BackendSettings`' fields with a provider's own default: the same variable and
+    bounds, and `why` added to its meaning, so `abe backends` and the README say why."""
+    common = next(item for item in fields(BackendSettings) if item.name == name)
+    spec = common.metadata[_SETTING]
+    meaning = f"{spec.meaning.rstrip('.')} ({why})."
+    return field(default=default, metadata={_SETTING: replace(spec, meaning=meaning)})
 
 
 class SettingsError(ValueError):
