@@ -206,7 +206,7 @@ async def test_a_partition_dropped_forgets_its_queued_records() -> None:
     await receiver.ack([held])
     await receiver.on_partitions_revoked({TP1})
     assert consumer.commits == [{TP0: 1}]  # TP1 stays at 5: the next owner reads from there
-    assert [partition.tp for partition in receiver._ready] == [TP0]
+    assert [run.partition.tp for run in receiver._ready] == [TP0]
     assert [m.broker_id for m in await fetch(receiver)] == ["0@1"]
     assert not receiver._ready
 
@@ -288,6 +288,19 @@ async def test_close_hands_on_what_is_held_and_commits() -> None:
     assert [headers[HEADER_ATTEMPT] for _, _, headers, _ in backend.copies] == ["2"]
     assert consumer.commits[-1] == {TP0: 2}
     await receiver.close()
+
+
+async def test_abes_usual_record_reads_its_headers_when_asked() -> None:
+    receiver, consumer, backend = await make()
+    usual = Record(3, headers=(("abe-id", b"m-1"),), timestamp=1_764_300_000_123)
+    consumer.batches.append({TP0: [usual, Record(4, headers=(("abe-id", b"caf\xe9"),))]})
+    message, odd = await fetch(receiver)
+    assert (message.body, message.attempt, message.broker_id) == (b'{"n": 1}', 1, "0@3")
+    assert dict(message.headers) == {"abe-id": "m-1", "abe-published-at": "1764300000123"}
+    assert odd.headers["abe-id"] == "caf\ufffd"
+    await receiver.nack(message, 0)
+    ((_, _, headers, _),) = backend.copies
+    assert (headers["abe-id"], headers[HEADER_ATTEMPT]) == ("m-1", "2")
 
 
 async def test_a_new_record_gets_its_id_and_time_from_its_position_and_timestamp() -> None:
