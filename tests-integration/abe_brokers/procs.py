@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,12 +34,47 @@ class ToolMissing(RuntimeError):
     """A binary or Python package a step needs is not installed."""
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port() gave: a broker may be restarted on one
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago: bind port 0 and let the kernel choose."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port free now, for a broker to listen on, and never handed out before here.
+
+    It comes from below the kernel's range for the local ports of outgoing connections:
+    a broker killed and restarted on its port (the crash and failover tests) must find
+    it free, and a port from that range may meanwhile be taken by any client's
+    connection (a Redis Cluster node once failed to rejoin so). pytest-xdist workers
+    each take a slice of their own.
+    """
+    low, high = _listening_ports()
+    start = random.randrange(high - low)
+    for step in range(high - low):
+        port = low + (start + step) % (high - low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:  # listened on, or closing connections still hold it
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise RuntimeError(f"no free port left in {low}-{high - 1} on {host}")
+
+
+def _listening_ports() -> tuple[int, int]:
+    """[low, high) for this process: from 10000 to the kernel's first ephemeral port (Linux
+    reports it; elsewhere 32768), this pytest-xdist worker's share of it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low, high = 10000, max(ephemeral, 20000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    share = (high - low) // max(workers, 1)
+    index = int(worker) % max(workers, 1) if worker.isdigit() else 0
+    return low + index * share, low + (index + 1) * share
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
