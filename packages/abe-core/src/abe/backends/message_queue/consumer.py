@@ -26,7 +26,7 @@ from abe.backends.message_queue.base.interface import Backend
 from abe.backends.message_queue.base.subscription import Subscription
 from abe.backends.message_queue.protocol_backend import ProtocolBackend
 from abe.errors import AuthenticationError, BackendUnavailableError
-from abe.middleware import HandleNext, Middleware, chain_handle, changes, installed
+from abe.middleware import _INSTALLED, HandleNext, Middleware, chain_handle, installed
 from abe.types import (
     ConsumerGroup,
     MessageQueueBackendProtocol,
@@ -284,13 +284,7 @@ class AsyncLoopConsumer:
         chain: _Chain,
         in_hand: list[Delivery | None],
     ) -> None:
-        """One handler slot: take the next delivery, handle it, until stopped.
-
-        A slot handles runs: what it finds buffered when it is free, one delivery after
-        another. Its counts and timing are kept once a run, not once a message: in a
-        drain, a run is a whole fetch.
-        """
-        pace, stats = self._pace, self.stats
+        """One handler slot: take the next delivery, handle it and what follows, until stopped."""
         take = subscription.take_buffered
         while not self._stopping:
             delivery = take()
@@ -298,20 +292,60 @@ class AsyncLoopConsumer:
                 delivery = await self._fetch(subscription, reading)
                 if delivery is None:
                     return
-            started = monotonic()
-            handled = 0
-            stats.in_flight += 1
-            try:
-                while delivery is not None:
-                    in_hand[index] = delivery
-                    handled += 1
-                    await self._handle(delivery, chain)
-                    delivery = None if self._stopping else take()
-            finally:
-                in_hand[index] = None
-                stats.in_flight -= 1
-                pace.busy += monotonic() - started
-                pace.handled += handled
+            await self._handle_run(delivery, take, chain, in_hand, index)
+
+    async def _handle_run(
+        self,
+        delivery: Delivery | None,
+        take: Callable[[], Delivery | None],
+        chain: _Chain,
+        in_hand: list[Delivery | None],
+        index: int,
+    ) -> None:
+        """Handle `delivery`, then what is buffered, one after another, and settle each.
+
+        This is the consumer's per-message path, so it is written out here rather than
+        calling a coroutine per message; in a drain, a run is a whole fetch. Counts and
+        timing are kept once a run, not once a message.
+        """
+        pace, stats, on_settled, handler = self._pace, self.stats, self.on_settled, chain.handler
+        max_attempts, registry = self.max_attempts, _INSTALLED
+        started = monotonic()
+        handled = 0
+        stats.in_flight += 1
+        try:
+            while delivery is not None:
+                in_hand[index] = delivery
+                handled += 1
+                _current.set(delivery)
+                try:
+                    if chain.generation != registry.changes:  # middleware came or went
+                        chain.rebuild()
+                    call = chain.built  # None: no middleware between consumer and handler
+                    if delivery.message.attempt > max_attempts:
+                        await self._dead_letter_unhandled(delivery)
+                    else:
+                        try:
+                            await (handler(delivery.payload) if call is None else call(delivery))
+                        except Exception as exc:
+                            await self._raised(delivery, exc)
+                        else:
+                            if delivery.ack_nowait():  # the usual case: queued for the next batch
+                                stats.processed += 1
+                            else:
+                                await self._returned(delivery)
+                except asyncio.CancelledError:
+                    await self._give_back(delivery)
+                    raise
+                finally:
+                    if on_settled is not None and delivery.settled:
+                        _report(on_settled, delivery)
+                delivery = None if self._stopping else take()
+        finally:
+            in_hand[index] = None
+            stats.in_flight -= 1
+            pace.busy += monotonic() - started
+            pace.handled += handled
 
     async def _fetch(self, subscription: Subscription, reading: asyncio.Lock) -> Delivery | None:
         """The next delivery for a slot that found none buffered; None once stopped.
@@ -427,30 +461,10 @@ class AsyncLoopConsumer:
         """Every middleware around this consumer's handler, outermost first."""
         return [*installed(), *self.backend.middleware, *self.middleware]
 
-    async def _handle(self, delivery: Delivery, chain: _Chain) -> None:
-        """Run the handler on `delivery` and settle it by what the handler did."""
-        _current.set(delivery)
-        try:
-            if delivery.message.attempt > self.max_attempts:
-                await self._dead_letter_unhandled(delivery)
-                return
-            call = chain.current()  # None: no middleware between the consumer and the handler
-            try:
-                await (chain.handler(delivery.payload) if call is None else call(delivery))
-            except asyncio.CancelledError:
-                if not delivery.settled:
-                    await self._settle_safely(delivery.nack(0.0), delivery, "give back")
-                raise
-            except Exception as exc:
-                await self._raised(delivery, exc)
-            else:
-                if delivery.ack_nowait():  # the usual case: queued for the next ack batch
-                    self.stats.processed += 1
-                else:
-                    await self._returned(delivery)
-        finally:
-            if self.on_settled is not None and delivery.settled:
-                _report(self.on_settled, delivery)
+    async def _give_back(self, delivery: Delivery) -> None:
+        """The handler was cancelled (the consumer stops): its message goes back unless settled."""
+        if not delivery.settled:
+            await self._settle_safely(delivery.nack(0.0), delivery, "give back")
 
     async def _raised(self, delivery: Delivery, exc: Exception) -> None:
         """The handler raised: retry or dead-letter, unless it settled the delivery itself."""
@@ -563,26 +577,24 @@ class _Chain:
     """The handler behind every middleware: the process's, the backend's, the consumer's.
 
     Built once, and again whenever the process's middleware changes (an instrumentation
-    installed while the consumer runs); with no middleware at all, `current()` is None and
-    the consumer calls the handler directly.
+    installed while the consumer runs): the consumer compares `generation` with the
+    process's count of changes before each message. With no middleware at all, `built`
+    is None and the consumer calls the handler directly.
     """
 
-    __slots__ = ("_built", "_generation", "_middlewares", "handler")
+    __slots__ = ("_middlewares", "built", "generation", "handler")
 
     def __init__(self, handler: Handler, middlewares: Callable[[], list[Middleware]]) -> None:
         self.handler = handler
         self._middlewares = middlewares
-        self._generation = -1
-        self._built: HandleNext | None = None
+        self.generation = -1
+        self.built: HandleNext | None = None
 
-    def current(self) -> HandleNext | None:
-        """The chain to call with a delivery, or None when there is no middleware."""
-        generation = changes()
-        if generation != self._generation:
-            middlewares = self._middlewares()
-            self._built = chain_handle(middlewares, self._call) if middlewares else None
-            self._generation = generation
-        return self._built
+    def rebuild(self) -> None:
+        """Build the chain from the middleware in place now."""
+        middlewares = self._middlewares()
+        self.built = chain_handle(middlewares, self._call) if middlewares else None
+        self.generation = _INSTALLED.changes
 
     async def _call(self, delivery: Delivery) -> None:
         await self.handler(delivery.payload)
