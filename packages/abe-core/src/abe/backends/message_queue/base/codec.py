@@ -190,12 +190,16 @@ def decode_body(body: bytes, max_bytes: int | None = None) -> MessageQueuePayloa
         raise UndecodableBody("the body is empty")
     try:
         text = body.decode("utf-8")
+        try:  # what `decode` runs, without the two whitespace regexes around it
+            value, end = _SCAN(text, 0)
+        except StopIteration:  # no value where one must be: `decode` says where
+            end = -1
+        if end != len(text):  # whitespace or more around the value: `decode` reads it
+            value = _DECODER.decode(text)
     except UnicodeDecodeError as exc:
         raise UndecodableBody(
             f"the body is not UTF-8 text (byte {body[exc.start]:#04x} at position {exc.start})"
         ) from None
-    try:
-        value = _scan_object(text)
     except UndecodableBody:
         raise
     except RecursionError:
@@ -206,23 +210,6 @@ def decode_body(body: bytes, max_bytes: int | None = None) -> MessageQueuePayloa
     if not isinstance(value, dict):
         raise UndecodableBody(f"the body is JSON but {_json_kind(value)}, not an object")
     return value
-
-
-def _scan_object(text: str) -> Any:
-    """`_DECODER.decode(text)`, faster for the usual body: an object with nothing around it.
-
-    Anything else (leading or trailing whitespace, malformed JSON) goes through `decode`
-    itself, so the value and the error are exactly its own.
-    """
-    if text[0] == "{":
-        try:
-            value, end = _SCAN(text, 0)
-        except StopIteration:
-            pass
-        else:
-            if end == len(text):
-                return value
-    return _DECODER.decode(text)
 
 
 def _first_line(exc: Exception) -> str:
