@@ -248,12 +248,16 @@ class Subscription:
             return None
         try:
             return decode_body(message.body, self._max_bytes)
-        except UndecodableBody as exc:
-            reason = f"undecodable body: {exc}"
-        except Exception as exc:  # never expected; a body must not stop the consumer
-            reason = f"undecodable body: {type(exc).__name__}: {exc}"
-        self._refused = (message, reason)
-        return None
+        except Exception as exc:
+            self._refuse(message, exc)
+            return None
+
+    def _refuse(self, message: IncomingMessage, exc: Exception) -> None:
+        """Remember that `message`'s body could not be decoded, and why, for `__anext__`."""
+        if isinstance(exc, UndecodableBody):
+            self._refused = (message, f"undecodable body: {exc}")
+        else:  # never expected; a body must not stop the consumer
+            self._refused = (message, f"undecodable body: {type(exc).__name__}: {exc}")
 
     def _hand_out(self, message: IncomingMessage, payload: MessageQueuePayload) -> Delivery:
         """The delivery of a message taken from the buffer (the one `buffered()` showed, if so)."""
@@ -381,7 +385,14 @@ class Subscription:
         head = buffer[0]
         if monotonic() - head.received_at > self._refresh_after:
             return None  # old enough to extend first: __anext__ does that
-        return self._payload_or_none(head)  # None: for the dead-letter key, which __anext__ does
+        refused = self._refused  # `_payload_or_none`, inline: this runs once per message
+        if refused is not None and refused[0] is head:
+            return None
+        try:
+            return decode_body(head.body, self._max_bytes)
+        except Exception as exc:
+            self._refuse(head, exc)
+            return None  # for the dead-letter key, which __anext__ does
 
     def buffered(self) -> list[Delivery]:
         """Deliveries fetched and waiting to be handed out (not yet seen by the application).
