@@ -7,6 +7,7 @@ it awaits finishes must still end cancelled, on every supported Python.
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -154,3 +155,70 @@ async def test_close_quietly_bounds_and_logs_each_closer(caplog: pytest.LogCaptu
     assert closed == ["fine"]
     assert "socket gone" in caplog.text
     assert "TimeoutError" in caplog.text
+
+
+async def _still_uncancelled() -> None:
+    """Nothing is left asking to cancel the running task: it can still await."""
+    task = asyncio.current_task()
+    assert task is not None
+    if sys.version_info >= (3, 11):
+        assert task.cancelling() == 0
+    await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_bounded_times_out_at_its_deadline_and_leaves_its_task_uncancelled() -> None:
+    never = asyncio.get_running_loop().create_future()
+    with pytest.raises(asyncio.TimeoutError):
+        await bounded(never, 0.02)
+    await _still_uncancelled()
+    assert await bounded(asyncio.sleep(0, "still running"), 1.0) == "still running"
+
+
+@pytest.mark.asyncio
+async def test_calls_in_flight_time_out_each_at_its_own_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ended: dict[float, float] = {}
+
+    async def call(seconds: float) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await bounded(loop.create_future(), seconds)
+        ended[seconds] = loop.time() - started
+
+    # the longest first, so that the shared timer has to be brought forward twice
+    await asyncio.gather(call(0.3), call(0.15), call(0.05))
+    assert sorted(ended, key=ended.__getitem__) == [0.05, 0.15, 0.3]
+    assert all(ended[seconds] >= seconds - 0.001 for seconds in ended)
+
+
+@pytest.mark.asyncio
+async def test_calls_that_finish_leave_nothing_to_fire_later() -> None:
+    for _ in range(1000):
+        await bounded(asyncio.sleep(0), 0.01)
+    await asyncio.sleep(0.03)  # the deadlines pass: nothing may cancel this task
+    await _still_uncancelled()
+
+
+@pytest.mark.asyncio
+async def test_bounded_keeps_a_cancellation_from_outside() -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(bounded(loop.create_future(), 10.0))
+    await asyncio.sleep(0)  # the task is now waiting
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_nested_bounds_each_report_their_own_deadline() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def inner(seconds: float) -> None:
+        await bounded(loop.create_future(), seconds)
+
+    with pytest.raises(asyncio.TimeoutError):  # the outer one is due first
+        await bounded(inner(10.0), 0.02)
+    with pytest.raises(asyncio.TimeoutError):  # the inner one is due first, and says so
+        await bounded(inner(0.02), 10.0)
+    await _still_uncancelled()
