@@ -1,4 +1,4 @@
-"""Instructions a drained message costs, counted by valgrind: abe's drains against raw aiokafka.
+"""Instructions a message costs, counted by valgrind: abe's drains and publishes against aiokafka.
 
 On a shared 2-core machine single drains of one cell move by 10 to 30% and more from run
 to run, so a few percent of CPU cannot be seen in messages a second. Valgrind's callgrind
@@ -12,7 +12,9 @@ cites it:
 
 Sides: `consume` (the `consume()` iterator), `concurrent` (AsyncLoopConsumer, 16
 handlers) and `raw` (aiokafka's `getmany()` and one commit a batch, as the Kafka raw
-baseline drains; Kafka only). Any broker abe reaches runs the first two. Under valgrind a
+baseline drains; Kafka only). `publish` and `raw_publish` run `abe bench`'s publish
+workload (one message at a time) of abe and of the provider's raw baseline: any broker
+with one. The drains' abe sides run on any broker abe reaches. Under valgrind a
 process runs about 50 times slower: give Kafka a long session (`ABE_KAFKA_SESSION_TIMEOUT=30`)
 so that the group does not rebalance while it reads. The keys it made are deleted.
 """
@@ -29,9 +31,10 @@ import sys
 from typing import Any
 
 from abe import AsyncLoopConsumer, load_backend
-from abe.benchmarking import bench_payload
+from abe.benchmarking import AbeWorkloads, Workload, bench_payload
+from abe.provider import BaseBackend
 
-SIDES = ("consume", "concurrent", "raw")
+SIDES = ("consume", "concurrent", "raw", "publish", "raw_publish")
 
 
 async def fill(key: str, messages: int) -> None:
@@ -46,6 +49,27 @@ async def delete(key: str) -> None:
     """Delete the key a count made."""
     async with load_backend() as backend:
         await backend.delete_keys([key])
+
+
+async def publish(side: str, key: str, messages: int) -> None:
+    """Publish `messages` one at a time with `abe bench`'s publish workload, abe's or raw."""
+    async with load_backend() as backend:
+        assert isinstance(backend, BaseBackend)
+        raw = backend.raw_baseline()
+        if raw is None:
+            raise SystemExit(f"the {backend.name} backend has no raw baseline")
+        run = AbeWorkloads(backend).publish if side == "publish" else raw.publish
+        workload = Workload(
+            messages=messages, payload_bytes=256, batch_size=100, key=key, group=key, keys=(key,)
+        )
+        try:
+            await run(workload, _no_progress)
+        finally:
+            await raw.close()
+
+
+def _no_progress(done: int) -> None:
+    """The workloads report progress; nobody watches it here."""
 
 
 async def drain(side: str, key: str, messages: int) -> None:
@@ -97,7 +121,8 @@ async def drain(side: str, key: str, messages: int) -> None:
 def count(side: str, messages: int) -> int:
     """Instructions of a process that drains a new backlog of `messages`."""
     key = f"abe-count-{secrets.token_hex(4)}"
-    asyncio.run(fill(key, messages))
+    if "publish" not in side:
+        asyncio.run(fill(key, messages))
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     command += [sys.executable, __file__, "--drain", side, key, str(messages)]
     try:
@@ -113,14 +138,20 @@ def count(side: str, messages: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=SIDES, default="consume")
-    parser.add_argument("--messages", type=int, nargs=2, default=[6000, 18000])
+    parser.add_argument(
+        "--messages",
+        type=int,
+        nargs=2,
+        help="two counts (default 6000 18000, publishing 1000 3000)",
+    )
     parser.add_argument("--drain", nargs=3, help=argparse.SUPPRESS)  # the process measured
     args = parser.parse_args()
     if args.drain:
         side, key, messages = args.drain
-        asyncio.run(drain(side, key, int(messages)))
+        run = publish if "publish" in side else drain
+        asyncio.run(run(side, key, int(messages)))
         return
-    fewer, more = args.messages
+    fewer, more = args.messages or ((1000, 3000) if "publish" in args.side else (6000, 18000))
     spent = count(args.side, more) - count(args.side, fewer)
     print(f"{args.side}: {spent / (more - fewer):,.0f} instructions a message")
 

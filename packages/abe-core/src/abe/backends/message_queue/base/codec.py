@@ -122,6 +122,7 @@ def encode_payload(payload: object, max_bytes: int) -> bytes:
     except ValueError as exc:
         if isinstance(exc, PayloadError):
             raise
+        _check_json(payload, "payload", set())  # names what the encoder refused (a nan, say)
         raise PayloadError(f"payload cannot be encoded as JSON: {exc}") from None
     if len(body) > max_bytes:
         raise PayloadError(
@@ -222,11 +223,16 @@ def _json_kind(value: object) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-_LEAVES = frozenset({str, int, bool, type(None)})
+_KEYS = frozenset({str})
+_LEAVES = frozenset({str, int, bool, float, type(None)})
+"""The exact types of a plain payload's leaves. A float may still be nan or infinite: the
+encoder refuses those (allow_nan=False), and `encode_payload` then says where they are."""
 
 
 def _is_plain_json(payload: dict[Any, Any]) -> bool:
-    """Fast check: only str keys, and values of the exact JSON types, finite floats included."""
+    """Fast check: only str keys, and values of the exact JSON types (see `_LEAVES`)."""
+    if _KEYS.issuperset(map(type, payload)) and _LEAVES.issuperset(map(type, payload.values())):
+        return True  # flat, as most payloads are: checked without a loop in Python
     stack: list[Any] = [payload]
     seen = {id(payload)}
     leaves = _LEAVES
@@ -243,10 +249,7 @@ def _is_plain_json(payload: dict[Any, Any]) -> bool:
             kind = type(value)
             if kind in leaves:
                 continue
-            if kind is float:
-                if value - value != 0.0:  # inf - inf and nan - nan are nan
-                    return False
-            elif kind is dict or kind is list:
+            if kind is dict or kind is list:
                 if id(value) in seen:  # shared or cyclic: let the thorough check decide
                     return False
                 seen.add(id(value))
