@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import json.encoder
 import json.scanner
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -50,6 +51,31 @@ __all__ = [
 _PROCESS_PREFIX = os.urandom(8).hex()
 _SEQUENCE = count(1)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _checked_encoder() -> Callable[[object], str]:
+    """`_ENCODER.encode` for payloads already checked, without its per-call set-up.
+
+    `JSONEncoder.encode` builds json's C encoder anew on every call, with a dict of the
+    containers on the path to refuse a cycle. `encode_payload` has refused cycles before
+    it encodes (`_is_plain_json`, `_check_json`), so one C encoder, made once and without
+    that dict, writes the same text for about a third less. Where json has no C encoder
+    (not CPython), `_ENCODER.encode` it is.
+    """
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return _ENCODER.encode
+    chunks = make(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(payload: object) -> str:
+        return "".join(chunks(payload, 0))
+
+    return encode
+
+
+_encode_checked = _checked_encoder()
 
 
 _ID_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
@@ -114,7 +140,7 @@ def encode_payload(payload: object, max_bytes: int) -> bytes:
             _check_json(payload, "payload", set())
         elif not _is_plain_json(payload):
             _check_json(payload, "payload", set())
-        body = _ENCODER.encode(payload).encode()
+        body = _encode_checked(payload).encode()
     except RecursionError:
         raise PayloadError(
             "payload is nested too deeply to encode; flatten it or send a reference instead"
