@@ -21,6 +21,7 @@ from abe.testing.helpers import (
     nothing_arrives,
     receive,
     unique,
+    while_progressing,
 )
 
 __all__ = ["DeliveryContract"]
@@ -318,7 +319,10 @@ class DeliveryContract(ContractFixtures):
             await gather_all(*(publish(part) for part in range(publishers)))
             await asyncio.wait_for(victim_stopped.wait(), WAIT)
             tasks[victim[0]].cancel()  # the killed member: whatever it held must come back
-            await asyncio.wait_for(all_seen.wait(), 2 * WAIT + _window(consumers[0]))
+            stall = 2 * WAIT + _window(consumers[0])
+            await while_progressing(
+                all_seen, lambda: len(processed), stall, f"processing {total} messages"
+            )
         finally:
             for task in tasks:
                 task.cancel()

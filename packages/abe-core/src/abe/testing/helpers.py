@@ -19,6 +19,7 @@ __all__ = [
     "receive",
     "receive_payloads",
     "unique",
+    "while_progressing",
 ]
 
 T = TypeVar("T")
@@ -94,6 +95,27 @@ async def eventually(check: Callable[[], bool], timeout: float = WAIT, what: str
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what or check!r}")
         await asyncio.sleep(0.01)
+
+
+async def while_progressing(
+    done: asyncio.Event, progress: Callable[[], int], stall: float, what: str
+) -> None:
+    """Wait for `done` as long as `progress()` keeps growing: fail after `stall` seconds without.
+
+    For a large workload on a broker whose speed varies (an emulated cluster on a loaded
+    machine): a lost message still fails, as the count stops short of the end, but a slow
+    run that keeps going does not.
+    """
+    reached = progress()
+    while not done.is_set():
+        try:
+            await asyncio.wait_for(done.wait(), stall)
+        except asyncio.TimeoutError:
+            if progress() == reached:
+                raise AssertionError(
+                    f"{what}: stuck at {reached}, nothing new for {stall:g}s"
+                ) from None
+            reached = progress()
 
 
 async def iterate(iterator: AsyncIterator[T], count: int, timeout: float = WAIT) -> list[T]:
