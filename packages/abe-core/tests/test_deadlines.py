@@ -186,7 +186,7 @@ async def test_calls_in_flight_time_out_each_at_its_own_deadline() -> None:
             await bounded(loop.create_future(), seconds)
         ended[seconds] = loop.time() - started
 
-    # the longest first: each later call is due before the ones already waiting
+    # the longest first, so that the shared timer has to be brought forward twice
     await asyncio.gather(call(0.3), call(0.15), call(0.05))
     assert sorted(ended, key=ended.__getitem__) == [0.05, 0.15, 0.3]
     assert all(ended[seconds] >= seconds - 0.001 for seconds in ended)
