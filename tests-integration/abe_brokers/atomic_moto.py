@@ -1,5 +1,6 @@
-"""moto's server, with S3's conditional writes made atomic as they are on S3, and the
-service that answers a request found once per host instead of on every request.
+"""moto's server, with S3's conditional writes made atomic as they are on S3, and two of
+its answers remembered instead of worked out on every request: the service for a host,
+and the printed text of a stored timestamp.
 
     python atomic_moto.py -H 127.0.0.1 -p PORT    (moto.server's arguments)
 

@@ -14,14 +14,14 @@ pytestmark = pytest.mark.asyncio
 async def test_a_run_that_keeps_going_past_the_stall_time_ends_when_done() -> None:
     done, count = asyncio.Event(), [0]
 
-    async def slow_work() -> None:  # 6 steps of 0.02 s: longer in all than the 0.05 s stall
+    async def slow_work() -> None:  # 6 steps of 0.05 s: longer in all than the 0.2 s stall
         for _ in range(6):
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
             count[0] += 1
         done.set()
 
     worker = asyncio.ensure_future(slow_work())
-    await while_progressing(done, lambda: count[0], 0.05, "slow work")
+    await while_progressing(done, lambda: count[0], 0.2, "slow work")
     await worker
     assert count[0] == 6
 

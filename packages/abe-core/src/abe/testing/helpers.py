@@ -111,11 +111,12 @@ async def while_progressing(
         try:
             await asyncio.wait_for(done.wait(), stall)
         except asyncio.TimeoutError:
-            if progress() == reached:
+            now = progress()
+            if now == reached:
                 raise AssertionError(
-                    f"{what}: stuck at {reached}, nothing new for {stall:g}s"
+                    f"{what}: stuck at {now}, nothing new for {stall:g}s"
                 ) from None
-            reached = progress()
+            reached = now
 
 
 async def iterate(iterator: AsyncIterator[T], count: int, timeout: float = WAIT) -> list[T]:
