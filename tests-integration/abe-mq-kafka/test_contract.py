@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from abe_brokers import KafkaServerFactory, free_port
+from abe_brokers import KafkaServerFactory, free_port, rerun_on_tansu_fault
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from kafka_testing import TEST_ENV, backend_factory_for, settings_for
 
@@ -22,6 +22,8 @@ from abe.testing import (
 from abe_mq_kafka import KafkaBackend
 
 
+# Tansu on memory storage too: its faults are named (tansu_fault.py) and only they run again
+@rerun_on_tansu_fault
 class TestKafkaContract(BackendContract):
     @pytest.fixture
     def backend_factory(self, kafka_broker: Any) -> BackendFactory:

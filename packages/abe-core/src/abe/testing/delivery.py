@@ -32,6 +32,20 @@ def _window(backend: BaseBackend) -> float:
     return backend.redelivery_timeout * 2 + 1.0
 
 
+def _account_missing(total: int, processed: Counter[int], held: list[int]) -> str:
+    """Which of `total` numbered messages were never processed, and whether the killed
+    member held them (`held`: its delivery, then what it had prefetched; both given back)."""
+    missing = sorted(set(range(total)) - set(processed))
+    given_back = [number for number in missing if number in held]
+    where = (
+        f"{given_back} of them held by the killed member, given back when it closed"
+        + (" (the delivery in its handler)" if held and held[0] in given_back else "")
+        if given_back
+        else f"none of them held by the killed member ({len(held)} held)"
+    )
+    return f"{len(missing)} message(s) never processed, e.g. {missing[:10]}; {where}"
+
+
 @pytest.mark.asyncio
 class DeliveryContract(ContractFixtures):
     """Acknowledgement, redelivery, delays, dead letters and poison bodies."""
@@ -296,12 +310,15 @@ class DeliveryContract(ContractFixtures):
         all_seen = asyncio.Event()
         victim_stopped = asyncio.Event()
         victim: list[int] = []
+        held: list[int] = []  # the killed member's delivery, then the ones it had prefetched
 
         async def work(index: int, backend: BaseBackend) -> None:
             async with backend.subscribe(group=group, keys=[key]) as subscription:
                 async for delivery in subscription:
                     if not victim and sum(processed.values()) >= total // 10:
                         victim.append(index)
+                        held.append(delivery.payload["number"])
+                        held.extend(queued.payload["number"] for queued in subscription.buffered())
                         victim_stopped.set()
                         await asyncio.Event().wait()  # crashes here, holding this delivery
                     processed[delivery.payload["number"]] += 1
@@ -323,12 +340,13 @@ class DeliveryContract(ContractFixtures):
             await while_progressing(
                 all_seen, lambda: len(processed), stall, f"processing {total} messages"
             )
+        except AssertionError as exc:  # which messages, and whether the killed member had them
+            raise AssertionError(f"{exc}; {_account_missing(total, processed, held)}") from None
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        missing = set(range(total)) - set(processed)
-        assert not missing, f"{len(missing)} messages never processed, e.g. {sorted(missing)[:10]}"
+        assert len(processed) == total, _account_missing(total, processed, held)
         duplicates = sum(count - 1 for count in processed.values())
         record_property("duplicates", duplicates)
         print(f"at_least_once_under_concurrency: {total} messages, {duplicates} duplicates")
