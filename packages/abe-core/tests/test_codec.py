@@ -147,6 +147,44 @@ def test_body_is_compact_utf8_json_and_nothing_else() -> None:
     assert body == '{"a":"é","b":[1,2]}'.encode()
 
 
+ASCII_TEXT = "".join(map(chr, range(0x7F)))  # every ASCII character but DEL, controls too
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"s": ASCII_TEXT}, id="flat"),
+        pytest.param({ASCII_TEXT: [ASCII_TEXT, {"k": ASCII_TEXT}]}, id="nested"),
+        pytest.param({"n": None, "i": 1, "f": 0.5, "b": True, "l": []}, id="no-strings"),
+    ],
+)
+def test_an_ascii_payload_is_written_as_json_writes_it(payload: dict[str, Any]) -> None:
+    """Written with json's faster ASCII escaper, the body is the same as before, byte for byte."""
+    expected = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    assert encode_payload(payload, LIMIT) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"a": "x", "b": "é"}, id="flat-value"),
+        pytest.param({"é": 1}, id="flat-key"),
+        pytest.param({"a": {"b": ["x", "✓"]}}, id="nested-value"),
+        pytest.param({"a": [{"x": 1}, {"é": 1}]}, id="nested-key"),
+    ],
+)
+def test_a_non_ascii_string_anywhere_stays_utf8(payload: dict[str, Any]) -> None:
+    body = encode_payload(payload, LIMIT)
+    assert b"\\u" not in body  # é and ✓ as UTF-8, not as longer \u escapes
+    assert decode_body(body) == payload
+
+
+def test_a_delete_character_comes_back_as_it_went() -> None:
+    """The one ASCII character json's two escapers write differently: as itself or escaped."""
+    payload = {"a": "\x7f", "b": ["x\x7fy"]}
+    assert decode_body(encode_payload(payload, LIMIT)) == payload
+
+
 # ---- size limit ----------------------------------------------------------------------------
 
 

@@ -53,21 +53,20 @@ _SEQUENCE = count(1)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def _checked_encoder() -> Callable[[object], str]:
-    """`_ENCODER.encode` for payloads already checked, without its per-call set-up.
+def _checked_encoder(escape: Callable[[str], str]) -> Callable[[object], str]:
+    """`_ENCODER.encode` for payloads already checked, without its per-call set-up, writing
+    strings with `escape`.
 
     `JSONEncoder.encode` builds json's C encoder anew on every call, with a dict of the
     containers on the path to refuse a cycle. `encode_payload` has refused cycles before
-    it encodes (`_is_plain_json`, `_check_json`), so one C encoder, made once and without
+    it encodes (`_plain_json`, `_check_json`), so one C encoder, made once and without
     that dict, writes the same text for about a third less. Where json has no C encoder
     (not CPython), `_ENCODER.encode` it is.
     """
     make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
     if make is None:
         return _ENCODER.encode
-    chunks = make(
-        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
+    chunks = make(None, _ENCODER.default, escape, None, ":", ",", False, False, False)
 
     def encode(payload: object) -> str:
         return "".join(chunks(payload, 0))
@@ -75,7 +74,10 @@ def _checked_encoder() -> Callable[[object], str]:
     return encode
 
 
-_encode_checked = _checked_encoder()
+_encode_checked = _checked_encoder(json.encoder.encode_basestring)
+_encode_ascii = _checked_encoder(json.encoder.encode_basestring_ascii)
+"""For a payload whose strings are all ASCII: the same text (but for a DEL character, written
+as its escape), and json's ASCII escaper is faster: 115 against 143 us for a 64 KiB string."""
 
 
 _ID_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
@@ -131,16 +133,15 @@ class IncomingMessage:
 def encode_payload(payload: object, max_bytes: int) -> bytes:
     """The payload's JSON as UTF-8, or PayloadError saying what to change."""
     try:
-        if type(payload) is not dict:
+        kind = _plain_json(payload) if type(payload) is dict else _NOT_PLAIN
+        if kind is _NOT_PLAIN:
             if not isinstance(payload, dict):
                 raise PayloadError(
                     f"payload must be a dict, got {type(payload).__name__}; "
                     f"wrap it, e.g. {{'value': ...}}"
                 )
             _check_json(payload, "payload", set())
-        elif not _is_plain_json(payload):
-            _check_json(payload, "payload", set())
-        body = _encode_checked(payload).encode()
+        body = (_encode_ascii if kind is _PLAIN_ASCII else _encode_checked)(payload).encode()
     except RecursionError:
         raise PayloadError(
             "payload is nested too deeply to encode; flatten it or send a reference instead"
@@ -255,34 +256,51 @@ _LEAVES = frozenset({str, int, bool, float, type(None)})
 encoder refuses those (allow_nan=False), and `encode_payload` then says where they are."""
 
 
-def _is_plain_json(payload: dict[Any, Any]) -> bool:
-    """Fast check: only str keys, and values of the exact JSON types (see `_LEAVES`)."""
+_NOT_PLAIN, _PLAIN, _PLAIN_ASCII = "not plain", "plain", "plain ascii"
+"""What `_plain_json` found: `_check_json` must look; plain; plain with ASCII strings only."""
+
+
+def _plain_json(payload: dict[Any, Any]) -> str:
+    """Fast check: only str keys, and values of the exact JSON types (see `_LEAVES`); and
+    whether every string in it, keys too, is ASCII (`str.isascii` reads a flag)."""
     if _KEYS.issuperset(map(type, payload)) and _LEAVES.issuperset(map(type, payload.values())):
-        return True  # flat, as most payloads are: checked without a loop in Python
+        # flat, as most payloads are: its types checked without a loop in Python
+        for key, value in payload.items():
+            if not key.isascii() or (type(value) is str and not value.isascii()):
+                return _PLAIN
+        return _PLAIN_ASCII
+    return _walk_plain_json(payload)
+
+
+def _walk_plain_json(payload: dict[Any, Any]) -> str:
+    """`_plain_json` for a payload with containers in it: each container once."""
     stack: list[Any] = [payload]
     seen = {id(payload)}
-    leaves = _LEAVES
+    leaves, ascii = _LEAVES, True
     while stack:
         container = stack.pop()
         if type(container) is dict:
             for key in container:
                 if type(key) is not str:
-                    return False
+                    return _NOT_PLAIN
+            ascii = ascii and all(map(str.isascii, container))
             values = container.values()
         else:
             values = container
         for value in values:
             kind = type(value)
             if kind in leaves:
+                if kind is str and ascii:
+                    ascii = value.isascii()
                 continue
             if kind is dict or kind is list:
                 if id(value) in seen:  # shared or cyclic: let the thorough check decide
-                    return False
+                    return _NOT_PLAIN
                 seen.add(id(value))
                 stack.append(value)
             else:
-                return False
-    return True
+                return _NOT_PLAIN
+    return _PLAIN_ASCII if ascii else _PLAIN
 
 
 def _check_json(value: Any, path: str, active: set[int]) -> None:
