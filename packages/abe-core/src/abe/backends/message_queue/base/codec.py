@@ -276,22 +276,22 @@ def _walk_plain_json(payload: dict[Any, Any]) -> str:
     """`_plain_json` for a payload with containers in it: each container once."""
     stack: list[Any] = [payload]
     seen = {id(payload)}
-    leaves, ascii = _LEAVES, True
+    leaves, all_ascii = _LEAVES, True
     while stack:
         container = stack.pop()
         if type(container) is dict:
             for key in container:
                 if type(key) is not str:
                     return _NOT_PLAIN
-            ascii = ascii and all(map(str.isascii, container))
+            all_ascii = all_ascii and all(map(str.isascii, container))
             values = container.values()
         else:
             values = container
         for value in values:
             kind = type(value)
             if kind in leaves:
-                if kind is str and ascii:
-                    ascii = value.isascii()
+                if kind is str and all_ascii:
+                    all_ascii = value.isascii()
                 continue
             if kind is dict or kind is list:
                 if id(value) in seen:  # shared or cyclic: let the thorough check decide
@@ -300,7 +300,7 @@ def _walk_plain_json(payload: dict[Any, Any]) -> str:
                 stack.append(value)
             else:
                 return _NOT_PLAIN
-    return _PLAIN_ASCII if ascii else _PLAIN
+    return _PLAIN_ASCII if all_ascii else _PLAIN
 
 
 def _check_json(value: Any, path: str, active: set[int]) -> None:
