@@ -66,7 +66,8 @@ def _bench(workload: str, size: int, keys: int, messages: int, repeat: int) -> d
     return report
 
 
-def _cells(repeat: int) -> Iterator[tuple[str, int, int, int]]:
+def _cells() -> Iterator[tuple[str, int, int, int]]:
+    """(workload, payload bytes, keys, messages) of every cell, sizes first, then keys."""
     for size, messages in SIZES.items():
         for workload in SIZE_WORKLOADS:
             yield workload, size, 1, messages
@@ -77,7 +78,7 @@ def _cells(repeat: int) -> Iterator[tuple[str, int, int, int]]:
 def sweep(repeat: int) -> dict[str, Any]:
     """Every cell, merged: the first report's header, one run per size and key count."""
     merged: dict[str, Any] | None = None
-    for workload, size, keys, messages in _cells(repeat):
+    for workload, size, keys, messages in _cells():
         started = time.monotonic()
         report = _bench(workload, size, keys, messages, repeat)
         run = report["runs"][0]
