@@ -33,9 +33,10 @@ from abe_brokers.servers import tansu_binary
 SIZES = {256: 20_000, 4096: 10_000, 65_536: 4_000, 262_144: 2_000}
 """Payload bytes, and the messages a workload sends at that size (about 5 to 30 s a side)."""
 DRAIN_MESSAGES = {256: 100_000}
-"""Drains at 256 B take more: 20,000 fit in two of Kafka's 4 MiB fetch responses, which the
-raw loop handles without once giving the event loop a turn, so aiokafka's work after each
-fetch (new fetch requests, for 600 partitions over 100 keys) fell inside abe's clock only."""
+"""Drains at 256 B take more, on one key and over 100 (docs/benchmarks.md, "Short drains at
+256 B"): a backlog of 20,000 fits in two of Kafka's 4 MiB fetch responses, whose records
+the raw loop handles without once giving the event loop a turn, so aiokafka's work after
+each fetch fell inside abe's clock only."""
 SIZE_WORKLOADS = ("publish", "publish_many", "drain", "drain_consumer", "drain_concurrent")
 KEYS, KEYS_MESSAGES = 100, DRAIN_MESSAGES[256]
 KEYS_WORKLOADS = ("drain", "drain_consumer", "drain_concurrent")
