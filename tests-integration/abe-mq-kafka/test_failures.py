@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -176,6 +177,49 @@ async def test_member_that_stops_reading_hands_its_partitions_on(kafka_broker: A
     finally:
         await stuck.close()
         await other.close()
+
+
+class _Heard(logging.Handler):
+    """Sets `heard` when a record with the format string `msg` is handled."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__()
+        self.msg = msg
+        self.heard = asyncio.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == self.msg:
+            self.records.append(record)
+            self.heard.set()
+
+
+async def test_a_rebalance_is_not_reported_as_an_outage(
+    kafka_broker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member joining makes the group rebalance, and the member already in it hears of
+    that from a heartbeat, which aiokafka logs as a warning. abe shows that line at INFO
+    and says nothing of the broker being away: a deploy or a scale-out is not an outage."""
+    caplog.set_level(logging.INFO)
+    routine = "Heartbeat failed for group %s because it is rebalancing"
+    heard = _Heard(routine)
+    logging.getLogger("aiokafka").addHandler(heard)
+    factory = backend_factory_for(kafka_broker.bootstrap)
+    first, second = factory(), factory()
+    key, group = unique("rebalance"), unique("group")
+    try:
+        await first.publish(key, {"n": 1})
+        async with first.subscribe(group=group, keys=[key]) as one:
+            await (await next_delivery(one)).ack()  # a member of the group, with partitions
+            async with second.subscribe(group=group, keys=[key]):
+                await asyncio.wait_for(heard.heard.wait(), 60)
+    finally:
+        logging.getLogger("aiokafka").removeHandler(heard)
+        await first.close()
+        await second.close()
+    assert {record.levelname for record in heard.records} == {"INFO"}
+    outage = [r.getMessage() for r in caplog.records if r.name == "abe.outage"]
+    assert outage == []
 
 
 class _SinglePartitionKafka(KafkaBackend):

@@ -68,3 +68,33 @@ async def test_at_debug_the_clients_lines_are_still_there(caplog: pytest.LogCapt
     assert len(held) == 50
     assert {record.levelname for record in held} == {"DEBUG"}
     assert client.filters == []  # closing the backend took its filters off
+
+
+class Rebalancing(Flaky):
+    """A backend whose client warns of the group's routine as well as of failures."""
+
+    client_routine_logs: ClassVar[frozenset[str]] = frozenset({"Group %s is rebalancing"})
+
+
+@pytest.mark.asyncio
+async def test_the_groups_routine_is_shown_at_info_and_is_no_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    backend = Rebalancing(MemorySettings())
+    try:
+        client.warning("Group %s is rebalancing", "workers")
+        assert not backend.outage.down
+        with pytest.raises(BackendUnavailableError):  # a failure still starts an outage
+            await backend.publish("k", {"n": 1})
+        assert backend.outage.down
+        client.warning("Group %s is rebalancing", "workers")  # not held back meanwhile
+    finally:
+        await backend.close()
+    routine = [record for record in caplog.records if record.msg == "Group %s is rebalancing"]
+    assert [(record.levelname, record.getMessage()) for record in routine] == [
+        ("INFO", "Group workers is rebalancing")
+    ] * 2
+    outage = [record.getMessage() for record in caplog.records if record.name == "abe.outage"]
+    assert len(outage) == 1, outage
+    assert "Unable to connect to broker, attempt 0" in outage[0]  # not the rebalance

@@ -68,6 +68,10 @@ class KafkaBackend(BaseBackend):
     settings_class: ClassVar[type[KafkaSettings]] = KafkaSettings
     errors: ClassVar[ErrorMap] = ERRORS
     client_loggers: ClassVar[tuple[str, ...]] = ("aiokafka", "kafka")
+    # every member's heartbeat hears of a rebalance this way: a member came or went
+    client_routine_logs: ClassVar[frozenset[str]] = frozenset(
+        {"Heartbeat failed for group %s because it is rebalancing"}
+    )
     # aiokafka can wait forever on a broker that is away (aio-libs/aiokafka#1101).
     enforce_operation_timeout: ClassVar[bool] = True
 

@@ -103,6 +103,9 @@ class BaseBackend(abc.ABC):
     """The client library's exceptions and the abe errors they become."""
     client_loggers: ClassVar[tuple[str, ...]] = ()
     """Logger names of the client library (with their children), kept free of secrets."""
+    client_routine_logs: ClassVar[frozenset[str]] = frozenset()
+    """Format strings of client warnings that report the group's routine (a rebalance), not a
+    broker away: shown at INFO, and no outage is said (see OutageLog)."""
     reserved_headers: ClassVar[frozenset[str]] = frozenset()
     """Header names the broker's wire format uses itself (Redis: "data"), refused in publish."""
     reserved_header_prefixes: ClassVar[tuple[str, ...]] = ()
@@ -128,7 +131,9 @@ class BaseBackend(abc.ABC):
         """Middleware around this backend's publishes and its consumers' handlers."""
         self.secret_filter = SecretFilter(settings.secrets())
         """Keeps this backend's secrets out of logs and error text; on `client_loggers`."""
-        self.outage = OutageLog(self.name, self._describe, self.secret_filter.scrub)
+        self.outage = OutageLog(
+            self.name, self._describe, self.secret_filter.scrub, self.client_routine_logs
+        )
         """Says once when the broker goes away and once when it is back (see OutageLog)."""
         if self.client_loggers:
             self.outage.install(*self.client_loggers)

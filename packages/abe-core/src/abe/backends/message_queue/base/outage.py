@@ -7,6 +7,10 @@ abe sees, starts an outage, which abe reports once on `abe.outage`; until the br
 answers again, the client's warnings and errors are demoted to DEBUG (still there for
 whoever asks for DEBUG, out of everyone else's logs); the first success ends the outage
 with one line saying how long it lasted and how many client lines were held back.
+
+Some client warnings report the group's routine rather than a broker away (aiokafka warns
+on every rebalance, so at every deploy): a backend names their format strings, and those
+lines are shown at INFO and start no outage.
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ log = logging.getLogger("abe.outage")
 class OutageLog(logging.Filter):
     """Tracks one backend's outages and keeps its client library's logs to two lines each."""
 
-    def __init__(self, backend: str, where: Callable[[], str], scrub: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        backend: str,
+        where: Callable[[], str],
+        scrub: Callable[[str], str],
+        routine: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__()
         self._backend = backend
+        self._routine = routine
         self._where = where
         self._scrub = scrub
         self._since: float | None = None
@@ -67,6 +78,9 @@ class OutageLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.name.split(".")[0] == "abe":
             return True  # abe's own lines (a provider may watch its logger too) stay as they are
+        if record.msg in self._routine:  # the group's routine (a rebalance), not an outage
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         if self._since is None:
             self.failed(record.getMessage())
         self._held += 1
