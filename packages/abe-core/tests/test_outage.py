@@ -85,6 +85,9 @@ async def test_the_groups_routine_is_shown_at_info_and_is_no_outage(
     try:
         client.warning("Group %s is rebalancing", "workers")
         assert not backend.outage.down
+        client.warning({"not": "a string"})  # any object may be a message: this one unhashable
+        assert backend.outage.down  # (a client warning that is not routine starts an outage)
+        backend.outage.recovered()
         with pytest.raises(BackendUnavailableError):  # a failure still starts an outage
             await backend.publish("k", {"n": 1})
         assert backend.outage.down
@@ -96,5 +99,6 @@ async def test_the_groups_routine_is_shown_at_info_and_is_no_outage(
         ("INFO", "Group workers is rebalancing")
     ] * 2
     outage = [record.getMessage() for record in caplog.records if record.name == "abe.outage"]
-    assert len(outage) == 1, outage
-    assert "Unable to connect to broker, attempt 0" in outage[0]  # not the rebalance
+    assert len(outage) == 3, outage  # the unhashable warning's outage and its end, then one
+    assert "{'not': 'a string'}" in outage[0]
+    assert "Unable to connect to broker, attempt 0" in outage[2]  # not the rebalance

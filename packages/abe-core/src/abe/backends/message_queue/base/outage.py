@@ -78,7 +78,7 @@ class OutageLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.name.split(".")[0] == "abe":
             return True  # abe's own lines (a provider may watch its logger too) stay as they are
-        if record.msg in self._routine:  # the group's routine (a rebalance), not an outage
+        if type(record.msg) is str and record.msg in self._routine:  # a rebalance, say
             record.levelno, record.levelname = logging.INFO, "INFO"
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         if self._since is None:
